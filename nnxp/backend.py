@@ -1,0 +1,200 @@
+"""The array-module shim: NumPy on the CPU, CuPy on CUDA GPUs.
+
+This is the only module that imports CuPy and the only one that branches on
+NumPy versus CuPy. Everything else asks a :class:`Device` for its ``xp`` (the
+array module) or calls :func:`xp_of` on an array.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from .errors import DeviceError
+
+_CUPY_IMPORT_ERROR: Exception | None = None
+try:  # CuPy is optional: importing nnxp never fails without it.
+    import cupy as _cupy
+except ImportError:  # pragma: no cover - depends on the machine
+    _cupy = None
+except Exception as exc:  # pragma: no cover - a broken CUDA install
+    _cupy = None
+    _CUPY_IMPORT_ERROR = exc
+
+_INSTALL_HINT = 'install CuPy with `pip install "nnxp[cuda12]"` (CUDA 12) or `pip install "nnxp[cuda13]"` (CUDA 13)'
+_SPEC_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+def cupy_module() -> Any | None:
+    """The imported CuPy module, or None when CuPy is not installed."""
+    return _cupy
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices CuPy can see (0 without CuPy or a driver)."""
+    if _cupy is None:
+        return 0
+    try:
+        return int(_cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no driver, no device: treat as none
+        return 0
+
+
+def cuda_available() -> bool:
+    """True when CuPy is installed and at least one GPU is usable."""
+    return cuda_device_count() > 0
+
+
+class Device:
+    """A place where arrays live: ``Device("cpu")`` or ``Device("cuda", 0)``.
+
+    ``xp`` is the array module (numpy or cupy); ``name`` is ``"cpu"`` or
+    ``"cuda:N"``. Use :func:`get_device` rather than constructing one.
+    """
+
+    __slots__ = ("kind", "index", "xp")
+
+    def __init__(self, kind: str = "cpu", index: int = 0) -> None:
+        self.kind = kind
+        self.index = index
+        if kind == "cpu":
+            self.xp = np
+        else:
+            _require_cuda(index)
+            self.xp = _cupy
+
+    @property
+    def name(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    def __repr__(self) -> str:
+        return f"Device({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Device) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def use(self) -> Any:
+        """Context manager that makes this device current (no-op on the CPU)."""
+        if self.kind == "cpu":
+            import contextlib
+
+            return contextlib.nullcontext()
+        return _cupy.cuda.Device(self.index)
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """`x` as an array on this device (copies only when it must)."""
+        if self.kind == "cpu":
+            return np.asarray(to_numpy(x), dtype=dtype)
+        with self.use():
+            return _cupy.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """`x` as a host NumPy array."""
+        return to_numpy(x)
+
+    def synchronize(self) -> None:
+        """Wait until all queued work on this device has finished."""
+        if self.kind == "cuda":
+            with self.use():
+                _cupy.cuda.Device(self.index).synchronize()
+
+    def random_generator(self, seed: int | np.random.SeedSequence | None) -> Any:
+        """A seeded random generator whose draws land on this device."""
+        if self.kind == "cpu":
+            return np.random.default_rng(seed)
+        if isinstance(seed, np.random.SeedSequence):
+            seed = int(seed.generate_state(1)[0])
+        with self.use():
+            return _cupy.random.default_rng(seed)
+
+    def free_memory(self) -> None:
+        """Give cached blocks of CuPy's memory pools back to the driver."""
+        if self.kind == "cuda":
+            _cupy.get_default_memory_pool().free_all_blocks()
+            _cupy.get_default_pinned_memory_pool().free_all_blocks()
+
+
+def _require_cuda(index: int) -> None:
+    if _cupy is None:
+        extra = f" (importing it failed: {_CUPY_IMPORT_ERROR})" if _CUPY_IMPORT_ERROR else ""
+        raise DeviceError(f"device 'cuda' needs CuPy, which is not installed{extra}. To fix it, {_INSTALL_HINT}.")
+    count = cuda_device_count()
+    if count == 0:
+        raise DeviceError(
+            "device 'cuda' was requested but CuPy finds no usable GPU (no NVIDIA driver or device). "
+            "Use device='cpu' or device='auto'."
+        )
+    if index >= count:
+        raise DeviceError(f"`device` must name an existing GPU (0..{count - 1}). Received: device='cuda:{index}'")
+
+
+def get_device(spec: str | Device | None = None) -> Device:
+    """Resolve a device spec.
+
+    `spec` is ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` (CUDA when
+    usable, else CPU), a :class:`Device`, or None (then the ``NNXP_DEVICE``
+    environment variable, else the CPU).
+    """
+    if isinstance(spec, Device):
+        return spec
+    source = "device"
+    if spec is None:
+        spec = os.environ.get("NNXP_DEVICE", "cpu") or "cpu"
+        source = "NNXP_DEVICE"
+    if not isinstance(spec, str):
+        raise DeviceError(
+            f"`{source}` must be 'cpu', 'cuda', 'cuda:N', 'auto' or a Device. Received: {source}={spec!r} "
+            f"of type {type(spec).__name__}"
+        )
+    text = spec.strip().lower()
+    if text == "auto":
+        return Device("cuda", 0) if cuda_available() else Device("cpu")
+    match = _SPEC_RE.match(text)
+    if match is None:
+        raise DeviceError(f"`{source}` must be 'cpu', 'cuda', 'cuda:N' or 'auto'. Received: {source}={spec!r}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        if index not in (None, "0"):
+            raise DeviceError(f"`{source}` 'cpu' takes no index other than 0. Received: {source}={spec!r}")
+        return Device("cpu")
+    return Device("cuda", int(index or 0))
+
+
+def is_cupy_array(x: Any) -> bool:
+    """True when `x` is a CuPy array."""
+    return _cupy is not None and isinstance(x, _cupy.ndarray)
+
+
+def xp_of(x: Any) -> Any:
+    """The array module (numpy or cupy) that owns `x`."""
+    return _cupy if is_cupy_array(x) else np
+
+
+def device_of(x: Any) -> Device:
+    """The :class:`Device` on which array `x` lives."""
+    if is_cupy_array(x):
+        return Device("cuda", int(x.device.id))
+    return Device("cpu")
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """`x` (NumPy, CuPy, list, scalar) as a host NumPy array."""
+    if is_cupy_array(x):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def to_device(x: Any, device: str | Device | None, dtype: Any = None) -> Any:
+    """`x` moved (if needed) to `device`, optionally cast to `dtype`."""
+    return get_device(device).asarray(x, dtype=dtype)
+
