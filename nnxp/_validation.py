@@ -1,0 +1,125 @@
+"""Checks on user data before it reaches the numerics.
+
+Each check raises an :class:`~nnxp.errors.NnxpError` naming the argument, the
+rule and what was received, before anything in the model is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .backend import is_cupy_array, to_numpy, xp_of
+from .errors import NnxpError, NnxpTypeError
+
+
+def _describe(a: Any) -> str:
+    return f"an array of shape {tuple(a.shape)} and dtype {a.dtype}"
+
+
+def as_array(x: Any, name: str) -> Any:
+    """`x` as a NumPy or CuPy array with a numeric dtype (lists are converted)."""
+    if x is None:
+        raise NnxpTypeError(f"`{name}` must be an array. Received: {name}=None")
+    if not (isinstance(x, np.ndarray) or is_cupy_array(x)):
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise NnxpTypeError(f"`{name}` must be a numeric array. Received: {type(x).__name__} ({exc})") from None
+    if x.dtype.kind not in "biuf":
+        raise NnxpTypeError(f"`{name}` must hold numbers (bool, int or float). Received: {_describe(x)}")
+    return x
+
+
+def check_features(x: Any, name: str, n_features: int | None) -> Any:
+    """A 2-D array (N, n_features), non-empty and finite."""
+    x = as_array(x, name)
+    if x.ndim != 2:
+        raise NnxpError(f"`{name}` must be 2-D (samples, features). Received: {_describe(x)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise NnxpError(f"`{name}` must not be empty. Received: {_describe(x)}")
+    if n_features is not None and x.shape[1] != n_features:
+        raise NnxpError(
+            f"`{name}` must have {n_features} features (the model's input size). Received: {_describe(x)}"
+        )
+    check_finite(x, name)
+    return x
+
+
+def check_finite(a: Any, name: str) -> None:
+    if a.dtype.kind == "f" and not bool(xp_of(a).isfinite(a).all()):
+        bad = int((~xp_of(a).isfinite(a)).sum())
+        raise NnxpError(f"`{name}` must be finite. Received: {_describe(a)} with {bad} NaN or infinite values")
+
+
+def check_same_length(x: Any, y: Any, xname: str = "x", yname: str = "y") -> None:
+    if x.shape[0] != y.shape[0]:
+        raise NnxpError(
+            f"`{xname}` and `{yname}` must have the same number of samples. "
+            f"Received: {xname} has {x.shape[0]}, {yname} has {y.shape[0]}"
+        )
+
+
+def check_targets(y: Any, name: str, task: str, sparse: bool, n_outputs: int) -> Any:
+    """Targets shaped for the loss: labels (N,) for sparse, (N, n_outputs) otherwise."""
+    y = as_array(y, name)
+    if y.ndim == 0 or y.shape[0] == 0:
+        raise NnxpError(f"`{name}` must be a non-empty array of targets. Received: {_describe(y)}")
+    check_finite(y, name)
+    if sparse:
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise NnxpError(
+                f"`{name}` must be integer class labels of shape (N,) for a sparse loss. Received: {_describe(y)}; "
+                "use loss='categorical_crossentropy' for one-hot targets"
+            )
+        if y.dtype.kind == "f":
+            if not bool((y == xp_of(y).round(y)).all()):
+                raise NnxpError(f"`{name}` must hold whole-number class labels for a sparse loss. Received: float "
+                                "labels with fractional parts")
+        lo, hi = (int(v) for v in to_numpy(xp_of(y).stack([y.min(), y.max()])))
+        if lo < 0 or hi >= n_outputs:
+            raise NnxpError(
+                f"`{name}` labels must lie in [0, {n_outputs - 1}] (the output layer has {n_outputs} units). "
+                f"Received: labels from {lo} to {hi}"
+            )
+        return y.astype(xp_of(y).int64, copy=False)
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2:
+        raise NnxpError(f"`{name}` must be 1-D or 2-D. Received: {_describe(y)}")
+    if y.shape[1] != n_outputs:
+        hint = ""
+        if task == "categorical" and y.shape[1] == 1:
+            hint = "; for integer labels use loss='sparse_categorical_crossentropy' or nnxp.datasets.one_hot"
+        raise NnxpError(
+            f"`{name}` must have {n_outputs} columns to match the output layer's {n_outputs} units. "
+            f"Received: {_describe(y)}{hint}"
+        )
+    if task == "binary":
+        lo, hi = (float(v) for v in to_numpy(xp_of(y).stack([y.min(), y.max()]).astype("float64")))
+        if lo < 0.0 or hi > 1.0:
+            raise NnxpError(f"`{name}` must lie in [0, 1] for binary cross-entropy. Received: values from {lo} to {hi}")
+    return y
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise NnxpError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return int(value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise NnxpError(f"`{name}` must be an integer >= 0. Received: {name}={value!r}")
+    return int(value)
+
+
+def fraction(name: str, value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not 0.0 <= value < 1.0:
+        raise NnxpError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
+    return float(value)

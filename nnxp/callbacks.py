@@ -1,0 +1,206 @@
+"""Callbacks: hooks that run around epochs and batches of ``fit``.
+
+History records per-epoch logs; ProgbarLogger prints progress; EarlyStopping,
+ModelCheckpoint and LearningRateScheduler act on the model between epochs.
+Logs are plain dicts of Python floats, read once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+from .errors import NnxpError, NnxpTypeError
+
+
+class Callback:
+    """Base class: override the hooks you need. ``self.model`` is set by ``fit``."""
+
+    model: Any = None
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+
+    def on_train_begin(self, logs: dict | None = None) -> None: ...
+
+    def on_train_end(self, logs: dict | None = None) -> None: ...
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None: ...
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+
+
+class History(Callback):
+    """``history[key]`` is the list of that log's values per epoch ("loss", "accuracy", "val_loss", ...)."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.interrupted = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+    def __repr__(self) -> str:
+        note = ", interrupted" if self.interrupted else ""
+        return f"History(epochs={len(self.epoch)}, keys={list(self.history)}{note})"
+
+
+def _format_logs(logs: dict) -> str:
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+
+
+class ProgbarLogger(Callback):
+    """One line per epoch with loss, metrics, samples/s and time; a tqdm bar while it runs when available."""
+
+    def __init__(self, verbose: int = 1, stream: Any = None) -> None:
+        self.verbose = verbose
+        self.stream = stream or sys.stdout
+        self._bar = None
+
+    def on_train_begin(self, logs=None):
+        self.epochs = self.model._fit_state["epochs"]
+        self.samples = self.model._fit_state["samples"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+        self._bar = None
+        if self.verbose == 1:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(total=self.samples, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="sample",
+                             unit_scale=True, leave=False, file=self.stream, dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._bar is not None:
+            self._bar.update(logs["size"])  # a host int: no device sync
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._t0
+        if self._bar is not None:
+            self._bar.close()
+        if self.verbose:
+            rate = self.samples / seconds if seconds > 0 else float("inf")
+            line = f"Epoch {epoch + 1}/{self.epochs} - {seconds:.2f}s - {rate:,.0f} samples/s - {_format_logs(logs or {})}"
+            print(line, file=self.stream, flush=True)
+
+
+def _mode_better(mode: str, monitor: str) -> Callable[[float, float], bool]:
+    if mode not in ("auto", "min", "max"):
+        raise NnxpError(f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
+    if mode == "auto":
+        mode = "max" if ("acc" in monitor and "loss" not in monitor) else "min"
+    return (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs."""
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 0,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+        restore_best_weights: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise NnxpError(f"`patience` must be an integer >= 0. Received: patience={patience!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, abs(float(min_delta))
+        self.restore_best_weights, self.verbose = restore_best_weights, verbose
+        self._better = _mode_better(mode, monitor)
+        self.mode = mode
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.best = math.nan
+        self.best_weights = None
+        self.best_epoch = None
+        self.stopped_epoch = None
+
+    def _improved(self, value: float) -> bool:
+        if math.isnan(self.best):
+            return True
+        shift = -self.min_delta if self._better(0.0, 1.0) else self.min_delta
+        return self._better(value, self.best + shift)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            warnings.warn(f"EarlyStopping monitors {self.monitor!r}, which is not in the logs ({list(logs or {})}).",
+                          stacklevel=2)
+            return
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self.restore_best_weights and self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+            if self.verbose:
+                print(f"Early stopping at epoch {epoch + 1}; best {self.monitor}={self.best:.4f} "
+                      f"at epoch {self.best_epoch + 1}")
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (atomically) after each epoch, or only when `monitor` improves."""
+
+    def __init__(self, filepath: str, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto",
+                 verbose: int = 0) -> None:
+        if not isinstance(filepath, (str, bytes)) and not hasattr(filepath, "__fspath__"):
+            raise NnxpTypeError(f"`filepath` must be a path. Received: filepath={filepath!r}")
+        self.filepath, self.monitor, self.save_best_only, self.verbose = filepath, monitor, save_best_only, verbose
+        self._better = _mode_better(mode, monitor)
+        self.best = math.nan
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        path = str(self.filepath).format(epoch=epoch + 1, **logs)
+        if self.save_best_only:
+            value = logs.get(self.monitor)
+            if value is None:
+                warnings.warn(f"ModelCheckpoint monitors {self.monitor!r}, which is not in the logs.", stacklevel=2)
+                return
+            if not (math.isnan(self.best) or self._better(value, self.best)):
+                return
+            self.best = value
+        self.model.save(path)
+        if self.verbose:
+            print(f"Saved model to {path}")
+
+
+class LearningRateScheduler(Callback):
+    """Set the optimizer's rate each epoch to ``schedule(epoch, current_rate)``."""
+
+    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
+        if not callable(schedule):
+            raise NnxpTypeError(f"`schedule` must be callable as schedule(epoch, lr). Received: {schedule!r}")
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        lr = self.schedule(epoch, opt.current_learning_rate())
+        ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr >= 0
+        if not ok:
+            raise NnxpError(f"`schedule` must return a finite learning rate >= 0. Received: {lr!r} at epoch {epoch}")
+        opt.learning_rate = float(lr)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: learning rate {lr:.6g}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = self.model.optimizer.current_learning_rate()

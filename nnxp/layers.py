@@ -1,0 +1,278 @@
+"""Layers: Dense, Dropout and Activation.
+
+A layer is four short methods: ``__init__`` validates and stores its config,
+``build`` declares its parameters (the model allocates them as views into one
+flat buffer), ``forward`` keeps only what backward needs, and ``backward``
+fills the parameter gradients and returns the input gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import activations, initializers, regularizers
+from .backend import xp_of
+from .errors import NnxpError, NnxpTypeError
+from .ops import activation as A
+from .ops import dense as D
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if hasattr(value, "__index__") and not isinstance(value, bool) and int(value) > 0:
+            return int(value)
+        raise NnxpError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return value
+
+
+class _Buffers:
+    """Per-batch-size scratch arrays, so a fixed batch size allocates nothing after the first step."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, Any] = {}
+
+    def get(self, key: str, xp: Any, shape: tuple, dtype: Any) -> Any:
+        full = (key, shape, xp.dtype(dtype).str, xp.__name__)
+        buf = self._cache.get(full)
+        if buf is None:
+            if len(self._cache) > 8:  # a few distinct batch sizes at most (full, last, eval)
+                self._cache.clear()
+            buf = self._cache[full] = xp.empty(shape, dtype)
+        return buf
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+class Layer:
+    """Base class. Subclasses set ``params``/``grads`` (name -> array view) when bound."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+        self.input_dim: int | None = None
+        self.output_dim: int | None = None
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self._buffers = _Buffers()
+
+    @property
+    def built(self) -> bool:
+        return self.output_dim is not None
+
+    def build(self, input_dim: int) -> int:
+        """Fix the input size; return the output size."""
+        self.input_dim = self.output_dim = input_dim
+        return input_dim
+
+    def param_specs(self) -> list[tuple[str, tuple, str]]:
+        """(name, shape, initializer name) of each parameter; empty when none."""
+        return []
+
+    def bind(self, params: dict[str, Any], grads: dict[str, Any]) -> None:
+        """Take views into the model's flat parameter and gradient buffers."""
+        self.params, self.grads = params, grads
+        self._buffers.clear()
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        raise NotImplementedError
+
+    def regularization_penalty(self) -> Any | None:
+        return None
+
+    def count_params(self) -> int:
+        return sum(int(_prod(shape)) for _, shape, _ in self.param_specs())
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+    def describe_activation(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if v is not None)
+        return f"{type(self).__name__}({cfg})"
+
+
+def _prod(shape: tuple) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class Dense(Layer):
+    """``y = activation(x @ kernel + bias)``; kernel is (input_dim, units)."""
+
+    def __init__(
+        self,
+        units: int,
+        activation: str | None = None,
+        input_dim: int | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str = "glorot_uniform",
+        bias_initializer: str = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.units = _positive_int("units", units)
+        self.activation = activations.get(activation)
+        self.declared_input_dim = None if input_dim is None else _positive_int("input_dim", input_dim)
+        if not isinstance(use_bias, bool):
+            raise NnxpTypeError(f"`use_bias` must be True or False. Received: use_bias={use_bias!r}")
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer")
+        self.bias_regularizer = regularizers.get(bias_regularizer, "bias_regularizer")
+        # Set by the model when this is the output layer and the loss fuses with its
+        # activation: forward(..., logits=True) then skips the activation.
+        self._x = self._y = self._z = None
+        self._emitted_logits = False
+
+    def build(self, input_dim: int) -> int:
+        if self.declared_input_dim is not None and input_dim != self.declared_input_dim:
+            raise NnxpError(
+                f"`input_dim` of layer {self.name!r} is {self.declared_input_dim} but its input has "
+                f"{input_dim} features. Received: input_dim={input_dim}"
+            )
+        self.input_dim, self.output_dim = input_dim, self.units
+        return self.units
+
+    def param_specs(self):
+        specs = [("kernel", (self.input_dim, self.units), self.kernel_initializer)]
+        if self.use_bias:
+            specs.append(("bias", (self.units,), self.bias_initializer))
+        return specs
+
+    def forward(self, x: Any, training: bool = False, logits: bool = False) -> Any:
+        """(B, input_dim) -> (B, units). With `logits`, skip the activation (fused loss)."""
+        xp = xp_of(x)
+        act = "linear" if logits else self.activation
+        out = self._buffers.get("y", xp, (x.shape[0], self.units), x.dtype)
+        z_buf = self._buffers.get("z", xp, out.shape, x.dtype) if A.ACTIVATION_OPS[act].needs_z else None
+        y, z = D.dense_forward(x, self.params["kernel"], self.params.get("bias"), act, out, z_buf)
+        if training:
+            self._x, self._y, self._z, self._emitted_logits = x, y, z, logits
+        return y
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        """dL/dy (B, units) -> dL/dx (B, input_dim); fills grads["kernel"], grads["bias"]."""
+        xp = xp_of(dy)
+        act = "linear" if self._emitted_logits else self.activation
+        dx_buf = self._buffers.get("dx", xp, self._x.shape, dy.dtype) if need_dx else None
+        dx = D.dense_backward(
+            dy, self._x, self.params["kernel"], self._y, self._z, act,
+            self.grads["kernel"], self.grads.get("bias"), dx_buf, need_dx,
+        )
+        if self.kernel_regularizer is not None:
+            self.kernel_regularizer.add_gradient(self.params["kernel"], self.grads["kernel"])
+        if self.bias_regularizer is not None and self.use_bias:
+            self.bias_regularizer.add_gradient(self.params["bias"], self.grads["bias"])
+        return dx
+
+    def regularization_penalty(self):
+        total = None
+        for reg, key in ((self.kernel_regularizer, "kernel"), (self.bias_regularizer, "bias")):
+            if reg is not None and key in self.params:
+                p = reg.penalty(self.params[key])
+                total = p if total is None else total + p
+        return total
+
+    def describe_activation(self) -> str:
+        return self.activation
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "units": self.units,
+            "activation": self.activation,
+            "input_dim": self.declared_input_dim,
+            "use_bias": self.use_bias,
+            "kernel_initializer": self.kernel_initializer,
+            "bias_initializer": self.bias_initializer,
+            "kernel_regularizer": None if self.kernel_regularizer is None else self.kernel_regularizer.get_config(),
+            "bias_regularizer": None if self.bias_regularizer is None else self.bias_regularizer.get_config(),
+        }
+
+
+class Dropout(Layer):
+    """Zero a random fraction `rate` of inputs while training and scale the rest by 1/(1-rate)."""
+
+    def __init__(self, rate: float, name: str | None = None) -> None:
+        super().__init__(name)
+        ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 <= rate < 1.0
+        if not ok:
+            raise NnxpError(f"`rate` must be a number in [0, 1). Received: rate={rate!r}")
+        self.rate = float(rate)
+        self.rng: Any = None  # a device generator, set by the model each epoch
+        self._mask = None
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        if not training or self.rate == 0.0:
+            self._mask = None
+            return x
+        xp = xp_of(x)
+        mask = self._buffers.get("mask", xp, x.shape, x.dtype)
+        self.rng.random(out=mask, dtype=mask.dtype)  # uniform [0, 1)
+        # keep where u >= rate, scaled so the expected activation is unchanged
+        xp.greater_equal(mask, self.rate, out=mask)
+        mask *= 1.0 / (1.0 - self.rate)
+        self._mask = mask
+        out = self._buffers.get("y", xp, x.shape, x.dtype)
+        return xp.multiply(x, mask, out=out)
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        if self._mask is None:
+            return dy
+        dy *= self._mask
+        return dy
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "rate": self.rate}
+
+
+class Activation(Layer):
+    """An activation on its own, e.g. ``Activation("softmax")`` after a linear Dense."""
+
+    def __init__(self, activation: str, name: str | None = None) -> None:
+        super().__init__(name)
+        self.activation = activations.get(activation)
+        self._y = self._z = None
+        self._emitted_logits = False
+
+    def forward(self, x: Any, training: bool = False, logits: bool = False) -> Any:
+        xp = xp_of(x)
+        if logits:
+            y = x
+        else:
+            y = A.activation_forward(self.activation, x, self._buffers.get("y", xp, x.shape, x.dtype))
+        if training:
+            self._y, self._emitted_logits = y, logits
+            self._z = x if A.ACTIVATION_OPS[self.activation].needs_z else None
+        return y
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        if self._emitted_logits:
+            return dy
+        return A.activation_backward(self.activation, dy, self._y, self._z, out=dy)
+
+    def describe_activation(self) -> str:
+        return self.activation
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "activation": self.activation}
+
+
+LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (Dense, Dropout, Activation)}
+
+
+def from_config(class_name: str, config: dict) -> Layer:
+    """Rebuild a layer from its class name and :meth:`Layer.get_config`."""
+    if class_name not in LAYERS:
+        raise NnxpError(f"layer class must be one of {sorted(LAYERS)}. Received: {class_name!r}")
+    return LAYERS[class_name](**config)

@@ -1,0 +1,528 @@
+"""Sequential: a stack of layers trained with mini-batch gradient descent.
+
+The model owns the device and one flat parameter buffer (and one flat
+gradient buffer) that its layers view into. ``fit`` moves the data to the
+device once, shuffles it once per epoch, and runs one matrix forward/backward
+per mini-batch; losses and metrics accumulate on the device and are read once
+per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from typing import Any
+
+import numpy as np
+
+from . import initializers
+from . import losses as losses_mod
+from . import optimizers as optimizers_mod
+from ._validation import (
+    as_array,
+    check_features,
+    check_same_length,
+    check_targets,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
+from .backend import Device, get_device, to_numpy, xp_of
+from .callbacks import Callback, History, ProgbarLogger
+from .errors import NnxpError, NnxpTypeError, NotCompiledError, NumericalError
+from .layers import Activation, Dense, Layer
+from .ops import activation as A
+
+_DTYPES = ("float32", "float64")
+_METRIC_ALIASES = {"acc": "accuracy", "accuracy": "accuracy", "mse": "mse", "mean_squared_error": "mse",
+                   "mae": "mae", "mean_absolute_error": "mae"}
+
+
+class Sequential:
+    """A linear stack of layers with a Keras-like API.
+
+    >>> model = Sequential([Dense(64, "relu", input_dim=8), Dense(3, "softmax")], seed=0)
+    >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    """
+
+    def __init__(
+        self,
+        layers: list[Layer] | None = None,
+        device: str | Device | None = None,
+        seed: int | None = None,
+        dtype: str = "float32",
+        name: str | None = None,
+    ) -> None:
+        self.device = get_device(device)
+        if str(dtype) not in _DTYPES:
+            raise NnxpError(f"`dtype` must be one of {_DTYPES}. Received: dtype={dtype!r}")
+        self.dtype = np.dtype(str(dtype))
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (2**63))
+        self.seed = non_negative_int("seed", seed)
+        self.name = name or "sequential"
+        self.layers: list[Layer] = []
+        self.params: Any = None  # flat parameter buffer (device)
+        self.grads: Any = None  # flat gradient buffer (device)
+        self._slices: list[tuple[Layer, str, int, tuple]] = []  # (layer, param, offset, shape)
+        self.optimizer: optimizers_mod.Optimizer | None = None
+        self.loss: losses_mod.Loss | None = None
+        self.metrics: list[str] = []
+        self._fused = False
+        self.stop_training = False
+        self.epochs_trained = 0
+        self.history: History | None = None
+        self._fit_state: dict = {}
+        for layer in layers or []:
+            self.add(layer)
+
+    # --- building ------------------------------------------------------------------------------
+    def add(self, layer: Layer) -> None:
+        """Append a layer (before the model is built)."""
+        if not isinstance(layer, Layer):
+            raise NnxpTypeError(f"`layer` must be an nnxp layer such as Dense(10). Received: {layer!r}")
+        if self.built:
+            raise NnxpError("cannot add a layer to a model that is already built (its weights exist); "
+                            "create a new Sequential instead")
+        if any(layer is existing for existing in self.layers):
+            raise NnxpError(f"`layer` {layer.name!r} is already in this model; create a new layer instead")
+        if layer.name is None:
+            base = type(layer).__name__.lower()
+            taken = {existing.name for existing in self.layers}
+            layer.name = base if base not in taken else next(f"{base}_{i}" for i in range(1, 10**6)
+                                                             if f"{base}_{i}" not in taken)
+        self.layers.append(layer)
+        if self.loss is not None:
+            self._configure_output()
+
+    @property
+    def built(self) -> bool:
+        return self.params is not None
+
+    @property
+    def input_dim(self) -> int | None:
+        if self.layers and self.layers[0].input_dim is not None:
+            return self.layers[0].input_dim
+        first = self.layers[0] if self.layers else None
+        return getattr(first, "declared_input_dim", None)
+
+    @property
+    def output_dim(self) -> int | None:
+        for layer in reversed(self.layers):
+            if isinstance(layer, Dense):
+                return layer.units
+        return self.input_dim
+
+    def _require_layers(self) -> None:
+        if not self.layers:
+            raise NotCompiledError("the model has no layers; add some with model.add(Dense(...)) first")
+
+    def build(self, input_dim: int) -> None:
+        """Create all parameters in one flat buffer on the model's device."""
+        self._require_layers()
+        input_dim = positive_int("input_dim", input_dim)
+        dim = input_dim
+        specs = []
+        for layer in self.layers:
+            dim = layer.build(dim)
+            specs.extend((layer, name, shape, init) for name, shape, init in layer.param_specs())
+        total = sum(int(np.prod(shape)) for _, _, shape, _ in specs)
+        host = np.empty(total, dtype=self.dtype)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0]))  # stream 0: initial weights
+        self._slices, offset = [], 0
+        for layer, name, shape, init in specs:
+            size = int(np.prod(shape))
+            host[offset : offset + size] = initializers.INITIALIZERS[init](shape, rng, self.dtype).ravel()
+            self._slices.append((layer, name, offset, shape))
+            offset += size
+        self._bind(self.device.asarray(host))
+
+    def _bind(self, params: Any) -> None:
+        """Adopt `params` as the flat buffer and give every layer its views."""
+        xp = xp_of(params)
+        self.params = params
+        self.grads = xp.zeros_like(params)
+        views: dict[int, tuple[dict, dict]] = {id(layer): ({}, {}) for layer in self.layers}
+        for layer, name, offset, shape in self._slices:
+            size = int(np.prod(shape))
+            views[id(layer)][0][name] = params[offset : offset + size].reshape(shape)
+            views[id(layer)][1][name] = self.grads[offset : offset + size].reshape(shape)
+        for layer in self.layers:
+            layer.bind(*views[id(layer)])
+
+    def count_params(self) -> int:
+        return 0 if not self.built else int(self.params.size)
+
+    def to(self, device: str | Device) -> Sequential:
+        """Move the model (weights and optimizer state) to `device`; returns self."""
+        device = get_device(device)
+        if device == self.device:
+            return self
+        if self.built:
+            self._bind(device.asarray(to_numpy(self.params)))
+            if self.optimizer is not None:
+                self.optimizer.to(self.params)
+        self.device = device
+        return self
+
+    # --- weights -------------------------------------------------------------------------------
+    def get_weights(self) -> list[np.ndarray]:
+        """Every parameter as a host NumPy copy, in layer order (kernel, bias, ...)."""
+        if not self.built:
+            return []
+        host = to_numpy(self.params).copy()
+        return [host[o : o + int(np.prod(s))].reshape(s) for _, _, o, s in self._slices]
+
+    def set_weights(self, weights: list[Any]) -> None:
+        """Replace every parameter; shapes must match :meth:`get_weights`. Nothing changes on error."""
+        if not self.built:
+            raise NotCompiledError("the model has no weights yet: give the first layer `input_dim` or call fit first")
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(self._slices):
+            got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+            raise NnxpError(f"`weights` must be a list of {len(self._slices)} arrays. Received: {got}")
+        host = np.empty(self.params.size, dtype=self.dtype)
+        for i, ((layer, name, offset, shape), w) in enumerate(zip(self._slices, weights)):
+            w = to_numpy(as_array(w, f"weights[{i}]"))
+            if tuple(w.shape) != tuple(shape):
+                raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must have shape {shape}. Received: {w.shape}")
+            if w.dtype.kind == "f" and not np.isfinite(w).all():
+                raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must be finite. Received NaN or inf values")
+            host[offset : offset + w.size] = w.ravel()
+        self.params[...] = self.device.asarray(host)
+
+    # --- compile -------------------------------------------------------------------------------
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: list[str] | None = None) -> None:
+        """Choose the optimizer (name or instance), the loss (name) and metrics ("accuracy", "mse", "mae")."""
+        if loss is None:
+            raise NnxpError("`loss` must be given, e.g. loss='categorical_crossentropy'. Received: loss=None")
+        opt = optimizers_mod.get(optimizer)
+        loss_obj = losses_mod.get(loss)
+        names = []
+        for m in metrics or []:
+            key = _METRIC_ALIASES.get(str(m).lower()) if isinstance(m, str) else None
+            if key is None:
+                raise NnxpError(f"`metrics` entries must be one of {sorted(set(_METRIC_ALIASES))}. Received: {m!r}")
+            if key == "accuracy" and loss_obj.task == "regression":
+                raise NnxpError(f"metric 'accuracy' needs a classification loss. Received: loss={loss!r}")
+            if key in ("mse", "mae") and loss_obj.sparse:
+                raise NnxpError(f"metric {m!r} needs one-hot targets, not the integer labels of loss={loss!r}")
+            if key not in names:
+                names.append(key)
+        self.optimizer, self.loss, self.metrics = opt, loss_obj, names
+        self._configure_output()
+
+    def _configure_output(self) -> None:
+        """Fuse the output activation with the loss (softmax+CE, sigmoid+BCE) when they pair."""
+        last = self.layers[-1] if self.layers else None
+        act = getattr(last, "activation", None) if isinstance(last, (Dense, Activation)) else None
+        self._fused = self.loss is not None and act is not None and act == self.loss.fused_activation
+
+    def _require_compiled(self) -> None:
+        self._require_layers()
+        if self.loss is None:
+            raise NotCompiledError("the model must be compiled first: model.compile(optimizer, loss)")
+
+    # --- forward / backward --------------------------------------------------------------------
+    def _forward(self, x: Any, training: bool) -> Any:
+        """Network output for batch `x`: logits for a fused output layer, else activations."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i == last and self._fused:
+                x = layer.forward(x, training, logits=True)
+            else:
+                x = layer.forward(x, training)
+        return x
+
+    def _loss_and_grad(self, out: Any, y: Any) -> tuple[Any, Any]:
+        fn = self.loss.fused_fn if self._fused else self.loss.fn
+        grad = self.layers[-1]._buffers.get("dloss", xp_of(out), out.shape, out.dtype)
+        loss, grad = fn(out, y, grad)
+        for layer in self.layers:
+            penalty = layer.regularization_penalty()
+            if penalty is not None:
+                loss = loss + penalty
+        return loss, grad
+
+    def _train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+        out = self._forward(x, training=True)
+        loss, dy = self._loss_and_grad(out, y)
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward(dy, need_dx=i > 0)
+        return loss, out
+
+    def _metric_sums(self, out: Any, y: Any) -> dict[str, Any]:
+        """Per-batch sums (device scalars) for each metric."""
+        xp = xp_of(out)
+        sums = {}
+        for name in self.metrics:
+            if name == "accuracy":
+                sums[name] = self._correct(out, y)
+            else:
+                pred = out
+                if self._fused:
+                    pred = A.activation_forward(self.layers[-1].activation, out)
+                diff = pred - y
+                per_sample = (diff * diff if name == "mse" else xp.abs(diff)).mean(axis=1)
+                sums[name] = per_sample.sum()
+        return sums
+
+    def _correct(self, out: Any, y: Any) -> Any:
+        if self.loss.task == "binary":
+            threshold = 0.0 if self._fused else 0.5
+            hits = (out > threshold) == (y > 0.5)
+            return hits.mean(axis=1).sum()
+        pred = out.argmax(axis=1)
+        true = y if self.loss.sparse else y.argmax(axis=1)
+        return (pred == true).sum()
+
+    # --- data -----------------------------------------------------------------------------------
+    def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y") -> tuple[Any, Any]:
+        """Validate, cast and move one (x, y) pair to the device; builds the model if needed."""
+        x = check_features(x, xname, self.input_dim)
+        y = check_targets(y, yname, self.loss.task, self.loss.sparse, self.output_dim or 1)
+        check_same_length(x, y, xname, yname)
+        x = self.device.asarray(x, dtype=self.dtype)
+        y = self.device.asarray(y, dtype=None if self.loss.sparse else self.dtype)
+        return x, y
+
+    # --- fit / evaluate / predict -------------------------------------------------------------
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_split: float = 0.0,
+        validation_data: tuple | None = None,
+        shuffle: bool = True,
+        verbose: int = 1,
+        callbacks: list[Callback] | None = None,
+        initial_epoch: int = 0,
+    ) -> History:
+        """Train for `epochs` epochs; returns a History of per-epoch logs."""
+        self._require_compiled()
+        epochs = positive_int("epochs", epochs)
+        batch_size = positive_int("batch_size", batch_size)
+        validation_split = fraction("validation_split", validation_split)
+        initial_epoch = non_negative_int("initial_epoch", initial_epoch)
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise NnxpTypeError(f"`callbacks` entries must be nnxp Callback instances. Received: {cb!r}")
+        x, y = self._prepare(x, y)
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise NnxpError("`validation_data` must be a tuple (x_val, y_val). Received: "
+                                f"{type(validation_data).__name__}")
+            val = self._prepare(*validation_data, xname="validation_data[0]", yname="validation_data[1]")
+        elif validation_split > 0:
+            n_val = int(round(x.shape[0] * validation_split))
+            if n_val == 0 or n_val == x.shape[0]:
+                raise NnxpError(f"`validation_split`={validation_split} leaves an empty training or validation set "
+                                f"for {x.shape[0]} samples")
+            # the last fraction, taken before shuffling (as Keras does)
+            val = (x[-n_val:], y[-n_val:])
+            x, y = x[:-n_val], y[:-n_val]
+        else:
+            val = None
+        if not self.built:
+            self.build(x.shape[1])
+
+        n = x.shape[0]
+        history = History()
+        self.history = history
+        cbs = [history] + ([ProgbarLogger(verbose)] if verbose else []) + callbacks
+        self._fit_state = {"epochs": epochs, "samples": n, "batch_size": batch_size}
+        for cb in cbs:
+            cb.set_model(self)
+        self.stop_training = False
+        xs, ys = (self.device.xp.empty_like(x), self.device.xp.empty_like(y)) if shuffle else (x, y)
+        with _GracefulInterrupt() as interrupt:
+            for cb in cbs:
+                cb.on_train_begin()
+            for epoch in range(initial_epoch, epochs):
+                for cb in cbs:
+                    cb.on_epoch_begin(epoch)
+                logs = self._run_epoch(epoch, x, y, xs, ys, shuffle, batch_size, cbs, interrupt)
+                if interrupt.requested:
+                    history.interrupted = True
+                    print(f"Training interrupted during epoch {epoch + 1}; the weights are those after the last "
+                          "completed batch.")
+                    break
+                if val is not None:
+                    logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
+                self.epochs_trained = epoch + 1
+                for cb in cbs:
+                    cb.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+            for cb in cbs:
+                cb.on_train_end()
+        return history
+
+    def _run_epoch(self, epoch, x, y, xs, ys, shuffle, batch_size, cbs, interrupt) -> dict:
+        xp = self.device.xp
+        n = x.shape[0]
+        if shuffle:
+            # the order depends only on (seed, epoch): a resumed run shuffles exactly like an uninterrupted one
+            perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, epoch])).permutation(n)
+            perm = self.device.asarray(perm)
+            xp.take(x, perm, axis=0, out=xs)
+            xp.take(y, perm, axis=0, out=ys)
+        for layer in self.layers:
+            if hasattr(layer, "rng"):
+                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, epoch]))
+        snapshot = self.params.copy()  # last known-finite weights, restored if training blows up
+        check_each_batch = not self.device.is_cuda  # on the CPU the check costs nothing; on a GPU it would sync
+        loss_sum = xp.zeros((), dtype=np.float64)
+        metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
+        seen = 0
+        for batch, start in enumerate(range(0, n, batch_size)):
+            xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
+            nb = xb.shape[0]
+            loss, out = self._train_step(xb, yb)
+            if check_each_batch and not math.isfinite(float(loss)):
+                self._recover_from_blowup(snapshot, epoch, batch)
+            loss_sum += loss * nb
+            for name, value in self._metric_sums(out, yb).items():
+                metric_sums[name] += value
+            self.optimizer.apply(self.params, self.grads)
+            seen += nb
+            for cb in cbs:
+                cb.on_train_batch_end(batch, {"size": nb})
+            if interrupt.requested:
+                break
+        logs = {"loss": float(loss_sum) / max(seen, 1)}
+        logs.update({name: float(v) / max(seen, 1) for name, v in metric_sums.items()})
+        if not math.isfinite(logs["loss"]) or not bool(xp.isfinite(self.params).all()):
+            self._recover_from_blowup(snapshot, epoch, None)
+        return logs
+
+    def _recover_from_blowup(self, snapshot: Any, epoch: int, batch: int | None) -> None:
+        xp = self.device.xp
+        if not bool(xp.isfinite(self.params).all()):
+            self.params[...] = snapshot
+        where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
+        raise NumericalError(
+            f"training diverged: the loss became NaN or infinite at {where}. The model keeps its last finite "
+            "weights. Try a smaller learning_rate, clipnorm=1.0 in the optimizer, or standardized inputs."
+        )
+
+    def _evaluate_arrays(self, x: Any, y: Any, batch_size: int) -> dict[str, float]:
+        xp = self.device.xp
+        loss_sum = xp.zeros((), dtype=np.float64)
+        sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            out = self._forward(xb, training=False)
+            loss, _ = self._loss_and_grad(out, yb)
+            loss_sum += loss * xb.shape[0]
+            for name, value in self._metric_sums(out, yb).items():
+                sums[name] += value
+        n = x.shape[0]
+        logs = {"loss": float(loss_sum) / n}
+        logs.update({name: float(v) / n for name, v in sums.items()})
+        return logs
+
+    def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int = 1) -> dict[str, float]:
+        """Loss and metrics on (x, y) as a dict of floats."""
+        self._require_compiled()
+        self._require_built()
+        batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
+        x, y = self._prepare(x, y)
+        logs = self._evaluate_arrays(x, y, batch_size)
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        return logs
+
+    def _require_built(self) -> None:
+        self._require_layers()
+        if not self.built:
+            if self.input_dim is None:
+                raise NotCompiledError("the model has no weights yet: give the first layer `input_dim` or call fit")
+            self.build(self.input_dim)
+
+    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """Model outputs (after the final activation) for `x` as a host NumPy array."""
+        self._require_built()
+        batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
+        x = check_features(x, "x", self.input_dim)
+        n = x.shape[0]
+        result = np.empty((n, self.output_dim), dtype=self.dtype)
+        last = self.layers[-1]
+        for start in range(0, n, batch_size):
+            xb = self.device.asarray(x[start : start + batch_size], dtype=self.dtype)
+            out = self._forward(xb, training=False)
+            if self._fused:  # the output layer emitted logits; apply its activation now
+                out = A.activation_forward(last.activation, out, out)
+            result[start : start + xb.shape[0]] = to_numpy(out)
+        return result
+
+    # --- summary, config, files ----------------------------------------------------------------
+    def summary(self, print_fn: Any = print) -> str:
+        """A table of layers, output shapes, activations and parameter counts; printed and returned."""
+        rows = [("Layer (type)", "Output shape", "Activation", "Params")]
+        total = 0
+        dim = self.input_dim
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                out_dim = layer.units
+                count = (dim * layer.units + (layer.units if layer.use_bias else 0)) if dim else None
+            else:
+                out_dim, count = dim, 0
+            total += count or 0
+            rows.append((f"{layer.name} ({type(layer).__name__})", f"(None, {out_dim if out_dim else '?'})",
+                         layer.describe_activation() or "-", "?" if count is None else f"{count:,}"))
+            dim = out_dim
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        line = "-" * (sum(widths) + 6)
+        fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}"  # noqa: E731
+        text = "\n".join([f'Model: "{self.name}" on {self.device.name}, {self.dtype}', line, fmt(rows[0]),
+                          "=" * len(line)] + [fmt(r) for r in rows[1:]]
+                         + ["=" * len(line), f"Total params: {total:,}"])
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "dtype": str(self.dtype),
+            "seed": self.seed,
+            "input_dim": self.input_dim,
+            "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
+        }
+
+    def save(self, path: Any) -> None:
+        """Write the model (config, weights, optimizer state) to one file, atomically."""
+        from .io import save_model
+
+        save_model(self, path)
+
+    def __repr__(self) -> str:
+        return f"Sequential(layers={len(self.layers)}, params={self.count_params():,}, device={self.device.name!r})"
+
+
+class _GracefulInterrupt:
+    """Turn Ctrl-C during fit into a flag checked after each batch, so weights stay consistent."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+

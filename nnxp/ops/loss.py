@@ -1,0 +1,156 @@
+"""Loss functions: value and gradient in one pass, generic over NumPy / CuPy.
+
+Every function takes the network output (B, k) and targets, writes
+``dL/d(output)`` into `grad` and returns the mean loss over the batch as a
+0-d array on the same device (no host sync). The fused pairs take *logits*:
+softmax + cross-entropy (one-hot or sparse labels) and sigmoid + binary
+cross-entropy, both through log-sum-exp so no exp can overflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import xp_of
+
+# Probabilities are clipped to [EPS, 1 - EPS] before a log (as Keras does).
+EPS = 1e-7
+
+
+def _grad_buffer(xp: Any, like: Any, grad: Any) -> Any:
+    return xp.empty_like(like) if grad is None else grad
+
+
+def softmax_cross_entropy_ref(logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+    """Softmax + categorical cross-entropy on logits (B, C) and one-hot (or soft) targets (B, C)."""
+    xp = xp_of(logits)
+    n = logits.shape[0]
+    g = _grad_buffer(xp, logits, grad)
+    m = logits.max(axis=1, keepdims=True)  # (B, 1); subtract it so exp cannot overflow
+    xp.subtract(logits, m, out=g)  # shifted logits
+    # loss_i = sum_j t_ij (lse_i - s_ij) = lse_i * sum_j t_ij - sum_j t_ij s_ij
+    t_dot_s = (target * g).sum(axis=1)  # (B,)
+    xp.exp(g, out=g)
+    sums = g.sum(axis=1, keepdims=True)  # (B, 1)
+    t_sum = target.sum(axis=1, keepdims=True)  # (B, 1), 1 for one-hot rows
+    loss = (xp.log(sums[:, 0]) * t_sum[:, 0] - t_dot_s).sum() / n
+    # dL/dz = softmax * sum(t) - t, averaged over the batch
+    g /= sums
+    g *= t_sum
+    g -= target
+    g *= 1.0 / n
+    return loss, g
+
+
+def sparse_softmax_cross_entropy_ref(logits: Any, labels: Any, grad: Any = None) -> tuple[Any, Any]:
+    """Softmax + cross-entropy on logits (B, C) and integer labels (B,)."""
+    xp = xp_of(logits)
+    n = logits.shape[0]
+    rows = xp.arange(n)
+    g = _grad_buffer(xp, logits, grad)
+    m = logits.max(axis=1, keepdims=True)  # (B, 1)
+    xp.subtract(logits, m, out=g)
+    picked = g[rows, labels]  # (B,) shifted logit of the true class (a copy)
+    xp.exp(g, out=g)
+    sums = g.sum(axis=1, keepdims=True)
+    loss = (xp.log(sums[:, 0]) - picked).sum() / n
+    g /= sums
+    g[rows, labels] -= 1.0
+    g *= 1.0 / n
+    return loss, g
+
+
+def sigmoid_binary_cross_entropy_ref(logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+    """Sigmoid + binary cross-entropy on logits (B, k) and targets in [0, 1] (B, k)."""
+    xp = xp_of(logits)
+    size = logits.size
+    g = _grad_buffer(xp, logits, grad)
+    # loss = max(z, 0) - z t + log1p(exp(-|z|)), stable for any z
+    xp.abs(logits, out=g)
+    xp.negative(g, out=g)
+    xp.exp(g, out=g)
+    xp.log1p(g, out=g)
+    loss = (xp.maximum(logits, 0) - logits * target + g).sum() / size
+    # dL/dz = sigmoid(z) - t, with sigmoid = 0.5 (1 + tanh(z / 2))
+    xp.multiply(logits, 0.5, out=g)
+    xp.tanh(g, out=g)
+    g *= 0.5
+    g += 0.5
+    g -= target
+    g *= 1.0 / size
+    return loss, g
+
+
+def categorical_cross_entropy_ref(probs: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+    """Cross-entropy on probabilities (B, C) that did not come from a fused softmax."""
+    xp = xp_of(probs)
+    n = probs.shape[0]
+    g = _grad_buffer(xp, probs, grad)
+    xp.clip(probs, EPS, 1.0 - EPS, out=g)
+    loss = -(target * xp.log(g)).sum() / n
+    # d/dp of -sum t log p is -t / p (zero where p was clipped)
+    xp.divide(target, g, out=g)
+    g *= -1.0 / n
+    g *= (probs >= EPS) & (probs <= 1.0 - EPS)
+    return loss, g
+
+
+def sparse_categorical_cross_entropy_ref(probs: Any, labels: Any, grad: Any = None) -> tuple[Any, Any]:
+    """Cross-entropy on probabilities (B, C) and integer labels (B,)."""
+    xp = xp_of(probs)
+    n = probs.shape[0]
+    rows = xp.arange(n)
+    g = _grad_buffer(xp, probs, grad)
+    p = xp.clip(probs[rows, labels], EPS, 1.0 - EPS)  # (B,)
+    loss = -xp.log(p).sum() / n
+    g[...] = 0
+    inside = (probs[rows, labels] >= EPS) & (probs[rows, labels] <= 1.0 - EPS)
+    g[rows, labels] = (-1.0 / n) / p * inside
+    return loss, g
+
+
+def binary_cross_entropy_ref(probs: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+    """Binary cross-entropy on probabilities (B, k) that did not come from a fused sigmoid."""
+    xp = xp_of(probs)
+    size = probs.size
+    g = _grad_buffer(xp, probs, grad)
+    p = xp.clip(probs, EPS, 1.0 - EPS)
+    loss = -(target * xp.log(p) + (1.0 - target) * xp.log1p(-p)).sum() / size
+    # d/dp = (p - t) / (p (1 - p)), zero where p was clipped
+    xp.subtract(p, target, out=g)
+    g /= p * (1.0 - p)
+    g *= ((probs >= EPS) & (probs <= 1.0 - EPS)) / size
+    return loss, g
+
+
+def mean_squared_error_ref(pred: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+    """Mean over all elements of (pred - target)^2."""
+    xp = xp_of(pred)
+    g = _grad_buffer(xp, pred, grad)
+    xp.subtract(pred, target, out=g)
+    flat = g.reshape(-1)
+    loss = xp.dot(flat, flat) / pred.size
+    g *= 2.0 / pred.size
+    return loss, g
+
+
+def mean_absolute_error_ref(pred: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+    """Mean over all elements of |pred - target|."""
+    xp = xp_of(pred)
+    g = _grad_buffer(xp, pred, grad)
+    xp.subtract(pred, target, out=g)
+    loss = xp.abs(g).sum() / pred.size
+    xp.sign(g, out=g)
+    g *= 1.0 / pred.size
+    return loss, g
+
+
+# Public entry points; a device backend may override them with fused kernels.
+softmax_cross_entropy = softmax_cross_entropy_ref
+sparse_softmax_cross_entropy = sparse_softmax_cross_entropy_ref
+sigmoid_binary_cross_entropy = sigmoid_binary_cross_entropy_ref
+categorical_cross_entropy = categorical_cross_entropy_ref
+sparse_categorical_cross_entropy = sparse_categorical_cross_entropy_ref
+binary_cross_entropy = binary_cross_entropy_ref
+mean_squared_error = mean_squared_error_ref
+mean_absolute_error = mean_absolute_error_ref

@@ -1,0 +1,310 @@
+"""Optimizers: SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW.
+
+An optimizer sees arrays, never layers: one flat parameter buffer and its
+gradient. Its state (moments, accumulators) is allocated lazily as flat
+buffers of the same size, so a step is a few whole-buffer operations
+(:mod:`nnxp.ops.optim`) whatever the depth. Argument names follow Keras.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import schedules
+from .backend import to_numpy, xp_of
+from .errors import NnxpError, NnxpTypeError, did_you_mean
+from .ops import optim as O
+from .schedules import LearningRateSchedule
+
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "AdamW", "get", "schedules"]
+
+
+def _number(name: str, value: Any, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
+    """`value` as a float checked to lie in [low, high] (or (low, high] when `low_open`)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        hi = "inf)" if high == math.inf else f"{high}]"
+        raise NnxpError(f"`{name}` must be a finite number in {bracket}{low}, {hi}. Received: {name}={value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class: learning rate (float or schedule), clipping, weight decay, lazy flat state."""
+
+    name = "optimizer"
+
+    def __init__(
+        self,
+        learning_rate: float | LearningRateSchedule = 0.001,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        weight_decay: float | None = None,
+    ) -> None:
+        if isinstance(learning_rate, LearningRateSchedule):
+            self.learning_rate: float | LearningRateSchedule = learning_rate
+        else:
+            self.learning_rate = _number("learning_rate", learning_rate)
+        self.clipnorm = None if clipnorm is None else _number("clipnorm", clipnorm, low_open=True)
+        self.clipvalue = None if clipvalue is None else _number("clipvalue", clipvalue, low_open=True)
+        self.weight_decay = None if not weight_decay else _number("weight_decay", weight_decay)
+        self.iterations = 0
+        self.state: dict[str, Any] = {}  # name -> flat array like the parameters
+        self._tmp: Any = None
+
+    # --- the step ---------------------------------------------------------------------------
+    def current_learning_rate(self) -> float:
+        """The rate the next step will use (a schedule is evaluated at ``iterations``)."""
+        if isinstance(self.learning_rate, LearningRateSchedule):
+            return float(self.learning_rate(self.iterations))
+        return self.learning_rate
+
+    def _slots(self) -> list[str]:
+        """Names of the state buffers this configuration needs."""
+        return []
+
+    def _initial_value(self, slot: str) -> float:
+        return 0.0
+
+    def build(self, params: Any) -> None:
+        """Allocate zeroed state buffers shaped like the flat `params`."""
+        xp = xp_of(params)
+        self.state = {}
+        for slot in self._slots():
+            buf = xp.zeros_like(params)
+            if self._initial_value(slot):
+                buf.fill(self._initial_value(slot))
+            self.state[slot] = buf
+        self._tmp = xp.empty_like(params)
+
+    def apply(self, params: Any, grads: Any) -> None:
+        """One update of the flat `params` from the flat `grads` (which may be clipped in place)."""
+        if self._tmp is None or self._tmp.shape != params.shape or xp_of(self._tmp) is not xp_of(params):
+            self.build(params)
+        lr = self.current_learning_rate()
+        if self.clipvalue is not None:
+            O.clip_by_value(grads, self.clipvalue)
+        if self.clipnorm is not None:
+            O.clip_by_global_norm(grads, self.clipnorm)
+        self.iterations += 1
+        if self.weight_decay:
+            O.weight_decay(params, lr, self.weight_decay)
+        self._update(params, grads, lr)
+
+    def _update(self, p: Any, g: Any, lr: float) -> None:
+        raise NotImplementedError
+
+    # --- config and state (for save / load and device moves) ---------------------------------
+    def get_config(self) -> dict:
+        lr = self.learning_rate
+        return {
+            "name": self.name,
+            "learning_rate": lr.get_config() if isinstance(lr, LearningRateSchedule) else lr,
+            "clipnorm": self.clipnorm,
+            "clipvalue": self.clipvalue,
+            "weight_decay": self.weight_decay,
+            **self._hyper(),
+        }
+
+    def _hyper(self) -> dict:
+        return {}
+
+    def get_state(self) -> dict[str, Any]:
+        """State as host NumPy arrays (for saving)."""
+        return {k: to_numpy(v) for k, v in self.state.items()}
+
+    def set_state(self, state: dict[str, Any], like: Any) -> None:
+        """Restore state saved by :meth:`get_state` onto the device of `like`."""
+        self.build(like)
+        expected = set(self._slots())
+        if set(state) != expected:
+            raise NnxpError(f"optimizer state must hold {sorted(expected)}. Received: {sorted(state)}")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(like.shape):
+                raise NnxpError(f"optimizer state `{k}` must have shape {like.shape}. Received: {v.shape}")
+            self.state[k][...] = xp_of(like).asarray(v, dtype=like.dtype)
+
+    def to(self, like: Any) -> None:
+        """Move the state next to `like` (the parameters after a device move)."""
+        if self.state:
+            self.set_state(self.get_state(), like)
+        else:
+            self._tmp = None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name" and v is not None)
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum."""
+
+    name = "sgd"
+
+    def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False, **kwargs) -> None:
+        super().__init__(learning_rate, **kwargs)
+        self.momentum = _number("momentum", momentum, 0.0, 1.0)
+        self.nesterov = bool(nesterov)
+
+    def _slots(self):
+        return ["velocity"] if self.momentum else []
+
+    def _update(self, p, g, lr):
+        O.sgd(p, g, self.state.get("velocity"), self._tmp, lr, self.momentum, self.nesterov)
+
+    def _hyper(self):
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class RMSprop(Optimizer):
+    """Divide the gradient by a running RMS of recent gradients."""
+
+    name = "rmsprop"
+
+    def __init__(
+        self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7, centered=False, **kw
+    ) -> None:
+        super().__init__(learning_rate, **kw)
+        self.rho = _number("rho", rho, 0.0, 1.0)
+        self.momentum = _number("momentum", momentum, 0.0, 1.0)
+        self.epsilon = _number("epsilon", epsilon, low_open=True)
+        self.centered = bool(centered)
+
+    def _slots(self):
+        return ["avg_sq"] + (["momentum"] if self.momentum else []) + (["avg_grad"] if self.centered else [])
+
+    def _update(self, p, g, lr):
+        s = self.state
+        O.rmsprop(p, g, s["avg_sq"], s.get("momentum"), s.get("avg_grad"), self._tmp, lr, self.rho, self.momentum,
+                  self.epsilon)
+
+    def _hyper(self):
+        return {"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon, "centered": self.centered}
+
+
+class Adagrad(Optimizer):
+    """Per-parameter rates from the sum of all past squared gradients."""
+
+    name = "adagrad"
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kw):
+        super().__init__(learning_rate, **kw)
+        self.initial_accumulator_value = _number("initial_accumulator_value", initial_accumulator_value)
+        self.epsilon = _number("epsilon", epsilon, low_open=True)
+
+    def _slots(self):
+        return ["accumulator"]
+
+    def _initial_value(self, slot):
+        return self.initial_accumulator_value
+
+    def _update(self, p, g, lr):
+        O.adagrad(p, g, self.state["accumulator"], self._tmp, lr, self.epsilon)
+
+    def _hyper(self):
+        return {"initial_accumulator_value": self.initial_accumulator_value, "epsilon": self.epsilon}
+
+
+class Adadelta(Optimizer):
+    """Adagrad's successor: running averages of squared gradients and squared updates."""
+
+    name = "adadelta"
+
+    def __init__(self, learning_rate=0.001, rho: float = 0.95, epsilon: float = 1e-7, **kw):
+        super().__init__(learning_rate, **kw)
+        self.rho = _number("rho", rho, 0.0, 1.0)
+        self.epsilon = _number("epsilon", epsilon, low_open=True)
+
+    def _slots(self):
+        return ["accumulated_grad", "accumulated_delta"]
+
+    def _update(self, p, g, lr):
+        s = self.state
+        O.adadelta(p, g, s["accumulated_grad"], s["accumulated_delta"], self._tmp, lr, self.rho, self.epsilon)
+
+    def _hyper(self):
+        return {"rho": self.rho, "epsilon": self.epsilon}
+
+
+class Adam(Optimizer):
+    """Adaptive moments (Kingma & Ba) with bias correction."""
+
+    name = "adam"
+
+    def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, **kw):
+        super().__init__(learning_rate, **kw)
+        self.beta_1 = _number("beta_1", beta_1, 0.0, 1.0)
+        self.beta_2 = _number("beta_2", beta_2, 0.0, 1.0)
+        self.epsilon = _number("epsilon", epsilon, low_open=True)
+        if self.beta_1 == 1.0 or self.beta_2 == 1.0:
+            raise NnxpError(f"`beta_1` and `beta_2` must be < 1. Received: beta_1={beta_1}, beta_2={beta_2}")
+
+    def _slots(self):
+        return ["m", "v"]
+
+    def _update(self, p, g, lr):
+        O.adam(p, g, self.state["m"], self.state["v"], self._tmp, lr, self.beta_1, self.beta_2, self.epsilon,
+               self.iterations)
+
+    def _hyper(self):
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class Adamax(Adam):
+    """Adam with the infinity norm in place of the second moment."""
+
+    name = "adamax"
+
+    def _slots(self):
+        return ["m", "u"]
+
+    def _update(self, p, g, lr):
+        O.adamax(p, g, self.state["m"], self.state["u"], self._tmp, lr, self.beta_1, self.beta_2, self.epsilon,
+                 self.iterations)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (default 0.004, as Keras)."""
+
+    name = "adamw"
+
+    def __init__(self, learning_rate=0.001, weight_decay: float = 0.004, **kw):
+        super().__init__(learning_rate, weight_decay=weight_decay, **kw)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.name: cls for cls in (SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW)
+}
+
+
+def get(identifier: str | Optimizer | dict) -> Optimizer:
+    """An optimizer from an instance, a name (``"adam"``) or a config dict."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, dict):
+        config = dict(identifier)
+        name = config.pop("name", None)
+        cls = _lookup(name)
+        lr = config.get("learning_rate")
+        if isinstance(lr, dict):
+            config["learning_rate"] = schedules.from_config(lr)
+        config = {k: v for k, v in config.items() if v is not None}
+        if cls is AdamW:
+            config.setdefault("weight_decay", 0.0)
+        return cls(**config)
+    if isinstance(identifier, str):
+        return _lookup(identifier)()
+    raise NnxpTypeError(
+        f"`optimizer` must be a name such as 'adam' or an Optimizer instance. Received: optimizer={identifier!r}"
+    )
+
+
+def _lookup(name: Any) -> type[Optimizer]:
+    key = str(name).strip().lower()
+    if key not in OPTIMIZERS:
+        raise NnxpError(
+            f"`optimizer` must be one of {sorted(OPTIMIZERS)}. Received: optimizer={name!r}."
+            + did_you_mean(key, sorted(OPTIMIZERS))
+        )
+    return OPTIMIZERS[key]
