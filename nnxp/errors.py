@@ -36,9 +36,25 @@ class DatasetError(NnxpError):
     """A dataset cannot be found, downloaded or parsed."""
 
 
-def did_you_mean(name: object, choices: list[str]) -> str:
-    """Return ' Did you mean "x"?' for the closest of `choices`, or ''."""
-    import difflib
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions, adjacent swaps."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
 
-    match = difflib.get_close_matches(str(name).lower(), choices, n=1, cutoff=0.5)
-    return f' Did you mean "{match[0]}"?' if match else ""
+
+def did_you_mean(name: object, choices: list[str]) -> str:
+    """Return ' Did you mean "x"?' for the closest of `choices` (typos, swapped letters), or ''."""
+    text = str(name).lower()
+    if not choices:
+        return ""
+    best = min(choices, key=lambda c: (_edit_distance(text, c), c))
+    # accept up to a third of the word wrong (at least one edit)
+    return f' Did you mean "{best}"?' if _edit_distance(text, best) <= max(1, len(best) // 3) else ""

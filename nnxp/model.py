@@ -338,7 +338,8 @@ class Sequential:
             cb.set_model(self)
         self.stop_training = False
         xs, ys = (self.device.xp.empty_like(x), self.device.xp.empty_like(y)) if shuffle else (x, y)
-        with _GracefulInterrupt() as interrupt:
+        # overflow inside a diverging step is reported once, as a NumericalError, not as NumPy warnings
+        with _GracefulInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
             for cb in cbs:
                 cb.on_train_begin()
             for epoch in range(initial_epoch, epochs):

@@ -1,0 +1,297 @@
+"""Sequential end to end: gradients, training accuracy, reproducibility, dtypes, bad input."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import nnxp
+from nnxp import Activation, Dense, Dropout, NnxpError, Sequential
+from nnxp.callbacks import Callback
+from nnxp.errors import NumericalError
+from nnxp.ops.activation import ACTIVATION_OPS
+
+HIDDEN = sorted(ACTIVATION_OPS)
+# loss -> (output activation, target maker)
+LOSS_SETUPS = {
+    "categorical_crossentropy": ("softmax", lambda r, n: np.eye(3)[r.integers(0, 3, n)]),
+    "sparse_categorical_crossentropy": ("softmax", lambda r, n: r.integers(0, 3, n)),
+    "binary_crossentropy": ("sigmoid", lambda r, n: r.integers(0, 2, (n, 3)).astype(float)),
+    "mse": ("linear", lambda r, n: r.normal(size=(n, 3))),
+    "mae": ("tanh", lambda r, n: r.normal(size=(n, 3))),
+}
+
+
+def _flat_numeric_gradient(model, x, y, eps=1e-6):
+    def loss_at():
+        return float(model._loss_and_grad(model._forward(x, True), y)[0])
+
+    num = np.zeros_like(model.params)
+    for i in range(model.params.size):
+        orig = model.params[i]
+        model.params[i] = orig + eps
+        up = loss_at()
+        model.params[i] = orig - eps
+        down = loss_at()
+        model.params[i] = orig
+        num[i] = (up - down) / (2 * eps)
+    return num
+
+
+def _analytic_gradient(model, x, y):
+    model._train_step(x, y)
+    return model.grads.copy()
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("loss", sorted(LOSS_SETUPS))
+def test_gradients_match_finite_differences(hidden, loss):
+    out_act, make_y = LOSS_SETUPS[loss]
+    r = np.random.default_rng(3)
+    model = Sequential([Dense(4, hidden, input_dim=3), Dense(3, out_act)], dtype="float64", seed=1)
+    model.compile("sgd", loss)
+    model.build(3)
+    x = r.normal(size=(5, 3))
+    y = model._prepare(x, make_y(r, 5))[1]
+    np.testing.assert_allclose(_analytic_gradient(model, x, y), _flat_numeric_gradient(model, x, y),
+                               rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "layers, loss",
+    [
+        # unfused: softmax's full Jacobian under MSE, and probabilities into plain cross-entropy
+        (lambda: [Dense(4, "tanh", input_dim=3), Dense(3, "softmax")], "mse"),
+        (lambda: [Dense(4, "tanh", input_dim=3), Dense(3, "sigmoid")], "categorical_crossentropy"),
+        (lambda: [Dense(4, "elu", input_dim=3), Dense(3), Activation("softmax")], "categorical_crossentropy"),
+        (lambda: [Dense(4, "relu", input_dim=3, kernel_regularizer=nnxp.regularizers.L1L2(0.01, 0.02),
+                        bias_regularizer="l2"), Dense(3, "sigmoid", kernel_regularizer="l1")],
+         "binary_crossentropy"),
+    ],
+)
+def test_unfused_and_regularized_gradients(layers, loss):
+    r = np.random.default_rng(4)
+    model = Sequential(layers(), dtype="float64", seed=2)
+    model.compile("sgd", loss)
+    model.build(3)
+    x = r.normal(size=(6, 3))
+    y = model._prepare(x, LOSS_SETUPS[loss][1](r, 6))[1]
+    np.testing.assert_allclose(_analytic_gradient(model, x, y), _flat_numeric_gradient(model, x, y),
+                               rtol=1e-5, atol=1e-8)
+
+
+def _circles(n=1000, seed=0):
+    r = np.random.default_rng(seed)
+    radius = np.r_[r.uniform(0, 1, n // 2), r.uniform(1.5, 2.5, n - n // 2)]
+    angle = r.uniform(0, 2 * np.pi, n)
+    x = np.c_[radius * np.cos(angle), radius * np.sin(angle)]
+    return x, (np.arange(n) >= n // 2).astype(np.float64)
+
+
+def test_two_circles_reach_97_percent():
+    x, y = _circles()
+    model = Sequential([Dense(10, "relu", input_dim=2), Dense(5, "relu"), Dense(1, "sigmoid")], seed=0)
+    model.compile(nnxp.optimizers.Adam(0.01), "binary_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=40, batch_size=32, verbose=0)
+    assert model.evaluate(x, y, verbose=0)["accuracy"] >= 0.97
+
+
+def test_sine_cosine_fit_below_1e_3():
+    x = np.linspace(0, 1, 256)[:, None]
+    y = np.c_[np.sin(2 * np.pi * x[:, 0]), np.cos(2 * np.pi * x[:, 0])]
+    model = Sequential([Dense(16, "relu", input_dim=1, kernel_initializer="he_uniform",
+                              bias_initializer="random_uniform"), Dense(2)], seed=0)
+    model.compile(nnxp.optimizers.Adam(nnxp.schedules.CosineDecay(0.01, 24000, alpha=0.01)), "mse")
+    model.fit(x, y, epochs=3000, batch_size=32, verbose=0)
+    assert model.evaluate(x, y, verbose=0)["loss"] < 1e-3
+
+
+def test_digits_classification():
+    datasets = __import__("nnxp.datasets", fromlist=["x"])
+    x, y = datasets.load_digits()
+    x_train, x_test, y_train, y_test = datasets.train_test_split(x / 16.0, y, test_size=0.25, seed=0)
+    model = Sequential([Dense(64, "relu", input_dim=64), Dropout(0.1), Dense(10, "softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    hist = model.fit(x_train, y_train, epochs=30, batch_size=32, verbose=0, validation_data=(x_test, y_test))
+    assert hist.history["val_accuracy"][-1] >= 0.96
+
+
+def _train(seed, **kw):
+    x, y = _circles(300)
+    model = Sequential([Dense(8, "tanh", input_dim=2), Dropout(0.2), Dense(1, "sigmoid")], seed=seed, **kw)
+    model.compile("adam", "binary_crossentropy")
+    hist = model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    return model, hist
+
+
+def test_same_seed_is_bit_identical_and_other_seed_differs():
+    (m1, h1), (m2, h2), (m3, _) = _train(7), _train(7), _train(8)
+    for a, b in zip(m1.get_weights(), m2.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert h1.history["loss"] == h2.history["loss"]
+    assert not np.array_equal(m1.get_weights()[0], m3.get_weights()[0])
+
+
+def test_float32_end_to_end_and_float64_model():
+    x, y = _circles(200)  # float64 inputs are cast, not promoted
+    m32, _ = _train(0)
+    assert m32.params.dtype == np.float32 and m32.predict(x).dtype == np.float32
+    assert all(w.dtype == np.float32 for w in m32.get_weights())
+    assert m32.optimizer.state["m"].dtype == np.float32
+    m64, _ = _train(0, dtype="float64")
+    assert m64.params.dtype == np.float64 and m64.predict(x).dtype == np.float64
+
+
+def test_history_keys_validation_split_and_data():
+    x, y = _circles(400)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce", metrics=["accuracy", "mse"])
+    h = model.fit(x, y, epochs=2, verbose=0, validation_split=0.25)
+    assert set(h.history) == {"loss", "accuracy", "mse", "val_loss", "val_accuracy", "val_mse"}
+    assert all(len(v) == 2 for v in h.history.values())
+    h = model.fit(x[:300], y[:300], epochs=1, verbose=0, validation_data=(x[300:], y[300:]))
+    np.testing.assert_allclose(h.history["val_loss"][0], model.evaluate(x[300:], y[300:], verbose=0)["loss"],
+                               rtol=1e-6)
+
+
+def test_input_dim_inferred_from_data_and_predict_shape():
+    x, y = _circles(100)
+    model = Sequential([Dense(4, "relu"), Dense(2, "softmax")], seed=0)
+    model.compile("sgd", "sparse_categorical_crossentropy", ["acc"])
+    model.fit(x, y.astype(int), epochs=1, verbose=0)
+    assert model.input_dim == 2
+    p = model.predict(x)
+    assert p.shape == (100, 2)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_summary_counts_parameters():
+    model = Sequential([Dense(512, "relu", input_dim=784), Dropout(0.2), Dense(10, "softmax")])
+    text = model.summary(print_fn=None)
+    assert "401,920" in text and "5,130" in text and "Total params: 407,050" in text and "softmax" in text
+
+
+def test_get_set_weights_round_trip_and_shape_check():
+    model, _ = _train(0)
+    before = model.get_weights()
+    with pytest.raises(NnxpError, match=r"weights\[0\].*shape \(2, 8\)"):
+        model.set_weights([np.zeros((3, 8))] + before[1:])
+    for a, b in zip(before, model.get_weights()):  # unchanged by the failed call
+        np.testing.assert_array_equal(a, b)
+    model.set_weights([w * 0 for w in before])
+    assert all((w == 0).all() for w in model.get_weights())
+
+
+def test_to_cpu_keeps_weights():
+    model, _ = _train(0)
+    before = model.get_weights()
+    assert model.to("cpu") is model
+    np.testing.assert_array_equal(model.get_weights()[0], before[0])
+
+
+BAD_FIT = [
+    ({"x": np.zeros((10, 3))}, "features"),
+    ({"x": np.zeros(10)}, "2-D"),
+    ({"y": np.zeros(9)}, "same number of samples"),
+    ({"x": np.full((10, 2), np.nan)}, "finite"),
+    ({"y": np.full(10, 2.0)}, r"\[0, 1\]"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"epochs": -1}, "epochs"),
+    ({"validation_split": 1.0}, "validation_split"),
+    ({"x": np.zeros((0, 2)), "y": np.zeros(0)}, "empty"),
+    ({"x": np.array([["a", "b"]] * 10)}, "numbers"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_FIT)
+def test_bad_fit_input_raises_and_leaves_weights(override, message):
+    model, _ = _train(0)
+    before = model.get_weights()
+    state = {k: v.copy() for k, v in model.optimizer.state.items()}
+    x, y = _circles(10)
+    args = {"x": x, "y": y, "epochs": 1, "batch_size": 4, "verbose": 0, **override}
+    with pytest.raises(NnxpError, match=message):
+        model.fit(**args)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for k, v in state.items():
+        np.testing.assert_array_equal(v, model.optimizer.state[k])
+
+
+def test_sparse_label_errors():
+    model = Sequential([Dense(3, "softmax", input_dim=2)], seed=0)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x = np.zeros((4, 2))
+    with pytest.raises(NnxpError, match=r"\[0, 2\].*from 0 to 3"):
+        model.fit(x, np.array([0, 1, 2, 3]), verbose=0)
+    with pytest.raises(NnxpError, match="whole-number"):
+        model.fit(x, np.array([0, 1.5, 2, 0]), verbose=0)
+    with pytest.raises(NnxpError, match="from -1"):
+        model.fit(x, np.array([0, -1, 2, 0]), verbose=0)
+    model2 = Sequential([Dense(3, "softmax", input_dim=2)])
+    model2.compile("sgd", "categorical_crossentropy")
+    with pytest.raises(NnxpError, match="sparse_categorical_crossentropy"):
+        model2.fit(x, np.array([0, 1, 2, 0]), verbose=0)
+
+
+def test_unknown_names_suggest_the_closest():
+    with pytest.raises(NnxpError, match='Did you mean "relu"'):
+        Dense(3, "rleu")
+    model = Sequential([Dense(1, input_dim=1)])
+    with pytest.raises(NnxpError, match='Did you mean "adam"'):
+        model.compile("adma", "mse")
+    with pytest.raises(NnxpError, match='Did you mean "mean_squared_error"'):
+        model.compile("adam", "mean_squared_eror")
+    with pytest.raises(NnxpError, match="no layers"):
+        Sequential().compile("adam", "mse") or Sequential().fit(np.zeros((2, 2)), np.zeros(2))
+
+
+def test_not_compiled_and_no_layers():
+    with pytest.raises(NnxpError, match="compiled"):
+        Sequential([Dense(1, input_dim=2)]).fit(np.zeros((2, 2)), np.zeros(2))
+    model = Sequential()
+    model.compile("adam", "mse")
+    with pytest.raises(NnxpError, match="no layers"):
+        model.fit(np.zeros((2, 2)), np.zeros(2))
+
+
+def test_divergence_stops_with_finite_weights():
+    x, y = _circles(200)
+    x = x * 1e6
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1)], seed=0)
+    model.compile(nnxp.optimizers.SGD(10.0), "mse")
+    with pytest.raises(NumericalError, match=r"epoch \d+, batch \d+"):
+        model.fit(x, y, epochs=5, batch_size=16, verbose=0)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_ctrl_c_stops_after_the_batch_and_returns_history():
+    class Interrupter(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3 and self.model.epochs_trained == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    x, y = _circles(400)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce")
+    h = model.fit(x, y, epochs=5, batch_size=16, verbose=0, callbacks=[Interrupter()])
+    assert h.interrupted and len(h.history["loss"]) == 1
+    assert model.optimizer.iterations == 25 + 4  # one full epoch plus the four batches before the flag was seen
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_early_stopping_restores_best_weights():
+    x, y = _circles(300)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile(nnxp.optimizers.SGD(0.5), "bce")
+
+    class Record(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights = getattr(self, "weights", []) + [self.model.get_weights()]
+
+    rec = Record()
+    stop = nnxp.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0, restore_best_weights=True)
+    h = model.fit(x, y, epochs=10, verbose=0, callbacks=[rec, stop])
+    assert len(h.history["loss"]) == 2  # epoch 2 did not improve by 10
+    np.testing.assert_array_equal(model.get_weights()[0], rec.weights[0][0])
