@@ -7,7 +7,7 @@ public API only.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import activations, callbacks, initializers, losses, optimizers, regularizers, schedules
 from .backend import Device, cuda_available, get_device, to_numpy

@@ -48,6 +48,12 @@ class History(Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(value)
 
+    def plot(self, path: str, title: str | None = None) -> str:
+        """Save train/validation curves to a PNG at `path` (needs matplotlib: ``nnxp[plot]``)."""
+        from .plot import plot_history
+
+        return plot_history(self, path, title)
+
     def __repr__(self) -> str:
         note = ", interrupted" if self.interrupted else ""
         return f"History(epochs={len(self.epoch)}, keys={list(self.history)}{note})"
@@ -78,7 +84,8 @@ class ProgbarLogger(Callback):
             except ImportError:
                 return
             self._bar = tqdm(total=self.samples, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="sample",
-                             unit_scale=True, leave=False, file=self.stream, dynamic_ncols=True)
+                             unit_scale=True, leave=False, file=self.stream, dynamic_ncols=True,
+                             disable=None)  # None: no bar when the stream is not a terminal
 
     def on_train_batch_end(self, batch, logs=None):
         if self._bar is not None:

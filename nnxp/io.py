@@ -35,10 +35,9 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 def save_model(model: Any, path: str | os.PathLike) -> None:
     """Write `model` to `path` atomically (see the module docstring)."""
-    from . import __version__
+    from ._version import __version__
 
-    if not model.built:
-        raise NnxpError("the model has no weights to save yet: build it (fit, or a first layer with input_dim)")
+    model._require_built()  # builds from the first layer's input_dim, or says there are no weights yet
     path = Path(path)
     config = {
         "format": FORMAT,

@@ -169,6 +169,8 @@ class Sequential:
     # --- weights -------------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
         """Every parameter as a host NumPy copy, in layer order (kernel, bias, ...)."""
+        if not self.built and self.input_dim is not None:
+            self.build(self.input_dim)
         if not self.built:
             return []
         host = to_numpy(self.params).copy()
@@ -176,8 +178,7 @@ class Sequential:
 
     def set_weights(self, weights: list[Any]) -> None:
         """Replace every parameter; shapes must match :meth:`get_weights`. Nothing changes on error."""
-        if not self.built:
-            raise NotCompiledError("the model has no weights yet: give the first layer `input_dim` or call fit first")
+        self._require_built()
         if not isinstance(weights, (list, tuple)) or len(weights) != len(self._slices):
             got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
             raise NnxpError(f"`weights` must be a list of {len(self._slices)} arrays. Received: {got}")

@@ -19,6 +19,12 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> float:
     return float(value)
 
 
+def _positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise NnxpError(f"`{name}` must be a positive integer (a number of steps). Received: {name}={value!r}")
+    return value
+
+
 class LearningRateSchedule:
     """Base class: ``schedule(step) -> learning rate``."""
 
@@ -34,7 +40,7 @@ class ExponentialDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False):
         self.initial_learning_rate = _positive("initial_learning_rate", initial_learning_rate, allow_zero=True)
-        self.decay_steps = int(_positive("decay_steps", decay_steps))
+        self.decay_steps = _positive_int("decay_steps", decay_steps)
         self.decay_rate = _positive("decay_rate", decay_rate)
         self.staircase = bool(staircase)
 
@@ -50,7 +56,7 @@ class StepDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate: float, step_size: int, gamma: float = 0.1):
         self.initial_learning_rate = _positive("initial_learning_rate", initial_learning_rate, allow_zero=True)
-        self.step_size = int(_positive("step_size", step_size))
+        self.step_size = _positive_int("step_size", step_size)
         self.gamma = _positive("gamma", gamma)
 
     def __call__(self, step: int) -> float:
@@ -62,7 +68,7 @@ class CosineDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float = 0.0):
         self.initial_learning_rate = _positive("initial_learning_rate", initial_learning_rate, allow_zero=True)
-        self.decay_steps = int(_positive("decay_steps", decay_steps))
+        self.decay_steps = _positive_int("decay_steps", decay_steps)
         self.alpha = _positive("alpha", alpha, allow_zero=True)
 
     def __call__(self, step: int) -> float:

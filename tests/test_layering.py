@@ -1,0 +1,91 @@
+"""Architecture rules from DESIGN.md: CuPy only in backend.py, imports point down only."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "nnxp"
+
+# Which nnxp modules each layer may import (a module's own package counts as itself).
+LEVEL = {
+    "errors": 0, "_version": 0,
+    "backend": 1,
+    "ops": 2,
+    "activations": 3, "initializers": 3, "losses": 3, "regularizers": 3, "schedules": 3, "_validation": 3,
+    "optimizers": 4, "layers": 4,
+    "callbacks": 5,
+    "model": 6, "io": 7,
+    "plot": 1, "onnx_export": 7,
+    "cli": 8, "selftest": 8, "__main__": 9,
+    "__init__": 10,
+}
+DATASETS_ALLOWED = {"errors"}
+# Sequential.save delegates to io.save_model through an import inside the method, as Keras does.
+ALLOWED_UPWARD = {("model", "io")}  # datasets return host arrays and know nothing of devices
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        yield path, rel.parts[0].removesuffix(".py")
+
+
+def _nnxp_imports(path: Path):
+    """(dotted module name, line) of every import in `path`, relative ones resolved."""
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    package = ["nnxp", *rel.parts[:-1]]  # the package holding this module (or this __init__)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                yield node.module or "", node.lineno
+                continue
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                yield ".".join(base + node.module.split(".")), node.lineno
+            else:
+                for alias in node.names:
+                    yield ".".join(base + [alias.name]), node.lineno
+
+
+def test_cupy_is_imported_only_in_backend():
+    offenders = []
+    for path, _ in _modules():
+        for name, line in _nnxp_imports(path):
+            if (name == "cupy" or name.startswith("cupy.") or name.startswith("cupyx")) and path.name != "backend.py":
+                offenders.append(f"{path.relative_to(PACKAGE)}:{line} imports {name}")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("path, top", list(_modules()), ids=lambda v: str(v))
+def test_imports_point_down(path, top):
+    for name, line in _nnxp_imports(path):
+        if not name.startswith("nnxp."):
+            continue
+        target = name.split(".")[1]
+        if target == top:
+            continue
+        where = f"{path.relative_to(PACKAGE)}:{line} imports nnxp.{target}"
+        if top == "datasets":
+            assert target in DATASETS_ALLOWED, where
+            continue
+        if target == "datasets":
+            assert LEVEL.get(top, 0) >= LEVEL["cli"] or top == "__init__", where
+            continue
+        assert top in LEVEL, f"add {top} to LEVEL in this test"
+        assert target in LEVEL, f"add {target} to LEVEL in this test"
+        assert LEVEL[target] < LEVEL[top] or (top, target) in ALLOWED_UPWARD, where
+
+
+def test_scanner_sees_a_violation(tmp_path, monkeypatch):
+    # the checker itself must be able to fail
+    bad = PACKAGE / "ops" / "_layering_probe.py"
+    bad.write_text("from ..model import Sequential\nimport cupy\n")
+    try:
+        names = [n for n, _ in _nnxp_imports(bad)]
+    finally:
+        bad.unlink()
+    assert "nnxp.model" in names and "cupy" in names
