@@ -164,12 +164,6 @@ def test_zero_initial_rate_is_allowed():
     assert CosineDecay(0.0, 10)(3) == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ZeroDivisionError,
-    reason="nnxp bug: a fractional step count below 1 passes the '> 0' check, then int() truncates it to 0 and "
-    "calling the schedule raises ZeroDivisionError (nnxp/schedules.py int(_positive(...)))",
-)
 @pytest.mark.parametrize(
     ("factory", "kwargs", "argname", "at_step_2"),
     [
@@ -181,10 +175,17 @@ def test_zero_initial_rate_is_allowed():
         ),
         (StepDecay, dict(initial_learning_rate=0.1, step_size=0.5, gamma=0.5), "step_size", 0.1 * 0.5**4),
         (CosineDecay, dict(initial_learning_rate=0.1, decay_steps=0.5), "decay_steps", 0.0),
+        (
+            ExponentialDecay,
+            dict(initial_learning_rate=0.1, decay_steps=2.5, decay_rate=0.9),
+            "decay_steps",
+            0.1 * 0.9**0.8,
+        ),
     ],
 )
-def test_fractional_step_count_below_one_is_rejected_or_honoured(factory, kwargs, argname, at_step_2):
-    """Either refuse the value up front (naming it) or use it as given; never a ZeroDivisionError later."""
+def test_fractional_step_count_is_rejected_or_honoured(factory, kwargs, argname, at_step_2):
+    """Refuse a fractional step count up front (naming it) or use it as given: never truncate it (0.5 -> 0 was
+    a ZeroDivisionError at the first call, 2.5 -> 2 a silently different schedule)."""
     try:
         s = factory(**kwargs)
     except NnxpError as exc:
