@@ -119,8 +119,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         model.summary()
     history = model.fit(
         task.x_train, task.y_train,
-        epochs=args.epochs or task.epochs,
-        batch_size=args.batch_size or task.batch_size,
+        epochs=task.epochs if args.epochs is None else args.epochs,
+        batch_size=task.batch_size if args.batch_size is None else args.batch_size,
         validation_split=args.validation_split,
         verbose=0 if (args.quiet or args.json) else 1,
     )
