@@ -502,6 +502,12 @@ class Sequential:
 
         save_model(self, path)
 
+    def export_onnx(self, path: Any) -> str:
+        """Write the model as an ONNX graph (needs ``nnxp[onnx]``); returns the path."""
+        from .onnx_export import export_onnx
+
+        return export_onnx(self, path)
+
     def __repr__(self) -> str:
         return f"Sequential(layers={len(self.layers)}, params={self.count_params():,}, device={self.device.name!r})"
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from . import schedules
 from .backend import to_numpy, xp_of
 from .errors import NnxpError, NnxpTypeError, did_you_mean
@@ -22,7 +24,8 @@ __all__ = ["Optimizer", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax
 
 def _number(name: str, value: Any, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
     """`value` as a float checked to lie in [low, high] (or (low, high] when `low_open`)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
     if not ok or value < low or value > high or (low_open and value == low):
         bracket = "(" if low_open else "["
         hi = "inf)" if high == math.inf else f"{high}]"
@@ -112,7 +115,7 @@ class Optimizer:
 
     def get_state(self) -> dict[str, Any]:
         """State as host NumPy arrays (for saving)."""
-        return {k: to_numpy(v) for k, v in self.state.items()}
+        return {k: to_numpy(v).copy() for k, v in self.state.items()}  # a snapshot, on every device
 
     def set_state(self, state: dict[str, Any], like: Any) -> None:
         """Restore state saved by :meth:`get_state` onto the device of `like`."""

@@ -21,8 +21,8 @@ LEVEL = {
     "__init__": 10,
 }
 DATASETS_ALLOWED = {"errors"}
-# Sequential.save delegates to io.save_model through an import inside the method, as Keras does.
-ALLOWED_UPWARD = {("model", "io")}  # datasets return host arrays and know nothing of devices
+# Sequential.save / export_onnx delegate to io / onnx_export through imports inside the methods, as Keras does.
+ALLOWED_UPWARD = {("model", "io"), ("model", "onnx_export")}  # datasets return host arrays and know nothing of devices
 
 
 def _modules():

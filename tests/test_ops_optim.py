@@ -379,3 +379,11 @@ def test_clip_by_global_norm_three_steps_golden():
         norm = math.sqrt(sum(x * x for x in g_list))
         expected = [x * min(1.0, clipnorm / norm) for x in g_list]
         np.testing.assert_allclose(g, expected, rtol=RTOL64, atol=ATOL64)
+
+
+def test_global_norm_clip_survives_float32_overflow_of_the_sum_of_squares():
+    from nnxp.ops.optim import clip_by_global_norm_ref
+
+    g = np.array([3e19, 4e19], dtype=np.float32)
+    clip_by_global_norm_ref(g, 1.0)
+    np.testing.assert_allclose(g, [0.6, 0.8], rtol=1e-6)

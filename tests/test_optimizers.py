@@ -601,11 +601,6 @@ def test_set_state_then_training_uses_restored_values():
     np.testing.assert_allclose(p, [0.5, -1.0], rtol=RTOL)  # v = 0.5 v - 0 ; p += v
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nnxp bug: Optimizer.get_state() on the CPU returns the live state buffers (backend.to_numpy is "
-    "np.asarray, no copy), so a snapshot changes with later steps; on CUDA it is a copy",
-)
 def test_get_state_is_a_snapshot():
     opt = Adam(learning_rate=0.01)
     p = np.array(P0)

@@ -150,7 +150,8 @@ def clip_by_value_ref(g: Any, clipvalue: float) -> None:
 def clip_by_global_norm_ref(g: Any, clipnorm: float) -> None:
     """Scale the whole gradient down so its L2 norm is at most `clipnorm`."""
     xp = xp_of(g)
-    norm = xp.sqrt(xp.dot(g, g))
+    wide = g.astype(xp.float64)  # a float32 sum of squares overflows for entries near 1e19
+    norm = xp.sqrt(xp.dot(wide, wide))
     # scale = min(1, clipnorm / norm), computed on the device (no host sync)
     scale = xp.minimum(1.0, clipnorm / xp.maximum(norm, 1e-30)).astype(g.dtype)
     g *= scale
