@@ -7,6 +7,7 @@ rule and what was received, before anything in the model is touched.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -119,7 +120,7 @@ def non_negative_int(name: str, value: Any) -> int:
 
 
 def fraction(name: str, value: Any) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not 0.0 <= value < 1.0:
         raise NnxpError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
     return float(value)

@@ -8,6 +8,7 @@ fills the parameter gradients and returns the input gradient.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from . import activations, initializers, regularizers
@@ -205,7 +206,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float, name: str | None = None) -> None:
         super().__init__(name)
-        ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 <= rate < 1.0
+        ok = isinstance(rate, numbers.Real) and not isinstance(rate, bool) and 0.0 <= rate < 1.0
         if not ok:
             raise NnxpError(f"`rate` must be a number in [0, 1). Received: rate={rate!r}")
         self.rate = float(rate)

@@ -333,7 +333,8 @@ class Sequential:
         n = x.shape[0]
         history = History()
         self.history = history
-        cbs = [history] + ([ProgbarLogger(verbose)] if verbose else []) + callbacks
+        # user callbacks first, so what they add to the logs (e.g. "lr") reaches the history and the progress line
+        cbs = callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
         self._fit_state = {"epochs": epochs, "samples": n, "batch_size": batch_size}
         for cb in cbs:
             cb.set_model(self)

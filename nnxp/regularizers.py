@@ -6,6 +6,7 @@ weight gradient, in place, inside the layer's backward.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from .backend import xp_of
@@ -13,7 +14,7 @@ from .errors import NnxpError, NnxpTypeError, did_you_mean
 
 
 def _check_factor(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or value == float("inf"):
         raise NnxpError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
     return float(value)
 
@@ -79,6 +80,9 @@ def get(identifier: Any, argument: str = "kernel_regularizer") -> L1L2 | None:
             )
         return _NAMES[key]()
     if isinstance(identifier, dict):
+        unknown = set(identifier) - {"name", "l1", "l2"}
+        if unknown:
+            raise NnxpError(f"`{argument}` config may hold only 'name', 'l1' and 'l2'. Received keys: {sorted(unknown)}")
         return L1L2(l1=identifier.get("l1", 0.0), l2=identifier.get("l2", 0.0))
     raise NnxpTypeError(
         f"`{argument}` must be None, a name such as 'l2', or an L1/L2/L1L2 instance. Received: {argument}={identifier!r}"

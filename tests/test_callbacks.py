@@ -98,8 +98,6 @@ def test_early_stopping_patience_zero_stops_at_the_first_non_improvement():
     assert stopped == 3
 
 
-@pytest.mark.xfail(strict=True, reason="EarlyStopping waits patience+1 non-improving epochs (callbacks.py: "
-                                       "`if self.wait > self.patience`); Keras and the docstring stop after patience")
 def test_early_stopping_stops_after_patience_epochs_without_improvement():
     # best at epoch 1; epochs 2 and 3 do not improve: patience=2 is exhausted at epoch 3 (Keras semantics:
     # "number of epochs with no improvement after which training will be stopped")
@@ -108,8 +106,8 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
 
 
 def test_early_stopping_patience_resets_on_improvement():
-    es = EarlyStopping(patience=1)
-    # improvements at epochs 0, 1, 3, 5: never two non-improving epochs in a row
+    es = EarlyStopping(patience=2)
+    # improvements at epochs 0, 1, 3, 5: never two non-improving epochs in a row, so patience=2 never runs out
     stopped, _ = _drive(es, [1.0, 0.9, 0.95, 0.8, 0.85, 0.7, 0.75])
     assert stopped is None
     assert es.best == 0.7 and es.best_epoch == 5
@@ -257,9 +255,6 @@ def test_scheduler_logs_lr_into_the_epoch_logs():
     np.testing.assert_allclose([logs["lr"] for logs in logs_seen], [0.1, 0.05])
 
 
-@pytest.mark.xfail(strict=True, reason="fit() puts History first in the callback list (model.py: "
-                                       "`cbs = [history] + ...`), so keys added by later callbacks such as "
-                                       "LearningRateScheduler's 'lr' never reach history.history")
 def test_scheduler_lr_reaches_the_history():
     model = _model()
     h = model.fit(X, Y, epochs=3, verbose=0, callbacks=[LearningRateScheduler(lambda e, lr: 0.01 * (e + 1))])

@@ -238,8 +238,6 @@ def test_repr_shows_the_config():
     assert "units=3" in repr(Dense(3))
 
 
-@pytest.mark.xfail(strict=True, reason="layers.py Dropout.__init__ accepts only int/float, so NumPy float scalars "
-                                       "are rejected with a self-contradicting message")
 @pytest.mark.parametrize("rate", [np.float32(0.5), np.int64(0)])
 def test_dropout_accepts_numpy_scalars(rate):
     assert Dropout(rate).rate == float(rate)

@@ -99,7 +99,5 @@ def test_unknown_name_and_wrong_type():
         regularizers.get(0.1, "bias_regularizer")
 
 
-@pytest.mark.xfail(strict=True, reason="regularizers._check_factor accepts only int/float; np.float32(0.01) is "
-                                       "rejected as not 'a finite number >= 0'")
 def test_factors_accept_numpy_scalars():
     assert L2(np.float32(0.25)).l2 == 0.25

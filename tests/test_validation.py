@@ -187,7 +187,5 @@ def test_fraction():
             fraction("validation_split", bad)
 
 
-@pytest.mark.xfail(strict=True, reason="_validation.fraction accepts only int/float; a NumPy float32 such as "
-                                       "np.float32(0.2) is rejected as not 'a number in [0, 1)'")
 def test_fraction_accepts_numpy_floats():
     assert fraction("validation_split", np.float32(0.25)) == 0.25
