@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from . import datasets, optimizers
+from . import datasets, optimizers, schedules
 from ._version import __version__
 from .backend import cuda_device_count, cupy_module, get_device
 from .errors import DatasetError, DeviceError, ModelFileError, NnxpError, NumericalError
 from .io import load_model
-from .layers import Dense
+from .layers import Dense, Dropout
 from .model import Sequential
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "circles", "moons", "spirals", "sine")
@@ -47,6 +47,7 @@ class Task:
     batch_size: int
     learning_rate: float
     class_names: list[str] | None = None
+    dropout: float = 0.0
 
 
 def load_task(name: str, seed: int = 0) -> Task:
@@ -57,7 +58,8 @@ def load_task(name: str, seed: int = 0) -> Task:
         flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / 255.0  # noqa: E731
         names = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
         return Task(name, flat(xtr), ytr.astype(np.int64), flat(xte), yte.astype(np.int64),
-                    "sparse_categorical_crossentropy", 10, "softmax", ["accuracy"], [256, 128], 15, 128, 1e-3, names)
+                    "sparse_categorical_crossentropy", 10, "softmax", ["accuracy"], [256, 128], 20, 128, 1e-3, names,
+                    dropout=0.2)
     if name == "digits":
         x, y = datasets.load_digits()
         xtr, xte, ytr, yte = datasets.train_test_split(x / 16.0, y, test_size=0.25, seed=seed, stratify=y)
@@ -96,13 +98,16 @@ def parse_layers(text: str) -> list[int]:
 
 
 def build_model(task: Task, layers: list[int], activation: str, device: str | None, seed: int,
-                dtype: str = "float32") -> Sequential:
-    """An MLP for `task`: hidden Dense layers of `layers` units, then the task's output layer."""
+                dtype: str = "float32", dropout: float = 0.0) -> Sequential:
+    """An MLP for `task`: hidden Dense layers of `layers` units (each followed by Dropout when
+    `dropout` > 0), then the task's output layer."""
     input_dim = task.x_train.shape[1]
     model = Sequential(device=device, seed=seed, dtype=dtype)
     for i, units in enumerate(layers):
         model.add(Dense(units, activation, input_dim=input_dim if i == 0 else None,
                         kernel_initializer="he_uniform" if "relu" in activation else "glorot_uniform"))
+        if dropout:
+            model.add(Dropout(dropout))
     model.add(Dense(task.output_units, task.output_activation, input_dim=None if layers else input_dim))
     return model
 
@@ -111,16 +116,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``nnxp train``; returns the result dict (also printed)."""
     task = load_task(args.dataset, seed=args.seed)
     layers = parse_layers(args.layers) if args.layers is not None else task.layers
-    model = build_model(task, layers, args.activation, args.device, args.seed, args.dtype)
-    lr = args.lr if args.lr is not None else task.learning_rate
+    dropout = task.dropout if args.dropout is None else args.dropout
+    model = build_model(task, layers, args.activation, args.device, args.seed, args.dtype, dropout)
+    epochs = task.epochs if args.epochs is None else args.epochs
+    batch_size = task.batch_size if args.batch_size is None else args.batch_size
+    lr: float | schedules.LearningRateSchedule = args.lr if args.lr is not None else task.learning_rate
+    if args.schedule == "cosine" and isinstance(epochs, int) and epochs > 0 and isinstance(batch_size, int) \
+            and batch_size > 0:
+        n_train = len(task.x_train) - int(round(len(task.x_train) * args.validation_split))
+        steps = epochs * max(1, -(-n_train // batch_size))
+        lr = schedules.CosineDecay(lr, steps, alpha=0.05)  # anneal to 5% of the rate by the last step
     opt = optimizers.get({"name": args.optimizer, "learning_rate": lr})
     model.compile(opt, task.loss, metrics=task.metrics)
     if not args.quiet and not args.json:
         model.summary()
     history = model.fit(
         task.x_train, task.y_train,
-        epochs=task.epochs if args.epochs is None else args.epochs,
-        batch_size=task.batch_size if args.batch_size is None else args.batch_size,
+        epochs=epochs,
+        batch_size=batch_size,
         validation_split=args.validation_split,
         verbose=0 if (args.quiet or args.json) else 1,
     )
@@ -232,6 +245,9 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", default=None, help="hidden layer sizes, e.g. 512,256 (default: per data set)")
     t.add_argument("--activation", default="relu")
     t.add_argument("--optimizer", default="adam")
+    t.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning-rate schedule over the run (default: cosine decay)")
+    t.add_argument("--dropout", type=float, default=None, help="dropout after each hidden layer (default: per data set)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: per data set)")
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
