@@ -194,6 +194,11 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when `exc` is CuPy's GPU out-of-memory error."""
+    return _cupy is not None and isinstance(exc, _cupy.cuda.memory.OutOfMemoryError)
+
+
 def to_device(x: Any, device: str | Device | None, dtype: Any = None) -> Any:
     """`x` moved (if needed) to `device`, optionally cast to `dtype`."""
     return get_device(device).asarray(x, dtype=dtype)

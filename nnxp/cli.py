@@ -19,7 +19,7 @@ import numpy as np
 from . import datasets, optimizers, schedules
 from ._version import __version__
 from .backend import cuda_device_count, cupy_module, get_device
-from .errors import DatasetError, DeviceError, ModelFileError, NnxpError, NumericalError
+from .errors import DatasetError, DeviceError, DeviceMemoryError, ModelFileError, NnxpError, NumericalError
 from .io import load_model
 from .layers import Dense, Dropout
 from .model import Sequential
@@ -284,7 +284,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 # Errors about the run itself (missing data, a GPU that is not there, divergence, a bad file) exit 1;
 # every other NnxpError is a usage error and exits 2, like argparse's own.
-_RUNTIME_ERRORS = (DatasetError, DeviceError, ModelFileError, NumericalError)
+_RUNTIME_ERRORS = (DatasetError, DeviceError, DeviceMemoryError, ModelFileError, NumericalError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,10 @@ class NotCompiledError(NnxpError):
     """The model needs ``compile()`` (or layers) before this call."""
 
 
+class DeviceMemoryError(NnxpError, MemoryError):
+    """The GPU ran out of memory; a smaller batch usually helps."""
+
+
 class NumericalError(NnxpError):
     """Training produced NaN or infinity."""
 

@@ -28,9 +28,9 @@ from ._validation import (
     non_negative_int,
     positive_int,
 )
-from .backend import Device, get_device, to_numpy, xp_of
+from .backend import Device, get_device, is_out_of_memory, to_numpy, xp_of
 from .callbacks import Callback, History, ProgbarLogger
-from .errors import NnxpError, NnxpTypeError, NotCompiledError, NumericalError
+from .errors import DeviceMemoryError, NnxpError, NnxpTypeError, NotCompiledError, NumericalError
 from .layers import Activation, Dense, Layer
 from .ops import activation as A
 
@@ -288,6 +288,14 @@ class Sequential:
         return x, y
 
     # --- fit / evaluate / predict -------------------------------------------------------------
+    def _out_of_memory(self, exc: BaseException, batch_size: int, what: str) -> DeviceMemoryError:
+        """Free CuPy's pools and explain; the model stays usable (e.g. model.to("cpu"))."""
+        self.device.free_memory()
+        return DeviceMemoryError(
+            f"{self.device.name} ran out of memory during {what} with batch_size={batch_size}. Try a smaller "
+            f"`batch_size` (e.g. {max(1, batch_size // 4)}) or device='cpu'. ({exc})"
+        )
+
     def fit(
         self,
         x: Any,
@@ -302,6 +310,16 @@ class Sequential:
         initial_epoch: int = 0,
     ) -> History:
         """Train for `epochs` epochs; returns a History of per-epoch logs."""
+        try:
+            return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
+                             callbacks, initial_epoch)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise self._out_of_memory(exc, batch_size, "fit") from None
+            raise
+
+    def _fit(self, x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose, callbacks,
+             initial_epoch) -> History:
         self._require_compiled()
         epochs = positive_int("epochs", epochs)
         batch_size = positive_int("batch_size", batch_size)
@@ -447,7 +465,19 @@ class Sequential:
             self.build(self.input_dim)
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
-        """Model outputs (after the final activation) for `x` as a host NumPy array."""
+        """Model outputs (after the final activation) for `x` as a host NumPy array.
+
+        `x` stays where it is and moves to the device one batch at a time, so data larger than
+        the device's memory is fine.
+        """
+        try:
+            return self._predict(x, batch_size)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise self._out_of_memory(exc, batch_size or 1024, "predict") from None
+            raise
+
+    def _predict(self, x: Any, batch_size: int | None) -> np.ndarray:
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
         x = check_features(x, "x", self.input_dim)

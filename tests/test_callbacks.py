@@ -311,3 +311,64 @@ def test_fit_verbose_controls_stdout(capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 2 and all("samples/s" in line and "loss: " in line for line in lines)
+
+
+_TRAIN_SCRIPT = """
+import sys, time
+import numpy as np
+import nnxp
+from nnxp.callbacks import Callback, ModelCheckpoint
+
+class Slow(Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        time.sleep(0.4)  # give the parent time to kill us between checkpoints
+
+r = np.random.default_rng(0)
+x = r.normal(size=(256, 4)).astype(np.float32)
+y = (x[:, 0] * x[:, 1] > 0).astype(np.int64)
+model = nnxp.Sequential([nnxp.Dense(16, "relu", input_dim=4), nnxp.Dropout(0.2), nnxp.Dense(2, "softmax")], seed=5)
+model.compile("adam", "sparse_categorical_crossentropy")
+model.fit(x, y, epochs=int(sys.argv[2]), batch_size=32, verbose=0,
+          callbacks=[ModelCheckpoint(sys.argv[1]), Slow()])
+"""
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "train.py"
+    script.write_text(_TRAIN_SCRIPT)
+    ckpt = tmp_path / "ckpt.nnxp"
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt), "8"], env=env)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ckpt.exists() and nnxp.load_model(ckpt).epochs_trained >= 2:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = nnxp.load_model(ckpt)  # the last checkpoint is whole despite the kill
+    done = resumed.epochs_trained
+    assert 2 <= done < 8
+
+    r = np.random.default_rng(0)
+    x = r.normal(size=(256, 4)).astype(np.float32)
+    y = (x[:, 0] * x[:, 1] > 0).astype(np.int64)
+    resumed.fit(x, y, epochs=8, batch_size=32, verbose=0, initial_epoch=done)
+    straight = nnxp.Sequential([nnxp.Dense(16, "relu", input_dim=4), nnxp.Dropout(0.2),
+                                nnxp.Dense(2, "softmax")], seed=5)
+    straight.compile("adam", "sparse_categorical_crossentropy")
+    straight.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.optimizer.iterations == straight.optimizer.iterations

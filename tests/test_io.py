@@ -137,3 +137,53 @@ def test_truncated_and_garbage_files(tmp_path):
 def test_save_before_build_is_an_error(tmp_path):
     with pytest.raises(nnxp.NnxpError, match="no weights"):
         Sequential([Dense(2)]).save(tmp_path / "x.nnxp")
+
+
+def test_fuzzed_files_load_exactly_or_raise_model_file_error(tmp_path):
+    """At least 500 mutations of a saved file: each load gives the original predictions or a ModelFileError."""
+    x, y = _data(60)
+    m = _model()
+    m.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "m.nnxp"
+    m.save(path)
+    original = path.read_bytes()
+    expected = m.predict(x)
+    r = np.random.default_rng(2024)
+    outcomes = {"same": 0, "error": 0}
+    for i in range(520):
+        data = bytearray(original)
+        kind = i % 5
+        if kind == 0:  # bit flips
+            for pos in r.integers(0, len(data), r.integers(1, 4)):
+                data[pos] ^= 1 << int(r.integers(0, 8))
+        elif kind == 1:  # overwrite a run with random bytes
+            start = int(r.integers(0, len(data)))
+            data[start : start + int(r.integers(1, 32))] = r.bytes(int(r.integers(1, 32)))
+        elif kind == 2:  # truncation
+            data = data[: int(r.integers(0, len(data)))]
+        elif kind == 3:  # insertion
+            pos = int(r.integers(0, len(data)))
+            data[pos:pos] = r.bytes(int(r.integers(1, 64)))
+        else:  # appended junk
+            data += r.bytes(int(r.integers(1, 4096)))
+        target = tmp_path / f"fuzz{i}.nnxp"
+        target.write_bytes(bytes(data))
+        try:
+            loaded = nnxp.load_model(target)
+        except ModelFileError:
+            outcomes["error"] += 1
+            continue
+        np.testing.assert_array_equal(loaded.predict(x), expected, err_msg=f"mutation {i} (kind {kind}) loaded "
+                                      "a silently different model")
+        outcomes["same"] += 1
+    assert sum(outcomes.values()) == 520 and outcomes["error"] > 100  # the mutations did real damage
+
+
+def test_hostile_zip_members_are_refused(tmp_path):
+    path = tmp_path / "bomb.nnxp"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", b" " * (2 * 2**20))  # larger than any real config
+        zf.writestr("../../etc/evil", b"x")
+    with pytest.raises(ModelFileError, match="config.json"):
+        nnxp.load_model(path)
+    assert not (tmp_path.parent.parent / "etc" / "evil").exists()

@@ -295,3 +295,27 @@ def test_early_stopping_restores_best_weights():
     h = model.fit(x, y, epochs=10, verbose=0, callbacks=[rec, stop])
     assert len(h.history["loss"]) == 2  # epoch 2 did not improve by 10
     np.testing.assert_array_equal(model.get_weights()[0], rec.weights[0][0])
+
+
+@pytest.mark.gpu
+def test_cuda_out_of_memory_is_a_clear_error_and_the_model_survives():
+    from nnxp.errors import DeviceMemoryError
+
+    # (65536, 2**20) float32 activations need 256 GiB: more than any GPU has
+    model = Sequential([Dense(2**20, "relu", input_dim=16), Dense(10, "softmax")], device="cuda", seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(65536, 16)).astype(np.float32)
+    y = np.zeros(65536, np.int64)
+    before = model.get_weights()
+    with pytest.raises(DeviceMemoryError, match="smaller `batch_size`"):
+        model.fit(x, y, batch_size=65536, verbose=0)
+    model.to("cpu")
+    np.testing.assert_array_equal(model.get_weights()[0], before[0])
+    assert model.predict(x[:4]).shape == (4, 10)
+
+
+def test_out_of_memory_detection_is_specific():
+    from nnxp.backend import is_out_of_memory
+
+    assert not is_out_of_memory(MemoryError("host"))
+    assert not is_out_of_memory(ValueError())
