@@ -7,9 +7,8 @@ public API only.
 
 from __future__ import annotations
 
-from ._version import __version__
-
 from . import activations, callbacks, initializers, losses, optimizers, regularizers, schedules
+from ._version import __version__
 from .backend import Device, cuda_available, get_device, to_numpy
 from .errors import NnxpError
 from .io import load_model

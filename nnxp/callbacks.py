@@ -11,7 +11,8 @@ import math
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import NnxpError, NnxpTypeError
 
@@ -97,7 +98,8 @@ class ProgbarLogger(Callback):
             self._bar.close()
         if self.verbose:
             rate = self.samples / seconds if seconds > 0 else float("inf")
-            line = f"Epoch {epoch + 1}/{self.epochs} - {seconds:.2f}s - {rate:,.0f} samples/s - {_format_logs(logs or {})}"
+            head = f"Epoch {epoch + 1}/{self.epochs} - {seconds:.2f}s - {rate:,.0f} samples/s"
+            line = f"{head} - {_format_logs(logs or {})}"
             print(line, file=self.stream, flush=True)
 
 

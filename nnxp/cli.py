@@ -247,7 +247,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default="adam")
     t.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="learning-rate schedule over the run (default: cosine decay)")
-    t.add_argument("--dropout", type=float, default=None, help="dropout after each hidden layer (default: per data set)")
+    t.add_argument("--dropout", type=float, default=None,
+                   help="dropout after each hidden layer (default: per data set)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: per data set)")
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)

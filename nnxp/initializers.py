@@ -6,7 +6,7 @@ the same seed gives the same model on the CPU and on a GPU.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -75,7 +75,8 @@ def ones(shape, rng, dtype):
 
 INITIALIZERS: dict[str, Initializer] = {
     f.__name__: f
-    for f in (glorot_uniform, glorot_normal, he_uniform, he_normal, lecun_normal, random_normal, random_uniform, zeros, ones)
+    for f in (glorot_uniform, glorot_normal, he_uniform, he_normal, lecun_normal, random_normal, random_uniform,
+              zeros, ones)
 }
 
 

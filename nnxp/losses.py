@@ -8,8 +8,9 @@ applies. The numerics live in :mod:`nnxp.ops.loss`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import NnxpError, NnxpTypeError, did_you_mean
 from .ops import loss as L

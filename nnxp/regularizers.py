@@ -82,8 +82,11 @@ def get(identifier: Any, argument: str = "kernel_regularizer") -> L1L2 | None:
     if isinstance(identifier, dict):
         unknown = set(identifier) - {"name", "l1", "l2"}
         if unknown:
-            raise NnxpError(f"`{argument}` config may hold only 'name', 'l1' and 'l2'. Received keys: {sorted(unknown)}")
+            raise NnxpError(
+                f"`{argument}` config may hold only 'name', 'l1' and 'l2'. Received keys: {sorted(unknown)}"
+            )
         return L1L2(l1=identifier.get("l1", 0.0), l2=identifier.get("l2", 0.0))
     raise NnxpTypeError(
-        f"`{argument}` must be None, a name such as 'l2', or an L1/L2/L1L2 instance. Received: {argument}={identifier!r}"
+        f"`{argument}` must be None, a name such as 'l2', or an L1/L2/L1L2 instance. "
+        f"Received: {argument}={identifier!r}"
     )

@@ -25,9 +25,11 @@ def _onehot(labels, c):
 
 CASES = {
     "softmax_ce": (L.softmax_cross_entropy, lambda: rng.normal(size=(5, 4)), lambda: _onehot(rng.integers(0, 4, 5), 4)),
-    "sparse_softmax_ce": (L.sparse_softmax_cross_entropy, lambda: rng.normal(size=(5, 4)), lambda: rng.integers(0, 4, 5)),
+    "sparse_softmax_ce": (L.sparse_softmax_cross_entropy, lambda: rng.normal(size=(5, 4)),
+                          lambda: rng.integers(0, 4, 5)),
     "sigmoid_bce": (L.sigmoid_binary_cross_entropy, lambda: rng.normal(size=(5, 2)), lambda: rng.uniform(size=(5, 2))),
-    "cce": (L.categorical_cross_entropy, lambda: rng.uniform(0.05, 0.95, (5, 4)), lambda: _onehot(rng.integers(0, 4, 5), 4)),
+    "cce": (L.categorical_cross_entropy, lambda: rng.uniform(0.05, 0.95, (5, 4)),
+            lambda: _onehot(rng.integers(0, 4, 5), 4)),
     "sparse_cce": (L.sparse_categorical_cross_entropy, lambda: rng.uniform(0.05, 0.95, (5, 4)),
                    lambda: rng.integers(0, 4, 5)),
     "bce": (L.binary_cross_entropy, lambda: rng.uniform(0.05, 0.95, (5, 2)), lambda: rng.uniform(size=(5, 2))),

@@ -10,8 +10,9 @@ pre-activation ``z``; only GELU needs ``z``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..backend import xp_of
 
