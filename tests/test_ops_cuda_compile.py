@@ -1,0 +1,365 @@
+"""The CUDA sources without a GPU: nvcc compiles them, importing the loader compiles nothing, and the element
+math of kernels.cu (built as host C++) gives the references' numbers."""
+
+from __future__ import annotations
+
+import ast
+import ctypes
+import importlib.resources
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tol
+
+from nnxp.ops import _cuda
+from nnxp.ops import optim as O
+from nnxp.ops.activation import ACTIVATION_OPS
+
+KERNELS_CU = Path(str(importlib.resources.files("nnxp.ops").joinpath("kernels.cu")))
+CUDA_PY = Path(_cuda.__file__)
+SOURCE = KERNELS_CU.read_text(encoding="utf-8")
+NVCC = shutil.which("nvcc")
+CXX = shutil.which("g++") or shutil.which("c++")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on the PATH")
+needs_cxx = pytest.mark.skipif(CXX is None, reason="no host C++ compiler (g++ / c++)")
+
+
+# --- the source and its registry ------------------------------------------------------------------------------
+
+
+def test_registry_lists_every_kernel_template():
+    in_source = re.findall(r"__global__\s+void\s+(nnxp_\w+)\s*\(", SOURCE)
+    assert sorted(in_source) == sorted(_cuda.KERNELS)
+
+
+def test_activation_codes_match_the_source():
+    defines = dict(re.findall(r"#define NX_(\w+) (\d+)\n", SOURCE))
+    assert {name: int(defines[name.upper()]) for name in _cuda.ACT_CODES} == _cuda.ACT_CODES
+    # every activation has a kernel path: a code, or softmax's row kernels
+    assert set(ACTIVATION_OPS) == set(_cuda.ACT_CODES) | {"softmax"}
+
+
+def test_source_needs_no_header_under_nvrtc():
+    # NVRTC has no standard headers; the one include is for the host build of the element math
+    device_part = re.sub(r"#ifdef NNXP_HOST_HARNESS.*?#else", "", SOURCE, count=1, flags=re.S)
+    assert "#include" not in device_part
+    assert 'extern "C"' not in SOURCE  # templates, retrieved through name_expressions
+
+
+# --- nvcc ---------------------------------------------------------------------------------------------------
+
+
+def _nvcc(tmp_path: Path, arch: str, mode: str, *extra: str) -> subprocess.CompletedProcess:
+    out = tmp_path / f"kernels_{arch}.{mode}"
+    cmd = [NVCC, f"-{mode}", f"-arch={arch}", *_cuda.NVRTC_OPTIONS, "-DNNXP_EXPLICIT_INSTANTIATION",
+           "-Werror", "all-warnings", *extra, "-o", str(out), str(KERNELS_CU)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_nvcc_compiles_to_ptx_without_warnings(tmp_path, arch):
+    result = _nvcc(tmp_path, arch, "ptx")
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr.lower(), result.stderr
+    ptx = (tmp_path / f"kernels_{arch}.ptx").read_text()
+    for name in _cuda.KERNELS:
+        for suffix in ("If", "Id"):  # the float and double instantiations (Itanium mangling)
+            assert re.search(rf"\.entry\s+_Z\d+{name}{suffix}E", ptx), f"{name}<{suffix}> missing from the PTX"
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_ptxas_reports_no_spills_or_local_memory(tmp_path, arch):
+    result = _nvcc(tmp_path, arch, "cubin", "-Xptxas", "-v,-warn-spills,-warn-lmem-usage")
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr.lower(), result.stderr
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                        result.stderr)
+    assert len(frames) == 2 * len(_cuda.KERNELS)
+    assert all(f == ("0", "0", "0") for f in frames), result.stderr
+
+
+# --- lazy: no CuPy import, no compile at import ---------------------------------------------------------------
+
+
+def test_loader_module_has_no_cupy_import():
+    tree = ast.parse(CUDA_PY.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert not any(a.name.split(".")[0] == "cupy" for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert (node.module or "").split(".")[0] != "cupy"
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter that imports this checkout's nnxp."""
+    root = str(Path(_cuda.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=root)
+
+
+def test_import_compiles_nothing_and_needs_no_cupy():
+    # with CuPy made unimportable, the whole ops package imports and every wrapper declines
+    result = _run_python("""
+        import sys
+        sys.modules["cupy"] = None  # importing CuPy now raises ImportError
+        import numpy as np
+        import nnxp.ops.dense, nnxp.ops.loss
+        from nnxp.ops import _cuda
+        assert _cuda.compile_seconds() == {}
+        assert sys.modules.get("cupy") is None
+        x = np.ones((2, 3))
+        assert _cuda.dense_forward(x, np.ones((3, 2)), None, "relu") is NotImplemented
+        assert _cuda.softmax_cross_entropy(x, x) is NotImplemented
+        assert _cuda.adam(x, x, x, x, x, 0.1, 0.9, 0.999, 1e-7, 1) is NotImplemented
+        print("ok")
+    """)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_import_compiles_nothing_where_cupy_exists():
+    # on a GPU machine backend imports CuPy, but nothing is built until a wrapper runs
+    result = _run_python("""
+        from nnxp.ops import _cuda, dense, loss
+        assert _cuda.compile_seconds() == {} and not _cuda._KERNELS._functions
+        print("ok")
+    """)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# --- the element math as host C++ against the NumPy references -------------------------------------------------
+
+_HARNESS = r"""
+#include "kernels.cu"
+
+#define NX_EXPORT(T, S)                                                                                          \
+extern "C" void act_fwd_##S(int code, const T* z, T* y, long n) {                                               \
+    for (long i = 0; i < n; ++i) y[i] = act_forward(code, z[i]);                                                \
+}                                                                                                                \
+extern "C" void act_bwd_##S(int code, const T* dy, const T* y, const T* z, T* out, long n) {                    \
+    for (long i = 0; i < n; ++i) out[i] = act_backward(code, dy[i], y[i], z[i]);                                \
+}                                                                                                                \
+extern "C" void sgd_##S(T* p, const T* g, T* v, long n, T lr, T mom, T decay, int mode) {                       \
+    for (long i = 0; i < n; ++i) sgd_elem(p[i], g[i], v[i], lr, mom, decay, mode);                              \
+}                                                                                                                \
+extern "C" void rmsprop_##S(T* p, const T* g, T* s, T* m, T* a, long n, T lr, T rho, T omr, T mom, T eps,       \
+                            T decay, int has_mom, int centered) {                                               \
+    for (long i = 0; i < n; ++i)                                                                                 \
+        rmsprop_elem(p[i], g[i], s[i], m[i], a[i], lr, rho, omr, mom, eps, decay, has_mom, centered);           \
+}                                                                                                                \
+extern "C" void adagrad_##S(T* p, const T* g, T* acc, long n, T lr, T eps, T decay) {                           \
+    for (long i = 0; i < n; ++i) adagrad_elem(p[i], g[i], acc[i], lr, eps, decay);                              \
+}                                                                                                                \
+extern "C" void adadelta_##S(T* p, const T* g, T* ag, T* ad, long n, T lr, T rho, T omr, T eps, T decay) {      \
+    for (long i = 0; i < n; ++i) adadelta_elem(p[i], g[i], ag[i], ad[i], lr, rho, omr, eps, decay);             \
+}                                                                                                                \
+extern "C" void adam_##S(T* p, const T* g, T* m, T* v, long n, T omb1, T omb2, T eps, T inv_alpha, T decay) {   \
+    for (long i = 0; i < n; ++i) adam_elem(p[i], g[i], m[i], v[i], omb1, omb2, eps, inv_alpha, decay);          \
+}                                                                                                                \
+extern "C" void adamax_##S(T* p, const T* g, T* m, T* u, long n, T omb1, T b2, T eps, T inv_alpha, T decay) {   \
+    for (long i = 0; i < n; ++i) adamax_elem(p[i], g[i], m[i], u[i], omb1, b2, eps, inv_alpha, decay);          \
+}                                                                                                                \
+extern "C" void mask_##S(unsigned long long seed, long n, T rate, T scale, T* out) {                            \
+    for (long i = 0; i < n; ++i) out[i] = dropout_mask(seed, (unsigned long long)i, rate, scale);              \
+}
+
+NX_EXPORT(float, f)
+NX_EXPORT(double, d)
+"""
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no host C++ compiler (g++ / c++)")
+    build = tmp_path_factory.mktemp("harness")
+    src = build / "harness.cpp"
+    src.write_text(_HARNESS)
+    lib = build / "libnx_harness.so"
+    cmd = [CXX, "-std=c++14", "-O2", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Werror",
+           "-shared", "-fPIC", "-DNNXP_HOST_HARNESS", f"-I{KERNELS_CU.parent}", str(src), "-o", str(lib)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return ctypes.CDLL(str(lib))
+
+
+DTYPES = [np.float32, np.float64]
+SUFFIX = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
+SPECIALS = [0.0, -0.0, np.inf, -np.inf, np.nan]
+
+
+def _call(lib, name, dtype, *args):
+    """Call name_{f,d} with arrays as pointers, Python/NumPy floats as T and ints as C int/long."""
+    scalar = ctypes.c_float if np.dtype(dtype) == np.float32 else ctypes.c_double
+    conv = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            assert a.flags.c_contiguous
+            conv.append(ctypes.c_void_p(a.ctypes.data))
+        elif isinstance(a, np.floating):
+            conv.append(scalar(float(a)))
+        elif isinstance(a, np.uint64):
+            conv.append(ctypes.c_ulonglong(int(a)))
+        elif isinstance(a, (np.integer, int)):
+            conv.append(ctypes.c_long(int(a)) if isinstance(a, (int, np.int64)) else ctypes.c_int(int(a)))
+        else:
+            raise TypeError(type(a))
+    getattr(lib, f"{name}_{SUFFIX[np.dtype(dtype)]}")(*conv)
+
+
+def _inputs(rng, n, dtype, scale=3.0):
+    z = (rng.normal(size=n) * scale).astype(dtype)
+    z[: len(SPECIALS)] = SPECIALS[: n]
+    return z
+
+
+def _assert_same(actual, expected, dtype, slack=None):
+    """Equal within the dtype's tolerance (NaN and inf must match); `slack` widens atol per element."""
+    if slack is None:
+        np.testing.assert_allclose(actual, expected, equal_nan=True, **tol(dtype))
+        return
+    t = tol(dtype)
+    same_special = (np.isnan(actual) & np.isnan(expected)) | (actual == expected)
+    finite = np.isfinite(expected) & np.isfinite(actual)
+    close = np.abs(actual - expected) <= t["atol"] + slack + t["rtol"] * np.abs(expected)
+    bad = ~(same_special | (finite & close))
+    assert not bad.any(), f"{bad.sum()} mismatches, e.g. {actual[bad][:5]} vs {expected[bad][:5]}"
+
+
+def _gelu_slack(z, dy, dtype):
+    """GELU's 0.5 (1 + tanh(u)) cancels for z << 0, so one ulp of tanh (libm's and NumPy's differ by that)
+    moves y by |z| ulp and dz by |dy| (1 + 2 |z| (c + 3 0.044715 c z^2)) ulp; allow two ulps of each."""
+    eps = float(np.finfo(dtype).eps)
+    with np.errstate(all="ignore"):
+        z = np.abs(z.astype(np.float64))
+        fwd = 2 * eps * z
+        bwd = 2 * eps * np.abs(dy.astype(np.float64)) * (1 + 2 * z * (0.7978845608028654 + 0.10703222440890037 * z * z))
+    return np.nan_to_num(fwd, posinf=0.0), np.nan_to_num(bwd, posinf=0.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", sorted(_cuda.ACT_CODES))
+def test_activation_element_math_matches_reference(harness, act, dtype):
+    rng = np.random.default_rng(1)
+    n = 4099
+    z = _inputs(rng, n, dtype)
+    op = ACTIVATION_OPS[act]
+    dy = _inputs(rng, n, dtype, 1.0)[::-1].copy()
+    slack_fwd, slack_bwd = _gelu_slack(z, dy, dtype) if act == "gelu" else (None, None)
+    with np.errstate(all="ignore"):
+        y_ref = op.forward(z, np.empty_like(z))
+        y = np.empty_like(z)
+        _call(harness, "act_fwd", dtype, np.int32(_cuda.ACT_CODES[act]), z, y, n)
+        _assert_same(y, y_ref, dtype, slack_fwd)
+        dz_ref = op.backward(dy, y_ref, z, np.empty_like(z))
+        dz = np.empty_like(z)
+        _call(harness, "act_bwd", dtype, np.int32(_cuda.ACT_CODES[act]), dy, y_ref, z, dz, n)
+        _assert_same(dz, dz_ref, dtype, slack_bwd)
+
+
+def _state(rng, n, dtype, positive=False):
+    a = rng.normal(size=n)
+    return (np.abs(a) if positive else a).astype(dtype)
+
+
+OPTIMIZER_CASES = {
+    "sgd": dict(momentum=0.0, nesterov=False),
+    "sgd_momentum": dict(momentum=0.9, nesterov=False),
+    "sgd_nesterov": dict(momentum=0.9, nesterov=True),
+    "rmsprop": dict(momentum=0.0, centered=False),
+    "rmsprop_momentum": dict(momentum=0.9, centered=False),
+    "rmsprop_centered": dict(momentum=0.0, centered=True),
+    "rmsprop_momentum_centered": dict(momentum=0.5, centered=True),
+    "adagrad": {},
+    "adadelta": {},
+    "adam": {},
+    "adamax": {},
+}
+
+
+def _optimizer_case(case, dtype, n, rng):
+    """(kind, lr, hyper-parameters, p, g, state buffers) for one update from random inputs with specials in g."""
+    hyper = OPTIMIZER_CASES[case]
+    p, g = _state(rng, n, dtype), _inputs(rng, n, dtype, 1.0)
+    kind = case.split("_")[0]
+    lr = 1.0 if kind == "adadelta" else 0.01  # Keras's defaults
+    if kind == "sgd":
+        states = [_state(rng, n, dtype)] if hyper["momentum"] else []
+    elif kind == "rmsprop":
+        states = [_state(rng, n, dtype, True), _state(rng, n, dtype) if hyper["momentum"] else None,
+                  _state(rng, n, dtype) if hyper["centered"] else None]
+    elif kind == "adagrad":
+        states = [_state(rng, n, dtype, True)]
+    else:  # adadelta, adam, adamax: two state buffers, the second non-negative
+        states = [_state(rng, n, dtype, kind == "adadelta"), _state(rng, n, dtype, True)]
+    return kind, lr, hyper, p, g, states
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(OPTIMIZER_CASES))
+def test_optimizer_element_math_matches_reference(harness, case, dtype, weight_decay):
+    rng = np.random.default_rng(2)
+    n = 1031
+    kind, lr, hyper, p, g, states = _optimizer_case(case, dtype, n, rng)
+    ref = [p.copy(), *[None if s is None else s.copy() for s in states]]
+    got = [p.copy(), *[None if s is None else s.copy() for s in states]]
+    tmp = np.empty_like(p)
+    step, rho, eps, b1, b2 = 3, 0.9, 1e-7, 0.9, 0.999
+    dummy = np.zeros_like(p)
+    with np.errstate(all="ignore"):
+        if weight_decay:
+            O.weight_decay_ref(ref[0], lr, weight_decay)
+        if kind == "sgd":
+            velocity = ref[1] if len(ref) > 1 else None
+            O.sgd_ref(ref[0], g, velocity, tmp, lr, hyper["momentum"], hyper["nesterov"])
+            scalars = _cuda.sgd_scalars(dtype, lr, hyper["momentum"], hyper["nesterov"], velocity is not None,
+                                        weight_decay)
+            _call(harness, "sgd", dtype, got[0], g, got[1] if len(got) > 1 else dummy, n, *scalars)
+        elif kind == "rmsprop":
+            O.rmsprop_ref(ref[0], g, ref[1], ref[2], ref[3], tmp, lr, rho, hyper["momentum"], eps)
+            scalars = _cuda.rmsprop_scalars(dtype, lr, rho, hyper["momentum"], eps, got[2] is not None,
+                                            got[3] is not None, weight_decay)
+            _call(harness, "rmsprop", dtype, got[0], g, got[1], dummy if got[2] is None else got[2],
+                  dummy.copy() if got[3] is None else got[3], n, *scalars)
+        elif kind == "adagrad":
+            O.adagrad_ref(ref[0], g, ref[1], tmp, lr, eps)
+            _call(harness, "adagrad", dtype, got[0], g, got[1], n, *_cuda.adagrad_scalars(dtype, lr, eps,
+                                                                                          weight_decay))
+        elif kind == "adadelta":
+            O.adadelta_ref(ref[0], g, ref[1], ref[2], tmp, lr, 0.95, eps)
+            _call(harness, "adadelta", dtype, got[0], g, got[1], got[2], n,
+                  *_cuda.adadelta_scalars(dtype, lr, 0.95, eps, weight_decay))
+        elif kind == "adam":
+            O.adam_ref(ref[0], g, ref[1], ref[2], tmp, lr, b1, b2, eps, step)
+            _call(harness, "adam", dtype, got[0], g, got[1], got[2], n,
+                  *_cuda.adam_scalars(dtype, lr, b1, b2, eps, step, weight_decay))
+        else:
+            O.adamax_ref(ref[0], g, ref[1], ref[2], tmp, lr, b1, b2, eps, step)
+            _call(harness, "adamax", dtype, got[0], g, got[1], got[2], n,
+                  *_cuda.adamax_scalars(dtype, lr, b1, b2, eps, step, weight_decay))
+    for a, e in zip(got, ref, strict=True):
+        if e is not None:
+            _assert_same(a, e, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.9])
+def test_dropout_mask_matches_host_reference_bit_for_bit(harness, dtype, rate):
+    n, seed = 100_003, 2**63 + 12345
+    mask = np.empty(n, dtype=dtype)
+    t = np.dtype(dtype).type
+    _call(harness, "mask", dtype, np.uint64(seed), n, t(rate), t(1.0 / (1.0 - rate)), mask)
+    expected = _cuda.dropout_mask_ref(np, n, rate, seed, dtype)
+    np.testing.assert_array_equal(mask, expected)
+    kept = float((mask != 0).mean())
+    assert abs(kept - (1.0 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n) + 1e-12
