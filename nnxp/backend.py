@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DeviceError
+from .errors import DeviceError, DeviceTypeError
 
 _CUPY_IMPORT_ERROR: Exception | None = None
 try:  # CuPy is optional: importing nnxp never fails without it.
@@ -152,7 +152,7 @@ def get_device(spec: str | Device | None = None) -> Device:
         spec = os.environ.get("NNXP_DEVICE", "cpu") or "cpu"
         source = "NNXP_DEVICE"
     if not isinstance(spec, str):
-        raise DeviceError(
+        raise DeviceTypeError(
             f"`{source}` must be 'cpu', 'cuda', 'cuda:N', 'auto' or a Device. Received: {source}={spec!r} "
             f"of type {type(spec).__name__}"
         )

@@ -120,6 +120,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(task, layers, args.activation, args.device, args.seed, args.dtype, dropout)
     epochs = task.epochs if args.epochs is None else args.epochs
     batch_size = task.batch_size if args.batch_size is None else args.batch_size
+    if args.lr is not None and not args.lr > 0:
+        raise NnxpError(f"`--lr` must be a positive number. Received: --lr={args.lr}")
     lr: float | schedules.LearningRateSchedule = args.lr if args.lr is not None else task.learning_rate
     if args.schedule == "cosine" and isinstance(epochs, int) and epochs > 0 and isinstance(batch_size, int) \
             and batch_size > 0:

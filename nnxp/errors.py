@@ -20,6 +20,10 @@ class DeviceError(NnxpError):
     """A device was asked for that cannot be used here."""
 
 
+class DeviceTypeError(DeviceError, NnxpTypeError):
+    """A device was given as something other than a string or Device."""
+
+
 class NotCompiledError(NnxpError):
     """The model needs ``compile()`` (or layers) before this call."""
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Device
-from .errors import ModelFileError, NnxpError
+from .errors import ModelFileError, NnxpError, NnxpTypeError
 
 FORMAT = "nnxp-model"
 FORMAT_VERSION = 1
@@ -33,12 +33,23 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def _check_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise NnxpTypeError(f"`path` must be a file path (str or PathLike). Received: path={path!r}")
+    return Path(path)
+
+
 def save_model(model: Any, path: str | os.PathLike) -> None:
     """Write `model` to `path` atomically (see the module docstring)."""
     from ._version import __version__
 
+    path = _check_path(path)
+    if path.is_dir():
+        raise NnxpError(f"`path` must be a file name, not a folder. Received: path={str(path)!r}")
+    if not path.parent.is_dir():
+        raise NnxpError(f"`path` must be in an existing folder. Received: path={str(path)!r} "
+                        f"({str(path.parent)!r} does not exist)")
     model._require_built()  # builds from the first layer's input_dim, or says there are no weights yet
-    path = Path(path)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -96,7 +107,7 @@ def _read_member(zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
 
 def load_model(path: str | os.PathLike, device: str | Device | None = None) -> Any:
     """Rebuild a model saved with ``model.save(path)`` on `device` (default: NNXP_DEVICE or CPU)."""
-    p = Path(path)
+    p = _check_path(path)
     if not p.is_file():
         raise ModelFileError(f"`path` must be an existing model file. Received: path={str(path)!r}")
     try:

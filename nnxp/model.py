@@ -30,7 +30,7 @@ from ._validation import (
 )
 from .backend import Device, get_device, is_out_of_memory, to_numpy, xp_of
 from .callbacks import Callback, History, ProgbarLogger
-from .errors import DeviceMemoryError, NnxpError, NnxpTypeError, NotCompiledError, NumericalError
+from .errors import DeviceMemoryError, NnxpError, NnxpTypeError, NotCompiledError, NumericalError, did_you_mean
 from .layers import Activation, Dense, Layer
 from .ops import activation as A
 
@@ -199,11 +199,17 @@ class Sequential:
             raise NnxpError("`loss` must be given, e.g. loss='categorical_crossentropy'. Received: loss=None")
         opt = optimizers_mod.get(optimizer)
         loss_obj = losses_mod.get(loss)
+        if metrics is not None and not isinstance(metrics, (list, tuple)):
+            raise NnxpTypeError(
+                f"`metrics` must be a list of names such as ['accuracy']. Received: metrics={metrics!r}"
+            )
         names = []
         for m in metrics or []:
             key = _METRIC_ALIASES.get(str(m).lower()) if isinstance(m, str) else None
             if key is None:
-                raise NnxpError(f"`metrics` entries must be one of {sorted(set(_METRIC_ALIASES))}. Received: {m!r}")
+                choices = sorted(set(_METRIC_ALIASES))
+                raise NnxpError(f"`metrics` entries must be one of {choices}. Received: {m!r}."
+                                + did_you_mean(m, choices))
             if key == "accuracy" and loss_obj.task == "regression":
                 raise NnxpError(f"metric 'accuracy' needs a classification loss. Received: loss={loss!r}")
             if key in ("mse", "mae") and loss_obj.sparse:
@@ -325,6 +331,8 @@ class Sequential:
         batch_size = positive_int("batch_size", batch_size)
         validation_split = fraction("validation_split", validation_split)
         initial_epoch = non_negative_int("initial_epoch", initial_epoch)
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise NnxpTypeError(f"`callbacks` must be a list of Callback instances. Received: callbacks={callbacks!r}")
         callbacks = list(callbacks or [])
         for cb in callbacks:
             if not isinstance(cb, Callback):

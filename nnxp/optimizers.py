@@ -8,6 +8,7 @@ buffers of the same size, so a step is a few whole-buffer operations
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -293,6 +294,13 @@ def get(identifier: str | Optimizer | dict) -> Optimizer:
         if isinstance(lr, dict):
             config["learning_rate"] = schedules.from_config(lr)
         config = {k: v for k, v in config.items() if v is not None}
+        # every keyword some __init__ along the class chain accepts (AdamW passes beta_1 etc. on to Adam)
+        allowed = {p for c in cls.__mro__ if "__init__" in vars(c) for p in inspect.signature(c.__init__).parameters}
+        allowed -= {"self", "kw", "kwargs"}
+        unknown = sorted(set(config) - allowed)
+        if unknown:
+            raise NnxpError(f"`optimizer` config for {cls.name!r} has unknown keys {unknown}; valid keys are "
+                            f"{sorted(allowed)}." + did_you_mean(unknown[0], sorted(allowed)))
         if cls is AdamW:
             config.setdefault("weight_decay", 0.0)
         return cls(**config)
