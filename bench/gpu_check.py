@@ -1,0 +1,106 @@
+"""One command for GPU boxes: GPU tests, CPU/CUDA parity, GPU benchmarks, one report.
+
+    python bench/gpu_check.py [--out DIR] [--quick]      (or: bash bench/gpu_check.sh)
+
+Runs, in this order, each as its own pytest process so one failure does not hide the rest:
+  1. the GPU-marked tests (fused-kernel parity against the NumPy references, model-level CPU/CUDA
+     parity, out-of-memory handling, device moves);
+  2. the GPU benchmark cases of bench/ (nnxp vs PyTorch eager and CUDA graphs), plus the kernel
+     compile times;
+  3. bench.report over those results.
+Writes DIR/report.json and DIR/REPORT.md with the GPU name, driver, CUDA, CuPy, date, test counts
+and the benchmark table. Exits 0 only when a GPU was found and every step passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _run(cmd: list[str], log: Path) -> dict:
+    """Run `cmd` from the repository root, tee its output to `log`, and parse pytest's summary."""
+    print("+", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    log.write_text(proc.stdout + proc.stderr)
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
+    print(tail[0], flush=True)
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|xfailed)", tail[0])}
+    return {"command": " ".join(cmd), "returncode": proc.returncode, "summary": tail[0], "counts": counts,
+            "log": log.name}
+
+
+def environment() -> dict:
+    from nnxp.cli import info
+
+    env = info()
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=False, timeout=30)
+        env["nvidia_smi"] = smi.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        env["nvidia_smi"] = None
+    env["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / f"gpu-check-{dt.date.today()}")
+    ap.add_argument("--quick", action="store_true", help="benchmark smoke mode (small model, few batches)")
+    args = ap.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    report: dict = {"environment": env, "steps": {}}
+    if not env.get("gpus"):
+        report["error"] = "no CUDA GPU found (CuPy missing or no device): nothing GPU-specific could run"
+        print(report["error"], file=sys.stderr)
+    else:
+        py = sys.executable
+        report["steps"]["gpu_tests"] = _run(
+            [py, "-m", "pytest", "tests", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
+             "--junitxml", str(out / "gpu-tests.xml")], out / "gpu-tests.log")
+        bench_cmd = [py, "-m", "pytest", "bench", "-k", "cuda", "-q", "-p", "no:cacheprovider",
+                     "--benchmark-json", str(out / "gpu-bench.json")]
+        if args.quick:
+            bench_cmd.append("--quick")
+        report["steps"]["gpu_bench"] = _run(bench_cmd, out / "gpu-bench.log")
+        from nnxp.ops import _cuda
+
+        report["kernel_compile_seconds"] = _cuda.compile_seconds()
+        if (out / "gpu-bench.json").exists():
+            cpu_runs = sorted((ROOT / "bench" / "results").glob("cpu-*.json"))
+            files = [str(out / "gpu-bench.json")] + [str(p) for p in cpu_runs[-1:]]
+            report["steps"]["report"] = _run([py, "-m", "bench.report", *files, "--out", str(out), "--quiet"],
+                                             out / "report.log")
+    ok = bool(env.get("gpus")) and all(step["returncode"] == 0 for step in report["steps"].values())
+    report["ok"] = ok
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    lines = [f"# GPU check {env['date']}", "", f"- GPU: {env.get('nvidia_smi') or env.get('gpus')}",
+             f"- CUDA runtime/driver: {env.get('cuda_runtime')}/{env.get('cuda_driver')}, CuPy {env.get('cupy')}, "
+             f"NumPy {env.get('numpy')}, nnxp {env.get('nnxp')}", ""]
+    for name, step in report["steps"].items():
+        lines.append(f"- {name}: `{step['summary']}` (exit {step['returncode']}; log {step['log']})")
+    if "error" in report:
+        lines.append(f"- {report['error']}")
+    if report.get("kernel_compile_seconds"):
+        lines.append(f"- first-call kernel compile (s): {report['kernel_compile_seconds']}")
+    bench_md = out / "REPORT.md"
+    if bench_md.exists() and "steps" in report and "report" in report["steps"]:
+        lines += ["", bench_md.read_text()]
+    (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
