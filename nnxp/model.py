@@ -365,7 +365,11 @@ class Sequential:
         for cb in cbs:
             cb.set_model(self)
         self.stop_training = False
-        xs, ys = (self.device.xp.empty_like(x), self.device.xp.empty_like(y)) if shuffle else (x, y)
+        # one batch-sized buffer each, filled by a gather per batch: no shuffled copy of the whole data set,
+        # and the batch is still in cache for the first layer's GEMMs
+        xp = self.device.xp
+        rows = min(batch_size, x.shape[0])
+        batch_bufs = (xp.empty((rows, *x.shape[1:]), x.dtype), xp.empty((rows, *y.shape[1:]), y.dtype))
         # overflow inside a diverging step is reported once, as a NumericalError, not as NumPy warnings
         with _GracefulInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
             for cb in cbs:
@@ -373,7 +377,7 @@ class Sequential:
             for epoch in range(initial_epoch, epochs):
                 for cb in cbs:
                     cb.on_epoch_begin(epoch)
-                logs = self._run_epoch(epoch, x, y, xs, ys, shuffle, batch_size, cbs, interrupt)
+                logs = self._run_epoch(epoch, x, y, batch_bufs, shuffle, batch_size, cbs, interrupt)
                 if interrupt.requested:
                     history.interrupted = True
                     print(f"Training interrupted during epoch {epoch + 1}; the weights are those after the last "
@@ -390,15 +394,13 @@ class Sequential:
                 cb.on_train_end()
         return history
 
-    def _run_epoch(self, epoch, x, y, xs, ys, shuffle, batch_size, cbs, interrupt) -> dict:
+    def _run_epoch(self, epoch, x, y, batch_bufs, shuffle, batch_size, cbs, interrupt) -> dict:
         xp = self.device.xp
         n = x.shape[0]
         if shuffle:
             # the order depends only on (seed, epoch): a resumed run shuffles exactly like an uninterrupted one
             perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, epoch])).permutation(n)
             perm = self.device.asarray(perm)
-            xp.take(x, perm, axis=0, out=xs)
-            xp.take(y, perm, axis=0, out=ys)
         for layer in self.layers:
             if hasattr(layer, "rng"):
                 layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, epoch]))
@@ -408,7 +410,13 @@ class Sequential:
         metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         seen = 0
         for batch, start in enumerate(range(0, n, batch_size)):
-            xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
+            if shuffle:
+                idx = perm[start : start + batch_size]
+                xb, yb = batch_bufs[0][: len(idx)], batch_bufs[1][: len(idx)]
+                xp.take(x, idx, axis=0, out=xb)
+                xp.take(y, idx, axis=0, out=yb)
+            else:
+                xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             nb = xb.shape[0]
             loss, out = self._train_step(xb, yb)
             if check_each_batch and not math.isfinite(float(loss)):

@@ -387,3 +387,29 @@ def test_global_norm_clip_survives_float32_overflow_of_the_sum_of_squares():
     g = np.array([3e19, 4e19], dtype=np.float32)
     clip_by_global_norm_ref(g, 1.0)
     np.testing.assert_allclose(g, [0.6, 0.8], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 7, 1031])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_numba_adam_is_bit_identical_to_the_reference(monkeypatch, dtype, size):
+    pytest.importorskip("numba")
+    from nnxp.ops import optim as O
+
+    monkeypatch.setattr(O, "NUMBA_MIN_SIZE", 0)  # take the compiled path at every size
+    r = np.random.default_rng(size)
+    p = r.normal(size=size).astype(dtype)
+    p[: min(size, 3)] = [0.0, -0.0, 1e-30][: min(size, 3)]
+    fast = [p.copy(), np.zeros(size, dtype), np.zeros(size, dtype)]
+    ref = [p.copy(), np.zeros(size, dtype), np.zeros(size, dtype)]
+    for step in range(1, 6):
+        g = r.normal(size=size).astype(dtype)
+        if size > 3 and step == 5:
+            g[:3] = [np.inf, -np.inf, np.nan]
+        assert O._fusable(fast[0], g, fast[1], fast[2])
+        O.adam(fast[0], g, fast[1], fast[2], np.empty(size, dtype), 1e-2, 0.9, 0.999, 1e-7, step)
+        O.adam_ref(ref[0], g, ref[1], ref[2], np.empty(size, dtype), 1e-2, 0.9, 0.999, 1e-7, step)
+        for a, b in zip(fast, ref):
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == dtype
+    assert O._numba_adam() is not None  # the compiled loop really ran

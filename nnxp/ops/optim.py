@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import xp_of
+from ..backend import is_cupy_array, xp_of
+from . import _cuda
 
 
 def sgd_ref(p: Any, g: Any, velocity: Any | None, tmp: Any, lr: float, momentum: float, nesterov: bool) -> None:
@@ -217,8 +218,11 @@ def _fusable(*arrays: Any) -> bool:
 def adam(
     p: Any, g: Any, m: Any, v: Any, tmp: Any, lr: float, beta_1: float, beta_2: float, epsilon: float, step: int
 ) -> None:
-    """:func:`adam_ref`, as one compiled pass over the buffers on the CPU where Numba is importable."""
-    if _fusable(p, g, m, v):
+    """:func:`adam_ref`: one fused kernel on CUDA; one compiled pass on the CPU where Numba is importable."""
+    if is_cupy_array(p):
+        if _cuda.adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step) is not NotImplemented:
+            return
+    elif _fusable(p, g, m, v):
         kernel = _numba_adam()
         if kernel is not None:
             alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref
@@ -231,12 +235,27 @@ def adam(
     adam_ref(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step)
 
 
-# Public entry points; the CUDA backend overrides them with one fused kernel each.
-sgd = sgd_ref
-rmsprop = rmsprop_ref
-adagrad = adagrad_ref
-adadelta = adadelta_ref
-adamax = adamax_ref
+# --- the public entry points: one fused CUDA kernel for the CuPy buffers it handles, else the reference ------
+
+
+def _dispatch(name: str, ref: Any) -> Any:
+    """`ref`, routed to nnxp.ops._cuda.<name> for CuPy buffers (NumPy pays one isinstance check)."""
+
+    def op(p: Any, *args: Any) -> None:
+        if is_cupy_array(p) and getattr(_cuda, name)(p, *args) is not NotImplemented:
+            return None
+        return ref(p, *args)
+
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = f":func:`{ref.__name__}`, as one elementwise kernel over the flat buffer on CUDA."
+    return op
+
+
+sgd = _dispatch("sgd", sgd_ref)
+rmsprop = _dispatch("rmsprop", rmsprop_ref)
+adagrad = _dispatch("adagrad", adagrad_ref)
+adadelta = _dispatch("adadelta", adadelta_ref)
+adamax = _dispatch("adamax", adamax_ref)
 weight_decay = weight_decay_ref
 clip_by_value = clip_by_value_ref
 clip_by_global_norm = clip_by_global_norm_ref
