@@ -291,7 +291,11 @@ _RUNTIME_ERRORS = (DatasetError, DeviceError, DeviceMemoryError, ModelFileError,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to bench.report, options included
+        args = argparse.Namespace(command="bench", bench_args=argv[1:])
+    else:
+        args = make_parser().parse_args(argv)
     try:
         if args.command == "train":
             if args.device:

@@ -110,3 +110,12 @@ def test_info_json(capsys):
 def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "nnxp", "--version"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and nnxp.__version__ in proc.stdout
+
+
+def test_bench_passes_its_options_to_the_report(capsys, tmp_path, monkeypatch):
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # `nnxp bench` runs from a checkout
+    code = cli.main(["bench", "--no-plots", "--quiet", "--out", str(tmp_path)])
+    assert code == 0 and "samples/s" in (tmp_path / "REPORT.md").read_text()
+    code = cli.main(["bench", "--results-dir", str(tmp_path / "empty"), "--quiet"])
+    assert code == 1 and "no benchmark results" in capsys.readouterr().err
