@@ -406,6 +406,8 @@ class Sequential:
                 layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, epoch]))
         snapshot = self.params.copy()  # last known-finite weights, restored if training blows up
         check_each_batch = not self.device.is_cuda  # on the CPU the check costs nothing; on a GPU it would sync
+        # on a GPU each batch's loss is kept on the device and looked at once, at the end of the epoch
+        batch_losses = None if check_each_batch else xp.empty(-(-n // batch_size), dtype=np.float64)
         loss_sum = xp.zeros((), dtype=np.float64)
         metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         seen = 0
@@ -421,6 +423,8 @@ class Sequential:
             loss, out = self._train_step(xb, yb)
             if check_each_batch and not math.isfinite(float(loss)):
                 self._recover_from_blowup(snapshot, epoch, batch)
+            if batch_losses is not None:
+                batch_losses[batch] = loss
             loss_sum += loss * nb
             for name, value in self._metric_sums(out, yb).items():
                 metric_sums[name] += value
@@ -433,7 +437,11 @@ class Sequential:
         logs = {"loss": float(loss_sum) / max(seen, 1)}
         logs.update({name: float(v) / max(seen, 1) for name, v in metric_sums.items()})
         if not math.isfinite(logs["loss"]) or not bool(xp.isfinite(self.params).all()):
-            self._recover_from_blowup(snapshot, epoch, None)
+            first_bad = None
+            if batch_losses is not None:
+                bad = np.flatnonzero(~np.isfinite(to_numpy(batch_losses[: batch + 1])))
+                first_bad = int(bad[0]) if bad.size else None
+            self._recover_from_blowup(snapshot, epoch, first_bad)
         return logs
 
     def _recover_from_blowup(self, snapshot: Any, epoch: int, batch: int | None) -> None:

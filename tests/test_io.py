@@ -187,3 +187,20 @@ def test_hostile_zip_members_are_refused(tmp_path):
     with pytest.raises(ModelFileError, match="config.json"):
         nnxp.load_model(path)
     assert not (tmp_path.parent.parent / "etc" / "evil").exists()
+
+
+@pytest.mark.gpu
+def test_save_on_cuda_load_on_cpu_and_back(tmp_path):
+    x, y = _data()
+    m = Sequential([Dense(16, "relu", input_dim=5), Dense(2, "softmax")], device="cuda", seed=3)
+    m.compile("adam", "sparse_categorical_crossentropy")
+    m.fit(x, y, epochs=2, verbose=0)
+    m.save(tmp_path / "gpu.nnxp")
+    cpu = nnxp.load_model(tmp_path / "gpu.nnxp", device="cpu")
+    np.testing.assert_allclose(cpu.predict(x), m.predict(x), rtol=1e-5, atol=1e-6)
+    cpu.save(tmp_path / "cpu.nnxp")
+    back = nnxp.load_model(tmp_path / "cpu.nnxp", device="cuda")
+    for a, b in zip(m.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for k, v in m.optimizer.get_state().items():
+        np.testing.assert_array_equal(v, back.optimizer.get_state()[k])

@@ -319,3 +319,28 @@ def test_out_of_memory_detection_is_specific():
 
     assert not is_out_of_memory(MemoryError("host"))
     assert not is_out_of_memory(ValueError())
+
+
+@pytest.mark.gpu
+def test_divergence_on_cuda_names_the_batch_and_keeps_finite_weights():
+    x, y = _circles(200)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1)], device="cuda", seed=0)
+    model.compile(nnxp.optimizers.SGD(10.0), "mse")
+    with pytest.raises(NumericalError, match=r"epoch 1, batch \d+"):
+        model.fit(x * 1e6, y, epochs=1, batch_size=16, verbose=0)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_deferred_divergence_check_names_the_first_bad_batch(monkeypatch):
+    # the GPU bookkeeping (per-batch losses kept on the device, read once per epoch), run on NumPy
+    monkeypatch.setattr(nnxp.backend.Device, "is_cuda", property(lambda self: True))
+    x, y = _circles(200)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1)], seed=0)
+    model.compile(nnxp.optimizers.SGD(10.0), "mse")
+    before = model.get_weights()
+    with pytest.raises(NumericalError, match=r"epoch 1, batch (\d+)") as info:
+        model.fit(x * 1e6, y, epochs=1, batch_size=16, verbose=0)
+    assert int(__import__("re").search(r"batch (\d+)", str(info.value)).group(1)) <= 3  # blows up early
+    after = model.get_weights()
+    assert all(np.isfinite(w).all() for w in after)
+    np.testing.assert_array_equal(after[0], before[0])  # weights went NaN mid-epoch: back to the epoch start
