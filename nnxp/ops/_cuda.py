@@ -8,15 +8,36 @@ the dispatcher falls back to the reference. Nothing is compiled at import, and C
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..backend import cupy_module, is_cupy_array, xp_of
 from .activation import ACTIVATION_OPS
+
+
+def override(name: str, ref: Callable) -> Callable:
+    """`ref` as a public op: this module's `name` for the CuPy arrays it handles, else `ref` itself.
+
+    NumPy inputs pay one isinstance check; a wrapper returning NotImplemented falls back to `ref`.
+    """
+
+    @functools.wraps(ref)
+    def op(*args: Any, **kwargs: Any) -> Any:
+        if args and is_cupy_array(args[0]):
+            result = globals()[name](*args, **kwargs)
+            if result is not NotImplemented:
+                return result
+        return ref(*args, **kwargs)
+
+    op.__name__ = op.__qualname__ = name
+    return op
+
 
 # Every kernel template in kernels.cu; CuPy instantiates each as name<float> or name<double>.
 KERNELS = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import is_cupy_array, xp_of
+from ..backend import xp_of
 from . import _cuda
 from .activation import ACTIVATION_OPS
 
@@ -67,35 +67,6 @@ def dense_backward_ref(
 
 
 # The public entry points: the fused CUDA kernels (nnxp.ops._cuda) for the CuPy arrays they handle, the
-# reference for everything else (NumPy pays one isinstance check).
-
-
-def dense_forward(
-    x: Any, w: Any, b: Any | None, activation: str, out: Any = None, z_out: Any = None
-) -> tuple[Any, Any | None]:
-    """:func:`dense_forward_ref`, fused on CUDA (matmul, then one bias + activation kernel)."""
-    if is_cupy_array(x):
-        result = _cuda.dense_forward(x, w, b, activation, out, z_out)
-        if result is not NotImplemented:
-            return result
-    return dense_forward_ref(x, w, b, activation, out, z_out)
-
-
-def dense_backward(
-    dy: Any,
-    x: Any,
-    w: Any,
-    y: Any,
-    z: Any | None,
-    activation: str,
-    dw: Any,
-    db: Any | None,
-    dx_out: Any = None,
-    need_dx: bool = True,
-) -> Any | None:
-    """:func:`dense_backward_ref`, fused on CUDA (one kernel for dz and db, then the two matmuls)."""
-    if is_cupy_array(dy):
-        result = _cuda.dense_backward(dy, x, w, y, z, activation, dw, db, dx_out, need_dx)
-        if result is not NotImplemented:
-            return result
-    return dense_backward_ref(dy, x, w, y, z, activation, dw, db, dx_out, need_dx)
+# reference for everything else.
+dense_forward = _cuda.override("dense_forward", dense_forward_ref)
+dense_backward = _cuda.override("dense_backward", dense_backward_ref)

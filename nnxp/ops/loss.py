@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import is_cupy_array, xp_of
+from ..backend import xp_of
 from . import _cuda
 
 # Probabilities are clipped to [EPS, 1 - EPS] before a log (as Keras does).
@@ -147,36 +147,10 @@ def mean_absolute_error_ref(pred: Any, target: Any, grad: Any = None) -> tuple[A
 
 
 # Public entry points. The fused logit losses run one CUDA kernel (nnxp.ops._cuda) on the CuPy arrays it
-# handles and the reference otherwise (NumPy pays one isinstance check); the rest are the references.
-
-
-def softmax_cross_entropy(logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
-    """:func:`softmax_cross_entropy_ref`, one kernel on CUDA."""
-    if is_cupy_array(logits):
-        result = _cuda.softmax_cross_entropy(logits, target, grad)
-        if result is not NotImplemented:
-            return result
-    return softmax_cross_entropy_ref(logits, target, grad)
-
-
-def sparse_softmax_cross_entropy(logits: Any, labels: Any, grad: Any = None) -> tuple[Any, Any]:
-    """:func:`sparse_softmax_cross_entropy_ref`, one kernel on CUDA (int64 labels)."""
-    if is_cupy_array(logits):
-        result = _cuda.sparse_softmax_cross_entropy(logits, labels, grad)
-        if result is not NotImplemented:
-            return result
-    return sparse_softmax_cross_entropy_ref(logits, labels, grad)
-
-
-def sigmoid_binary_cross_entropy(logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
-    """:func:`sigmoid_binary_cross_entropy_ref`, one kernel on CUDA."""
-    if is_cupy_array(logits):
-        result = _cuda.sigmoid_binary_cross_entropy(logits, target, grad)
-        if result is not NotImplemented:
-            return result
-    return sigmoid_binary_cross_entropy_ref(logits, target, grad)
-
-
+# handles and the reference otherwise; the rest are the references.
+softmax_cross_entropy = _cuda.override("softmax_cross_entropy", softmax_cross_entropy_ref)
+sparse_softmax_cross_entropy = _cuda.override("sparse_softmax_cross_entropy", sparse_softmax_cross_entropy_ref)
+sigmoid_binary_cross_entropy = _cuda.override("sigmoid_binary_cross_entropy", sigmoid_binary_cross_entropy_ref)
 categorical_cross_entropy = categorical_cross_entropy_ref
 sparse_categorical_cross_entropy = sparse_categorical_cross_entropy_ref
 binary_cross_entropy = binary_cross_entropy_ref

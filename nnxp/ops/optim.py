@@ -238,24 +238,11 @@ def adam(
 # --- the public entry points: one fused CUDA kernel for the CuPy buffers it handles, else the reference ------
 
 
-def _dispatch(name: str, ref: Any) -> Any:
-    """`ref`, routed to nnxp.ops._cuda.<name> for CuPy buffers (NumPy pays one isinstance check)."""
-
-    def op(p: Any, *args: Any) -> None:
-        if is_cupy_array(p) and getattr(_cuda, name)(p, *args) is not NotImplemented:
-            return None
-        return ref(p, *args)
-
-    op.__name__ = op.__qualname__ = name
-    op.__doc__ = f":func:`{ref.__name__}`, as one elementwise kernel over the flat buffer on CUDA."
-    return op
-
-
-sgd = _dispatch("sgd", sgd_ref)
-rmsprop = _dispatch("rmsprop", rmsprop_ref)
-adagrad = _dispatch("adagrad", adagrad_ref)
-adadelta = _dispatch("adadelta", adadelta_ref)
-adamax = _dispatch("adamax", adamax_ref)
+sgd = _cuda.override("sgd", sgd_ref)
+rmsprop = _cuda.override("rmsprop", rmsprop_ref)
+adagrad = _cuda.override("adagrad", adagrad_ref)
+adadelta = _cuda.override("adadelta", adadelta_ref)
+adamax = _cuda.override("adamax", adamax_ref)
 weight_decay = weight_decay_ref
 clip_by_value = clip_by_value_ref
 clip_by_global_norm = clip_by_global_norm_ref
