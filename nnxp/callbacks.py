@@ -8,6 +8,7 @@ Logs are plain dicts of Python floats, read once per epoch.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import warnings
@@ -178,7 +179,7 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        path = str(self.filepath).format(epoch=epoch + 1, **logs)
+        path = os.fsdecode(self.filepath).format(epoch=epoch + 1, **logs)
         if self.save_best_only:
             value = logs.get(self.monitor)
             if value is None:

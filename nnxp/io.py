@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Device
-from .errors import ModelFileError, NnxpError, NnxpTypeError
+from .errors import DeviceError, ModelFileError, NnxpError, NnxpTypeError
 
 FORMAT = "nnxp-model"
 FORMAT_VERSION = 1
@@ -113,7 +113,7 @@ def load_model(path: str | os.PathLike, device: str | Device | None = None) -> A
     try:
         return _load(p, device)
     except NnxpError as exc:
-        if isinstance(exc, ModelFileError) or exc.__class__.__name__ == "DeviceError":
+        if isinstance(exc, (ModelFileError, DeviceError)):
             raise
         raise ModelFileError(f"model file {str(path)!r} is not a valid nnxp model: {exc}") from None
     except Exception as exc:  # zip/json/npz faults of every kind become one clear error

@@ -55,6 +55,7 @@ class Layer:
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
         self._buffers = _Buffers()
+        self._owner: Any = None  # weak reference to the model holding this layer
 
     @property
     def built(self) -> bool:

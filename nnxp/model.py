@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -55,9 +56,13 @@ class Sequential:
         name: str | None = None,
     ) -> None:
         self.device = get_device(device)
-        if str(dtype) not in _DTYPES:
+        try:
+            name = np.dtype(dtype).name  # "float32", np.float32 and np.dtype("float32") all work
+        except TypeError:
+            name = None
+        if name not in _DTYPES:
             raise NnxpError(f"`dtype` must be one of {_DTYPES}. Received: dtype={dtype!r}")
-        self.dtype = np.dtype(str(dtype))
+        self.dtype = np.dtype(name)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         self.seed = non_negative_int("seed", seed)
@@ -87,6 +92,10 @@ class Sequential:
                             "create a new Sequential instead")
         if any(layer is existing for existing in self.layers):
             raise NnxpError(f"`layer` {layer.name!r} is already in this model; create a new layer instead")
+        if layer._owner is not None and layer._owner() is not None:
+            raise NnxpError(f"`layer` {layer.name!r} already belongs to another model (a layer's weights live in its "
+                            "model's buffer); create a new layer instead")
+        layer._owner = weakref.ref(self)
         if layer.name is None:
             base = type(layer).__name__.lower()
             taken = {existing.name for existing in self.layers}
@@ -124,9 +133,14 @@ class Sequential:
         input_dim = positive_int("input_dim", input_dim)
         dim = input_dim
         specs = []
-        for layer in self.layers:
-            dim = layer.build(dim)
-            specs.extend((layer, name, shape, init) for name, shape, init in layer.param_specs())
+        try:
+            for layer in self.layers:
+                dim = layer.build(dim)
+                specs.extend((layer, name, shape, init) for name, shape, init in layer.param_specs())
+        except NnxpError:  # a size conflict: leave every layer unbuilt, as before the call
+            for layer in self.layers:
+                layer.input_dim = layer.output_dim = None
+            raise
         total = sum(int(np.prod(shape)) for _, _, shape, _ in specs)
         host = np.empty(total, dtype=self.dtype)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0]))  # stream 0: initial weights
@@ -136,7 +150,8 @@ class Sequential:
             host[offset : offset + size] = initializers.INITIALIZERS[init](shape, rng, self.dtype).ravel()
             self._slices.append((layer, name, offset, shape))
             offset += size
-        self._bind(self.device.asarray(host))
+        with self.device.use():
+            self._bind(self.device.asarray(host))
 
     def _bind(self, params: Any) -> None:
         """Adopt `params` as the flat buffer and give every layer its views."""
@@ -160,9 +175,18 @@ class Sequential:
         if device == self.device:
             return self
         if self.built:
-            self._bind(device.asarray(to_numpy(self.params)))
-            if self.optimizer is not None:
-                self.optimizer.to(self.params)
+            old_params = self.params
+            state = self.optimizer.get_state() if self.optimizer is not None else {}
+            try:
+                with device.use():
+                    self._bind(device.asarray(to_numpy(old_params)))
+                    if self.optimizer is not None:
+                        self.optimizer.to(self.params, state)
+            except BaseException:  # e.g. out of memory on the new device: stay whole on the old one
+                self._bind(old_params)
+                if self.optimizer is not None:
+                    self.optimizer.to(old_params, state)
+                raise
         self.device = device
         return self
 
@@ -317,8 +341,9 @@ class Sequential:
     ) -> History:
         """Train for `epochs` epochs; returns a History of per-epoch logs."""
         try:
-            return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
-                             callbacks, initial_epoch)
+            with self.device.use():  # every allocation lands on the model's GPU, not the current one
+                return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
+                                 callbacks, initial_epoch)
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise self._out_of_memory(exc, batch_size, "fit") from None
@@ -338,6 +363,8 @@ class Sequential:
             if not isinstance(cb, Callback):
                 raise NnxpTypeError(f"`callbacks` entries must be nnxp Callback instances. Received: {cb!r}")
         x, y = self._prepare(x, y)
+        if not self.built:  # fixes the input size, so validation data is checked against it too
+            self.build(x.shape[1])
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise NnxpError("`validation_data` must be a tuple (x_val, y_val). Received: "
@@ -353,8 +380,6 @@ class Sequential:
             x, y = x[:-n_val], y[:-n_val]
         else:
             val = None
-        if not self.built:
-            self.build(x.shape[1])
 
         n = x.shape[0]
         history = History()
@@ -374,25 +399,32 @@ class Sequential:
         with _GracefulInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
             for cb in cbs:
                 cb.on_train_begin()
-            for epoch in range(initial_epoch, epochs):
+            try:
+                self._epochs(initial_epoch, epochs, x, y, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
+                             history)
+            finally:  # close progress bars and the like even when training stops with an error
                 for cb in cbs:
-                    cb.on_epoch_begin(epoch)
-                logs = self._run_epoch(epoch, x, y, batch_bufs, shuffle, batch_size, cbs, interrupt)
-                if interrupt.requested:
-                    history.interrupted = True
-                    print(f"Training interrupted during epoch {epoch + 1}; the weights are those after the last "
-                          "completed batch.")
-                    break
-                if val is not None:
-                    logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
-                self.epochs_trained = epoch + 1
-                for cb in cbs:
-                    cb.on_epoch_end(epoch, logs)
-                if self.stop_training:
-                    break
-            for cb in cbs:
-                cb.on_train_end()
+                    cb.on_train_end()
         return history
+
+    def _epochs(self, initial_epoch, epochs, x, y, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
+                history) -> None:
+        for epoch in range(initial_epoch, epochs):
+            for cb in cbs:
+                cb.on_epoch_begin(epoch)
+            logs = self._run_epoch(epoch, x, y, batch_bufs, shuffle, batch_size, cbs, interrupt)
+            if interrupt.requested:
+                history.interrupted = True
+                print(f"Training interrupted during epoch {epoch + 1}; the weights are those after the last "
+                      "completed batch.")
+                break
+            if val is not None:
+                logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
+            self.epochs_trained = epoch + 1
+            for cb in cbs:
+                cb.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
 
     def _run_epoch(self, epoch, x, y, batch_bufs, shuffle, batch_size, cbs, interrupt) -> dict:
         xp = self.device.xp
@@ -401,10 +433,12 @@ class Sequential:
             # the order depends only on (seed, epoch): a resumed run shuffles exactly like an uninterrupted one
             perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, epoch])).permutation(n)
             perm = self.device.asarray(perm)
-        for layer in self.layers:
-            if hasattr(layer, "rng"):
-                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, epoch]))
-        snapshot = self.params.copy()  # last known-finite weights, restored if training blows up
+        for i, layer in enumerate(self.layers):
+            if hasattr(layer, "rng"):  # one stream per (epoch, layer): two Dropouts never share a mask
+                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, epoch, i]))
+        # weights and optimizer state at the start of the epoch, restored together if training blows up
+        snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
+                    self.optimizer.iterations)
         check_each_batch = not self.device.is_cuda  # on the CPU the check costs nothing; on a GPU it would sync
         # on a GPU each batch's loss is kept on the device and looked at once, at the end of the epoch
         batch_losses = None if check_each_batch else xp.empty(-(-n // batch_size), dtype=np.float64)
@@ -444,14 +478,21 @@ class Sequential:
             self._recover_from_blowup(snapshot, epoch, first_bad)
         return logs
 
-    def _recover_from_blowup(self, snapshot: Any, epoch: int, batch: int | None) -> None:
-        xp = self.device.xp
-        if not bool(xp.isfinite(self.params).all()):
-            self.params[...] = snapshot
+    def _recover_from_blowup(self, snapshot: tuple, epoch: int, batch: int | None) -> None:
+        params, state, iterations = snapshot
+        self.params[...] = params
+        opt = self.optimizer
+        if state:
+            for k, v in state.items():
+                opt.state[k][...] = v
+        else:  # the state did not exist yet: let the next step allocate it afresh
+            opt.state, opt._tmp = {}, None
+        opt.iterations = iterations
         where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
         raise NumericalError(
-            f"training diverged: the loss became NaN or infinite at {where}. The model keeps its last finite "
-            "weights. Try a smaller learning_rate, clipnorm=1.0 in the optimizer, or standardized inputs."
+            f"training diverged: the loss became NaN or infinite at {where}. The model is back at its weights and "
+            f"optimizer state from the start of epoch {epoch + 1}. Try a smaller learning_rate, clipnorm=1.0 in "
+            "the optimizer, or standardized inputs."
         )
 
     def _evaluate_arrays(self, x: Any, y: Any, batch_size: int) -> dict[str, float]:
@@ -475,8 +516,9 @@ class Sequential:
         self._require_compiled()
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
-        x, y = self._prepare(x, y)
-        logs = self._evaluate_arrays(x, y, batch_size)
+        with self.device.use():
+            x, y = self._prepare(x, y)
+            logs = self._evaluate_arrays(x, y, batch_size)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs
@@ -495,7 +537,8 @@ class Sequential:
         the device's memory is fine.
         """
         try:
-            return self._predict(x, batch_size)
+            with self.device.use():
+                return self._predict(x, batch_size)
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise self._out_of_memory(exc, batch_size or 1024, "predict") from None

@@ -129,12 +129,13 @@ class Optimizer:
                 raise NnxpError(f"optimizer state `{k}` must have shape {like.shape}. Received: {v.shape}")
             self.state[k][...] = xp_of(like).asarray(v, dtype=like.dtype)
 
-    def to(self, like: Any) -> None:
-        """Move the state next to `like` (the parameters after a device move)."""
-        if self.state:
-            self.set_state(self.get_state(), like)
+    def to(self, like: Any, state: dict[str, Any] | None = None) -> None:
+        """Move the state (or `state`, from :meth:`get_state`) next to `like`, the parameters after a move."""
+        state = self.get_state() if state is None else state
+        if state:
+            self.set_state(state, like)
         else:
-            self._tmp = None
+            self.state, self._tmp = {}, None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name" and v is not None)

@@ -372,3 +372,15 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     for a, b in zip(straight.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert resumed.optimizer.iterations == straight.optimizer.iterations
+
+
+def test_model_checkpoint_takes_bytes_paths(tmp_path):
+    import os
+
+    r = np.random.default_rng(0)
+    model = nnxp.Sequential([nnxp.Dense(2, "softmax", input_dim=3)], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    path = os.fsencode(tmp_path / "ck-{epoch}.nnxp")
+    model.fit(r.normal(size=(8, 3)), r.integers(0, 2, 8), epochs=2, verbose=0,
+              callbacks=[nnxp.callbacks.ModelCheckpoint(path)])
+    assert nnxp.load_model(tmp_path / "ck-2.nnxp").epochs_trained == 2

@@ -204,3 +204,12 @@ def test_save_on_cuda_load_on_cpu_and_back(tmp_path):
         np.testing.assert_array_equal(a, b)
     for k, v in m.optimizer.get_state().items():
         np.testing.assert_array_equal(v, back.optimizer.get_state()[k])
+
+
+def test_bad_device_on_load_is_a_device_error(tmp_path):
+    from nnxp.errors import DeviceError
+
+    m = _model()
+    m.save(tmp_path / "m.nnxp")
+    with pytest.raises(DeviceError, match="device"):
+        nnxp.load_model(tmp_path / "m.nnxp", device=0)

@@ -344,3 +344,71 @@ def test_deferred_divergence_check_names_the_first_bad_batch(monkeypatch):
     after = model.get_weights()
     assert all(np.isfinite(w).all() for w in after)
     np.testing.assert_array_equal(after[0], before[0])  # weights went NaN mid-epoch: back to the epoch start
+
+
+def test_after_divergence_the_model_trains_again():
+    x, y = _circles(200)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1)], seed=0)
+    model.compile(nnxp.optimizers.SGD(0.01, momentum=0.9), "mse")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # optimizer state exists
+    before = model.get_weights()
+    velocity, iterations = model.optimizer.state["velocity"].copy(), model.optimizer.iterations
+    model.optimizer.learning_rate = 10.0
+    with pytest.raises(NumericalError):
+        model.fit(x * 1e3, y, epochs=1, batch_size=16, verbose=0)
+    np.testing.assert_array_equal(model.get_weights()[0], before[0])
+    np.testing.assert_array_equal(model.optimizer.state["velocity"], velocity)
+    assert model.optimizer.iterations == iterations
+    model.optimizer.learning_rate = 1e-3
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # no NaN left behind in the state
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_two_dropout_layers_draw_different_masks():
+    model = Sequential([Dense(16, "relu", input_dim=4), Dropout(0.5), Dense(16, "relu"), Dropout(0.5), Dense(1)],
+                       seed=0)
+    model.compile("sgd", "mse")
+    model.fit(np.ones((8, 4)), np.zeros(8), epochs=1, batch_size=8, verbose=0)
+    assert not np.array_equal(model.layers[1]._mask, model.layers[3]._mask)
+
+
+def test_validation_data_of_the_wrong_width_fails_before_training():
+    model = Sequential([Dense(2, "softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = np.zeros((32, 4)), np.zeros(32, np.int64)
+    with pytest.raises(NnxpError, match=r"`validation_data\[0\]` must have 4 features"):
+        model.fit(x, y, validation_data=(np.zeros((5, 7)), np.zeros(5, np.int64)), verbose=0)
+    assert model.optimizer.iterations == 0
+
+
+def test_a_layer_belongs_to_one_model():
+    layer = Dense(2, input_dim=3)
+    first = Sequential([layer])
+    with pytest.raises(NnxpError, match="already belongs to another model"):
+        Sequential([layer])
+    del first
+    Sequential([layer])  # free again once its model is gone
+
+
+def test_train_end_runs_when_fit_fails():
+    class Ends(Callback):
+        ended = False
+
+        def on_train_end(self, logs=None):
+            Ends.ended = True
+
+    x, y = _circles(64)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1)], seed=0)
+    model.compile(nnxp.optimizers.SGD(10.0), "mse")
+    with pytest.raises(NumericalError):
+        model.fit(x * 1e6, y, epochs=2, batch_size=16, verbose=0, callbacks=[Ends()])
+    assert Ends.ended
+
+
+def test_numpy_dtypes_and_failed_builds():
+    assert Sequential([Dense(1, input_dim=2)], dtype=np.float64).dtype == np.float64
+    model = Sequential([Dense(3, input_dim=4), Dense(2, input_dim=5)])
+    with pytest.raises(NnxpError, match="input_dim"):
+        model.build(4)
+    assert all(layer.input_dim is None for layer in model.layers)
+    assert nnxp.datasets.load_digits is not None  # the subpackage is reachable as nnxp.datasets
