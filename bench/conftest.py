@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import nnxp  # noqa: E402
+from bench._env import cpu_model  # noqa: E402
 from nnxp import backend  # noqa: E402
 
 MODELS: dict[str, tuple[int, ...]] = {
@@ -471,16 +472,6 @@ def run_case(benchmark, request):
 # --- environment ---------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cuda_version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
@@ -530,7 +521,7 @@ def _gpu_info() -> dict:
 def environment(with_torch: bool = True) -> dict:
     """CPU, threads, BLAS and its kernel, GPU, driver, CUDA, library versions, BLAS variables."""
     env: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(),

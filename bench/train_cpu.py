@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import nnxp  # noqa: E402
+from bench._env import cpu_model  # noqa: E402
 from nnxp.ops import optim as O  # noqa: E402
 
 LAYERS = (784, 512, 256, 10)
@@ -95,16 +96,6 @@ def load_data(n: int) -> tuple[np.ndarray, np.ndarray, str]:
 # --- environment --------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def numpy_blas() -> dict:
     """NumPy's BLAS pool as threadpoolctl sees it (library, version, kernel, threads)."""
     try:
@@ -119,7 +110,7 @@ def numpy_blas() -> dict:
 def environment() -> dict:
     blas = numpy_blas()
     env = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
