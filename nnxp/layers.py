@@ -12,18 +12,11 @@ import numbers
 from typing import Any
 
 from . import activations, initializers, regularizers
+from ._validation import positive_int
 from .backend import xp_of
 from .errors import NnxpError, NnxpTypeError
 from .ops import activation as A
 from .ops import dense as D
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        if hasattr(value, "__index__") and not isinstance(value, bool) and int(value) > 0:
-            return int(value)
-        raise NnxpError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return value
 
 
 class _Buffers:
@@ -121,9 +114,9 @@ class Dense(Layer):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        self.units = _positive_int("units", units)
+        self.units = positive_int("units", units)
         self.activation = activations.get(activation)
-        self.declared_input_dim = None if input_dim is None else _positive_int("input_dim", input_dim)
+        self.declared_input_dim = None if input_dim is None else positive_int("input_dim", input_dim)
         if not isinstance(use_bias, bool):
             raise NnxpTypeError(f"`use_bias` must be True or False. Received: use_bias={use_bias!r}")
         self.use_bias = use_bias
