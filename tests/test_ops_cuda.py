@@ -14,13 +14,13 @@ an extra 4 eps sqrt(n) sum|terms| since their order differs, and GELU gets the u
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import _cuda_emu
 import numpy as np
 import pytest
 from conftest import tol
@@ -694,31 +694,47 @@ def test_dropout_reference_is_generic_and_consistent():
     np.testing.assert_array_equal(dx, mask)
 
 
-# --- without a GPU: the wrappers against a stand-in CuPy ----------------------------------------------------
+# --- without a GPU: the real kernels on a CPU emulator of CUDA, behind a stand-in CuPy ----------------------
 #
-# A fake `cupy` (NumPy arrays of a subclass, and a RawModule whose kernels check every launch against the
-# C signature parsed from kernels.cu and then act out the kernel with NumPy) runs the whole registry above on
-# the CPU. It proves the wrappers pass each kernel the right argument types in the right order, with sane
-# launch shapes and buffer sizes, and that the test machinery itself works; the kernel bodies are checked by
-# test_ops_cuda_compile.py (element math) and, on a GPU, by test_fused_op_matches_reference.
+# tests/cuda_emu builds kernels.cu unchanged against a CPU model of CUDA (each thread a fiber, __syncthreads and
+# warp shuffles real barriers, blocks in a chosen order). A stand-in `cupy` (NumPy arrays of a subclass, each
+# allocation fenced by guard bytes, and a RawModule whose kernels are the emulator's) then runs the whole
+# registry above on the CPU: the kernel bodies, the wrappers' launch shapes, argument types and buffer sizes.
+# Every launch of a kernel takes the next schedule (forward, reverse, shuffled blocks and threads), so the two
+# runs of each fused op in _check_pair differ in order and must still agree bit for bit. A write outside any
+# buffer trips the guard check after the launch. What only a GPU shows: NVRTC, CUDA's math ulps, races
+# between blocks, speed.
 
-_SIGNATURES = {
-    name: [" ".join(p.split()[:-1]).replace(" *", "*") for p in params.split(",")]
-    for name, params in re.findall(r"__global__\s+void\s+(nnxp_\w+)\s*\(([^)]*)\)", _cuda._source())
-}
-_ACT_NAMES = {code: name for name, code in _cuda.ACT_CODES.items()}
+_GUARD = 64  # bytes of 0xA5 before and after every stand-in allocation
+_SCHEDULES = ("forward", "reverse", "shuffled")
 
 
 class _FakeArray(np.ndarray):
     device = SimpleNamespace(id=0)
 
 
-def _fake(a):
-    return np.asarray(a).view(_FakeArray)
+class _Guarded:
+    """Every stand-in allocation, to check after each launch that no kernel wrote past its buffer."""
+
+    def __init__(self):
+        self.buffers: list[np.ndarray] = []
+
+    def alloc(self, a: np.ndarray) -> _FakeArray:
+        a = np.asarray(a)
+        raw = np.full(a.nbytes + 2 * _GUARD, 0xA5, dtype=np.uint8)
+        self.buffers.append(raw)
+        view = raw[_GUARD:_GUARD + a.nbytes].view(a.dtype).reshape(a.shape)
+        view[...] = a
+        return view.view(_FakeArray)
+
+    def check(self, what: str) -> None:
+        for raw in self.buffers:
+            if not ((raw[:_GUARD] == 0xA5).all() and (raw[-_GUARD:] == 0xA5).all()):
+                raise AssertionError(f"{what} wrote outside a buffer of {raw.size - 2 * _GUARD} bytes")
 
 
 class _FakeDevice:
-    attributes = {"MultiProcessorCount": 4}  # few SMs: small grids, so the grid-stride loops matter
+    attributes = {"MultiProcessorCount": 1}  # one SM: grids are capped at 8 blocks, so grid-stride loops run
 
     def __init__(self, index=0):
         assert index == 0
@@ -731,207 +747,31 @@ class _FakeDevice:
 
 
 class _FakeModule:
-    def __init__(self, code, options, name_expressions):
+    def __init__(self, code, options, name_expressions, emulator, guarded):
         assert tuple(options) == _cuda.NVRTC_OPTIONS
+        assert code == _cuda._source()
         self.expressions = set(name_expressions)
+        self.emulator, self.guarded = emulator, guarded
 
     def get_function(self, expression):
         assert expression in self.expressions
-        name, ctype = re.fullmatch(r"(\w+)<(float|double)>", expression).groups()
-        return _FakeKernel(name, np.dtype(np.float32 if ctype == "float" else np.float64))
+        return _FakeKernel(expression, self.emulator, self.guarded)
 
 
 class _FakeKernel:
-    def __init__(self, name, dtype):
-        self.name, self.dtype = name, dtype
+    launches: dict[str, int] = {}
+
+    def __init__(self, expression, emulator, guarded):
+        self.expression, self.emulator, self.guarded = expression, emulator, guarded
 
     def __call__(self, grid, block, args):
-        params = _SIGNATURES[self.name]
-        assert len(args) == len(params), f"{self.name}: {len(args)} arguments for {len(params)} parameters"
-        for i, (ptype, arg) in enumerate(zip(params, args, strict=True)):
-            assert self._fits(ptype, arg), f"{self.name} argument {i} ({ptype}): got {type(arg).__name__}"
-        assert all(isinstance(g, int) and g >= 1 for g in grid) and all(isinstance(b, int) and b >= 1 for b in block)
-        assert int(np.prod(block)) <= 1024 and len(grid) <= 3 and (len(grid) < 2 or grid[1] <= 65535)
+        k = _FakeKernel.launches.get(self.expression, 0)
+        _FakeKernel.launches[self.expression] = k + 1
         if len(block) == 1:
-            assert block[0] % 32 == 0, f"{self.name}: block {block} is not whole warps"
-        getattr(_Emulate, self.name[len("nnxp_"):])(self, grid, block, *args)
-
-    def _fits(self, ptype, arg):
-        base = ptype.replace("const ", "")
-        if base.endswith("*"):
-            want = {"T*": self.dtype, "long long*": np.dtype(np.int64), "unsigned int*": np.dtype(np.uint32)}[base]
-            return isinstance(arg, _FakeArray) and arg.dtype == want and arg.flags.c_contiguous
-        want = {"T": self.dtype.type, "long long": np.int64, "int": np.int32, "unsigned long long": np.uint64}[base]
-        return type(arg) is want
-
-
-class _Emulate:
-    """Each kernel acted out with NumPy from the arguments it was given (the launch's view of the world)."""
-
-    @staticmethod
-    def bias_act_forward(k, grid, block, y, b, zbuf, total, cols, code, has_bias, store_z):
-        z = y.reshape(-1, int(cols))
-        assert z.size == total
-        if has_bias:
-            z += b
-        if store_z:
-            zbuf.reshape(z.shape)[...] = z
-        ACTIVATION_OPS[_ACT_NAMES[int(code)]].forward(z, z)
-
-    @staticmethod
-    def softmax_forward(k, grid, block, y, b, rows, cols, has_bias):
-        z = y.reshape(int(rows), int(cols))
-        if has_bias:
-            z += b
-        ACTIVATION_OPS["softmax"].forward(z, z)
-
-    @staticmethod
-    def act_backward_bias(k, grid, block, dy, y, z, out, rows, cols, code, write_dz, mode):
-        (gx, gy), (bx, by) = grid, block
-        rows, cols = int(rows), int(cols)
-        assert bx * by == 256 and bx & (bx - 1) == 0 and bx <= 32 and gx * bx >= cols
-        assert mode in (0, 1, 2) and (mode != 1 or gy == 1) and (mode != 2 or out.size == gy * cols)
-        act = _ACT_NAMES[int(code)]
-        d = dy.reshape(rows, cols)
-        zz = z.reshape(rows, cols) if act == "gelu" else None
-        dz = ACTIVATION_OPS[act].backward(d.copy(), y.reshape(rows, cols), zz, np.empty_like(d))
-        if write_dz:
-            d[...] = dz
-        if mode == 1:
-            out[...] = dz.sum(axis=0)
-        elif mode == 2:
-            owner = (np.arange(rows) // by) % gy  # blockIdx.y that sums row r
-            parts = out.reshape(gy, cols)
-            for j in range(gy):
-                parts[j] = dz[owner == j].sum(axis=0)
-
-    @staticmethod
-    def column_sum(k, grid, block, partials, db, parts, cols):
-        assert grid[0] * block[0] >= 1 and partials.size == parts * cols and db.size == cols
-        db[...] = partials.reshape(int(parts), int(cols)).sum(axis=0)
-
-    @staticmethod
-    def softmax_backward(k, grid, block, dy, y, rows, cols):
-        d = dy.reshape(int(rows), int(cols))
-        ACTIVATION_OPS["softmax"].backward(d.copy(), y.reshape(d.shape), None, d)
-
-    @staticmethod
-    def _finish(k, grid, partials, counter, loss, total, denom):
-        assert partials.size >= grid[0] and counter.size == 1 and int(counter[0]) == 0
-        loss[...] = total / denom
-
-    @staticmethod
-    def softmax_xent(k, grid, block, logits, target, grad, partials, counter, loss, rows, cols, inv_n, n):
-        lg, t = logits.reshape(int(rows), int(cols)), target.reshape(int(rows), int(cols))
-        s = lg - lg.max(axis=1, keepdims=True)
-        t_dot_s = (t * s).sum(axis=1)
-        e = np.exp(s)
-        sums, t_sum = e.sum(axis=1, keepdims=True), t.sum(axis=1, keepdims=True)
-        grad.reshape(lg.shape)[...] = ((e / sums) * t_sum - t) * inv_n
-        _Emulate._finish(k, grid, partials, counter, loss, (np.log(sums[:, 0]) * t_sum[:, 0] - t_dot_s).sum(), n)
-
-    @staticmethod
-    def sparse_softmax_xent(k, grid, block, logits, labels, grad, partials, counter, loss, rows, cols, inv_n, n):
-        lg = logits.reshape(int(rows), int(cols))
-        r = np.arange(int(rows))
-        s = lg - lg.max(axis=1, keepdims=True)
-        picked = s[r, labels]
-        e = np.exp(s)
-        sums = e.sum(axis=1, keepdims=True)
-        g = e / sums
-        g[r, labels] -= 1
-        grad.reshape(lg.shape)[...] = g * inv_n
-        _Emulate._finish(k, grid, partials, counter, loss, (np.log(sums[:, 0]) - picked).sum(), n)
-
-    @staticmethod
-    def sigmoid_bce(k, grid, block, logits, target, grad, partials, counter, loss, total, inv_size, size):
-        z, t = logits.reshape(-1), target.reshape(-1)
-        assert z.size == total
-        terms = (np.maximum(z, 0) - z * t) + np.log1p(np.exp(-np.abs(z)))
-        grad.reshape(-1)[...] = (np.tanh(z * z.dtype.type(0.5)) * z.dtype.type(0.5) + z.dtype.type(0.5) - t) * inv_size
-        _Emulate._finish(k, grid, partials, counter, loss, terms.sum(), size)
-
-    @staticmethod
-    def sgd(k, grid, block, p, g, v, n, lr, momentum, decay, mode):
-        p *= decay
-        t = g * lr
-        if mode == 0:
-            p -= t
-            return
-        v *= momentum
-        v -= t
-        if mode == 2:
-            p -= t
-            p += v * momentum
-        else:
-            p += v
-
-    @staticmethod
-    def rmsprop(k, grid, block, p, g, s, mom, avg_g, n, lr, rho, one_minus_rho, momentum, eps, decay, has_mom,
-                centered):
-        p *= decay
-        s *= rho
-        s += (g * g) * one_minus_rho
-        if centered:
-            avg_g *= rho
-            avg_g += g * one_minus_rho
-            t = (s - avg_g * avg_g) + eps
-        else:
-            t = s + eps
-        t = (g / np.sqrt(t)) * lr
-        if has_mom:
-            mom *= momentum
-            mom += t
-            p -= mom
-        else:
-            p -= t
-
-    @staticmethod
-    def adagrad(k, grid, block, p, g, acc, n, lr, eps, decay):
-        p *= decay
-        acc += g * g
-        p -= (g / np.sqrt(acc + eps)) * lr
-
-    @staticmethod
-    def adadelta(k, grid, block, p, g, acc_g, acc_dx, n, lr, rho, one_minus_rho, eps, decay):
-        p *= decay
-        acc_g *= rho
-        acc_g += (g * g) * one_minus_rho
-        t = np.sqrt((acc_dx + eps) / (acc_g + eps)) * g
-        acc_dx *= rho
-        acc_dx += one_minus_rho * (t * t)
-        p -= t * lr
-
-    @staticmethod
-    def adam(k, grid, block, p, g, m, v, n, one_minus_b1, one_minus_b2, eps, inv_alpha, decay):
-        p *= decay
-        m += (g - m) * one_minus_b1
-        v += (g * g - v) * one_minus_b2
-        p -= m / ((np.sqrt(v) + eps) * inv_alpha)
-
-    @staticmethod
-    def adamax(k, grid, block, p, g, m, u, n, one_minus_b1, b2, eps, inv_alpha, decay):
-        p *= decay
-        m += (g - m) * one_minus_b1
-        u *= b2
-        np.maximum(u, np.abs(g), out=u)
-        p -= m / ((u + eps) * inv_alpha)
-
-    @staticmethod
-    def _mask(n, seed, rate, scale, dtype):
-        keep = _cuda.dropout_mask_ref(np, int(n), float(rate), int(seed), dtype) != 0
-        return np.where(keep, scale, dtype.type(0)).astype(dtype)
-
-    @staticmethod
-    def dropout_forward(k, grid, block, x, y, mask, n, seed, rate, scale, store_mask):
-        m = _Emulate._mask(n, seed, rate, scale, x.dtype).reshape(x.shape)
-        if store_mask:
-            mask[...] = m
-        np.multiply(x, m, out=y)
-
-    @staticmethod
-    def dropout_backward(k, grid, block, dy, dx, n, seed, rate, scale):
-        np.multiply(dy, _Emulate._mask(n, seed, rate, scale, dy.dtype).reshape(dy.shape), out=dx)
+            assert block[0] % 32 == 0, f"{self.expression}: block {block} is not whole warps"
+        self.emulator.launch(self.expression, tuple(grid), tuple(block), tuple(args),
+                             schedule=_SCHEDULES[k % 3], seed=k)
+        self.guarded.check(self.expression)
 
 
 class _FakeCupy(SimpleNamespace):
@@ -939,26 +779,43 @@ class _FakeCupy(SimpleNamespace):
         return getattr(np, name)
 
 
-def _fake_cupy():
+def _fake_cupy(emulator):
+    guarded = _Guarded()
+
     def wrap(fn):
-        return lambda *a, **kw: _fake(fn(*a, **kw))
+        return lambda *a, **kw: guarded.alloc(fn(*a, **kw))
+
+    def matmul(a, b, out=None):
+        if out is None:
+            return guarded.alloc(np.matmul(a, b))
+        np.matmul(a, b, out=out)
+        return out
 
     return _FakeCupy(
         ndarray=_FakeArray,
         float16=np.float16, float32=np.float32, float64=np.float64, int32=np.int32,
         empty=wrap(np.empty), zeros=wrap(np.zeros), empty_like=wrap(np.empty_like), asarray=wrap(np.asarray),
         asnumpy=lambda a: np.array(a).view(np.ndarray),
-        matmul=lambda a, b, out=None: _fake(np.matmul(a, b, out=out)),
-        RawModule=lambda code, options, name_expressions: _FakeModule(code, options, name_expressions),
+        matmul=matmul,
+        RawModule=lambda code, options, name_expressions: _FakeModule(code, options, name_expressions, emulator,
+                                                                      guarded),
         cuda=SimpleNamespace(Device=_FakeDevice),
     )
 
 
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    built = _cuda_emu.build(tmp_path_factory.mktemp("cuda_emu"))
+    if built is None:
+        pytest.skip("no C++ compiler (g++ / c++) for the CUDA emulator")
+    return built
+
+
 @pytest.fixture
-def fake_cupy(monkeypatch):
+def fake_cupy(monkeypatch, emulator):
     import nnxp.backend as backend
 
-    fake = _fake_cupy()
+    fake = _fake_cupy(emulator)
     monkeypatch.setattr(backend, "_cupy", fake)
     monkeypatch.setattr(_cuda, "_KERNELS", _cuda.LazyKernels())
     return fake
