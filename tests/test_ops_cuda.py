@@ -14,6 +14,7 @@ an extra 4 eps sqrt(n) sum|terms| since their order differs, and GELU gets the u
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -402,6 +403,32 @@ def _pair_optimizer(name: str, weight_decay: float) -> Pair:
     return Pair(cuda=call(cuda_fn, {"weight_decay": weight_decay}), ref=ref, make=make)
 
 
+def _kernel_scalars(kind: str, dtype, hyper: dict, states: tuple, weight_decay: float) -> tuple:
+    """The T scalars the kernel of `kind` gets for these hyper-parameters (its *_scalars, by parameter name)."""
+    fn = getattr(_cuda, f"{kind}_scalars")
+    present = [state is not None for state in states] + [False, False]
+    known = {**hyper, "dtype": dtype, "weight_decay": weight_decay, "has_velocity": present[0],
+             "has_mom": present[1], "centered": present[2]}
+    return _cuda.device_scalars(fn(*(known[name] for name in inspect.signature(fn).parameters)))
+
+
+def _pair_optimizer_hp(name: str, weight_decay: float) -> Pair:
+    """The kernel reading its scalars from a device buffer (a CUDA-graph step): the by-value ones are wrong."""
+    kind = name.split("_")[0]
+    state_kinds, hyper = OPTIMIZERS[name]
+    base = _pair_optimizer(name, weight_decay)
+    wrong = {k: (v + 5 if k == "step" else v if isinstance(v, bool) else v * 0.5) for k, v in hyper.items()}
+
+    def cuda(p, g, *states):
+        hp = cupy_module().asarray(np.array(_kernel_scalars(kind, p.dtype, hyper, states, weight_decay)))
+        tmp = cupy_module().empty_like(p)
+        result = getattr(_cuda, kind)(p, g, *states, tmp, *wrong.values(), weight_decay=0.25, hp=hp)
+        assert result is None, f"{name} declined hp={hp!r}"
+        return _drop_none(p, *states)
+
+    return Pair(cuda=cuda, ref=base.ref, make=base.make)
+
+
 DROPOUT_RATE, DROPOUT_SEED = 0.3, 20_261_123
 
 
@@ -445,6 +472,7 @@ PAIRS["sigmoid_bce"] = _pair_sigmoid_bce()
 for _name in OPTIMIZERS:
     for _wd in (0.0, 0.004):
         PAIRS[f"optim/{_name}/wd={_wd}"] = _pair_optimizer(_name, _wd)
+        PAIRS[f"optim/{_name}/wd={_wd}/hp"] = _pair_optimizer_hp(_name, _wd)
 PAIRS["dropout_forward/mask"] = _pair_dropout_forward(True)
 PAIRS["dropout_forward/nomask"] = _pair_dropout_forward(False)
 PAIRS["dropout_backward"] = _pair_dropout_backward()

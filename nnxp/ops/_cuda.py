@@ -482,70 +482,98 @@ def _flat_fit(p: Any, *others: Any) -> np.dtype | None:
     return dtype
 
 
-def _step(name: str, p: Any, args: tuple) -> None:
+def device_scalars(scalars: tuple) -> tuple:
+    """The floating-point entries of a ``*_scalars`` tuple: what a kernel reads from `hp` when it is given."""
+    return tuple(x for x in scalars if isinstance(x, np.floating))
+
+
+def _hp_fits(hp: Any, p: Any, scalars: tuple) -> bool:
+    return hp is None or (
+        is_cupy_array(hp) and hp.dtype == p.dtype and hp.ndim == 1 and hp.size >= len(device_scalars(scalars))
+        and hp.flags.c_contiguous and hp.device.id == p.device.id
+    )
+
+
+def _step(name: str, p: Any, args: tuple, hp: Any) -> None:
     dev = p.device.id
-    _launch(name, p.dtype, dev, (_grid(p.size, dev),), (_BLOCK,), args)
+    _launch(name, p.dtype, dev, (_grid(p.size, dev),), (_BLOCK,), (*args, hp))
 
 
-def sgd(p, g, velocity, tmp, lr, momentum, nesterov, weight_decay: float = 0.0):
+# Each takes `hp`: None, or a device array the kernel reads its floating-point scalars from (see kernels.cu;
+# device_scalars of the matching *_scalars tuple gives the values), for steps replayed in a CUDA graph.
+
+
+def sgd(p, g, velocity, tmp, lr, momentum, nesterov, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.sgd_ref` (`tmp` is not needed); returns None, or NotImplemented."""
     dtype = _flat_fit(p, g, velocity)
-    if dtype is None:
+    scalars = None if dtype is None else sgd_scalars(dtype, lr, momentum, nesterov, velocity is not None,
+                                                     weight_decay)
+    if dtype is None or not _hp_fits(hp, p, scalars):
         return NotImplemented
     v = velocity if velocity is not None else p  # never read without momentum
-    scalars = sgd_scalars(dtype, lr, momentum, nesterov, velocity is not None, weight_decay)
-    _step("nnxp_sgd", p, (p, g, v, np.int64(p.size), *scalars))
+    _step("nnxp_sgd", p, (p, g, v, np.int64(p.size), *scalars), hp)
     return None
 
 
-def rmsprop(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon, weight_decay: float = 0.0):
+def rmsprop(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.rmsprop_ref` (plain, momentum, centered, or both)."""
     dtype = _flat_fit(p, g, avg_sq, mom, avg_g)
     if dtype is None or avg_sq is None:
         return NotImplemented
     scalars = rmsprop_scalars(dtype, lr, rho, momentum, epsilon, mom is not None, avg_g is not None, weight_decay)
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
     m = mom if mom is not None else p
     a = avg_g if avg_g is not None else p
-    _step("nnxp_rmsprop", p, (p, g, avg_sq, m, a, np.int64(p.size), *scalars))
+    _step("nnxp_rmsprop", p, (p, g, avg_sq, m, a, np.int64(p.size), *scalars), hp)
     return None
 
 
-def adagrad(p, g, acc, tmp, lr, epsilon, weight_decay: float = 0.0):
+def adagrad(p, g, acc, tmp, lr, epsilon, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adagrad_ref`."""
     dtype = _flat_fit(p, g, acc)
     if dtype is None or acc is None:
         return NotImplemented
-    _step("nnxp_adagrad", p, (p, g, acc, np.int64(p.size), *adagrad_scalars(dtype, lr, epsilon, weight_decay)))
+    scalars = adagrad_scalars(dtype, lr, epsilon, weight_decay)
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    _step("nnxp_adagrad", p, (p, g, acc, np.int64(p.size), *scalars), hp)
     return None
 
 
-def adadelta(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay: float = 0.0):
+def adadelta(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adadelta_ref`."""
     dtype = _flat_fit(p, g, acc_g, acc_dx)
     if dtype is None or acc_g is None or acc_dx is None:
         return NotImplemented
     scalars = adadelta_scalars(dtype, lr, rho, epsilon, weight_decay)
-    _step("nnxp_adadelta", p, (p, g, acc_g, acc_dx, np.int64(p.size), *scalars))
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    _step("nnxp_adadelta", p, (p, g, acc_g, acc_dx, np.int64(p.size), *scalars), hp)
     return None
 
 
-def adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0):
+def adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adam_ref` (bias correction folded into one host-side factor)."""
     dtype = _flat_fit(p, g, m, v)
     if dtype is None or m is None or v is None:
         return NotImplemented
     scalars = adam_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay)
-    _step("nnxp_adam", p, (p, g, m, v, np.int64(p.size), *scalars))
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    _step("nnxp_adam", p, (p, g, m, v, np.int64(p.size), *scalars), hp)
     return None
 
 
-def adamax(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0):
+def adamax(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adamax_ref`."""
     dtype = _flat_fit(p, g, m, u)
     if dtype is None or m is None or u is None:
         return NotImplemented
     scalars = adamax_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay)
-    _step("nnxp_adamax", p, (p, g, m, u, np.int64(p.size), *scalars))
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    _step("nnxp_adamax", p, (p, g, m, u, np.int64(p.size), *scalars), hp)
     return None
 
 

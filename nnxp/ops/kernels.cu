@@ -550,13 +550,22 @@ __global__ void nnxp_sigmoid_bce(const T* logits, const T* target, T* grad, T* p
 }
 
 // --- (d) optimizers: one elementwise pass over the flat buffers ---------------------------------------------
+//
+// The T scalars come by value, or, when `hp` is not null, from hp[0..k) in parameter order: a captured CUDA
+// graph replays the same launch every step, so the step-dependent factors (learning rate schedules, Adam's
+// bias correction) must live in device memory that the host rewrites before each replay.
 
 #define NX_GRID_STRIDE(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
 
 // v is read and written only with momentum (mode 1 or 2)
 template <typename T>
-__global__ void nnxp_sgd(T* p, const T* g, T* v, long long n, T lr, T momentum, T decay, int mode) {
+__global__ void nnxp_sgd(T* p, const T* g, T* v, long long n, T lr, T momentum, T decay, int mode, const T* hp) {
+    if (hp) {
+        lr = hp[0];
+        momentum = hp[1];
+        decay = hp[2];
+    }
     NX_GRID_STRIDE(i, n) {
         T pi = p[i];
         T vi = mode ? v[i] : T(0);
@@ -568,7 +577,15 @@ __global__ void nnxp_sgd(T* p, const T* g, T* v, long long n, T lr, T momentum, 
 
 template <typename T>
 __global__ void nnxp_rmsprop(T* p, const T* g, T* avg_sq, T* mom, T* avg_g, long long n, T lr, T rho,
-                             T one_minus_rho, T momentum, T eps, T decay, int has_mom, int centered) {
+                             T one_minus_rho, T momentum, T eps, T decay, int has_mom, int centered, const T* hp) {
+    if (hp) {
+        lr = hp[0];
+        rho = hp[1];
+        one_minus_rho = hp[2];
+        momentum = hp[3];
+        eps = hp[4];
+        decay = hp[5];
+    }
     NX_GRID_STRIDE(i, n) {
         T pi = p[i], si = avg_sq[i];
         T mi = has_mom ? mom[i] : T(0);
@@ -582,7 +599,12 @@ __global__ void nnxp_rmsprop(T* p, const T* g, T* avg_sq, T* mom, T* avg_g, long
 }
 
 template <typename T>
-__global__ void nnxp_adagrad(T* p, const T* g, T* acc, long long n, T lr, T eps, T decay) {
+__global__ void nnxp_adagrad(T* p, const T* g, T* acc, long long n, T lr, T eps, T decay, const T* hp) {
+    if (hp) {
+        lr = hp[0];
+        eps = hp[1];
+        decay = hp[2];
+    }
     NX_GRID_STRIDE(i, n) {
         T pi = p[i], ai = acc[i];
         adagrad_elem(pi, g[i], ai, lr, eps, decay);
@@ -593,7 +615,14 @@ __global__ void nnxp_adagrad(T* p, const T* g, T* acc, long long n, T lr, T eps,
 
 template <typename T>
 __global__ void nnxp_adadelta(T* p, const T* g, T* acc_g, T* acc_dx, long long n, T lr, T rho, T one_minus_rho,
-                              T eps, T decay) {
+                              T eps, T decay, const T* hp) {
+    if (hp) {
+        lr = hp[0];
+        rho = hp[1];
+        one_minus_rho = hp[2];
+        eps = hp[3];
+        decay = hp[4];
+    }
     NX_GRID_STRIDE(i, n) {
         T pi = p[i], ag = acc_g[i], ad = acc_dx[i];
         adadelta_elem(pi, g[i], ag, ad, lr, rho, one_minus_rho, eps, decay);
@@ -605,7 +634,14 @@ __global__ void nnxp_adadelta(T* p, const T* g, T* acc_g, T* acc_dx, long long n
 
 template <typename T>
 __global__ void nnxp_adam(T* p, const T* g, T* m, T* v, long long n, T one_minus_b1, T one_minus_b2, T eps,
-                          T inv_alpha, T decay) {
+                          T inv_alpha, T decay, const T* hp) {
+    if (hp) {
+        one_minus_b1 = hp[0];
+        one_minus_b2 = hp[1];
+        eps = hp[2];
+        inv_alpha = hp[3];
+        decay = hp[4];
+    }
     NX_GRID_STRIDE(i, n) {
         T pi = p[i], mi = m[i], vi = v[i];
         adam_elem(pi, g[i], mi, vi, one_minus_b1, one_minus_b2, eps, inv_alpha, decay);
@@ -617,7 +653,14 @@ __global__ void nnxp_adam(T* p, const T* g, T* m, T* v, long long n, T one_minus
 
 template <typename T>
 __global__ void nnxp_adamax(T* p, const T* g, T* m, T* u, long long n, T one_minus_b1, T b2, T eps, T inv_alpha,
-                            T decay) {
+                            T decay, const T* hp) {
+    if (hp) {
+        one_minus_b1 = hp[0];
+        b2 = hp[1];
+        eps = hp[2];
+        inv_alpha = hp[3];
+        decay = hp[4];
+    }
     NX_GRID_STRIDE(i, n) {
         T pi = p[i], mi = m[i], ui = u[i];
         adamax_elem(pi, g[i], mi, ui, one_minus_b1, b2, eps, inv_alpha, decay);
@@ -661,12 +704,13 @@ __global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned 
     template __global__ void nnxp_sparse_softmax_xent<T>(const T*, const long long*, T*, T*, unsigned int*, T*,    \
                                                          long long, long long, T, T);                              \
     template __global__ void nnxp_sigmoid_bce<T>(const T*, const T*, T*, T*, unsigned int*, T*, long long, T, T);  \
-    template __global__ void nnxp_sgd<T>(T*, const T*, T*, long long, T, T, T, int);                               \
-    template __global__ void nnxp_rmsprop<T>(T*, const T*, T*, T*, T*, long long, T, T, T, T, T, T, int, int);     \
-    template __global__ void nnxp_adagrad<T>(T*, const T*, T*, long long, T, T, T);                                \
-    template __global__ void nnxp_adadelta<T>(T*, const T*, T*, T*, long long, T, T, T, T, T);                     \
-    template __global__ void nnxp_adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T);                         \
-    template __global__ void nnxp_adamax<T>(T*, const T*, T*, T*, long long, T, T, T, T, T);                       \
+    template __global__ void nnxp_sgd<T>(T*, const T*, T*, long long, T, T, T, int, const T*);                     \
+    template __global__ void nnxp_rmsprop<T>(T*, const T*, T*, T*, T*, long long, T, T, T, T, T, T, int, int,      \
+                                             const T*);                                                            \
+    template __global__ void nnxp_adagrad<T>(T*, const T*, T*, long long, T, T, T, const T*);                      \
+    template __global__ void nnxp_adadelta<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);           \
+    template __global__ void nnxp_adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);               \
+    template __global__ void nnxp_adamax<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);             \
     template __global__ void nnxp_dropout_forward<T>(const T*, T*, T*, long long, unsigned long long, T, T, int);  \
     template __global__ void nnxp_dropout_backward<T>(const T*, T*, long long, unsigned long long, T, T);
 NNXP_INSTANTIATE(float)
