@@ -17,6 +17,7 @@ import numpy as np
 from . import schedules
 from .backend import to_numpy, xp_of
 from .errors import NnxpError, NnxpTypeError, did_you_mean
+from .ops import _cuda
 from .ops import optim as O
 from .schedules import LearningRateSchedule
 
@@ -97,7 +98,35 @@ class Optimizer:
         self._update(params, grads, lr)
 
     def _update(self, p: Any, g: Any, lr: float) -> None:
+        op, args = self._op_args(lr)
+        getattr(O, op)(p, g, *args)
+
+    def _op_args(self, lr: float) -> tuple[str, tuple]:
+        """The nnxp.ops.optim op of this optimizer and its arguments after (p, g)."""
         raise NotImplementedError
+
+    # --- a step replayed in a CUDA graph: the host half runs every step, the device half is captured once ----
+    def graph_scalars(self, params: Any) -> np.ndarray:
+        """Advance one step on the host and return the kernel's scalars for it (written to the graph's buffer)."""
+        lr = self.current_learning_rate()
+        self.iterations += 1
+        op, args = self._op_args(lr)
+        scalars = _cuda.step_scalars(op, params.dtype, *args, weight_decay=self.weight_decay or 0.0)
+        return np.array(_cuda.device_scalars(scalars), dtype=params.dtype)
+
+    def graph_apply(self, params: Any, grads: Any, hp: Any) -> None:
+        """The device half of :meth:`apply` for capture: clipping, then one kernel reading its scalars from `hp`.
+
+        Weight decay is folded into the kernel. Needs built state (a step ran before) and CuPy buffers.
+        """
+        if self.clipvalue is not None:
+            O.clip_by_value(grads, self.clipvalue)
+        if self.clipnorm is not None:
+            O.clip_by_global_norm(grads, self.clipnorm)
+        op, args = self._op_args(self.current_learning_rate())
+        done = getattr(_cuda, op)(params, grads, *args, weight_decay=self.weight_decay or 0.0, hp=hp)
+        if done is NotImplemented:
+            raise NnxpError(f"the fused {op} kernel cannot run on these buffers, so this step cannot be captured")
 
     # --- config and state (for save / load and device moves) ---------------------------------
     def get_config(self) -> dict:
@@ -155,8 +184,8 @@ class SGD(Optimizer):
     def _slots(self):
         return ["velocity"] if self.momentum else []
 
-    def _update(self, p, g, lr):
-        O.sgd(p, g, self.state.get("velocity"), self._tmp, lr, self.momentum, self.nesterov)
+    def _op_args(self, lr):
+        return "sgd", (self.state.get("velocity"), self._tmp, lr, self.momentum, self.nesterov)
 
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -179,10 +208,10 @@ class RMSprop(Optimizer):
     def _slots(self):
         return ["avg_sq"] + (["momentum"] if self.momentum else []) + (["avg_grad"] if self.centered else [])
 
-    def _update(self, p, g, lr):
+    def _op_args(self, lr):
         s = self.state
-        O.rmsprop(p, g, s["avg_sq"], s.get("momentum"), s.get("avg_grad"), self._tmp, lr, self.rho, self.momentum,
-                  self.epsilon)
+        return "rmsprop", (s["avg_sq"], s.get("momentum"), s.get("avg_grad"), self._tmp, lr, self.rho, self.momentum,
+                           self.epsilon)
 
     def _hyper(self):
         return {"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon, "centered": self.centered}
@@ -204,8 +233,8 @@ class Adagrad(Optimizer):
     def _initial_value(self, slot):
         return self.initial_accumulator_value
 
-    def _update(self, p, g, lr):
-        O.adagrad(p, g, self.state["accumulator"], self._tmp, lr, self.epsilon)
+    def _op_args(self, lr):
+        return "adagrad", (self.state["accumulator"], self._tmp, lr, self.epsilon)
 
     def _hyper(self):
         return {"initial_accumulator_value": self.initial_accumulator_value, "epsilon": self.epsilon}
@@ -224,9 +253,9 @@ class Adadelta(Optimizer):
     def _slots(self):
         return ["accumulated_grad", "accumulated_delta"]
 
-    def _update(self, p, g, lr):
+    def _op_args(self, lr):
         s = self.state
-        O.adadelta(p, g, s["accumulated_grad"], s["accumulated_delta"], self._tmp, lr, self.rho, self.epsilon)
+        return "adadelta", (s["accumulated_grad"], s["accumulated_delta"], self._tmp, lr, self.rho, self.epsilon)
 
     def _hyper(self):
         return {"rho": self.rho, "epsilon": self.epsilon}
@@ -248,9 +277,9 @@ class Adam(Optimizer):
     def _slots(self):
         return ["m", "v"]
 
-    def _update(self, p, g, lr):
-        O.adam(p, g, self.state["m"], self.state["v"], self._tmp, lr, self.beta_1, self.beta_2, self.epsilon,
-               self.iterations)
+    def _op_args(self, lr):
+        return "adam", (self.state["m"], self.state["v"], self._tmp, lr, self.beta_1, self.beta_2, self.epsilon,
+                        self.iterations)
 
     def _hyper(self):
         return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
@@ -264,9 +293,9 @@ class Adamax(Adam):
     def _slots(self):
         return ["m", "u"]
 
-    def _update(self, p, g, lr):
-        O.adamax(p, g, self.state["m"], self.state["u"], self._tmp, lr, self.beta_1, self.beta_2, self.epsilon,
-                 self.iterations)
+    def _op_args(self, lr):
+        return "adamax", (self.state["m"], self.state["u"], self._tmp, lr, self.beta_1, self.beta_2, self.epsilon,
+                          self.iterations)
 
 
 class AdamW(Adam):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from .backend import xp_of
+from .backend import sum_of_squares, xp_of
 from .errors import NnxpError, NnxpTypeError, did_you_mean
 
 
@@ -33,7 +33,7 @@ class L1L2:
         if self.l1:
             total = total + self.l1 * xp.abs(flat).sum()
         if self.l2:
-            total = total + self.l2 * xp.dot(flat, flat)
+            total = total + self.l2 * sum_of_squares(flat)
         return total
 
     def add_gradient(self, w: Any, dw: Any) -> None:

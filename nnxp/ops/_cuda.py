@@ -194,6 +194,98 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+# --- matmul that also works while a CUDA graph is captured -----------------------------------------------------
+#
+# CuPy refuses every cuBLAS call on a capturing stream (its handle's setStream raises), although cuBLAS itself
+# supports capture. So inside `capturing()` the dense ops call cublas<S|D>gemm_v2 through ctypes on CuPy's own
+# handle (its library is already loaded by then: warm-up steps ran CuPy matmuls), bound to the capturing stream.
+
+_capture = threading.local()
+
+
+class capturing:  # noqa: N801 - used as a context manager, like a function
+    """While active on this thread, the dense ops' matmuls go straight to cuBLAS (see above)."""
+
+    def __enter__(self) -> capturing:
+        self._previous = getattr(_capture, "active", False)
+        _capture.active = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _capture.active = self._previous
+
+
+class _Cublas:
+    """libcublas as CuPy loaded it, found in this process's memory map (Linux)."""
+
+    _lib: Any = None
+
+    @classmethod
+    def library(cls) -> Any:
+        if cls._lib is None:
+            import ctypes
+
+            paths = []
+            with open("/proc/self/maps", encoding="utf-8") as maps:
+                for line in maps:
+                    path = line.split()[-1] if len(line.split()) >= 6 else ""
+                    if "/libcublas.so" in path and path not in paths:
+                        paths.append(path)
+            if not paths:
+                raise RuntimeError("libcublas is not loaded in this process (run one CuPy matmul first)")
+            lib = ctypes.CDLL(paths[0])
+            handle, op, i, p = ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
+            lib.cublasSetStream_v2.argtypes = [handle, p]
+            lib.cublasSetPointerMode_v2.argtypes = [handle, op]
+            for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
+                getattr(lib, name).argtypes = [handle, op, op, i, i, i, p, p, i, p, i, p, p, i]
+            cls._lib = lib
+        return cls._lib
+
+
+def _operand(a: Any) -> tuple[int, int] | None:
+    """(cuBLAS op, leading dimension) of row-major `a` seen column-major: N for C order, T for a transpose."""
+    if a.flags.c_contiguous:
+        return 0, max(1, a.shape[1])  # CUBLAS_OP_N
+    if a.flags.f_contiguous:
+        return 1, max(1, a.shape[0])  # CUBLAS_OP_T
+    return None
+
+
+def _gemm(a: Any, b: Any, out: Any) -> Any:
+    """out (m, n) = a (m, k) @ b (k, n) through cuBLAS on the current stream, as column-major C^T = B^T A^T."""
+    import ctypes
+
+    cp = cupy_module()
+    op_a, op_b = _operand(a), _operand(b)
+    if op_a is None or op_b is None or not out.flags.c_contiguous:
+        raise RuntimeError("a captured matmul needs C- or F-contiguous operands and a C-contiguous output")
+    lib = _Cublas.library()
+    handle = ctypes.c_void_p(cp.cuda.device.get_cublas_handle())
+    status = lib.cublasSetStream_v2(handle, ctypes.c_void_p(cp.cuda.get_current_stream().ptr))
+    status = status or lib.cublasSetPointerMode_v2(handle, 0)  # alpha and beta are host values, read at capture
+    (m, k), n = a.shape, b.shape[1]
+    scalar = ctypes.c_float if out.dtype == np.float32 else ctypes.c_double
+    one, zero = scalar(1.0), scalar(0.0)
+    gemm = lib.cublasSgemm_v2 if out.dtype == np.float32 else lib.cublasDgemm_v2
+    status = status or gemm(handle, op_b[0], op_a[0], n, m, k, ctypes.byref(one), ctypes.c_void_p(b.data.ptr),
+                            op_b[1], ctypes.c_void_p(a.data.ptr), op_a[1], ctypes.byref(zero),
+                            ctypes.c_void_p(out.data.ptr), max(1, n))
+    if status:
+        raise RuntimeError(f"cuBLAS gemm failed with status {status}")
+    return out
+
+
+def _matmul(a: Any, b: Any, out: Any = None) -> Any:
+    """CuPy's matmul, or cuBLAS directly while a graph is being captured."""
+    cp = cupy_module()
+    if not getattr(_capture, "active", False):
+        return cp.matmul(a, b, out=out)
+    if out is None:
+        out = cp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    return _gemm(a, b, out)
+
+
 def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> None:
     kernel = _KERNELS.function(name, dtype, device_id)
     with cupy_module().cuda.Device(device_id):
@@ -263,7 +355,7 @@ def dense_forward(x: Any, w: Any, b: Any | None, activation: str, out: Any = Non
         return NotImplemented
     cp = cupy_module()
     with cp.cuda.Device(dev):
-        z = cp.matmul(x, w, out=out)  # (B, n_out)
+        z = _matmul(x, w, out=out)  # (B, n_out)
         if needs_z and z_out is None:
             z_out = cp.empty_like(z)
     _bias_activation(z, b, activation, z_out if needs_z else None, dev)
@@ -357,10 +449,10 @@ def dense_backward(
     _activation_backward_bias(dy, y, z, activation, db, dev)
     cp = cupy_module()
     with cp.cuda.Device(dev):
-        cp.matmul(x.T, dy, out=dw)  # (n_in, n_out)
+        _matmul(x.T, dy, out=dw)  # (n_in, n_out)
         if not need_dx:
             return None
-        return cp.matmul(dy, w.T, out=dx_out)  # (B, n_in)
+        return _matmul(dy, w.T, out=dx_out)  # (B, n_in)
 
 
 # --- (c) losses ---------------------------------------------------------------------------------------------
@@ -482,6 +574,27 @@ def _flat_fit(p: Any, *others: Any) -> np.dtype | None:
     return dtype
 
 
+def step_scalars(op: str, dtype: Any, *args: Any, weight_decay: float = 0.0) -> tuple:
+    """The kernel scalars of optimizer op `op` called as ``op(p, g, *args)`` (the references' arguments)."""
+    if op == "sgd":
+        velocity, _tmp, lr, momentum, nesterov = args
+        return sgd_scalars(dtype, lr, momentum, nesterov, velocity is not None, weight_decay)
+    if op == "rmsprop":
+        _avg_sq, mom, avg_g, _tmp, lr, rho, momentum, epsilon = args
+        return rmsprop_scalars(dtype, lr, rho, momentum, epsilon, mom is not None, avg_g is not None, weight_decay)
+    if op == "adagrad":
+        _acc, _tmp, lr, epsilon = args
+        return adagrad_scalars(dtype, lr, epsilon, weight_decay)
+    if op == "adadelta":
+        _acc_g, _acc_dx, _tmp, lr, rho, epsilon = args
+        return adadelta_scalars(dtype, lr, rho, epsilon, weight_decay)
+    if op in ("adam", "adamax"):
+        _m, _v, _tmp, lr, beta_1, beta_2, epsilon, step = args
+        scalars = adam_scalars if op == "adam" else adamax_scalars
+        return scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay)
+    raise ValueError(f"no fused optimizer op {op!r}")
+
+
 def device_scalars(scalars: tuple) -> tuple:
     """The floating-point entries of a ``*_scalars`` tuple: what a kernel reads from `hp` when it is given."""
     return tuple(x for x in scalars if isinstance(x, np.floating))
@@ -506,8 +619,8 @@ def _step(name: str, p: Any, args: tuple, hp: Any) -> None:
 def sgd(p, g, velocity, tmp, lr, momentum, nesterov, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.sgd_ref` (`tmp` is not needed); returns None, or NotImplemented."""
     dtype = _flat_fit(p, g, velocity)
-    scalars = None if dtype is None else sgd_scalars(dtype, lr, momentum, nesterov, velocity is not None,
-                                                     weight_decay)
+    scalars = None if dtype is None else step_scalars("sgd", dtype, velocity, tmp, lr, momentum, nesterov,
+                                                      weight_decay=weight_decay)
     if dtype is None or not _hp_fits(hp, p, scalars):
         return NotImplemented
     v = velocity if velocity is not None else p  # never read without momentum
@@ -520,7 +633,8 @@ def rmsprop(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon, weight_de
     dtype = _flat_fit(p, g, avg_sq, mom, avg_g)
     if dtype is None or avg_sq is None:
         return NotImplemented
-    scalars = rmsprop_scalars(dtype, lr, rho, momentum, epsilon, mom is not None, avg_g is not None, weight_decay)
+    scalars = step_scalars("rmsprop", dtype, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon,
+                           weight_decay=weight_decay)
     if not _hp_fits(hp, p, scalars):
         return NotImplemented
     m = mom if mom is not None else p
@@ -534,7 +648,7 @@ def adagrad(p, g, acc, tmp, lr, epsilon, weight_decay: float = 0.0, hp: Any = No
     dtype = _flat_fit(p, g, acc)
     if dtype is None or acc is None:
         return NotImplemented
-    scalars = adagrad_scalars(dtype, lr, epsilon, weight_decay)
+    scalars = step_scalars("adagrad", dtype, acc, tmp, lr, epsilon, weight_decay=weight_decay)
     if not _hp_fits(hp, p, scalars):
         return NotImplemented
     _step("nnxp_adagrad", p, (p, g, acc, np.int64(p.size), *scalars), hp)
@@ -546,7 +660,7 @@ def adadelta(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay: float = 0
     dtype = _flat_fit(p, g, acc_g, acc_dx)
     if dtype is None or acc_g is None or acc_dx is None:
         return NotImplemented
-    scalars = adadelta_scalars(dtype, lr, rho, epsilon, weight_decay)
+    scalars = step_scalars("adadelta", dtype, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay=weight_decay)
     if not _hp_fits(hp, p, scalars):
         return NotImplemented
     _step("nnxp_adadelta", p, (p, g, acc_g, acc_dx, np.int64(p.size), *scalars), hp)
@@ -558,7 +672,7 @@ def adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float
     dtype = _flat_fit(p, g, m, v)
     if dtype is None or m is None or v is None:
         return NotImplemented
-    scalars = adam_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay)
+    scalars = step_scalars("adam", dtype, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay=weight_decay)
     if not _hp_fits(hp, p, scalars):
         return NotImplemented
     _step("nnxp_adam", p, (p, g, m, v, np.int64(p.size), *scalars), hp)
@@ -570,7 +684,8 @@ def adamax(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: flo
     dtype = _flat_fit(p, g, m, u)
     if dtype is None or m is None or u is None:
         return NotImplemented
-    scalars = adamax_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay)
+    scalars = step_scalars("adamax", dtype, m, u, tmp, lr, beta_1, beta_2, epsilon, step,
+                           weight_decay=weight_decay)
     if not _hp_fits(hp, p, scalars):
         return NotImplemented
     _step("nnxp_adamax", p, (p, g, m, u, np.int64(p.size), *scalars), hp)

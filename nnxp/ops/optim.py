@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import is_cupy_array, xp_of
+from ..backend import is_cupy_array, sum_of_squares, xp_of
 from . import _cuda
 
 
@@ -157,7 +157,7 @@ def clip_by_global_norm_ref(g: Any, clipnorm: float) -> None:
     """Scale the whole gradient down so its L2 norm is at most `clipnorm`."""
     xp = xp_of(g)
     wide = g.astype(xp.float64)  # a float32 sum of squares overflows for entries near 1e19
-    norm = xp.sqrt(xp.dot(wide, wide))
+    norm = xp.sqrt(sum_of_squares(wide))
     # scale = min(1, clipnorm / norm), computed on the device (no host sync)
     scale = xp.minimum(1.0, clipnorm / xp.maximum(norm, 1e-30)).astype(g.dtype)
     g *= scale
