@@ -7,6 +7,7 @@ array module) or calls :func:`xp_of` on an array.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Any
@@ -83,13 +84,18 @@ class Device:
     def __hash__(self) -> int:
         return hash(self.name)
 
-    def use(self) -> Any:
-        """Context manager that makes this device current (no-op on the CPU)."""
-        if self.kind == "cpu":
-            import contextlib
+    def use(self, tf32: bool = False) -> Any:
+        """Context manager that makes this device current (no-op on the CPU).
 
+        With `tf32`, CuPy's float32 matmuls use TF32 tensor cores inside it (10-bit mantissa products, float32
+        accumulation). CuPy keeps one process-wide compute type per dtype (read from CUPY_TF32 once), so it is
+        switched on entry and restored on exit rather than set globally.
+        """
+        if self.kind == "cpu":
             return contextlib.nullcontext()
-        return _cupy.cuda.Device(self.index)
+        if not tf32:
+            return _cupy.cuda.Device(self.index)
+        return _tf32_matmuls(self.index)
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         """`x` as an array on this device (copies only when it must)."""
@@ -122,6 +128,24 @@ class Device:
         if self.kind == "cuda":
             _cupy.get_default_memory_pool().free_all_blocks()
             _cupy.get_default_pinned_memory_pool().free_all_blocks()
+
+
+@contextlib.contextmanager
+def _tf32_matmuls(index: int) -> Any:
+    with _cupy.cuda.Device(index):
+        before = _cupy._core.get_compute_type(np.float32)
+        _cupy._core.set_compute_type(np.float32, _cupy._core._routines_linalg.COMPUTE_TYPE_TF32)
+        try:
+            yield
+        finally:
+            _cupy._core.set_compute_type(np.float32, before)
+
+
+def tf32_active() -> bool:
+    """True while CuPy's float32 matmuls run in TF32 (inside ``Device.use(tf32=True)``)."""
+    if _cupy is None:
+        return False
+    return _cupy._core.get_compute_type(np.float32) == _cupy._core._routines_linalg.COMPUTE_TYPE_TF32
 
 
 def _require_cuda(index: int) -> None:

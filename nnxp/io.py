@@ -139,7 +139,8 @@ def _load(path: Path, device: Any) -> Any:
         )
     mcfg = config["model"]
     layers = [layer_from_config(entry["class_name"], entry["config"]) for entry in mcfg["layers"]]
-    model = Sequential(layers, device=device, seed=mcfg["seed"], dtype=mcfg["dtype"], name=mcfg.get("name"))
+    model = Sequential(layers, device=device, seed=mcfg["seed"], dtype=mcfg["dtype"], name=mcfg.get("name"),
+                       precision=mcfg.get("precision", "highest"))
     input_dim = mcfg.get("input_dim")
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}

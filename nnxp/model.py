@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+import warnings
 import weakref
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from . import initializers
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
+from ._graph import GraphedStep
 from ._validation import (
     as_array,
     check_features,
@@ -32,10 +34,11 @@ from ._validation import (
 from .backend import Device, get_device, is_out_of_memory, to_numpy, xp_of
 from .callbacks import Callback, History, ProgbarLogger
 from .errors import DeviceMemoryError, NnxpError, NnxpTypeError, NotCompiledError, NumericalError, did_you_mean
-from .layers import Activation, Dense, Layer
+from .layers import Activation, Dense, Dropout, Layer
 from .ops import activation as A
 
 _DTYPES = ("float32", "float64")
+_PRECISIONS = ("highest", "tf32")
 _METRIC_ALIASES = {"acc": "accuracy", "accuracy": "accuracy", "mse": "mse", "mean_squared_error": "mse",
                    "mae": "mae", "mean_absolute_error": "mae"}
 
@@ -54,8 +57,14 @@ class Sequential:
         seed: int | None = None,
         dtype: str = "float32",
         name: str | None = None,
+        precision: str = "highest",
     ) -> None:
         self.device = get_device(device)
+        if precision not in _PRECISIONS:
+            hint = did_you_mean(str(precision), _PRECISIONS) if isinstance(precision, str) else ""
+            raise NnxpError(f"`precision` must be one of {_PRECISIONS}.{hint} Received: precision={precision!r}")
+        # "tf32": float32 matmuls on CUDA tensor cores (TF32 inputs, float32 sums); no effect on the CPU
+        self.precision = precision
         try:
             name = np.dtype(dtype).name  # "float32", np.float32 and np.dtype("float32") all work
         except TypeError:
@@ -150,7 +159,7 @@ class Sequential:
             host[offset : offset + size] = initializers.INITIALIZERS[init](shape, rng, self.dtype).ravel()
             self._slices.append((layer, name, offset, shape))
             offset += size
-        with self.device.use():
+        with self._use():
             self._bind(self.device.asarray(host))
 
     def _bind(self, params: Any) -> None:
@@ -249,6 +258,10 @@ class Sequential:
         act = getattr(last, "activation", None) if isinstance(last, (Dense, Activation)) else None
         self._fused = self.loss is not None and act is not None and act == self.loss.fused_activation
 
+    def _use(self) -> Any:
+        """The model's device made current, with its matmul precision."""
+        return self.device.use(tf32=self.precision == "tf32")
+
     def _require_compiled(self) -> None:
         self._require_layers()
         if self.loss is None:
@@ -338,20 +351,26 @@ class Sequential:
         verbose: int = 1,
         callbacks: list[Callback] | None = None,
         initial_epoch: int = 0,
+        cuda_graph: bool = False,
     ) -> History:
-        """Train for `epochs` epochs; returns a History of per-epoch logs."""
+        """Train for `epochs` epochs; returns a History of per-epoch logs.
+
+        ``cuda_graph=True`` (CUDA only) captures the training step once and replays it for every full batch,
+        which removes most launch overhead at small batch sizes; the last, partial batch runs as usual.
+        """
         try:
-            with self.device.use():  # every allocation lands on the model's GPU, not the current one
+            with self._use():  # every allocation lands on the model's GPU, not the current one
                 return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
-                                 callbacks, initial_epoch)
+                                 callbacks, initial_epoch, cuda_graph)
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise self._out_of_memory(exc, batch_size, "fit") from None
             raise
 
     def _fit(self, x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose, callbacks,
-             initial_epoch) -> History:
+             initial_epoch, cuda_graph) -> History:
         self._require_compiled()
+        self._check_cuda_graph(cuda_graph)
         epochs = positive_int("epochs", epochs)
         batch_size = positive_int("batch_size", batch_size)
         validation_split = fraction("validation_split", validation_split)
@@ -386,7 +405,8 @@ class Sequential:
         self.history = history
         # user callbacks first, so what they add to the logs (e.g. "lr") reaches the history and the progress line
         cbs = callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
-        self._fit_state = {"epochs": epochs, "samples": n, "batch_size": batch_size}
+        self._fit_state = {"epochs": epochs, "samples": n, "batch_size": batch_size, "cuda_graph": cuda_graph,
+                           "graph": None, "graph_warm": False}
         for cb in cbs:
             cb.set_model(self)
         self.stop_training = False
@@ -445,24 +465,36 @@ class Sequential:
         loss_sum = xp.zeros((), dtype=np.float64)
         metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         seen = 0
+        graphs = self._fit_state.get("cuda_graph", False)
         for batch, start in enumerate(range(0, n, batch_size)):
             if shuffle:
                 idx = perm[start : start + batch_size]
                 xb, yb = batch_bufs[0][: len(idx)], batch_bufs[1][: len(idx)]
                 xp.take(x, idx, axis=0, out=xb)
                 xp.take(y, idx, axis=0, out=yb)
+            elif graphs:  # a replayed graph reads its batch from fixed addresses
+                xb, yb = batch_bufs[0][: min(batch_size, n - start)], batch_bufs[1][: min(batch_size, n - start)]
+                xb[...] = x[start : start + batch_size]
+                yb[...] = y[start : start + batch_size]
             else:
                 xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             nb = xb.shape[0]
-            loss, out = self._train_step(xb, yb)
-            if check_each_batch and not math.isfinite(float(loss)):
-                self._recover_from_blowup(snapshot, epoch, batch)
+            replayed = self._replay_step(xb, yb) if graphs and nb == batch_size else None
+            if replayed is not None:
+                loss, sums = replayed
+            else:
+                loss, out = self._train_step(xb, yb)
+                if check_each_batch and not math.isfinite(float(loss)):
+                    self._recover_from_blowup(snapshot, epoch, batch)
+                sums = self._metric_sums(out, yb)
+                self.optimizer.apply(self.params, self.grads)
+                if graphs and nb == batch_size:
+                    self._fit_state["graph_warm"] = True  # kernels built and state allocated: capture next
             if batch_losses is not None:
                 batch_losses[batch] = loss
             loss_sum += loss * nb
-            for name, value in self._metric_sums(out, yb).items():
+            for name, value in sums.items():
                 metric_sums[name] += value
-            self.optimizer.apply(self.params, self.grads)
             seen += nb
             for cb in cbs:
                 cb.on_train_batch_end(batch, {"size": nb})
@@ -477,6 +509,37 @@ class Sequential:
                 first_bad = int(bad[0]) if bad.size else None
             self._recover_from_blowup(snapshot, epoch, first_bad)
         return logs
+
+    def _check_cuda_graph(self, cuda_graph: Any) -> None:
+        if not isinstance(cuda_graph, (bool, np.bool_)):
+            raise NnxpTypeError(f"`cuda_graph` must be True or False. Received: cuda_graph={cuda_graph!r}")
+        if not cuda_graph:
+            return
+        if not self.device.is_cuda:
+            raise NnxpError(f"`cuda_graph=True` needs a CUDA device; this model is on {self.device.name}. "
+                            "Create it with device=\"cuda\" or leave cuda_graph=False")
+        dropout = [layer.name for layer in self.layers if isinstance(layer, Dropout) and layer.rate > 0]
+        if dropout:
+            raise NnxpError(f"`cuda_graph=True` does not support Dropout yet (its mask is drawn on the host side "
+                            f"of the step): {dropout}. Use cuda_graph=False for this model")
+
+    def _replay_step(self, xb: Any, yb: Any) -> tuple[Any, dict] | None:
+        """The step for a full batch from the captured graph (capturing it first), or None to run it eagerly."""
+        state = self._fit_state
+        if not state.get("graph_warm"):
+            return None  # the first full batch runs eagerly: it builds kernels, buffers and optimizer state
+        step = state.get("graph")
+        if step is None or not step.still_bound() or step.xb.data.ptr != xb.data.ptr:
+            try:
+                step = state["graph"] = GraphedStep(self, xb, yb)
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                state["cuda_graph"], state["graph"] = False, None
+                warnings.warn(f"cuda_graph: capturing the training step failed ({type(exc).__name__}: {exc}); "
+                              "this fit goes on without CUDA graphs", RuntimeWarning, stacklevel=4)
+                return None
+        return step.run()
 
     def _recover_from_blowup(self, snapshot: tuple, epoch: int, batch: int | None) -> None:
         params, state, iterations = snapshot
@@ -516,7 +579,7 @@ class Sequential:
         self._require_compiled()
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
-        with self.device.use():
+        with self._use():
             x, y = self._prepare(x, y)
             logs = self._evaluate_arrays(x, y, batch_size)
         if verbose:
@@ -537,7 +600,7 @@ class Sequential:
         the device's memory is fine.
         """
         try:
-            with self.device.use():
+            with self._use():
                 return self._predict(x, batch_size)
         except Exception as exc:
             if is_out_of_memory(exc):
@@ -589,6 +652,7 @@ class Sequential:
         return {
             "name": self.name,
             "dtype": str(self.dtype),
+            "precision": self.precision,
             "seed": self.seed,
             "input_dim": self.input_dim,
             "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import cupy_module, is_cupy_array, xp_of
+from ..backend import cupy_module, is_cupy_array, tf32_active, xp_of
 from .activation import ACTIVATION_OPS
 
 
@@ -237,6 +237,7 @@ class _Cublas:
             handle, op, i, p = ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
             lib.cublasSetStream_v2.argtypes = [handle, p]
             lib.cublasSetPointerMode_v2.argtypes = [handle, op]
+            lib.cublasSetMathMode.argtypes = [handle, op]
             for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
                 getattr(lib, name).argtypes = [handle, op, op, i, i, i, p, p, i, p, i, p, p, i]
             cls._lib = lib
@@ -264,6 +265,8 @@ def _gemm(a: Any, b: Any, out: Any) -> Any:
     handle = ctypes.c_void_p(cp.cuda.device.get_cublas_handle())
     status = lib.cublasSetStream_v2(handle, ctypes.c_void_p(cp.cuda.get_current_stream().ptr))
     status = status or lib.cublasSetPointerMode_v2(handle, 0)  # alpha and beta are host values, read at capture
+    tf32 = out.dtype == np.float32 and tf32_active()  # as CuPy's matmul would run inside Device.use(tf32=True)
+    status = status or lib.cublasSetMathMode(handle, 3 if tf32 else 0)  # CUBLAS_TF32_TENSOR_OP_MATH / DEFAULT
     (m, k), n = a.shape, b.shape[1]
     scalar = ctypes.c_float if out.dtype == np.float32 else ctypes.c_double
     one, zero = scalar(1.0), scalar(0.0)
@@ -271,6 +274,7 @@ def _gemm(a: Any, b: Any, out: Any) -> Any:
     status = status or gemm(handle, op_b[0], op_a[0], n, m, k, ctypes.byref(one), ctypes.c_void_p(b.data.ptr),
                             op_b[1], ctypes.c_void_p(a.data.ptr), op_a[1], ctypes.byref(zero),
                             ctypes.c_void_p(out.data.ptr), max(1, n))
+    lib.cublasSetMathMode(handle, 0)  # back to CUBLAS_DEFAULT_MATH for CuPy's own calls
     if status:
         raise RuntimeError(f"cuBLAS gemm failed with status {status}")
     return out
