@@ -1,11 +1,13 @@
-"""Shared fixtures: the device parametrisation and per-dtype tolerances."""
+"""Shared fixtures: the device parametrisation, per-dtype tolerances, and the CPU emulator of CUDA."""
 
 from __future__ import annotations
 
+import _cuda_emu
 import numpy as np
 import pytest
 
 from nnxp.backend import cuda_available
+from nnxp.ops import _cuda
 
 # (rtol, atol) for comparing two computations of the same quantity in each dtype
 TOLERANCES = {np.dtype("float32"): (2e-5, 2e-6), np.dtype("float64"): (1e-12, 1e-13)}
@@ -29,3 +31,23 @@ def pytest_collection_modifyitems(config, items):
 def device(request) -> str:
     """Run a test once per device; the CUDA run is skipped without a GPU."""
     return request.param
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """kernels.cu built for the CPU emulator of CUDA (tests/_cuda_emu.py); skipped without a C++ compiler."""
+    built = _cuda_emu.build(tmp_path_factory.mktemp("cuda_emu"))
+    if built is None:
+        pytest.skip("no C++ compiler (g++ / c++) for the CUDA emulator")
+    return built
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch, emulator):
+    """nnxp's CuPy replaced by the stand-in over the emulator: CUDA code paths run kernels.cu on the CPU."""
+    import nnxp.backend as backend
+
+    fake = _cuda_emu.stand_in_cupy(emulator)
+    monkeypatch.setattr(backend, "_cupy", fake)
+    monkeypatch.setattr(_cuda, "_KERNELS", _cuda.LazyKernels())
+    return fake

@@ -18,10 +18,8 @@ import inspect
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
-import _cuda_emu
 import numpy as np
 import pytest
 from conftest import tol
@@ -732,122 +730,6 @@ def test_dropout_reference_is_generic_and_consistent():
 # runs of each fused op in _check_pair differ in order and must still agree bit for bit. A write outside any
 # buffer trips the guard check after the launch. What only a GPU shows: NVRTC, CUDA's math ulps, races
 # between blocks, speed.
-
-_GUARD = 64  # bytes of 0xA5 before and after every stand-in allocation
-_SCHEDULES = ("forward", "reverse", "shuffled")
-
-
-class _FakeArray(np.ndarray):
-    device = SimpleNamespace(id=0)
-
-
-class _Guarded:
-    """Every stand-in allocation, to check after each launch that no kernel wrote past its buffer."""
-
-    def __init__(self):
-        self.buffers: list[np.ndarray] = []
-
-    def alloc(self, a: np.ndarray) -> _FakeArray:
-        a = np.asarray(a)
-        raw = np.full(a.nbytes + 2 * _GUARD, 0xA5, dtype=np.uint8)
-        self.buffers.append(raw)
-        view = raw[_GUARD:_GUARD + a.nbytes].view(a.dtype).reshape(a.shape)
-        view[...] = a
-        return view.view(_FakeArray)
-
-    def check(self, what: str) -> None:
-        for raw in self.buffers:
-            if not ((raw[:_GUARD] == 0xA5).all() and (raw[-_GUARD:] == 0xA5).all()):
-                raise AssertionError(f"{what} wrote outside a buffer of {raw.size - 2 * _GUARD} bytes")
-
-
-class _FakeDevice:
-    attributes = {"MultiProcessorCount": 1}  # one SM: grids are capped at 8 blocks, so grid-stride loops run
-
-    def __init__(self, index=0):
-        assert index == 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _FakeModule:
-    def __init__(self, code, options, name_expressions, emulator, guarded):
-        assert tuple(options) == _cuda.NVRTC_OPTIONS
-        assert code == _cuda._source()
-        self.expressions = set(name_expressions)
-        self.emulator, self.guarded = emulator, guarded
-
-    def get_function(self, expression):
-        assert expression in self.expressions
-        return _FakeKernel(expression, self.emulator, self.guarded)
-
-
-class _FakeKernel:
-    launches: dict[str, int] = {}
-
-    def __init__(self, expression, emulator, guarded):
-        self.expression, self.emulator, self.guarded = expression, emulator, guarded
-
-    def __call__(self, grid, block, args):
-        k = _FakeKernel.launches.get(self.expression, 0)
-        _FakeKernel.launches[self.expression] = k + 1
-        if len(block) == 1:
-            assert block[0] % 32 == 0, f"{self.expression}: block {block} is not whole warps"
-        self.emulator.launch(self.expression, tuple(grid), tuple(block), tuple(args),
-                             schedule=_SCHEDULES[k % 3], seed=k)
-        self.guarded.check(self.expression)
-
-
-class _FakeCupy(SimpleNamespace):
-    def __getattr__(self, name):  # everything not overridden (the references' ufuncs) is NumPy's
-        return getattr(np, name)
-
-
-def _fake_cupy(emulator):
-    guarded = _Guarded()
-
-    def wrap(fn):
-        return lambda *a, **kw: guarded.alloc(fn(*a, **kw))
-
-    def matmul(a, b, out=None):
-        if out is None:
-            return guarded.alloc(np.matmul(a, b))
-        np.matmul(a, b, out=out)
-        return out
-
-    return _FakeCupy(
-        ndarray=_FakeArray,
-        float16=np.float16, float32=np.float32, float64=np.float64, int32=np.int32,
-        empty=wrap(np.empty), zeros=wrap(np.zeros), empty_like=wrap(np.empty_like), asarray=wrap(np.asarray),
-        asnumpy=lambda a: np.array(a).view(np.ndarray),
-        matmul=matmul,
-        RawModule=lambda code, options, name_expressions: _FakeModule(code, options, name_expressions, emulator,
-                                                                      guarded),
-        cuda=SimpleNamespace(Device=_FakeDevice),
-    )
-
-
-@pytest.fixture(scope="session")
-def emulator(tmp_path_factory):
-    built = _cuda_emu.build(tmp_path_factory.mktemp("cuda_emu"))
-    if built is None:
-        pytest.skip("no C++ compiler (g++ / c++) for the CUDA emulator")
-    return built
-
-
-@pytest.fixture
-def fake_cupy(monkeypatch, emulator):
-    import nnxp.backend as backend
-
-    fake = _fake_cupy(emulator)
-    monkeypatch.setattr(backend, "_cupy", fake)
-    monkeypatch.setattr(_cuda, "_KERNELS", _cuda.LazyKernels())
-    return fake
-
 
 @pytest.mark.parametrize("name", sorted(PAIRS))
 def test_wrappers_against_a_fake_cupy(fake_cupy, name):

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import tol
 
 import nnxp
 from nnxp import NnxpError, optimizers
@@ -616,3 +617,67 @@ def test_base_optimizer_is_abstract():
     opt = Optimizer(learning_rate=0.1)
     with pytest.raises(NotImplementedError):
         opt.apply(np.zeros(2), np.zeros(2))
+
+
+# --- the CUDA-graph split: host scalars + a captured device half, run on the CPU emulator of CUDA ----------
+
+GRAPH_CASES = [
+    ("sgd", lambda: SGD(0.05)),
+    ("sgd-nesterov-decay", lambda: SGD(ExponentialDecay(0.05, 1, 0.5), momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("rmsprop-centered-momentum", lambda: RMSprop(0.01, momentum=0.5, centered=True, clipnorm=0.5)),
+    ("adagrad", lambda: Adagrad(0.1, clipvalue=0.3)),
+    ("adadelta", lambda: Adadelta(1.0)),
+    ("adam-cosine", lambda: Adam(CosineDecay(0.01, 4), clipnorm=1.0)),
+    ("adamax", lambda: Adamax(0.02)),
+    ("adamw", lambda: AdamW(0.01)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make", [m for _, m in GRAPH_CASES], ids=[n for n, _ in GRAPH_CASES])
+def test_graph_split_steps_equal_apply(fake_cupy, make, dtype):
+    """graph_scalars (host, every step) + graph_apply (device, reading them) == apply, step for step.
+
+    The device half runs with by-value scalars that are wrong on purpose (a stale learning rate from the
+    capture), so only the hp buffer can make it right; the kernels run on the emulator via the stand-in CuPy.
+    """
+    rng = np.random.default_rng(4)
+    p0 = rng.normal(size=50).astype(dtype)
+    grads = [rng.normal(size=50).astype(dtype) for _ in range(4)]
+    eager, split = make(), make()
+    p_eager, p_split = p0.copy(), fake_cupy.asarray(p0)
+    eager.apply(p_eager, grads[0].copy())
+    split.apply(p_split, fake_cupy.asarray(grads[0]))  # the warm-up step builds the state
+    for g in grads[1:]:
+        eager.apply(p_eager, g.copy())
+        host = split.graph_scalars(p_split)
+        assert host.dtype == dtype and host.ndim == 1
+        hp = fake_cupy.asarray(np.concatenate([host, np.full(8 - host.size, np.nan, dtype)]))
+        split.graph_apply(p_split, fake_cupy.asarray(g), hp)
+        assert split.iterations == eager.iterations
+        np.testing.assert_allclose(np.asarray(p_split), p_eager, **tol(dtype))
+        for k, v in eager.state.items():
+            np.testing.assert_allclose(np.asarray(split.state[k]), v, **tol(dtype), err_msg=k)
+
+
+def test_graph_apply_refuses_buffers_its_kernel_cannot_take(fake_cupy):
+    opt = Adam(0.01)
+    p = fake_cupy.asarray(np.zeros(6))
+    opt.apply(p, fake_cupy.asarray(np.ones(6)))
+    with pytest.raises(NnxpError, match="cannot be captured"):
+        opt.graph_apply(p, fake_cupy.asarray(np.ones(6)), fake_cupy.asarray(np.zeros(2)))  # hp too short
+
+
+@pytest.mark.parametrize("cls", [Adam, Adamax, AdamW])
+@pytest.mark.parametrize("size", [5, 70_000], ids=["reference", "one-pass"])  # 70k: Numba's loop where installed
+def test_adam_family_takes_zero_steps_at_learning_rate_zero(cls, size):
+    # CosineDecay ends at 0: the update must become exactly 0 (it divided by zero before), moments still move
+    opt = cls(CosineDecay(0.01, 2))
+    p = np.ones(size, np.float32)
+    for _ in range(2):
+        opt.apply(p, np.ones(size, np.float32))
+    before, m_before = p.copy(), opt.state["m"].copy()
+    opt.apply(p, np.full(size, 3.0, np.float32))
+    assert opt.current_learning_rate() == 0.0
+    np.testing.assert_array_equal(p, before)
+    assert not np.array_equal(opt.state["m"], m_before)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -554,16 +555,22 @@ def adadelta_scalars(dtype, lr, rho, epsilon, weight_decay=0.0) -> tuple:
     return t(lr), t(rho), t(1.0 - rho), t(epsilon), t(1.0 - lr * weight_decay)
 
 
+def inverse_step_size(alpha: float) -> float:
+    """1 / alpha for the Adam-style ``p -= m / ((denominator) * (1 / alpha))``; inf when a schedule reaches a
+    learning rate of 0, which makes the step exactly 0 (m / inf) instead of dividing by zero."""
+    return 1.0 / alpha if alpha else math.inf
+
+
 def adam_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -> tuple:
     t = np.dtype(dtype).type
     alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref
-    return t(1.0 - beta_1), t(1.0 - beta_2), t(epsilon), t(1.0 / alpha), t(1.0 - lr * weight_decay)
+    return t(1.0 - beta_1), t(1.0 - beta_2), t(epsilon), t(inverse_step_size(alpha)), t(1.0 - lr * weight_decay)
 
 
 def adamax_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -> tuple:
     t = np.dtype(dtype).type
     alpha = lr / (1.0 - beta_1**step)  # exactly as adamax_ref
-    return t(1.0 - beta_1), t(beta_2), t(epsilon), t(1.0 / alpha), t(1.0 - lr * weight_decay)
+    return t(1.0 - beta_1), t(beta_2), t(epsilon), t(inverse_step_size(alpha)), t(1.0 - lr * weight_decay)
 
 
 def _flat_fit(p: Any, *others: Any) -> np.dtype | None:

@@ -120,7 +120,7 @@ def adam_ref(
     v += tmp
     xp.sqrt(v, out=tmp)
     tmp += epsilon
-    tmp *= 1.0 / alpha
+    tmp *= _cuda.inverse_step_size(alpha)  # inf at lr 0: a zero step
     xp.divide(m, tmp, out=tmp)
     p -= tmp
 
@@ -138,7 +138,7 @@ def adamax_ref(
     xp.abs(g, out=tmp)
     xp.maximum(u, tmp, out=u)
     xp.add(u, epsilon, out=tmp)
-    tmp *= 1.0 / alpha
+    tmp *= _cuda.inverse_step_size(alpha)  # inf at lr 0: a zero step
     xp.divide(m, tmp, out=tmp)
     p -= tmp
 
@@ -228,7 +228,7 @@ def adam(
             alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref
             f = p.dtype.type  # the scalars adam_ref's ufuncs see: Python floats cast to the buffers' dtype
             try:
-                kernel(p, g, m, v, f(1.0 - beta_1), f(1.0 - beta_2), f(1.0 / alpha), f(epsilon))
+                kernel(p, g, m, v, f(1.0 - beta_1), f(1.0 - beta_2), f(_cuda.inverse_step_size(alpha)), f(epsilon))
                 return
             except Exception:  # a compile that fails here fails before touching the buffers
                 _numba_kernels["adam"] = None
