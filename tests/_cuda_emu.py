@@ -226,5 +226,5 @@ def stand_in_cupy(emulator: Emulator) -> Any:
         matmul=matmul,
         RawModule=lambda code, options, name_expressions: _FakeModule(code, options, name_expressions, emulator,
                                                                       guarded),
-        cuda=SimpleNamespace(Device=_FakeDevice),
+        cuda=SimpleNamespace(Device=_FakeDevice, runtime=SimpleNamespace(getDeviceCount=lambda: 1)),
     )

@@ -605,6 +605,16 @@ MODEL_TOL = {"float64": dict(rtol=1e-9, atol=1e-11), "float32": dict(rtol=2e-3, 
 @gpu
 @pytest.mark.parametrize("case", sorted(MODEL_CASES))
 def test_model_trains_the_same_on_cpu_and_cuda(case, monkeypatch):
+    _check_model_case(case, monkeypatch)
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_model_trains_the_same_through_the_kernels_on_the_emulator(fake_cupy, case, monkeypatch):
+    # the whole device="cuda" training path (fit, layers, fused kernels, optimizer kernel) on the stand-in CuPy
+    _check_model_case(case, monkeypatch)
+
+
+def _check_model_case(case, monkeypatch):
     dtype, hidden, last, loss, optimizer = MODEL_CASES[case]
     fused = set()  # which CUDA overrides did the work (rather than declining to the reference)
 
