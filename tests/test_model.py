@@ -1,6 +1,7 @@
 """Sequential end to end: gradients, training accuracy, reproducibility, dtypes, bad input."""
 
 import os
+import re
 import signal
 
 import numpy as np
@@ -412,3 +413,113 @@ def test_numpy_dtypes_and_failed_builds():
         model.build(4)
     assert all(layer.input_dim is None for layer in model.layers)
     assert nnxp.datasets.load_digits is not None  # the subpackage is reachable as nnxp.datasets
+
+
+# --- cuda_graph and precision ---------------------------------------------------------------------------------
+
+
+def _small_model(**kw):
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(2, "softmax")], seed=0, **kw)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        ("yes", nnxp.errors.NnxpTypeError, "`cuda_graph` must be True or False. Received: cuda_graph='yes'"),
+        (1, nnxp.errors.NnxpTypeError, "`cuda_graph` must be True or False"),
+        (True, NnxpError, "`cuda_graph=True` needs a CUDA device; this model is on cpu"),
+    ],
+)
+def test_cuda_graph_is_checked_before_training(value, error, message):
+    x, y = _circles(64)
+    model = _small_model()
+    model.build(2)
+    before = model.get_weights()
+    with pytest.raises(error, match=re.escape(message)):
+        model.fit(x, y.astype(np.int64).ravel(), verbose=0, cuda_graph=value)
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.iterations == 0
+
+
+@pytest.mark.parametrize("value", ["tf64", "TF32 ", None, 32])
+def test_precision_must_be_known(value):
+    with pytest.raises(NnxpError, match=r"`precision` must be one of \('highest', 'tf32'\)"):
+        Sequential(precision=value)
+
+
+def test_precision_typo_gets_a_suggestion():
+    with pytest.raises(NnxpError, match='Did you mean "tf32"'):
+        Sequential(precision="tf23")
+
+
+def test_tf32_is_saved_with_the_model_and_changes_nothing_on_the_cpu(tmp_path):
+    x, y = _circles(128)
+    y = y.astype(np.int64).ravel()
+    plain, tf32 = _small_model(), _small_model(precision="tf32")
+    plain.fit(x, y, epochs=2, verbose=0)
+    tf32.fit(x, y, epochs=2, verbose=0)
+    for a, b in zip(plain.get_weights(), tf32.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # float32 matmuls on the CPU are plain float32
+    tf32.save(tmp_path / "m.nnxp")
+    assert nnxp.load_model(tmp_path / "m.nnxp").precision == "tf32"
+    assert "precision" in plain.get_config() and plain.precision == "highest"
+
+
+def _graph_data(n=1000):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n, 20)).astype(np.float32)
+    y = (x[:, :5].sum(axis=1) > 0).astype(np.int64) + (x[:, 5] > 0.5)
+    return x, y
+
+
+def _graph_model(optimizer):
+    model = Sequential([Dense(32, "relu", input_dim=20), Dense(16, "gelu"), Dense(3, "softmax")], device="cuda",
+                       seed=3)
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", [
+    lambda: nnxp.optimizers.Adam(nnxp.schedules.CosineDecay(0.01, 40), clipnorm=1.0),
+    lambda: nnxp.optimizers.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    lambda: nnxp.optimizers.RMSprop(0.002, centered=True),
+], ids=["adam-cosine-clipnorm", "sgd-nesterov-wd", "rmsprop-centered"])
+def test_cuda_graph_replays_match_eager_steps(optimizer):
+    x, y = _graph_data()
+    eager, graphed = _graph_model(optimizer()), _graph_model(optimizer())
+    h_eager = eager.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    h_graph = graphed.fit(x, y, epochs=3, batch_size=64, verbose=0, cuda_graph=True)
+    step = graphed._fit_state["graph"]
+    assert step is not None and step.replays >= 3 * (1000 // 64) - 2  # all full batches but the warm-up one
+    assert graphed.optimizer.iterations == eager.optimizer.iterations
+    # the same kernels in the same order; only the matmul's cuBLAS entry point differs
+    np.testing.assert_allclose(h_graph.history["loss"], h_eager.history["loss"], rtol=1e-4)
+    np.testing.assert_allclose(h_graph.history["accuracy"], h_eager.history["accuracy"], atol=2e-3)
+    for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_refuses_dropout_and_tf32_restores_cupys_setting():
+    from nnxp.backend import tf32_active
+    from nnxp.layers import Dropout
+
+    x, y = _graph_data(256)
+    model = Sequential([Dense(8, "relu", input_dim=20), Dropout(0.2), Dense(3, "softmax")], device="cuda")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(NnxpError, match="does not support Dropout"):
+        model.fit(x, y, verbose=0, cuda_graph=True)
+    seen = []
+
+    class Probe(nnxp.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(tf32_active())
+
+    fast = _graph_model("adam")
+    fast.precision = "tf32"
+    fast.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[Probe()])
+    assert seen and all(seen) and not tf32_active()
