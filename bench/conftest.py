@@ -42,9 +42,9 @@ BATCHES = (32, 128, 512, 2048, 8192)
 QUICK_MODELS = ("small",)
 QUICK_BATCHES = (32, 256)
 # implementations in display order: CUDA graphs only on a GPU; scikit-learn and the per-sample loop only on the CPU
-IMPLS = ("nnxp", "torch", "torch_cudagraph", "sklearn_f64", "sklearn_f32", "per_sample")
+IMPLS = ("nnxp", "nnxp_cudagraph", "torch", "torch_cudagraph", "sklearn_f64", "sklearn_f32", "per_sample")
 DEVICE_IMPLS = {"cpu": ("nnxp", "torch", "sklearn_f64", "sklearn_f32", "per_sample"),
-                "cuda": ("nnxp", "torch", "torch_cudagraph")}
+                "cuda": ("nnxp", "nnxp_cudagraph", "torch", "torch_cudagraph")}
 # On the CPU a case whose one timed call needs more than this many GFLOP (float64 counted twice) is
 # skipped unless --all-sizes: at ~50-90 GFLOP/s on two cores it would take seconds per call.
 CPU_BUDGET_GFLOP = 100.0

@@ -20,9 +20,10 @@ from datetime import datetime
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-IMPL_ORDER = ("nnxp", "torch", "torch_cudagraph", "sklearn_f64", "sklearn_f32", "per_sample")
-IMPL_LABELS = {"nnxp": "nnxp", "torch": "torch eager", "torch_cudagraph": "torch CUDA graph",
-               "sklearn_f64": "sklearn f64", "sklearn_f32": "sklearn f32", "per_sample": "per-sample loop"}
+IMPL_ORDER = ("nnxp", "nnxp_cudagraph", "torch", "torch_cudagraph", "sklearn_f64", "sklearn_f32", "per_sample")
+IMPL_LABELS = {"nnxp": "nnxp", "nnxp_cudagraph": "nnxp CUDA graph", "torch": "torch eager",
+               "torch_cudagraph": "torch CUDA graph", "sklearn_f64": "sklearn f64", "sklearn_f32": "sklearn f32",
+               "per_sample": "per-sample loop"}
 MODEL_ORDER = ("small", "large", "deep")
 KIND_LABELS = {"train": "Training step", "infer": "Inference"}
 DEVICE_ORDER = ("cpu", "cuda")

@@ -72,6 +72,39 @@ def build_nnxp(case: Case) -> Impl:
     return Impl(train, infer, model.device.synchronize, check, {"optimizer": "nnxp Adam (one flat buffer)"})
 
 
+def build_nnxp_cudagraph(case: Case) -> Impl:
+    """What ``fit(cuda_graph=True)`` runs per full batch: copy the batch into the static buffers, replay."""
+    from nnxp._graph import GraphedStep
+
+    sizes = case.layers
+    layers = [nnxp.Dense(sizes[1], "relu", input_dim=sizes[0])]
+    layers += [nnxp.Dense(units, "relu") for units in sizes[2:-1]] + [nnxp.Dense(sizes[-1], "softmax")]
+    model = nnxp.Sequential(layers, device=case.device, seed=SEED, dtype="float32")
+    model.compile(nnxp.optimizers.Adam(learning_rate=LR, epsilon=EPS), "sparse_categorical_crossentropy")
+    model.build(sizes[0])
+    batches = [model._prepare(x, y) for x, y in two_batches(case)]
+    static_x, static_y = batches[0][0].copy(), batches[0][1].copy()
+    model._train_step(static_x, static_y)  # warm-up: kernels built, optimizer state allocated
+    model.optimizer.apply(model.params, model.grads)
+    step = GraphedStep(model, static_x, static_y)
+    turn = itertools.cycle(batches)
+
+    def train() -> None:
+        xb, yb = next(turn)
+        static_x[...] = xb
+        static_y[...] = yb
+        step.run()
+
+    def infer() -> None:
+        model._forward(next(turn)[0], training=False)
+
+    def check() -> bool:
+        return bool(model.device.xp.isfinite(model.params).all())
+
+    return Impl(train, infer, model.device.synchronize, check,
+                {"optimizer": "nnxp Adam (one flat buffer) in a CUDA graph"})
+
+
 # --- PyTorch ------------------------------------------------------------------------------------
 
 _TORCH_THREADS_SET = False
@@ -277,6 +310,7 @@ def build_per_sample(case: Case) -> Impl:
 
 BUILDERS: dict[str, Callable[[Case], Impl]] = {
     "nnxp": build_nnxp,
+    "nnxp_cudagraph": build_nnxp_cudagraph,
     "torch": build_torch,
     "torch_cudagraph": build_torch_cudagraph,
     "sklearn_f64": build_sklearn,
