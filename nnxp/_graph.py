@@ -37,15 +37,19 @@ class GraphedStep:
         self._pool = cp.cuda.MemoryPool()
         self._core = self._core_buffers()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
-        graph = None
         with stream, cp.cuda.using_allocator(self._pool.malloc), _cuda.capturing():
             stream.begin_capture()
             try:
                 loss, out = model._train_step(xb, yb)
                 sums = model._metric_sums(out, yb)
                 model.optimizer.graph_apply(model.params, model.grads, self.hp)
-            finally:
-                graph = stream.end_capture()
+            except BaseException:
+                try:
+                    stream.end_capture()  # leave the stream usable; the capture is void either way
+                except Exception:  # noqa: S110 - the first error is the one worth reporting
+                    pass
+                raise
+            graph = stream.end_capture()
         self.graph, self.loss, self.sums = graph, loss, sums
         # the layers' scratch buffers as captured: kept alive even if a layer later swaps its own
         self._kept = [a for layer in model.layers for a in layer._buffers._cache.values()] + [out]
