@@ -48,14 +48,20 @@ def two_batches(case: Case) -> list[tuple[np.ndarray, np.ndarray]]:
 # --- nnxp ----------------------------------------------------------------------------------------
 
 
-def build_nnxp(case: Case) -> Impl:
-    """The internals ``fit`` runs per batch: ``_train_step`` then ``optimizer.apply`` on the flat buffers."""
+def nnxp_model(case: Case) -> nnxp.Sequential:
+    """The case's ReLU MLP with a softmax output and Adam, built on the case's device."""
     sizes = case.layers
     layers = [nnxp.Dense(sizes[1], "relu", input_dim=sizes[0])]
     layers += [nnxp.Dense(units, "relu") for units in sizes[2:-1]] + [nnxp.Dense(sizes[-1], "softmax")]
     model = nnxp.Sequential(layers, device=case.device, seed=SEED, dtype="float32")
     model.compile(nnxp.optimizers.Adam(learning_rate=LR, epsilon=EPS), "sparse_categorical_crossentropy")
     model.build(sizes[0])
+    return model
+
+
+def build_nnxp(case: Case) -> Impl:
+    """The internals ``fit`` runs per batch: ``_train_step`` then ``optimizer.apply`` on the flat buffers."""
+    model = nnxp_model(case)
     batches = itertools.cycle([model._prepare(x, y) for x, y in two_batches(case)])  # on the device
 
     def train() -> None:
@@ -76,12 +82,7 @@ def build_nnxp_cudagraph(case: Case) -> Impl:
     """What ``fit(cuda_graph=True)`` runs per full batch: copy the batch into the static buffers, replay."""
     from nnxp._graph import GraphedStep
 
-    sizes = case.layers
-    layers = [nnxp.Dense(sizes[1], "relu", input_dim=sizes[0])]
-    layers += [nnxp.Dense(units, "relu") for units in sizes[2:-1]] + [nnxp.Dense(sizes[-1], "softmax")]
-    model = nnxp.Sequential(layers, device=case.device, seed=SEED, dtype="float32")
-    model.compile(nnxp.optimizers.Adam(learning_rate=LR, epsilon=EPS), "sparse_categorical_crossentropy")
-    model.build(sizes[0])
+    model = nnxp_model(case)
     batches = [model._prepare(x, y) for x, y in two_batches(case)]
     static_x, static_y = batches[0][0].copy(), batches[0][1].copy()
     model._train_step(static_x, static_y)  # warm-up: kernels built, optimizer state allocated

@@ -32,8 +32,9 @@ class GraphedStep:
 
     def __init__(self, model: Any, xb: Any, yb: Any) -> None:
         cp = model.device.xp
-        self.model, self.xb, self.yb = model, xb, yb
+        self.model, self.xb = model, xb  # xb: the static batch buffer the graph reads
         self.hp = cp.zeros(_HP_SIZE, dtype=model.dtype)
+        self._host = np.zeros(_HP_SIZE, dtype=model.dtype)  # staging for hp, reused every step
         self._pool = cp.cuda.MemoryPool()
         self._core = self._core_buffers()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
@@ -66,10 +67,9 @@ class GraphedStep:
 
     def run(self) -> tuple[Any, dict[str, Any]]:
         """Replay the step on the current stream for the batch now in the static buffers."""
-        host = np.zeros(_HP_SIZE, dtype=self.model.dtype)
         scalars = self.model.optimizer.graph_scalars(self.model.params)
-        host[: scalars.size] = scalars
-        self.hp.set(host)  # ordered before the replay on the same stream
+        self._host[: scalars.size] = scalars
+        self.hp.set(self._host)  # one small copy, ordered before the replay on the same stream
         self.graph.launch()
         self.replays += 1
         return self.loss, self.sums
