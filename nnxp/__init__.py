@@ -7,12 +7,12 @@ public API only.
 
 from __future__ import annotations
 
-from . import activations, callbacks, datasets, initializers, losses, optimizers, regularizers, schedules
+from . import activations, callbacks, datasets, initializers, losses, optimizers, regularizers, schedules, utils
 from ._version import __version__
 from .backend import Device, cuda_available, get_device, to_numpy
 from .errors import NnxpError
 from .io import load_model
-from .layers import Activation, Dense, Dropout, Layer
+from .layers import Activation, Dense, Dropout, Flatten, Input, InputLayer, Layer
 from .model import Sequential
 
 __all__ = [
@@ -21,6 +21,9 @@ __all__ = [
     "Dense",
     "Device",
     "Dropout",
+    "Flatten",
+    "Input",
+    "InputLayer",
     "Layer",
     "NnxpError",
     "Sequential",
@@ -36,4 +39,5 @@ __all__ = [
     "regularizers",
     "schedules",
     "to_numpy",
+    "utils",
 ]

@@ -66,3 +66,18 @@ def did_you_mean(name: object, choices: list[str]) -> str:
     best = min(choices, key=lambda c: (_edit_distance(text, c), c))
     # accept up to a third of the word wrong (at least one edit)
     return f' Did you mean "{best}"?' if _edit_distance(text, best) <= max(1, len(best) // 3) else ""
+
+
+def reject_unknown_arguments(where: str, kwargs: dict, allowed: list[str], removed: dict[str, str]) -> None:
+    """Raise for keyword arguments `where` does not take, naming the right one for spellings Keras removed.
+
+    `removed` maps an old Keras spelling (``lr``, ``nb_epoch``, ``init``) to what replaced it.
+    """
+    for key in kwargs:
+        if key in removed:
+            raise NnxpTypeError(f"{where} no longer takes `{key}` (Keras removed it): use {removed[key]} instead. "
+                                f"Received: {key}={kwargs[key]!r}")
+    if kwargs:
+        key = next(iter(kwargs))
+        raise NnxpTypeError(f"{where} got an unexpected keyword argument `{key}`." + did_you_mean(key, allowed)
+                            + f" Received: {key}={kwargs[key]!r}")

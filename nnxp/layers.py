@@ -1,4 +1,4 @@
-"""Layers: Dense, Dropout and Activation.
+"""Layers: Dense, Dropout, Activation, Flatten and Input.
 
 A layer is four short methods: ``__init__`` validates and stores its config,
 ``build`` declares its parameters (the model allocates them as views into one
@@ -8,13 +8,16 @@ fills the parameter gradients and returns the input gradient.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any
 
+import numpy as np
+
 from . import activations, initializers, regularizers
-from ._validation import positive_int
+from ._validation import as_array, positive_int
 from .backend import xp_of
-from .errors import NnxpError, NnxpTypeError
+from .errors import NnxpError, NnxpTypeError, reject_unknown_arguments
 from .ops import activation as A
 from .ops import dense as D
 
@@ -98,6 +101,25 @@ def _prod(shape: tuple) -> int:
     return n
 
 
+def sample_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """A per-sample shape such as (28, 28) or (784,): a non-empty tuple of positive integers."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)  # Keras accepts input_shape=784 too
+    if not isinstance(shape, (tuple, list)) or not shape:
+        raise NnxpTypeError(f"`{name}` must be a tuple of positive integers such as (784,) or (28, 28), without the "
+                            f"batch dimension. Received: {name}={shape!r}")
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+            raise NnxpError(f"`{name}` must hold positive integers (no None: nnxp needs every size up front). "
+                            f"Received: {name}={tuple(shape)!r}")
+    return tuple(int(d) for d in shape)
+
+
+# Dense arguments of Keras 1 that Keras itself renamed
+_DENSE_REMOVED = {"init": "kernel_initializer", "output_dim": "units", "W_regularizer": "kernel_regularizer",
+                  "b_regularizer": "bias_regularizer", "bias": "use_bias", "input_length": "input_shape"}
+
+
 class Dense(Layer):
     """``y = activation(x @ kernel + bias)``; kernel is (input_dim, units)."""
 
@@ -112,11 +134,25 @@ class Dense(Layer):
         kernel_regularizer: Any = None,
         bias_regularizer: Any = None,
         name: str | None = None,
+        input_shape: tuple | None = None,
+        **kwargs: Any,
     ) -> None:
+        if kwargs:
+            reject_unknown_arguments("Dense", kwargs, list(inspect.signature(Dense.__init__).parameters)[1:-1],
+                                     _DENSE_REMOVED)
         super().__init__(name)
         self.units = positive_int("units", units)
         self.activation = activations.get(activation)
         self.declared_input_dim = None if input_dim is None else positive_int("input_dim", input_dim)
+        if input_shape is not None:  # Keras's other spelling of input_dim: a 1-tuple
+            shape = sample_shape("input_shape", input_shape)
+            if len(shape) != 1:
+                raise NnxpError(f"`input_shape` of Dense must have one entry, (features,); for images put "
+                                f"Flatten(input_shape={shape}) first. Received: input_shape={input_shape!r}")
+            if self.declared_input_dim is not None and self.declared_input_dim != shape[0]:
+                raise NnxpError(f"`input_dim` and `input_shape` disagree. Received: input_dim={input_dim}, "
+                                f"input_shape={input_shape!r}")
+            self.declared_input_dim = shape[0]
         if not isinstance(use_bias, bool):
             raise NnxpTypeError(f"`use_bias` must be True or False. Received: use_bias={use_bias!r}")
         self.use_bias = use_bias
@@ -263,7 +299,89 @@ class Activation(Layer):
         return {"name": self.name, "activation": self.activation}
 
 
-LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (Dense, Dropout, Activation)}
+class Flatten(Layer):
+    """(B, d1, d2, ...) -> (B, d1 * d2 * ...): lets a model take images, e.g. ``Flatten(input_shape=(28, 28))``.
+
+    As the first layer the model flattens its input once, before it reaches the device, so the training loop
+    sees rows; on rows (B, features) Flatten is the identity.
+    """
+
+    def __init__(self, input_shape: tuple | None = None, name: str | None = None) -> None:
+        super().__init__(name)
+        self.input_shape = None if input_shape is None else sample_shape("input_shape", input_shape)
+        self.declared_input_dim = None if self.input_shape is None else _prod(self.input_shape)
+        self._in_shape: tuple | None = None
+
+    def build(self, input_dim: int) -> int:
+        if self.declared_input_dim is not None and input_dim != self.declared_input_dim:
+            raise NnxpError(f"Flatten {self.name!r} expects samples of shape {self.input_shape} "
+                            f"({self.declared_input_dim} values) but its input has {input_dim}. "
+                            f"Received: input_dim={input_dim}")
+        return super().build(input_dim)
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        if training:
+            self._in_shape = tuple(x.shape)
+        return x if x.ndim == 2 else x.reshape(x.shape[0], _prod(x.shape[1:]))
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        return dy if self._in_shape is None or len(self._in_shape) == 2 else dy.reshape(self._in_shape)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "input_shape": None if self.input_shape is None else list(self.input_shape)}
+
+
+class InputLayer(Layer):
+    """What ``nnxp.Input(shape=...)`` makes: declares the model's per-sample input shape; the identity."""
+
+    def __init__(self, shape: tuple, name: str | None = None) -> None:
+        super().__init__(name)
+        self.input_shape = sample_shape("shape", shape)
+        self.declared_input_dim = _prod(self.input_shape)
+
+    def build(self, input_dim: int) -> int:
+        if input_dim != self.declared_input_dim:
+            raise NnxpError(f"Input {self.name!r} declares samples of shape {self.input_shape} but the input has "
+                            f"{input_dim} features. Received: input_dim={input_dim}")
+        return super().build(input_dim)
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        return x
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        return dy
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "shape": list(self.input_shape)}
+
+
+def Input(shape: tuple, name: str | None = None) -> InputLayer:  # noqa: N802 - Keras's spelling
+    """The model's input, Keras style: ``Sequential([nnxp.Input(shape=(784,)), Dense(10)])``."""
+    return InputLayer(shape, name=name)
+
+
+def as_rows(layers: list[Layer], x: Any, name: str) -> Any:
+    """`x` as rows (N, features) when the first layer declares N-D samples (Flatten, Input); else `x` unchanged.
+
+    Flattening here, once, keeps every batch 2-D on the device; the shape is checked against the declared one.
+    """
+    if not layers or not isinstance(layers[0], (Flatten, InputLayer)):
+        return x
+    first = layers[0]
+    shape = first.input_shape
+    if isinstance(first, InputLayer) and len(shape) > 1 and (len(layers) < 2 or not isinstance(layers[1], Flatten)):
+        raise NnxpError(f"an Input of shape {shape} must be followed by a Flatten layer (nnxp's layers take rows). "
+                        f"Received: {type(layers[1]).__name__ if len(layers) > 1 else 'nothing'} after it")
+    x = as_array(x, name)
+    if x.ndim < 2:
+        return x  # check_features explains what a batch of samples looks like
+    if shape is None or tuple(x.shape[1:]) == shape or (x.ndim == 2 and x.shape[1] == _prod(shape)):
+        return x if x.ndim == 2 else x.reshape(x.shape[0], _prod(x.shape[1:]))
+    raise NnxpError(f"`{name}` must hold samples of shape {shape} (the first layer's input shape). Received: an "
+                    f"array of shape {tuple(x.shape)}")
+
+
+LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (Dense, Dropout, Activation, Flatten, InputLayer)}
 
 
 def from_config(class_name: str, config: dict) -> Layer:

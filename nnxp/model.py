@@ -34,7 +34,7 @@ from ._validation import (
 from .backend import Device, get_device, is_out_of_memory, to_numpy, xp_of
 from .callbacks import Callback, History, ProgbarLogger
 from .errors import DeviceMemoryError, NnxpError, NnxpTypeError, NotCompiledError, NumericalError, did_you_mean
-from .layers import Activation, Dense, Dropout, Layer
+from .layers import Activation, Dense, Dropout, Layer, as_rows
 from .ops import activation as A
 
 _DTYPES = ("float32", "float64")
@@ -323,7 +323,7 @@ class Sequential:
     # --- data -----------------------------------------------------------------------------------
     def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y") -> tuple[Any, Any]:
         """Validate, cast and move one (x, y) pair to the device; builds the model if needed."""
-        x = check_features(x, xname, self.input_dim)
+        x = check_features(as_rows(self.layers, x, xname), xname, self.input_dim)
         y = check_targets(y, yname, self.loss.task, self.loss.sparse, self.output_dim or 1)
         check_same_length(x, y, xname, yname)
         x = self.device.asarray(x, dtype=self.dtype)
@@ -610,7 +610,7 @@ class Sequential:
     def _predict(self, x: Any, batch_size: int | None) -> np.ndarray:
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
-        x = check_features(x, "x", self.input_dim)
+        x = check_features(as_rows(self.layers, x, "x"), "x", self.input_dim)
         n = x.shape[0]
         result = np.empty((n, self.output_dim), dtype=self.dtype)
         last = self.layers[-1]

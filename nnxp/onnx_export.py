@@ -1,7 +1,8 @@
 """Export a Sequential model to ONNX (optional extra ``onnx``).
 
 Each Dense layer becomes Gemm (x @ W + b) followed by its activation node;
-Dropout is the identity at inference and is left out. GELU uses the same tanh
+Flatten becomes ONNX Flatten (axis 1), so a model declared on images takes
+them as (N, 28, 28); Dropout and Input are the identity at inference and are left out. GELU uses the same tanh
 approximation as nnxp, spelled out in elementary ONNX ops so any runtime has it.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NnxpError
-from .layers import Activation, Dense, Dropout
+from .layers import Activation, Dense, Dropout, Flatten, InputLayer
 from .ops.activation import ELU_ALPHA, LEAKY_RELU_SLOPE
 
 OPSET = 17
@@ -64,7 +65,8 @@ def _activation_nodes(onnx: Any, name: str, x: str, prefix: str, inits: list) ->
 
 
 def export_onnx(model: Any, path: str | os.PathLike) -> str:
-    """Write `model` as an ONNX graph with input ``x`` (N, input_dim) and output ``y``; returns the path."""
+    """Write `model` as an ONNX graph with input ``x`` (N, input_dim), or (N, *input_shape) after a Flatten,
+    and output ``y``; returns the path."""
     onnx = _onnx()
     h = onnx.helper
     model._require_built()
@@ -76,7 +78,11 @@ def export_onnx(model: Any, path: str | os.PathLike) -> str:
     current, w_index = "x", 0
     for i, layer in enumerate(model.layers):
         prefix = f"l{i}"
-        if isinstance(layer, Dropout):
+        if isinstance(layer, (Dropout, InputLayer)):
+            continue
+        if isinstance(layer, Flatten):
+            nodes.append(h.make_node("Flatten", [current], [f"{prefix}_flat"], axis=1))
+            current = f"{prefix}_flat"
             continue
         if isinstance(layer, Dense):
             kernel = weights[w_index]
@@ -91,10 +97,13 @@ def export_onnx(model: Any, path: str | os.PathLike) -> str:
         act_nodes, current = _activation_nodes(onnx, layer.activation, current, prefix, inits)
         nodes += act_nodes
     nodes.append(h.make_node("Identity", [current], ["y"]))
+    first = model.layers[0]
+    sample = getattr(first, "input_shape", None) if isinstance(first, (Flatten, InputLayer)) else None
+    sample = list(sample) if sample else [model.input_dim]
     graph = h.make_graph(
         nodes,
         model.name,
-        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", model.input_dim])],
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", *sample])],
         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", model.output_dim])],
         initializer=inits,
     )

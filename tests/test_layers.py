@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from nnxp import Activation, Dense, Dropout, Sequential
+import nnxp
+from nnxp import Activation, Dense, Dropout, Flatten, Input, InputLayer, Sequential
 from nnxp.errors import NnxpError, NnxpTypeError
 from nnxp.layers import from_config
 from nnxp.ops.activation import ACTIVATION_OPS
@@ -77,8 +78,11 @@ def test_activation_layer_validates_its_name():
         Dense(1),
         Dropout(0.25, name="drop"),
         Activation("tanh", name="act"),
+        Flatten(input_shape=(28, 28), name="flat"),
+        Flatten(),
+        Input(shape=(3, 4), name="in"),
     ],
-    ids=["dense_full", "dense_default", "dropout", "activation"],
+    ids=["dense_full", "dense_default", "dropout", "activation", "flatten_shape", "flatten", "input"],
 )
 def test_config_round_trip(layer):
     config = layer.get_config()
@@ -95,7 +99,8 @@ def test_dense_config_content():
 
 
 def test_from_config_rejects_unknown_classes():
-    with pytest.raises(NnxpError, match=r"layer class must be one of \['Activation', 'Dense', 'Dropout'\]\. "
+    with pytest.raises(NnxpError, match=r"layer class must be one of \['Activation', 'Dense', 'Dropout', 'Flatten', "
+                                        r"'InputLayer'\]\. "
                                         r"Received: 'Conv2D'"):
         from_config("Conv2D", {})
 
@@ -241,3 +246,118 @@ def test_repr_shows_the_config():
 @pytest.mark.parametrize("rate", [np.float32(0.5), np.int64(0)])
 def test_dropout_accepts_numpy_scalars(rate):
     assert Dropout(rate).rate == float(rate)
+
+
+# --- Keras spellings: input_shape, Input, Flatten, removed arguments ----------------------------------
+def test_dense_input_shape_is_input_dim():
+    assert Dense(3, input_shape=(5,)).declared_input_dim == 5
+    assert Dense(3, input_shape=5).declared_input_dim == 5
+    assert Dense(3, input_dim=5, input_shape=(5,)).get_config()["input_dim"] == 5
+    model = Sequential([Dense(4, "relu", input_shape=(6,)), Dense(2)], seed=0)
+    assert model.input_dim == 6 and model.get_weights()[0].shape == (6, 4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"input_shape": (28, 28)}, r"Flatten\(input_shape=\(28, 28\)\) first"),
+    ({"input_shape": (None,)}, "positive integers"),
+    ({"input_shape": ()}, "tuple of positive integers"),
+    ({"input_dim": 4, "input_shape": (5,)}, "disagree"),
+])
+def test_dense_input_shape_validation(kwargs, match):
+    with pytest.raises(NnxpError, match=match):
+        Dense(3, **kwargs)
+
+
+@pytest.mark.parametrize("old, new", [("init", "kernel_initializer"), ("output_dim", "units"),
+                                      ("W_regularizer", "kernel_regularizer"), ("bias", "use_bias")])
+def test_removed_keras_spellings_name_the_right_one(old, new):
+    with pytest.raises(NnxpTypeError, match=f"Dense no longer takes `{old}`.*use {new} instead"):
+        Dense(3, **{old: "x"})
+
+
+def test_unknown_dense_argument_suggests_the_closest():
+    with pytest.raises(NnxpTypeError, match='unexpected keyword argument `activaton`. Did you mean "activation"'):
+        Dense(3, activaton="relu")
+
+
+def test_flatten_forward_backward_reshape_exactly():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    layer = Flatten()
+    y = layer.forward(x, training=True)
+    assert y.shape == (2, 12)
+    np.testing.assert_array_equal(y[1], np.arange(12.0, 24.0))  # row-major, as Keras (channels last)
+    dy = np.random.default_rng(0).normal(size=(2, 12))
+    np.testing.assert_array_equal(layer.backward(dy), dy.reshape(2, 3, 4))
+    rows = np.ones((5, 7))
+    assert layer.forward(rows, training=True) is rows and layer.backward(rows) is rows
+
+
+def test_flatten_model_trains_on_images_and_checks_their_shape():
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 6, 5)).astype(np.float32)
+    y = (x[:, :3].mean(axis=(1, 2)) > x[:, 3:].mean(axis=(1, 2))).astype(np.int64)
+    model = Sequential([Flatten(input_shape=(6, 5)), Dense(16, "relu"), Dense(2, "softmax")], seed=0)
+    model.compile(nnxp.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    assert model.get_weights()[0].shape == (30, 16)
+    probs = model.predict(x)
+    assert ((probs.argmax(axis=1) == y).mean()) > 0.9
+    np.testing.assert_array_equal(model.predict(x.reshape(300, 30)), probs)  # rows of 30 are the same samples
+    before = model.get_weights()
+    with pytest.raises(NnxpError, match=r"`x` must hold samples of shape \(6, 5\).*Received: an array of shape "
+                                        r"\(300, 5, 6\)"):
+        model.fit(x.reshape(300, 5, 6), y, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the refused call left the model as it was
+
+
+def test_flatten_gradient_matches_a_model_on_rows():
+    """A Flatten model on images trains exactly like the same Dense model on the flattened rows."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4, 3))
+    y = rng.integers(0, 3, size=64)
+    a = Sequential([Flatten(input_shape=(4, 3)), Dense(5, "tanh"), Dense(3, "softmax")], seed=3, dtype="float64")
+    b = Sequential([Dense(5, "tanh", input_dim=12), Dense(3, "softmax")], seed=3, dtype="float64")
+    for m in (a, b):
+        m.compile("sgd", "sparse_categorical_crossentropy")
+    a.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    b.fit(x.reshape(64, 12), y, epochs=2, batch_size=16, verbose=0)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_flatten_and_input_models_save_and_load(tmp_path):
+    x = np.random.default_rng(2).random((10, 4, 4)).astype(np.float32)
+    for layers in ([Flatten(input_shape=(4, 4)), Dense(3, "softmax")],
+                   [Input(shape=(4, 4)), Flatten(), Dense(3, "softmax")]):
+        model = Sequential(layers, seed=0)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.save(tmp_path / "m.nnxp")
+        again = nnxp.load_model(tmp_path / "m.nnxp")
+        assert [type(layer) for layer in again.layers] == [type(layer) for layer in model.layers]
+        np.testing.assert_array_equal(again.predict(x), model.predict(x))
+        assert "(None, 16)" in again.summary(print_fn=None)
+
+
+def test_input_as_first_element_or_through_add():
+    a = Sequential([Input(shape=(7,)), Dense(2)], seed=0)
+    b = Sequential(seed=0)
+    b.add(nnxp.Input(shape=(7,)))
+    b.add(Dense(2))
+    for m in (a, b):
+        assert m.input_dim == 7 and isinstance(m.layers[0], InputLayer)
+        assert m.predict(np.ones((3, 7))).shape == (3, 2)
+    with pytest.raises(NnxpError, match=r"samples of shape \(7,\).*Received: an array of shape \(3, 6\)"):
+        a.predict(np.ones((3, 6)))
+
+
+def test_input_of_images_needs_a_flatten():
+    model = Sequential([Input(shape=(2, 3)), Dense(2)])
+    with pytest.raises(NnxpError, match=r"Input of shape \(2, 3\) must be followed by a Flatten layer"):
+        model.predict(np.ones((4, 2, 3)))
+
+
+@pytest.mark.parametrize("shape", [None, (0,), (3, -1), "28", 2.5, (True,)])
+def test_input_shape_validation(shape):
+    with pytest.raises(NnxpError, match="shape"):
+        Input(shape=shape)
