@@ -174,6 +174,12 @@ class Sequential:
             views[id(layer)][1][name] = self.grads[offset : offset + size].reshape(shape)
         for layer in self.layers:
             layer.bind(*views[id(layer)])
+        if self.optimizer is not None:
+            self.optimizer.set_segments(self._weight_segments())
+
+    def _weight_segments(self) -> list[tuple[int, int]]:
+        """(start, stop) of each weight in the flat buffer: what the optimizer's clipnorm clips one by one."""
+        return [(offset, offset + int(np.prod(shape))) for _, _, offset, shape in self._slices]
 
     def count_params(self) -> int:
         return 0 if not self.built else int(self.params.size)
@@ -250,6 +256,8 @@ class Sequential:
             if key not in names:
                 names.append(key)
         self.optimizer, self.loss, self.metrics = opt, loss_obj, names
+        if self.built:
+            opt.set_segments(self._weight_segments())
         self._configure_output()
 
     def _configure_output(self) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import schedules
 from .backend import to_numpy, xp_of
-from .errors import NnxpError, NnxpTypeError, did_you_mean
+from .errors import NnxpError, NnxpTypeError, did_you_mean, reject_unknown_arguments
 from .ops import _cuda
 from .ops import optim as O
 from .schedules import LearningRateSchedule
@@ -35,6 +35,21 @@ def _number(name: str, value: Any, low: float = 0.0, high: float = math.inf, low
     return float(value)
 
 
+# optimizer arguments Keras itself removed or renamed, and what replaced them
+_REMOVED = {
+    "lr": "learning_rate",
+    "decay": "a learning-rate schedule, e.g. learning_rate=nnxp.schedules.ExponentialDecay(0.01, 1000, 0.9)",
+    "clip_norm": "clipnorm (each weight) or global_clipnorm (all weights together)",
+}
+
+
+def _keywords(cls: type) -> list[str]:
+    """Every keyword some __init__ along the class chain accepts (AdamW passes beta_1 etc. on to Adam)."""
+    names = {p for c in cls.__mro__ if c is not object and "__init__" in vars(c)
+             for p in inspect.signature(c.__init__).parameters}
+    return sorted(names - {"self", "kw", "kwargs"})
+
+
 class Optimizer:
     """Base class: learning rate (float or schedule), clipping, weight decay, lazy flat state."""
 
@@ -46,17 +61,30 @@ class Optimizer:
         clipnorm: float | None = None,
         clipvalue: float | None = None,
         weight_decay: float | None = None,
+        global_clipnorm: float | None = None,
+        **kwargs: Any,
     ) -> None:
+        if kwargs:
+            reject_unknown_arguments(type(self).__name__, kwargs, _keywords(type(self)), _REMOVED)
         if isinstance(learning_rate, LearningRateSchedule):
             self.learning_rate: float | LearningRateSchedule = learning_rate
         else:
             self.learning_rate = _number("learning_rate", learning_rate)
+        # Keras's meanings: clipnorm clips each weight's gradient by its own norm, global_clipnorm all of them
+        # together (nnxp before 0.2 clipped globally under clipnorm; see the README's changelog)
         self.clipnorm = None if clipnorm is None else _number("clipnorm", clipnorm, low_open=True)
+        self.global_clipnorm = (None if global_clipnorm is None
+                                else _number("global_clipnorm", global_clipnorm, low_open=True))
+        if self.clipnorm is not None and self.global_clipnorm is not None:
+            raise NnxpError("only one of `clipnorm` (each weight by its own norm) and `global_clipnorm` (all weights "
+                            f"together) can be set. Received: clipnorm={clipnorm}, global_clipnorm={global_clipnorm}")
         self.clipvalue = None if clipvalue is None else _number("clipvalue", clipvalue, low_open=True)
         self.weight_decay = None if not weight_decay else _number("weight_decay", weight_decay)
         self.iterations = 0
         self.state: dict[str, Any] = {}  # name -> flat array like the parameters
         self._tmp: Any = None
+        # (start, stop) of each weight in the flat buffer, told by the model; None: the buffer is one weight
+        self.segments: tuple[tuple[int, int], ...] | None = None
 
     # --- the step ---------------------------------------------------------------------------
     def current_learning_rate(self) -> float:
@@ -71,6 +99,11 @@ class Optimizer:
 
     def _initial_value(self, slot: str) -> float:
         return 0.0
+
+    def set_segments(self, segments: list[tuple[int, int]] | None) -> None:
+        """Where each weight (a kernel, a bias) lies in the flat buffer, as (start, stop) pairs: what
+        ``clipnorm`` clips one at a time. The model calls this when it builds or compiles."""
+        self.segments = None if segments is None else tuple((int(a), int(b)) for a, b in segments)
 
     def build(self, params: Any) -> None:
         """Allocate zeroed state buffers shaped like the flat `params`."""
@@ -88,14 +121,24 @@ class Optimizer:
         if self._tmp is None or self._tmp.shape != params.shape or xp_of(self._tmp) is not xp_of(params):
             self.build(params)
         lr = self.current_learning_rate()
-        if self.clipvalue is not None:
-            O.clip_by_value(grads, self.clipvalue)
-        if self.clipnorm is not None:
-            O.clip_by_global_norm(grads, self.clipnorm)
+        self._clip(grads)
         self.iterations += 1
         if self.weight_decay:
             O.weight_decay(params, lr, self.weight_decay)
         self._update(params, grads, lr)
+
+    def _clip(self, grads: Any) -> None:
+        """Clip `grads` in place, on its device and without a host sync (so a CUDA graph can capture it too)."""
+        if self.clipvalue is not None:
+            O.clip_by_value(grads, self.clipvalue)
+        if self.clipnorm is not None:
+            segments = self.segments or ((0, grads.shape[0]),)  # a bare buffer is one weight
+            if segments[-1][1] != grads.shape[0]:
+                raise NnxpError(f"this optimizer's clipnorm was set up for a model of {segments[-1][1]} parameters "
+                                f"but is stepping {grads.shape[0]}; give each model its own optimizer")
+            O.clip_by_norm_per_segment(grads, self.clipnorm, segments)
+        if self.global_clipnorm is not None:
+            O.clip_by_global_norm(grads, self.global_clipnorm)
 
     def _update(self, p: Any, g: Any, lr: float) -> None:
         op, args = self._op_args(lr)
@@ -119,10 +162,7 @@ class Optimizer:
 
         Weight decay is folded into the kernel. Needs built state (a step ran before) and CuPy buffers.
         """
-        if self.clipvalue is not None:
-            O.clip_by_value(grads, self.clipvalue)
-        if self.clipnorm is not None:
-            O.clip_by_global_norm(grads, self.clipnorm)
+        self._clip(grads)
         op, args = self._op_args(self.current_learning_rate())
         done = getattr(_cuda, op)(params, grads, *args, weight_decay=self.weight_decay or 0.0, hp=hp)
         if done is NotImplemented:
@@ -135,6 +175,7 @@ class Optimizer:
             "name": self.name,
             "learning_rate": lr.get_config() if isinstance(lr, LearningRateSchedule) else lr,
             "clipnorm": self.clipnorm,
+            "global_clipnorm": self.global_clipnorm,
             "clipvalue": self.clipvalue,
             "weight_decay": self.weight_decay,
             **self._hyper(),
@@ -325,9 +366,12 @@ def get(identifier: str | Optimizer | dict) -> Optimizer:
             config["learning_rate"] = schedules.from_config(lr)
         config = {k: v for k, v in config.items() if v is not None}
         # every keyword some __init__ along the class chain accepts (AdamW passes beta_1 etc. on to Adam)
-        allowed = {p for c in cls.__mro__ if "__init__" in vars(c) for p in inspect.signature(c.__init__).parameters}
-        allowed -= {"self", "kw", "kwargs"}
+        allowed = set(_keywords(cls))
         unknown = sorted(set(config) - allowed)
+        removed = [k for k in unknown if k in _REMOVED]
+        if removed:
+            reject_unknown_arguments(f"`optimizer` config for {cls.name!r}", {k: config[k] for k in removed},
+                                     sorted(allowed), _REMOVED)
         if unknown:
             raise NnxpError(f"`optimizer` config for {cls.name!r} has unknown keys {unknown}; valid keys are "
                             f"{sorted(allowed)}." + did_you_mean(unknown[0], sorted(allowed)))

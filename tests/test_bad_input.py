@@ -179,7 +179,7 @@ CASES = [
     Case("compile-metrics-not-a-list", lambda c: c.model.compile("adam", "mse", metrics=5), r"`metrics`",
          TypeError),
     Case("compile-optimizer-config-unknown-key", lambda c: c.model.compile({"name": "adam", "lr": 0.1}, "mse"),
-         r"`optimizer`.*'lr'"),
+         r"`optimizer`.*`lr`.*use learning_rate instead"),
     Case("compile-optimizer-config-without-name", lambda c: c.model.compile({"learning_rate": 0.1}, "mse"),
          r"`optimizer` must be one of.*optimizer=None"),
     Case("compile-accuracy-with-mse", lambda c: c.model.compile("adam", "mse", metrics=["accuracy"]),

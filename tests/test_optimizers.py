@@ -126,8 +126,9 @@ RULES = {
 DEFAULT_LR = {"sgd": 0.01}
 
 
-def reference(kind, h, p0=P0, grads=GRADS):
-    """[(params, {slot: values})] after each step of optimizer `kind` with keyword arguments `h`."""
+def reference(kind, h, p0=P0, grads=GRADS, segments=None):
+    """[(params, {slot: values})] after each step of optimizer `kind` with keyword arguments `h`; `segments`:
+    the (start, stop) of each weight in the flat buffer, as a model tells its optimizer."""
     rule, init = RULES[kind](h)
     lr0 = h.get("learning_rate", DEFAULT_LR.get(kind, 0.001))
     wd = h.get("weight_decay", 0.004 if kind == "adamw" else None)
@@ -140,10 +141,16 @@ def reference(kind, h, p0=P0, grads=GRADS):
         if h.get("clipvalue") is not None:
             c = h["clipvalue"]
             g = [min(max(x, -c), c) for x in g]
-        if h.get("clipnorm") is not None:
+        if h.get("clipnorm") is not None:  # each weight (segment) by its own norm; no segments: one weight
+            clipped = []
+            for a, b in segments or [(0, len(g))]:
+                norm = math.sqrt(math.fsum(x * x for x in g[a:b]))
+                clipped += [x * h["clipnorm"] / norm for x in g[a:b]] if norm > h["clipnorm"] else g[a:b]
+            g = clipped
+        if h.get("global_clipnorm") is not None:
             norm = math.sqrt(math.fsum(x * x for x in g))
-            if norm > h["clipnorm"]:
-                g = [x * h["clipnorm"] / norm for x in g]
+            if norm > h["global_clipnorm"]:
+                g = [x * h["global_clipnorm"] / norm for x in g]
         if wd:
             p = [x - x * wd * lr for x in p]
         p = [rule(p[i], g[i], states[i], it + 1, lr) for i in range(len(p))]
@@ -159,8 +166,10 @@ def run(opt, grads=GRADS, dtype=np.float64, p0=P0):
         yield p, opt
 
 
-def check_against_reference(opt, kind, h, grads=GRADS, rtol=RTOL, atol=ATOL):
-    expected = reference(kind, h, grads=grads)
+def check_against_reference(opt, kind, h, grads=GRADS, rtol=RTOL, atol=ATOL, segments=None):
+    if segments is not None:
+        opt.set_segments(segments)
+    expected = reference(kind, h, grads=grads, segments=segments)
     for t, (p, o) in enumerate(run(opt, grads)):
         exp_p, exp_state = expected[t]
         np.testing.assert_allclose(p, exp_p, rtol=rtol, atol=atol, err_msg=f"{kind} {h}: params after step {t + 1}")
@@ -299,6 +308,81 @@ def test_clipnorm_scales_the_whole_gradient():
     np.testing.assert_allclose(p, [1.0 - 0.06, 1.0 + 0.08, 1.0], rtol=RTOL)
     opt.apply(p, np.array([0.3, 0.4, 0.0]))  # norm 0.5 < 1 -> untouched
     np.testing.assert_allclose(p, [0.94 - 0.03, 1.08 - 0.04, 1.0], rtol=RTOL)
+
+
+def test_clipnorm_clips_each_weight_by_its_own_norm():
+    """Keras's clipnorm: weights (3, -4) and (0.3, 0.4) clipped to norm 1 one by one -> (0.6, -0.8), unchanged."""
+    opt = SGD(learning_rate=0.1, clipnorm=1.0)
+    opt.set_segments([(0, 2), (2, 4)])
+    p = np.zeros(4)
+    opt.apply(p, np.array([3.0, -4.0, 0.3, 0.4]))
+    np.testing.assert_allclose(p, [-0.06, 0.08, -0.03, -0.04], rtol=RTOL)
+    glob = SGD(learning_rate=0.1, global_clipnorm=1.0)  # the same gradient, clipped all together: norm 5.025
+    glob.set_segments([(0, 2), (2, 4)])
+    q = np.zeros(4)
+    glob.apply(q, np.array([3.0, -4.0, 0.3, 0.4]))
+    scale = 1.0 / math.sqrt(9 + 16 + 0.09 + 0.16)
+    np.testing.assert_allclose(q, [-0.3 * scale, 0.4 * scale, -0.03 * scale, -0.04 * scale], rtol=RTOL)
+
+
+SEGMENTS = [(0, 2), (2, 3), (3, 5)]  # three weights of P0's five entries
+
+
+@pytest.mark.parametrize(("kind", "cls", "h"), [
+    ("sgd", SGD, dict(learning_rate=0.1, momentum=0.5, clipnorm=0.5)),
+    ("adam", Adam, dict(learning_rate=0.01, clipnorm=0.3, clipvalue=1.0, epsilon=1e-2)),
+    ("sgd", SGD, dict(learning_rate=0.1, global_clipnorm=0.8)),
+    ("rmsprop", RMSprop, dict(learning_rate=0.01, global_clipnorm=1.0, clipvalue=0.6, epsilon=1e-3)),
+], ids=["sgd-clipnorm", "adam-clipnorm-clipvalue", "sgd-global", "rmsprop-global-clipvalue"])
+def test_per_weight_and_global_clipnorm_golden_steps(kind, cls, h):
+    check_against_reference(cls(**h), kind, h, segments=SEGMENTS)
+
+
+def test_clipnorm_and_global_clipnorm_are_exclusive_and_validated():
+    with pytest.raises(NnxpError, match="only one of `clipnorm`.*and `global_clipnorm`"):
+        SGD(clipnorm=1.0, global_clipnorm=1.0)
+    with pytest.raises(NnxpError, match=r"`global_clipnorm` must be a finite number in \(0.0, inf\)"):
+        Adam(global_clipnorm=0.0)
+
+
+def test_clipnorm_refuses_a_buffer_of_another_model():
+    opt = SGD(clipnorm=1.0)
+    opt.set_segments([(0, 3), (3, 5)])
+    with pytest.raises(NnxpError, match="set up for a model of 5 parameters but is stepping 7"):
+        opt.apply(np.zeros(7), np.ones(7))
+
+
+@pytest.mark.parametrize("old, new", [("lr", "use learning_rate instead"), ("decay", "use a learning-rate schedule"),
+                                      ("clip_norm", "use clipnorm")])
+def test_removed_keras_spellings_name_the_right_one(old, new):
+    with pytest.raises(TypeError, match=f"Adam no longer takes `{old}`.*{new}"):
+        Adam(**{old: 0.1})
+    with pytest.raises(NnxpError, match=f"`{old}`"):
+        optimizers.get({"name": "sgd", old: 0.1})
+
+
+def test_a_model_tells_its_optimizer_where_each_weight_lies():
+    model = nnxp.Sequential([nnxp.Dense(3, input_dim=4), nnxp.Dense(2, use_bias=False)], seed=0)
+    opt = SGD(clipnorm=1.0)
+    model.compile(opt, "mse")
+    assert opt.segments is None  # not built yet: the first fit builds the model and tells it
+    model.fit(np.ones((4, 4)), np.zeros((4, 2)), verbose=0)
+    assert opt.segments == ((0, 12), (12, 15), (15, 21))
+    late = Adam(clipnorm=1.0)
+    model.compile(late, "mse")  # compiling a built model tells the new optimizer at once
+    assert late.segments == opt.segments
+
+
+def test_model_clipnorm_clips_each_weight_separately():
+    """One SGD step of a 1-unit linear model, checked by hand: the kernel's and the bias's gradient norms differ."""
+    x = np.array([[3.0, 4.0]])
+    model = nnxp.Sequential([nnxp.Dense(1, input_dim=2, kernel_initializer="zeros")], dtype="float64")
+    model.compile(SGD(learning_rate=1.0, clipnorm=1.0), "mse")
+    model.fit(x, np.array([[1.0]]), epochs=1, batch_size=1, verbose=0, shuffle=False)
+    # mse gradient wrt output: 2 (0 - 1) = -2; kernel grad (-6, -8) has norm 10 -> (-0.6, -0.8); bias grad -2 -> -1
+    kernel, bias = model.get_weights()
+    np.testing.assert_allclose(kernel.ravel(), [0.6, 0.8], rtol=1e-12)
+    np.testing.assert_allclose(bias, [1.0], rtol=1e-12)
 
 
 def test_clipvalue_clips_each_entry():
@@ -488,6 +572,7 @@ ROUND_TRIP = [
     lambda: AdamW(weight_decay=0.0),
     lambda: AdamW(learning_rate=0.02, weight_decay=0.05, clipnorm=0.5),
     lambda: Adamax(learning_rate=0.002, clipnorm=2.0, clipvalue=1.0),
+    lambda: SGD(learning_rate=0.1, global_clipnorm=0.7),
 ]
 ROUND_TRIP_IDS = [repr(make())[:90] for make in ROUND_TRIP]
 
@@ -515,6 +600,7 @@ def test_config_names_every_hyper_parameter():
         "name": "rmsprop",
         "learning_rate": 0.01,
         "clipnorm": 1.0,
+        "global_clipnorm": None,
         "clipvalue": None,
         "weight_decay": None,
         "rho": 0.8,
@@ -621,6 +707,11 @@ def test_base_optimizer_is_abstract():
 
 # --- the CUDA-graph split: host scalars + a captured device half, run on the CPU emulator of CUDA ----------
 
+def _segmented(opt):
+    opt.set_segments([(0, 7), (7, 8), (8, 50)])  # three weights of the 50 parameters below
+    return opt
+
+
 GRAPH_CASES = [
     ("sgd", lambda: SGD(0.05)),
     ("sgd-nesterov-decay", lambda: SGD(ExponentialDecay(0.05, 1, 0.5), momentum=0.9, nesterov=True, weight_decay=0.01)),
@@ -628,6 +719,8 @@ GRAPH_CASES = [
     ("adagrad", lambda: Adagrad(0.1, clipvalue=0.3)),
     ("adadelta", lambda: Adadelta(1.0)),
     ("adam-cosine", lambda: Adam(CosineDecay(0.01, 4), clipnorm=1.0)),
+    ("sgd-clipnorm-per-weight", lambda: _segmented(SGD(0.05, momentum=0.5, clipnorm=0.4))),
+    ("adam-global-clipnorm", lambda: _segmented(Adam(0.01, global_clipnorm=0.5))),
     ("adamax", lambda: Adamax(0.02)),
     ("adamw", lambda: AdamW(0.01)),
 ]

@@ -163,6 +163,18 @@ def clip_by_global_norm_ref(g: Any, clipnorm: float) -> None:
     g *= scale
 
 
+def clip_by_norm_per_segment_ref(g: Any, clipnorm: float, segments: Any) -> None:
+    """Scale each segment ``g[start:stop]`` (one weight) down so its own L2 norm is at most `clipnorm`.
+
+    Keras's ``clipnorm``; one scale per weight, each computed on the device from a float64 sum of squares.
+    """
+    xp = xp_of(g)
+    for start, stop in segments:
+        seg = g[start:stop]
+        norm = xp.sqrt(sum_of_squares(seg.astype(xp.float64)))
+        seg *= xp.minimum(1.0, clipnorm / xp.maximum(norm, 1e-30)).astype(g.dtype)
+
+
 # --- CPU: Adam in one pass -----------------------------------------------------------------------
 # adam_ref makes twelve passes over five buffers; with a model's worth of parameters they no longer
 # fit in cache, and the update costs about 4x a single fused loop (0.75 vs 0.18 ms warm, 1.0 vs
@@ -246,3 +258,4 @@ adamax = _cuda.override("adamax", adamax_ref)
 weight_decay = weight_decay_ref
 clip_by_value = clip_by_value_ref
 clip_by_global_norm = clip_by_global_norm_ref
+clip_by_norm_per_segment = clip_by_norm_per_segment_ref
