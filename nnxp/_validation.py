@@ -170,3 +170,14 @@ def class_weight_to_sample_weight(class_weight: Any, y: Any, sparse: bool, task:
     else:
         classes = y.argmax(axis=1)
     return xp.asarray(table)[classes]
+
+
+def verbosity(value: Any) -> int:
+    """Keras's `verbose`: 0 (silent), 1, 2 or "auto" (1); True/False count as 1/0."""
+    if isinstance(value, str) and value == "auto":
+        return 1
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if not isinstance(value, (int, np.integer)) or value not in (0, 1, 2):
+        raise NnxpError(f"`verbose` must be 0, 1, 2 or 'auto'. Received: verbose={value!r}")
+    return int(value)

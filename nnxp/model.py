@@ -32,6 +32,7 @@ from ._validation import (
     fraction,
     non_negative_int,
     positive_int,
+    verbosity,
 )
 from .backend import Device, get_device, is_out_of_memory, to_numpy, xp_of
 from .callbacks import Callback, History, ProgbarLogger
@@ -392,6 +393,7 @@ class Sequential:
         self._require_compiled()
         self._check_cuda_graph(cuda_graph)
         epochs = positive_int("epochs", epochs)
+        verbose = verbosity(verbose)
         batch_size = positive_int("batch_size", batch_size)
         validation_split = fraction("validation_split", validation_split)
         initial_epoch = non_negative_int("initial_epoch", initial_epoch)
@@ -619,10 +621,18 @@ class Sequential:
         logs.update({name: _ratio(v, n if w is None else w.sum()) for name, v in sums.items()})
         return logs
 
-    def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int = 1,
-                 sample_weight: Any = None) -> dict[str, float]:
-        """Loss and metrics on (x, y) as a dict of floats; `sample_weight` (N,) weighs rows as in :meth:`fit`."""
+    def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int | str = 1,
+                 sample_weight: Any = None, return_dict: bool = False) -> float | list[float] | dict[str, float]:
+        """Loss and metrics on (x, y), as Keras returns them.
+
+        A float (the loss) when the model has no metrics, else the list ``[loss, *metrics]`` in the order of
+        ``compile(metrics=...)``; with ``return_dict=True`` a dict ``{"loss": ..., "accuracy": ...}``.
+        `sample_weight` (N,) weighs rows as in :meth:`fit`. ``verbose`` 1 or 2 prints one line, 0 nothing.
+        """
         self._require_compiled()
+        verbose = verbosity(verbose)
+        if not isinstance(return_dict, (bool, np.bool_)):
+            raise NnxpTypeError(f"`return_dict` must be True or False. Received: return_dict={return_dict!r}")
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
         with self._use():
@@ -631,7 +641,9 @@ class Sequential:
             logs = self._evaluate_arrays(x, y, w, batch_size)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-        return logs
+        if return_dict:
+            return logs
+        return logs["loss"] if not self.metrics else [logs["loss"], *(logs[name] for name in self.metrics)]
 
     def _require_built(self) -> None:
         self._require_layers()
@@ -640,12 +652,14 @@ class Sequential:
                 raise NotCompiledError("the model has no weights yet: give the first layer `input_dim` or call fit")
             self.build(self.input_dim)
 
-    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = 0) -> np.ndarray:
         """Model outputs (after the final activation) for `x` as a host NumPy array.
 
         `x` stays where it is and moves to the device one batch at a time, so data larger than
-        the device's memory is fine.
+        the device's memory is fine. ``verbose`` is accepted for Keras programs (0, 1, 2 or "auto") and
+        prints nothing: prediction has no progress bar.
         """
+        verbosity(verbose)
         try:
             with self._use():
                 return self._predict(x, batch_size)

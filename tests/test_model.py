@@ -95,7 +95,7 @@ def test_two_circles_reach_97_percent():
     model = Sequential([Dense(10, "relu", input_dim=2), Dense(5, "relu"), Dense(1, "sigmoid")], seed=0)
     model.compile(nnxp.optimizers.Adam(0.01), "binary_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=40, batch_size=32, verbose=0)
-    assert model.evaluate(x, y, verbose=0)["accuracy"] >= 0.97
+    assert model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] >= 0.97
 
 
 def test_sine_cosine_fit_below_1e_3():
@@ -105,7 +105,7 @@ def test_sine_cosine_fit_below_1e_3():
                               bias_initializer="random_uniform"), Dense(2)], seed=0)
     model.compile(nnxp.optimizers.Adam(nnxp.schedules.CosineDecay(0.01, 24000, alpha=0.01)), "mse")
     model.fit(x, y, epochs=3000, batch_size=32, verbose=0)
-    assert model.evaluate(x, y, verbose=0)["loss"] < 1e-3
+    assert model.evaluate(x, y, verbose=0, return_dict=True)["loss"] < 1e-3
 
 
 def test_digits_classification():
@@ -152,7 +152,7 @@ def test_history_keys_validation_split_and_data():
     assert set(h.history) == {"loss", "accuracy", "mse", "val_loss", "val_accuracy", "val_mse"}
     assert all(len(v) == 2 for v in h.history.values())
     h = model.fit(x[:300], y[:300], epochs=1, verbose=0, validation_data=(x[300:], y[300:]))
-    np.testing.assert_allclose(h.history["val_loss"][0], model.evaluate(x[300:], y[300:], verbose=0)["loss"],
+    np.testing.assert_allclose(h.history["val_loss"][0], model.evaluate(x[300:], y[300:], verbose=0)[0],
                                rtol=1e-6)
 
 
@@ -584,7 +584,7 @@ def test_weighted_loss_is_keras_sum_over_batch_size(case):
     loss = float(model._loss_and_grad(model._forward(x, False), y, w)[0])
     np.testing.assert_allclose(loss, np.dot(w, per_row) / 6, rtol=1e-12)
     # evaluate over batches of 4 and 2: the same number
-    logs = model.evaluate(x, y, batch_size=4, verbose=0, sample_weight=w)
+    logs = model.evaluate(x, y, batch_size=4, verbose=0, sample_weight=w, return_dict=True)
     np.testing.assert_allclose(logs["loss"], np.dot(w, per_row) / 6, rtol=1e-12)
 
 
@@ -596,14 +596,14 @@ def test_weighted_metrics_are_keras_weighted_means():
     model = Sequential([Dense(3, "softmax", input_dim=3)], seed=0, dtype="float64")
     model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
     hits = model.predict(x).argmax(axis=1) == labels
-    logs = model.evaluate(x, labels, batch_size=16, verbose=0, sample_weight=w)
+    logs = model.evaluate(x, labels, batch_size=16, verbose=0, sample_weight=w, return_dict=True)
     np.testing.assert_allclose(logs["accuracy"], np.dot(w, hits) / w.sum(), rtol=1e-12)
     # mse / mae on a regression head: mean over outputs per row, then the weighted mean over rows
     reg = Sequential([Dense(2, input_dim=3)], seed=0, dtype="float64")
     reg.compile("sgd", "mse", metrics=["mse", "mae"])
     t = r.normal(size=(50, 2))
     d = reg.predict(x) - t
-    logs = reg.evaluate(x, t, batch_size=16, verbose=0, sample_weight=w)
+    logs = reg.evaluate(x, t, batch_size=16, verbose=0, sample_weight=w, return_dict=True)
     np.testing.assert_allclose(logs["mse"], np.dot(w, (d * d).mean(axis=1)) / w.sum(), rtol=1e-12)
     np.testing.assert_allclose(logs["mae"], np.dot(w, np.abs(d).mean(axis=1)) / w.sum(), rtol=1e-12)
     np.testing.assert_allclose(logs["loss"], np.dot(w, (d * d).mean(axis=1)) / 50, rtol=1e-12)
@@ -612,9 +612,9 @@ def test_weighted_metrics_are_keras_weighted_means():
     b.compile("sgd", "bce", metrics=["accuracy"])
     tb = r.integers(0, 2, (50, 2)).astype(float)
     per_row = ((b.predict(x) > 0.5) == (tb > 0.5)).mean(axis=1)
-    np.testing.assert_allclose(b.evaluate(x, tb, verbose=0, sample_weight=w)["accuracy"],
+    np.testing.assert_allclose(b.evaluate(x, tb, verbose=0, sample_weight=w, return_dict=True)["accuracy"],
                                np.dot(w, per_row) / w.sum(), rtol=1e-12)
-    assert model.evaluate(x, labels, verbose=0, sample_weight=np.zeros(50))["accuracy"] == 0.0  # no NaN
+    assert model.evaluate(x, labels, verbose=0, sample_weight=np.zeros(50))[1] == 0.0  # no NaN
 
 
 def _weighted_fit(**kw):
@@ -675,11 +675,12 @@ def test_validation_weights_from_split_and_from_a_three_tuple():
     model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0, dtype="float64")
     model.compile("adam", "bce", metrics=["accuracy"])
     h = model.fit(x, y, epochs=1, verbose=0, validation_split=0.25, sample_weight=w, class_weight={1: 9.0})
-    expect = model.evaluate(x[150:], y[150:], verbose=0, sample_weight=w[150:])  # no class weight on validation
+    # no class weight on validation
+    expect = model.evaluate(x[150:], y[150:], verbose=0, sample_weight=w[150:], return_dict=True)
     np.testing.assert_allclose(h.history["val_loss"][0], expect["loss"], rtol=1e-12)
     np.testing.assert_allclose(h.history["val_accuracy"][0], expect["accuracy"], rtol=1e-12)
     h = model.fit(x[:150], y[:150], epochs=1, verbose=0, validation_data=(x[150:], y[150:], w[150:]))
-    expect = model.evaluate(x[150:], y[150:], verbose=0, sample_weight=w[150:])
+    expect = model.evaluate(x[150:], y[150:], verbose=0, sample_weight=w[150:], return_dict=True)
     np.testing.assert_allclose(h.history["val_loss"][0], expect["loss"], rtol=1e-12)
 
 
@@ -732,7 +733,7 @@ def test_weighted_training_on_the_emulated_cuda_device_matches_the_cpu(fake_cupy
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         h = model.fit(x, y.astype(np.int64), epochs=2, batch_size=32, verbose=0, sample_weight=w,
                       class_weight={0: 2.0})
-        ev = model.evaluate(x, y.astype(np.int64), verbose=0, sample_weight=w)
+        ev = model.evaluate(x, y.astype(np.int64), verbose=0, sample_weight=w, return_dict=True)
         results.append((model.get_weights(), h.history, ev))
     (wc, hc, ec), (wg, hg, eg) = results
     for a, b in zip(wc, wg, strict=True):
@@ -740,3 +741,47 @@ def test_weighted_training_on_the_emulated_cuda_device_matches_the_cpu(fake_cupy
     np.testing.assert_allclose(hc["loss"], hg["loss"], rtol=1e-9)
     np.testing.assert_allclose(hc["accuracy"], hg["accuracy"], rtol=1e-12)
     np.testing.assert_allclose(ec["loss"], eg["loss"], rtol=1e-9)
+
+
+# --- Keras's evaluate / predict conventions ------------------------------------------------------------------
+
+
+def test_evaluate_returns_a_float_a_list_or_a_dict_as_keras_does(capsys):
+    x, y = _circles(100)
+    model = Sequential([Dense(4, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce")
+    loss = model.evaluate(x, y, verbose=0)
+    assert isinstance(loss, float)
+    assert model.evaluate(x, y, verbose=0, return_dict=True) == {"loss": loss}
+    model.compile("adam", "bce", metrics=["mse", "accuracy"])  # the list follows compile's order
+    result = model.evaluate(x, y, verbose=0)
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert isinstance(result, list) and result == [logs["loss"], logs["mse"], logs["accuracy"]]
+    loss, mse, acc = result  # the Keras idiom binds numbers, not key strings
+    assert all(isinstance(v, float) for v in (loss, mse, acc)) and 0 <= acc <= 1
+    capsys.readouterr()
+    model.evaluate(x, y, verbose="auto")
+    assert "accuracy:" in capsys.readouterr().out
+    with pytest.raises(nnxp.errors.NnxpTypeError, match="`return_dict` must be True or False"):
+        model.evaluate(x, y, verbose=0, return_dict="yes")
+
+
+@pytest.mark.parametrize("bad", [3, -1, "loud", 1.0, None])
+def test_verbose_is_checked_in_predict_evaluate_and_fit(bad):
+    x, y = _circles(20)
+    model = Sequential([Dense(1, "sigmoid", input_dim=2)], seed=0)
+    model.compile("sgd", "bce")
+    for call in (lambda: model.predict(x, verbose=bad), lambda: model.evaluate(x, y, verbose=bad),
+                 lambda: model.fit(x, y, verbose=bad)):
+        with pytest.raises(NnxpError, match=r"`verbose` must be 0, 1, 2 or 'auto'"):
+            call()
+    assert model.optimizer.iterations == 0
+
+
+def test_predict_accepts_keras_verbose_and_prints_nothing(capsys):
+    x, _ = _circles(20)
+    model = Sequential([Dense(1, "sigmoid", input_dim=2)], seed=0)
+    quiet = model.predict(x)
+    for v in (0, 1, 2, "auto", True):
+        np.testing.assert_array_equal(model.predict(x, verbose=v), quiet)
+    assert capsys.readouterr().out == ""
