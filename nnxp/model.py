@@ -88,6 +88,8 @@ class Sequential:
         self.metrics: list[str] = []
         self._fused = False
         self.stop_training = False
+        # epochs completed over the model's life, across fit calls and model files: it seeds each epoch's shuffle
+        # and dropout, so fit(5) then fit(5) trains exactly like fit(10)
         self.epochs_trained = 0
         self.history: History | None = None
         self._fit_state: dict = {}
@@ -369,7 +371,11 @@ class Sequential:
         sample_weight: Any = None,
         class_weight: dict | None = None,
     ) -> History:
-        """Train for `epochs` epochs; returns a History of per-epoch logs.
+        """Train up to epoch `epochs` (from `initial_epoch`, as Keras counts); returns a History of per-epoch logs.
+
+        A second call continues the first: each epoch's shuffle and dropout masks are seeded by the model's
+        `epochs_trained` (kept in model files too), so fit(epochs=5) twice, or save, load and fit(epochs=5),
+        trains bit for bit like fit(epochs=10). `initial_epoch` only numbers the epochs the callbacks see.
 
         ``cuda_graph=True`` (CUDA only) captures the training step once and replays it for every full batch,
         which removes most launch overhead at small batch sizes; the last, partial batch runs as usual.
@@ -477,7 +483,7 @@ class Sequential:
                 break
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
-            self.epochs_trained = epoch + 1
+            self.epochs_trained += 1
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -487,13 +493,16 @@ class Sequential:
         xp = self.device.xp
         x, y, w = data  # w: per-row weights (N,) or None
         n = x.shape[0]
+        # randomness follows the model's own epoch count, not `epoch` (fit's loop index, which restarts at
+        # initial_epoch on every call): a second fit, or a fit after load_model, continues the sequence
+        count = self.epochs_trained
         if shuffle:
-            # the order depends only on (seed, epoch): a resumed run shuffles exactly like an uninterrupted one
-            perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, epoch])).permutation(n)
+            # the order depends only on (seed, count): a resumed run shuffles exactly like an uninterrupted one
+            perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, count])).permutation(n)
             perm = self.device.asarray(perm)
         for i, layer in enumerate(self.layers):
             if hasattr(layer, "rng"):  # one stream per (epoch, layer): two Dropouts never share a mask
-                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, epoch, i]))
+                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, count, i]))
         # weights and optimizer state at the start of the epoch, restored together if training blows up
         snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
                     self.optimizer.iterations)

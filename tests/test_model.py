@@ -785,3 +785,44 @@ def test_predict_accepts_keras_verbose_and_prints_nothing(capsys):
     for v in (0, 1, 2, "auto", True):
         np.testing.assert_array_equal(model.predict(x, verbose=v), quiet)
     assert capsys.readouterr().out == ""
+
+
+# --- a second fit continues ----------------------------------------------------------------------------------
+
+
+def _continuing_model():
+    model = Sequential([Dense(16, "relu", input_dim=2), Dropout(0.3), Dense(2, "softmax")], seed=11)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_a_second_fit_continues_bit_for_bit(tmp_path):
+    x, y = _circles(120)
+    y = y.astype(np.int64)
+    kw = {"batch_size": 16, "verbose": 0}
+    straight = _continuing_model()
+    h10 = straight.fit(x, y, epochs=10, **kw)
+    assert straight.epochs_trained == 10
+
+    twice = _continuing_model()
+    h_a = twice.fit(x, y, epochs=5, **kw)
+    h_b = twice.fit(x, y, epochs=5, **kw)
+    assert twice.epochs_trained == 10
+    assert h_a.history["loss"] + h_b.history["loss"] == h10.history["loss"]
+
+    saved = _continuing_model()
+    saved.fit(x, y, epochs=5, **kw)
+    saved.save(tmp_path / "m.nnxp")
+    loaded = nnxp.load_model(tmp_path / "m.nnxp")
+    assert loaded.epochs_trained == 5
+    h_l = loaded.fit(x, y, epochs=5, **kw)
+    assert h_l.history["loss"] == h10.history["loss"][5:]
+
+    resumed = nnxp.load_model(tmp_path / "m.nnxp")  # the Keras way to resume: initial_epoch
+    h_r = resumed.fit(x, y, epochs=10, initial_epoch=5, **kw)
+    assert h_r.epoch == [5, 6, 7, 8, 9] and resumed.epochs_trained == 10
+
+    for model in (twice, loaded, resumed):
+        for a, b in zip(model.get_weights(), straight.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert model.optimizer.iterations == straight.optimizer.iterations
