@@ -1,25 +1,44 @@
 """The ``nnxp`` command: train, evaluate, predict, info and bench.
 
 The logic lives in importable functions (``load_task``, ``build_model``,
-``train``); ``main`` only parses arguments and maps errors to exit codes:
-0 success, 2 usage errors, 1 runtime errors. User errors print one line.
+``train``); ``main`` only parses arguments and maps errors to exit codes, and
+never shows a traceback: every error is one line ``nnxp: error: ...`` on stderr.
+
+Exit codes: 0 success; 2 usage errors (a bad flag or value, an output path in a
+folder that does not exist, a model too large for this machine); 1 runtime
+errors (missing data, GPU or optional package, a bad model or input file,
+divergence, out of memory); 130 Ctrl-C outside training (Ctrl-C during
+training stops it, and the run reports and saves as usual); 141 when the
+reader of the output went away (``nnxp bench | head``), like SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
+import os
 import platform
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import datasets, optimizers, schedules
+from . import activations, datasets, optimizers, schedules
 from ._version import __version__
 from .backend import cuda_device_count, cupy_module, get_device
-from .errors import DatasetError, DeviceError, DeviceMemoryError, ModelFileError, NnxpError, NumericalError
+from .errors import (
+    DatasetError,
+    DeviceError,
+    DeviceMemoryError,
+    ModelFileError,
+    NnxpError,
+    NumericalError,
+    did_you_mean,
+)
 from .io import load_model
 from .layers import Dense, Dropout
 from .model import Sequential
@@ -61,8 +80,7 @@ def load_task(name: str, seed: int = 0) -> Task:
                     "sparse_categorical_crossentropy", 10, "softmax", ["accuracy"], [256, 128], 20, 128, 1e-3, names,
                     dropout=0.2)
     if name == "digits":
-        x, y = datasets.load_digits()
-        xtr, xte, ytr, yte = datasets.train_test_split(x / 16.0, y, test_size=0.25, seed=seed, stratify=y)
+        (xtr, ytr), (xte, yte) = datasets.load_digits_split(seed=seed)  # the README's split too
         return Task(name, xtr, ytr, xte, yte, "sparse_categorical_crossentropy", 10, "softmax", ["accuracy"],
                     [128, 64], 40, 32, 1e-3, [str(i) for i in range(10)])
     if name in ("circles", "moons", "spirals"):
@@ -112,19 +130,70 @@ def build_model(task: Task, layers: list[int], activation: str, device: str | No
     return model
 
 
+class MissingDependencyError(NnxpError):
+    """An optional package the command needs (matplotlib for --plot) is not installed."""
+
+
+def _check_output_path(path: str, flag: str) -> None:
+    """Fail before any work when `path` cannot be written: a folder, a missing or read-only parent folder."""
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise NnxpError(f"`{flag}` must be a file name, not a folder. Received: {flag} {path}")
+    if not os.path.isdir(folder):
+        raise NnxpError(f"`{flag}` must be in an existing folder; {folder!r} does not exist. Received: {flag} {path}")
+    if not os.access(folder, os.W_OK):
+        raise NnxpError(f"`{flag}` must be in a folder you can write to; {folder!r} is not writable. "
+                        f"Received: {flag} {path}")
+
+
+def _check_plot(path: str) -> None:
+    _check_output_path(path, "--plot")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingDependencyError('`--plot` needs matplotlib: pip install "nnxp[plot]" (or leave out --plot)')
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on every platform
+        return None
+
+
+def _check_model_size(sizes: list[int], layers_text: str, batch_size: int, dtype: str, on_cpu: bool) -> None:
+    """Refuse, before allocating, a model whose training cannot fit in this machine's memory."""
+    n_params = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    itemsize = np.dtype(dtype).itemsize
+    # the flat buffer is first made on the host; on the CPU training adds gradients, Adam's two moments, a
+    # scratch buffer and a few activations of a batch per layer
+    need = n_params * itemsize * (5 if on_cpu else 1) + (4 * batch_size * sum(sizes) * itemsize if on_cpu else 0)
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise NnxpError(f"`--layers` {layers_text} make a model of {n_params:,} parameters, about "
+                        f"{need / 2**30:,.1f} GiB to train in {dtype}, but this machine has {have / 2**30:,.1f} GiB "
+                        "of memory; use smaller layers")
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``nnxp train``; returns the result dict (also printed)."""
+    # everything that can fail without training is checked first, so no run is lost to a typo in a path
+    if args.output:
+        _check_output_path(args.output, "-o/--output")
+    if args.plot:
+        _check_plot(args.plot)
+    device = get_device(args.device)  # a GPU that is not there fails before any data is loaded
     task = load_task(args.dataset, seed=args.seed)
     layers = parse_layers(args.layers) if args.layers is not None else task.layers
     dropout = task.dropout if args.dropout is None else args.dropout
-    model = build_model(task, layers, args.activation, args.device, args.seed, args.dtype, dropout)
     epochs = task.epochs if args.epochs is None else args.epochs
     batch_size = task.batch_size if args.batch_size is None else args.batch_size
+    _check_model_size([task.x_train.shape[1], *layers, task.output_units], args.layers or ",".join(map(str, layers)),
+                      batch_size, args.dtype, not device.is_cuda)
+    model = build_model(task, layers, args.activation, args.device, args.seed, args.dtype, dropout)
     if args.lr is not None and not args.lr > 0:
         raise NnxpError(f"`--lr` must be a positive number. Received: --lr={args.lr}")
     lr: float | schedules.LearningRateSchedule = args.lr if args.lr is not None else task.learning_rate
-    if args.schedule == "cosine" and isinstance(epochs, int) and epochs > 0 and isinstance(batch_size, int) \
-            and batch_size > 0:
+    if args.schedule == "cosine":
         n_train = len(task.x_train) - int(round(len(task.x_train) * args.validation_split))
         steps = epochs * max(1, -(-n_train // batch_size))
         lr = schedules.CosineDecay(lr, steps, alpha=0.05)  # anneal to 5% of the rate by the last step
@@ -139,26 +208,32 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         validation_split=args.validation_split,
         verbose=0 if (args.quiet or args.json) else 1,
     )
+    completed = len(history.history.get("loss", []))  # Ctrl-C in the first epoch leaves none
     test = model.evaluate(task.x_test, task.y_test, verbose=0, return_dict=True)
-    result = {"dataset": task.name, "device": model.device.name, "layers": layers,
-              "epochs": len(history.history["loss"]), "test": test, "history": history.history}
+    result = {"dataset": task.name, "device": model.device.name, "layers": layers, "epochs": completed,
+              "interrupted": bool(getattr(history, "interrupted", False)), "test": test, "history": history.history}
     if args.output:
         model.save(args.output)
         result["model"] = args.output
     if args.plot:
-        history.plot(args.plot, title=f"nnxp on {task.name}")
-        result["plot"] = args.plot
+        if completed:
+            history.plot(args.plot, title=f"nnxp on {task.name}")
+            result["plot"] = args.plot
+        else:
+            print("nnxp: no complete epoch, so no training curves to plot", file=sys.stderr)
         if task.class_names:
             from .plot import plot_confusion_matrix
 
             cm_path = _sibling(args.plot, "_confusion")
-            plot_confusion_matrix(task.y_test, model.predict(task.x_test), cm_path, task.class_names)
+            plot_confusion_matrix(task.y_test, model.predict(task.x_test, verbose=0), cm_path, task.class_names)
             result["confusion_plot"] = cm_path
     if args.json:
         print(json.dumps(result))
     else:
         key = "accuracy" if "accuracy" in test else "loss"
-        print(f"test {key}: {test[key]:.4f}" + (f"  (model saved to {args.output})" if args.output else ""))
+        note = f" after {completed} complete epoch{'s' if completed != 1 else ''} (interrupted)" \
+            if result["interrupted"] else ""
+        print(f"test {key}: {test[key]:.4f}{note}" + (f"  (model saved to {args.output})" if args.output else ""))
     return result
 
 
@@ -167,25 +242,70 @@ def _sibling(path: str, suffix: str) -> str:
     return f"{stem}{suffix}.{ext}" if dot else f"{path}{suffix}"
 
 
+def _check_task_fits(model: Any, task: Task, model_path: str) -> None:
+    if model.input_dim is not None and model.input_dim != task.x_test.shape[1]:
+        raise NnxpError(f"model {model_path!r} takes {model.input_dim} features but --dataset {task.name} has "
+                        f"{task.x_test.shape[1]}; pick the data set the model was trained on")
+    if model.output_dim is not None and model.output_dim != task.output_units:
+        raise NnxpError(f"model {model_path!r} has {model.output_dim} outputs but --dataset {task.name} needs "
+                        f"{task.output_units}; pick the data set the model was trained on")
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, float]:
+    """Run ``nnxp evaluate`` on the test split of ``--dataset`` (the split ``nnxp train`` holds out)."""
     model = load_model(args.model, device=args.device)
+    if model.loss is None:
+        raise ModelFileError(f"model {args.model!r} was saved without compile(), so it has no loss to evaluate")
     task = load_task(args.dataset, seed=args.seed)
+    _check_task_fits(model, task, args.model)
     result = model.evaluate(task.x_test, task.y_test, verbose=0, return_dict=True)
     print(json.dumps(result) if args.json else " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
     return result
 
 
-def predict(args: argparse.Namespace) -> np.ndarray:
-    model = load_model(args.model, device=args.device)
+def _npy_path(path: str) -> str:
+    """The file ``np.save`` really writes: it appends ``.npy`` to names without it."""
+    return path if path.endswith(".npy") else path + ".npy"
+
+
+def _read_input(path: str, model: Any) -> np.ndarray:
+    """The samples in INPUT (.npy, or .npz with one array or an array named 'x') as rows for `model`."""
+    what = f"`INPUT` must be a .npy file (or .npz holding one array or an array 'x') of shape (N, {model.input_dim})"
     try:
-        x = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"`INPUT` must be a .npy file of shape (N, {model.input_dim}). Received: {args.input!r} "
-                           f"({exc})") from None
-    out = model.predict(x.reshape(len(x), -1) if x.ndim > 2 else x)
-    np.save(args.output, out)
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DatasetError(f"{what}. Received: {path!r} ({exc})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = list(loaded.files)
+            if len(keys) != 1 and "x" not in keys:
+                raise DatasetError(f"{what}. Received: {path!r} holding arrays {keys}")
+            x = loaded[keys[0] if len(keys) == 1 else "x"]
+    else:
+        x = loaded
+    if x.dtype.kind not in "biuf":
+        raise DatasetError(f"{what}. Received: {path!r} holding {x.dtype} values")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise DatasetError(f"`INPUT` {path!r} holds no samples (an array of shape {x.shape}); nothing to predict")
+    rows = x.reshape(len(x), -1) if x.ndim != 2 else x
+    if model.input_dim is not None and rows.shape[1] != model.input_dim:
+        raise DatasetError(f"`INPUT` {path!r} must hold samples of {model.input_dim} values (the model's input size). "
+                           f"Received: an array of shape {x.shape}")
+    if rows.dtype.kind == "f" and not np.isfinite(rows).all():
+        raise DatasetError(f"`INPUT` {path!r} must be finite. Received: {int((~np.isfinite(rows)).sum())} NaN or "
+                           "infinite values")
+    return rows
+
+
+def predict(args: argparse.Namespace) -> np.ndarray:
+    """Run ``nnxp predict``: the model's outputs for INPUT, saved as .npy."""
+    out_path = _npy_path(args.output)
+    _check_output_path(out_path, "-o/--output")
+    model = load_model(args.model, device=args.device)
+    out = model.predict(_read_input(args.input, model), verbose=0)
+    np.save(out_path, out)
     if not args.quiet:
-        print(f"wrote predictions of shape {out.shape} to {args.output}")
+        print(f"wrote predictions of shape {out.shape} to {out_path}")
     return out
 
 
@@ -224,9 +344,12 @@ def _print_info(as_json: bool) -> None:
 
 
 def bench(args: argparse.Namespace) -> int:
-    """Entry point of the benchmark report (the suite lives in the repository's bench/ folder)."""
-    import importlib
-    import os
+    """Entry point of the benchmark report (the suite lives in the repository's bench/ folder).
+
+    The report's own complaints (no results, a bad option) come out as one ``nnxp: error:`` line too.
+    """
+    import contextlib
+    import io
 
     sys.path.insert(0, os.getcwd())
     try:
@@ -234,72 +357,210 @@ def bench(args: argparse.Namespace) -> int:
     except ImportError:
         raise NnxpError("`nnxp bench` runs from a checkout of the nnxp repository (it needs its bench/ folder); "
                         "cd into the repository first") from None
-    return int(report.main(args.bench_args) or 0)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = int(report.main(args.bench_args) or 0)
+    except SystemExit as exc:  # the report's argparse: --help (0) or a bad option (2)
+        code = exc.code if isinstance(exc.code, int) else 2
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    if code == 0:
+        for line in lines:  # notes such as "matplotlib is not installed"
+            print(line, file=sys.stderr)
+        return 0
+    errors = [line.split("error:", 1)[1] for line in lines if "error:" in line]
+    return _error(errors[-1] if errors else (lines[-1] if lines else f"the benchmark report failed ({code})"),
+                  code)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0. Received: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0. Received: {text}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number. Received: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number. Received: {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1). Received: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number. Received: {text}")
+    return value
+
+
+def _layers(text: str) -> str:
+    try:
+        parse_layers(text)
+    except NnxpError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers such as 512,256. "
+                                         f"Received: {text!r}") from None
+    return text
+
+
+def _choice(names: list[str], canonical: Any) -> Any:
+    def parse(text: str) -> str:
+        try:
+            return canonical(text)
+        except NnxpError:
+            raise argparse.ArgumentTypeError(f"must be one of {names}. Received: {text!r}."
+                                             + did_you_mean(text, names)) from None
+    return parse
+
+
+def _optimizer_name(text: str) -> str:
+    optimizers._lookup(text)
+    return text.strip().lower()
+
+
+_DEVICE_RE = re.compile(r"(cpu|cuda)(:\d+)?|auto")
+
+
+def _device(text: str) -> str:
+    if not _DEVICE_RE.fullmatch(text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N (N a GPU number) or auto. Received: {text!r}")
+    return text.strip().lower()
+
+
+class _UsageError(Exception):
+    """argparse's complaint, turned into one ``nnxp: error:`` line with exit code 2 by main."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (None: chosen per data set)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is argparse.SUPPRESS or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnxp", description="Train and use small neural networks (nnxp).")
+    parser = _Parser(prog="nnxp", description="Train and use small neural networks (nnxp).")
     parser.add_argument("--version", action="version", version=f"nnxp {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    kw = {"formatter_class": _HelpFormatter}
 
-    t = sub.add_parser("train", help="train an MLP on a data set and report test metrics")
-    t.add_argument("--dataset", choices=DATASETS, default="digits")
-    t.add_argument("--layers", default=None, help="hidden layer sizes, e.g. 512,256 (default: per data set)")
-    t.add_argument("--activation", default="relu")
-    t.add_argument("--optimizer", default="adam")
+    t = sub.add_parser("train", help="train an MLP on a data set and report test metrics", **kw)
+    t.add_argument("--dataset", choices=DATASETS, default="digits", help="the data set")
+    t.add_argument("--layers", type=_layers, default=None, help="hidden layer sizes, e.g. 512,256 (default: per "
+                   "data set; an empty string for none)")
+    t.add_argument("--activation", type=_choice(activations.names(), activations.get), default="relu",
+                   help="activation of the hidden layers")
+    t.add_argument("--optimizer", type=_choice(sorted(optimizers.OPTIMIZERS), _optimizer_name), default="adam",
+                   help="optimizer")
     t.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
-                   help="learning-rate schedule over the run (default: cosine decay)")
-    t.add_argument("--dropout", type=float, default=None,
-                   help="dropout after each hidden layer (default: per data set)")
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: per data set)")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--validation-split", type=float, default=0.1)
-    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    t.add_argument("--seed", type=int, default=0)
+                   help="learning-rate schedule over the run")
+    t.add_argument("--dropout", type=_fraction, default=None,
+                   help="dropout rate after each hidden layer (default: per data set)")
+    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: per data set)")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: per data set)")
+    t.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: per data set)")
+    t.add_argument("--validation-split", type=_fraction, default=0.1,
+                   help="fraction of the training rows held out to report validation metrics")
+    t.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto")
+    t.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="floating-point type")
+    t.add_argument("--seed", type=_seed, default=0, help="seed of the weights, shuffles and train/test split")
     t.add_argument("-o", "--output", default=None, help="save the trained model to this file")
     t.add_argument("--plot", default=None, help="save training curves (and a confusion matrix) as PNG")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="print only the result")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results")
 
-    e = sub.add_parser("evaluate", help="evaluate a saved model on a data set's test split")
-    e.add_argument("model")
-    e.add_argument("--dataset", choices=DATASETS, default="digits")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--json", action="store_true")
+    e = sub.add_parser("evaluate", help="evaluate a saved model on a data set's test split", **kw)
+    e.add_argument("model", help="a model file saved by nnxp train -o or model.save")
+    e.add_argument("--dataset", choices=DATASETS, default="digits", help="the data set whose test split to score")
+    e.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto")
+    e.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the train/test split: the one the model was trained with")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("predict", help="run a saved model on a .npy file")
-    p.add_argument("model")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("predict", help="run a saved model on a .npy or .npz file", **kw)
+    p.add_argument("model", help="a model file saved by nnxp train -o or model.save")
+    p.add_argument("input", help=".npy file of samples (or .npz holding one array, or an array named x)")
+    p.add_argument("-o", "--output", required=True, help="where to save the predictions (.npy is appended if missing)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
 
-    i = sub.add_parser("info", help="versions, BLAS, CuPy, CUDA and GPUs")
-    i.add_argument("--json", action="store_true")
+    i = sub.add_parser("info", help="versions, BLAS, CuPy, CUDA and GPUs", **kw)
+    i.add_argument("--json", action="store_true", help="print one JSON object")
 
-    b = sub.add_parser("bench", help="benchmark report (run from the repository)")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    b = sub.add_parser("bench", help="benchmark report (run from the repository)", **kw)
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the report (nnxp bench --help)")
     return parser
 
 
-# Errors about the run itself (missing data, a GPU that is not there, divergence, a bad file) exit 1;
-# every other NnxpError is a usage error and exits 2, like argparse's own.
-_RUNTIME_ERRORS = (DatasetError, DeviceError, DeviceMemoryError, ModelFileError, NumericalError)
+# Errors about the run itself (missing data, a GPU or package that is not there, divergence, a bad file, memory)
+# exit 1; every other NnxpError is a usage error and exits 2, like argparse's own.
+_RUNTIME_ERRORS = (DatasetError, DeviceError, DeviceMemoryError, ModelFileError, NumericalError,
+                   MissingDependencyError)
+
+
+def _error(message: str, code: int) -> int:
+    print(f"nnxp: error: {' '.join(str(message).split())}", file=sys.stderr)  # one line, whatever the message
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``nnxp`` command; returns the exit code (see the module docstring)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`nnxp bench | head`): stop quietly, and point stdout at /dev/null so that
+        # Python's own flush at exit does not complain again
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # everything after `bench` belongs to bench.report, options included
-        args = argparse.Namespace(command="bench", bench_args=argv[1:])
-    else:
-        args = make_parser().parse_args(argv)
+    try:
+        if argv[:1] == ["bench"]:  # everything after `bench` belongs to bench.report, options included
+            args = argparse.Namespace(command="bench", bench_args=argv[1:])
+        else:
+            args = make_parser().parse_args(argv)
+    except _UsageError as exc:
+        return _error(str(exc), 2)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
     try:
         if args.command == "train":
-            if args.device:
-                get_device(args.device)  # a bad device fails before any data is loaded
             train(args)
         elif args.command == "evaluate":
             evaluate(args)
@@ -310,14 +571,21 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             return bench(args)
     except _RUNTIME_ERRORS as exc:
-        print(f"nnxp: error: {exc}", file=sys.stderr)
-        return 1
+        return _error(str(exc), 1)
     except NnxpError as exc:
-        print(f"nnxp: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc), 2)
     except KeyboardInterrupt:
         print("nnxp: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        return _error(f"out of memory ({exc or 'the allocation failed'}); try smaller --layers or --batch-size", 1)
+    except BrokenPipeError:
+        raise
+    except Exception as exc:  # a bug in nnxp: still one line, with a way to see the traceback
+        if os.environ.get("NNXP_TRACEBACK"):
+            raise
+        return _error(f"unexpected {type(exc).__name__}: {exc} (this is a bug in nnxp; run with NNXP_TRACEBACK=1 "
+                      "to see where, and please report it)", 1)
     return 0
 
 

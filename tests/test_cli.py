@@ -1,8 +1,11 @@
 """The nnxp command: training runs, exit codes, one-line errors, files it writes."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,11 +62,11 @@ def test_plot_writes_pngs(capsys, tmp_path):
         (["train", "--layers", "12,abc"], 2, "--layers"),
         (["train", "--layers", "0"], 2, "--layers"),
         (["train", "--epochs", "0"], 2, "epochs"),
-        (["train", "--batch-size", "-3"], 2, "batch_size"),
-        (["train", "--validation-split", "1.5"], 2, "validation_split"),
+        (["train", "--batch-size", "-3"], 2, "--batch-size"),  # the flag, no longer Python's batch_size
+        (["train", "--validation-split", "1.5"], 2, "--validation-split"),
         (["train", "--activation", "rleu"], 2, "Did you mean"),
         (["train", "--optimizer", "adma"], 2, "Did you mean"),
-        (["train", "--device", "tpu"], 1, "device"),
+        (["train", "--device", "tpu"], 2, "--device"),  # a malformed device is a usage error now (was 1)
         (["evaluate", "missing.nnxp"], 1, "existing model file"),
     ],
 )
@@ -77,13 +80,13 @@ def test_cuda_without_gpu_is_a_runtime_error(capsys):
     if nnxp.cuda_available():
         pytest.skip("a GPU is present")
     code, _, err = run(capsys, "train", "--device", "cuda")
-    assert code == 1 and "nnxp[cuda12]" in err
+    assert code == 1 and ("nnxp[cuda12]" in err or "no usable GPU" in err)  # without CuPy / CuPy without a GPU
 
 
-def test_argparse_usage_errors_exit_2():
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["train", "--dataset", "imagenet"])
-    assert exc.value.code == 2
+def test_argparse_usage_errors_exit_2(capsys):
+    # main returns the code (the console script exits with it) instead of letting argparse raise SystemExit
+    code, _, err = run(capsys, "train", "--dataset", "imagenet")
+    assert code == 2 and err.startswith("nnxp: error: argument --dataset: invalid choice")
 
 
 def test_evaluate_and_predict_a_saved_model(capsys, tmp_path):
@@ -119,3 +122,173 @@ def test_bench_passes_its_options_to_the_report(capsys, tmp_path, monkeypatch):
     assert code == 0 and "samples/s" in (tmp_path / "REPORT.md").read_text()
     code = cli.main(["bench", "--results-dir", str(tmp_path / "empty"), "--quiet"])
     assert code == 1 and "no benchmark results" in capsys.readouterr().err
+
+
+
+# --- every subcommand with bad arguments, in a subprocess: no traceback, one `nnxp: error:` line, its exit code ---
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A saved digits-shaped model, a circles-shaped one, and input files good and bad."""
+    d = tmp_path_factory.mktemp("cli_files")
+    digits = nnxp.Sequential([nnxp.Dense(10, "softmax", input_dim=64)], seed=0)
+    digits.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    digits.save(d / "digits.nnxp")
+    circles = nnxp.Sequential([nnxp.Dense(1, "sigmoid", input_dim=2)], seed=0)
+    circles.compile("adam", "binary_crossentropy")
+    circles.save(d / "circles.nnxp")
+    (d / "damaged.nnxp").write_text("not a model")
+    rng = np.random.default_rng(0)
+    np.save(d / "empty.npy", np.zeros((0, 64), np.float32))
+    np.save(d / "narrow.npy", rng.random((3, 5)))
+    np.save(d / "nan.npy", np.full((2, 64), np.nan))
+    np.save(d / "text.npy", np.array(["a", "b"]))
+    np.savez(d / "two.npz", a=rng.random((2, 64)), b=rng.random((2, 64)))
+    (d / "folder").mkdir()
+    return d
+
+
+# (argv with {d} for the files folder, exit code, a piece of the error line)
+BAD = [
+    (["train", "--seed", "-1"], 2, "argument --seed: must be an integer >= 0"),
+    (["train", "--seed", "x"], 2, "argument --seed"),
+    (["train", "--validation-split", "nan"], 2, "argument --validation-split: must be a finite number"),
+    (["train", "--validation-split", "1"], 2, "argument --validation-split: must be a number in [0, 1)"),
+    (["train", "--dropout", "1.5"], 2, "argument --dropout"),
+    (["train", "--lr", "0"], 2, "argument --lr: must be a positive number"),
+    (["train", "--lr", "inf"], 2, "argument --lr: must be a finite number"),
+    (["train", "--epochs", "0"], 2, "argument --epochs"),
+    (["train", "--batch-size", "2.5"], 2, "argument --batch-size"),
+    (["train", "--layers", "100000000,100000000"], 2, "`--layers` 100000000,100000000 make a model of"),
+    (["train", "--layers", "12,abc"], 2, "argument --layers"),
+    (["train", "--device", "cuda:abc"], 2, "argument --device: must be cpu, cuda, cuda:N"),
+    (["train", "--dtype", "float16"], 2, "argument --dtype"),
+    (["train", "--activation", "rleu"], 2, 'Did you mean "relu"'),
+    (["train", "--optimizer", "adma"], 2, 'Did you mean "adam"'),
+    (["train", "--dataset", "imagenet"], 2, "argument --dataset: invalid choice"),
+    (["train", "--nonsense"], 2, "unrecognized arguments: --nonsense"),
+    (["train", "-o", "{d}/missing/m.nnxp"], 2, "`-o/--output` must be in an existing folder"),
+    (["train", "-o", "{d}/folder"], 2, "`-o/--output` must be a file name, not a folder"),
+    (["train", "--plot", "{d}/missing/c.png"], 2, "`--plot` must be in an existing folder"),
+    (["evaluate"], 2, "the following arguments are required: model"),
+    (["evaluate", "{d}/nope.nnxp"], 1, "existing model file"),
+    (["evaluate", "{d}/damaged.nnxp"], 1, "damaged or not an nnxp model"),
+    (["evaluate", "{d}/circles.nnxp", "--dataset", "digits"], 2, "takes 2 features but --dataset digits has 64"),
+    (["evaluate", "{d}/digits.nnxp", "--device", "gpu0"], 2, "argument --device"),
+    (["evaluate", "{d}/digits.nnxp", "--seed", "-3"], 2, "argument --seed"),
+    (["predict", "{d}/digits.nnxp", "{d}/empty.npy"], 2, "the following arguments are required: -o/--output"),
+    (["predict", "{d}/digits.nnxp", "{d}/empty.npy", "-o", "{d}/p.npy"], 1, "holds no samples"),
+    (["predict", "{d}/digits.nnxp", "{d}/narrow.npy", "-o", "{d}/p.npy"], 1, "must hold samples of 64 values"),
+    (["predict", "{d}/digits.nnxp", "{d}/nan.npy", "-o", "{d}/p.npy"], 1, "must be finite"),
+    (["predict", "{d}/digits.nnxp", "{d}/text.npy", "-o", "{d}/p.npy"], 1, "`INPUT` must be a .npy file"),
+    (["predict", "{d}/digits.nnxp", "{d}/two.npz", "-o", "{d}/p.npy"], 1, "holding arrays ['a', 'b']"),
+    (["predict", "{d}/digits.nnxp", "{d}/nope.npy", "-o", "{d}/p.npy"], 1, "`INPUT` must be a .npy file"),
+    (["predict", "{d}/digits.nnxp", "{d}/narrow.npy", "-o", "{d}/missing/p"], 2,
+     "`-o/--output` must be in an existing folder"),
+    (["info", "--verbose"], 2, "unrecognized arguments: --verbose"),
+    (["bench", "--stat", "bogus"], 2, "argument --stat: invalid choice"),
+    (["bench", "--results-dir", "{d}/folder"], 1, "no benchmark results found"),
+    ([], 2, "the following arguments are required: command"),
+]
+
+
+def _nnxp(*argv, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "nnxp", *argv], capture_output=True, text=True, check=False,
+                          cwd=ROOT, env=env, timeout=120, **kwargs)
+
+
+@pytest.mark.parametrize("argv, code, message", BAD, ids=[" ".join(a) or "nothing" for a, _, _ in BAD])
+def test_bad_arguments_give_one_error_line_and_the_documented_code(files, argv, code, message):
+    proc = _nnxp(*[a.format(d=files) for a in argv])
+    err_lines = proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert proc.returncode == code, proc.stderr
+    assert len(err_lines) == 1 and err_lines[0].startswith("nnxp: error: "), proc.stderr
+    assert message in err_lines[0]
+    assert proc.stdout == ""  # refused before any work: no summary, no progress
+
+
+def test_plot_without_matplotlib_is_refused_before_training(capsys, monkeypatch, tmp_path):
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name))
+    monkeypatch.setattr(nnxp.Sequential, "fit", lambda *a, **k: pytest.fail("trained before checking --plot"))
+    code, out, err = run(capsys, "train", "--plot", str(tmp_path / "c.png"))
+    assert code == 1 and out == "" and err == 'nnxp: error: `--plot` needs matplotlib: pip install "nnxp[plot]" ' \
+                                              "(or leave out --plot)\n"
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`nnxp bench | head`: the reader goes away; no BrokenPipeError, the SIGPIPE-like code 141."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "nnxp", "bench", "--no-plots", "--out", str(ROOT / ".pytest_cache")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    proc.stdout.close()  # before it writes: its first print meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_train_help_shows_defaults():
+    proc = _nnxp("train", "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for piece in ("(default: digits)", "(default: relu)", "(default: adam)", "(default: 0.1)", "(default: 0)",
+                  "(default: cpu)", "(default: cosine)"):
+        assert piece in text, piece
+    assert "(default: None)" not in text
+
+
+def test_predict_reads_npz_and_reports_the_path_it_wrote(capsys, files, tmp_path):
+    x = np.random.default_rng(1).random((4, 64)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x, ids=np.arange(4))  # several arrays: the one named x
+    np.savez(tmp_path / "one.npz", x)  # a single array under any name
+    model = nnxp.load_model(files / "digits.nnxp")
+    for name in ("in.npz", "one.npz"):
+        code, out, _ = run(capsys, "predict", str(files / "digits.nnxp"), str(tmp_path / name), "-o",
+                           str(tmp_path / "preds"))
+        assert code == 0 and out.strip() == f"wrote predictions of shape (4, 10) to {tmp_path / 'preds.npy'}"
+        np.testing.assert_array_equal(np.load(tmp_path / "preds.npy"), model.predict(x))
+    assert not (tmp_path / "preds").exists()
+
+
+def test_ctrl_c_in_the_first_epoch_reports_and_saves(capsys, monkeypatch, tmp_path):
+    """Ctrl-C during the first epoch: training stops, the run still evaluates, saves and says so."""
+    calls = []
+
+    def press_ctrl_c(self, batch, logs=None):
+        calls.append(batch)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # caught by fit's handler, checked after this batch
+
+    monkeypatch.setattr(nnxp.callbacks.History, "on_train_batch_end", press_ctrl_c, raising=False)
+    path = tmp_path / "m.nnxp"
+    code, out, err = run(capsys, "train", "--epochs", "5", "--quiet", "-o", str(path))
+    assert code == 0 and "Traceback" not in err
+    assert "after 0 complete epochs (interrupted)" in out and f"model saved to {path}" in out
+    saved = nnxp.load_model(path)
+    assert saved.epochs_trained == 0 and saved.optimizer.iterations == 3  # the three batches that ran
+
+
+def test_readme_example_and_cli_evaluate_use_one_split(capsys, tmp_path, monkeypatch):
+    """The README's 60-second example, run as written (fewer epochs), then `nnxp evaluate --dataset digits` on
+    its model: the CLI must score exactly the example's held-out rows, not rows it trained on."""
+    pytest.importorskip("matplotlib")
+    readme = (ROOT / "README.md").read_text()
+    code_block = readme.split("## The 60-second example")[1].split("```python\n")[1].split("```")[0]
+    assert "load_digits_split(" in code_block
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code_block.replace("epochs=30", "epochs=2"), "README.md", "exec"), namespace)  # noqa: S102
+    capsys.readouterr()
+    code, out, _ = run(capsys, "evaluate", "digits.nnxp", "--dataset", "digits", "--json")
+    assert code == 0
+    expected = namespace["model"].evaluate(namespace["x_test"], namespace["y_test"], verbose=0, return_dict=True)
+    assert json.loads(out) == pytest.approx(expected, rel=1e-6)
+    task = cli.load_task("digits")
+    np.testing.assert_array_equal(task.x_test, namespace["x_test"])
+    train_rows = {row.tobytes() for row in namespace["x_train"]}
+    held_out = [row.tobytes() not in train_rows for row in task.x_test]
+    assert np.mean(held_out) > 0.95  # digits has a few duplicate images; the split itself is disjoint

@@ -3,7 +3,7 @@
 Nothing here knows about devices; ``Sequential.fit`` moves the arrays where they need to be.
 """
 
-from nnxp.datasets.digits import load_digits
+from nnxp.datasets.digits import load_digits, load_digits_split
 from nnxp.datasets.idx import read_idx, write_idx
 from nnxp.datasets.mnist import load_fashion_mnist, load_mnist
 from nnxp.datasets.synthetic import make_circles, make_moons, make_sine, make_spirals
@@ -11,6 +11,7 @@ from nnxp.datasets.utils import one_hot, standardize, train_test_split
 
 __all__ = [
     "load_digits",
+    "load_digits_split",
     "load_fashion_mnist",
     "load_mnist",
     "make_circles",

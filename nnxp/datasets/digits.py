@@ -30,3 +30,19 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
             f"Received: X {x.shape}, y {y.shape}"
         )
     return x.astype(np.float32), y.astype(np.int64)
+
+
+def load_digits_split(
+    test_size: float = 0.25, seed: int = 0
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The one digits split that the README, ``nnxp train`` and ``nnxp evaluate --dataset digits`` share.
+
+    Returns ``((x_train, y_train), (x_test, y_test))`` (Keras's ``load_data`` shape) with features scaled to
+    [0, 1] and a stratified held-out `test_size`; the same (`test_size`, `seed`) always gives the same rows,
+    so evaluating a model trained on ``x_train`` scores held-out rows only.
+    """
+    from nnxp.datasets.utils import train_test_split
+
+    x, y = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(x / 16.0, y, test_size=test_size, seed=seed, stratify=y)
+    return (x_train, y_train), (x_test, y_test)
