@@ -8,11 +8,16 @@ shape and dtype, and turns any fault into a :class:`ModelFileError`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Device
-from .errors import DeviceError, ModelFileError, NnxpError, NnxpTypeError
+from .errors import DeviceError, ModelFileError, ModelSaveError, NnxpError, NnxpTypeError
 
 FORMAT = "nnxp-model"
 FORMAT_VERSION = 1
@@ -35,21 +40,93 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _check_path(path: Any) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise NnxpTypeError(f"`path` must be a file path (str or PathLike). Received: path={path!r}")
-    return Path(path)
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise NnxpTypeError(f"`path` must be a file path (str, bytes or PathLike). Received: path={path!r}")
+    text = os.fspath(path)
+    if "\0" in (text if isinstance(text, str) else text.decode("latin-1")):
+        raise NnxpError(f"`path` must not contain a NUL byte. Received: path={text!r}")
+    return Path(os.fsdecode(text))
+
+
+# Temporaries are named .nnxp-<host>-<pid>-<random>.tmp: short whatever the target's name (so a target name at
+# the length limit still works), and recognisable, so that ones left by a killed process can be removed later.
+_TMP_RE = re.compile(r"^\.nnxp-([0-9a-f]{6})-(\d+)-[0-9a-f]{8}\.tmp$")
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+_live_temporaries: set[str] = set()  # this process's saves in progress (threads may save at once)
+_live_lock = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, as another user
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete nnxp temporaries in `folder` whose writer, a process on this host, no longer runs.
+
+    Only this naming pattern, only this host's (a pid means nothing on another machine sharing the folder),
+    and never one this process is writing.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    with _live_lock:
+        live = set(_live_temporaries)
+    for entry in entries:
+        m = _TMP_RE.match(entry.name)
+        if not m or m.group(1) != _HOST or entry.path in live:
+            continue
+        pid = int(m.group(2))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def _check_name_length(path: Path) -> None:
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    size = len(os.fsencode(path.name))
+    if size > name_max:
+        raise NnxpError(f"`path` has a file name of {size} bytes; its folder allows {name_max}. "
+                        f"Received: path={str(path)!r}")
+
+
+def _save_error(exc: OSError, path: Path, what: str) -> ModelSaveError:
+    reason = exc.strerror or str(exc)
+    return ModelSaveError(exc.errno or 0, f"cannot save the model to {str(path)!r}: {what} failed ({reason}); "
+                          "any previous file there is unchanged", str(path))
 
 
 def save_model(model: Any, path: str | os.PathLike) -> None:
-    """Write `model` to `path` atomically (see the module docstring)."""
+    """Write `model` to `path` atomically (see the module docstring).
+
+    Like a careful editor: a symlink is written through (the link stays, its target is replaced); a new file
+    gets the umask's permissions and a replaced file keeps its mode (and owner where allowed).
+    """
     from ._version import __version__
 
     path = _check_path(path)
+    _check_name_length(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+        _check_name_length(path)
     if path.is_dir():
         raise NnxpError(f"`path` must be a file name, not a folder. Received: path={str(path)!r}")
-    if not path.parent.is_dir():
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
         raise NnxpError(f"`path` must be in an existing folder. Received: path={str(path)!r} "
-                        f"({str(path.parent)!r} does not exist)")
+                        f"({str(folder)!r} does not exist)")
     model._require_built()  # builds from the first layer's input_dim, or says there are no weights yet
     config = {
         "format": FORMAT,
@@ -69,19 +146,43 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
             "optimizer_iterations": opt.iterations,
         }
         arrays.update({f"optimizer/{k}": v for k, v in opt.get_state().items()})
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    _remove_stale_temporaries(folder)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr("config.json", json.dumps(config, indent=1))
-                zf.writestr("weights.npz", _npz_bytes(arrays))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        old = os.stat(path)
+    except OSError:
+        old = None
+    tmp = str(folder / f".nnxp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        # 0o666 lets the umask decide for a new file; a replaced file's mode is restored exactly below
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise _save_error(exc, path, "creating a file in its folder") from None
+    with _live_lock:
+        _live_temporaries.add(tmp)
+    try:
+        try:
+            if old is not None:
+                os.fchmod(fd, stat.S_IMODE(old.st_mode))
+                if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                    try:
+                        os.fchown(fd, old.st_uid, old.st_gid)
+                    except OSError:  # only root may give a file away; keep ours
+                        pass
+            with os.fdopen(fd, "wb") as fh:
+                with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                    zf.writestr("config.json", json.dumps(config, indent=1))
+                    zf.writestr("weights.npz", _npz_bytes(arrays))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _save_error(exc, path, "writing") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        with _live_lock:
+            _live_temporaries.discard(tmp)
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
         try:

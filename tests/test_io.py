@@ -2,6 +2,8 @@
 
 import io
 import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -542,3 +544,134 @@ def test_files_up_to_1mb_load_or_fail_in_bounded_time_and_memory(tmp_path, bomb)
     assert outcome == "loaded" if bomb in ("many_layers", "true_big_model") else outcome.startswith("refused")
     assert seconds < 10
     assert grown <= model_bytes + 100 * 2**20
+
+
+# --- saving like a careful editor: symlinks, permissions, temporaries, hostile paths ------------------------------
+def test_save_through_a_symlink_replaces_its_target(tmp_path):
+    m, _ = _saved(tmp_path)
+    target = tmp_path / "real.nnxp"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.nnxp"
+    link.symlink_to("real.nnxp")
+    m.save(link)
+    assert link.is_symlink() and os.readlink(link) == "real.nnxp"
+    np.testing.assert_array_equal(nnxp.load_model(target).get_weights()[0], m.get_weights()[0])
+    dangling = tmp_path / "dangling.nnxp"
+    dangling.symlink_to("new-target.nnxp")
+    m.save(dangling)
+    assert dangling.is_symlink() and (tmp_path / "new-target.nnxp").is_file()
+
+
+@pytest.mark.parametrize("umask, existing_mode, expected", [
+    (0o022, None, 0o644), (0o077, None, 0o600), (0o002, None, 0o664),
+    (0o077, 0o644, 0o644), (0o022, 0o640, 0o640), (0o022, 0o600, 0o600), (0o000, 0o444, 0o444),
+])
+def test_saved_files_respect_the_umask_and_keep_a_replaced_files_mode(tmp_path, umask, existing_mode, expected):
+    m, _ = _saved(tmp_path)
+    path = tmp_path / "perm.nnxp"
+    if existing_mode is not None:
+        path.write_bytes(b"old")
+        path.chmod(existing_mode)
+    previous = os.umask(umask)
+    try:
+        m.save(path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == expected
+    nnxp.load_model(path)
+
+
+def _temporaries(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".nnxp-"))
+
+
+_SAVE_LOOP = """
+import sys, nnxp
+m = nnxp.Sequential([nnxp.Dense(1500, "relu", input_dim=1500), nnxp.Dense(2)], seed=0)
+m.compile("adam", "mse")
+m.optimizer.build(m.params)
+print("ready", flush=True)
+while True:
+    m.save(sys.argv[1])
+"""
+
+
+def test_temporaries_left_by_sigkill_are_removed_by_the_next_save(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    target = folder / "m.nnxp"
+    left = 0
+    r = np.random.default_rng(0)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(target)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(r.uniform(0.2, 0.6)))  # a save takes about a second: most kills land inside one
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        left = max(left, len(_temporaries(folder)))
+    assert left >= 1, "no kill landed inside a save: the test proved nothing"
+    # a temporary of a live process (this one's parent stands in) and one from another host stay untouched
+    live = folder / f".nnxp-{nnxp.io._HOST}-{os.getppid()}-0123abcd.tmp"
+    foreign = folder / f".nnxp-{'f' if nnxp.io._HOST[0] != 'f' else 'e'}{nnxp.io._HOST[1:]}-999999-0123abcd.tmp"
+    unrelated = folder / ".m.nnxp.abc.tmp"
+    for p in (live, foreign, unrelated):
+        p.write_bytes(b"x")
+    m, _ = _saved(tmp_path)
+    m.save(target)
+    assert _temporaries(folder) == sorted([live.name, foreign.name])
+    assert unrelated.exists()
+    nnxp.load_model(target)
+
+
+HOSTILE_PATHS = {
+    "NUL byte": (lambda tmp: str(tmp / "a\0b.nnxp"), nnxp.NnxpError, "NUL"),
+    "bytes NUL": (lambda tmp: os.fsencode(tmp / "a\0b.nnxp"), nnxp.NnxpError, "NUL"),
+    "name too long": (lambda tmp: tmp / ("n" * 256), nnxp.NnxpError, "256 bytes"),
+    "/proc": (lambda tmp: "/proc/m.nnxp", OSError, "/proc/m.nnxp"),
+    "/sys": (lambda tmp: "/sys/m.nnxp", OSError, "/sys/m.nnxp"),
+    "missing folder": (lambda tmp: tmp / "nope" / "m.nnxp", nnxp.NnxpError, "does not exist"),
+    "a folder": (lambda tmp: tmp, nnxp.NnxpError, "folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_PATHS))
+def test_saves_to_hostile_paths_name_the_path_and_lose_nothing(tmp_path, case):
+    make, error, message = HOSTILE_PATHS[case]
+    m, path = _saved(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(error, match=message) as info:
+        m.save(make(tmp_path))
+    assert isinstance(info.value, nnxp.NnxpError)
+    assert path.read_bytes() == before
+    assert _temporaries(tmp_path) == []
+
+
+def test_a_name_at_the_length_limit_saves(tmp_path):
+    """The temporary's name is short whatever the target's: a 255-byte name (legal) saves and loads."""
+    m, _ = _saved(tmp_path)
+    m.save(tmp_path / ("n" * 255))
+    nnxp.load_model(tmp_path / ("n" * 255))
+
+
+def test_a_failed_write_is_a_model_save_error_that_is_an_oserror(tmp_path, monkeypatch):
+    import errno
+
+    from nnxp.errors import ModelSaveError
+
+    m, path = _saved(tmp_path)
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(ModelSaveError, match="No space left") as info:
+        m.save(path)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert path.read_bytes() == before and _temporaries(tmp_path) == []
