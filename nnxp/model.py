@@ -409,8 +409,11 @@ class Sequential:
         self.history = history
         # user callbacks first, so what they add to the logs (e.g. "lr") reaches the history and the progress line
         cbs = callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
+        logged = ["loss", *self.metrics]
+        logged += [f"val_{k}" for k in logged] if val is not None else []
+        logged += [k for cb in callbacks for k in getattr(cb, "log_keys", ()) if k not in logged]
         self._fit_state = {"epochs": epochs, "samples": n, "batch_size": batch_size, "cuda_graph": cuda_graph,
-                           "graph": None, "graph_warm": False}
+                           "graph": None, "graph_warm": False, "metrics": logged}  # metrics: the log keys, as Keras
         for cb in cbs:
             cb.set_model(self)
         self.stop_training = False
