@@ -8,20 +8,29 @@ Logs are plain dicts of Python floats, read once per epoch.
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import string
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .errors import NnxpError, NnxpTypeError
 
 
 class Callback:
-    """Base class: override the hooks you need. ``self.model`` is set by ``fit``."""
+    """Base class: override the hooks you need. ``self.model`` is set by ``fit``.
+
+    A callback that adds entries to the epoch logs lists their names in `log_keys`, so that others
+    (ModelCheckpoint's file name) can rely on them before training starts.
+    """
 
     model: Any = None
+    log_keys: tuple[str, ...] = ()
 
     def set_model(self, model: Any) -> None:
         self.model = model
@@ -104,8 +113,36 @@ class ProgbarLogger(Callback):
             print(line, file=self.stream, flush=True)
 
 
+def _real(name: str, value: Any, low: float = -math.inf) -> float:
+    """`value` as a finite float >= `low`; any real number type (int, float, NumPy scalars) is fine."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if not ok or not math.isfinite(value) or value < low:
+        rule = "a finite number" + (f" >= {low:g}" if low > -math.inf else "")
+        raise NnxpError(f"`{name}` must be {rule}. Received: {name}={value!r}")
+    return float(value)
+
+
+def _check_monitor(monitor: Any) -> str:
+    if not isinstance(monitor, str) or not monitor:
+        raise NnxpTypeError(f"`monitor` must be the name of a logged value such as 'val_loss'. "
+                            f"Received: monitor={monitor!r}")
+    return monitor
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise NnxpTypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
+def _check_verbose(verbose: Any) -> int:
+    if not isinstance(verbose, numbers.Integral) or verbose < 0:  # True/False are fine (1/0)
+        raise NnxpError(f"`verbose` must be an integer >= 0. Received: verbose={verbose!r}")
+    return int(verbose)
+
+
 def _mode_better(mode: str, monitor: str) -> Callable[[float, float], bool]:
-    if mode not in ("auto", "min", "max"):
+    if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
         raise NnxpError(f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
     if mode == "auto":
         mode = "max" if ("acc" in monitor and "loss" not in monitor) else "min"
@@ -124,10 +161,12 @@ class EarlyStopping(Callback):
         restore_best_weights: bool = False,
         verbose: int = 0,
     ) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
             raise NnxpError(f"`patience` must be an integer >= 0. Received: patience={patience!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, abs(float(min_delta))
-        self.restore_best_weights, self.verbose = restore_best_weights, verbose
+        monitor = _check_monitor(monitor)
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(_real("min_delta", min_delta))
+        self.restore_best_weights = _check_flag("restore_best_weights", restore_best_weights)
+        self.verbose = _check_verbose(verbose)
         self._better = _mode_better(mode, monitor)
         self.mode = mode
 
@@ -166,20 +205,70 @@ class EarlyStopping(Callback):
                       f"at epoch {self.best_epoch + 1}")
 
 
+def _template_fields(template: str) -> list[str]:
+    """The names `template` formats (``{epoch:02d}`` -> "epoch"); refuses what str.format would choke on."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise NnxpError(f"`filepath` is not a valid format template ({exc}). Received: filepath={template!r}; "
+                        "write a literal brace as '{{' or '}}'") from None
+    fields = []
+    for _, field, spec, _ in parts:
+        if field is None:
+            continue
+        if not field.isidentifier() or "{" in (spec or ""):
+            raise NnxpError(f"`filepath` fields must be log names such as {{epoch}} or {{val_loss:.2f}}. "
+                            f"Received: {{{field}}} in filepath={template!r}")
+        fields.append(field)
+    return fields
+
+
 class ModelCheckpoint(Callback):
-    """Save the model (atomically) after each epoch, or only when `monitor` improves."""
+    """Save the model (atomically) after each epoch, or only when `monitor` improves.
+
+    `filepath` may name the epoch and any logged value, e.g. ``"m-{epoch:02d}-{val_loss:.3f}.nnxp"``; the
+    template and the values it uses are checked when training begins, before an epoch is spent.
+    """
 
     def __init__(self, filepath: str, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto",
                  verbose: int = 0) -> None:
         if not isinstance(filepath, (str, bytes)) and not hasattr(filepath, "__fspath__"):
             raise NnxpTypeError(f"`filepath` must be a path. Received: filepath={filepath!r}")
-        self.filepath, self.monitor, self.save_best_only, self.verbose = filepath, monitor, save_best_only, verbose
+        self._template = os.fsdecode(filepath)
+        self._fields = _template_fields(self._template)
+        self.filepath, self.monitor = filepath, _check_monitor(monitor)
+        self.save_best_only = _check_flag("save_best_only", save_best_only)
+        self.verbose = _check_verbose(verbose)
         self._better = _mode_better(mode, monitor)
         self.best = math.nan
 
+    def on_train_begin(self, logs=None):
+        keys = (getattr(self.model, "_fit_state", None) or {}).get("metrics")
+        if keys is None:  # driven by hand, not by fit: nothing to check against
+            return
+        available = ["epoch", "lr", *keys]
+        missing = [f for f in self._fields if f not in available]
+        if missing:
+            hint = " (validation values need validation_data or validation_split)" if any(
+                f.startswith("val_") for f in missing) else ""
+            raise NnxpError(f"`filepath` uses {missing}, which this fit does not log{hint}. Available: "
+                            f"{available}. Received: filepath={self._template!r}")
+        try:  # the format specs, against the types fit will pass (epoch an int, logged values floats)
+            path = self._template.format(**{k: 1 if k == "epoch" else 0.5 for k in available})
+        except (ValueError, TypeError) as exc:
+            raise NnxpError(f"`filepath` cannot be formatted with the logged values ({exc}). "
+                            f"Received: filepath={self._template!r}") from None
+        folder = os.path.dirname(path) or "."
+        if not os.path.isdir(folder):
+            raise NnxpError(f"`filepath` must be in an existing folder. Received: filepath={self._template!r} "
+                            f"({folder!r} does not exist)")
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        path = os.fsdecode(self.filepath).format(epoch=epoch + 1, **logs)
+        values = dict(logs)
+        if "lr" in self._fields and "lr" not in values:  # the scheduler may run after this callback
+            values["lr"] = self.model.optimizer.current_learning_rate()
+        path = self._template.format(epoch=epoch + 1, **{k: v for k, v in values.items() if k != "epoch"})
         if self.save_best_only:
             value = logs.get(self.monitor)
             if value is None:
@@ -196,15 +285,18 @@ class ModelCheckpoint(Callback):
 class LearningRateScheduler(Callback):
     """Set the optimizer's rate each epoch to ``schedule(epoch, current_rate)``."""
 
+    log_keys = ("lr",)
+
     def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
         if not callable(schedule):
             raise NnxpTypeError(f"`schedule` must be callable as schedule(epoch, lr). Received: {schedule!r}")
-        self.schedule, self.verbose = schedule, verbose
+        self.schedule, self.verbose = schedule, _check_verbose(verbose)
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
         lr = self.schedule(epoch, opt.current_learning_rate())
-        ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr >= 0
+        # any real number type: np.float32(0.01) is as good as 0.01
+        ok = isinstance(lr, numbers.Real) and not isinstance(lr, (bool, np.bool_)) and math.isfinite(lr) and lr >= 0
         if not ok:
             raise NnxpError(f"`schedule` must return a finite learning rate >= 0. Received: {lr!r} at epoch {epoch}")
         opt.learning_rate = float(lr)

@@ -40,6 +40,13 @@ class ModelFileError(NnxpError):
     """A model file is missing, damaged, or of an unknown format."""
 
 
+class ModelSaveError(OSError, NnxpError):
+    """A model file could not be written (read-only folder, disk full, name too long); the old file is intact.
+
+    Both an ``OSError`` (with ``errno`` and ``filename``) and an :class:`NnxpError`.
+    """
+
+
 class DatasetError(NnxpError):
     """A dataset cannot be found, downloaded or parsed."""
 

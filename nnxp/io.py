@@ -8,10 +8,16 @@ shape and dtype, and turns any fault into a :class:`ModelFileError`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import math
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Device
-from .errors import DeviceError, ModelFileError, NnxpError, NnxpTypeError
+from .errors import DeviceError, ModelFileError, ModelSaveError, NnxpError, NnxpTypeError
 
 FORMAT = "nnxp-model"
 FORMAT_VERSION = 1
@@ -34,21 +40,93 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _check_path(path: Any) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise NnxpTypeError(f"`path` must be a file path (str or PathLike). Received: path={path!r}")
-    return Path(path)
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise NnxpTypeError(f"`path` must be a file path (str, bytes or PathLike). Received: path={path!r}")
+    text = os.fspath(path)
+    if "\0" in (text if isinstance(text, str) else text.decode("latin-1")):
+        raise NnxpError(f"`path` must not contain a NUL byte. Received: path={text!r}")
+    return Path(os.fsdecode(text))
+
+
+# Temporaries are named .nnxp-<host>-<pid>-<random>.tmp: short whatever the target's name (so a target name at
+# the length limit still works), and recognisable, so that ones left by a killed process can be removed later.
+_TMP_RE = re.compile(r"^\.nnxp-([0-9a-f]{6})-(\d+)-[0-9a-f]{8}\.tmp$")
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+_live_temporaries: set[str] = set()  # this process's saves in progress (threads may save at once)
+_live_lock = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, as another user
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete nnxp temporaries in `folder` whose writer, a process on this host, no longer runs.
+
+    Only this naming pattern, only this host's (a pid means nothing on another machine sharing the folder),
+    and never one this process is writing.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    with _live_lock:
+        live = set(_live_temporaries)
+    for entry in entries:
+        m = _TMP_RE.match(entry.name)
+        if not m or m.group(1) != _HOST or entry.path in live:
+            continue
+        pid = int(m.group(2))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def _check_name_length(path: Path) -> None:
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    size = len(os.fsencode(path.name))
+    if size > name_max:
+        raise NnxpError(f"`path` has a file name of {size} bytes; its folder allows {name_max}. "
+                        f"Received: path={str(path)!r}")
+
+
+def _save_error(exc: OSError, path: Path, what: str) -> ModelSaveError:
+    reason = exc.strerror or str(exc)
+    return ModelSaveError(exc.errno or 0, f"cannot save the model to {str(path)!r}: {what} failed ({reason}); "
+                          "any previous file there is unchanged", str(path))
 
 
 def save_model(model: Any, path: str | os.PathLike) -> None:
-    """Write `model` to `path` atomically (see the module docstring)."""
+    """Write `model` to `path` atomically (see the module docstring).
+
+    Like a careful editor: a symlink is written through (the link stays, its target is replaced); a new file
+    gets the umask's permissions and a replaced file keeps its mode (and owner where allowed).
+    """
     from ._version import __version__
 
     path = _check_path(path)
+    _check_name_length(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+        _check_name_length(path)
     if path.is_dir():
         raise NnxpError(f"`path` must be a file name, not a folder. Received: path={str(path)!r}")
-    if not path.parent.is_dir():
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
         raise NnxpError(f"`path` must be in an existing folder. Received: path={str(path)!r} "
-                        f"({str(path.parent)!r} does not exist)")
+                        f"({str(folder)!r} does not exist)")
     model._require_built()  # builds from the first layer's input_dim, or says there are no weights yet
     config = {
         "format": FORMAT,
@@ -68,19 +146,43 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
             "optimizer_iterations": opt.iterations,
         }
         arrays.update({f"optimizer/{k}": v for k, v in opt.get_state().items()})
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    _remove_stale_temporaries(folder)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr("config.json", json.dumps(config, indent=1))
-                zf.writestr("weights.npz", _npz_bytes(arrays))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        old = os.stat(path)
+    except OSError:
+        old = None
+    tmp = str(folder / f".nnxp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        # 0o666 lets the umask decide for a new file; a replaced file's mode is restored exactly below
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise _save_error(exc, path, "creating a file in its folder") from None
+    with _live_lock:
+        _live_temporaries.add(tmp)
+    try:
+        try:
+            if old is not None:
+                os.fchmod(fd, stat.S_IMODE(old.st_mode))
+                if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                    try:
+                        os.fchown(fd, old.st_uid, old.st_gid)
+                    except OSError:  # only root may give a file away; keep ours
+                        pass
+            with os.fdopen(fd, "wb") as fh:
+                with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                    zf.writestr("config.json", json.dumps(config, indent=1))
+                    zf.writestr("weights.npz", _npz_bytes(arrays))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _save_error(exc, path, "writing") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        with _live_lock:
+            _live_temporaries.discard(tmp)
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
@@ -122,51 +224,330 @@ def load_model(path: str | os.PathLike, device: str | Device | None = None) -> A
         ) from None
 
 
-def _load(path: Path, device: Any) -> Any:
-    from .layers import from_config as layer_from_config
-    from .model import Sequential
+# ------------------------------------------------------------------------------------------------
+# Loading. Nothing is allocated until the config has been validated field by field and every stored
+# array's header (name, dtype, shape) matches what the config implies; the data are then read straight
+# into the model's buffers, so a load costs about the size of the model the file truly describes.
+# ------------------------------------------------------------------------------------------------
+_REQUIRED = object()
+_MAX_INT = 2**63 - 1
+_MAX_NPY_HEADER = 4096  # numpy writes 64- or 128-byte headers; anything longer is not from np.save
+_ZIP_OVERHEAD = 512  # local header + central directory entry of one member (name length included)
 
-    with zipfile.ZipFile(path) as zf:
-        config = json.loads(_read_member(zf, "config.json", _MAX_CONFIG_BYTES).decode("utf-8"))
-        raw = _read_member(zf, "weights.npz", _MAX_MEMBER_BYTES)
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ModelFileError(f"file {str(path)!r} is not an nnxp model (no format marker {FORMAT!r})")
-    version = config.get("format_version")
-    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
-        raise ModelFileError(
-            f"model file format_version must be 1..{FORMAT_VERSION} for this nnxp. Received: {version!r}; "
-            "upgrade nnxp to read files written by a newer version"
-        )
-    mcfg = config["model"]
-    layers = [layer_from_config(entry["class_name"], entry["config"]) for entry in mcfg["layers"]]
-    model = Sequential(layers, device=device, seed=mcfg["seed"], dtype=mcfg["dtype"], name=mcfg.get("name"),
-                       precision=mcfg.get("precision", "highest"))
-    input_dim = mcfg.get("input_dim")
-    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    n_params = sum(1 for k in arrays if k.startswith("param/"))
-    if input_dim is not None:
-        model.build(input_dim)
-    weights = [arrays.get(f"param/{i}") for i in range(n_params)]
-    if any(w is None for w in weights) or (model.built and n_params != len(model._slices)):
-        raise ModelFileError(f"model file holds {n_params} parameter arrays; the layers need "
-                             f"{len(model._slices) if model.built else '?'}")
-    for i, w in enumerate(weights):
-        if w.dtype != model.dtype:
-            raise ModelFileError(f"parameter {i} must have dtype {model.dtype}. Received: {w.dtype}")
-    if model.built:
-        model.set_weights(weights)
-    compile_cfg = config.get("compile")
-    if compile_cfg:
-        model.compile(compile_cfg["optimizer"], compile_cfg["loss"], compile_cfg["metrics"])
-        state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-        if state:
-            model.optimizer.set_state(state, model.params)
-        model.optimizer.iterations = int(compile_cfg["optimizer_iterations"])
-    model.epochs_trained = int(config.get("epochs_trained", 0))
-    unexpected = [k for k in arrays if not (k.startswith("param/") or k.startswith("optimizer/"))]
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _integer(low: int, high: int = _MAX_INT):
+    def check(field: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ModelFileError(f"`{field}` must be an integer in [{low}, {high}]. Received: {field}={_short(value)}")
+        return value
+    return check
+
+
+def _choice(*options: Any):
+    def check(field: str, value: Any) -> Any:
+        if not isinstance(value, str) or value not in options:
+            raise ModelFileError(f"`{field}` must be one of {list(options)}. Received: {field}={_short(value)}")
+        return value
+    return check
+
+
+def _string(max_len: int = 1000):
+    def check(field: str, value: Any) -> str:
+        if not isinstance(value, str) or len(value) > max_len:
+            raise ModelFileError(f"`{field}` must be a string of at most {max_len} characters. "
+                                 f"Received: {field}={_short(value)}")
+        return value
+    return check
+
+
+def _of_type(kind: type, what: str):
+    def check(field: str, value: Any) -> Any:
+        if not isinstance(value, kind):
+            raise ModelFileError(f"`{field}` must be {what}. Received: {field}={_short(value)}")
+        return value
+    return check
+
+
+def _optional(check):
+    return lambda field, value: None if value is None else check(field, value)
+
+
+# One table per JSON object: key -> (check, default or _REQUIRED). Unknown keys are refused: a field this
+# version does not know means damage or a newer writer (which bumps format_version).
+_TOP_FIELDS = {
+    "format": (_choice(FORMAT), _REQUIRED),
+    "format_version": (_integer(1, FORMAT_VERSION), _REQUIRED),
+    "nnxp_version": (_string(100), None),
+    "model": (_of_type(dict, "a JSON object"), _REQUIRED),
+    "epochs_trained": (_integer(0, 2**31), 0),
+    "compile": (_optional(_of_type(dict, "a JSON object or null")), None),
+}
+_MODEL_FIELDS = {
+    "name": (_optional(_string()), None),
+    "dtype": (_choice("float32", "float64"), _REQUIRED),
+    "precision": (_choice("highest", "tf32"), "highest"),
+    "seed": (_integer(0), _REQUIRED),
+    # a saved model is always built, so its input width is always known: null would drop the weights
+    "input_dim": (_integer(1, 2**31), _REQUIRED),
+    "layers": (_of_type(list, "a list of layers"), _REQUIRED),
+}
+_LAYER_FIELDS = {
+    "class_name": (_string(100), _REQUIRED),
+    "config": (_of_type(dict, "a JSON object"), _REQUIRED),
+}
+_COMPILE_FIELDS = {
+    "loss": (_string(100), _REQUIRED),
+    "metrics": (_of_type(list, "a list of metric names"), []),
+    "optimizer": (_of_type(dict, "a JSON object"), _REQUIRED),
+    "optimizer_iterations": (_integer(0, 2**53), 0),
+}
+# optimizer state slots that are running averages of squares (or maxima of magnitudes): never negative
+_NON_NEGATIVE_SLOTS = {"v", "u", "avg_sq", "accumulator", "accumulated_grad", "accumulated_delta"}
+
+
+def _fields(where: str, obj: Any, table: dict) -> dict:
+    """`obj` checked against `table`: every key known, every value valid, defaults filled in."""
+    if not isinstance(obj, dict):
+        raise ModelFileError(f"`{where or 'config.json'}` must be a JSON object. Received: {_short(obj)}")
+    unknown = sorted(set(obj) - set(table))
+    if unknown:
+        raise ModelFileError(f"`{where or 'config.json'}` has unknown keys {unknown[:5]}; the known keys are "
+                             f"{sorted(table)}")
+    out = {}
+    for key, (check, default) in table.items():
+        field = f"{where}.{key}" if where else key
+        if key in obj:
+            out[key] = check(field, obj[key])
+        elif default is _REQUIRED:
+            raise ModelFileError(f"`{field}` is missing from the model file")
+        else:
+            out[key] = default
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ModelFileError(f"config.json holds {name}, which is not valid JSON")
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > 30:  # no field needs more; int() of a huge literal costs quadratic time
+        raise ModelFileError(f"config.json holds an integer with {len(text)} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ModelFileError(f"config.json holds a number that overflows a float: {_short(text)}")
+    return value
+
+
+def _read_config(zf: zipfile.ZipFile) -> dict:
+    raw = _read_member(zf, "config.json", _MAX_CONFIG_BYTES)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_int=_parse_int, parse_float=_parse_float,
+                          parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ModelFileError("config.json is nested too deeply to be an nnxp model") from None
+
+
+class _Plan:
+    """What the config implies: the unbuilt model, its parameter slices and the arrays the file must hold."""
+
+    def __init__(self, config: dict, device: Any) -> None:
+        from .layers import from_config as layer_from_config
+        from .model import Sequential
+
+        top = _fields("", config, _TOP_FIELDS)
+        mcfg = _fields("model", top["model"], _MODEL_FIELDS)
+        layers = []
+        for i, entry in enumerate(mcfg["layers"]):
+            entry = _fields(f"model.layers[{i}]", entry, _LAYER_FIELDS)
+            try:
+                layers.append(layer_from_config(entry["class_name"], entry["config"]))
+            except (NnxpError, TypeError) as exc:  # TypeError: a key the layer does not take
+                raise ModelFileError(f"`model.layers[{i}]` ({entry['class_name']}) is invalid: {exc}") from None
+        self.top, self.mcfg = top, mcfg
+        self.dtype = np.dtype(mcfg["dtype"])
+        model = Sequential(layers, device=device, seed=mcfg["seed"], dtype=mcfg["dtype"], name=mcfg["name"],
+                           precision=mcfg["precision"])
+        # the parameter layout Sequential.build would make, without allocating it
+        dim, offset, self.slices = mcfg["input_dim"], 0, []
+        try:
+            for layer in layers:
+                dim = layer.build(dim)
+                for name, shape, _ in layer.param_specs():
+                    self.slices.append((layer, name, offset, tuple(int(s) for s in shape)))
+                    offset += int(np.prod(shape, dtype=object))
+        except NnxpError as exc:
+            raise ModelFileError(f"`model.layers` do not fit `model.input_dim`={mcfg['input_dim']}: {exc}") from None
+        self.size = offset
+        self.expected = {f"param/{i}": shape for i, (_, _, _, shape) in enumerate(self.slices)}
+        self.optional: dict[str, tuple] = {}
+        self.compile = None
+        if top["compile"] is not None:
+            ccfg = self.compile = _fields("compile", top["compile"], _COMPILE_FIELDS)
+            try:
+                model.compile(ccfg["optimizer"], ccfg["loss"], ccfg["metrics"])
+            except NnxpError as exc:
+                raise ModelFileError(f"`compile` is invalid: {exc}") from None
+            # the state exists once a step has run: all of its slots, or none
+            self.optional = {f"optimizer/{slot}": (self.size,) for slot in model.optimizer._slots()}
+        self.model = model
+
+    def max_npz_bytes(self) -> int:
+        """The largest weights.npz these arrays can make: data, .npy headers and zip records."""
+        n_arrays = len(self.expected) + len(self.optional)
+        n_values = sum(int(np.prod(s, dtype=object)) for s in self.expected.values()) + self.size * len(self.optional)
+        return n_arrays * (_MAX_NPY_HEADER + _ZIP_OVERHEAD) + 22 + n_values * self.dtype.itemsize
+
+
+def _npy_header(fh: Any, name: str) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, header length) of the .npy stream `fh`, reading only its header."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_MAX_NPY_HEADER)
+        elif version in ((2, 0), (3, 0)):
+            reader = np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(fh, max_header_size=_MAX_NPY_HEADER)
+        else:
+            raise ValueError(f"unknown .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ModelFileError(f"array {name!r} has a damaged .npy header ({exc})") from None
+    return shape, fortran, dtype, fh.tell()
+
+
+def _check_arrays(npz: zipfile.ZipFile, plan: _Plan) -> dict[str, zipfile.ZipInfo]:
+    """Every stored array's name, size, dtype and shape against the plan; reads headers only."""
+    infos = npz.infolist()
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        raise ModelFileError("weights.npz holds two arrays of the same name")
+    stored = {n[:-4] if n.endswith(".npy") else n: info for n, info in zip(names, infos)}
+    unexpected = [k for k in stored if k not in plan.expected and k not in plan.optional]
     if unexpected:
         raise ModelFileError(f"model file holds unexpected arrays: {unexpected[:5]}")
+    missing = [k for k in plan.expected if k not in stored]
+    if missing:
+        raise ModelFileError(f"model file holds {len(plan.expected) - len(missing)} of the {len(plan.expected)} "
+                             f"parameter arrays the layers need; missing: {missing[:5]}")
+    opt = [k for k in plan.optional if k in stored]
+    if opt and len(opt) != len(plan.optional):
+        raise ModelFileError(f"optimizer state must hold all of {sorted(plan.optional)} or none. Received: {opt}")
+    iterations = plan.compile["optimizer_iterations"] if plan.compile else 0
+    if plan.optional and not opt and iterations > 0:
+        raise ModelFileError(f"`compile.optimizer_iterations`={iterations} but the optimizer state "
+                             f"{sorted(plan.optional)} is missing")
+    for key, info in sorted(stored.items(), key=lambda kv: kv[1].header_offset):  # forward through the stream
+        shape = plan.expected.get(key) or plan.optional[key]
+        nbytes = int(np.prod(shape, dtype=object)) * plan.dtype.itemsize
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ModelFileError(f"array {key!r} uses an unsupported compression ({info.compress_type})")
+        if info.file_size > nbytes + _MAX_NPY_HEADER:  # checked before a byte is unpacked
+            raise ModelFileError(f"array {key!r} claims {info.file_size} bytes; shape {shape} of {plan.dtype} "
+                                 f"needs {nbytes}")
+        with npz.open(info) as fh:
+            got_shape, fortran, dtype, header = _npy_header(fh, key)
+        if dtype != plan.dtype:
+            raise ModelFileError(f"array {key!r} must have dtype {plan.dtype}. Received: dtype {dtype}")
+        if tuple(got_shape) != shape:
+            raise ModelFileError(f"array {key!r} must have shape {shape}. Received: shape {tuple(got_shape)}")
+        if fortran and len(shape) > 1:
+            raise ModelFileError(f"array {key!r} must be stored in C order")
+        if info.file_size != header + nbytes:
+            raise ModelFileError(f"array {key!r} holds {info.file_size - header} data bytes; its header says {nbytes}")
+    return stored
+
+
+def _read_into(npz: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, out: np.ndarray) -> None:
+    """Fill the flat host array `out` with the data of member `info` (CRC-checked to its end)."""
+    with npz.open(info) as fh:
+        _npy_header(fh, key)
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < len(view):
+            n = fh.readinto(view[done:])
+            if not n:
+                raise ModelFileError(f"array {key!r} ends early")
+            done += n
+        if fh.read(1):  # reading to the end makes zipfile check the CRC
+            raise ModelFileError(f"array {key!r} holds more data than its shape")
+
+
+def _finite(key: str, a: np.ndarray, field: str) -> None:
+    if not np.isfinite(a).all():
+        raise ModelFileError(f"`{field}` (array {key!r}) must be finite. Received "
+                             f"{int((~np.isfinite(a)).sum())} NaN or infinite values")
+
+
+def _load(path: Path, device: Any) -> Any:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        if sorted(names) != ["config.json", "weights.npz"]:
+            raise ModelFileError(f"model file must hold exactly config.json and weights.npz. Received: "
+                                 f"{names[:10]}")
+        config = _read_config(zf)
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise ModelFileError(f"file {str(path)!r} is not an nnxp model (no format marker {FORMAT!r})")
+        version = config.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+            raise ModelFileError(
+                f"model file format_version must be 1..{FORMAT_VERSION} for this nnxp. Received: {version!r}; "
+                "upgrade nnxp to read files written by a newer version"
+            )
+        plan = _Plan(config, device)
+        info = zf.getinfo("weights.npz")
+        limit = plan.max_npz_bytes()
+        if info.file_size > limit:
+            raise ModelFileError(f"model file member 'weights.npz' claims {info.file_size} bytes; the arrays the "
+                                 f"config describes need at most {limit}")
+        with zf.open(info) as raw, zipfile.ZipFile(raw) as npz:
+            stored = _check_arrays(npz, plan)
+            return _assemble(plan, npz, stored)
+
+
+def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:
+    """Allocate the model's buffers and read the checked arrays into them."""
+    model = plan.model
+    flat = np.empty(plan.size, dtype=plan.dtype)
+    for i, (layer, name, offset, shape) in enumerate(plan.slices):
+        key = f"param/{i}"
+        part = flat[offset : offset + int(np.prod(shape, dtype=object))]
+        _read_into(npz, stored[key], key, part)
+        _finite(key, part, f"{layer.name}.{name}")
+    with model._use():
+        model._slices = plan.slices
+        model._bind(model.device.asarray(flat))
+    del flat
+    if plan.compile is None:
+        model.epochs_trained = plan.top["epochs_trained"]
+        return model
+    opt = model.optimizer
+    iterations = plan.compile["optimizer_iterations"]
+    if any(k in stored for k in plan.optional):
+        opt.build(model.params)
+        host = np.empty(plan.size, dtype=plan.dtype)
+        for key in plan.optional:
+            slot = key.split("/", 1)[1]
+            _read_into(npz, stored[key], key, host)
+            _finite(key, host, f"optimizer state {slot!r}")
+            if slot in _NON_NEGATIVE_SLOTS and (host < 0).any():
+                raise ModelFileError(f"optimizer state {slot!r} (array {key!r}) must be >= 0 (it accumulates "
+                                     f"squares). Received {int((host < 0).sum())} negative values")
+            opt.state[slot][...] = model.device.asarray(host)
+    opt.iterations = iterations
+    try:  # a schedule must give a usable rate at the step the file resumes from
+        lr = opt.current_learning_rate()
+    except (NnxpError, ArithmeticError) as exc:
+        raise ModelFileError(f"`compile.optimizer.learning_rate` cannot be evaluated at step {iterations}: "
+                             f"{exc}") from None
+    if not math.isfinite(lr):
+        raise ModelFileError(f"`compile.optimizer.learning_rate` is {lr} at step {iterations}")
+    model.epochs_trained = plan.top["epochs_trained"]
     return model
-
-

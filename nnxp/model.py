@@ -104,17 +104,21 @@ class Sequential:
         if self.built:
             raise NnxpError("cannot add a layer to a model that is already built (its weights exist); "
                             "create a new Sequential instead")
-        if any(layer is existing for existing in self.layers):
+        if layer._owner is not None and layer._owner() is self:
             raise NnxpError(f"`layer` {layer.name!r} is already in this model; create a new layer instead")
         if layer._owner is not None and layer._owner() is not None:
             raise NnxpError(f"`layer` {layer.name!r} already belongs to another model (a layer's weights live in its "
                             "model's buffer); create a new layer instead")
         layer._owner = weakref.ref(self)
+        # names so far and the next free suffix per class: adding n layers costs O(n), not O(n^2)
+        taken, suffixes = self.__dict__.setdefault("_names", set()), self.__dict__.setdefault("_suffixes", {})
         if layer.name is None:
             base = type(layer).__name__.lower()
-            taken = {existing.name for existing in self.layers}
-            layer.name = base if base not in taken else next(f"{base}_{i}" for i in range(1, 10**6)
-                                                             if f"{base}_{i}" not in taken)
+            i = suffixes.get(base, 0)
+            while (base if i == 0 else f"{base}_{i}") in taken:
+                i += 1
+            layer.name, suffixes[base] = (base if i == 0 else f"{base}_{i}"), i + 1
+        taken.add(layer.name)
         self.layers.append(layer)
         if self.loss is not None:
             self._configure_output()
@@ -455,8 +459,11 @@ class Sequential:
         self.history = history
         # user callbacks first, so what they add to the logs (e.g. "lr") reaches the history and the progress line
         cbs = callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
+        logged = ["loss", *self.metrics]
+        logged += [f"val_{k}" for k in logged] if val is not None else []
+        logged += [k for cb in callbacks for k in getattr(cb, "log_keys", ()) if k not in logged]
         self._fit_state = {"epochs": epochs, "samples": n, "batch_size": batch_size, "cuda_graph": cuda_graph,
-                           "graph": None, "graph_warm": False}
+                           "graph": None, "graph_warm": False, "metrics": logged}  # metrics: the log keys, as Keras
         for cb in cbs:
             cb.set_model(self)
         self.stop_training = False

@@ -85,6 +85,9 @@ def get(identifier: Any, argument: str = "kernel_regularizer") -> L1L2 | None:
             raise NnxpError(
                 f"`{argument}` config may hold only 'name', 'l1' and 'l2'. Received keys: {sorted(unknown)}"
             )
+        name = identifier.get("name", "l1_l2")
+        if not isinstance(name, str) or name.strip().lower() not in _NAMES:
+            raise NnxpError(f"`{argument}` config 'name' must be one of {sorted(_NAMES)}. Received: name={name!r}")
         return L1L2(l1=identifier.get("l1", 0.0), l2=identifier.get("l2", 0.0))
     raise NnxpTypeError(
         f"`{argument}` must be None, a name such as 'l2', or an L1/L2/L1L2 instance. "

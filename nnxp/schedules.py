@@ -6,13 +6,17 @@ saved model keeps its schedule.
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
+from typing import Any
 
-from .errors import NnxpError
+from .errors import NnxpError, NnxpTypeError
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # any real number type (int, float, np.float32, ...), never a bool
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         rule = ">= 0" if allow_zero else "> 0"
         raise NnxpError(f"`{name}` must be a finite number {rule}. Received: {name}={value!r}")
@@ -20,15 +24,39 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> float:
 
 
 def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise NnxpError(f"`{name}` must be a positive integer (a number of steps). Received: {name}={value!r}")
+    return int(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise NnxpTypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
     return value
 
 
 class LearningRateSchedule:
-    """Base class: ``schedule(step) -> learning rate``."""
+    """Base class: ``schedule(step) -> learning rate``.
+
+    Subclasses implement ``_rate(step)``; calling the schedule checks the step and that the rate is a finite
+    float, so parameters that overflow (``decay_rate=1e308``) give an NnxpError naming them, not an
+    OverflowError or an infinite rate deep inside an optimizer step.
+    """
 
     def __call__(self, step: int) -> float:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise NnxpError(f"`step` must be an integer >= 0. Received: step={step!r}")
+        try:
+            rate = float(self._rate(int(step)))
+        except OverflowError:
+            rate = math.inf
+        if not math.isfinite(rate) or rate < 0:
+            params = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+            raise NnxpError(f"learning-rate schedule {type(self).__name__} gives {rate} at step {step}: its "
+                            f"parameters overflow. Received: {params}")
+        return rate
+
+    def _rate(self, step: int) -> float:
         raise NotImplementedError
 
     def get_config(self) -> dict:
@@ -42,9 +70,9 @@ class ExponentialDecay(LearningRateSchedule):
         self.initial_learning_rate = _positive("initial_learning_rate", initial_learning_rate, allow_zero=True)
         self.decay_steps = _positive_int("decay_steps", decay_steps)
         self.decay_rate = _positive("decay_rate", decay_rate)
-        self.staircase = bool(staircase)
+        self.staircase = _flag("staircase", staircase)
 
-    def __call__(self, step: int) -> float:
+    def _rate(self, step: int) -> float:
         p = step / self.decay_steps
         if self.staircase:
             p = math.floor(p)
@@ -59,7 +87,7 @@ class StepDecay(LearningRateSchedule):
         self.step_size = _positive_int("step_size", step_size)
         self.gamma = _positive("gamma", gamma)
 
-    def __call__(self, step: int) -> float:
+    def _rate(self, step: int) -> float:
         return self.initial_learning_rate * self.gamma ** (step // self.step_size)
 
 
@@ -71,7 +99,7 @@ class CosineDecay(LearningRateSchedule):
         self.decay_steps = _positive_int("decay_steps", decay_steps)
         self.alpha = _positive("alpha", alpha, allow_zero=True)
 
-    def __call__(self, step: int) -> float:
+    def _rate(self, step: int) -> float:
         t = min(step, self.decay_steps) / self.decay_steps
         cosine = 0.5 * (1.0 + math.cos(math.pi * t))
         return self.initial_learning_rate * ((1.0 - self.alpha) * cosine + self.alpha)
@@ -81,9 +109,20 @@ SCHEDULES = {cls.__name__: cls for cls in (ExponentialDecay, StepDecay, CosineDe
 
 
 def from_config(config: dict) -> LearningRateSchedule:
-    """Rebuild a schedule from :meth:`LearningRateSchedule.get_config`."""
+    """Rebuild a schedule from :meth:`LearningRateSchedule.get_config`; every argument checked and named."""
+    if not isinstance(config, dict):
+        raise NnxpTypeError(f"`learning_rate` schedule config must be a dict. Received: {config!r}")
     config = dict(config)
     name = config.pop("name", None)
-    if name not in SCHEDULES:
+    if not isinstance(name, str) or name not in SCHEDULES:
         raise NnxpError(f"`learning_rate` schedule must be one of {sorted(SCHEDULES)}. Received: name={name!r}")
+    params = dict(inspect.signature(SCHEDULES[name].__init__).parameters)
+    params.pop("self")
+    unknown = sorted(k for k in config if k not in params)
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in config]
+    if unknown or missing:
+        what = "; ".join(filter(None, [f"missing {missing}" if missing else "",
+                                       f"unknown keys {unknown}" if unknown else ""]))
+        raise NnxpError(f"`learning_rate` schedule {name} config is incomplete or wrong: {what}. It takes "
+                        f"{list(params)}. Received: {config}")
     return SCHEDULES[name](**config)

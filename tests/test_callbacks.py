@@ -384,3 +384,97 @@ def test_model_checkpoint_takes_bytes_paths(tmp_path):
     model.fit(r.normal(size=(8, 3)), r.integers(0, 2, 8), epochs=2, verbose=0,
               callbacks=[nnxp.callbacks.ModelCheckpoint(path)])
     assert nnxp.load_model(tmp_path / "ck-2.nnxp").epochs_trained == 2
+
+
+# --- argument checks before training (issue 16, section 4) -------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    ({"min_delta": None}, NnxpError, r"`min_delta` must be a finite number\. Received: min_delta=None"),
+    ({"min_delta": "abc"}, NnxpError, r"`min_delta` .*Received: min_delta='abc'"),
+    ({"min_delta": math.nan}, NnxpError, r"`min_delta` .*Received: min_delta=nan"),
+    ({"min_delta": math.inf}, NnxpError, r"`min_delta` .*Received: min_delta=inf"),
+    ({"monitor": 3}, NnxpTypeError, r"`monitor` .*Received: monitor=3"),
+    ({"monitor": ""}, NnxpTypeError, r"`monitor` .*Received: monitor=''"),
+    ({"monitor": None}, NnxpTypeError, r"`monitor` .*Received: monitor=None"),
+    ({"mode": 3}, NnxpError, r"`mode` .*Received: mode=3"),
+    ({"restore_best_weights": "yes"}, NnxpTypeError, r"`restore_best_weights` .*Received: restore_best_weights='yes'"),
+    ({"verbose": -1}, NnxpError, r"`verbose` .*Received: verbose=-1"),
+    ({"patience": np.int64(-1)}, NnxpError, r"`patience`"),
+])
+def test_early_stopping_refuses_bad_arguments_with_nnxp_errors(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        EarlyStopping(**kwargs)
+
+
+def test_early_stopping_takes_numpy_numbers():
+    es = EarlyStopping(min_delta=np.float32(0.5), patience=np.int64(1))
+    assert es.min_delta == 0.5 and es.patience == 1
+    assert _drive(es, [1.0, 0.9, 0.8])[0] == 1  # 0.9 is not 0.5 better than 1.0: patience 1 runs out
+
+
+@pytest.mark.parametrize("template, error, pattern", [
+    ("m{1.nnxp", NnxpError, r"`filepath` is not a valid format template"),
+    ("m}.nnxp", NnxpError, r"`filepath` is not a valid format template"),
+    ("m-{}.nnxp", NnxpError, r"fields must be log names"),
+    ("m-{0}.nnxp", NnxpError, r"fields must be log names"),
+    ("m-{loss.real}.nnxp", NnxpError, r"fields must be log names"),
+    ("m-{loss[0]}.nnxp", NnxpError, r"fields must be log names"),
+    ("m-{loss:{w}}.nnxp", NnxpError, r"fields must be log names"),
+])
+def test_checkpoint_refuses_broken_templates_when_created(template, error, pattern):
+    with pytest.raises(error, match=pattern):
+        ModelCheckpoint(template)
+
+
+@pytest.mark.parametrize("template, fit_kwargs, pattern", [
+    ("m-{val_loss:.2f}.nnxp", {}, r"uses \['val_loss'\], which this fit does not log \(validation values need"),
+    ("m-{accuracy}.nnxp", {}, r"uses \['accuracy'\]"),
+    ("m-{loss:d}.nnxp", {}, r"cannot be formatted"),
+    ("m-{epoch:s}.nnxp", {}, r"cannot be formatted"),
+    ("nope/m-{epoch}.nnxp", {}, r"existing folder"),
+    ("m-{val_mae:.2f}.nnxp", {"validation_split": 0.25}, r"uses \['val_mae'\]"),
+])
+def test_checkpoint_template_is_checked_before_any_epoch_trains(tmp_path, monkeypatch, template, fit_kwargs, pattern):
+    monkeypatch.chdir(tmp_path)
+    model = _model()
+    model.build(3)
+    before = model.get_weights()
+    with pytest.raises(NnxpError, match=pattern):
+        model.fit(X, Y, epochs=2, verbose=0, callbacks=[ModelCheckpoint(template)], **fit_kwargs)
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # not one batch was trained
+    assert model.epochs_trained == 0 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("template, fit_kwargs, callbacks, expected", [
+    ("m-{val_loss:.2f}.nnxp", {"validation_split": 0.25}, [], "m-"),
+    ("m-{epoch:03d}-{loss:.3f}.nnxp", {}, [], "m-001-"),
+    ("m-{lr:.3f}.nnxp", {}, [], "m-0.050"),  # the optimizer's rate, without a scheduler
+    ("m-{lr:.3f}.nnxp", {}, ["scheduler"], "m-0.020"),
+    ("m-{{literal}}-{epoch}.nnxp", {}, [], "m-{literal}-1"),
+])
+def test_checkpoint_templates_that_fit_can_fill(tmp_path, template, fit_kwargs, callbacks, expected):
+    model = _model()
+    cbs = [LearningRateScheduler(lambda e, lr: 0.02)] if callbacks else []
+    model.fit(X, Y, epochs=1, verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / template)), *cbs],
+              **fit_kwargs)
+    names = [p.name for p in tmp_path.iterdir()]
+    assert len(names) == 1 and names[0].startswith(expected), names
+
+
+def test_checkpoint_may_use_keys_another_callback_declares(tmp_path):
+    class Tagger(Callback):
+        log_keys = ("tag",)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["tag"] = 7.0
+
+    _model().fit(X, Y, epochs=1, verbose=0,
+                 callbacks=[Tagger(), ModelCheckpoint(str(tmp_path / "m-{tag:.0f}.nnxp"))])
+    assert [p.name for p in tmp_path.iterdir()] == ["m-7.nnxp"]
+
+
+@pytest.mark.parametrize("rate", [np.float32(0.01), np.float64(0.01), np.int64(0), 0.01, 0])
+def test_scheduler_accepts_any_real_number_type(rate):
+    model = _model()
+    model.fit(X, Y, epochs=1, verbose=0, callbacks=[LearningRateScheduler(lambda e, lr: rate)])
+    assert model.optimizer.learning_rate == pytest.approx(float(rate)) and type(model.optimizer.learning_rate) is float

@@ -240,3 +240,75 @@ def test_config_keeps_every_argument():
 def test_from_config_unknown_name(name):
     with pytest.raises(NnxpError, match="schedule must be one of"):
         schedules.from_config({"name": name, "initial_learning_rate": 0.1})
+
+
+# --- overflow, half-specified configs, NumPy numbers (issue 16, sections 2 and 4) ---------------------------------
+@pytest.mark.parametrize(("schedule", "step"), [
+    (ExponentialDecay(0.1, decay_steps=1, decay_rate=1e308), 2),  # 1e308**2: OverflowError in plain Python
+    (ExponentialDecay(1e300, decay_steps=1, decay_rate=1e10), 1),  # a finite product that is inf
+    (ExponentialDecay(0.1, decay_steps=1, decay_rate=1.5), 10**6),
+    (StepDecay(1e300, step_size=1, gamma=1e300), 1),
+    (StepDecay(0.1, step_size=1, gamma=10.0), 400),
+    (CosineDecay(1e308, decay_steps=10, alpha=1e10), 10),
+])
+def test_overflowing_parameters_give_an_nnxp_error_naming_them(schedule, step):
+    with pytest.raises(NnxpError, match=r"parameters overflow\. Received: initial_learning_rate="):
+        schedule(step)
+    assert math.isfinite(schedule(0))  # the same schedule is fine where it does not overflow
+
+
+def test_an_overflowing_schedule_stops_fit_with_an_nnxp_error_and_a_usable_model():
+    import numpy as np
+
+    from nnxp import Dense, Sequential
+    from nnxp.optimizers import SGD
+
+    r = np.random.default_rng(0)
+    x, y = r.normal(size=(16, 2)), r.normal(size=(16, 1))
+    model = Sequential([Dense(1, input_dim=2)], seed=0)
+    model.build(2)
+    before = model.get_weights()
+    # a zero initial rate keeps the first steps harmless; 1e308**2 overflows at the third
+    model.compile(SGD(ExponentialDecay(0.0, decay_steps=1, decay_rate=1e308)), "mse")
+    with pytest.raises(NnxpError, match="ExponentialDecay gives inf at step 2"):
+        model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("step", [-1, 1.5, "3", None, True])
+def test_bad_steps_are_refused(step):
+    with pytest.raises(NnxpError, match=r"`step` must be an integer >= 0"):
+        StepDecay(0.1, 3)(step)
+
+
+@pytest.mark.parametrize(("config", "pattern"), [
+    ({"name": "ExponentialDecay", "initial_learning_rate": 0.1}, r"missing \['decay_steps', 'decay_rate'\]"),
+    ({"name": "StepDecay", "step_size": 3}, r"missing \['initial_learning_rate'\]"),
+    ({"name": "CosineDecay", "initial_learning_rate": 0.1, "decay_steps": 5, "warmup": 3},
+     r"unknown keys \['warmup'\]"),
+    ({"name": "ExponentialDecay", "initial_learning_rate": 0.1, "decay_steps": 5, "decay_rate": 0.5,
+      "staircase": "no"}, r"`staircase` must be True or False"),
+    ({"name": ["StepDecay"]}, r"schedule must be one of"),
+    ("ExponentialDecay", r"schedule config must be a dict"),
+])
+def test_half_specified_configs_are_refused_naming_what_is_wrong(config, pattern):
+    with pytest.raises(NnxpError, match=pattern):
+        schedules.from_config(config)
+
+
+def test_a_compile_dict_with_a_half_specified_schedule_is_an_nnxp_error():
+    from nnxp import Dense, Sequential
+
+    model = Sequential([Dense(1, input_dim=2)])
+    with pytest.raises(NnxpError, match=r"missing \['step_size'\]"):
+        model.compile({"name": "sgd", "learning_rate": {"name": "StepDecay", "initial_learning_rate": 0.1}}, "mse")
+    assert model.optimizer is None  # nothing changed
+
+
+def test_numpy_numbers_are_accepted():
+    import numpy as np
+
+    s = ExponentialDecay(np.float32(0.5), decay_steps=np.int64(2), decay_rate=np.float64(0.25))
+    assert s(np.int64(2)) == pytest.approx(0.125, rel=REL) and isinstance(s(2), float)
+    assert json.loads(json.dumps(s.get_config())) == s.get_config()  # still JSON-safe
