@@ -269,17 +269,24 @@ class ModelCheckpoint(Callback):
         if "lr" in self._fields and "lr" not in values:  # the scheduler may run after this callback
             values["lr"] = self.model.optimizer.current_learning_rate()
         path = self._template.format(epoch=epoch + 1, **{k: v for k, v in values.items() if k != "epoch"})
+        value = logs.get(self.monitor)
         if self.save_best_only:
-            value = logs.get(self.monitor)
             if value is None:
                 warnings.warn(f"ModelCheckpoint monitors {self.monitor!r}, which is not in the logs.", stacklevel=2)
                 return
             if not (math.isnan(self.best) or self._better(value, self.best)):
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
                 return
-            self.best = value
+            previous, self.best = self.best, value
         self.model.save(path)
-        if self.verbose:
-            print(f"Saved model to {path}")
+        if self.verbose:  # Keras's wording: the epoch, the metric and what happened to it
+            if self.save_best_only:
+                was = "inf" if math.isnan(previous) else f"{previous:.5f}"
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {was} to {value:.5f}, saving model to {path}")
+            else:
+                metric = f" ({self.monitor}={value:.5f})" if value is not None else ""
+                print(f"Epoch {epoch + 1}: saving model to {path}{metric}")
 
 
 class LearningRateScheduler(Callback):

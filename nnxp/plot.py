@@ -31,14 +31,26 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
     if not isinstance(logs, dict) or not logs.get("loss"):
         raise NnxpError("`history` must be a History (or dict) with at least one epoch of 'loss'. Received: "
                         f"{type(history).__name__} with keys {list(logs) if isinstance(logs, dict) else '?'}")
+    fig = history_figure(logs, title)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return str(path)
+
+
+MAX_MARKED_EPOCHS = 60  # beyond this a marker per epoch turns the curve into a smudge: plain lines only
+
+
+def history_figure(logs: dict, title: str | None = None) -> Any:
+    """The matplotlib Figure that :func:`plot_history` saves (the caller closes it)."""
     plt = _pyplot()
     metrics = [k for k in logs if not k.startswith("val_") and k != "lr"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
     for ax, key in zip(axes[0], metrics):
         epochs = np.arange(1, len(logs[key]) + 1)
-        ax.plot(epochs, logs[key], marker="o", ms=3, label=f"train {key}")
+        marked = len(epochs) <= MAX_MARKED_EPOCHS
+        ax.plot(epochs, logs[key], marker="o" if marked else None, ms=3, label=f"train {key}")
         if f"val_{key}" in logs:
-            ax.plot(epochs, logs[f"val_{key}"], marker="s", ms=3, label=f"validation {key}")
+            ax.plot(epochs, logs[f"val_{key}"], marker="s" if marked else None, ms=3, label=f"validation {key}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         if key == "loss" and min(logs[key]) > 0:
@@ -48,9 +60,7 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return fig
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None) -> np.ndarray:

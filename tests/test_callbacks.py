@@ -478,3 +478,18 @@ def test_scheduler_accepts_any_real_number_type(rate):
     model = _model()
     model.fit(X, Y, epochs=1, verbose=0, callbacks=[LearningRateScheduler(lambda e, lr: rate)])
     assert model.optimizer.learning_rate == pytest.approx(float(rate)) and type(model.optimizer.learning_rate) is float
+
+
+def test_checkpoint_verbose_names_the_epoch_and_the_metric(tmp_path, capsys):
+    script = _ScriptedLogs("loss", [1.0, 1.2, 0.8])
+    ckpt = ModelCheckpoint(tmp_path / "m.nnxp", monitor="loss", save_best_only=True, verbose=1)
+    _model().fit(X, Y, epochs=3, batch_size=8, verbose=0, callbacks=[script, ckpt])
+    path = tmp_path / "m.nnxp"
+    assert capsys.readouterr().out.splitlines() == [
+        f"Epoch 1: loss improved from inf to 1.00000, saving model to {path}",
+        "Epoch 2: loss did not improve from 1.00000",
+        f"Epoch 3: loss improved from 1.00000 to 0.80000, saving model to {path}",
+    ]
+    every = ModelCheckpoint(tmp_path / "e{epoch}.nnxp", monitor="loss", verbose=1)
+    _model().fit(X, Y, epochs=1, verbose=0, callbacks=[_ScriptedLogs("loss", [0.5]), every])
+    assert capsys.readouterr().out.strip() == f"Epoch 1: saving model to {tmp_path / 'e1.nnxp'} (loss=0.50000)"

@@ -42,3 +42,18 @@ def test_plot_confusion_matrix_from_probabilities(tmp_path):
     cm = plot_confusion_matrix(y_true, probs, tmp_path / "cm.png", class_names=["a", "b", "c"])
     np.testing.assert_array_equal(cm.diagonal(), [1, 1, 1])
     assert (tmp_path / "cm.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("epochs, markers", [(10, {"o", "s"}), (60, {"o", "s"}), (400, {"None"})])
+def test_long_runs_are_drawn_without_a_marker_per_epoch(epochs, markers):
+    pytest.importorskip("matplotlib")
+    from nnxp.plot import _pyplot, history_figure
+
+    curve = list(np.linspace(1.0, 0.1, epochs))
+    fig = history_figure({"loss": curve, "val_loss": curve, "accuracy": curve})
+    try:
+        lines = [line for ax in fig.axes for line in ax.get_lines()]
+        assert len(lines) == 3 and {line.get_marker() for line in lines} == markers
+        assert all(len(line.get_xdata()) == epochs for line in lines)
+    finally:
+        _pyplot().close(fig)
