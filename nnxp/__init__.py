@@ -7,7 +7,7 @@ public API only.
 
 from __future__ import annotations
 
-from . import activations, callbacks, datasets, initializers, losses, optimizers, regularizers, schedules, utils
+from . import activations, callbacks, datasets, initializers, losses, models, optimizers, regularizers, schedules, utils
 from ._version import __version__
 from .backend import Device, cuda_available, get_device, to_numpy
 from .errors import NnxpError
@@ -35,6 +35,7 @@ __all__ = [
     "initializers",
     "load_model",
     "losses",
+    "models",
     "optimizers",
     "regularizers",
     "schedules",

@@ -15,7 +15,7 @@ LEVEL = {
     "activations": 3, "initializers": 3, "losses": 3, "regularizers": 3, "schedules": 3, "_validation": 3,
     "optimizers": 4, "layers": 4,
     "callbacks": 5, "_graph": 5,
-    "model": 6, "io": 7,
+    "model": 6, "io": 7, "models": 8,
     "plot": 1, "onnx_export": 7,
     "cli": 8, "selftest": 8, "utils": 8, "__main__": 9,  # utils: Keras's helpers over datasets
     "__init__": 10,

@@ -177,3 +177,8 @@ def _missing_message(src: _Source, searched: list[Path], reason: str) -> str:
     if src.package_hint:
         msg += f" On Debian/Ubuntu you can also run: {src.package_hint}."
     return f"{msg}\nNot downloaded: {reason}"
+
+
+def load_data() -> tuple[Split, Split]:
+    """Keras's spelling, ``from nnxp.datasets import mnist; mnist.load_data()``: :func:`load_mnist`'s arrays."""
+    return load_mnist()
