@@ -444,6 +444,9 @@ class Sequential:
 
         n = x.shape[0]
         history = History()
+        # every key from the start: a run stopped in its first epoch still has history["loss"] (an empty list)
+        keys = ["loss", *self.metrics]
+        history.history = {k: [] for k in keys + ([f"val_{k}" for k in keys] if val is not None else [])}
         self.history = history
         # user callbacks first, so what they add to the logs (e.g. "lr") reaches the history and the progress line
         cbs = callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
@@ -473,13 +476,15 @@ class Sequential:
     def _epochs(self, initial_epoch, epochs, data, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
                 history) -> None:
         for epoch in range(initial_epoch, epochs):
-            for cb in cbs:
-                cb.on_epoch_begin(epoch)
-            logs = self._run_epoch(epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt)
-            if interrupt.requested:
+            if not interrupt.requested:  # (a Ctrl-C during validation or a callback is seen here)
+                for cb in cbs:
+                    cb.on_epoch_begin(epoch)
+                logs = self._run_epoch(epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt)
+            if interrupt.requested:  # _run_epoch rolled the model back to the start of this epoch
                 history.interrupted = True
-                print(f"Training interrupted during epoch {epoch + 1}; the weights are those after the last "
-                      "completed batch.")
+                print(f"Training interrupted during epoch {epoch + 1}; the model is back at its weights and "
+                      f"optimizer state from the start of that epoch (epochs_trained={self.epochs_trained}), so a "
+                      "later fit continues exactly as an uninterrupted run would.")
                 break
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
@@ -555,6 +560,11 @@ class Sequential:
                 cb.on_train_batch_end(batch, {"size": nb})
             if interrupt.requested:
                 break
+        if interrupt.requested:
+            # roll back, as after divergence: the model stays at a whole number of epochs, which its files
+            # record, so interrupting, saving and resuming equals the uninterrupted run (issue 16, section 6)
+            self._restore(snapshot)
+            return {}
         logs = {"loss": float(loss_sum) / max(seen, 1)}
         logs.update({name: _ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
         if not math.isfinite(logs["loss"]) or not bool(xp.isfinite(self.params).all()):
@@ -596,7 +606,8 @@ class Sequential:
                 return None
         return step.run()
 
-    def _recover_from_blowup(self, snapshot: tuple, epoch: int, batch: int | None) -> None:
+    def _restore(self, snapshot: tuple) -> None:
+        """Put back the weights, optimizer state and step count taken at the start of an epoch."""
         params, state, iterations = snapshot
         self.params[...] = params
         opt = self.optimizer
@@ -606,6 +617,9 @@ class Sequential:
         else:  # the state did not exist yet: let the next step allocate it afresh
             opt.state, opt._tmp = {}, None
         opt.iterations = iterations
+
+    def _recover_from_blowup(self, snapshot: tuple, epoch: int, batch: int | None) -> None:
+        self._restore(snapshot)
         where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
         raise NumericalError(
             f"training diverged: the loss became NaN or infinite at {where}. The model is back at its weights and "

@@ -267,19 +267,61 @@ def test_divergence_stops_with_finite_weights():
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
-def test_ctrl_c_stops_after_the_batch_and_returns_history():
-    class Interrupter(Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 3 and self.model.epochs_trained == 1:
-                os.kill(os.getpid(), signal.SIGINT)
+class _Interrupter(Callback):
+    """Sends this process a real SIGINT (as Ctrl-C does) after batch `batch` of the model's epoch `count`."""
 
+    def __init__(self, count, batch):
+        self.count, self.batch = count, batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch and self.model.epochs_trained == self.count:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_after_the_batch_and_returns_history():
     x, y = _circles(400)
     model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
     model.compile("adam", "bce")
-    h = model.fit(x, y, epochs=5, batch_size=16, verbose=0, callbacks=[Interrupter()])
+    h = model.fit(x, y, epochs=5, batch_size=16, verbose=0, callbacks=[_Interrupter(1, 3)])
     assert h.interrupted and len(h.history["loss"]) == 1
-    assert model.optimizer.iterations == 25 + 4  # one full epoch plus the four batches before the flag was seen
+    # (changed on purpose, issue 16 section 6: was 25 + 4) the four batches of the interrupted epoch are rolled
+    # back, so the model is exactly as after epoch 1
+    assert model.optimizer.iterations == 25 and model.epochs_trained == 1
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_a_usable_history_and_the_initial_model():
+    x, y = _circles(400)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce", metrics=["accuracy"])
+    before = model.get_weights()
+    h = model.fit(x, y, epochs=5, batch_size=16, verbose=0, validation_split=0.25, callbacks=[_Interrupter(0, 2)])
+    assert h.interrupted and h.epoch == []
+    assert h.history == {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}  # no KeyError 'loss'
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.iterations == 0 and model.optimizer.state == {}
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # and it trains on afterwards
+    assert model.epochs_trained == 1
+
+
+def test_interrupt_save_load_resume_equals_the_uninterrupted_run(tmp_path):
+    x, y = _circles(300)
+    y = y.astype(np.int64)
+    kw = {"batch_size": 16, "verbose": 0}
+    straight = _continuing_model()
+    h_straight = straight.fit(x, y, epochs=6, **kw)
+
+    model = _continuing_model()
+    h = model.fit(x, y, epochs=6, callbacks=[_Interrupter(3, 7)], **kw)  # during the fourth epoch
+    assert h.interrupted and model.epochs_trained == 3
+    model.save(tmp_path / "interrupted.nnxp")
+    resumed = nnxp.load_model(tmp_path / "interrupted.nnxp")
+    h_resumed = resumed.fit(x, y, epochs=6, initial_epoch=resumed.epochs_trained, **kw)
+    assert h.history["loss"] + h_resumed.history["loss"] == h_straight.history["loss"]
+    assert resumed.optimizer.iterations == straight.optimizer.iterations
+    for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_early_stopping_restores_best_weights():
