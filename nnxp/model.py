@@ -25,6 +25,7 @@ from ._graph import GraphedStep
 from ._validation import (
     as_array,
     check_features,
+    check_finite,
     check_same_length,
     check_sample_weight,
     check_targets,
@@ -227,6 +228,7 @@ class Sequential:
                 raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must have shape {shape}. Received: {w.shape}")
             if w.dtype.kind == "f" and not np.isfinite(w).all():
                 raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must be finite. Received NaN or inf values")
+            check_finite(w, f"weights[{i}]", self.dtype)
             host[offset : offset + w.size] = w.ravel()
         self.params[...] = self.device.asarray(host)
 
@@ -333,8 +335,8 @@ class Sequential:
     # --- data -----------------------------------------------------------------------------------
     def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y") -> tuple[Any, Any]:
         """Validate, cast and move one (x, y) pair to the device; builds the model if needed."""
-        x = check_features(x, xname, self.input_dim)
-        y = check_targets(y, yname, self.loss.task, self.loss.sparse, self.output_dim or 1)
+        x = check_features(x, xname, self.input_dim, self.dtype)
+        y = check_targets(y, yname, self.loss.task, self.loss.sparse, self.output_dim or 1, self.dtype)
         check_same_length(x, y, xname, yname)
         x = self.device.asarray(x, dtype=self.dtype)
         y = self.device.asarray(y, dtype=None if self.loss.sparse else self.dtype)
@@ -344,7 +346,7 @@ class Sequential:
         """Validated per-row weights (N,) on the device in the model's dtype, or None."""
         if w is None:
             return None
-        return self.device.asarray(check_sample_weight(w, name, n), dtype=self.dtype)
+        return self.device.asarray(check_sample_weight(w, name, n, self.dtype), dtype=self.dtype)
 
     # --- fit / evaluate / predict -------------------------------------------------------------
     def _out_of_memory(self, exc: BaseException, batch_size: int, what: str) -> DeviceMemoryError:
@@ -412,7 +414,8 @@ class Sequential:
         x, y = self._prepare(x, y)
         sw = w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
         if class_weight is not None:
-            cw = class_weight_to_sample_weight(class_weight, y, self.loss.sparse, self.loss.task, self.output_dim or 1)
+            cw = class_weight_to_sample_weight(class_weight, y, self.loss.sparse, self.loss.task, self.output_dim or 1,
+                                               self.dtype)
             cw = cw.astype(self.dtype)
             w = cw if sw is None else sw * cw
         if cuda_graph and w is not None:
@@ -694,7 +697,7 @@ class Sequential:
     def _predict(self, x: Any, batch_size: int | None) -> np.ndarray:
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
-        x = check_features(x, "x", self.input_dim)
+        x = check_features(x, "x", self.input_dim, self.dtype)
         n = x.shape[0]
         result = np.empty((n, self.output_dim), dtype=self.dtype)
         last = self.layers[-1]

@@ -868,3 +868,83 @@ def test_a_second_fit_continues_bit_for_bit(tmp_path):
         for a, b in zip(model.get_weights(), straight.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
         assert model.optimizer.iterations == straight.optimizer.iterations
+
+
+# --- finite in float64 is not finite in float32 (issue 16, section 3) -----------------------------------------
+
+def _finite_case_model(dtype="float32"):
+    model = Sequential([Dense(4, "tanh", input_dim=2), Dense(1)], seed=0, dtype=dtype)
+    model.compile("sgd", "mse")
+    return model
+
+
+def _big(a, where=(0, 0)):
+    a = np.array(a, dtype=np.float64)
+    a[where] = 1e39  # finite in float64, inf in float32
+    return a
+
+
+_X, _Y = np.ones((8, 2)), np.ones(8)
+OVERFLOW_CASES = {
+    "set_weights": (lambda m: m.set_weights([_big(m.get_weights()[0])] + m.get_weights()[1:]), r"`weights\[0\]`"),
+    "predict-x": (lambda m: m.predict(_big(_X)), r"`x`"),
+    "evaluate-x": (lambda m: m.evaluate(_big(_X), _Y, verbose=0), r"`x`"),
+    "evaluate-y": (lambda m: m.evaluate(_X, _big(_Y, 3), verbose=0), r"`y`"),
+    "evaluate-sample_weight": (lambda m: m.evaluate(_X, _Y, verbose=0, sample_weight=_big(np.ones(8), 2)),
+                               r"`sample_weight`"),
+    "fit-x": (lambda m: m.fit(_big(_X), _Y, verbose=0), r"`x`"),
+    "fit-y": (lambda m: m.fit(_X, -_big(_Y, 5), verbose=0), r"`y`"),
+    "fit-validation_data[0]": (lambda m: m.fit(_X, _Y, verbose=0, validation_data=(_big(_X), _Y)),
+                               r"`validation_data\[0\]`"),
+    "fit-validation_data[1]": (lambda m: m.fit(_X, _Y, verbose=0, validation_data=(_X, _big(_Y, 1))),
+                               r"`validation_data\[1\]`"),
+    "fit-validation_data[2]": (lambda m: m.fit(_X, _Y, verbose=0, validation_data=(_X, _Y, _big(np.ones(8), 1))),
+                               r"`validation_data\[2\]`"),
+    "fit-sample_weight": (lambda m: m.fit(_X, _Y, verbose=0, sample_weight=_big(np.ones(8), 7)), r"`sample_weight`"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERFLOW_CASES))
+def test_values_that_overflow_the_models_dtype_are_refused_by_name(case):
+    call, name = OVERFLOW_CASES[case]
+    model = _finite_case_model()
+    before = model.get_weights()
+    with pytest.raises(NnxpError, match=name + r" must be finite in float32 \(the model's dtype\).*1e\+39"):
+        call(model)
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.iterations == 0
+    call(_finite_case_model("float64"))  # the same values are fine in a float64 model
+
+
+def test_class_weight_that_overflows_float32_is_refused():
+    model = Sequential([Dense(2, "softmax", input_dim=2)], seed=0)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    with pytest.raises(NnxpError, match=r"`class_weight` values must be finite in float32.*class_weight\[1\]=1e\+39"):
+        model.fit(_X, np.ones(8, np.int64), verbose=0, class_weight={1: 1e39})
+
+
+MASKED = {
+    "predict-x": lambda m, x, y: m.predict(x),
+    "fit-x": lambda m, x, y: m.fit(x, y, verbose=0),
+    "fit-y": lambda m, x, y: m.fit(_X, np.ma.masked_invalid(np.r_[np.nan, np.ones(7)]), verbose=0),
+    "evaluate-x": lambda m, x, y: m.evaluate(x, y, verbose=0),
+    "set_weights": lambda m, x, y: m.set_weights([np.ma.masked_invalid(np.full((2, 4), np.nan)),
+                                                  *m.get_weights()[1:]]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MASKED))
+def test_masked_arrays_with_nan_under_the_mask_are_refused(case):
+    # nnxp computes on a masked array's underlying data (what np.asarray gives), masked entries included
+    model = _finite_case_model()
+    x = np.ma.masked_invalid(np.r_[[[np.nan, 1.0]], np.ones((7, 2))])
+    with pytest.raises(NnxpError, match=r"masked array with NaN or infinite values under its mask.*filled"):
+        MASKED[case](model, x, _Y)
+    assert model.optimizer.iterations == 0
+
+
+def test_masked_arrays_without_bad_values_use_their_data():
+    model = _finite_case_model()
+    x = np.ma.array(np.arange(16.0).reshape(8, 2) / 16, mask=np.eye(8, 2, dtype=bool))
+    np.testing.assert_array_equal(model.predict(x), model.predict(x.data))
