@@ -168,6 +168,15 @@ class Sequential:
         with self._use():
             self._bind(self.device.asarray(host))
 
+    def _unbuild(self) -> None:
+        """Back to the unbuilt state (no weights, input size free), for a fit that failed before training."""
+        self.params = self.grads = None
+        self._slices = []
+        for layer in self.layers:
+            layer.input_dim = layer.output_dim = None
+            layer.params, layer.grads = {}, {}
+            layer._buffers.clear()
+
     def _bind(self, params: Any) -> None:
         """Adopt `params` as the flat buffer and give every layer its views."""
         xp = xp_of(params)
@@ -333,9 +342,11 @@ class Sequential:
         return pred == true
 
     # --- data -----------------------------------------------------------------------------------
-    def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y") -> tuple[Any, Any]:
-        """Validate, cast and move one (x, y) pair to the device; builds the model if needed."""
-        x = check_features(x, xname, self.input_dim, self.dtype)
+    def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y",
+                 n_features: int | None = None) -> tuple[Any, Any]:
+        """Validate, cast and move one (x, y) pair to the device (`n_features`: the width x must have, when the
+        model's input size is not fixed yet)."""
+        x = check_features(x, xname, self.input_dim or n_features, self.dtype)
         y = check_targets(y, yname, self.loss.task, self.loss.sparse, self.output_dim or 1, self.dtype)
         check_same_length(x, y, xname, yname)
         x = self.device.asarray(x, dtype=self.dtype)
@@ -421,13 +432,13 @@ class Sequential:
         if cuda_graph and w is not None:
             raise NnxpError("`cuda_graph=True` does not support `sample_weight` or `class_weight` yet; "
                             "use cuda_graph=False for weighted training")
-        if not self.built:  # fixes the input size, so validation data is checked against it too
-            self.build(x.shape[1])
+        # everything is checked before the model is built: an error leaves an unbuilt model unbuilt
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise NnxpError("`validation_data` must be a tuple (x_val, y_val) or (x_val, y_val, "
                                 f"sample_weight_val). Received: {type(validation_data).__name__}")
-            xv, yv = self._prepare(*validation_data[:2], xname="validation_data[0]", yname="validation_data[1]")
+            xv, yv = self._prepare(*validation_data[:2], xname="validation_data[0]", yname="validation_data[1]",
+                                   n_features=x.shape[1])
             wv = None
             if len(validation_data) == 3:
                 wv = self._prepare_weights(validation_data[2], "validation_data[2]", xv.shape[0])
@@ -444,9 +455,12 @@ class Sequential:
             w = None if w is None else w[:-n_val]
         else:
             val = None
+        built_here = not self.built
+        if built_here:
+            self.build(x.shape[1])
 
         n = x.shape[0]
-        history = History()
+        history, previous_history = History(), self.history
         # every key from the start: a run stopped in its first epoch still has history["loss"] (an empty list)
         keys = ["loss", *self.metrics]
         history.history = {k: [] for k in keys + ([f"val_{k}" for k in keys] if val is not None else [])}
@@ -466,8 +480,14 @@ class Sequential:
                       None if w is None else xp.empty(rows, w.dtype))
         # overflow inside a diverging step is reported once, as a NumericalError, not as NumPy warnings
         with _GracefulInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
-            for cb in cbs:
-                cb.on_train_begin()
+            try:
+                for cb in cbs:
+                    cb.on_train_begin()
+            except BaseException:  # a callback refused to start: nothing has trained, so undo this call's build
+                self.history = previous_history
+                if built_here:
+                    self._unbuild()
+                raise
             try:
                 self._epochs(initial_epoch, epochs, (x, y, w), val, batch_bufs, shuffle, batch_size, cbs,
                              interrupt, history)

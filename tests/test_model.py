@@ -948,3 +948,42 @@ def test_masked_arrays_without_bad_values_use_their_data():
     model = _finite_case_model()
     x = np.ma.array(np.arange(16.0).reshape(8, 2) / 16, mask=np.eye(8, 2, dtype=bool))
     np.testing.assert_array_equal(model.predict(x), model.predict(x.data))
+
+
+# --- an error leaves an unbuilt model unbuilt (issue 16, section 5) -------------------------------------------
+
+class _RefusesToStart(Callback):
+    def on_train_begin(self, logs=None):
+        raise NnxpError("refused")
+
+
+UNBUILT_FAILURES = {
+    "validation_data-width": (lambda m, x, y: m.fit(x, y, verbose=0, validation_data=(np.zeros((4, 5)), y[:4])),
+                              r"`validation_data\[0\]` must have 3 features"),
+    "validation_data-labels": (lambda m, x, y: m.fit(x, y, verbose=0, validation_data=(x[:4], np.full(4, 7))),
+                               r"`validation_data\[1\]` labels"),
+    "validation_data-weights": (lambda m, x, y: m.fit(x, y, verbose=0, validation_data=(x[:4], y[:4], -np.ones(4))),
+                                r"`validation_data\[2\]` must be non-negative"),
+    "validation_data-shape": (lambda m, x, y: m.fit(x, y, verbose=0, validation_data=(x[:4],)), "`validation_data`"),
+    "validation_split-one-row": (lambda m, x, y: m.fit(x[:1], y[:1], verbose=0, validation_split=0.4),
+                                 "`validation_split`"),
+    "sample_weight": (lambda m, x, y: m.fit(x, y, verbose=0, sample_weight=np.ones(3)), "`sample_weight`"),
+    "class_weight": (lambda m, x, y: m.fit(x, y, verbose=0, class_weight={9: 1.0}), "`class_weight`"),
+    "callback-on_train_begin": (lambda m, x, y: m.fit(x, y, verbose=0, callbacks=[_RefusesToStart()]), "refused"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNBUILT_FAILURES))
+def test_a_failed_fit_leaves_an_unbuilt_model_unbuilt(case):
+    call, message = UNBUILT_FAILURES[case]
+    model = Sequential([Dense(4, "relu"), Dense(2, "softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    with pytest.raises(NnxpError, match=message):
+        call(model, x, y)
+    assert not model.built and model.input_dim is None and model.count_params() == 0
+    assert all(layer.input_dim is None for layer in model.layers)
+    assert model.history is None and model.optimizer.iterations == 0
+    x6 = np.random.default_rng(1).normal(size=(20, 6))  # a later valid fit, of any width, works
+    model.fit(x6, y, epochs=1, verbose=0)
+    assert model.input_dim == 6 and model.predict(x6).shape == (20, 2)
