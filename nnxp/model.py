@@ -14,6 +14,8 @@ import signal
 import threading
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,8 @@ from .ops import activation as A
 
 _DTYPES = ("float32", "float64")
 _PRECISIONS = ("highest", "tf32")
+# makes each model's check-and-claim of `_busy` atomic (one lock for all models: it is held for microseconds)
+_BUSY_LOCK = threading.Lock()
 _METRIC_ALIASES = {"acc": "accuracy", "accuracy": "accuracy", "mse": "mse", "mean_squared_error": "mse",
                    "mae": "mae", "mean_absolute_error": "mae"}
 
@@ -94,6 +98,7 @@ class Sequential:
         self.epochs_trained = 0
         self.history: History | None = None
         self._fit_state: dict = {}
+        self._busy: tuple[int, str] | None = None  # (thread id, "fit" | "evaluate" | "predict") while one runs
         for layer in layers or []:
             self.add(layer)
 
@@ -274,6 +279,28 @@ class Sequential:
         act = getattr(last, "activation", None) if isinstance(last, (Dense, Activation)) else None
         self._fused = self.loss is not None and act is not None and act == self.loss.fused_activation
 
+    @contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """One fit / evaluate / predict at a time per model: they share the layers' scratch buffers and the
+        activations kept for backward. A callback inside fit (same thread) may evaluate or predict, not fit."""
+        me = threading.get_ident()
+        with _BUSY_LOCK:
+            owner = self._busy
+            if owner is not None and (what == "fit" or owner[0] != me):
+                where = "in another thread" if owner[0] != me else "(this call comes from inside it, e.g. a callback)"
+                raise NnxpError(f"{owner[1]} is already running on this model {where}; `{what}` must wait for it "
+                                "to finish (one model runs one fit, evaluate or predict at a time), or use a "
+                                "separate model per thread")
+            nested = owner is not None
+            if not nested:
+                self._busy = (me, what)
+        try:
+            yield
+        finally:
+            if not nested:
+                with _BUSY_LOCK:
+                    self._busy = None
+
     def _use(self) -> Any:
         """The model's device made current, with its matmul precision."""
         return self.device.use(tf32=self.precision == "tf32")
@@ -397,9 +424,14 @@ class Sequential:
         batch's loss is ``sum_i w_i l_i / batch_size``, and the metrics are weighted means. Given both, a row's
         weight is their product. ``validation_data`` may be ``(x_val, y_val, sample_weight_val)``; with
         ``validation_split`` the validation rows keep their ``sample_weight`` (class weights apply to training).
+
+        Ctrl-C stops after the current batch and rolls the model back to the start of that epoch. One fit runs
+        per model at a time: a second one (another thread, or a callback) raises NnxpError, as do predict and
+        evaluate from another thread while it runs; callbacks may predict and evaluate.
         """
         try:
-            with self._use():  # every allocation lands on the model's GPU, not the current one
+            # every allocation lands on the model's GPU, not the current one
+            with self._exclusive("fit"), self._use():
                 return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
                                  callbacks, initial_epoch, cuda_graph, sample_weight, class_weight)
         except Exception as exc:
@@ -681,7 +713,7 @@ class Sequential:
             raise NnxpTypeError(f"`return_dict` must be True or False. Received: return_dict={return_dict!r}")
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
-        with self._use():
+        with self._exclusive("evaluate"), self._use():
             x, y = self._prepare(x, y)
             w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
             logs = self._evaluate_arrays(x, y, w, batch_size)
@@ -704,10 +736,14 @@ class Sequential:
         `x` stays where it is and moves to the device one batch at a time, so data larger than
         the device's memory is fine. ``verbose`` is accepted for Keras programs (0, 1, 2 or "auto") and
         prints nothing: prediction has no progress bar.
+
+        Not concurrent: predict shares the layers' scratch buffers with fit, evaluate and other predicts, so a
+        call while one of them runs in another thread raises NnxpError (use one model per thread). A callback
+        inside fit may call it.
         """
         verbosity(verbose)
         try:
-            with self._use():
+            with self._exclusive("predict"), self._use():
                 return self._predict(x, batch_size)
         except Exception as exc:
             if is_out_of_memory(exc):

@@ -987,3 +987,59 @@ def test_a_failed_fit_leaves_an_unbuilt_model_unbuilt(case):
     x6 = np.random.default_rng(1).normal(size=(20, 6))  # a later valid fit, of any width, works
     model.fit(x6, y, epochs=1, verbose=0)
     assert model.input_dim == 6 and model.predict(x6).shape == (20, 2)
+
+
+# --- one model, two threads (issue 16, section 8) -------------------------------------------------------------
+
+def test_a_second_concurrent_fit_is_refused_and_the_first_trains_undisturbed():
+    import threading
+
+    x, y = _circles(200)
+    started, release = threading.Event(), threading.Event()
+
+    class Pause(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1 and self.model.epochs_trained == 0:
+                started.set()
+                assert release.wait(30)
+
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce")
+    errors = []
+    worker = threading.Thread(target=lambda: model.fit(x, y, epochs=2, verbose=0, callbacks=[Pause()]))
+    worker.start()
+    try:
+        assert started.wait(30)
+        for call in (lambda: model.fit(x, y, verbose=0), lambda: model.predict(x),
+                     lambda: model.evaluate(x, y, verbose=0)):
+            with pytest.raises(NnxpError, match="fit is already running on this model") as info:
+                call()
+            errors.append(str(info.value))
+    finally:
+        release.set()
+        worker.join(60)
+    assert "another thread" in errors[1]
+    reference = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    reference.compile("adam", "bce")
+    reference.fit(x, y, epochs=2, verbose=0)
+    for a, b in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.fit(x, y, epochs=1, verbose=0)  # the guard is released afterwards
+    assert model.predict(x).shape == (200, 1)
+
+
+def test_callbacks_may_predict_and_evaluate_but_not_fit_the_model_they_watch():
+    x, y = _circles(64)
+    seen = []
+
+    class Probe(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(self.model.predict(x[:4]).shape)
+            seen.append(self.model.evaluate(x, y, verbose=0))
+            with pytest.raises(NnxpError, match="fit is already running on this model"):
+                self.model.fit(x, y, verbose=0)
+
+    model = Sequential([Dense(4, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[Probe()])
+    assert seen[0] == (4, 1) and isinstance(seen[1], float) and len(seen) == 4
