@@ -10,6 +10,7 @@ per epoch.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import warnings
@@ -60,26 +61,30 @@ class Sequential:
 
     def __init__(
         self,
-        layers: list[Layer] | None = None,
+        layers: list[Layer] | tuple[Layer, ...] | None = None,
         device: str | Device | None = None,
         seed: int | None = None,
         dtype: str = "float32",
         name: str | None = None,
         precision: str = "highest",
     ) -> None:
+        if layers is not None and not isinstance(layers, (list, tuple)):
+            hint = f" Sequential([{type(layers).__name__}(...)])" if isinstance(layers, Layer) else ""
+            raise NnxpTypeError(f"`layers` must be a list of layers, e.g.{hint or ' Sequential([Dense(10)])'}. "
+                                f"Received: layers={layers!r}")
         self.device = get_device(device)
         if precision not in _PRECISIONS:
             hint = did_you_mean(str(precision), _PRECISIONS) if isinstance(precision, str) else ""
             raise NnxpError(f"`precision` must be one of {_PRECISIONS}.{hint} Received: precision={precision!r}")
         # "tf32": float32 matmuls on CUDA tensor cores (TF32 inputs, float32 sums); no effect on the CPU
         self.precision = precision
-        try:
-            name = np.dtype(dtype).name  # "float32", np.float32 and np.dtype("float32") all work
+        try:  # "float32", np.float32 and np.dtype("float32") all work; None is refused (NumPy reads it as float64)
+            dtype_name = None if dtype is None else np.dtype(dtype).name
         except TypeError:
-            name = None
-        if name not in _DTYPES:
+            dtype_name = None
+        if dtype_name not in _DTYPES:
             raise NnxpError(f"`dtype` must be one of {_DTYPES}. Received: dtype={dtype!r}")
-        self.dtype = np.dtype(name)
+        self.dtype = np.dtype(dtype_name)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         self.seed = non_negative_int("seed", seed)
@@ -162,6 +167,17 @@ class Sequential:
                 layer.input_dim = layer.output_dim = None
             raise
         total = sum(int(np.prod(shape)) for _, _, shape, _ in specs)
+        need, limit = 2 * total * self.dtype.itemsize, _memory_limit()  # weights and gradients
+        if limit is not None and need > limit:  # refused before a MemoryError (or swapping) can happen
+            for layer in self.layers:
+                layer.input_dim = layer.output_dim = None
+            sizes = {}
+            for layer, _, shape, _ in specs:
+                sizes[layer.name] = sizes.get(layer.name, 0) + int(np.prod(shape))
+            largest = max(sizes, key=sizes.get)
+            raise NnxpError(f"the model needs {_format_bytes(need)} for its {total:,} parameters ({self.dtype} "
+                            f"weights and gradients; layer {largest!r} has {sizes[largest]:,}), more than the "
+                            f"{_format_bytes(limit)} of memory available. Use fewer units or smaller inputs")
         host = np.empty(total, dtype=self.dtype)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0]))  # stream 0: initial weights
         self._slices, offset = [], 0
@@ -815,6 +831,30 @@ class Sequential:
 
     def __repr__(self) -> str:
         return f"Sequential(layers={len(self.layers)}, params={self.count_params():,}, device={self.device.name!r})"
+
+
+def _memory_limit() -> int | None:
+    """Bytes a model's weights and gradients may take: the memory available now (psutil, when installed), else
+    the machine's physical memory, else None (no check)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.1f} {unit}"
 
 
 def _ratio(total: Any, count: Any) -> float:

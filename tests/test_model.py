@@ -1043,3 +1043,65 @@ def test_callbacks_may_predict_and_evaluate_but_not_fit_the_model_they_watch():
     model.compile("adam", "bce")
     model.fit(x, y, epochs=2, verbose=0, callbacks=[Probe()])
     assert seen[0] == (4, 1) and isinstance(seen[1], float) and len(seen) == 4
+
+
+# --- smaller things from issue 16 -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [None, "float16", "int32", "double precision"])
+def test_dtype_must_be_one_of_the_choices(dtype):
+    with pytest.raises(NnxpError, match=r"`dtype` must be one of \('float32', 'float64'\)\. Received: dtype="):
+        Sequential(dtype=dtype)
+
+
+def test_the_model_name_is_kept():
+    assert Sequential(name="mlp").name == "mlp" and Sequential().name == "sequential"
+    assert Sequential(name="mlp", dtype="float64").get_config()["name"] == "mlp"
+
+
+def test_layers_must_be_a_list():
+    with pytest.raises(nnxp.errors.NnxpTypeError, match=r"`layers` must be a list of layers.*Sequential\(\[Dense"):
+        Sequential(Dense(3, input_dim=2))
+    with pytest.raises(nnxp.errors.NnxpTypeError, match=r"`layers` must be a list"):
+        Sequential("dense")
+    assert len(Sequential((Dense(3, input_dim=2), Dense(1))).layers) == 2
+
+
+def test_negative_categorical_targets_are_refused_not_reported_as_divergence():
+    model = Sequential([Dense(3, "softmax", input_dim=2)], seed=0)
+    model.compile("sgd", "categorical_crossentropy")
+    y = np.eye(3)[[0, 1, 2, 0]]
+    y[1] = [-1.0, 1.0, 1.0]
+    with pytest.raises(NnxpError, match=r"`y` must be non-negative for categorical cross-entropy.*-1"):
+        model.fit(np.zeros((4, 2)), y, verbose=0)
+    with pytest.raises(NnxpError, match=r"`validation_data\[1\]` must be non-negative"):
+        model.fit(np.zeros((4, 2)), np.abs(y), verbose=0, validation_data=(np.zeros((4, 2)), y))
+    assert model.optimizer.iterations == 0
+
+
+def test_a_model_too_large_for_memory_is_refused_at_build_with_its_size():
+    model = Sequential([Dense(10**9, input_dim=1000), Dense(1)], seed=0)
+    # 1000 * 1e9 + 1e9 + 1e9 + 1 parameters, float32, weights and gradients: about 7.3 TiB
+    with pytest.raises(NnxpError, match=r"needs 7\.3 TiB .*1,002,000,000,001 parameters"):
+        model.build(1000)
+    assert not model.built and all(layer.input_dim is None for layer in model.layers)
+    model.compile("sgd", "mse")
+    with pytest.raises(NnxpError, match=r"needs 7\.3 TiB"):
+        model.fit(np.zeros((2, 1000)), np.zeros(2), verbose=0)
+    assert "Total params" in model.summary(print_fn=None)
+
+
+def test_the_memory_bound_without_psutil_is_the_physical_memory(monkeypatch):
+    import builtins
+
+    from nnxp import model as model_mod
+
+    real_import = builtins.__import__
+
+    def no_psutil(name, *args, **kwargs):
+        if name == "psutil":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psutil)
+    limit = model_mod._memory_limit()
+    assert limit == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
