@@ -212,7 +212,22 @@ class Sequential:
             layer.bind(*views[id(layer)])
 
     def count_params(self) -> int:
-        return 0 if not self.built else int(self.params.size)
+        """The number of weights; before the model is built, what :meth:`summary` counts (its total)."""
+        if self.built:
+            return int(self.params.size)
+        return sum(count or 0 for _, count in self._layer_shapes())
+
+    def _layer_shapes(self) -> list[tuple[int | None, int | None]]:
+        """(output width, parameter count) per layer from the declared sizes; None where not known yet."""
+        rows, dim = [], self.input_dim
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                count = (dim * layer.units + (layer.units if layer.use_bias else 0)) if dim else None
+                dim = layer.units
+            else:
+                count = 0
+            rows.append((dim, count))
+        return rows
 
     def to(self, device: str | Device) -> Sequential:
         """Move the model (weights and optimizer state) to `device`; returns self."""
@@ -288,6 +303,11 @@ class Sequential:
                 names.append(key)
         self.optimizer, self.loss, self.metrics = opt, loss_obj, names
         self._configure_output()
+        last = self.layers[-1] if self.layers else None
+        if getattr(last, "activation", None) == "softmax" and self.output_dim == 1:
+            warnings.warn("the output has 1 unit and softmax, whose output is always 1.0, so the loss cannot "
+                          "change; for a binary output use Dense(1, activation='sigmoid') with "
+                          "'binary_crossentropy', or one unit per class with softmax", UserWarning, stacklevel=2)
 
     def _configure_output(self) -> None:
         """Fuse the output activation with the loss (softmax+CE, sigmoid+BCE) when they pair."""
@@ -590,6 +610,12 @@ class Sequential:
         weight_sum = None if w is None else xp.zeros((), dtype=np.float64)  # the weighted metrics' denominator
         seen = 0
         wb = None
+        # Keras passes the batch's loss to on_train_batch_end. On the CPU it is a float already (the divergence
+        # check reads it); on a GPU reading it syncs the device, so it is read only when a callback other than
+        # the progress bar overrides on_train_batch_end
+        batch_loss_wanted = check_each_batch or any(
+            type(cb).on_train_batch_end is not Callback.on_train_batch_end and not isinstance(cb, ProgbarLogger)
+            for cb in cbs)
         graphs = self._fit_state.get("cuda_graph", False)
         for batch, start in enumerate(range(0, n, batch_size)):
             if shuffle:
@@ -613,7 +639,7 @@ class Sequential:
                 loss, sums = replayed
             else:
                 loss, out = self._train_step(xb, yb, wb)
-                if check_each_batch and not math.isfinite(float(loss)):
+                if check_each_batch and not math.isfinite(float(loss)):  # (a float of a NumPy 0-d array: no sync)
                     self._recover_from_blowup(snapshot, epoch, batch)
                 sums = self._metric_sums(out, yb, wb)
                 self.optimizer.apply(self.params, self.grads)
@@ -627,8 +653,9 @@ class Sequential:
             seen += nb
             if weight_sum is not None:
                 weight_sum += wb.sum()
+            batch_logs = {"size": nb, "loss": float(loss)} if batch_loss_wanted else {"size": nb}
             for cb in cbs:
-                cb.on_train_batch_end(batch, {"size": nb})
+                cb.on_train_batch_end(batch, batch_logs)
             if interrupt.requested:
                 break
         if interrupt.requested:
@@ -786,17 +813,10 @@ class Sequential:
         """A table of layers, output shapes, activations and parameter counts; printed and returned."""
         rows = [("Layer (type)", "Output shape", "Activation", "Params")]
         total = 0
-        dim = self.input_dim
-        for layer in self.layers:
-            if isinstance(layer, Dense):
-                out_dim = layer.units
-                count = (dim * layer.units + (layer.units if layer.use_bias else 0)) if dim else None
-            else:
-                out_dim, count = dim, 0
+        for layer, (out_dim, count) in zip(self.layers, self._layer_shapes(), strict=True):
             total += count or 0
             rows.append((f"{layer.name} ({type(layer).__name__})", f"(None, {out_dim if out_dim else '?'})",
                          layer.describe_activation() or "-", "?" if count is None else f"{count:,}"))
-            dim = out_dim
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         line = "-" * (sum(widths) + 6)
         fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}"  # noqa: E731

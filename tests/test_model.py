@@ -1105,3 +1105,67 @@ def test_the_memory_bound_without_psutil_is_the_physical_memory(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_psutil)
     limit = model_mod._memory_limit()
     assert limit == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# --- smaller things from issue 17 -----------------------------------------------------------------------------
+
+def test_count_params_before_the_first_fit_equals_the_summary():
+    model = Sequential([Dense(8, "relu", input_dim=4), Dropout(0.1), Dense(1, "sigmoid")])
+    assert "Total params: 49" in model.summary(print_fn=None)
+    assert model.count_params() == 49 and not model.built
+    model.build(4)
+    assert model.count_params() == 49
+    unknown = Sequential([Dense(8, "relu"), Dense(1)])
+    assert unknown.count_params() == 9 and "Total params: 9" in unknown.summary(print_fn=None)
+
+
+@pytest.mark.parametrize("layers, loss", [
+    (lambda: [Dense(4, "relu", input_dim=2), Dense(1, "softmax")], "binary_crossentropy"),
+    (lambda: [Dense(4, "relu", input_dim=2), Dense(1), Activation("softmax")], "categorical_crossentropy"),
+])
+def test_a_one_unit_softmax_output_warns(layers, loss):
+    model = Sequential(layers())
+    with pytest.warns(UserWarning, match=r"1 unit and softmax.*always 1.*activation='sigmoid'"):
+        model.compile("adam", loss)
+
+
+def test_two_unit_softmax_and_one_unit_sigmoid_do_not_warn():
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error")
+        Sequential([Dense(2, "softmax", input_dim=2)]).compile("adam", "sparse_categorical_crossentropy")
+        Sequential([Dense(1, "sigmoid", input_dim=2)]).compile("adam", "bce")
+
+
+class _BatchLosses(Callback):
+    def __init__(self):
+        self.logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append(dict(logs))
+
+
+def test_batch_end_logs_carry_the_batch_loss():
+    x, y = _circles(100)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile(nnxp.optimizers.SGD(0.0), "bce")  # learning rate 0: every batch sees the same weights
+    rec = _BatchLosses()
+    h = model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0, callbacks=[rec])
+    assert [log["size"] for log in rec.logs] == [32, 32, 32, 4]
+    assert all(type(log["loss"]) is float for log in rec.logs)
+    for i, log in enumerate(rec.logs):
+        np.testing.assert_allclose(log["loss"], model.evaluate(x[32 * i : 32 * i + 32], y[32 * i : 32 * i + 32],
+                                                               verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(h.history["loss"][0], np.dot([32, 32, 32, 4], [g["loss"] for g in rec.logs]) / 100,
+                               rtol=1e-6)
+
+
+def test_batch_end_logs_carry_the_loss_on_the_emulated_cuda_device(fake_cupy):
+    x, y = _circles(64)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], device="cuda", seed=0)
+    model.compile("adam", "bce")
+    rec = _BatchLosses()
+    h = model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[rec])
+    assert len(rec.logs) == 4 and all(type(log["loss"]) is float for log in rec.logs)
+    np.testing.assert_allclose(h.history["loss"][0], np.mean([g["loss"] for g in rec.logs]), rtol=1e-5)
