@@ -981,7 +981,7 @@ def test_a_failed_fit_leaves_an_unbuilt_model_unbuilt(case):
     x, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
     with pytest.raises(NnxpError, match=message):
         call(model, x, y)
-    assert not model.built and model.input_dim is None and model.count_params() == 0
+    assert not model.built and model.input_dim is None and model.params is None
     assert all(layer.input_dim is None for layer in model.layers)
     assert model.history is None and model.optimizer.iterations == 0
     x6 = np.random.default_rng(1).normal(size=(20, 6))  # a later valid fit, of any width, works
