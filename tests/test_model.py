@@ -11,6 +11,7 @@ import nnxp
 from nnxp import Activation, Dense, Dropout, NnxpError, Sequential
 from nnxp.callbacks import Callback
 from nnxp.errors import NumericalError
+from nnxp.layers import Layer
 from nnxp.ops.activation import ACTIVATION_OPS
 
 HIDDEN = sorted(ACTIVATION_OPS)
@@ -1169,3 +1170,52 @@ def test_batch_end_logs_carry_the_loss_on_the_emulated_cuda_device(fake_cupy):
     h = model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[rec])
     assert len(rec.logs) == 4 and all(type(log["loss"]) is float for log in rec.logs)
     np.testing.assert_allclose(h.history["loss"][0], np.mean([g["loss"] for g in rec.logs]), rtol=1e-5)
+
+
+# --- mutants that survived the suite (issue 16, section 9) ----------------------------------------------------
+
+def test_epoch_loss_at_learning_rate_zero_equals_evaluate_with_a_partial_last_batch():
+    x, y = _circles(100)  # 100 = 3 * 32 + 4: the last batch is partial
+    r = np.random.default_rng(0)
+    y = y + r.uniform(-0.3, 0.3, 100)  # rows with very different losses, so a mis-weighted batch shows
+    model = Sequential([Dense(8, "tanh", input_dim=2), Dense(1)], seed=0, dtype="float64")
+    model.compile(nnxp.optimizers.SGD(0.0), "mse", metrics=["mae"])
+    h = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    logs = model.evaluate(x, y, batch_size=7, verbose=0, return_dict=True)
+    np.testing.assert_allclose(h.history["loss"], [logs["loss"]] * 2, rtol=1e-12)
+    np.testing.assert_allclose(h.history["mae"], [logs["mae"]] * 2, rtol=1e-12)
+
+
+class _RowRecorder(Layer):
+    """Passes its input through and records column 0 (a row id) of every training batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x, training=False):
+        if training:
+            self.batches.append(np.asarray(x[:, 0]).astype(int))
+        return x
+
+    def backward(self, dy, need_dx=True):
+        return dy
+
+
+def test_each_epoch_sees_every_row_once_in_a_new_order():
+    n, batch_size, epochs = 50, 8, 4
+    x = np.c_[np.arange(n), np.zeros(n)]
+    recorder = _RowRecorder()
+    model = Sequential([recorder, Dense(1)], seed=0, dtype="float64")
+    model.compile("sgd", "mse")
+    model.fit(x, np.zeros(n), epochs=epochs, batch_size=batch_size, verbose=0)
+    per_epoch = -(-n // batch_size)
+    orders = [np.concatenate(recorder.batches[e * per_epoch : (e + 1) * per_epoch]) for e in range(epochs)]
+    assert len(recorder.batches) == epochs * per_epoch
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), np.arange(n))  # every row exactly once
+        assert not np.array_equal(order, np.arange(n))  # shuffled
+    assert len({tuple(order) for order in orders}) == epochs  # a new order every epoch
+    recorder.batches.clear()
+    model.fit(x, np.zeros(n), epochs=1, batch_size=batch_size, verbose=0)  # a second fit: new orders too
+    assert tuple(np.concatenate(recorder.batches)) not in {tuple(order) for order in orders}
