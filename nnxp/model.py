@@ -9,6 +9,7 @@ per epoch.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import signal
@@ -40,7 +41,15 @@ from ._validation import (
 )
 from .backend import Device, get_device, is_out_of_memory, to_numpy, xp_of
 from .callbacks import Callback, History, ProgbarLogger
-from .errors import DeviceMemoryError, NnxpError, NnxpTypeError, NotCompiledError, NumericalError, did_you_mean
+from .errors import (
+    DeviceMemoryError,
+    NnxpError,
+    NnxpTypeError,
+    NotCompiledError,
+    NumericalError,
+    did_you_mean,
+    reject_unknown_arguments,
+)
 from .layers import Activation, Dense, Dropout, Layer, as_rows
 from .ops import activation as A
 
@@ -458,6 +467,7 @@ class Sequential:
         cuda_graph: bool = False,
         sample_weight: Any = None,
         class_weight: dict | None = None,
+        **kwargs: Any,
     ) -> History:
         """Train up to epoch `epochs` (from `initial_epoch`, as Keras counts); returns a History of per-epoch logs.
 
@@ -477,6 +487,9 @@ class Sequential:
         per model at a time: a second one (another thread, or a callback) raises NnxpError, as do predict and
         evaluate from another thread while it runs; callbacks may predict and evaluate.
         """
+        if kwargs:  # e.g. Keras 1's nb_epoch: name what replaced it
+            reject_unknown_arguments("fit", kwargs, list(inspect.signature(Sequential.fit).parameters)[3:-1],
+                                     {"nb_epoch": "epochs", "nb_val_samples": "validation_data or validation_split"})
         try:
             # every allocation lands on the model's GPU, not the current one
             with self._exclusive("fit"), self._use():
@@ -863,6 +876,21 @@ class Sequential:
         from .onnx_export import export_onnx
 
         return export_onnx(self, path)
+
+    # --- methods Keras removed: an error that names the replacement instead of an AttributeError -------------
+    def predict_classes(self, *args: Any, **kwargs: Any) -> None:
+        """Removed from Keras (2.6); raises an error naming the replacement."""
+        raise NnxpError("predict_classes was removed from Keras: use np.argmax(model.predict(x), axis=-1) for a "
+                        "softmax output, or (model.predict(x) > 0.5).astype('int32') for a sigmoid one")
+
+    def predict_proba(self, *args: Any, **kwargs: Any) -> None:
+        """Removed from Keras (2.6); raises an error naming the replacement."""
+        raise NnxpError("predict_proba was removed from Keras: use model.predict(x), which returns the output "
+                        "layer's probabilities")
+
+    def fit_generator(self, *args: Any, **kwargs: Any) -> None:
+        """Removed from Keras (2.1); raises an error naming the replacement."""
+        raise NnxpError("fit_generator was removed from Keras: use model.fit(x, y, ...) with arrays")
 
     def __repr__(self) -> str:
         return f"Sequential(layers={len(self.layers)}, params={self.count_params():,}, device={self.device.name!r})"

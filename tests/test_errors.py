@@ -76,3 +76,39 @@ def test_ties_break_alphabetically():
 def test_edit_distance_counts_swaps_as_one_edit(a, b, distance):
     assert errors._edit_distance(a, b) == distance
     assert errors._edit_distance(b, a) == distance
+
+
+# --- spellings Keras removed: an error naming the replacement (errors.reject_unknown_arguments) --------------
+def test_reject_unknown_arguments_names_the_replacement_or_the_closest():
+    from nnxp.errors import NnxpTypeError, reject_unknown_arguments
+
+    reject_unknown_arguments("f", {}, ["epochs"], {"nb_epoch": "epochs"})  # nothing to complain about
+    with pytest.raises(NnxpTypeError, match=r"^f no longer takes `nb_epoch` \(Keras removed it\): use epochs instead"
+                                            r"\. Received: nb_epoch=3$"):
+        reject_unknown_arguments("f", {"nb_epoch": 3}, ["epochs"], {"nb_epoch": "epochs"})
+    with pytest.raises(NnxpTypeError, match=r'^f got an unexpected keyword argument `epoch`\. Did you mean "epochs"\?'):
+        reject_unknown_arguments("f", {"epoch": 3}, ["epochs", "verbose"], {})
+
+
+def test_removed_keras_spellings_in_fit_and_removed_methods():
+    import numpy as np
+
+    import nnxp
+
+    model = nnxp.Sequential([nnxp.Dense(2, "softmax", input_dim=3)], seed=0)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.ones((4, 3)), np.array([0, 1, 0, 1])
+    before = model.get_weights()
+    with pytest.raises(TypeError, match="fit no longer takes `nb_epoch`.*use epochs instead"):
+        model.fit(x, y, nb_epoch=2, verbose=0)
+    with pytest.raises(TypeError, match='unexpected keyword argument `batchsize`. Did you mean "batch_size"'):
+        model.fit(x, y, batchsize=2, verbose=0)
+    assert model.epochs_trained == 0
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(nnxp.NnxpError, match=r"np.argmax\(model.predict\(x\), axis=-1\)"):
+        model.predict_classes(x)
+    with pytest.raises(nnxp.NnxpError, match=r"use model.predict\(x\)"):
+        model.predict_proba(x)
+    with pytest.raises(nnxp.NnxpError, match=r"use model.fit"):
+        model.fit_generator(iter([]))
