@@ -774,3 +774,43 @@ def test_adam_family_takes_zero_steps_at_learning_rate_zero(cls, size):
     assert opt.current_learning_rate() == 0.0
     np.testing.assert_array_equal(p, before)
     assert not np.array_equal(opt.state["m"], m_before)
+
+
+# --- clipnorm / global_clipnorm through a model on each device ----------------------------------------------
+
+CLIPS = [{"clipnorm": 0.05}, {"global_clipnorm": 0.05}]
+
+
+def _clipped_weights(device, clip):
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(96, 5))
+    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(np.int64) + (x[:, 3] > 0.8)
+    model = nnxp.Sequential([nnxp.Dense(8, "tanh", input_dim=5), nnxp.Dense(3, "softmax")], device=device, seed=1,
+                            dtype="float64")
+    model.compile(SGD(0.5, momentum=0.5, **clip), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    return model.get_weights()
+
+
+def _check_clipping_matches_the_cpu(device, clip):
+    got, cpu = _clipped_weights(device, clip), _clipped_weights("cpu", clip)
+    for a, b in zip(got, cpu, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+    unclipped = _clipped_weights("cpu", {})
+    assert any(not np.allclose(a, b) for a, b in zip(cpu, unclipped))  # the clip did bite
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("clip", CLIPS, ids=["clipnorm", "global_clipnorm"])
+def test_clipping_on_cuda_matches_the_cpu(clip):
+    _check_clipping_matches_the_cpu("cuda", clip)
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=["clipnorm", "global_clipnorm"])
+def test_clipping_through_the_cuda_path_on_the_emulator(fake_cupy, clip):
+    _check_clipping_matches_the_cpu("cuda", clip)
+
+
+def test_per_weight_and_global_clipping_give_different_models():
+    a, b = _clipped_weights("cpu", CLIPS[0]), _clipped_weights("cpu", CLIPS[1])
+    assert any(not np.allclose(x, y) for x, y in zip(a, b))
