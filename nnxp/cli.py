@@ -15,6 +15,7 @@ reader of the output went away (``nnxp bench | head``), like SIGPIPE.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -201,13 +202,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.compile(opt, task.loss, metrics=task.metrics)
     if not args.quiet and not args.json:
         model.summary()
-    history = model.fit(
-        task.x_train, task.y_train,
-        epochs=epochs,
-        batch_size=batch_size,
-        validation_split=args.validation_split,
-        verbose=0 if (args.quiet or args.json) else 1,
-    )
+    # with --json, stdout carries one JSON object: anything fit prints (an interruption note) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        history = model.fit(
+            task.x_train, task.y_train,
+            epochs=epochs,
+            batch_size=batch_size,
+            validation_split=args.validation_split,
+            verbose=0 if (args.quiet or args.json) else 1,
+        )
     completed = len(history.history.get("loss", []))  # Ctrl-C in the first epoch leaves none
     test = model.evaluate(task.x_test, task.y_test, verbose=0, return_dict=True)
     result = {"dataset": task.name, "device": model.device.name, "layers": layers, "epochs": completed,
@@ -348,7 +351,6 @@ def bench(args: argparse.Namespace) -> int:
 
     The report's own complaints (no results, a bad option) come out as one ``nnxp: error:`` line too.
     """
-    import contextlib
     import io
 
     sys.path.insert(0, os.getcwd())

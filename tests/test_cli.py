@@ -269,7 +269,12 @@ def test_ctrl_c_in_the_first_epoch_reports_and_saves(capsys, monkeypatch, tmp_pa
     assert code == 0 and "Traceback" not in err
     assert "after 0 complete epochs (interrupted)" in out and f"model saved to {path}" in out
     saved = nnxp.load_model(path)
-    assert saved.epochs_trained == 0 and saved.optimizer.iterations == 3  # the three batches that ran
+    # fit went back to the start of the interrupted epoch (so a later fit continues exactly): no step counts
+    assert saved.epochs_trained == 0 and saved.optimizer.iterations == 0 and len(calls) == 3
+    calls.clear()
+    code, out, err = run(capsys, "train", "--epochs", "5", "--json")
+    result = json.loads(out)  # stdout stays one JSON object; fit's note about the interruption went to stderr
+    assert code == 0 and result["interrupted"] and result["epochs"] == 0 and "interrupted" in err
 
 
 def test_readme_example_and_cli_evaluate_use_one_split(capsys, tmp_path, monkeypatch):

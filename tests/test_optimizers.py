@@ -814,3 +814,15 @@ def test_clipping_through_the_cuda_path_on_the_emulator(fake_cupy, clip):
 def test_per_weight_and_global_clipping_give_different_models():
     a, b = _clipped_weights("cpu", CLIPS[0]), _clipped_weights("cpu", CLIPS[1])
     assert any(not np.allclose(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=["clipnorm", "global_clipnorm"])
+def test_clipping_survives_save_and_load(tmp_path, clip):
+    """Both names round-trip through a model file, and the loaded optimizer knows the weights' segments."""
+    model = nnxp.Sequential([nnxp.Dense(4, input_dim=3), nnxp.Dense(2)], seed=0)
+    model.compile(Adam(0.01, **clip), "mse")
+    model.fit(np.ones((8, 3)), np.zeros((8, 2)), epochs=1, verbose=0)
+    model.save(tmp_path / "m.nnxp")
+    loaded = nnxp.load_model(tmp_path / "m.nnxp")
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert loaded.optimizer.segments == model.optimizer.segments == ((0, 12), (12, 16), (16, 24), (24, 26))
