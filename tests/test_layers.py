@@ -361,3 +361,16 @@ def test_input_of_images_needs_a_flatten():
 def test_input_shape_validation(shape):
     with pytest.raises(NnxpError, match="shape"):
         Input(shape=shape)
+
+
+def test_flatten_without_input_shape_learns_the_width_from_the_data(tmp_path):
+    x = np.random.default_rng(3).random((20, 3, 4)).astype(np.float32)
+    y = np.arange(20) % 2
+    model = Sequential([Flatten(), Dense(2, "softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0)
+    assert model.input_dim == 12 and model.get_weights()[0].shape == (12, 2)
+    model.save(tmp_path / "m.nnxp")
+    np.testing.assert_array_equal(nnxp.load_model(tmp_path / "m.nnxp").predict(x), model.predict(x))
+    with pytest.raises(NnxpError, match="must have 12 features"):
+        model.predict(np.ones((2, 5, 5)))
