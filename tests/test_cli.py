@@ -280,7 +280,8 @@ def test_ctrl_c_in_the_first_epoch_reports_and_saves(capsys, monkeypatch, tmp_pa
 def test_readme_example_and_cli_evaluate_use_one_split(capsys, tmp_path, monkeypatch):
     """The README's 60-second example, run as written (fewer epochs), then `nnxp evaluate --dataset digits` on
     its model: the CLI must score exactly the example's held-out rows, not rows it trained on."""
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib")  # the example draws its curves
+    pytest.importorskip("onnx")  # and exports ONNX
     readme = (ROOT / "README.md").read_text()
     code_block = readme.split("## The 60-second example")[1].split("```python\n")[1].split("```")[0]
     assert "load_digits_split(" in code_block
