@@ -188,8 +188,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     dropout = task.dropout if args.dropout is None else args.dropout
     epochs = task.epochs if args.epochs is None else args.epochs
     batch_size = task.batch_size if args.batch_size is None else args.batch_size
-    _check_model_size([task.x_train.shape[1], *layers, task.output_units], args.layers or ",".join(map(str, layers)),
-                      batch_size, args.dtype, not device.is_cuda)
+    _check_model_size([task.x_train.shape[1], *layers, task.output_units], ",".join(map(str, layers)), batch_size,
+                      args.dtype, not device.is_cuda)
     model = build_model(task, layers, args.activation, args.device, args.seed, args.dtype, dropout)
     if args.lr is not None and not args.lr > 0:
         raise NnxpError(f"`--lr` must be a positive number. Received: --lr={args.lr}")
@@ -439,8 +439,7 @@ def _choice(names: list[str], canonical: Any) -> Any:
 
 
 def _optimizer_name(text: str) -> str:
-    optimizers._lookup(text)
-    return text.strip().lower()
+    return optimizers.get(text).name
 
 
 _DEVICE_RE = re.compile(r"(cpu|cuda)(:\d+)?|auto")
