@@ -368,6 +368,7 @@ class _Plan:
         layers = []
         for i, entry in enumerate(mcfg["layers"]):
             entry = _fields(f"model.layers[{i}]", entry, _LAYER_FIELDS)
+            _optional(_string())(f"model.layers[{i}].config.name", entry["config"].get("name"))
             try:
                 layers.append(layer_from_config(entry["class_name"], entry["config"]))
             except (NnxpError, TypeError) as exc:  # TypeError: a key the layer does not take
@@ -547,7 +548,8 @@ def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:
     except (NnxpError, ArithmeticError) as exc:
         raise ModelFileError(f"`compile.optimizer.learning_rate` cannot be evaluated at step {iterations}: "
                              f"{exc}") from None
-    if not math.isfinite(lr):
-        raise ModelFileError(f"`compile.optimizer.learning_rate` is {lr} at step {iterations}")
+    if not math.isfinite(lr) or abs(lr) > float(np.finfo(plan.dtype).max):  # finite in the model's dtype too
+        raise ModelFileError(f"`compile.optimizer.learning_rate` is {lr} at step {iterations}, which a "
+                             f"{plan.dtype} model cannot use")
     model.epochs_trained = plan.top["epochs_trained"]
     return model

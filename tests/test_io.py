@@ -264,6 +264,8 @@ BAD_FIELDS = [
     ("model.layers.0.config.units", 17, "shape"),
     ("model.layers.0.config.activation", "relux", "activation"),
     ("model.layers.0.config.evil", 1, "evil"),
+    ("model.layers.0.config.name", ["x"], r"model.layers\[0\].config.name"),
+    ("model.layers.0.config.name", "x" * 5000, r"model.layers\[0\].config.name"),
     ("model.layers.1.config.rate", 1.5, "rate"),
     ("model.layers.0.config.kernel_regularizer", {"name": "l2", "l2": -1.0}, "l2"),
     ("model.layers.0.config.kernel_regularizer", {"name": "evil", "l2": 0.1}, "kernel_regularizer"),
@@ -289,6 +291,9 @@ BAD_FIELDS = [
     ("compile.optimizer.learning_rate", {"name": "StepDecay", "initial_learning_rate": 1e300, "step_size": 1,
                                          "gamma": 1e300}, "learning_rate"),
     ("compile.optimizer.learning_rate", {"name": "Evil"}, "schedule"),
+    ("compile.optimizer.learning_rate", 1e39, "cannot use"),  # finite as a float, inf in this float32 model
+    ("compile.optimizer.learning_rate", {"name": "ExponentialDecay", "initial_learning_rate": 1e-3,
+                                         "decay_steps": 2, "decay_rate": 1e300}, "cannot use"),  # 1e297 at step 2
 ]
 
 
