@@ -10,10 +10,13 @@ per epoch.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -25,11 +28,15 @@ from ._graph import GraphedStep
 from ._validation import (
     as_array,
     check_features,
+    check_finite,
     check_same_length,
+    check_sample_weight,
     check_targets,
+    class_weight_to_sample_weight,
     fraction,
     non_negative_int,
     positive_int,
+    verbosity,
 )
 from .backend import Device, get_device, is_out_of_memory, to_numpy, xp_of
 from .callbacks import Callback, History, ProgbarLogger
@@ -39,6 +46,8 @@ from .ops import activation as A
 
 _DTYPES = ("float32", "float64")
 _PRECISIONS = ("highest", "tf32")
+# makes each model's check-and-claim of `_busy` atomic (one lock for all models: it is held for microseconds)
+_BUSY_LOCK = threading.Lock()
 _METRIC_ALIASES = {"acc": "accuracy", "accuracy": "accuracy", "mse": "mse", "mean_squared_error": "mse",
                    "mae": "mae", "mean_absolute_error": "mae"}
 
@@ -52,26 +61,30 @@ class Sequential:
 
     def __init__(
         self,
-        layers: list[Layer] | None = None,
+        layers: list[Layer] | tuple[Layer, ...] | None = None,
         device: str | Device | None = None,
         seed: int | None = None,
         dtype: str = "float32",
         name: str | None = None,
         precision: str = "highest",
     ) -> None:
+        if layers is not None and not isinstance(layers, (list, tuple)):
+            hint = f" Sequential([{type(layers).__name__}(...)])" if isinstance(layers, Layer) else ""
+            raise NnxpTypeError(f"`layers` must be a list of layers, e.g.{hint or ' Sequential([Dense(10)])'}. "
+                                f"Received: layers={layers!r}")
         self.device = get_device(device)
         if precision not in _PRECISIONS:
             hint = did_you_mean(str(precision), _PRECISIONS) if isinstance(precision, str) else ""
             raise NnxpError(f"`precision` must be one of {_PRECISIONS}.{hint} Received: precision={precision!r}")
         # "tf32": float32 matmuls on CUDA tensor cores (TF32 inputs, float32 sums); no effect on the CPU
         self.precision = precision
-        try:
-            name = np.dtype(dtype).name  # "float32", np.float32 and np.dtype("float32") all work
+        try:  # "float32", np.float32 and np.dtype("float32") all work; None is refused (NumPy reads it as float64)
+            dtype_name = None if dtype is None else np.dtype(dtype).name
         except TypeError:
-            name = None
-        if name not in _DTYPES:
+            dtype_name = None
+        if dtype_name not in _DTYPES:
             raise NnxpError(f"`dtype` must be one of {_DTYPES}. Received: dtype={dtype!r}")
-        self.dtype = np.dtype(name)
+        self.dtype = np.dtype(dtype_name)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         self.seed = non_negative_int("seed", seed)
@@ -85,9 +98,12 @@ class Sequential:
         self.metrics: list[str] = []
         self._fused = False
         self.stop_training = False
+        # epochs completed over the model's life, across fit calls and model files: it seeds each epoch's shuffle
+        # and dropout, so fit(5) then fit(5) trains exactly like fit(10)
         self.epochs_trained = 0
         self.history: History | None = None
         self._fit_state: dict = {}
+        self._busy: tuple[int, str] | None = None  # (thread id, "fit" | "evaluate" | "predict") while one runs
         for layer in layers or []:
             self.add(layer)
 
@@ -155,6 +171,17 @@ class Sequential:
                 layer.input_dim = layer.output_dim = None
             raise
         total = sum(int(np.prod(shape)) for _, _, shape, _ in specs)
+        need, limit = 2 * total * self.dtype.itemsize, _memory_limit()  # weights and gradients
+        if limit is not None and need > limit:  # refused before a MemoryError (or swapping) can happen
+            for layer in self.layers:
+                layer.input_dim = layer.output_dim = None
+            sizes = {}
+            for layer, _, shape, _ in specs:
+                sizes[layer.name] = sizes.get(layer.name, 0) + int(np.prod(shape))
+            largest = max(sizes, key=sizes.get)
+            raise NnxpError(f"the model needs {_format_bytes(need)} for its {total:,} parameters ({self.dtype} "
+                            f"weights and gradients; layer {largest!r} has {sizes[largest]:,}), more than the "
+                            f"{_format_bytes(limit)} of memory available. Use fewer units or smaller inputs")
         host = np.empty(total, dtype=self.dtype)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0]))  # stream 0: initial weights
         self._slices, offset = [], 0
@@ -165,6 +192,15 @@ class Sequential:
             offset += size
         with self._use():
             self._bind(self.device.asarray(host))
+
+    def _unbuild(self) -> None:
+        """Back to the unbuilt state (no weights, input size free), for a fit that failed before training."""
+        self.params = self.grads = None
+        self._slices = []
+        for layer in self.layers:
+            layer.input_dim = layer.output_dim = None
+            layer.params, layer.grads = {}, {}
+            layer._buffers.clear()
 
     def _bind(self, params: Any) -> None:
         """Adopt `params` as the flat buffer and give every layer its views."""
@@ -180,7 +216,22 @@ class Sequential:
             layer.bind(*views[id(layer)])
 
     def count_params(self) -> int:
-        return 0 if not self.built else int(self.params.size)
+        """The number of weights; before the model is built, what :meth:`summary` counts (its total)."""
+        if self.built:
+            return int(self.params.size)
+        return sum(count or 0 for _, count in self._layer_shapes())
+
+    def _layer_shapes(self) -> list[tuple[int | None, int | None]]:
+        """(output width, parameter count) per layer from the declared sizes; None where not known yet."""
+        rows, dim = [], self.input_dim
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                count = (dim * layer.units + (layer.units if layer.use_bias else 0)) if dim else None
+                dim = layer.units
+            else:
+                count = 0
+            rows.append((dim, count))
+        return rows
 
     def to(self, device: str | Device) -> Sequential:
         """Move the model (weights and optimizer state) to `device`; returns self."""
@@ -226,6 +277,7 @@ class Sequential:
                 raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must have shape {shape}. Received: {w.shape}")
             if w.dtype.kind == "f" and not np.isfinite(w).all():
                 raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must be finite. Received NaN or inf values")
+            check_finite(w, f"weights[{i}]", self.dtype)
             host[offset : offset + w.size] = w.ravel()
         self.params[...] = self.device.asarray(host)
 
@@ -255,12 +307,39 @@ class Sequential:
                 names.append(key)
         self.optimizer, self.loss, self.metrics = opt, loss_obj, names
         self._configure_output()
+        last = self.layers[-1] if self.layers else None
+        if getattr(last, "activation", None) == "softmax" and self.output_dim == 1:
+            warnings.warn("the output has 1 unit and softmax, whose output is always 1.0, so the loss cannot "
+                          "change; for a binary output use Dense(1, activation='sigmoid') with "
+                          "'binary_crossentropy', or one unit per class with softmax", UserWarning, stacklevel=2)
 
     def _configure_output(self) -> None:
         """Fuse the output activation with the loss (softmax+CE, sigmoid+BCE) when they pair."""
         last = self.layers[-1] if self.layers else None
         act = getattr(last, "activation", None) if isinstance(last, (Dense, Activation)) else None
         self._fused = self.loss is not None and act is not None and act == self.loss.fused_activation
+
+    @contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """One fit / evaluate / predict at a time per model: they share the layers' scratch buffers and the
+        activations kept for backward. A callback inside fit (same thread) may evaluate or predict, not fit."""
+        me = threading.get_ident()
+        with _BUSY_LOCK:
+            owner = self._busy
+            if owner is not None and (what == "fit" or owner[0] != me):
+                where = "in another thread" if owner[0] != me else "(this call comes from inside it, e.g. a callback)"
+                raise NnxpError(f"{owner[1]} is already running on this model {where}; `{what}` must wait for it "
+                                "to finish (one model runs one fit, evaluate or predict at a time), or use a "
+                                "separate model per thread")
+            nested = owner is not None
+            if not nested:
+                self._busy = (me, what)
+        try:
+            yield
+        finally:
+            if not nested:
+                with _BUSY_LOCK:
+                    self._busy = None
 
     def _use(self) -> Any:
         """The model's device made current, with its matmul precision."""
@@ -282,57 +361,70 @@ class Sequential:
                 x = layer.forward(x, training)
         return x
 
-    def _loss_and_grad(self, out: Any, y: Any) -> tuple[Any, Any]:
+    def _loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
         fn = self.loss.fused_fn if self._fused else self.loss.fn
         grad = self.layers[-1]._buffers.get("dloss", xp_of(out), out.shape, out.dtype)
-        loss, grad = fn(out, y, grad)
+        if w is None:
+            loss, grad = fn(out, y, grad)
+        else:  # the fused CUDA kernels take no weights: weighted batches run the xp-generic reference
+            loss, grad = getattr(fn, "__wrapped__", fn)(out, y, grad, sample_weight=w)
         for layer in self.layers:
             penalty = layer.regularization_penalty()
             if penalty is not None:
                 loss = loss + penalty
         return loss, grad
 
-    def _train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+    def _train_step(self, x: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
         out = self._forward(x, training=True)
-        loss, dy = self._loss_and_grad(out, y)
+        loss, dy = self._loss_and_grad(out, y, w)
         for i in range(len(self.layers) - 1, -1, -1):
             dy = self.layers[i].backward(dy, need_dx=i > 0)
         return loss, out
 
-    def _metric_sums(self, out: Any, y: Any) -> dict[str, Any]:
-        """Per-batch sums (device scalars) for each metric."""
+    def _metric_sums(self, out: Any, y: Any, w: Any = None) -> dict[str, Any]:
+        """Per-batch sums (device scalars) for each metric; with weights, sums of w_i times row i's value
+        (Keras's weighted mean divides them by the sum of the weights)."""
         xp = xp_of(out)
         sums = {}
         for name in self.metrics:
             if name == "accuracy":
-                sums[name] = self._correct(out, y)
+                per_sample = self._correct(out, y)
             else:
                 pred = out
                 if self._fused:
                     pred = A.activation_forward(self.layers[-1].activation, out)
                 diff = pred - y
                 per_sample = (diff * diff if name == "mse" else xp.abs(diff)).mean(axis=1)
-                sums[name] = per_sample.sum()
+            sums[name] = per_sample.sum() if w is None else (per_sample * w).sum()
         return sums
 
     def _correct(self, out: Any, y: Any) -> Any:
+        """Per-row accuracy (B,): 1/0 per row, the fraction of right outputs for a binary loss."""
         if self.loss.task == "binary":
             threshold = 0.0 if self._fused else 0.5
             hits = (out > threshold) == (y > 0.5)
-            return hits.mean(axis=1).sum()
+            return hits.mean(axis=1)
         pred = out.argmax(axis=1)
         true = y if self.loss.sparse else y.argmax(axis=1)
-        return (pred == true).sum()
+        return pred == true
 
     # --- data -----------------------------------------------------------------------------------
-    def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y") -> tuple[Any, Any]:
-        """Validate, cast and move one (x, y) pair to the device; builds the model if needed."""
-        x = check_features(x, xname, self.input_dim)
-        y = check_targets(y, yname, self.loss.task, self.loss.sparse, self.output_dim or 1)
+    def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y",
+                 n_features: int | None = None) -> tuple[Any, Any]:
+        """Validate, cast and move one (x, y) pair to the device (`n_features`: the width x must have, when the
+        model's input size is not fixed yet)."""
+        x = check_features(x, xname, self.input_dim or n_features, self.dtype)
+        y = check_targets(y, yname, self.loss.task, self.loss.sparse, self.output_dim or 1, self.dtype)
         check_same_length(x, y, xname, yname)
         x = self.device.asarray(x, dtype=self.dtype)
         y = self.device.asarray(y, dtype=None if self.loss.sparse else self.dtype)
         return x, y
+
+    def _prepare_weights(self, w: Any, name: str, n: int) -> Any:
+        """Validated per-row weights (N,) on the device in the model's dtype, or None."""
+        if w is None:
+            return None
+        return self.device.asarray(check_sample_weight(w, name, n, self.dtype), dtype=self.dtype)
 
     # --- fit / evaluate / predict -------------------------------------------------------------
     def _out_of_memory(self, exc: BaseException, batch_size: int, what: str) -> DeviceMemoryError:
@@ -356,26 +448,43 @@ class Sequential:
         callbacks: list[Callback] | None = None,
         initial_epoch: int = 0,
         cuda_graph: bool = False,
+        sample_weight: Any = None,
+        class_weight: dict | None = None,
     ) -> History:
-        """Train for `epochs` epochs; returns a History of per-epoch logs.
+        """Train up to epoch `epochs` (from `initial_epoch`, as Keras counts); returns a History of per-epoch logs.
+
+        A second call continues the first: each epoch's shuffle and dropout masks are seeded by the model's
+        `epochs_trained` (kept in model files too), so fit(epochs=5) twice, or save, load and fit(epochs=5),
+        trains bit for bit like fit(epochs=10). `initial_epoch` only numbers the epochs the callbacks see.
 
         ``cuda_graph=True`` (CUDA only) captures the training step once and replays it for every full batch,
         which removes most launch overhead at small batch sizes; the last, partial batch runs as usual.
+
+        ``sample_weight`` (N,) and ``class_weight`` ({class: weight}) weigh each row's loss as Keras does: a
+        batch's loss is ``sum_i w_i l_i / batch_size``, and the metrics are weighted means. Given both, a row's
+        weight is their product. ``validation_data`` may be ``(x_val, y_val, sample_weight_val)``; with
+        ``validation_split`` the validation rows keep their ``sample_weight`` (class weights apply to training).
+
+        Ctrl-C stops after the current batch and rolls the model back to the start of that epoch. One fit runs
+        per model at a time: a second one (another thread, or a callback) raises NnxpError, as do predict and
+        evaluate from another thread while it runs; callbacks may predict and evaluate.
         """
         try:
-            with self._use():  # every allocation lands on the model's GPU, not the current one
+            # every allocation lands on the model's GPU, not the current one
+            with self._exclusive("fit"), self._use():
                 return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
-                                 callbacks, initial_epoch, cuda_graph)
+                                 callbacks, initial_epoch, cuda_graph, sample_weight, class_weight)
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise self._out_of_memory(exc, batch_size, "fit") from None
             raise
 
     def _fit(self, x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose, callbacks,
-             initial_epoch, cuda_graph) -> History:
+             initial_epoch, cuda_graph, sample_weight, class_weight) -> History:
         self._require_compiled()
         self._check_cuda_graph(cuda_graph)
         epochs = positive_int("epochs", epochs)
+        verbose = verbosity(verbose)
         batch_size = positive_int("batch_size", batch_size)
         validation_split = fraction("validation_split", validation_split)
         initial_epoch = non_negative_int("initial_epoch", initial_epoch)
@@ -386,26 +495,47 @@ class Sequential:
             if not isinstance(cb, Callback):
                 raise NnxpTypeError(f"`callbacks` entries must be nnxp Callback instances. Received: {cb!r}")
         x, y = self._prepare(x, y)
-        if not self.built:  # fixes the input size, so validation data is checked against it too
-            self.build(x.shape[1])
+        sw = w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
+        if class_weight is not None:
+            cw = class_weight_to_sample_weight(class_weight, y, self.loss.sparse, self.loss.task, self.output_dim or 1,
+                                               self.dtype)
+            cw = cw.astype(self.dtype)
+            w = cw if sw is None else sw * cw
+        if cuda_graph and w is not None:
+            raise NnxpError("`cuda_graph=True` does not support `sample_weight` or `class_weight` yet; "
+                            "use cuda_graph=False for weighted training")
+        # everything is checked before the model is built: an error leaves an unbuilt model unbuilt
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise NnxpError("`validation_data` must be a tuple (x_val, y_val). Received: "
-                                f"{type(validation_data).__name__}")
-            val = self._prepare(*validation_data, xname="validation_data[0]", yname="validation_data[1]")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise NnxpError("`validation_data` must be a tuple (x_val, y_val) or (x_val, y_val, "
+                                f"sample_weight_val). Received: {type(validation_data).__name__}")
+            xv, yv = self._prepare(*validation_data[:2], xname="validation_data[0]", yname="validation_data[1]",
+                                   n_features=x.shape[1])
+            wv = None
+            if len(validation_data) == 3:
+                wv = self._prepare_weights(validation_data[2], "validation_data[2]", xv.shape[0])
+            val = (xv, yv, wv)
         elif validation_split > 0:
             n_val = int(round(x.shape[0] * validation_split))
             if n_val == 0 or n_val == x.shape[0]:
                 raise NnxpError(f"`validation_split`={validation_split} leaves an empty training or validation set "
                                 f"for {x.shape[0]} samples")
-            # the last fraction, taken before shuffling (as Keras does)
-            val = (x[-n_val:], y[-n_val:])
+            # the last fraction, taken before shuffling (as Keras does); class weights apply to training only
+            wv = None if sw is None else sw[-n_val:]
+            val = (x[-n_val:], y[-n_val:], wv)
             x, y = x[:-n_val], y[:-n_val]
+            w = None if w is None else w[:-n_val]
         else:
             val = None
+        built_here = not self.built
+        if built_here:
+            self.build(x.shape[1])
 
         n = x.shape[0]
-        history = History()
+        history, previous_history = History(), self.history
+        # every key from the start: a run stopped in its first epoch still has history["loss"] (an empty list)
+        keys = ["loss", *self.metrics]
+        history.history = {k: [] for k in keys + ([f"val_{k}" for k in keys] if val is not None else [])}
         self.history = history
         # user callbacks first, so what they add to the logs (e.g. "lr") reaches the history and the progress line
         cbs = callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
@@ -421,48 +551,61 @@ class Sequential:
         # and the batch is still in cache for the first layer's GEMMs
         xp = self.device.xp
         rows = min(batch_size, x.shape[0])
-        batch_bufs = (xp.empty((rows, *x.shape[1:]), x.dtype), xp.empty((rows, *y.shape[1:]), y.dtype))
+        batch_bufs = (xp.empty((rows, *x.shape[1:]), x.dtype), xp.empty((rows, *y.shape[1:]), y.dtype),
+                      None if w is None else xp.empty(rows, w.dtype))
         # overflow inside a diverging step is reported once, as a NumericalError, not as NumPy warnings
         with _GracefulInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
-            for cb in cbs:
-                cb.on_train_begin()
             try:
-                self._epochs(initial_epoch, epochs, x, y, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
-                             history)
+                for cb in cbs:
+                    cb.on_train_begin()
+            except BaseException:  # a callback refused to start: nothing has trained, so undo this call's build
+                self.history = previous_history
+                if built_here:
+                    self._unbuild()
+                raise
+            try:
+                self._epochs(initial_epoch, epochs, (x, y, w), val, batch_bufs, shuffle, batch_size, cbs,
+                             interrupt, history)
             finally:  # close progress bars and the like even when training stops with an error
                 for cb in cbs:
                     cb.on_train_end()
         return history
 
-    def _epochs(self, initial_epoch, epochs, x, y, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
+    def _epochs(self, initial_epoch, epochs, data, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
                 history) -> None:
         for epoch in range(initial_epoch, epochs):
-            for cb in cbs:
-                cb.on_epoch_begin(epoch)
-            logs = self._run_epoch(epoch, x, y, batch_bufs, shuffle, batch_size, cbs, interrupt)
-            if interrupt.requested:
+            if not interrupt.requested:  # (a Ctrl-C during validation or a callback is seen here)
+                for cb in cbs:
+                    cb.on_epoch_begin(epoch)
+                logs = self._run_epoch(epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt)
+            if interrupt.requested:  # _run_epoch rolled the model back to the start of this epoch
                 history.interrupted = True
-                print(f"Training interrupted during epoch {epoch + 1}; the weights are those after the last "
-                      "completed batch.")
+                print(f"Training interrupted during epoch {epoch + 1}; the model is back at its weights and "
+                      f"optimizer state from the start of that epoch (epochs_trained={self.epochs_trained}), so a "
+                      "later fit continues exactly as an uninterrupted run would.")
                 break
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
-            self.epochs_trained = epoch + 1
+            self.epochs_trained += 1
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
 
-    def _run_epoch(self, epoch, x, y, batch_bufs, shuffle, batch_size, cbs, interrupt) -> dict:
+    def _run_epoch(self, epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt) -> dict:
         xp = self.device.xp
+        x, y, w = data  # w: per-row weights (N,) or None
         n = x.shape[0]
+        # randomness follows the model's own epoch count, not `epoch` (fit's loop index, which restarts at
+        # initial_epoch on every call): a second fit, or a fit after load_model, continues the sequence
+        count = self.epochs_trained
         if shuffle:
-            # the order depends only on (seed, epoch): a resumed run shuffles exactly like an uninterrupted one
-            perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, epoch])).permutation(n)
+            # the order depends only on (seed, count): a resumed run shuffles exactly like an uninterrupted one
+            perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, count])).permutation(n)
             perm = self.device.asarray(perm)
         for i, layer in enumerate(self.layers):
             if hasattr(layer, "rng"):  # one stream per (epoch, layer): two Dropouts never share a mask
-                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, epoch, i]))
+                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, count, i]))
         # weights and optimizer state at the start of the epoch, restored together if training blows up
         snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
                     self.optimizer.iterations)
@@ -471,7 +614,15 @@ class Sequential:
         batch_losses = None if check_each_batch else xp.empty(-(-n // batch_size), dtype=np.float64)
         loss_sum = xp.zeros((), dtype=np.float64)
         metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
+        weight_sum = None if w is None else xp.zeros((), dtype=np.float64)  # the weighted metrics' denominator
         seen = 0
+        wb = None
+        # Keras passes the batch's loss to on_train_batch_end. On the CPU it is a float already (the divergence
+        # check reads it); on a GPU reading it syncs the device, so it is read only when a callback other than
+        # the progress bar overrides on_train_batch_end
+        batch_loss_wanted = check_each_batch or any(
+            type(cb).on_train_batch_end is not Callback.on_train_batch_end and not isinstance(cb, ProgbarLogger)
+            for cb in cbs)
         graphs = self._fit_state.get("cuda_graph", False)
         for batch, start in enumerate(range(0, n, batch_size)):
             if shuffle:
@@ -479,21 +630,25 @@ class Sequential:
                 xb, yb = batch_bufs[0][: len(idx)], batch_bufs[1][: len(idx)]
                 xp.take(x, idx, axis=0, out=xb)
                 xp.take(y, idx, axis=0, out=yb)
+                if w is not None:
+                    wb = batch_bufs[2][: len(idx)]
+                    xp.take(w, idx, axis=0, out=wb)
             elif graphs:  # a replayed graph reads its batch from fixed addresses
                 xb, yb = batch_bufs[0][: min(batch_size, n - start)], batch_bufs[1][: min(batch_size, n - start)]
                 xb[...] = x[start : start + batch_size]
                 yb[...] = y[start : start + batch_size]
             else:
                 xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+                wb = None if w is None else w[start : start + batch_size]
             nb = xb.shape[0]
             replayed = self._replay_step(xb, yb) if graphs and nb == batch_size else None
             if replayed is not None:
                 loss, sums = replayed
             else:
-                loss, out = self._train_step(xb, yb)
-                if check_each_batch and not math.isfinite(float(loss)):
+                loss, out = self._train_step(xb, yb, wb)
+                if check_each_batch and not math.isfinite(float(loss)):  # (a float of a NumPy 0-d array: no sync)
                     self._recover_from_blowup(snapshot, epoch, batch)
-                sums = self._metric_sums(out, yb)
+                sums = self._metric_sums(out, yb, wb)
                 self.optimizer.apply(self.params, self.grads)
                 if graphs and nb == batch_size:
                     self._fit_state["graph_warm"] = True  # kernels built and state allocated: capture next
@@ -503,12 +658,20 @@ class Sequential:
             for name, value in sums.items():
                 metric_sums[name] += value
             seen += nb
+            if weight_sum is not None:
+                weight_sum += wb.sum()
+            batch_logs = {"size": nb, "loss": float(loss)} if batch_loss_wanted else {"size": nb}
             for cb in cbs:
-                cb.on_train_batch_end(batch, {"size": nb})
+                cb.on_train_batch_end(batch, batch_logs)
             if interrupt.requested:
                 break
+        if interrupt.requested:
+            # roll back, as after divergence: the model stays at a whole number of epochs, which its files
+            # record, so interrupting, saving and resuming equals the uninterrupted run (issue 16, section 6)
+            self._restore(snapshot)
+            return {}
         logs = {"loss": float(loss_sum) / max(seen, 1)}
-        logs.update({name: float(v) / max(seen, 1) for name, v in metric_sums.items()})
+        logs.update({name: _ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
         if not math.isfinite(logs["loss"]) or not bool(xp.isfinite(self.params).all()):
             first_bad = None
             if batch_losses is not None:
@@ -548,7 +711,8 @@ class Sequential:
                 return None
         return step.run()
 
-    def _recover_from_blowup(self, snapshot: tuple, epoch: int, batch: int | None) -> None:
+    def _restore(self, snapshot: tuple) -> None:
+        """Put back the weights, optimizer state and step count taken at the start of an epoch."""
         params, state, iterations = snapshot
         self.params[...] = params
         opt = self.optimizer
@@ -558,6 +722,9 @@ class Sequential:
         else:  # the state did not exist yet: let the next step allocate it afresh
             opt.state, opt._tmp = {}, None
         opt.iterations = iterations
+
+    def _recover_from_blowup(self, snapshot: tuple, epoch: int, batch: int | None) -> None:
+        self._restore(snapshot)
         where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
         raise NumericalError(
             f"training diverged: the loss became NaN or infinite at {where}. The model is back at its weights and "
@@ -565,33 +732,46 @@ class Sequential:
             "the optimizer, or standardized inputs."
         )
 
-    def _evaluate_arrays(self, x: Any, y: Any, batch_size: int) -> dict[str, float]:
+    def _evaluate_arrays(self, x: Any, y: Any, w: Any, batch_size: int) -> dict[str, float]:
         xp = self.device.xp
         loss_sum = xp.zeros((), dtype=np.float64)
         sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            wb = None if w is None else w[start : start + batch_size]
             out = self._forward(xb, training=False)
-            loss, _ = self._loss_and_grad(out, yb)
+            loss, _ = self._loss_and_grad(out, yb, wb)
             loss_sum += loss * xb.shape[0]
-            for name, value in self._metric_sums(out, yb).items():
+            for name, value in self._metric_sums(out, yb, wb).items():
                 sums[name] += value
         n = x.shape[0]
         logs = {"loss": float(loss_sum) / n}
-        logs.update({name: float(v) / n for name, v in sums.items()})
+        logs.update({name: _ratio(v, n if w is None else w.sum()) for name, v in sums.items()})
         return logs
 
-    def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int = 1) -> dict[str, float]:
-        """Loss and metrics on (x, y) as a dict of floats."""
+    def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int | str = 1,
+                 sample_weight: Any = None, return_dict: bool = False) -> float | list[float] | dict[str, float]:
+        """Loss and metrics on (x, y), as Keras returns them.
+
+        A float (the loss) when the model has no metrics, else the list ``[loss, *metrics]`` in the order of
+        ``compile(metrics=...)``; with ``return_dict=True`` a dict ``{"loss": ..., "accuracy": ...}``.
+        `sample_weight` (N,) weighs rows as in :meth:`fit`. ``verbose`` 1 or 2 prints one line, 0 nothing.
+        """
         self._require_compiled()
+        verbose = verbosity(verbose)
+        if not isinstance(return_dict, (bool, np.bool_)):
+            raise NnxpTypeError(f"`return_dict` must be True or False. Received: return_dict={return_dict!r}")
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
-        with self._use():
+        with self._exclusive("evaluate"), self._use():
             x, y = self._prepare(x, y)
-            logs = self._evaluate_arrays(x, y, batch_size)
+            w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
+            logs = self._evaluate_arrays(x, y, w, batch_size)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-        return logs
+        if return_dict:
+            return logs
+        return logs["loss"] if not self.metrics else [logs["loss"], *(logs[name] for name in self.metrics)]
 
     def _require_built(self) -> None:
         self._require_layers()
@@ -600,14 +780,20 @@ class Sequential:
                 raise NotCompiledError("the model has no weights yet: give the first layer `input_dim` or call fit")
             self.build(self.input_dim)
 
-    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = 0) -> np.ndarray:
         """Model outputs (after the final activation) for `x` as a host NumPy array.
 
         `x` stays where it is and moves to the device one batch at a time, so data larger than
-        the device's memory is fine.
+        the device's memory is fine. ``verbose`` is accepted for Keras programs (0, 1, 2 or "auto") and
+        prints nothing: prediction has no progress bar.
+
+        Not concurrent: predict shares the layers' scratch buffers with fit, evaluate and other predicts, so a
+        call while one of them runs in another thread raises NnxpError (use one model per thread). A callback
+        inside fit may call it.
         """
+        verbosity(verbose)
         try:
-            with self._use():
+            with self._exclusive("predict"), self._use():
                 return self._predict(x, batch_size)
         except Exception as exc:
             if is_out_of_memory(exc):
@@ -617,7 +803,7 @@ class Sequential:
     def _predict(self, x: Any, batch_size: int | None) -> np.ndarray:
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
-        x = check_features(x, "x", self.input_dim)
+        x = check_features(x, "x", self.input_dim, self.dtype)
         n = x.shape[0]
         result = np.empty((n, self.output_dim), dtype=self.dtype)
         last = self.layers[-1]
@@ -634,17 +820,10 @@ class Sequential:
         """A table of layers, output shapes, activations and parameter counts; printed and returned."""
         rows = [("Layer (type)", "Output shape", "Activation", "Params")]
         total = 0
-        dim = self.input_dim
-        for layer in self.layers:
-            if isinstance(layer, Dense):
-                out_dim = layer.units
-                count = (dim * layer.units + (layer.units if layer.use_bias else 0)) if dim else None
-            else:
-                out_dim, count = dim, 0
+        for layer, (out_dim, count) in zip(self.layers, self._layer_shapes(), strict=True):
             total += count or 0
             rows.append((f"{layer.name} ({type(layer).__name__})", f"(None, {out_dim if out_dim else '?'})",
                          layer.describe_activation() or "-", "?" if count is None else f"{count:,}"))
-            dim = out_dim
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         line = "-" * (sum(widths) + 6)
         fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}"  # noqa: E731
@@ -679,6 +858,36 @@ class Sequential:
 
     def __repr__(self) -> str:
         return f"Sequential(layers={len(self.layers)}, params={self.count_params():,}, device={self.device.name!r})"
+
+
+def _memory_limit() -> int | None:
+    """Bytes a model's weights and gradients may take: the memory available now (psutil, when installed), else
+    the machine's physical memory, else None (no check)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.1f} {unit}"
+
+
+def _ratio(total: Any, count: Any) -> float:
+    """A weighted mean's total over its count, 0 when nothing counted (Keras's divide_no_nan)."""
+    count = float(count)
+    return float(total) / count if count > 0 else 0.0
 
 
 class _GracefulInterrupt:
