@@ -233,6 +233,9 @@ _REQUIRED = object()
 _MAX_INT = 2**63 - 1
 _MAX_NPY_HEADER = 4096  # numpy writes 64- or 128-byte headers; anything longer is not from np.save
 _ZIP_OVERHEAD = 512  # local header + central directory entry of one member (name length included)
+# up to this, weights.npz is unpacked into memory before its arrays are read (one pass, so fast; at most this
+# much beyond the model's own buffers); a larger one is streamed (a few passes, a chunk in memory at a time)
+_BUFFERED_NPZ_BYTES = 64 * 2**20
 
 
 def _short(value: Any) -> str:
@@ -508,9 +511,57 @@ def _load(path: Path, device: Any) -> Any:
         if info.file_size > limit:
             raise ModelFileError(f"model file member 'weights.npz' claims {info.file_size} bytes; the arrays the "
                                  f"config describes need at most {limit}")
-        with zf.open(info) as raw, zipfile.ZipFile(raw) as npz:
+        if info.file_size <= _BUFFERED_NPZ_BYTES:
+            raw: Any = io.BytesIO(_read_member(zf, "weights.npz", limit))
+        else:
+            n_arrays = len(plan.expected) + len(plan.optional)
+            raw = _TailCached(zf.open(info), info.file_size, 2**20 + n_arrays * _ZIP_OVERHEAD)
+        with raw, zipfile.ZipFile(raw) as npz:
             stored = _check_arrays(npz, plan)
             return _assemble(plan, npz, stored)
+
+
+class _TailCached(io.RawIOBase):
+    """A seekable view of a compressed zip member that keeps its last `tail` bytes in memory.
+
+    zipfile reads an archive's end (the central directory) before anything else, and every backward seek in a
+    compressed member unpacks it again from the start: the cached tail turns those three passes into one.
+    """
+
+    def __init__(self, fh: Any, size: int, tail: int) -> None:
+        self._fh, self._size, self._pos = fh, size, 0
+        self._tail_start = max(0, size - tail)
+        fh.seek(self._tail_start)
+        self._tail = fh.read(size - self._tail_start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = max(0, offset + (0, self._pos, self._size)[whence])
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._size - self._pos if n is None or n < 0 else n
+        if self._pos >= self._tail_start:
+            start = self._pos - self._tail_start
+            data = self._tail[start : start + n]
+        else:  # a short read at the tail's start is fine for zipfile
+            if self._fh.tell() != self._pos:
+                self._fh.seek(self._pos)
+            data = self._fh.read(min(n, self._tail_start - self._pos))
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:

@@ -375,7 +375,7 @@ def _raw_zip(members):
 def _deflate(data):
     import zlib
 
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
     return c.compress(data) + c.flush()
 
 
@@ -496,16 +496,32 @@ def _bomb_huge_npy_header(path):
                                                _plain_member("param/1.npy", _npy((16,), data=bytes(64)))]), 0
 
 
-def _true_big_model(path):  # legitimately 64 MiB of weights in a file of a few KB: it loads
-    return _model_file(path, _dense_config(units=4096, input_dim=4096),
-                       [_zeros_member("param/0.npy", (4096, 4096)),
-                        _plain_member("param/1.npy", _npy((4096,), data=bytes(4096 * 4)))]), 4096 * 4097 * 4
+def _true_model(path, n, stream):
+    """Legitimately n*n float32 weights (zeros) in a file of a few KB: it must load.
+
+    `stream`: the arrays are stored uncompressed in a weights.npz larger than nnxp buffers, so it is read as a
+    stream; otherwise they are compressed inside a small weights.npz, which is unpacked in memory.
+    """
+    bias = _plain_member("param/1.npy", _npy((n,), data=bytes(n * 4)), deflate=not stream)
+    if stream:
+        kernel = _plain_member("param/0.npy", _npy((n, n), data=bytes(n * n * 4)), deflate=False)
+    else:
+        kernel = _zeros_member("param/0.npy", (n, n))
+    return _model_file(path, _dense_config(units=n, input_dim=n), [kernel, bias]), 2 * (n * n + n) * 4  # + grads
+
+
+def _true_mid_model(path):  # 16 MiB of weights compressed inside a small weights.npz
+    return _true_model(path, 2048, stream=False)
+
+
+def _true_big_model(path):  # 64 MiB of weights in a 64 MiB weights.npz (compressed in the file): streamed
+    return _true_model(path, 4096, stream=True)
 
 
 BOMBS = {f.__name__.removeprefix("_bomb_").lstrip("_"): f for f in (
     _bomb_inner_compressed, _bomb_inner_lying_size, _bomb_inner_past_claim, _bomb_outer_compressed, _bomb_huge_units,
     _bomb_huge_header_claims, _bomb_many_layers, _bomb_deep_json, _bomb_huge_int, _bomb_huge_float,
-    _bomb_config_inflates, _bomb_many_members, _bomb_huge_npy_header, _true_big_model)}
+    _bomb_config_inflates, _bomb_many_members, _bomb_huge_npy_header, _true_mid_model, _true_big_model)}
 
 
 def _measure_load(path, conn):
@@ -530,6 +546,8 @@ def _measure_load(path, conn):
 def test_files_up_to_1mb_load_or_fail_in_bounded_time_and_memory(tmp_path, bomb):
     """The issue's goal: within 2 s and 100 MiB beyond the model the file truly describes.
 
+    The model's size is what building it allocates: its parameters and their gradients.
+
     Memory is the peak RSS growth of a forked child doing only the load. The time bound asserted is 10 s (a
     5x margin for a shared CI machine; the unguarded loader took 12 s to 46 s on these files), and the time is
     printed so the 2 s goal can be read off with ``-s``.
@@ -546,7 +564,8 @@ def test_files_up_to_1mb_load_or_fail_in_bounded_time_and_memory(tmp_path, bomb)
     outcome, seconds, grown = parent.recv()
     proc.join()
     print(f"{bomb}: {path.stat().st_size} bytes, {seconds:.3f} s, peak RSS +{grown / 2**20:.1f} MiB, {outcome[:90]}")
-    assert outcome == "loaded" if bomb in ("many_layers", "true_big_model") else outcome.startswith("refused")
+    assert outcome == "loaded" if bomb in ("many_layers", "true_mid_model", "true_big_model") else \
+        outcome.startswith("refused")
     assert seconds < 10
     assert grown <= model_bytes + 100 * 2**20
 
