@@ -1,9 +1,14 @@
 """Model files: one zip holding ``config.json`` and ``weights.npz``; never pickle.
 
-Saving writes a temporary file in the target folder, fsyncs it and renames it
-over the target, so a crash mid-save leaves the previous file intact. Loading
-checks the format version, the layer configuration and every array's name,
-shape and dtype, and turns any fault into a :class:`ModelFileError`.
+Saving writes a short-named temporary in the target folder, fsyncs it and renames it over the target, so a
+crash mid-save leaves the previous file intact; it writes through symlinks, respects the umask, keeps a
+replaced file's mode, and removes temporaries that killed nnxp processes left behind.
+
+Loading validates every field of the config (type, range, finiteness, consistency), works out the arrays the
+config implies, checks every stored array's header (name, dtype, shape, size) against them with no data read,
+and only then reads the data, straight into the model's buffers, checking it is finite (and, for second
+moments, non-negative). A file therefore costs at most about the size of the model it truly describes, and
+any fault is a :class:`ModelFileError` naming the field.
 """
 
 from __future__ import annotations
