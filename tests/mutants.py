@@ -8,7 +8,9 @@ Run from the repository root (not collected by pytest; too slow for every CI run
 
 Each mutant is one realistic single-line change (a wrong constant, a swapped variable, an off-by-one, a
 flipped comparison), applied to a copy of the working tree in a temporary folder, one at a time; the named
-test modules then run there (``pytest -x``) and must fail. First the same tests run unmutated and must pass,
+test modules then run there (``pytest -x``) and a test must fail. A run that only errors (say the emulator's
+-Werror build refusing an unused parameter) is reported as ERRORED and not counted as a kill: NVRTC would
+compile that mutant, so the tests themselves must catch it. First the same tests run unmutated and must pass,
 so a kill means the mutant, not a broken tree. Kernel mutants run the parity registry of tests/test_ops_cuda.py
 on the CPU emulator of CUDA (tests/_cuda_emu.py), so they need a C++ compiler, not a GPU.
 
@@ -57,8 +59,8 @@ MUTANTS = [
            _emu("sparse"), "sparse xent: the raw label, read before the wrap (issue 16's survivor)"),
     Mutant("K2", "nnxp/ops/kernels.cu", (("if (label < 0) label += cols;", "if (label < 0) label += cols - 1;"),),
            _emu("sparse"), "sparse xent: the wrap off by one"),
-    Mutant("K3", "nnxp/ops/kernels.cu", (("    t = t * one_minus_b2;", "    t = t * one_minus_b1;"),),
-           _emu("adam"), "adam: the first moment's beta in the second moment"),
+    Mutant("K3", "nnxp/ops/kernels.cu", (("        one_minus_b2 = hp[1];", "        one_minus_b2 = hp[0];"),),
+           _emu("adam"), "adam: the graph's scalar buffer read at the wrong index"),
     Mutant("K4", "nnxp/ops/kernels.cu", (("        t = v * momentum;", "        t = v * lr;"),),
            _emu("sgd"), "sgd: Nesterov's look-ahead scaled by the rate"),
     Mutant("K5", "nnxp/ops/kernels.cu", (("const T a = nx_log1p(nx_exp(-nx_abs(z)));",
@@ -68,8 +70,8 @@ MUTANTS = [
                                           "for (int w = 1; w < n_warps - 1; ++w) r = op(r, shm[w]);"),),
            _emu("xent or sigmoid_bce"), "block reduction: the last warp's partial dropped"),
     Mutant("K7", "nnxp/ops/kernels.cu", (("return nx_uniform(nx_hash(seed, offset), T(0)) >= rate ? scale : T(0);",
-                                          "return nx_uniform(nx_hash(seed, offset), T(0)) >= rate ? T(1) : T(0);"),),
-           _emu("dropout"), "dropout: kept units not rescaled by 1/(1-rate)"),
+                                          "return nx_uniform(nx_hash(seed, offset), T(0)) < rate ? scale : T(0);"),),
+           _emu("dropout"), "dropout: the keep test inverted"),
     Mutant("K8", "nnxp/ops/kernels.cu", (("for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(",
                                           "for (int o = 8; o > 0; o >>= 1) v = op(v, __shfl_xor_sync("),),
            _emu("xent"), "warp reduction: half the lanes left out"),
@@ -202,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 target.write_text(original)
             status = "killed" if rc not in (0, -1) else ("TIMEOUT" if rc == -1 else "SURVIVED")
+            if status == "killed" and " failed" not in last:  # an error, e.g. the emulator's -Werror build
+                status = "ERRORED"  # counted as not killed: the tests, not the compiler, must catch it
             results.append((m, status, secs, last))
             print(f"{m.key:3} {status:9} {secs:6.0f} s  {m.why}  [{last}]", flush=True)
     killed = sum(1 for _, s, _, _ in results if s == "killed")
