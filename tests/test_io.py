@@ -1,5 +1,6 @@
 """Model files: exact round trips, resumed training, atomic writes, clear errors for bad files."""
 
+import functools
 import io
 import json
 import os
@@ -385,6 +386,7 @@ def _npy(shape, dtype="<f4", data=b""):
     return buf.getvalue() + data
 
 
+@functools.lru_cache(maxsize=8)  # the 1 GiB members take a second each to checksum; several bombs share them
 def _zeros_member(name, shape, dtype="<f4", n=None):
     """A deflated .npy of zeros (`n` bytes of data, or what `shape` needs), built without ever holding it."""
     import zlib
