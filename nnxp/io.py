@@ -480,11 +480,12 @@ def _read_into(npz: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, out: np.nd
         _npy_header(fh, key)
         view = memoryview(out).cast("B")
         done = 0
-        while done < len(view):
-            n = fh.readinto(view[done:])
-            if not n:
+        while done < len(view):  # in 1 MiB chunks: zipfile's readinto would build the whole array as bytes first
+            chunk = fh.read(min(len(view) - done, 2**20))
+            if not chunk:
                 raise ModelFileError(f"array {key!r} ends early")
-            done += n
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
         if fh.read(1):  # reading to the end makes zipfile check the CRC
             raise ModelFileError(f"array {key!r} holds more data than its shape")
 
@@ -536,8 +537,20 @@ class _TailCached(io.RawIOBase):
     def __init__(self, fh: Any, size: int, tail: int) -> None:
         self._fh, self._size, self._pos = fh, size, 0
         self._tail_start = max(0, size - tail)
-        fh.seek(self._tail_start)
+        self._goto(self._tail_start)
         self._tail = fh.read(size - self._tail_start)
+
+    def _goto(self, pos: int) -> None:
+        """Move the member's stream to `pos`, unpacking 1 MiB at a time (zipfile's own seek takes 16 MiB)."""
+        here = self._fh.tell()
+        if pos < here:
+            self._fh.seek(0)  # back to the start of the member: nothing unpacked yet
+            here = 0
+        while here < pos:
+            got = len(self._fh.read(min(pos - here, 2**20)))
+            if not got:
+                break
+            here += got
 
     def readable(self) -> bool:
         return True
@@ -559,7 +572,7 @@ class _TailCached(io.RawIOBase):
             data = self._tail[start : start + n]
         else:  # a short read at the tail's start is fine for zipfile
             if self._fh.tell() != self._pos:
-                self._fh.seek(self._pos)
+                self._goto(self._pos)
             data = self._fh.read(min(n, self._tail_start - self._pos))
         self._pos += len(data)
         return data
