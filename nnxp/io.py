@@ -1,9 +1,14 @@
 """Model files: one zip holding ``config.json`` and ``weights.npz``; never pickle.
 
-Saving writes a temporary file in the target folder, fsyncs it and renames it
-over the target, so a crash mid-save leaves the previous file intact. Loading
-checks the format version, the layer configuration and every array's name,
-shape and dtype, and turns any fault into a :class:`ModelFileError`.
+Saving writes a short-named temporary in the target folder, fsyncs it and renames it over the target, so a
+crash mid-save leaves the previous file intact; it writes through symlinks, respects the umask, keeps a
+replaced file's mode, and removes temporaries that killed nnxp processes left behind.
+
+Loading validates every field of the config (type, range, finiteness, consistency), works out the arrays the
+config implies, checks every stored array's header (name, dtype, shape, size) against them with no data read,
+and only then reads the data, straight into the model's buffers, checking it is finite (and, for second
+moments, non-negative). A file therefore costs at most about the size of the model it truly describes, and
+any fault is a :class:`ModelFileError` naming the field.
 """
 
 from __future__ import annotations
@@ -233,6 +238,9 @@ _REQUIRED = object()
 _MAX_INT = 2**63 - 1
 _MAX_NPY_HEADER = 4096  # numpy writes 64- or 128-byte headers; anything longer is not from np.save
 _ZIP_OVERHEAD = 512  # local header + central directory entry of one member (name length included)
+# up to this, weights.npz is unpacked into memory before its arrays are read (one pass, so fast; at most this
+# much beyond the model's own buffers); a larger one is streamed (a few passes, a chunk in memory at a time)
+_BUFFERED_NPZ_BYTES = 64 * 2**20
 
 
 def _short(value: Any) -> str:
@@ -368,6 +376,7 @@ class _Plan:
         layers = []
         for i, entry in enumerate(mcfg["layers"]):
             entry = _fields(f"model.layers[{i}]", entry, _LAYER_FIELDS)
+            _optional(_string())(f"model.layers[{i}].config.name", entry["config"].get("name"))
             try:
                 layers.append(layer_from_config(entry["class_name"], entry["config"]))
             except (NnxpError, TypeError) as exc:  # TypeError: a key the layer does not take
@@ -471,11 +480,12 @@ def _read_into(npz: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, out: np.nd
         _npy_header(fh, key)
         view = memoryview(out).cast("B")
         done = 0
-        while done < len(view):
-            n = fh.readinto(view[done:])
-            if not n:
+        while done < len(view):  # in 1 MiB chunks: zipfile's readinto would build the whole array as bytes first
+            chunk = fh.read(min(len(view) - done, 2**20))
+            if not chunk:
                 raise ModelFileError(f"array {key!r} ends early")
-            done += n
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
         if fh.read(1):  # reading to the end makes zipfile check the CRC
             raise ModelFileError(f"array {key!r} holds more data than its shape")
 
@@ -507,9 +517,69 @@ def _load(path: Path, device: Any) -> Any:
         if info.file_size > limit:
             raise ModelFileError(f"model file member 'weights.npz' claims {info.file_size} bytes; the arrays the "
                                  f"config describes need at most {limit}")
-        with zf.open(info) as raw, zipfile.ZipFile(raw) as npz:
+        if info.file_size <= _BUFFERED_NPZ_BYTES:
+            raw: Any = io.BytesIO(_read_member(zf, "weights.npz", limit))
+        else:
+            n_arrays = len(plan.expected) + len(plan.optional)
+            raw = _TailCached(zf.open(info), info.file_size, 2**20 + n_arrays * _ZIP_OVERHEAD)
+        with raw, zipfile.ZipFile(raw) as npz:
             stored = _check_arrays(npz, plan)
             return _assemble(plan, npz, stored)
+
+
+class _TailCached(io.RawIOBase):
+    """A seekable view of a compressed zip member that keeps its last `tail` bytes in memory.
+
+    zipfile reads an archive's end (the central directory) before anything else, and every backward seek in a
+    compressed member unpacks it again from the start: the cached tail turns those three passes into one.
+    """
+
+    def __init__(self, fh: Any, size: int, tail: int) -> None:
+        self._fh, self._size, self._pos = fh, size, 0
+        self._tail_start = max(0, size - tail)
+        self._goto(self._tail_start)
+        self._tail = fh.read(size - self._tail_start)
+
+    def _goto(self, pos: int) -> None:
+        """Move the member's stream to `pos`, unpacking 1 MiB at a time (zipfile's own seek takes 16 MiB)."""
+        here = self._fh.tell()
+        if pos < here:
+            self._fh.seek(0)  # back to the start of the member: nothing unpacked yet
+            here = 0
+        while here < pos:
+            got = len(self._fh.read(min(pos - here, 2**20)))
+            if not got:
+                break
+            here += got
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = max(0, offset + (0, self._pos, self._size)[whence])
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._size - self._pos if n is None or n < 0 else n
+        if self._pos >= self._tail_start:
+            start = self._pos - self._tail_start
+            data = self._tail[start : start + n]
+        else:  # a short read at the tail's start is fine for zipfile
+            if self._fh.tell() != self._pos:
+                self._goto(self._pos)
+            data = self._fh.read(min(n, self._tail_start - self._pos))
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:
@@ -547,7 +617,8 @@ def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:
     except (NnxpError, ArithmeticError) as exc:
         raise ModelFileError(f"`compile.optimizer.learning_rate` cannot be evaluated at step {iterations}: "
                              f"{exc}") from None
-    if not math.isfinite(lr):
-        raise ModelFileError(f"`compile.optimizer.learning_rate` is {lr} at step {iterations}")
+    if not math.isfinite(lr) or abs(lr) > float(np.finfo(plan.dtype).max):  # finite in the model's dtype too
+        raise ModelFileError(f"`compile.optimizer.learning_rate` is {lr} at step {iterations}, which a "
+                             f"{plan.dtype} model cannot use")
     model.epochs_trained = plan.top["epochs_trained"]
     return model

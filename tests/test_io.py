@@ -1,5 +1,6 @@
 """Model files: exact round trips, resumed training, atomic writes, clear errors for bad files."""
 
+import functools
 import io
 import json
 import os
@@ -264,6 +265,8 @@ BAD_FIELDS = [
     ("model.layers.0.config.units", 17, "shape"),
     ("model.layers.0.config.activation", "relux", "activation"),
     ("model.layers.0.config.evil", 1, "evil"),
+    ("model.layers.0.config.name", ["x"], r"model.layers\[0\].config.name"),
+    ("model.layers.0.config.name", "x" * 5000, r"model.layers\[0\].config.name"),
     ("model.layers.1.config.rate", 1.5, "rate"),
     ("model.layers.0.config.kernel_regularizer", {"name": "l2", "l2": -1.0}, "l2"),
     ("model.layers.0.config.kernel_regularizer", {"name": "evil", "l2": 0.1}, "kernel_regularizer"),
@@ -289,6 +292,9 @@ BAD_FIELDS = [
     ("compile.optimizer.learning_rate", {"name": "StepDecay", "initial_learning_rate": 1e300, "step_size": 1,
                                          "gamma": 1e300}, "learning_rate"),
     ("compile.optimizer.learning_rate", {"name": "Evil"}, "schedule"),
+    ("compile.optimizer.learning_rate", 1e39, "cannot use"),  # finite as a float, inf in this float32 model
+    ("compile.optimizer.learning_rate", {"name": "ExponentialDecay", "initial_learning_rate": 1e-3,
+                                         "decay_steps": 2, "decay_rate": 1e300}, "cannot use"),  # 1e297 at step 2
 ]
 
 
@@ -370,7 +376,7 @@ def _raw_zip(members):
 def _deflate(data):
     import zlib
 
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
     return c.compress(data) + c.flush()
 
 
@@ -380,6 +386,7 @@ def _npy(shape, dtype="<f4", data=b""):
     return buf.getvalue() + data
 
 
+@functools.lru_cache(maxsize=8)  # the 1 GiB members take a second each to checksum; several bombs share them
 def _zeros_member(name, shape, dtype="<f4", n=None):
     """A deflated .npy of zeros (`n` bytes of data, or what `shape` needs), built without ever holding it."""
     import zlib
@@ -491,16 +498,32 @@ def _bomb_huge_npy_header(path):
                                                _plain_member("param/1.npy", _npy((16,), data=bytes(64)))]), 0
 
 
-def _true_big_model(path):  # legitimately 64 MiB of weights in a file of a few KB: it loads
-    return _model_file(path, _dense_config(units=4096, input_dim=4096),
-                       [_zeros_member("param/0.npy", (4096, 4096)),
-                        _plain_member("param/1.npy", _npy((4096,), data=bytes(4096 * 4)))]), 4096 * 4097 * 4
+def _true_model(path, n, stream):
+    """Legitimately n*n float32 weights (zeros) in a file of a few KB: it must load.
+
+    `stream`: the arrays are stored uncompressed in a weights.npz larger than nnxp buffers, so it is read as a
+    stream; otherwise they are compressed inside a small weights.npz, which is unpacked in memory.
+    """
+    bias = _plain_member("param/1.npy", _npy((n,), data=bytes(n * 4)), deflate=not stream)
+    if stream:
+        kernel = _plain_member("param/0.npy", _npy((n, n), data=bytes(n * n * 4)), deflate=False)
+    else:
+        kernel = _zeros_member("param/0.npy", (n, n))
+    return _model_file(path, _dense_config(units=n, input_dim=n), [kernel, bias]), 2 * (n * n + n) * 4  # + grads
+
+
+def _true_mid_model(path):  # 16 MiB of weights compressed inside a small weights.npz
+    return _true_model(path, 2048, stream=False)
+
+
+def _true_big_model(path):  # 64 MiB of weights in a 64 MiB weights.npz (compressed in the file): streamed
+    return _true_model(path, 4096, stream=True)
 
 
 BOMBS = {f.__name__.removeprefix("_bomb_").lstrip("_"): f for f in (
     _bomb_inner_compressed, _bomb_inner_lying_size, _bomb_inner_past_claim, _bomb_outer_compressed, _bomb_huge_units,
     _bomb_huge_header_claims, _bomb_many_layers, _bomb_deep_json, _bomb_huge_int, _bomb_huge_float,
-    _bomb_config_inflates, _bomb_many_members, _bomb_huge_npy_header, _true_big_model)}
+    _bomb_config_inflates, _bomb_many_members, _bomb_huge_npy_header, _true_mid_model, _true_big_model)}
 
 
 def _measure_load(path, conn):
@@ -525,6 +548,8 @@ def _measure_load(path, conn):
 def test_files_up_to_1mb_load_or_fail_in_bounded_time_and_memory(tmp_path, bomb):
     """The issue's goal: within 2 s and 100 MiB beyond the model the file truly describes.
 
+    The model's size is what building it allocates: its parameters and their gradients.
+
     Memory is the peak RSS growth of a forked child doing only the load. The time bound asserted is 10 s (a
     5x margin for a shared CI machine; the unguarded loader took 12 s to 46 s on these files), and the time is
     printed so the 2 s goal can be read off with ``-s``.
@@ -541,7 +566,8 @@ def test_files_up_to_1mb_load_or_fail_in_bounded_time_and_memory(tmp_path, bomb)
     outcome, seconds, grown = parent.recv()
     proc.join()
     print(f"{bomb}: {path.stat().st_size} bytes, {seconds:.3f} s, peak RSS +{grown / 2**20:.1f} MiB, {outcome[:90]}")
-    assert outcome == "loaded" if bomb in ("many_layers", "true_big_model") else outcome.startswith("refused")
+    assert outcome == "loaded" if bomb in ("many_layers", "true_mid_model", "true_big_model") else \
+        outcome.startswith("refused")
     assert seconds < 10
     assert grown <= model_bytes + 100 * 2**20
 
@@ -590,8 +616,8 @@ import sys, nnxp
 m = nnxp.Sequential([nnxp.Dense(1500, "relu", input_dim=1500), nnxp.Dense(2)], seed=0)
 m.compile("adam", "mse")
 m.optimizer.build(m.params)
-print("ready", flush=True)
 while True:
+    print("saving", flush=True)
     m.save(sys.argv[1])
 """
 
@@ -605,17 +631,17 @@ def test_temporaries_left_by_sigkill_are_removed_by_the_next_save(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
     target = folder / "m.nnxp"
-    left = 0
-    r = np.random.default_rng(0)
-    for _ in range(4):
+    left = []
+    for delay in (0.3, 0.1, 0.5):
         proc = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(target)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(float(r.uniform(0.2, 0.6)))  # a save takes about a second: most kills land inside one
+        assert proc.stdout.readline().strip() == "saving"
+        time.sleep(delay)  # a save of these 27 MB takes about a second: the kill lands inside it
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-        left = max(left, len(_temporaries(folder)))
-    assert left >= 1, "no kill landed inside a save: the test proved nothing"
+        left.append(_temporaries(folder))
+    assert any(left), "no kill landed inside a save: the test proved nothing"
+    assert all(len(names) <= 1 for names in left), left  # each save removed the temporaries of the killed ones
     # a temporary of a live process (this one's parent stands in) and one from another host stay untouched
     live = folder / f".nnxp-{nnxp.io._HOST}-{os.getppid()}-0123abcd.tmp"
     foreign = folder / f".nnxp-{'f' if nnxp.io._HOST[0] != 'f' else 'e'}{nnxp.io._HOST[1:]}-999999-0123abcd.tmp"
@@ -624,7 +650,7 @@ def test_temporaries_left_by_sigkill_are_removed_by_the_next_save(tmp_path):
         p.write_bytes(b"x")
     m, _ = _saved(tmp_path)
     m.save(target)
-    assert _temporaries(folder) == sorted([live.name, foreign.name])
+    assert _temporaries(folder) == sorted([live.name, foreign.name]), (left, _temporaries(folder))
     assert unrelated.exists()
     nnxp.load_model(target)
 

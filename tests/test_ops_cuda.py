@@ -321,10 +321,12 @@ def _pair_softmax_xent(soft: bool) -> Pair:
     )
 
 
-def _pair_sparse_softmax_xent() -> Pair:
+def _pair_sparse_softmax_xent(wrapped: bool = False) -> Pair:
+    """Labels in [0, cols), or with `wrapped` in [-cols, cols): negative labels count from the end (documented)."""
     def make(rng, shape, dtype, specials):
         logits = _normal(rng, shape, dtype, 3.0, specials)
-        return logits, rng.integers(0, shape[1], shape[0]).astype(np.int64), Out(shape, dtype)
+        low = -shape[1] if wrapped else 0
+        return logits, rng.integers(low, shape[1], shape[0]).astype(np.int64), Out(shape, dtype)
 
     return Pair(
         cuda=lambda lg, lab, g: _fused(_cuda.sparse_softmax_cross_entropy(lg, lab, g)),
@@ -466,6 +468,7 @@ for _act in sorted(ACTIVATION_OPS):
 PAIRS["softmax_xent/onehot"] = _pair_softmax_xent(False)
 PAIRS["softmax_xent/soft"] = _pair_softmax_xent(True)
 PAIRS["sparse_softmax_xent"] = _pair_sparse_softmax_xent()
+PAIRS["sparse_softmax_xent/wrapped"] = _pair_sparse_softmax_xent(wrapped=True)
 PAIRS["sigmoid_bce"] = _pair_sigmoid_bce()
 for _name in OPTIMIZERS:
     for _wd in (0.0, 0.004):

@@ -88,3 +88,25 @@ def test_grad_buffer_is_reused():
     buf = np.empty_like(z)
     _, g = L.softmax_cross_entropy(z, _onehot(np.array([0, 1, 2, 0]), 3).astype(np.float32), buf)
     assert g is buf and g.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sparse_softmax_ce_wraps_negative_labels_once(dtype):
+    """The documented contract below the model's validation: label -k is class C-k, in loss and gradient."""
+    z = (rng.normal(size=(7, 5)) * 3).astype(dtype)
+    labels = np.array([-1, -5, 0, 4, -3, 2, -2])
+    loss, g = L.sparse_softmax_cross_entropy(z.copy(), labels)
+    want_loss, want_g = L.sparse_softmax_cross_entropy(z.copy(), labels % 5)
+    assert float(loss) == float(want_loss)
+    np.testing.assert_array_equal(g, want_g)
+    plain = -np.log(activation_forward("softmax", z.astype(np.float64))[np.arange(7), labels % 5]).mean()
+    np.testing.assert_allclose(float(loss), plain, rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+def test_the_model_refuses_negative_labels_before_the_kernel():
+    from nnxp import Dense, NnxpError, Sequential
+
+    model = Sequential([Dense(3, "softmax", input_dim=2)], seed=0)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    with pytest.raises(NnxpError, match=r"labels must lie in \[0, 2\].*Received: labels from -1 to 2"):
+        model.fit(np.zeros((3, 2)), np.array([-1, 0, 2]), verbose=0)

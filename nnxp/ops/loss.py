@@ -63,7 +63,12 @@ def softmax_cross_entropy_ref(logits: Any, target: Any, grad: Any = None,
 
 def sparse_softmax_cross_entropy_ref(logits: Any, labels: Any, grad: Any = None,
                                      sample_weight: Any = None) -> tuple[Any, Any]:
-    """Softmax + cross-entropy on logits (B, C) and integer labels (B,)."""
+    """Softmax + cross-entropy on logits (B, C) and integer labels (B,) in [-C, C).
+
+    A negative label counts from the end, as NumPy indexing does (-1 is class C-1); the CUDA kernel wraps
+    the same way. The model refuses negative labels before they get here (check_targets), so the wrap is
+    the ops' contract for direct callers, tested on both paths.
+    """
     xp = xp_of(logits)
     n = logits.shape[0]
     rows = xp.arange(n)
