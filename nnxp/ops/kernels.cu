@@ -674,9 +674,17 @@ __global__ void nnxp_adamax(T* p, const T* g, T* m, T* u, long long n, T one_min
 
 // y = x * mask with mask = scale where hash(seed, i) gives u >= rate, else 0; the mask is also stored when
 // store_mask (for callers that keep it), otherwise backward regenerates it from (seed, i).
+// With `state` (device memory: state[0] the layer's seed, state[1] its step counter), the mask's seed is
+// nx_hash(state[0], state[1]) instead of `seed`: a replayed CUDA graph then draws a new mask every step, since
+// the layer bumps state[1] on the device before each forward (nx_step_seed in _cuda.py is the host twin).
+NX_HD unsigned long long nx_step_seed(unsigned long long seed, const unsigned long long* state) {
+    return state ? nx_hash(state[0], state[1]) : seed;
+}
+
 template <typename T>
 __global__ void nnxp_dropout_forward(const T* x, T* y, T* mask, long long n, unsigned long long seed, T rate,
-                                     T scale, int store_mask) {
+                                     T scale, int store_mask, const unsigned long long* state) {
+    seed = nx_step_seed(seed, state);
     NX_GRID_STRIDE(i, n) {
         const T mi = dropout_mask(seed, (unsigned long long)i, rate, scale);
         if (store_mask) mask[i] = mi;
@@ -685,7 +693,9 @@ __global__ void nnxp_dropout_forward(const T* x, T* y, T* mask, long long n, uns
 }
 
 template <typename T>
-__global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned long long seed, T rate, T scale) {
+__global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned long long seed, T rate, T scale,
+                                      const unsigned long long* state) {
+    seed = nx_step_seed(seed, state);
     NX_GRID_STRIDE(i, n) { dx[i] = dy[i] * dropout_mask(seed, (unsigned long long)i, rate, scale); }
 }
 
@@ -711,8 +721,10 @@ __global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned 
     template __global__ void nnxp_adadelta<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);           \
     template __global__ void nnxp_adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);               \
     template __global__ void nnxp_adamax<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);             \
-    template __global__ void nnxp_dropout_forward<T>(const T*, T*, T*, long long, unsigned long long, T, T, int);  \
-    template __global__ void nnxp_dropout_backward<T>(const T*, T*, long long, unsigned long long, T, T);
+    template __global__ void nnxp_dropout_forward<T>(const T*, T*, T*, long long, unsigned long long, T, T, int,   \
+                                                     const unsigned long long*);                                 \
+    template __global__ void nnxp_dropout_backward<T>(const T*, T*, long long, unsigned long long, T, T,           \
+                                                      const unsigned long long*);
 NNXP_INSTANTIATE(float)
 NNXP_INSTANTIATE(double)
 #endif
