@@ -34,7 +34,7 @@ from ._validation import (
 from .backend import Device, get_device, is_out_of_memory, to_numpy, xp_of
 from .callbacks import Callback, History, ProgbarLogger
 from .errors import DeviceMemoryError, NnxpError, NnxpTypeError, NotCompiledError, NumericalError, did_you_mean
-from .layers import Activation, Dense, Dropout, Layer
+from .layers import Activation, Dense, Layer
 from .ops import activation as A
 
 _DTYPES = ("float32", "float64")
@@ -518,10 +518,7 @@ class Sequential:
         if not self.device.is_cuda:
             raise NnxpError(f"`cuda_graph=True` needs a CUDA device; this model is on {self.device.name}. "
                             "Create it with device=\"cuda\" or leave cuda_graph=False")
-        dropout = [layer.name for layer in self.layers if isinstance(layer, Dropout) and layer.rate > 0]
-        if dropout:
-            raise NnxpError(f"`cuda_graph=True` does not support Dropout yet (its mask is drawn on the host side "
-                            f"of the step): {dropout}. Use cuda_graph=False for this model")
+        # Dropout is fine: on CUDA its mask is a hash of a (seed, step) pair in device memory (layers.Dropout)
 
     def _replay_step(self, xb: Any, yb: Any) -> tuple[Any, dict] | None:
         """The step for a full batch from the captured graph (capturing it first), or None to run it eagerly."""

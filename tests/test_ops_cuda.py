@@ -748,3 +748,64 @@ def test_wrappers_against_a_fake_cupy(fake_cupy, name):
             for specials in (False, True) if PAIRS[name].specials else (False,):
                 _check_pair(name, specials, dtype, shape)
     assert set(_cuda.compile_seconds()) <= {"cuda:0/float32", "cuda:0/float64"}
+
+
+# --- Dropout's CUDA path on the stand-in + emulator: the layer, the model, and the (seed, step) device state ---
+
+
+def _cuda_dropout(rate: float, seed: int):
+    from nnxp import Dropout
+    from nnxp.backend import get_device
+
+    layer = Dropout(rate)
+    layer.rng = get_device("cuda").random_generator(seed)
+    return layer
+
+
+def test_cuda_dropout_layer_draws_an_elementwise_mask_per_step(fake_cupy):
+    layer = _cuda_dropout(0.3, 4)
+    x = fake_cupy.asarray(np.random.default_rng(0).normal(size=(200, 50)).astype(np.float32))
+    y1 = to_numpy(layer.forward(x, training=True)).copy()
+    kept = y1 != 0
+    assert abs(kept.mean() - 0.7) < 5 * np.sqrt(0.3 * 0.7 / kept.size)  # not all-or-nothing
+    state = to_numpy(layer._state).copy()
+    assert state[1] == 1  # the step counter was bumped on the device before the forward
+    mask = _cuda.dropout_mask_ref(np, x.size, 0.3, state, np.float32).reshape(x.shape)
+    np.testing.assert_array_equal(y1, np.asarray(x) * mask)
+    dy = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    dx = to_numpy(layer.backward(fake_cupy.asarray(dy)))
+    np.testing.assert_array_equal(dx, dy * mask)  # backward regenerates the forward's mask
+    y2 = to_numpy(layer.forward(x, training=True))
+    assert float(((y1 != 0) != (y2 != 0)).mean()) > 0.3  # the next step draws a new mask
+    layer.rng = fake_cupy.random.default_rng(5)  # a new epoch's generator reseeds the same buffer in place
+    assert to_numpy(layer._state)[1] == 0 and to_numpy(layer._state)[0] != state[0]
+
+
+def test_cuda_dropout_state_hash_matches_the_host_twin():
+    seed, step = 0xDEADBEEFCAFEF00D, 41
+    state = np.array([seed, step], dtype=np.uint64)
+    a = _cuda.dropout_mask_ref(np, 97, 0.5, state, np.float64)
+    b = _cuda.dropout_mask_ref(np, 97, 0.5, _cuda.step_seed(seed, step), np.float64)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_dropout_in_a_model_keeps_the_rate_every_step(fake_cupy, monkeypatch):
+    from nnxp import Dense, Dropout, Sequential
+
+    fractions = []
+    forward = Dropout.forward
+
+    def spy(self, x, training=False):
+        y = forward(self, x, training)
+        if training:
+            fractions.append(float((to_numpy(y) != 0).mean()))
+        return y
+
+    monkeypatch.setattr(Dropout, "forward", spy)
+    model = Sequential([Dense(64, input_dim=5), Dropout(0.5), Dense(1)], device="cuda", seed=0)
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(128, 5))
+    history = model.fit(x, x[:, :1], epochs=2, batch_size=32, verbose=0)
+    assert len(fractions) == 8
+    assert all(0.35 < f < 0.65 for f in fractions), fractions  # CuPy's random(out=) would give 0 or 1
+    assert np.isfinite(history.history["loss"]).all()
