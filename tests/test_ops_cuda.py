@@ -809,3 +809,45 @@ def test_cuda_dropout_in_a_model_keeps_the_rate_every_step(fake_cupy, monkeypatc
     assert len(fractions) == 8
     assert all(0.35 < f < 0.65 for f in fractions), fractions  # CuPy's random(out=) would give 0 or 1
     assert np.isfinite(history.history["loss"]).all()
+
+
+def test_each_loss_launch_takes_its_own_zeroed_ticket_counter(fake_cupy, monkeypatch):
+    # A ticket taken by another launch in flight (or left by an aborted one) in the first call must not reach
+    # the second: with one counter per device the second call's last block never saw ticket grid - 1.
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(64, 10))  # 64 rows: 8 blocks of 8 warps on the stand-in's one SM
+    target = np.eye(10)[rng.integers(0, 10, size=64)]
+    expected, _ = L.softmax_cross_entropy_ref(logits, target)
+    launch, counters = _cuda._launch, []
+
+    def another_launch_takes_a_ticket(name, dtype, dev, grid, block, args):
+        if name == "nnxp_softmax_xent":
+            counter = args[4]
+            assert int(counter[0]) == 0, "a loss launch started from a non-zero ticket counter"
+            counters.append(counter)
+            if len(counters) == 1:
+                counter[0] += 1
+        launch(name, dtype, dev, grid, block, args)
+
+    monkeypatch.setattr(_cuda, "_launch", another_launch_takes_a_ticket)
+    _cuda.softmax_cross_entropy(fake_cupy.asarray(logits), fake_cupy.asarray(target))
+    loss, _ = _cuda.softmax_cross_entropy(fake_cupy.asarray(logits), fake_cupy.asarray(target))
+    assert len(counters) == 2 and not np.shares_memory(counters[0], counters[1])
+    np.testing.assert_allclose(float(to_numpy(loss)), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cols", [7, 40])
+def test_sparse_softmax_xent_may_overwrite_its_logits(fake_cupy, cols):
+    # grad aliasing logits: every lane used to read lr[label] after the warp's last shuffle, while the lane
+    # owning column `label` may already have overwritten it with its gradient (the emulator's reverse and
+    # shuffled thread orders run that lane first). The kernel now reads each logit only in the lane that owns it.
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(50, cols))
+    labels = rng.integers(0, cols, size=50).astype(np.int64)
+    want_loss, want_grad = L.sparse_softmax_cross_entropy_ref(logits.copy(), labels)
+    for _ in range(3):  # forward, reverse and shuffled schedules
+        z = fake_cupy.asarray(logits.copy())
+        loss, grad = _cuda.sparse_softmax_cross_entropy(z, fake_cupy.asarray(labels), z)
+        assert grad is z
+        np.testing.assert_allclose(float(to_numpy(loss)), want_loss, rtol=1e-13)
+        np.testing.assert_allclose(to_numpy(grad), want_grad, rtol=1e-13, atol=1e-16)

@@ -101,7 +101,6 @@ class LazyKernels:
         self._modules: dict[tuple[int, str], Any] = {}  # kept alive while their kernels are in use
         self._functions: dict[tuple[int, str], dict[str, Any]] = {}
         self._seconds: dict[tuple[int, str], float] = {}
-        self._counters: dict[int, Any] = {}
         self._sm_counts: dict[int, int] = {}
 
     def function(self, name: str, dtype: np.dtype, device_id: int) -> Any:
@@ -128,18 +127,6 @@ class LazyKernels:
             self._modules[key] = module
             self._functions[key] = functions
             return functions
-
-    def counter(self, device_id: int) -> Any:
-        """A zeroed uint32 ticket counter on the device for the losses' last-block finish.
-
-        The kernels leave it at zero again, so one per device serves every launch on one stream.
-        """
-        c = self._counters.get(device_id)
-        if c is None:
-            cp = cupy_module()
-            with cp.cuda.Device(device_id):
-                c = self._counters[device_id] = cp.zeros(1, dtype=np.uint32)
-        return c
 
     def sm_count(self, device_id: int) -> int:
         n = self._sm_counts.get(device_id)
@@ -472,9 +459,14 @@ def _loss_launch(name: str, logits: Any, second: Any, grad: Any, rows_or_total: 
         g = cp.empty_like(logits) if grad is None else grad
         loss = cp.empty((), dtype=dtype)
         partials = cp.empty(grid, dtype=dtype)
+        # The last-block ticket counter: one per launch, zeroed by a memset on this launch's stream (cupy.zeros
+        # is memset_async on the current stream, cupy/_creation/basic.py), so a capture records it as a memset
+        # node and every replay starts from 0. A counter shared by launches on two streams would mix their
+        # tickets; one left non-zero by an aborted launch would poison every later call.
+        counter = cp.zeros(1, dtype=np.uint32)
     sizes = (np.int64(rows_or_total),) if cols is None else (np.int64(rows_or_total), np.int64(cols))
     # 1.0 / n in double, then cast (as `g *= 1.0 / n`); the mean divides by T(n) (as `.sum() / n`)
-    args = (logits, second, g, partials, _KERNELS.counter(dev), loss, *sizes, scalar(1.0 / count), scalar(count))
+    args = (logits, second, g, partials, counter, loss, *sizes, scalar(1.0 / count), scalar(count))
     _launch(name, dtype, dev, (grid,), (_BLOCK,), args)
     return loss, g
 

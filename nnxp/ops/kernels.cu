@@ -314,7 +314,9 @@ __device__ __forceinline__ T block_reduce(T v, Op op, T* shm) {
 }
 
 // Grid-level finish of a mean: each block leaves its partial sum, the last block to retire adds them in
-// block order and writes total / denom into loss[0], then re-arms the counter (0 between launches).
+// block order and writes total / denom into loss[0]. `counter` belongs to this launch alone and is zeroed on
+// its stream before it (the wrapper's cupy.zeros): two launches in flight never share tickets. Re-arming it
+// at the end is a courtesy for callers that reuse one counter on one stream.
 template <typename T>
 __device__ __forceinline__ void finish_mean(T block_total, T* partials, unsigned int* counter, T* loss, T denom,
                                             T* shm) {
@@ -494,6 +496,7 @@ __global__ void nnxp_softmax_xent(const T* logits, const T* target, T* grad, T* 
 
 // Softmax + cross-entropy with integer labels (rows,) int64. A negative label wraps once (as NumPy indexing);
 // a label still out of range makes that row's loss NaN (no host sync to raise; the model validates labels).
+// grad may alias logits (see `picked`).
 template <typename T>
 __global__ void nnxp_sparse_softmax_xent(const T* logits, const long long* labels, T* grad, T* partials,
                                          unsigned int* counter, T* loss, long long rows, long long cols, T inv_n,
@@ -511,10 +514,19 @@ __global__ void nnxp_sparse_softmax_xent(const T* logits, const long long* label
         T m = lr[lane < cols ? lane : 0];
         for (long long j = lane + 32; j < cols; j += 32) m = nx_max(m, lr[j]);
         m = warp_reduce(m, MaxOp());
-        T sum_e = T(0);
-        for (long long j = lane; j < cols; j += 32) sum_e = sum_e + nx_exp(lr[j] - m);
+        // Each lane reads only the columns it owns (j = lane mod 32), so grad may alias logits: the label's
+        // shifted logit comes from its owning lane through the warp sum (x + 0 + ... + 0 is x exactly). Reading
+        // lr[label] from every lane instead raced with the owner's gradient write below (lanes of a warp do
+        // not run in lockstep since Volta).
+        T sum_e = T(0), picked = T(0);
+        for (long long j = lane; j < cols; j += 32) {
+            const T s = lr[j] - m;
+            sum_e = sum_e + nx_exp(s);
+            if (j == label) picked = s;
+        }
         sum_e = warp_reduce(sum_e, SumOp());
-        const T picked = valid ? lr[label] - m : nx_log(T(-1));  // log(-1): a quiet NaN
+        picked = warp_reduce(picked, SumOp());
+        if (!valid) picked = nx_log(T(-1));  // log(-1): a quiet NaN
         for (long long j = lane; j < cols; j += 32) {
             T g = nx_exp(lr[j] - m) / sum_e;
             if (j == label) g = g - T(1);
