@@ -13,7 +13,6 @@ import hashlib
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -125,106 +124,8 @@ def build(cache_dir: Path, source: Path = KERNELS_DIR / "kernels.cu",
     return Emulator(library)
 
 
-# --- a stand-in CuPy over the emulator ----------------------------------------------------------------------
-#
-# NumPy arrays of a subclass (with .device.id), each allocation fenced by guard bytes, and a RawModule whose
-# kernels are the emulator's. Every launch of a kernel takes the next schedule (forward, reverse, shuffled
-# blocks and threads), so two runs of one op differ in order and must still agree bit for bit; a write outside
-# any buffer trips the guard check after the launch.
-
-_GUARD = 64  # bytes of 0xA5 before and after every stand-in allocation
-
-
-class _FakeArray(np.ndarray):
-    device = SimpleNamespace(id=0)
-
-
-class _Guarded:
-    """Every stand-in allocation, to check after each launch that no kernel wrote past its buffer."""
-
-    def __init__(self):
-        self.buffers: list[np.ndarray] = []
-
-    def alloc(self, a: np.ndarray) -> _FakeArray:
-        a = np.asarray(a)
-        raw = np.full(a.nbytes + 2 * _GUARD, 0xA5, dtype=np.uint8)
-        self.buffers.append(raw)
-        view = raw[_GUARD:_GUARD + a.nbytes].view(a.dtype).reshape(a.shape)
-        view[...] = a
-        return view.view(_FakeArray)
-
-    def check(self, what: str) -> None:
-        for raw in self.buffers:
-            if not ((raw[:_GUARD] == 0xA5).all() and (raw[-_GUARD:] == 0xA5).all()):
-                raise AssertionError(f"{what} wrote outside a buffer of {raw.size - 2 * _GUARD} bytes")
-
-
-class _FakeDevice:
-    attributes = {"MultiProcessorCount": 1}  # one SM: grids are capped at 8 blocks, so grid-stride loops run
-
-    def __init__(self, index=0):
-        assert index == 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _FakeModule:
-    def __init__(self, code, options, name_expressions, emulator, guarded):
-        assert tuple(options) == _cuda.NVRTC_OPTIONS
-        assert code == _cuda._source()
-        self.expressions = set(name_expressions)
-        self.emulator, self.guarded = emulator, guarded
-
-    def get_function(self, expression):
-        assert expression in self.expressions
-        return _FakeKernel(expression, self.emulator, self.guarded)
-
-
-class _FakeKernel:
-    launches: dict[str, int] = {}
-
-    def __init__(self, expression, emulator, guarded):
-        self.expression, self.emulator, self.guarded = expression, emulator, guarded
-
-    def __call__(self, grid, block, args):
-        k = _FakeKernel.launches.get(self.expression, 0)
-        _FakeKernel.launches[self.expression] = k + 1
-        if len(block) == 1:
-            assert block[0] % 32 == 0, f"{self.expression}: block {block} is not whole warps"
-        self.emulator.launch(self.expression, tuple(grid), tuple(block), tuple(args),
-                             schedule=_SCHEDULE_CYCLE[k % 3], seed=k)
-        self.guarded.check(self.expression)
-
-
-class _FakeCupy(SimpleNamespace):
-    def __getattr__(self, name):  # everything not overridden (the references' ufuncs) is NumPy's
-        return getattr(np, name)
-
-
 def stand_in_cupy(emulator: Emulator) -> Any:
-    """A `cupy` module for nnxp.backend whose arrays live in host memory and whose kernels run here."""
-    guarded = _Guarded()
+    """The stand-in `cupy` over `emulator` (tests/_stand_in_cupy.py, kept apart so each file holds one idea)."""
+    import _stand_in_cupy
 
-    def wrap(fn):
-        return lambda *a, **kw: guarded.alloc(fn(*a, **kw))
-
-    def matmul(a, b, out=None):
-        if out is None:
-            return guarded.alloc(np.matmul(a, b))
-        np.matmul(a, b, out=out)
-        return out
-
-    return _FakeCupy(
-        ndarray=_FakeArray,
-        float16=np.float16, float32=np.float32, float64=np.float64, int32=np.int32,
-        empty=wrap(np.empty), zeros=wrap(np.zeros), empty_like=wrap(np.empty_like), asarray=wrap(np.asarray),
-        asnumpy=lambda a: np.array(a).view(np.ndarray),
-        matmul=matmul,
-        RawModule=lambda code, options, name_expressions: _FakeModule(code, options, name_expressions, emulator,
-                                                                      guarded),
-        cuda=SimpleNamespace(Device=_FakeDevice, runtime=SimpleNamespace(getDeviceCount=lambda: 1)),
-    )
+    return _stand_in_cupy.stand_in_cupy(emulator)

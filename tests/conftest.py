@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _cuda_emu
+import _stand_in_cupy
 import numpy as np
 import pytest
 
@@ -47,7 +48,7 @@ def fake_cupy(monkeypatch, emulator):
     """nnxp's CuPy replaced by the stand-in over the emulator: CUDA code paths run kernels.cu on the CPU."""
     import nnxp.backend as backend
 
-    fake = _cuda_emu.stand_in_cupy(emulator)
+    fake = _stand_in_cupy.stand_in_cupy(emulator)
     monkeypatch.setattr(backend, "_cupy", fake)
     monkeypatch.setattr(_cuda, "_KERNELS", _cuda.LazyKernels())
     return fake
