@@ -84,18 +84,20 @@ class Device:
     def __hash__(self) -> int:
         return hash(self.name)
 
-    def use(self, tf32: bool = False) -> Any:
+    def use(self, tf32: bool | None = None) -> Any:
         """Context manager that makes this device current (no-op on the CPU).
 
-        With `tf32`, CuPy's float32 matmuls use TF32 tensor cores inside it (10-bit mantissa products, float32
-        accumulation). CuPy keeps one process-wide compute type per dtype (read from CUPY_TF32 once), so it is
-        switched on entry and restored on exit rather than set globally.
+        `tf32` sets how CuPy's float32 matmuls run inside it: True for TF32 tensor cores (10-bit mantissa
+        products, float32 accumulation), False for full float32 (precision="highest", whatever CUPY_TF32 says),
+        None to leave CuPy's setting alone. CuPy keeps one process-wide compute type per dtype, read from
+        CUPY_TF32 once (cupy/_core/_routines_linalg.pyx get_compute_type), so it is set on entry and restored
+        on exit rather than set globally.
         """
         if self.kind == "cpu":
             return contextlib.nullcontext()
-        if not tf32:
+        if tf32 is None:
             return _cupy.cuda.Device(self.index)
-        return _tf32_matmuls(self.index)
+        return _float32_matmuls(self.index, tf32)
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         """`x` as an array on this device (copies only when it must)."""
@@ -131,10 +133,14 @@ class Device:
 
 
 @contextlib.contextmanager
-def _tf32_matmuls(index: int) -> Any:
+def _float32_matmuls(index: int, tf32: bool) -> Any:
+    # COMPUTE_TYPE_TF32 makes tensordot_core_v11 call cublasGemmEx with CUBLAS_COMPUTE_32F_FAST_TF32,
+    # COMPUTE_TYPE_DEFAULT with CUBLAS_COMPUTE_32F (cupy/_core/_routines_linalg.pyx).
+    linalg = _cupy._core._routines_linalg
+    wanted = linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT
     with _cupy.cuda.Device(index):
         before = _cupy._core.get_compute_type(np.float32)
-        _cupy._core.set_compute_type(np.float32, _cupy._core._routines_linalg.COMPUTE_TYPE_TF32)
+        _cupy._core.set_compute_type(np.float32, wanted)
         try:
             yield
         finally:
@@ -230,9 +236,38 @@ def sum_of_squares(x: Any) -> Any:
     return np.asarray(np.dot(flat, flat))
 
 
+# cuBLAS and CUDA runtime status codes that mean "out of device memory": CUBLAS_STATUS_ALLOC_FAILED
+# (cupy_backends/cuda/libs/cublas.pyx STATUS) and cudaErrorMemoryAllocation (CUDARuntimeError.status).
+_CUBLAS_STATUS_ALLOC_FAILED = 3
+_CUDA_ERROR_MEMORY_ALLOCATION = 2
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True when `exc` is CuPy's GPU out-of-memory error."""
-    return _cupy is not None and isinstance(exc, _cupy.cuda.memory.OutOfMemoryError)
+    """True when `exc` says the GPU ran out of memory: CuPy's pool, a cuBLAS workspace, or a runtime call.
+
+    Never raises itself (a stand-in or a partial CuPy lacking one of the error classes is simply not matched),
+    so it cannot mask the error being classified.
+    """
+    if _cupy is None:
+        return False
+    cuda = getattr(_cupy, "cuda", None)
+    checks = (
+        (getattr(getattr(cuda, "memory", None), "OutOfMemoryError", None), None),
+        (_error_class(cuda, "cublas", "CUBLASError"), _CUBLAS_STATUS_ALLOC_FAILED),
+        (_error_class(cuda, "runtime", "CUDARuntimeError"), _CUDA_ERROR_MEMORY_ALLOCATION),
+    )
+    for cls, status in checks:
+        if isinstance(cls, type) and isinstance(exc, cls):
+            if status is None or getattr(exc, "status", None) == status:
+                return True
+    return False
+
+
+def _error_class(cuda: Any, module: str, name: str) -> Any:
+    try:  # cupy.cuda.cublas is imported lazily by CuPy's module __getattr__ (cupy/cuda/__init__.py)
+        return getattr(getattr(cuda, module), name)
+    except Exception:
+        return None
 
 
 def to_device(x: Any, device: str | Device | None, dtype: Any = None) -> Any:

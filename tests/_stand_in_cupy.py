@@ -313,6 +313,41 @@ class _FakeKernel:
         self.guarded.check(self.expression)
 
 
+# --- compute type (added by gpufix; gputools may replace it) -------------------------------------------------
+
+
+class _ComputeTypes:
+    """cupy/_core/_routines_linalg.pyx: one process-wide compute type per dtype, COMPUTE_TYPE_TBD until first
+    read, when get_compute_type fixes it from CUPY_TF32 (TF32 for float32 when CUPY_TF32 > 0, else DEFAULT)."""
+
+    COMPUTE_TYPE_TBD, COMPUTE_TYPE_DEFAULT, COMPUTE_TYPE_PEDANTIC, COMPUTE_TYPE_FP16 = 0, 1, 2, 3
+    COMPUTE_TYPE_FP32, COMPUTE_TYPE_FP64, COMPUTE_TYPE_BF16, COMPUTE_TYPE_TF32 = 4, 5, 6, 7
+
+    def __init__(self) -> None:
+        self._types = {"e": 0, "f": 0, "d": 0}  # to_compute_type_index: float16, float32, float64 (+bf16)
+
+    def _index(self, dtype: Any) -> str:
+        char = np.dtype(dtype).char
+        char = {"F": "f", "D": "d"}.get(char, char)
+        if char not in self._types:
+            raise TypeError(f"dtype is not supported: {np.dtype(dtype)}")
+        return char
+
+    def set_compute_type(self, dtype: Any, compute_type: int) -> None:
+        if compute_type not in range(8):
+            raise ValueError(f"Unknown compute type: {compute_type}")
+        self._types[self._index(dtype)] = compute_type
+
+    def get_compute_type(self, dtype: Any) -> int:
+        import os
+
+        key = self._index(dtype)
+        if self._types[key] == self.COMPUTE_TYPE_TBD:
+            tf32 = key == "f" and int(os.getenv("CUPY_TF32", "0")) > 0
+            self._types[key] = self.COMPUTE_TYPE_TF32 if tf32 else self.COMPUTE_TYPE_DEFAULT
+        return self._types[key]
+
+
 # --- the module ---------------------------------------------------------------------------------------------
 
 
@@ -392,4 +427,11 @@ def stand_in_cupy(emulator: Emulator) -> Any:
             device=SimpleNamespace(get_device_id=get_device_id),
         ),
         _guarded=guarded,
+        _core=_core_namespace(),
     )
+
+
+def _core_namespace() -> Any:
+    types = _ComputeTypes()
+    return SimpleNamespace(set_compute_type=types.set_compute_type, get_compute_type=types.get_compute_type,
+                           _routines_linalg=types)
