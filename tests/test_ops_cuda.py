@@ -851,3 +851,142 @@ def test_sparse_softmax_xent_may_overwrite_its_logits(fake_cupy, cols):
         assert grad is z
         np.testing.assert_allclose(float(to_numpy(loss)), want_loss, rtol=1e-13)
         np.testing.assert_allclose(to_numpy(grad), want_grad, rtol=1e-13, atol=1e-16)
+
+
+# --- the captured matmul's cuBLAS seam, without libcublas -------------------------------------------------------
+#
+# A stand-in libcublas (four C functions with cuBLAS's signatures, compiled here) is "the copy CuPy loaded":
+# stand-in arrays live in host memory, so its GemmEx really multiplies, column-major, and the transposition and
+# leading-dimension logic of _gemm is checked by numbers. It records the compute type, algorithm and workspace.
+
+_FAKE_CUBLAS = r"""
+#include <stddef.h>
+int last_compute = -1, last_algo = 0, last_type = -1, gemms = 0;
+void* workspace = 0; size_t workspace_bytes = 0; void* stream = 0;
+int cublasSetStream_v2(void* h, void* s) { (void)h; stream = s; return 0; }
+int cublasSetPointerMode_v2(void* h, int m) { (void)h; return m == 0 ? 0 : 7; }
+int cublasSetWorkspace_v2(void* h, void* w, size_t n) { (void)h; workspace = w; workspace_bytes = n; return 0; }
+#define AT(p, op, i, l, ld) ((op) ? (p)[(l) + (size_t)(i) * (ld)] : (p)[(i) + (size_t)(l) * (ld)])
+#define GEMM(T) { const T *a = (const T*)A, *b = (const T*)B; T *c = (T*)C; \
+    for (int j = 0; j < n; ++j) for (int i = 0; i < m; ++i) { double acc = 0; \
+        for (int l = 0; l < k; ++l) acc += (double)AT(a, ta, i, l, lda) * (double)AT(b, tb, l, j, ldb); \
+        c[i + (size_t)j * ldc] = (T)(acc * (double)*(const T*)alpha); } }
+int cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A, int at, int lda,
+                 const void* B, int bt, int ldb, const void* beta, void* C, int ct, int ldc, int compute, int algo) {
+    (void)h; (void)beta;
+    if (at != ct || bt != ct) return 7;
+    if ((ct == 0) != (compute == 68 || compute == 69 || compute == 77)) return 7;  /* float needs a 32F type */
+    last_compute = compute; last_algo = algo; last_type = ct; ++gemms;
+    if (ct == 0) GEMM(float) else GEMM(double)
+    return 0;
+}
+"""
+
+
+@pytest.fixture
+def fake_cublas(tmp_path, fake_cupy, monkeypatch):
+    import ctypes
+    import shutil
+    import subprocess
+    from types import SimpleNamespace
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src, lib_path = tmp_path / "fake_cublas.c", tmp_path / "libcublas.so.12"
+    src.write_text(_FAKE_CUBLAS)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib_path)], check=True)
+    with pytest.raises(OSError):  # RTLD_NOLOAD: a library not loaded yet is not loaded by the lookup
+        _cuda._open_loaded(str(lib_path))
+    lib = ctypes.CDLL(str(lib_path))  # "CuPy loaded it"
+
+    class CUBLASError(RuntimeError):  # cupy_backends/cuda/libs/cublas.pyx CUBLASError(status)
+        def __init__(self, status):
+            self.status = status
+            super().__init__(f"status {status}")
+
+    class Memory:  # cupy/cuda/memory.pyx Memory(size): a plain allocation with .ptr and .size
+        def __init__(self, size):
+            self._buf = np.empty(size, dtype=np.uint8)
+            self.ptr, self.size = self._buf.ctypes.data, size
+
+    import cuda.pathfinder
+
+    monkeypatch.setattr(cuda.pathfinder, "load_nvidia_dynamic_lib",
+                        lambda name: SimpleNamespace(abs_path=str(lib_path)) if name == "cublas" else None)
+    monkeypatch.setattr(fake_cupy.cuda, "cublas", SimpleNamespace(getVersion=lambda h: 120905,
+                                                                  CUBLASError=CUBLASError), raising=False)
+    monkeypatch.setattr(fake_cupy.cuda, "memory", SimpleNamespace(Memory=Memory), raising=False)
+    monkeypatch.setattr(fake_cupy.cuda.device, "get_cublas_handle", lambda: 1234, raising=False)
+    monkeypatch.setattr(fake_cupy.cuda, "get_current_stream", lambda: SimpleNamespace(ptr=77), raising=False)
+    monkeypatch.setattr(_cuda, "_CUBLAS_DEVICES", {})
+    return lib
+
+
+def test_cublas_soname_follows_the_major_version():
+    assert _cuda.cublas_soname(120905) == "libcublas.so.12"
+    assert _cuda.cublas_soname(130100) == "libcublas.so.13"
+    with pytest.raises(RuntimeError, match="cuBLAS 11 or later"):
+        _cuda.cublas_soname(9020)
+
+
+def test_cublas_lookup_names_what_it_tried_when_cupy_loaded_no_cublas(fake_cupy, monkeypatch):
+    from types import SimpleNamespace
+
+    import cuda.pathfinder
+
+    def not_found(name):
+        raise cuda.pathfinder.DynamicLibNotFoundError(f"no {name}")
+
+    monkeypatch.setattr(cuda.pathfinder, "load_nvidia_dynamic_lib", not_found)
+    monkeypatch.setattr(fake_cupy.cuda, "cublas", SimpleNamespace(getVersion=lambda h: 139901), raising=False)
+    assert _cuda._cublas_candidates(fake_cupy, 1) == ["libcublas.so.13"]
+    with pytest.raises(RuntimeError, match=r"libcublas\.so\.13.*cuda_graph=False"):
+        _cuda._cublas_library(fake_cupy, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_captured_matmul_calls_gemmex_as_cupys_eager_matmul_does(fake_cublas, fake_cupy, dtype):
+    import nnxp.backend as backend
+
+    rng = np.random.default_rng(2)
+    a = fake_cupy.asarray(rng.normal(size=(5, 3)).astype(dtype))
+    b = fake_cupy.asarray(rng.normal(size=(3, 4)).astype(dtype))
+    bt = fake_cupy.asarray(np.asarray(b).T.copy()).T  # F-contiguous: cuBLAS op T
+    want = np.asarray(a).astype(np.float64) @ np.asarray(b).astype(np.float64)
+    with _cuda.capturing():
+        for rhs in (b, bt):
+            got = _cuda._matmul(a, rhs)
+            np.testing.assert_allclose(np.asarray(got), want, **tol(dtype))
+    assert ctypes_int(fake_cublas, "gemms") == 2
+    float32 = np.dtype(dtype) == np.float32
+    assert ctypes_int(fake_cublas, "last_compute") == (68 if float32 else 70)  # CUBLAS_COMPUTE_32F / 64F
+    assert ctypes_int(fake_cublas, "last_algo") == 99  # CUBLAS_GEMM_DEFAULT_TENSOR_OP on sm_80, as CuPy
+    assert ctypes_size(fake_cublas, "workspace_bytes") == 4 << 20  # set before the capture, once
+    if float32:  # inside the model's TF32 scope the captured GEMM uses TF32 too, as CuPy's eager one would
+        with backend.get_device("cuda").use(tf32=True), _cuda.capturing():
+            _cuda._matmul(a, b)
+        assert ctypes_int(fake_cublas, "last_compute") == 77  # CUBLAS_COMPUTE_32F_FAST_TF32
+
+
+def test_a_cublas_alloc_failure_is_cupys_error_and_counts_as_out_of_memory(fake_cublas, fake_cupy):
+    from nnxp.backend import is_out_of_memory
+
+    with pytest.raises(fake_cupy.cuda.cublas.CUBLASError) as info:
+        _cuda._check_cublas(fake_cupy, 3)  # CUBLAS_STATUS_ALLOC_FAILED
+    assert is_out_of_memory(info.value)
+    with pytest.raises(fake_cupy.cuda.cublas.CUBLASError) as info:
+        _cuda._check_cublas(fake_cupy, 13)  # CUBLAS_STATUS_EXECUTION_FAILED
+    assert not is_out_of_memory(info.value)
+
+
+def ctypes_int(lib, name: str) -> int:
+    import ctypes
+
+    return ctypes.c_int.in_dll(lib, name).value
+
+
+def ctypes_size(lib, name: str) -> int:
+    import ctypes
+
+    return ctypes.c_size_t.in_dll(lib, name).value

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import cupy_module, is_cupy_array, tf32_active, xp_of
+from ..backend import cupy_module, is_cupy_array, xp_of
 from .activation import ACTIVATION_OPS
 
 
@@ -185,51 +185,174 @@ def _next_pow2(n: int) -> int:
 # --- matmul that also works while a CUDA graph is captured -----------------------------------------------------
 #
 # CuPy refuses every cuBLAS call on a capturing stream (its handle's setStream raises), although cuBLAS itself
-# supports capture. So inside `capturing()` the dense ops call cublas<S|D>gemm_v2 through ctypes on CuPy's own
-# handle (its library is already loaded by then: warm-up steps ran CuPy matmuls), bound to the capturing stream.
+# supports capture. So inside `capturing()` the dense ops call cublasGemmEx through ctypes, on CuPy's own handle
+# and the very libcublas CuPy loaded, with the compute type and algorithm CuPy's eager matmul picks
+# (cupy/_core/_routines_linalg.pyx tensordot_core_v11), so replayed and eager steps run the same GEMM.
+# Entering `capturing()` (before begin_capture) takes the handle and gives it a persistent workspace, so
+# neither cublasCreate nor a workspace allocation is recorded into the graph.
 
 _capture = threading.local()
 
+# cuBLAS / CUDA enum values, as cupy_backends/cuda/libs/cublas.pxd and cupy_backends/cuda/api/runtime.pxd spell
+# them (read from CuPy's modules when present; these are the values of the CUDA 12/13 headers)
+_CUBLAS_ENUMS = {
+    "CUBLAS_COMPUTE_32F": 68, "CUBLAS_COMPUTE_32F_PEDANTIC": 69, "CUBLAS_COMPUTE_32F_FAST_TF32": 77,
+    "CUBLAS_COMPUTE_64F": 70, "CUBLAS_COMPUTE_64F_PEDANTIC": 71,
+    "CUBLAS_GEMM_DEFAULT": -1, "CUBLAS_GEMM_DEFAULT_TENSOR_OP": 99,
+}
+_CUDA_R_32F, _CUDA_R_64F = 0, 1  # cudaDataType_t
+# cuBLAS's recommended user workspace for graph capture: 32 MiB on Hopper and later, 4 MiB before (the cuBLAS
+# docs, "cuBLAS Workspace" / "CUDA Graphs Support"), the same size as its default pool, so GEMM heuristics match
+_WORKSPACE_BYTES = {True: 32 << 20, False: 4 << 20}
+
+
+def cublas_soname(version: int) -> str:
+    """The soname of libcublas for a cublasGetVersion value (major * 10000 + minor * 100 + patch)."""
+    if version < 10000:
+        raise RuntimeError(f"cuBLAS reported version {version}; nnxp's captured matmuls need cuBLAS 11 or later")
+    return f"libcublas.so.{version // 10000}"
+
+
+def _open_loaded(path: str) -> Any:
+    """A ctypes handle on `path` only if this process has loaded it already (RTLD_NOLOAD: never a second copy)."""
+    import ctypes
+    import os
+
+    return ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+
+
+def _cublas_candidates(cp: Any, handle: int) -> list[str]:
+    """Where the libcublas CuPy uses is, best first.
+
+    CuPy 14 loads it with cuda.pathfinder.load_nvidia_dynamic_lib("cublas") before importing its cublas module
+    (cupy_backends/cuda/libs/__init__.py __getattr__); that call is cached (functools.cache), so asking again
+    returns the very copy CuPy loaded, with its absolute path. Otherwise (a CuPy built against a system CUDA)
+    the soname of the cuBLAS major that CuPy's own binding reports, which the dynamic linker matches against
+    the copies already loaded.
+    """
+    found = []
+    try:
+        from cuda import pathfinder  # installed with CuPy 14 wheels
+
+        path = pathfinder.load_nvidia_dynamic_lib("cublas").abs_path
+        if path:
+            found.append(path)
+    except Exception:  # noqa: S110 - no pathfinder, or it did not load cuBLAS: try the soname
+        pass
+    found.append(cublas_soname(int(cp.cuda.cublas.getVersion(handle))))
+    return found
+
+
+def _cublas_library(cp: Any, handle: int) -> Any:
+    tried = []
+    for path in _cublas_candidates(cp, handle):
+        try:
+            lib = _open_loaded(path)
+        except OSError as exc:
+            tried.append(f"{path}: {exc}")
+            continue
+        _declare(lib)
+        return lib
+    raise RuntimeError("cannot reach the libcublas that CuPy loaded (" + "; ".join(tried) + "). Run one CuPy "
+                       "matmul on this device first, or fit with cuda_graph=False")
+
+
+def _declare(lib: Any) -> None:
+    import ctypes
+
+    handle, i, p, size = ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+    lib.cublasSetStream_v2.argtypes = [handle, p]
+    lib.cublasSetPointerMode_v2.argtypes = [handle, i]
+    lib.cublasSetWorkspace_v2.argtypes = [handle, p, size]
+    # cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
+    #              computeType, algo)
+    lib.cublasGemmEx.argtypes = [handle, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
+
+
+class _CublasDevice:
+    """What a captured matmul needs on one device, taken before the capture starts."""
+
+    def __init__(self, cp: Any, device_id: int) -> None:
+        import ctypes
+
+        with cp.cuda.Device(device_id):
+            self.handle = int(cp.cuda.device.get_cublas_handle())  # cublasCreate runs here, not in the graph
+            self.lib = _cublas_library(cp, self.handle)
+            # Device.compute_capability is major and minor as one string ("80", "90", "120"; cupy/cuda/device.pyx)
+            self.compute_capability = int(cp.cuda.Device(device_id).compute_capability)
+            major = self.compute_capability // 10
+            # a persistent workspace, outside any memory pool (cupy.cuda.memory.Memory is a plain cudaMalloc)
+            self.workspace = cp.cuda.memory.Memory(_WORKSPACE_BYTES[major >= 9])
+        status = self.lib.cublasSetWorkspace_v2(ctypes.c_void_p(self.handle), ctypes.c_void_p(self.workspace.ptr),
+                                                self.workspace.size)
+        _check_cublas(cp, status)
+
+    def gemm_types(self, cp: Any, dtype: np.dtype) -> tuple[int, int, int]:
+        """(cudaDataType, cublasComputeType, algo) as tensordot_core_v11 picks them for `dtype`."""
+        enum = _cublas_enums(cp)
+        linalg = cp._core._routines_linalg
+        compute_type = cp._core.get_compute_type(dtype)
+        if dtype == np.float32:
+            if compute_type == linalg.COMPUTE_TYPE_PEDANTIC:
+                compute = enum["CUBLAS_COMPUTE_32F_PEDANTIC"]
+            elif compute_type == linalg.COMPUTE_TYPE_TF32:
+                compute = enum["CUBLAS_COMPUTE_32F_FAST_TF32"]
+            else:
+                compute = enum["CUBLAS_COMPUTE_32F"]
+            data = _CUDA_R_32F
+        else:
+            pedantic = compute_type == linalg.COMPUTE_TYPE_PEDANTIC
+            compute = enum["CUBLAS_COMPUTE_64F_PEDANTIC" if pedantic else "CUBLAS_COMPUTE_64F"]
+            data = _CUDA_R_64F
+        algo = enum["CUBLAS_GEMM_DEFAULT_TENSOR_OP" if self.compute_capability >= 80 else "CUBLAS_GEMM_DEFAULT"]
+        return data, compute, algo
+
+
+def _cublas_enums(cp: Any) -> dict[str, int]:
+    try:
+        module = cp.cuda.cublas
+    except Exception:
+        module = None
+    return {name: int(getattr(module, name, value)) for name, value in _CUBLAS_ENUMS.items()}
+
+
+def _check_cublas(cp: Any, status: int) -> None:
+    """Raise CuPy's own CUBLASError (so nnxp.backend.is_out_of_memory sees CUBLAS_STATUS_ALLOC_FAILED)."""
+    if status:
+        try:
+            error = cp.cuda.cublas.CUBLASError
+        except Exception:
+            error = None
+        if isinstance(error, type):
+            raise error(status)
+        raise RuntimeError(f"cuBLAS call failed with status {status}")
+
+
+_CUBLAS_DEVICES: dict[int, _CublasDevice] = {}
+
+
+def _cublas_device(device_id: int) -> _CublasDevice:
+    state = _CUBLAS_DEVICES.get(device_id)
+    if state is None:
+        state = _CUBLAS_DEVICES[device_id] = _CublasDevice(cupy_module(), device_id)
+    return state
+
 
 class capturing:  # noqa: N801 - used as a context manager, like a function
-    """While active on this thread, the dense ops' matmuls go straight to cuBLAS (see above)."""
+    """While active on this thread, the dense ops' matmuls go straight to cuBLAS (see above).
+
+    Enter it on the capturing device before ``begin_capture``: entering prepares cuBLAS there.
+    """
 
     def __enter__(self) -> capturing:
         self._previous = getattr(_capture, "active", False)
+        cp = cupy_module()
+        _cublas_device(int(cp.cuda.Device().id))
         _capture.active = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
         _capture.active = self._previous
-
-
-class _Cublas:
-    """libcublas as CuPy loaded it, found in this process's memory map (Linux)."""
-
-    _lib: Any = None
-
-    @classmethod
-    def library(cls) -> Any:
-        if cls._lib is None:
-            import ctypes
-
-            paths = []
-            with open("/proc/self/maps", encoding="utf-8") as maps:
-                for line in maps:
-                    path = line.split()[-1] if len(line.split()) >= 6 else ""
-                    if "/libcublas.so" in path and path not in paths:
-                        paths.append(path)
-            if not paths:
-                raise RuntimeError("libcublas is not loaded in this process (run one CuPy matmul first)")
-            lib = ctypes.CDLL(paths[0])
-            handle, op, i, p = ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
-            lib.cublasSetStream_v2.argtypes = [handle, p]
-            lib.cublasSetPointerMode_v2.argtypes = [handle, op]
-            lib.cublasSetMathMode.argtypes = [handle, op]
-            for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
-                getattr(lib, name).argtypes = [handle, op, op, i, i, i, p, p, i, p, i, p, p, i]
-            cls._lib = lib
-        return cls._lib
 
 
 def _operand(a: Any) -> tuple[int, int] | None:
@@ -249,22 +372,22 @@ def _gemm(a: Any, b: Any, out: Any) -> Any:
     op_a, op_b = _operand(a), _operand(b)
     if op_a is None or op_b is None or not out.flags.c_contiguous:
         raise RuntimeError("a captured matmul needs C- or F-contiguous operands and a C-contiguous output")
-    lib = _Cublas.library()
-    handle = ctypes.c_void_p(cp.cuda.device.get_cublas_handle())
+    dev = _CUBLAS_DEVICES.get(int(out.device.id))
+    if dev is None:
+        raise RuntimeError("cuBLAS was not prepared for this device before the capture (enter capturing() first)")
+    lib, handle = dev.lib, ctypes.c_void_p(dev.handle)
+    data, compute, algo = dev.gemm_types(cp, out.dtype)
     status = lib.cublasSetStream_v2(handle, ctypes.c_void_p(cp.cuda.get_current_stream().ptr))
     status = status or lib.cublasSetPointerMode_v2(handle, 0)  # alpha and beta are host values, read at capture
-    tf32 = out.dtype == np.float32 and tf32_active()  # as CuPy's matmul would run inside Device.use(tf32=True)
-    status = status or lib.cublasSetMathMode(handle, 3 if tf32 else 0)  # CUBLAS_TF32_TENSOR_OP_MATH / DEFAULT
     (m, k), n = a.shape, b.shape[1]
-    scalar = ctypes.c_float if out.dtype == np.float32 else ctypes.c_double
+    scalar = ctypes.c_double if compute in (_cublas_enums(cp)["CUBLAS_COMPUTE_64F"],
+                                            _cublas_enums(cp)["CUBLAS_COMPUTE_64F_PEDANTIC"]) else ctypes.c_float
     one, zero = scalar(1.0), scalar(0.0)
-    gemm = lib.cublasSgemm_v2 if out.dtype == np.float32 else lib.cublasDgemm_v2
-    status = status or gemm(handle, op_b[0], op_a[0], n, m, k, ctypes.byref(one), ctypes.c_void_p(b.data.ptr),
-                            op_b[1], ctypes.c_void_p(a.data.ptr), op_a[1], ctypes.byref(zero),
-                            ctypes.c_void_p(out.data.ptr), max(1, n))
-    lib.cublasSetMathMode(handle, 0)  # back to CUBLAS_DEFAULT_MATH for CuPy's own calls
-    if status:
-        raise RuntimeError(f"cuBLAS gemm failed with status {status}")
+    status = status or lib.cublasGemmEx(
+        handle, op_b[0], op_a[0], n, m, k, ctypes.byref(one), ctypes.c_void_p(b.data.ptr), data, op_b[1],
+        ctypes.c_void_p(a.data.ptr), data, op_a[1], ctypes.byref(zero), ctypes.c_void_p(out.data.ptr), data,
+        max(1, n), compute, algo)
+    _check_cublas(cp, status)
     return out
 
 
