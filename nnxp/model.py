@@ -192,9 +192,10 @@ class Sequential:
                     if self.optimizer is not None:
                         self.optimizer.to(self.params, state)
             except BaseException:  # e.g. out of memory on the new device: stay whole on the old one
-                self._bind(old_params)
-                if self.optimizer is not None:
-                    self.optimizer.to(old_params, state)
+                with self.device.use():
+                    self._bind(old_params)
+                    if self.optimizer is not None:
+                        self.optimizer.to(old_params, state)
                 raise
         self.device = device
         return self
@@ -223,7 +224,8 @@ class Sequential:
             if w.dtype.kind == "f" and not np.isfinite(w).all():
                 raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must be finite. Received NaN or inf values")
             host[offset : offset + w.size] = w.ravel()
-        self.params[...] = self.device.asarray(host)
+        with self.device.use():  # the copy runs on the params' device (CuPy refuses it elsewhere without P2P)
+            self.params[...] = self.device.asarray(host)
 
     # --- compile -------------------------------------------------------------------------------
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: list[str] | None = None) -> None:

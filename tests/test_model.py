@@ -527,3 +527,31 @@ def test_cuda_graph_replays_dropout_like_eager_steps_and_tf32_restores_cupys_set
     fast.precision = "tf32"
     fast.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[Probe()])
     assert seen and all(seen) and not tf32_active()
+
+
+# --- a model on the second GPU (the stand-in's device 1 refuses cross-device arithmetic, as CuPy without P2P) ---
+
+
+def test_a_model_on_the_second_gpu_keeps_everything_there(fake_cupy, tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 3))
+    y = x[:, :1] * 2
+    cpu = Sequential([Dense(4, "tanh", input_dim=3), Dense(1)], seed=1)
+    cpu.compile("adam", "mse")
+    cpu.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    cpu.save(tmp_path / "m.nnxp")
+
+    model = nnxp.load_model(tmp_path / "m.nnxp", device="cuda:1")  # set_weights and optimizer set_state
+    assert model.params.device.id == 1
+    assert all(v.device.id == 1 for v in model.optimizer.state.values())
+    for a, b in zip(model.get_weights(), cpu.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.set_weights([w * 0.5 for w in cpu.get_weights()])
+    np.testing.assert_array_equal(model.get_weights()[0], cpu.get_weights()[0] * 0.5)
+    model.set_weights(cpu.get_weights())
+    model.optimizer.build(model.params)  # fresh state, outside any device scope
+    assert all(v.device.id == 1 for v in model.optimizer.state.values())
+    model.optimizer.set_state(cpu.optimizer.get_state(), model.params)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    cpu.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), cpu.get_weights(), strict=True):  # float32: the kernels' rounding
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
