@@ -990,3 +990,87 @@ def ctypes_size(lib, name: str) -> int:
     import ctypes
 
     return ctypes.c_size_t.in_dll(lib, name).value
+
+
+# --- the fallback: kernels that fail to build, and NNXP_KERNELS=reference, on the stand-in ----------------------
+
+
+def _fallback_model(device: str, rate: float = 0.25):
+    from nnxp import Dense, Dropout, Sequential
+
+    model = Sequential([Dense(16, "gelu", input_dim=6), Dropout(rate), Dense(3, "softmax")], device=device, seed=2)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _fallback_data():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(96, 6))
+    return x, (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+
+
+def _fit_weights(model) -> list:
+    x, y = _fallback_data()
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    return model.get_weights()
+
+
+class _CompileException(Exception):  # cupy/cuda/compiler.py CompileException: str() is NVRTC's log
+    pass
+
+
+def test_a_kernel_that_fails_to_compile_warns_once_and_runs_the_references(fake_cupy, monkeypatch):
+    monkeypatch.setattr(_cuda, "_mode", None)
+    monkeypatch.delenv("NNXP_KERNELS", raising=False)
+    log = 'kernels.cu(321): error: identifier "nx_missing" is undefined\n1 error detected in the compilation.'
+
+    def broken_module(code, options, name_expressions):
+        raise _CompileException(log)
+
+    monkeypatch.setattr(fake_cupy, "RawModule", broken_module)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        weights = _fit_weights(_fallback_model("cuda"))
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages  # once, though every op of every step asked for a kernel
+    assert "nnxp_" in messages[0] and "<float>" in messages[0]  # names the kernel first needed
+    assert 'identifier "nx_missing" is undefined' in messages[0] and "nnxp selftest" in messages[0]
+    assert set(_cuda._KERNELS.failures()) == {"cuda:0/float32"}
+
+    # the same numbers as with the reference ops forced from the start
+    monkeypatch.setenv("NNXP_KERNELS", "reference")
+    monkeypatch.setattr(_cuda, "_mode", None)
+    reference = _fit_weights(_fallback_model("cuda"))
+    for a, b in zip(weights, reference, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nnxp_kernels_reference_never_builds_a_kernel(fake_cupy, monkeypatch):
+    monkeypatch.setenv("NNXP_KERNELS", "reference")
+    monkeypatch.setattr(_cuda, "_mode", None)
+
+    def no_compile(code, options, name_expressions):
+        raise AssertionError("NNXP_KERNELS=reference compiled kernels.cu")
+
+    monkeypatch.setattr(fake_cupy, "RawModule", no_compile)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        weights = _fit_weights(_fallback_model("cuda", rate=0.0))
+    cpu = _fit_weights(_fallback_model("cpu", rate=0.0))  # Dropout's masks differ by design between devices
+    for a, b in zip(weights, cpu, strict=True):
+        np.testing.assert_allclose(a, b, **MODEL_TOL["float32"])
+    assert _cuda.compile_seconds() == {} and _cuda._KERNELS.failures() == {}
+
+
+def test_nnxp_kernels_must_be_fused_or_reference(fake_cupy, monkeypatch):
+    from nnxp.errors import NnxpError
+
+    monkeypatch.setenv("NNXP_KERNELS", "fast")
+    monkeypatch.setattr(_cuda, "_mode", None)
+    with pytest.raises(NnxpError, match=r"`NNXP_KERNELS` must be one of \('fused', 'reference'\)\. "
+                                        r"Received: NNXP_KERNELS='fast'"):
+        _fit_weights(_fallback_model("cuda"))

@@ -13,13 +13,57 @@ import importlib.resources
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..backend import cupy_module, is_cupy_array, xp_of
+from ..backend import cupy_module, is_cupy_array, is_out_of_memory, xp_of
 from .activation import ACTIVATION_OPS
+
+# --- which ops run: the fused kernels, or the CuPy references (NNXP_KERNELS, or after a failed build) ----------
+
+_MODES = ("fused", "reference")
+_mode: str | None = None  # NNXP_KERNELS, read once on the first CUDA op (tests reset it to None)
+
+
+class KernelUnavailable(RuntimeError):
+    """kernels.cu cannot run here (NNXP_KERNELS=reference, or it failed to compile or load): use the reference."""
+
+
+def kernel_mode() -> str:
+    """``"fused"`` (the default) or ``"reference"`` (NNXP_KERNELS=reference: CuPy reference ops everywhere)."""
+    global _mode
+    if _mode is None:
+        import os
+
+        from ..errors import NnxpError
+
+        value = os.environ.get("NNXP_KERNELS", "fused").strip().lower() or "fused"
+        if value not in _MODES:
+            raise NnxpError(f"`NNXP_KERNELS` must be one of {_MODES}. Received: NNXP_KERNELS={value!r}")
+        _mode = value
+    return _mode
+
+
+def _fused(wrapper: Callable) -> Callable:
+    """A CUDA wrapper that returns NotImplemented (so its caller runs the reference) when the kernels cannot run.
+
+    A failed build raises before any kernel touches a buffer (every kernel of a dtype is in one module, built
+    at the first launch), so the reference then starts from the caller's untouched inputs.
+    """
+
+    @functools.wraps(wrapper)
+    def fused(*args: Any, **kwargs: Any) -> Any:
+        if kernel_mode() == "reference":
+            return NotImplemented
+        try:
+            return wrapper(*args, **kwargs)
+        except KernelUnavailable:
+            return NotImplemented
+
+    return fused
 
 
 def override(name: str, ref: Callable) -> Callable:
@@ -101,28 +145,45 @@ class LazyKernels:
         self._modules: dict[tuple[int, str], Any] = {}  # kept alive while their kernels are in use
         self._functions: dict[tuple[int, str], dict[str, Any]] = {}
         self._seconds: dict[tuple[int, str], float] = {}
+        self._failed: dict[tuple[int, str], str] = {}  # warned once; later requests take the reference at once
         self._sm_counts: dict[int, int] = {}
 
     def function(self, name: str, dtype: np.dtype, device_id: int) -> Any:
-        """The RawKernel ``name<T>`` for `dtype` on device `device_id` (built on first request)."""
+        """The RawKernel ``name<T>`` for `dtype` on device `device_id` (built on first request).
+
+        Raises KernelUnavailable when the module failed to build (warned once, see :meth:`_build`).
+        """
         functions = self._functions.get((device_id, dtype.char))
         if functions is None:
-            functions = self._build(dtype, device_id)
+            functions = self._build(dtype, device_id, name)
         return functions[name]
 
-    def _build(self, dtype: np.dtype, device_id: int) -> dict[str, Any]:
+    def failures(self) -> dict[str, str]:
+        """What failed to build, keyed ``"cuda:N/float32"``: the error (with NVRTC's log) per module."""
+        return {f"cuda:{dev}/{np.dtype(char).name}": e for (dev, char), e in sorted(self._failed.items())}
+
+    def _build(self, dtype: np.dtype, device_id: int, first: str = "") -> dict[str, Any]:
         cp = cupy_module()
         key = (device_id, dtype.char)
         with self._lock:
             if key in self._functions:
                 return self._functions[key]
+            if key in self._failed:
+                raise KernelUnavailable(self._failed[key])
             ctype = _CTYPES[dtype]
             expressions = [f"{name}<{ctype}>" for name in self.kernels]
             start = time.perf_counter()
-            with cp.cuda.Device(device_id):
-                module = cp.RawModule(code=_source(), options=self.options, name_expressions=expressions)
-                # get_function compiles (or loads from the cache) and loads the module on this device
-                functions = {name: module.get_function(f"{name}<{ctype}>") for name in self.kernels}
+            try:
+                with cp.cuda.Device(device_id):
+                    module = cp.RawModule(code=_source(), options=self.options, name_expressions=expressions)
+                    # get_function compiles (or loads from the cache) and loads the module on this device
+                    functions = {name: module.get_function(f"{name}<{ctype}>") for name in self.kernels}
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                self._failed[key] = message = _build_failure(exc, f"{first or self.kernels[0]}<{ctype}>", device_id)
+                warnings.warn(message, RuntimeWarning, stacklevel=5)
+                raise KernelUnavailable(message) from exc
             self._seconds[key] = time.perf_counter() - start
             self._modules[key] = module
             self._functions[key] = functions
@@ -139,6 +200,16 @@ class LazyKernels:
     def compile_seconds(self) -> dict[str, float]:
         """First-use build time per module, keyed ``"cuda:N/float32"``; empty until a kernel has run."""
         return {f"cuda:{dev}/{np.dtype(char).name}": s for (dev, char), s in sorted(self._seconds.items())}
+
+
+def _build_failure(exc: BaseException, kernel: str, device_id: int) -> str:
+    # CuPy's CompileException carries NVRTC's log as its message (cupy/cuda/compiler.py get_message)
+    log = str(exc).strip() or type(exc).__name__
+    if len(log) > 4000:
+        log = log[:4000] + "\n[... log truncated]"
+    return (f"nnxp: the CUDA kernel {kernel} (kernels.cu) failed to compile or load on cuda:{device_id} "
+            f"({type(exc).__name__}). nnxp runs the CuPy reference ops instead (same results, slower). "
+            f"NVRTC said:\n{log}\nRun `nnxp selftest --device cuda` for a full report.")
 
 
 _KERNELS = LazyKernels()
@@ -428,6 +499,7 @@ def _bias_activation(z: Any, b: Any | None, activation: str, z_keep: Any | None,
     _launch("nnxp_bias_act_forward", dtype, device_id, (_grid(total, device_id),), (_BLOCK,), args)
 
 
+@_fused
 def bias_activation_forward(z: Any, b: Any | None, activation: str, z_out: Any = None) -> Any:
     """``y = f(z + b)`` in place over `z` (B, N); returns ``(y, z_kept)`` as :func:`dense_forward` does.
 
@@ -450,6 +522,7 @@ def bias_activation_forward(z: Any, b: Any | None, activation: str, z_out: Any =
     return z, (z_out if needs_z else None)
 
 
+@_fused
 def dense_forward(x: Any, w: Any, b: Any | None, activation: str, out: Any = None, z_out: Any = None) -> Any:
     """Fused :func:`nnxp.ops.dense.dense_forward_ref`: cuBLAS matmul, then one bias + activation kernel."""
     dtype = _dtype_of(x)
@@ -512,6 +585,7 @@ def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, d
         _launch("nnxp_column_sum", dtype, dev, (-(-cols // _BLOCK),), (_BLOCK,), args)
 
 
+@_fused
 def activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, db: Any | None = None) -> Any:
     """``dy <- dy * f'(.)`` in place and ``db <- dz.sum(axis=0)`` in the same pass; returns dz (= dy)."""
     dtype = _dtype_of(dy)
@@ -532,6 +606,7 @@ def _backward_inputs_fit(dy, y, z, activation, db, dtype, dev) -> bool:
     return db is None or _fits(db, dtype, (dy.shape[1],), dev)
 
 
+@_fused
 def dense_backward(
     dy: Any,
     x: Any,
@@ -606,6 +681,7 @@ def _loss_inputs_fit(logits: Any, grad: Any) -> np.dtype | None:
     return dtype
 
 
+@_fused
 def softmax_cross_entropy(logits: Any, target: Any, grad: Any = None) -> Any:
     """Fused :func:`nnxp.ops.loss.softmax_cross_entropy_ref` (one warp per row, one launch)."""
     dtype = _loss_inputs_fit(logits, grad)
@@ -617,6 +693,7 @@ def softmax_cross_entropy(logits: Any, target: Any, grad: Any = None) -> Any:
     return _loss_launch("nnxp_softmax_xent", logits, target, grad, rows, cols, rows, grid, dev)
 
 
+@_fused
 def sparse_softmax_cross_entropy(logits: Any, labels: Any, grad: Any = None) -> Any:
     """Fused :func:`nnxp.ops.loss.sparse_softmax_cross_entropy_ref` for int64 labels (B,)."""
     dtype = _loss_inputs_fit(logits, grad)
@@ -630,6 +707,7 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, grad: Any = None) -> 
     return _loss_launch("nnxp_sparse_softmax_xent", logits, labels, grad, rows, cols, rows, grid, dev)
 
 
+@_fused
 def sigmoid_binary_cross_entropy(logits: Any, target: Any, grad: Any = None) -> Any:
     """Fused :func:`nnxp.ops.loss.sigmoid_binary_cross_entropy_ref` (mean over all elements)."""
     dtype = _loss_inputs_fit(logits, grad)
@@ -742,6 +820,7 @@ def _step(name: str, p: Any, args: tuple, hp: Any) -> None:
 # device_scalars of the matching *_scalars tuple gives the values), for steps replayed in a CUDA graph.
 
 
+@_fused
 def sgd(p, g, velocity, tmp, lr, momentum, nesterov, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.sgd_ref` (`tmp` is not needed); returns None, or NotImplemented."""
     dtype = _flat_fit(p, g, velocity)
@@ -754,6 +833,7 @@ def sgd(p, g, velocity, tmp, lr, momentum, nesterov, weight_decay: float = 0.0, 
     return None
 
 
+@_fused
 def rmsprop(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.rmsprop_ref` (plain, momentum, centered, or both)."""
     dtype = _flat_fit(p, g, avg_sq, mom, avg_g)
@@ -769,6 +849,7 @@ def rmsprop(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon, weight_de
     return None
 
 
+@_fused
 def adagrad(p, g, acc, tmp, lr, epsilon, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adagrad_ref`."""
     dtype = _flat_fit(p, g, acc)
@@ -781,6 +862,7 @@ def adagrad(p, g, acc, tmp, lr, epsilon, weight_decay: float = 0.0, hp: Any = No
     return None
 
 
+@_fused
 def adadelta(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adadelta_ref`."""
     dtype = _flat_fit(p, g, acc_g, acc_dx)
@@ -793,6 +875,7 @@ def adadelta(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay: float = 0
     return None
 
 
+@_fused
 def adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adam_ref` (bias correction folded into one host-side factor)."""
     dtype = _flat_fit(p, g, m, v)
@@ -805,6 +888,7 @@ def adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float
     return None
 
 
+@_fused
 def adamax(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adamax_ref`."""
     dtype = _flat_fit(p, g, m, u)
@@ -905,6 +989,7 @@ def _seed_args(seed: Any) -> tuple[Any, Any]:
     return _U64(int(seed) % 2**64), None
 
 
+@_fused
 def dropout_forward(x: Any, rate: float, seed: Any, out: Any = None, mask_out: Any = None) -> Any:
     """Fused :func:`dropout_forward_ref`: hash, compare, scale and multiply in one pass.
 
@@ -926,6 +1011,7 @@ def dropout_forward(x: Any, rate: float, seed: Any, out: Any = None, mask_out: A
     return y, mask_out
 
 
+@_fused
 def dropout_backward(dy: Any, rate: float, seed: Any, out: Any = None) -> Any:
     """Fused :func:`dropout_backward_ref`; `out` may be `dy` itself."""
     dtype = _dropout_args_fit(dy, rate, seed, out)
