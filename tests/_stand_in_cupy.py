@@ -43,9 +43,14 @@ _ERROR_INVALID_DEVICE = 101  # cudaErrorInvalidDevice
 class _Thread(threading.local):
     device = 0  # cupy/cuda/device.pyx get_device_id(): runtime.getDevice(), the CUDA runtime's per-thread device
     stack: list[int]
+    streams: dict[int, list[Stream]]  # cupy/cuda/stream.pyx _ThreadLocal.current_stream_stack, per device
+    stream_devices: list[int]  # _ThreadLocal.current_device_id_stack: which device's stack `with stream` pushed
+    allocator: Any = None  # cupy/cuda/memory.pyx _get_thread_local_allocator (set by cuda.using_allocator)
 
     def __init__(self) -> None:
         self.stack = []
+        self.streams = {}
+        self.stream_devices = []
 
 
 _thread = _Thread()
@@ -125,7 +130,357 @@ def _check_peer_access(a: FakeArray, device_id: int) -> None:
         )
 
 
+# --- streams and graph capture ------------------------------------------------------------------------------
+#
+# Work issued while the current stream is capturing is recorded, not run, as cudaStreamBeginCapture does: a
+# kernel launch, a ufunc, a reduction, a fill, a setitem or a NumPy function becomes one step of the graph, and
+# the arrays it creates hold poison (0xFF bytes, NaN for floats) until a replay computes them. Anything that
+# needs the host to see device data (get, float(), bool(), item) or a host-to-device copy of pageable memory
+# fails the capture (cudaErrorStreamCaptureUnsupported) and invalidates it, so end_capture raises
+# cudaErrorStreamCaptureInvalidated. Not modelled: the order between streams (one host thread runs everything),
+# and ndarray methods that NumPy runs without a ufunc (dot, sort, ...), which run at once.
+
+_CAPTURE_UNSUPPORTED, _CAPTURE_INVALIDATED, _ILLEGAL_STATE = 900, 901, 401  # cudaError_t values
+
+
+class _Recording:
+    """What a capturing stream has recorded so far."""
+
+    def __init__(self) -> None:
+        self.steps: list[Any] = []
+        self.invalidated: str | None = None
+
+
+class Stream:
+    """cupy/cuda/stream.pyx class Stream (_BaseStream): `with stream` makes it the current stream of its device
+    (_ThreadLocal.push_stream / pop_stream; check_stream_device_match refuses another device's stream);
+    begin_capture / end_capture / is_capturing as _BaseStream's, refusing the legacy default stream."""
+
+    null: Stream
+    _next_ptr = 0x7F0000
+
+    def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False,
+                 priority: int | None = None) -> None:
+        if null:
+            ptr, device_id = 0, -1
+        elif ptds:
+            ptr, device_id = 2, -1  # runtime.streamPerThread
+        else:
+            Stream._next_ptr += 0x100
+            ptr, device_id = Stream._next_ptr, get_device_id()
+        self.ptr, self.device_id, self.non_blocking = ptr, device_id, non_blocking
+        self._recording: _Recording | None = None
+
+    def __eq__(self, other: object) -> bool:  # _BaseStream.__eq__ compares the handles
+        return isinstance(other, Stream) and other.ptr == self.ptr
+
+    def __hash__(self) -> int:
+        return self.ptr
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.ptr} (device {self.device_id})>"
+
+    def __enter__(self) -> Stream:
+        device_id = _check_stream_device_match(self.device_id)
+        _thread.stream_devices.append(device_id)
+        _thread.streams.setdefault(device_id, [Stream.null]).append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _thread.streams[_thread.stream_devices.pop()].pop()
+
+    def use(self) -> Stream:  # _BaseStream.use: set_current_stream, the top of this device's stack
+        device_id = _check_stream_device_match(self.device_id)
+        _thread.streams.setdefault(device_id, [Stream.null])[-1] = self
+        return self
+
+    @property
+    def done(self) -> bool:  # every launch has run by the time it returns
+        return True
+
+    def synchronize(self) -> None:  # cudaStreamSynchronize on a capturing stream fails the capture
+        if self._recording is not None:
+            _fail_capture(self._recording, "Stream.synchronize()")
+
+    def begin_capture(self, mode: Any = None) -> None:
+        if self.ptr in (0, 1):
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if self._recording is not None:  # cudaStreamBeginCapture on a capturing stream
+            raise CUDARuntimeError(_ILLEGAL_STATE, "cudaErrorIllegalState: operation not permitted when stream "
+                                                   "is capturing")
+        self._recording = _Recording()
+
+    def end_capture(self) -> Graph:
+        recording, self._recording = self._recording, None
+        if recording is None:
+            raise CUDARuntimeError(_ILLEGAL_STATE, "cudaErrorIllegalState: the stream is not capturing")
+        if recording.invalidated is not None:
+            raise CUDARuntimeError(_CAPTURE_INVALIDATED, "cudaErrorStreamCaptureInvalidated: operation failed "
+                                                         f"due to a previous error in the capture: "
+                                                         f"{recording.invalidated}")
+        graph = Graph.__new__(Graph)
+        graph._steps = recording.steps
+        return graph
+
+    def is_capturing(self) -> bool:
+        return self._recording is not None
+
+
+Stream.null = Stream(null=True)
+
+
+def _check_stream_device_match(device_id: int) -> int:
+    """cupy/cuda/stream.pyx check_stream_device_match."""
+    current = get_device_id()
+    if device_id == -1:
+        device_id = current
+    if device_id != current:
+        raise RuntimeError(f"The device that the stream is created on ({device_id}) does not match with the "
+                           f"current device ({current})")
+    return device_id
+
+
+def get_current_stream(device_id: int = -1) -> Stream:
+    """cupy/cuda/stream.pyx get_current_stream: the current stream of `device_id` (the current device's)."""
+    if device_id == -1:
+        device_id = get_device_id()
+    return _thread.streams.get(device_id, [Stream.null])[-1]
+
+
+class Graph:
+    """cupy/cuda/graph.pyx class Graph: made only by Stream.end_capture; launch(stream=None) replays it on the
+    current stream (cudaGraphLaunch). Launched into a capturing stream, it is recorded as one step."""
+
+    _steps: list[Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("currently this class cannot be initiated by the user and must be created via "
+                                  "stream capture")
+
+    def launch(self, stream: Stream | None = None) -> None:
+        _enqueue(self._replay, stream)
+
+    def upload(self, stream: Stream | None = None) -> None:  # cudaGraphUpload: nothing to do on the host
+        pass
+
+    def _replay(self) -> None:
+        for step in self._steps:
+            step()
+
+
+def _recording(stream: Stream | None = None) -> _Recording | None:
+    return (stream if stream is not None else get_current_stream())._recording
+
+
+def _enqueue(step: Any, stream: Stream | None = None) -> None:
+    """Run `step` now, or record it when the stream (the current one by default) is capturing."""
+    recording = _recording(stream)
+    if recording is None:
+        step()
+    else:
+        recording.steps.append(step)
+
+
+def _fail_capture(recording: _Recording, what: str) -> None:
+    recording.invalidated = what
+    raise CUDARuntimeError(_CAPTURE_UNSUPPORTED, f"cudaErrorStreamCaptureUnsupported: {what} is not permitted "
+                                                 "while the current stream is capturing")
+
+
+def _refuse_in_capture(what: str) -> None:
+    recording = _recording()
+    if recording is not None:
+        _fail_capture(recording, what)
+
+
+def _poison(a: np.ndarray) -> None:
+    """Fill a buffer made during a capture with 0xFF bytes (NaN for floats): its value exists only after a replay."""
+    a.reshape(-1).view(np.uint8).fill(0xFF)
+
+
+# --- memory pools -------------------------------------------------------------------------------------------
+
+
+class MemoryPointer:
+    """cupy/cuda/memory.pyx MemoryPointer: `ptr`, `device_id` and `size` of an allocation."""
+
+    def __init__(self, ptr: int, size: int, device_id: int) -> None:
+        self.ptr, self.device_id, self._size = ptr, device_id, size
+
+    def size(self) -> int:
+        return self._size
+
+
+class MemoryPool:
+    """cupy/cuda/memory.pyx MemoryPool: malloc(size) rounds up to the 512-byte allocation unit and counts the
+    bytes. The stand-in never frees or reuses a block (the guard check keeps every buffer), so used_bytes only
+    grows; CuPy reuses freed blocks, which is why _graph.py gives a capture its own pool."""
+
+    def __init__(self, allocator: Any = None) -> None:
+        self._bytes = 0
+
+    def malloc(self, size: int) -> MemoryPointer:
+        size = -(-int(size) // 512) * 512
+        self._bytes += size
+        return MemoryPointer(0, size, get_device_id())
+
+    def used_bytes(self) -> int:
+        return self._bytes
+
+    def total_bytes(self) -> int:
+        return self._bytes
+
+    def free_bytes(self) -> int:
+        return 0
+
+    def n_free_blocks(self) -> int:
+        return 0
+
+    def free_all_blocks(self, stream: Any = None) -> None:
+        pass
+
+
+class OutOfMemoryError(MemoryError):
+    """cupy/cuda/memory.pyx OutOfMemoryError(size, total, limit=0)."""
+
+    def __init__(self, size: int, total: int, limit: int = 0) -> None:
+        super().__init__(f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes).")
+
+
+class PinnedMemoryPool:
+    """cupy/cuda/pinned_memory.pyx PinnedMemoryPool: nothing is pinned here, so nothing to free."""
+
+    def __init__(self, allocator: Any = None) -> None:
+        pass
+
+    def free_all_blocks(self) -> None:
+        pass
+
+    def n_free_blocks(self) -> int:
+        return 0
+
+
+class using_allocator:  # noqa: N801 - a context manager, as CuPy's function
+    """cupy/cuda/__init__.py using_allocator: a thread-local allocator for this block (None: no pool)."""
+
+    def __init__(self, allocator: Any = None) -> None:
+        self.allocator = allocator
+
+    def __enter__(self) -> None:
+        self._previous = _thread.allocator
+        _thread.allocator = self.allocator
+
+    def __exit__(self, *exc: Any) -> None:
+        _thread.allocator = self._previous
+
+
+# --- matmul compute type ------------------------------------------------------------------------------------
+
+# cupy/_core/_routines_linalg.pyx: the COMPUTE_TYPE_* constants, compute_types (TBD until first asked)
+COMPUTE_TYPES = {"COMPUTE_TYPE_TBD": 0, "COMPUTE_TYPE_DEFAULT": 1, "COMPUTE_TYPE_PEDANTIC": 2,
+                 "COMPUTE_TYPE_FP16": 3, "COMPUTE_TYPE_FP32": 4, "COMPUTE_TYPE_FP64": 5, "COMPUTE_TYPE_BF16": 6,
+                 "COMPUTE_TYPE_TF32": 7}
+_TF32 = COMPUTE_TYPES["COMPUTE_TYPE_TF32"]
+
+
+def _compute_index(dtype: Any) -> int:  # _routines_linalg.pyx to_compute_type_index
+    char = np.dtype(dtype).char
+    if char == "e":
+        return 1
+    if char in "fF":
+        return 2
+    if char in "dD":
+        return 3
+    raise TypeError(f"dtype is not supported: {dtype}")
+
+
+def set_compute_type(dtype: Any, compute_type: int) -> None:
+    """_routines_linalg.pyx set_compute_type (every device here has compute capability 8.0, so TF32 is kept)."""
+    if compute_type not in COMPUTE_TYPES.values():
+        raise ValueError(f"Unknown compute type: {compute_type}")
+    _thread_shared.compute_types[_compute_index(dtype)] = compute_type
+
+
+def get_compute_type(dtype: Any) -> int:
+    """_routines_linalg.pyx get_compute_type: TBD becomes TF32 for float32 when CUPY_TF32 > 0, else DEFAULT."""
+    import os
+
+    index = _compute_index(dtype)
+    if _thread_shared.compute_types[index] == 0:
+        tf32 = np.dtype(dtype).char in "fF" and int(os.getenv("CUPY_TF32", "0")) > 0
+        set_compute_type(dtype, _TF32 if tf32 else COMPUTE_TYPES["COMPUTE_TYPE_DEFAULT"])
+    return _thread_shared.compute_types[index]
+
+
+_thread_shared = SimpleNamespace(compute_types=[0, 0, 0, 0])  # process-wide in CuPy (a module global)
+
+
+def _tf32(a: np.ndarray) -> np.ndarray:
+    """float32 `a` rounded to TF32 (10 explicit mantissa bits, round to nearest even), as the tensor cores read
+    it under CUBLAS_COMPUTE_32F_FAST_TF32; NVIDIA does not document the rounding, so this is a model."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    out = rounded.view(np.float32)
+    return np.where(np.isfinite(a), out, a)
+
+
+def _matmul_shape(a: np.ndarray, b: np.ndarray) -> tuple:
+    if a.ndim == 1 and b.ndim == 1:
+        return ()
+    if a.ndim == 1:
+        return b.shape[:-2] + (b.shape[-1],)
+    if b.ndim == 1:
+        return a.shape[:-1]
+    return np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+
+
+def _gemm_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a @ b in the current compute type (plain host arrays)."""
+    if out.dtype == np.float32 and get_compute_type(np.float32) == _TF32:
+        a, b = _tf32(a), _tf32(b)
+    np.matmul(a, b, out=out)
+
+
+def captured_gemm(a: FakeArray, b: FakeArray, out: FakeArray) -> FakeArray:
+    """The seam for nnxp.ops._cuda._gemm (cuBLAS called through ctypes while a graph is captured, which cannot
+    load here): what cublas<S|D>gemm on the current stream does, recorded when that stream is capturing. CuPy's
+    own matmul refuses capture (cupy_backends/cuda/libs/cublas.pyx setStream); nnxp's direct call does not."""
+    dev = get_device_id()
+    for x in (a, b, out):
+        _check_peer_access(x, dev)
+    pa, pb, po = a.view(np.ndarray), b.view(np.ndarray), out.view(np.ndarray)
+    compute = get_compute_type(np.float32)  # cuBLAS's math mode is read when the call is made (captured)
+
+    def step() -> None:
+        if po.dtype == np.float32 and compute == _TF32:
+            np.matmul(_tf32(pa), _tf32(pb), out=po)
+        else:
+            np.matmul(pa, pb, out=po)
+
+    _enqueue(step)
+    return out
+
+
 # --- arrays -------------------------------------------------------------------------------------------------
+
+
+def _plain(x: Any) -> Any:
+    """`x` with every device array (also inside a tuple or list, one level deep) as its plain NumPy view."""
+    if isinstance(x, FakeArray):
+        return x.view(np.ndarray)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_plain(v) for v in x)
+    return x
+
+
+def _arrays_in(values: Any) -> list[FakeArray]:
+    found = []
+    for v in values:
+        if isinstance(v, FakeArray):
+            found.append(v)
+        elif isinstance(v, (tuple, list)):
+            found.extend(a for a in v if isinstance(a, FakeArray))
+    return found
 
 
 class FakeArray(np.ndarray):
@@ -147,15 +502,38 @@ class FakeArray(np.ndarray):
 
     @property
     def data(self) -> Any:  # _ndarray_base.data: a MemoryPointer (ptr, device_id)
-        return SimpleNamespace(ptr=self.ctypes.data, device_id=self._device_id)
+        return MemoryPointer(self.ctypes.data, self.nbytes, self._device_id)
+
+    # --- device to host: a synchronising copy, refused while capturing (core.pyx get -> stream.synchronize)
 
     def get(self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> np.ndarray:
         """core.pyx _ndarray_base.get: a host copy (from any current device: it switches to the array's)."""
+        _refuse_in_capture("ndarray.get()")
         host = np.array(self.view(np.ndarray), order=order)
         if out is not None:
             out[...] = host
             return out
         return host
+
+    def item(self, *args: Any) -> Any:  # core.pyx item: self.get().item()
+        _refuse_in_capture("ndarray.item()")
+        return self.view(np.ndarray).item(*args)
+
+    def tolist(self) -> Any:
+        _refuse_in_capture("ndarray.tolist()")
+        return self.view(np.ndarray).tolist()
+
+    def __float__(self) -> float:
+        _refuse_in_capture("float(ndarray)")
+        return float(self.view(np.ndarray))
+
+    def __int__(self) -> int:
+        _refuse_in_capture("int(ndarray)")
+        return int(self.view(np.ndarray))
+
+    def __bool__(self) -> bool:
+        _refuse_in_capture("bool(ndarray)")
+        return bool(self.view(np.ndarray))
 
     def set(self, arr: Any, stream: Any = None) -> None:
         """core.pyx _ndarray_base.set: a host array of exactly this dtype and shape, nothing else."""
@@ -165,7 +543,10 @@ class FakeArray(np.ndarray):
             raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
         if self.shape != arr.shape:
             raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
+        _refuse_in_capture("a copy from pageable host memory (ndarray.set)")
         self.view(np.ndarray)[...] = arr
+
+    # --- kernels: ufuncs, reductions, fills, copies (recorded while capturing)
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, out: Any = None, **kwargs: Any) -> Any:
         # cupy/_core/_kernel.pyx ufunc.__call__ -> _preprocess_args: each array must be on the current device
@@ -177,19 +558,35 @@ class FakeArray(np.ndarray):
                 _check_peer_access(x, dev)
             elif isinstance(x, np.ndarray):
                 raise TypeError(f"Unsupported type {type(x)}")
-        plain = [x.view(np.ndarray) if isinstance(x, FakeArray) else x for x in inputs]
-        if out is not None:
-            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, FakeArray) else o for o in out)
-        result = getattr(ufunc, method)(*plain, **kwargs)
-        if method == "at":
-            return None
+        plain = [_plain(x) for x in inputs]
+        fn = getattr(ufunc, method)
+        recording = _recording()
+        if recording is None:
+            if out is not None:
+                kwargs["out"] = _plain(out)
+            result = fn(*plain, **kwargs)
+            if method == "at":
+                return None
+            results = result if isinstance(result, tuple) else (result,)
+            outs = out if out is not None else (None,) * len(results)
+            wrapped = tuple(
+                o if o is not None else (r.view(FakeArray) if isinstance(r, np.ndarray) else r)
+                for r, o in zip(results, outs, strict=True)
+            )
+            return wrapped if isinstance(result, tuple) else wrapped[0]
+        # capturing: one recorded kernel; a result it allocates is poison until a replay
+        if method == "at" or out is not None:
+            if out is not None:
+                kwargs["out"] = _plain(out)
+            recording.steps.append(lambda: fn(*plain, **kwargs))
+            return None if method == "at" else (out if len(out) > 1 else out[0])
+        with np.errstate(all="ignore"):
+            result = fn(*plain, **kwargs)  # only for the result's shape and dtype
         results = result if isinstance(result, tuple) else (result,)
-        outs = out if out is not None else (None,) * len(results)
-        wrapped = tuple(
-            o if o is not None else (r.view(FakeArray) if isinstance(r, np.ndarray) else r)
-            for r, o in zip(results, outs, strict=True)
-        )
-        return wrapped if isinstance(result, tuple) else wrapped[0]
+        bufs = tuple(_new_buffer(np.asarray(r)) for r in results)
+        kwargs["out"] = tuple(b.view(np.ndarray) for b in bufs)
+        recording.steps.append(lambda: fn(*plain, **kwargs))
+        return bufs if isinstance(result, tuple) else bufs[0]
 
     def __setitem__(self, key: Any, value: Any) -> None:
         # core.pyx _ndarray_base.__setitem__ -> _scatter_op: an elementwise copy on the current device
@@ -198,7 +595,60 @@ class FakeArray(np.ndarray):
             dev = get_device_id()
             _check_peer_access(self, dev)
             _check_peer_access(value, dev)
-        super().__setitem__(key, value)
+        recording = _recording()
+        if recording is None:
+            super().__setitem__(key, value)
+            return
+        if isinstance(value, np.ndarray) and not isinstance(value, FakeArray):
+            _fail_capture(recording, "a copy from pageable host memory (setitem of a NumPy array)")
+        target, source, index = self.view(np.ndarray), _plain(value), _plain(key)
+        recording.steps.append(lambda: target.__setitem__(index, source))
+
+    def fill(self, value: Any) -> None:  # core.pyx fill: a memset or an elementwise kernel
+        target = self.view(np.ndarray)
+        _enqueue(lambda: target.fill(value))
+
+    def astype(self, dtype: Any, order: str = "K", casting: Any = None, subok: Any = None,
+               copy: bool = True) -> Any:  # core.pyx astype: elementwise_copy into a new array
+        if not copy and np.dtype(dtype) == self.dtype:
+            return self
+        return self._copy_kernel(lambda a: a.astype(dtype, order=order))
+
+    def copy(self, order: str = "C") -> Any:  # core.pyx copy: elementwise_copy on the current device
+        return self._copy_kernel(lambda a: a.copy(order=order))
+
+    def _copy_kernel(self, fn: Any) -> FakeArray:
+        source = self.view(np.ndarray)
+        recording = _recording()
+        if recording is None:
+            return _on_device(fn(source))
+        buf = _new_buffer(fn(source))
+        target = buf.view(np.ndarray)
+        recording.steps.append(lambda: np.copyto(target, fn(source), casting="unsafe"))
+        return buf
+
+
+def _kernel_method(name: str) -> Any:
+    """ndarray.`name` as a CuPy kernel (recorded while capturing): NumPy runs these methods without a ufunc."""
+
+    def apply(a: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        return getattr(a, name)(*args, **kwargs)
+
+    apply.__name__ = f"ndarray.{name}"
+
+    def method(self: FakeArray, *args: Any, **kwargs: Any) -> Any:
+        if _recording() is None:
+            return _on_device(getattr(np.ndarray, name)(self, *args, **kwargs))
+        return _numpy_function(apply)(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+# core.pyx _ndarray_base methods that launch a kernel in CuPy but run without a ufunc in NumPy
+for _name in ("argmax", "argmin", "cumsum", "cumprod", "dot", "clip", "round", "take", "repeat", "flatten",
+              "ravel", "argsort", "trace", "diagonal", "nonzero"):
+    setattr(FakeArray, _name, _kernel_method(_name))
 
 
 class _Guarded:
@@ -215,12 +665,36 @@ class _Guarded:
         view[...] = a
         out = view.view(FakeArray)
         out._device_id = get_device_id()
+        if _thread.allocator is not None:  # cupy/cuda/memory.pyx alloc: the thread-local allocator serves it
+            out._memory = _thread.allocator(a.nbytes)
         return out
 
     def check(self, what: str) -> None:
         for raw in self.buffers:
             if not ((raw[:_GUARD] == 0xA5).all() and (raw[-_GUARD:] == 0xA5).all()):
                 raise AssertionError(f"{what} wrote outside a buffer of {raw.size - 2 * _GUARD} bytes")
+
+
+_guarded = _Guarded()  # replaced by each stand_in_cupy()
+
+
+def _new_buffer(template: np.ndarray) -> FakeArray:
+    """A guarded allocation shaped like `template`, poisoned: a buffer made during a capture."""
+    buf = _guarded.alloc(template)
+    _poison(buf.view(np.ndarray))
+    return buf
+
+
+def _on_device(result: Any) -> Any:
+    """A NumPy function's array result as a device array on the current device (CuPy's functions allocate
+    their results there); results that are device arrays already (views) keep their device."""
+    if isinstance(result, tuple):
+        return tuple(_on_device(r) for r in result)
+    if isinstance(result, np.ndarray) and not isinstance(result, FakeArray):
+        out = result.view(FakeArray)
+        out._device_id = get_device_id()
+        return out
+    return result
 
 
 # --- random -------------------------------------------------------------------------------------------------
@@ -230,12 +704,12 @@ class Generator:
     """cupy/random/_generator_api.pyx class Generator, drawing from NumPy's PCG64 instead of cuRAND's XORWOW.
 
     The bits differ from CuPy's (no test may depend on them); what follows CuPy is the shape rule of each
-    method, and that its draws land on the current device.
+    method, that its draws land on the current device, and that a captured draw happens at each replay (the
+    cuRAND state lives in device memory).
     """
 
-    def __init__(self, seed: Any, guarded: _Guarded) -> None:
+    def __init__(self, seed: Any) -> None:
         self._rng = np.random.default_rng(seed)
-        self._guarded = guarded
 
     def random(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> FakeArray:
         """_generator_api.pyx Generator.random: with `size` None it draws ONE value into a 0-d array and
@@ -247,8 +721,10 @@ class Generator:
             _check_output_array(dtype, size, out)
         if size is None:
             size = ()
-        draw = self._rng.random(size) if dtype.char == "d" else self._rng.random(size, dtype=np.float32)
-        y = self._guarded.alloc(draw)
+        draw_dtype = np.float64 if dtype.char == "d" else np.float32
+        y = _guarded.alloc(np.empty(size, dtype=draw_dtype))
+        target = y.view(np.ndarray)
+        _enqueue(lambda: target.__setitem__(..., self._rng.random(size, dtype=draw_dtype)))
         if out is not None:
             out[...] = y  # elementwise_copy broadcasts y (shape `size`, () when None) into out
             y = out
@@ -273,94 +749,91 @@ def _check_output_array(dtype: np.dtype, size: Any, out: Any) -> None:
 # --- kernels ------------------------------------------------------------------------------------------------
 
 
-class _FakeModule:
-    """cupy/_core/raw.pyx RawModule(code=..., options=..., name_expressions=...) over the emulator."""
+class RawModule:
+    """cupy/_core/raw.pyx RawModule(code=..., options=..., name_expressions=...) over the emulator: only
+    kernels.cu with nnxp's options, as nnxp builds it."""
 
-    def __init__(self, code: str, options: tuple, name_expressions: Any, emulator: Emulator,
-                 guarded: _Guarded) -> None:
+    emulator: Emulator
+
+    def __init__(self, code: str | None = None, path: str | None = None, options: tuple = (),
+                 backend: str = "nvrtc", translate_cucomplex: bool = False, *, enable_cooperative_groups=False,
+                 name_expressions: Any = None, jitify: bool = False) -> None:
         assert tuple(options) == _cuda.NVRTC_OPTIONS
         assert code == _cuda._source()
         self.expressions = set(name_expressions)
-        self.emulator, self.guarded = emulator, guarded
 
-    def get_function(self, name: str) -> _FakeKernel:  # raw.pyx RawModule.get_function: a RawKernel
+    def get_function(self, name: str) -> RawKernel:  # raw.pyx RawModule.get_function: a RawKernel
         assert name in self.expressions
-        return _FakeKernel(name, self.emulator, self.guarded)
+        return RawKernel(name, self.emulator)
 
 
-class _FakeKernel:
+class RawKernel:
+    """cupy/_core/raw.pyx RawKernel called as kernel(grid, block, args): one launch on the current stream."""
+
     launches: dict[str, int] = {}
 
-    def __init__(self, expression: str, emulator: Emulator, guarded: _Guarded) -> None:
-        self.expression, self.emulator, self.guarded = expression, emulator, guarded
+    def __init__(self, name: str, emulator: Emulator) -> None:
+        self.name, self.emulator = name, emulator
 
-    def __call__(self, grid: tuple, block: tuple, args: tuple, **kwargs: Any) -> None:
+    def __call__(self, grid: tuple, block: tuple, args: tuple, *, shared_mem: int = 0,
+                 enable_cooperative_groups: bool = False) -> None:
         # raw.pyx RawKernel.__call__ -> cupy/cuda/function.pyx Function.__call__ -> _launch: array arguments pass
         # as raw pointers, unchecked; a kernel dereferencing another device's memory without peer access faults
         # on a GPU (cudaErrorIllegalAddress), which the stand-in reports at the launch instead.
         dev = get_device_id()
         for i, a in enumerate(args):
             if isinstance(a, FakeArray) and a._device_id != dev:
-                raise CUDARuntimeError(700, f"cudaErrorIllegalAddress: {self.expression} argument {i} lives on "
+                raise CUDARuntimeError(700, f"cudaErrorIllegalAddress: {self.name} argument {i} lives on "
                                             f"device {a._device_id}, launched on device {dev}")
-        k = _FakeKernel.launches.get(self.expression, 0)
-        _FakeKernel.launches[self.expression] = k + 1
         if len(block) == 1:
-            assert block[0] % 32 == 0, f"{self.expression}: block {block} is not whole warps"
-        plain = tuple(a.view(np.ndarray) if isinstance(a, FakeArray) else a for a in args)
-        self.emulator.launch(self.expression, tuple(grid), tuple(block), plain,
-                             schedule=_SCHEDULE_CYCLE[k % 3], seed=k)
-        self.guarded.check(self.expression)
+            assert block[0] % 32 == 0, f"{self.name}: block {block} is not whole warps"
+        plain = tuple(_plain(a) for a in args)  # pointers; scalars are copied into the launch (or the graph)
+        grid, block = tuple(grid), tuple(block)
+        guarded = _guarded
 
+        def launch() -> None:
+            k = RawKernel.launches.get(self.name, 0)
+            RawKernel.launches[self.name] = k + 1
+            self.emulator.launch(self.name, grid, block, plain, schedule=_SCHEDULE_CYCLE[k % 3], seed=k)
+            guarded.check(self.name)
 
-# --- compute type (added by gpufix; gputools may replace it) -------------------------------------------------
-
-
-class _ComputeTypes:
-    """cupy/_core/_routines_linalg.pyx: one process-wide compute type per dtype, COMPUTE_TYPE_TBD until first
-    read, when get_compute_type fixes it from CUPY_TF32 (TF32 for float32 when CUPY_TF32 > 0, else DEFAULT)."""
-
-    COMPUTE_TYPE_TBD, COMPUTE_TYPE_DEFAULT, COMPUTE_TYPE_PEDANTIC, COMPUTE_TYPE_FP16 = 0, 1, 2, 3
-    COMPUTE_TYPE_FP32, COMPUTE_TYPE_FP64, COMPUTE_TYPE_BF16, COMPUTE_TYPE_TF32 = 4, 5, 6, 7
-
-    def __init__(self) -> None:
-        self._types = {"e": 0, "f": 0, "d": 0}  # to_compute_type_index: float16, float32, float64 (+bf16)
-
-    def _index(self, dtype: Any) -> str:
-        char = np.dtype(dtype).char
-        char = {"F": "f", "D": "d"}.get(char, char)
-        if char not in self._types:
-            raise TypeError(f"dtype is not supported: {np.dtype(dtype)}")
-        return char
-
-    def set_compute_type(self, dtype: Any, compute_type: int) -> None:
-        if compute_type not in range(8):
-            raise ValueError(f"Unknown compute type: {compute_type}")
-        self._types[self._index(dtype)] = compute_type
-
-    def get_compute_type(self, dtype: Any) -> int:
-        import os
-
-        key = self._index(dtype)
-        if self._types[key] == self.COMPUTE_TYPE_TBD:
-            tf32 = key == "f" and int(os.getenv("CUPY_TF32", "0")) > 0
-            self._types[key] = self.COMPUTE_TYPE_TF32 if tf32 else self.COMPUTE_TYPE_DEFAULT
-        return self._types[key]
+        _enqueue(launch)
 
 
 # --- the module ---------------------------------------------------------------------------------------------
 
 
-def _on_device(result: Any) -> Any:
-    """A NumPy function's array result as a device array on the current device (CuPy's functions allocate
-    their results there); results that are device arrays already (views) keep their device."""
-    if isinstance(result, tuple):
-        return tuple(_on_device(r) for r in result)
-    if isinstance(result, np.ndarray) and not isinstance(result, FakeArray):
-        out = result.view(FakeArray)
-        out._device_id = get_device_id()
-        return out
-    return result
+def _numpy_function(fn: Any) -> Any:
+    """A NumPy function as CuPy's namesake: a result on the current device, recorded while capturing."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        recording = _recording()
+        if recording is None:
+            return _on_device(fn(*args, **kwargs))
+        arrays = _arrays_in((*args, *kwargs.values()))
+        plain_args, plain_kwargs = _plain(args), {k: _plain(v) for k, v in kwargs.items()}
+        if kwargs.get("out") is not None:
+            recording.steps.append(lambda: fn(*plain_args, **plain_kwargs))
+            return kwargs["out"]
+        with np.errstate(all="ignore"):
+            result = fn(*plain_args, **plain_kwargs)
+        if isinstance(result, np.generic) and arrays:  # CuPy returns a 0-d device array, not a scalar
+            result = np.asarray(result)
+        if not isinstance(result, np.ndarray):
+            if arrays:  # a device value read on the host
+                _fail_capture(recording, f"numpy.{getattr(fn, '__name__', fn)} returning a host value")
+            return result
+        for a in arrays:  # a view of a device array needs no kernel
+            if np.may_share_memory(result, a.view(np.ndarray)):
+                view = result.view(FakeArray)
+                view._device_id = a._device_id
+                return view
+        buf = _new_buffer(result)
+        target = buf.view(np.ndarray)
+        recording.steps.append(lambda: np.copyto(target, fn(*plain_args, **plain_kwargs), casting="unsafe"))
+        return buf
+
+    return call
 
 
 class _FakeCupy(SimpleNamespace):
@@ -369,20 +842,31 @@ class _FakeCupy(SimpleNamespace):
         # ufuncs check devices in FakeArray.__array_ufunc__
         attr = getattr(np, name)
         if callable(attr) and not isinstance(attr, (np.ufunc, type)):
-            fn = attr
-            return lambda *a, **kw: _on_device(fn(*a, **kw))
+            return _numpy_function(attr)
         return attr
 
 
 def stand_in_cupy(emulator: Emulator) -> Any:
     """A `cupy` module for nnxp.backend whose arrays live in host memory and whose kernels run here."""
-    guarded = _Guarded()
-    _thread.device, _thread.stack = 0, []
+    global _guarded
+    guarded = _guarded = _Guarded()
+    _thread.device, _thread.stack, _thread.streams, _thread.stream_devices = 0, [], {}, []
+    _thread.allocator = None
+    _thread_shared.compute_types[:] = [0, 0, 0, 0]
+    default_pool, pinned_pool = MemoryPool(), PinnedMemoryPool()
 
-    def creation(fn):
-        # cupy/_creation/basic.py empty / zeros / empty_like ...: cupy.ndarray(...) allocates on the current device
-        return lambda *a, **kw: guarded.alloc(fn(*(x.view(np.ndarray) if isinstance(x, FakeArray) else x
-                                                   for x in a), **kw))
+    def creation(fn, zero_fill=False):
+        # cupy/_creation/basic.py empty / zeros / *_like: cupy.ndarray(...) on the current device; zeros adds a
+        # memset on the current stream (recorded while capturing, so the buffer is poison until a replay)
+        def make(*args: Any, **kwargs: Any) -> FakeArray:
+            a = guarded.alloc(fn(*_plain(args), **kwargs))
+            if _recording() is not None:
+                _poison(a.view(np.ndarray))
+                if zero_fill:
+                    a.fill(0)
+            return a
+
+        return make
 
     def asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = False) -> FakeArray:
         # cupy/_creation/from_data.py asarray -> core.pyx array(copy=False) -> _array_from_cupy_ndarray: the same
@@ -390,6 +874,7 @@ def stand_in_cupy(emulator: Emulator) -> Any:
         # (src.copy(), a peer copy) when it lives on another; host data is copied to the current device.
         if isinstance(a, FakeArray) and a._device_id == get_device_id():
             return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+        _refuse_in_capture("a copy to the device (cupy.asarray)")
         return guarded.alloc(a, dtype=dtype)
 
     def asnumpy(a: Any, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> Any:
@@ -399,39 +884,56 @@ def stand_in_cupy(emulator: Emulator) -> Any:
         return np.asarray(a, order=order)
 
     def matmul(a, b, out=None, **kwargs):
-        # cupy/_core/_routines_linalg.pyx matmul: a ufunc in NumPy, so FakeArray.__array_ufunc__ checks devices
+        # cupy/_core/_routines_linalg.pyx matmul: cuBLAS in the current compute type (get_compute_type), on the
+        # current device's arrays (checked as ufuncs are); refused while capturing by cupy_backends/cuda/libs/
+        # cublas.pyx setStream ("calling cuBLAS API during stream capture is currently unsupported")
+        if _recording() is not None:
+            raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+        dev = get_device_id()
+        for x in (a, b) + ((out,) if out is not None else ()):
+            if isinstance(x, FakeArray):
+                _check_peer_access(x, dev)
+            else:
+                raise TypeError(f"Unsupported type {type(x)}")
+        pa, pb = a.view(np.ndarray), b.view(np.ndarray)
         if out is None:
-            return guarded.alloc(np.matmul(a, b, **kwargs))
-        np.matmul(a, b, out=out, **kwargs)
+            out = guarded.alloc(np.empty(_matmul_shape(pa, pb), dtype=np.result_type(pa, pb)))
+        _gemm_into(pa, pb, out.view(np.ndarray))
         return out
 
     def default_rng(seed: Any = None) -> Generator:  # cupy/random/__init__.py default_rng -> Generator(XORWOW(seed))
-        return Generator(seed, guarded)
+        return Generator(seed)
 
     def get_device_count() -> int:  # cupy_backends/cuda/api/runtime.pyx getDeviceCount
         return DEVICE_COUNT
 
+    class _Module(RawModule):
+        pass
+
+    _Module.emulator = emulator
+    routines_linalg = SimpleNamespace(**COMPUTE_TYPES, get_compute_type=get_compute_type,
+                                      set_compute_type=set_compute_type)
     return _FakeCupy(
         ndarray=FakeArray,
         float16=np.float16, float32=np.float32, float64=np.float64, int32=np.int32,
-        empty=creation(np.empty), zeros=creation(np.zeros), empty_like=creation(np.empty_like),
-        zeros_like=creation(np.zeros_like), asarray=asarray, asnumpy=asnumpy,
+        empty=creation(np.empty), zeros=creation(np.zeros, zero_fill=True), empty_like=creation(np.empty_like),
+        zeros_like=creation(np.zeros_like, zero_fill=True), asarray=asarray, asnumpy=asnumpy,
         matmul=matmul,
+        get_default_memory_pool=lambda: default_pool, get_default_pinned_memory_pool=lambda: pinned_pool,
         random=SimpleNamespace(default_rng=default_rng, Generator=Generator),
-        RawModule=lambda code, options, name_expressions: _FakeModule(code, options, name_expressions, emulator,
-                                                                      guarded),
+        RawModule=_Module, RawKernel=RawKernel,
+        _core=SimpleNamespace(get_compute_type=get_compute_type, set_compute_type=set_compute_type,
+                              _routines_linalg=routines_linalg),
         cuda=SimpleNamespace(
-            Device=Device,
+            Device=Device, Stream=Stream, Graph=Graph, MemoryPool=MemoryPool, MemoryPointer=MemoryPointer,
+            PinnedMemoryPool=PinnedMemoryPool, using_allocator=using_allocator,
+            get_current_stream=get_current_stream, get_device_id=get_device_id,
             runtime=SimpleNamespace(getDeviceCount=get_device_count, getDevice=get_device_id,
                                     CUDARuntimeError=CUDARuntimeError),
-            device=SimpleNamespace(get_device_id=get_device_id),
+            device=SimpleNamespace(Device=Device, get_device_id=get_device_id),
+            stream=SimpleNamespace(Stream=Stream, get_current_stream=get_current_stream),
+            graph=SimpleNamespace(Graph=Graph),
+            memory=SimpleNamespace(MemoryPool=MemoryPool, MemoryPointer=MemoryPointer,
+                                   OutOfMemoryError=OutOfMemoryError),
         ),
-        _guarded=guarded,
-        _core=_core_namespace(),
     )
-
-
-def _core_namespace() -> Any:
-    types = _ComputeTypes()
-    return SimpleNamespace(set_compute_type=types.set_compute_type, get_compute_type=types.get_compute_type,
-                           _routines_linalg=types)

@@ -275,7 +275,7 @@ def test_highest_precision_overrides_cupy_tf32_and_restores_it(fake_cupy, monkey
 def test_is_out_of_memory_never_raises_on_the_stand_in(fake_cupy, monkeypatch):
     from types import SimpleNamespace
 
-    assert not backend.is_out_of_memory(ValueError("not memory"))  # the stand-in has no cuda.memory
+    assert not backend.is_out_of_memory(ValueError("not memory"))
     runtime_error = fake_cupy.cuda.runtime.CUDARuntimeError
     assert backend.is_out_of_memory(runtime_error(2, "cudaErrorMemoryAllocation: out of memory"))
     assert not backend.is_out_of_memory(runtime_error(700, "cudaErrorIllegalAddress"))

@@ -94,3 +94,98 @@ def test_a_kernel_launch_refuses_another_devices_array(fake_cupy):
                       (z, z, z, np.int64(6), np.int64(3), np.int32(1), np.int32(0), np.int32(0)))
     y, _ = _cuda.bias_activation_forward(z, None, "relu")  # on its own device it runs
     assert y.device.id == 1
+
+
+# --- streams and graph capture (cupy/cuda/stream.pyx, cupy/cuda/graph.pyx) -------------------------------------
+
+
+def test_capture_records_and_replay_computes(fake_cupy):
+    cuda = fake_cupy.cuda
+    a = fake_cupy.asarray(np.arange(4.0))
+    stream = cuda.Stream(non_blocking=True)
+    with stream:
+        assert cuda.get_current_stream() == stream
+        stream.begin_capture()
+        assert stream.is_capturing()
+        doubled = a * 2.0  # recorded: poison until a replay
+        total = doubled.sum()
+        a += 1.0
+        graph = stream.end_capture()
+    assert cuda.get_current_stream() == cuda.Stream.null
+    assert np.isnan(np.asarray(doubled)).all() and np.isnan(float(total))
+    np.testing.assert_array_equal(fake_cupy.asnumpy(a), np.arange(4.0))  # nothing ran yet
+    graph.launch()
+    np.testing.assert_array_equal(fake_cupy.asnumpy(doubled), 2 * np.arange(4.0))
+    assert float(total) == 12.0
+    graph.launch()  # each replay reads the buffers as they are then
+    assert float(total) == 20.0 and float(a[0]) == 2.0
+
+
+def test_capture_records_kernel_launches(fake_cupy):
+    z = fake_cupy.asarray(np.full((2, 64), -1.0))
+    stream = fake_cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        from nnxp.ops import _cuda
+
+        _cuda.bias_activation_forward(z, None, "relu")
+        graph = stream.end_capture()
+    assert (fake_cupy.asnumpy(z) == -1.0).all()
+    graph.launch()
+    assert (fake_cupy.asnumpy(z) == 0.0).all()
+
+
+def test_capture_refuses_what_cuda_and_cupy_refuse(fake_cupy):
+    cuda = fake_cupy.cuda
+    with pytest.raises(RuntimeError, match="legacy"):
+        cuda.Stream.null.begin_capture()
+    a = fake_cupy.ones((2, 2))
+    stream = cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        with pytest.raises(NotImplementedError, match="cuBLAS API during stream capture"):
+            fake_cupy.matmul(a, a)  # cupy_backends/cuda/libs/cublas.pyx setStream
+        stream.end_capture()  # that refusal leaves the capture intact
+        stream.begin_capture()
+        with pytest.raises(CUDARuntimeError, match="StreamCaptureUnsupported"):
+            float(a.sum())  # a device-to-host copy synchronises
+        with pytest.raises(CUDARuntimeError, match="StreamCaptureInvalidated"):
+            stream.end_capture()
+        stream.begin_capture()
+        with pytest.raises(CUDARuntimeError, match="StreamCaptureUnsupported"):
+            a[...] = np.zeros((2, 2))  # pageable host memory
+        with pytest.raises(CUDARuntimeError, match="StreamCaptureInvalidated"):
+            stream.end_capture()
+    with fake_cupy.cuda.Device(1), pytest.raises(RuntimeError, match="does not match with the current device"):
+        with stream:
+            pass
+    with pytest.raises(NotImplementedError, match="stream capture"):
+        cuda.Graph()
+
+
+def test_allocations_go_through_the_thread_local_allocator(fake_cupy):
+    pool = fake_cupy.cuda.MemoryPool()
+    with fake_cupy.cuda.using_allocator(pool.malloc):
+        fake_cupy.empty(100, dtype=np.float32)
+    assert pool.used_bytes() == 512  # rounded up to the allocation unit
+    fake_cupy.empty(100, dtype=np.float32)
+    assert pool.used_bytes() == 512
+
+
+def test_compute_type_follows_cupy_tf32_and_set_compute_type(fake_cupy, monkeypatch):
+    core = fake_cupy._core
+    tf32 = core._routines_linalg.COMPUTE_TYPE_TF32
+    monkeypatch.setenv("CUPY_TF32", "1")  # read once, when the compute type is still TBD
+    assert core.get_compute_type(np.float32) == tf32
+    assert core.get_compute_type(np.float64) == core._routines_linalg.COMPUTE_TYPE_DEFAULT
+    rng = np.random.default_rng(0)
+    a = fake_cupy.asarray(rng.normal(size=(8, 300)).astype(np.float32))
+    b = fake_cupy.asarray(rng.normal(size=(300, 8)).astype(np.float32))
+    fast = fake_cupy.asnumpy(fake_cupy.matmul(a, b))
+    core.set_compute_type(np.float32, core._routines_linalg.COMPUTE_TYPE_DEFAULT)
+    exact = fake_cupy.asnumpy(fake_cupy.matmul(a, b))
+    np.testing.assert_array_equal(exact, np.asarray(a) @ np.asarray(b))
+    assert not np.array_equal(fast, exact)
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=300 * 2.0**-10 * 4)
+    with pytest.raises(ValueError, match="Unknown compute type"):
+        core.set_compute_type(np.float32, 99)

@@ -409,6 +409,11 @@ def _cublas_device(device_id: int) -> _CublasDevice:
     return state
 
 
+def _prepare_capture(device_id: int) -> None:
+    """Everything cuBLAS must have before a capture on `device_id`: handle, library, workspace (see above)."""
+    _cublas_device(device_id)
+
+
 class capturing:  # noqa: N801 - used as a context manager, like a function
     """While active on this thread, the dense ops' matmuls go straight to cuBLAS (see above).
 
@@ -417,8 +422,7 @@ class capturing:  # noqa: N801 - used as a context manager, like a function
 
     def __enter__(self) -> capturing:
         self._previous = getattr(_capture, "active", False)
-        cp = cupy_module()
-        _cublas_device(int(cp.cuda.Device().id))
+        _prepare_capture(int(cupy_module().cuda.Device().id))
         _capture.active = True
         return self
 
