@@ -1074,3 +1074,27 @@ def test_nnxp_kernels_must_be_fused_or_reference(fake_cupy, monkeypatch):
     with pytest.raises(NnxpError, match=r"`NNXP_KERNELS` must be one of \('fused', 'reference'\)\. "
                                         r"Received: NNXP_KERNELS='fast'"):
         _fit_weights(_fallback_model("cuda"))
+
+
+def test_dropout_replayed_in_a_cuda_graph_matches_eager_steps(fake_cupy, monkeypatch):
+    # the stand-in records captured work and runs it only at replay: a mask drawn on the host at capture time
+    # would repeat every step; the device (seed, step) state draws a new one per replay, as the eager steps do
+    import _stand_in_cupy
+
+    from nnxp import Dense, Dropout, Sequential
+
+    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)
+    x, y = _fallback_data()
+    runs = []
+    for graph in (False, True):
+        model = Sequential([Dense(16, "relu", input_dim=6), Dropout(0.3), Dense(3, "softmax")], device="cuda",
+                           seed=4)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, cuda_graph=graph)
+        runs.append((history.history["loss"], model.get_weights()))
+        if graph:
+            assert model._fit_state["graph"].replays >= 2 * (96 // 16) - 2
+    np.testing.assert_array_equal(runs[1][0], runs[0][0])
+    for a, b in zip(runs[1][1], runs[0][1], strict=True):
+        np.testing.assert_array_equal(a, b)
