@@ -154,6 +154,76 @@ def tf32_active() -> bool:
     return _cupy._core.get_compute_type(np.float32) == _cupy._core._routines_linalg.COMPUTE_TYPE_TF32
 
 
+def cuda_environment(index: int = 0) -> list[tuple[str, bool, str]]:
+    """(what, found, detail) for each piece a CUDA run needs, probed without raising (``nnxp selftest``).
+
+    Driver and runtime versions, the GPU, and whether NVRTC, cuBLAS and the CUDA headers were found: CuPy
+    imports without any of the last three and fails only at first use ("Failed to find CUDA headers"), so each
+    is exercised here: NVRTC's version, a cuBLAS handle's version, and one of CuPy's own elementwise kernels
+    (which NVRTC compiles against the runtime headers).
+    """
+    if _cupy is None:
+        why = f"importing it failed: {_CUPY_IMPORT_ERROR}" if _CUPY_IMPORT_ERROR else "not installed"
+        return [("CuPy", False, f"{why}; {_INSTALL_HINT}")]
+    found: list[tuple[str, bool, str]] = [("CuPy", True, str(getattr(_cupy, "__version__", "?")))]
+    runtime = _cupy.cuda.runtime
+
+    def probe(what: str, fn: Any) -> bool:
+        try:
+            found.append((what, True, str(fn())))
+            return True
+        except Exception as exc:  # each probe reports its own failure; none stops the others
+            found.append((what, False, f"{type(exc).__name__}: {exc}".strip()))
+            return False
+
+    def version(v: int) -> str:  # CUDA encodes 12.4 as 12040
+        return f"{v // 1000}.{v % 1000 // 10}"
+
+    def driver() -> str:
+        v = int(runtime.driverGetVersion())
+        if v <= 0:  # cudaDriverGetVersion reports 0 when no driver is installed
+            raise RuntimeError("no NVIDIA driver found")
+        return version(v)
+
+    probe("CUDA driver", driver)
+    probe("CUDA runtime", lambda: version(int(runtime.runtimeGetVersion())))
+    count = cuda_device_count()
+    if index >= max(count, 1) or count == 0:
+        found.append(("GPU", False, f"no GPU cuda:{index} (CuPy sees {count})"))
+        return found
+
+    def gpu() -> str:
+        props = runtime.getDeviceProperties(index)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return (f"cuda:{index} {name}, compute capability {props['major']}.{props['minor']}, "
+                f"{props['totalGlobalMem'] / 2**30:.1f} GiB")
+
+    probe("GPU", gpu)
+
+    def nvrtc() -> str:
+        major, minor = _cupy.cuda.nvrtc.getVersion()
+        return f"NVRTC {major}.{minor}"
+
+    probe("NVRTC", nvrtc)
+
+    def cublas() -> str:
+        with _cupy.cuda.Device(index):
+            v = int(_cupy.cuda.cublas.getVersion(_cupy.cuda.device.get_cublas_handle()))
+        return f"cuBLAS {v // 10000}.{v % 10000 // 100}.{v % 100}"
+
+    probe("cuBLAS", cublas)
+
+    def headers() -> str:
+        with _cupy.cuda.Device(index):
+            total = float((_cupy.arange(4, dtype=np.float32) * 2).sum())
+        if total != 12.0:
+            raise RuntimeError(f"CuPy's elementwise kernel computed {total}, not 12")
+        return "CuPy's own elementwise kernels compile and run"
+
+    probe("CUDA headers", headers)
+    return found
+
+
 def _require_cuda(index: int) -> None:
     if _cupy is None:
         extra = f" (importing it failed: {_CUPY_IMPORT_ERROR})" if _CUPY_IMPORT_ERROR else ""

@@ -1,4 +1,4 @@
-"""The ``nnxp`` command: train, evaluate, predict, info and bench.
+"""The ``nnxp`` command: train, evaluate, predict, info, selftest and bench.
 
 The logic lives in importable functions (``load_task``, ``build_model``,
 ``train``); ``main`` only parses arguments and maps errors to exit codes:
@@ -280,6 +280,10 @@ def make_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="versions, BLAS, CuPy, CUDA and GPUs")
     i.add_argument("--json", action="store_true")
 
+    s = sub.add_parser("selftest", help="check nnxp on this machine: environment, kernels, ops, training parity")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--json", action="store_true")
+
     b = sub.add_parser("bench", help="benchmark report (run from the repository)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
@@ -309,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             _print_info(args.json)
         elif args.command == "bench":
             return bench(args)
+        elif args.command == "selftest":
+            from . import selftest
+
+            return selftest.main(args.device, args.json)
     except _RUNTIME_ERRORS as exc:
         print(f"nnxp: error: {exc}", file=sys.stderr)
         return 1
