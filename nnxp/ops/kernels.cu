@@ -8,11 +8,22 @@
 //
 // Numerics mirror the NumPy references in nnxp/ops/{dense,activation,loss,optim}.py operation by operation
 // (same order, same constants, NaN-propagating max/min like np.maximum/np.minimum). The loader compiles with
-// --fmad=false so no multiply-add is contracted: each step rounds exactly as the reference's ufunc does.
+// --fmad=false so no multiply-add is contracted. What that buys, and what it does not:
+// - CuPy's RawModule always adds -ftz=true (cupy/cuda/compiler.py _compile_with_cache_cuda), so in float32
+//   a subnormal input is read as +-0 and a subnormal result is flushed to +-0, where NumPy keeps both. CuPy
+//   compiles its own ufuncs with the same flag, so on a GPU the fused kernel and the CuPy reference flush
+//   alike; against NumPy on the host, float32 agrees only while every intermediate is 0 or normal.
+// - +, -, *, / and sqrt round to nearest as IEEE requires (-prec-div and -prec-sqrt stay on; -ftz does not
+//   change them), so with normal values each such step rounds exactly as the reference's ufunc does. float64
+//   is not affected by -ftz at all.
+// - exp, log, log1p, expm1 and tanh are CUDA's (documented as within 1-2 ulp), not the host libm's or CuPy's
+//   exact choice of intrinsic, so any step that calls one may differ from the reference in its last bits.
+// So the kernels match their references to a few ulps per step, not bit for bit; the tests compare with
+// tolerances (tests/test_ops_cuda.py) and `nnxp selftest` measures the error on the user's own GPU.
 //
 // Reductions are deterministic (no floating-point atomics): the bias gradient is a two-stage column sum and
 // the losses finish in the last block to retire (a ticket counter orders blocks, not sums). A launch with the
-// same grid gives bitwise the same result every time.
+// same grid on the same GPU gives bitwise the same result every time (run to run, not GPU to host).
 
 #ifdef NNXP_HOST_HARNESS
 #include <math.h>
@@ -270,7 +281,9 @@ NX_HD unsigned long long nx_hash(unsigned long long seed, unsigned long long off
     return z ^ (z >> 31);
 }
 
-// u in [0, 1) from the top 24 (float) or 53 (double) bits: exact, so the host reference matches bit for bit
+// u in [0, 1) from the top 24 (float) or 53 (double) bits: exact (the smallest non-zero u, 2^-24, is a normal
+// float, so -ftz=true never touches it), so the MASK matches the host reference bit for bit; x * mask can still
+// differ from NumPy's where it is a float32 subnormal, which the GPU flushes to 0
 NX_HD float nx_uniform(unsigned long long h, float) { return (float)(h >> 40) * 5.9604644775390625e-08f; }
 NX_HD double nx_uniform(unsigned long long h, double) { return (double)(h >> 11) * 1.1102230246251565e-16; }
 
