@@ -25,7 +25,11 @@ except Exception as exc:  # pragma: no cover - a broken CUDA install
     _cupy = None
     _CUPY_IMPORT_ERROR = exc
 
-_INSTALL_HINT = 'install CuPy with `pip install "nnxp[cuda12]"` (CUDA 12) or `pip install "nnxp[cuda13]"` (CUDA 13)'
+# The extras pull CuPy with its `ctk` extra (NVRTC, cuBLAS, the runtime headers as NVIDIA wheels); a bare
+# `pip install cupy-cuda12x` has none of them and fails at the first kernel compile.
+_INSTALL_HINT = ('install CuPy with the CUDA libraries it needs: `pip install "nnxp[cuda12]"` for a CUDA 12 '
+                 'driver or `pip install "nnxp[cuda13]"` for CUDA 13 (`nvidia-smi` shows which), then run '
+                 '`nnxp selftest --device cuda`')
 _SPEC_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 

@@ -1098,3 +1098,34 @@ def test_dropout_replayed_in_a_cuda_graph_matches_eager_steps(fake_cupy, monkeyp
     np.testing.assert_array_equal(runs[1][0], runs[0][0])
     for a, b in zip(runs[1][1], runs[0][1], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# --- real NVRTC, no GPU: what the CUDA Docker image runs at build time ----------------------------------------
+
+
+def _real_nvrtc():
+    cp = cupy_module()
+    if cp is None:
+        pytest.skip("CuPy is not installed")
+    try:
+        cp.cuda.nvrtc.getVersion()
+        from cuda import pathfinder
+
+        if pathfinder.find_nvidia_header_directory("cudart") is None:
+            pytest.skip("no CUDA runtime headers")
+    except Exception as exc:
+        pytest.skip(f"NVRTC not usable here: {exc}")
+
+
+def test_nvrtc_compiles_the_kernels_and_finds_the_headers_without_a_gpu():
+    _real_nvrtc()
+    summary = _cuda.nvrtc_check("compute_90")
+    assert f"compiled {2 * len(_cuda.KERNELS)} kernels" in summary and "compute_90" in summary
+
+
+def test_nvrtc_check_quotes_the_compiler_log(monkeypatch):
+    _real_nvrtc()
+    source = _cuda._source().replace("return nx_max(z, T(0));", "return nx_not_declared(z);", 1)
+    monkeypatch.setattr(_cuda, "_source", lambda: source)
+    with pytest.raises(RuntimeError, match=r"(?s)NVRTC failed on kernels\.cu.*nx_not_declared"):
+        _cuda.nvrtc_check()

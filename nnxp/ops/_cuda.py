@@ -212,6 +212,43 @@ def _build_failure(exc: BaseException, kernel: str, device_id: int) -> str:
             f"NVRTC said:\n{log}\nRun `nnxp selftest --device cuda` for a full report.")
 
 
+def nvrtc_check(arch: str = "compute_80") -> str:
+    """Compile kernels.cu (every kernel, float and double) and an include of the CUDA runtime headers with NVRTC.
+
+    Needs CuPy and NVRTC but no GPU (NVRTC compiles to PTX without a device), so a Docker build or a CI job can
+    prove that an install can compile nnxp's kernels and CuPy's own (which include <cuda_fp16.h>, found as
+    CuPy 14 finds it: cuda.pathfinder's header directory of the cudart wheel or toolkit). Returns a summary line;
+    raises RuntimeError with NVRTC's log on failure.
+    """
+    cp = cupy_module()
+    if cp is None:
+        raise RuntimeError("CuPy is not installed")
+    nvrtc = cp.cuda.nvrtc
+    from cuda import pathfinder
+
+    include = pathfinder.find_nvidia_header_directory("cudart")
+    if include is None:
+        raise RuntimeError('the CUDA runtime headers were not found; install nnxp with its CUDA extra '
+                           '(pip install "nnxp[cuda12]") or a CUDA toolkit')
+    # -ftz=true and --std=c++17 as CuPy's RawModule adds them (cupy/cuda/compiler.py)
+    options = [*NVRTC_OPTIONS, "-ftz=true", "--std=c++17", f"--gpu-architecture={arch}", f"-I{include}"]
+    prog = nvrtc.createProgram(_source() + "\n#include <cuda_fp16.h>\n", "kernels.cu", [], [])
+    try:
+        expressions = [f"{name}<{ctype}>" for ctype in _CTYPES.values() for name in KERNELS]
+        for expression in expressions:
+            nvrtc.addNameExpression(prog, expression)
+        try:
+            nvrtc.compileProgram(prog, options)
+        except nvrtc.NVRTCError as exc:
+            raise RuntimeError(f"NVRTC failed on kernels.cu: {exc}\n{nvrtc.getProgramLog(prog)}") from exc
+        ptx = nvrtc.getPTX(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    major, minor = nvrtc.getVersion()
+    return (f"NVRTC {major}.{minor} compiled {len(expressions)} kernels of kernels.cu for {arch} "
+            f"({len(ptx)} bytes of PTX) with the CUDA headers in {include}")
+
+
 _KERNELS = LazyKernels()
 
 
