@@ -229,7 +229,9 @@ class Dropout(Layer):
     def rng(self, generator: Any) -> None:
         self._rng = generator
         self._reseed = True
-        if self._state is not None:  # a captured graph reads this very buffer: reseed it in place, now
+        if isinstance(generator, np.random.Generator):  # the layer runs on the CPU now: its draws stay untouched
+            self._state = None
+        elif self._state is not None:  # a captured graph reads this very buffer: reseed it in place, now
             self._write_seed()
 
     def _write_seed(self) -> None:

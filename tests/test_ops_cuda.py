@@ -1129,3 +1129,14 @@ def test_nvrtc_check_quotes_the_compiler_log(monkeypatch):
     monkeypatch.setattr(_cuda, "_source", lambda: source)
     with pytest.raises(RuntimeError, match=r"(?s)NVRTC failed on kernels\.cu.*nx_not_declared"):
         _cuda.nvrtc_check()
+
+
+def test_dropout_back_on_the_cpu_draws_exactly_as_a_fresh_cpu_layer(fake_cupy):
+    from nnxp import Dropout
+
+    moved = _cuda_dropout(0.4, 1)
+    moved.forward(fake_cupy.asarray(np.ones((8, 5))), training=True)  # builds the device (seed, step) state
+    fresh = Dropout(0.4)
+    moved.rng, fresh.rng = np.random.default_rng(9), np.random.default_rng(9)  # the model moved to the CPU
+    x = np.ones((30, 7))
+    np.testing.assert_array_equal(moved.forward(x, training=True), fresh.forward(x, training=True))
