@@ -789,6 +789,10 @@ class RawKernel:
     def __init__(self, name: str, emulator: Emulator) -> None:
         self.name, self.emulator = name, emulator
 
+    @property
+    def kernel(self) -> Any:  # raw.pyx RawKernel.kernel: the loaded Function, whose `ptr` is the CUfunction
+        return SimpleNamespace(ptr=id(self))
+
     def __call__(self, grid: tuple, block: tuple, args: tuple, *, shared_mem: int = 0,
                  enable_cooperative_groups: bool = False) -> None:
         # raw.pyx RawKernel.__call__ -> cupy/cuda/function.pyx Function.__call__ -> _launch: array arguments pass
