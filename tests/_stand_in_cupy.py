@@ -13,6 +13,7 @@ in order and must still agree bit for bit; a write outside any buffer trips the 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from types import SimpleNamespace
 from typing import Any
@@ -29,15 +30,31 @@ _GUARD = 64  # bytes of 0xA5 before and after every stand-in allocation
 # --- devices ------------------------------------------------------------------------------------------------
 
 
+# cudaError_t values and the runtime's name and text for them (cudaGetErrorName / cudaGetErrorString)
+_ERRORS = {
+    101: "cudaErrorInvalidDevice: invalid device ordinal",
+    401: "cudaErrorIllegalState: the operation cannot be performed in the present state",
+    700: "cudaErrorIllegalAddress: an illegal memory access was encountered",
+    900: "cudaErrorStreamCaptureUnsupported: operation not permitted when stream is capturing",
+    901: "cudaErrorStreamCaptureInvalidated: operation failed due to a previous error during capture",
+}
+_ERROR_INVALID_DEVICE, _ILLEGAL_STATE, _ILLEGAL_ADDRESS = 101, 401, 700
+_CAPTURE_UNSUPPORTED, _CAPTURE_INVALIDATED = 900, 901
+
+
 class CUDARuntimeError(RuntimeError):
-    """cupy_backends/cuda/api/runtime.pyx CUDARuntimeError: `status` and the driver's message."""
+    """cupy_backends/cuda/api/runtime.pyx CUDARuntimeError(status): "name: text" of the status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int) -> None:
         self.status = status
-        super().__init__(message)
+        super().__init__(_ERRORS[status])
 
 
-_ERROR_INVALID_DEVICE = 101  # cudaErrorInvalidDevice
+def _cuda_error(status: int, context: str) -> CUDARuntimeError:
+    """The error CUDA would raise, with what the stand-in knows about the cause as a note."""
+    error = CUDARuntimeError(status)
+    error.__notes__ = [f"stand-in CuPy: {context}"]  # what add_note (3.11+) would do
+    return error
 
 
 class _Thread(threading.local):
@@ -64,7 +81,7 @@ def get_device_id() -> int:
 def _set_device(device_id: int) -> None:
     # cupy_backends/cuda/api/runtime.pyx setDevice: cudaSetDevice fails with cudaErrorInvalidDevice
     if not 0 <= device_id < DEVICE_COUNT:
-        raise CUDARuntimeError(_ERROR_INVALID_DEVICE, "cudaErrorInvalidDevice: invalid device ordinal")
+        raise _cuda_error(_ERROR_INVALID_DEVICE, f"device {device_id} of {DEVICE_COUNT}")
     _thread.device = device_id
 
 
@@ -140,9 +157,6 @@ def _check_peer_access(a: FakeArray, device_id: int) -> None:
 # cudaErrorStreamCaptureInvalidated. Not modelled: the order between streams (one host thread runs everything),
 # and ndarray methods that NumPy runs without a ufunc (dot, sort, ...), which run at once.
 
-_CAPTURE_UNSUPPORTED, _CAPTURE_INVALIDATED, _ILLEGAL_STATE = 900, 901, 401  # cudaError_t values
-
-
 class _Recording:
     """What a capturing stream has recorded so far."""
 
@@ -206,18 +220,15 @@ class Stream:
         if self.ptr in (0, 1):
             raise RuntimeError("cannot capture on the default (legacy) stream")
         if self._recording is not None:  # cudaStreamBeginCapture on a capturing stream
-            raise CUDARuntimeError(_ILLEGAL_STATE, "cudaErrorIllegalState: operation not permitted when stream "
-                                                   "is capturing")
+            raise _cuda_error(_ILLEGAL_STATE, "begin_capture on a capturing stream")
         self._recording = _Recording()
 
     def end_capture(self) -> Graph:
         recording, self._recording = self._recording, None
         if recording is None:
-            raise CUDARuntimeError(_ILLEGAL_STATE, "cudaErrorIllegalState: the stream is not capturing")
+            raise _cuda_error(_ILLEGAL_STATE, "end_capture on a stream that is not capturing")
         if recording.invalidated is not None:
-            raise CUDARuntimeError(_CAPTURE_INVALIDATED, "cudaErrorStreamCaptureInvalidated: operation failed "
-                                                         f"due to a previous error in the capture: "
-                                                         f"{recording.invalidated}")
+            raise _cuda_error(_CAPTURE_INVALIDATED, f"the capture failed at {recording.invalidated}")
         graph = Graph.__new__(Graph)
         graph._steps = recording.steps
         return graph
@@ -283,8 +294,7 @@ def _enqueue(step: Any, stream: Stream | None = None) -> None:
 
 def _fail_capture(recording: _Recording, what: str) -> None:
     recording.invalidated = what
-    raise CUDARuntimeError(_CAPTURE_UNSUPPORTED, f"cudaErrorStreamCaptureUnsupported: {what} is not permitted "
-                                                 "while the current stream is capturing")
+    raise _cuda_error(_CAPTURE_UNSUPPORTED, f"{what} while the current stream is capturing")
 
 
 def _refuse_in_capture(what: str) -> None:
@@ -302,13 +312,11 @@ def _poison(a: np.ndarray) -> None:
 
 
 class MemoryPointer:
-    """cupy/cuda/memory.pyx MemoryPointer: `ptr`, `device_id` and `size` of an allocation."""
+    """cupy/cuda/memory.pyx MemoryPointer: the `ptr` and `device_id` of an allocation (made only by the stand-in,
+    so its constructor is not CuPy's MemoryPointer(mem, offset))."""
 
     def __init__(self, ptr: int, size: int, device_id: int) -> None:
         self.ptr, self.device_id, self._size = ptr, device_id, size
-
-    def size(self) -> int:
-        return self._size
 
 
 class MemoryPool:
@@ -360,18 +368,15 @@ class PinnedMemoryPool:
         return 0
 
 
-class using_allocator:  # noqa: N801 - a context manager, as CuPy's function
+@contextlib.contextmanager
+def using_allocator(allocator: Any = None) -> Any:
     """cupy/cuda/__init__.py using_allocator: a thread-local allocator for this block (None: no pool)."""
-
-    def __init__(self, allocator: Any = None) -> None:
-        self.allocator = allocator
-
-    def __enter__(self) -> None:
-        self._previous = _thread.allocator
-        _thread.allocator = self.allocator
-
-    def __exit__(self, *exc: Any) -> None:
-        _thread.allocator = self._previous
+    previous = _thread.allocator
+    _thread.allocator = allocator
+    try:
+        yield
+    finally:
+        _thread.allocator = previous
 
 
 # --- matmul compute type ------------------------------------------------------------------------------------
@@ -708,8 +713,9 @@ class Generator:
     cuRAND state lives in device memory).
     """
 
-    def __init__(self, seed: Any) -> None:
-        self._rng = np.random.default_rng(seed)
+    def __init__(self, bit_generator: Any) -> None:
+        self.bit_generator = bit_generator
+        self._rng = bit_generator._rng
 
     def random(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> FakeArray:
         """_generator_api.pyx Generator.random: with `size` None it draws ONE value into a 0-d array and
@@ -729,6 +735,13 @@ class Generator:
             out[...] = y  # elementwise_copy broadcasts y (shape `size`, () when None) into out
             y = out
         return y.astype(dtype, copy=False)
+
+
+class _BitGenerator:
+    """cupy/random/_bit_generator.pyx XORWOW(seed) as default_rng makes it, here NumPy's PCG64."""
+
+    def __init__(self, seed: Any = None) -> None:
+        self._rng = np.random.default_rng(seed)
 
 
 def _check_output_array(dtype: np.dtype, size: Any, out: Any) -> None:
@@ -753,27 +766,32 @@ class RawModule:
     """cupy/_core/raw.pyx RawModule(code=..., options=..., name_expressions=...) over the emulator: only
     kernels.cu with nnxp's options, as nnxp builds it."""
 
-    emulator: Emulator
+    _emulator: Emulator
 
-    def __init__(self, code: str | None = None, path: str | None = None, options: tuple = (),
-                 backend: str = "nvrtc", translate_cucomplex: bool = False, *, enable_cooperative_groups=False,
-                 name_expressions: Any = None, jitify: bool = False) -> None:
+    def __init__(self, code: str | None = None, *, path: str | None = None, options: tuple = (),
+                 backend: str = "nvrtc", translate_cucomplex: bool = False, enable_cooperative_groups: bool = False,
+                 name_expressions: Any = None, jitify: Any = None) -> None:
         assert tuple(options) == _cuda.NVRTC_OPTIONS
         assert code == _cuda._source()
         self.expressions = set(name_expressions)
 
     def get_function(self, name: str) -> RawKernel:  # raw.pyx RawModule.get_function: a RawKernel
         assert name in self.expressions
-        return RawKernel(name, self.emulator)
+        return RawKernel(name, self._emulator)
 
 
 class RawKernel:
-    """cupy/_core/raw.pyx RawKernel called as kernel(grid, block, args): one launch on the current stream."""
+    """cupy/_core/raw.pyx RawKernel called as kernel(grid, block, args): one launch on the current stream (made
+    only by RawModule.get_function, so its constructor is not CuPy's RawKernel(code, name, ...))."""
 
     launches: dict[str, int] = {}
 
     def __init__(self, name: str, emulator: Emulator) -> None:
         self.name, self.emulator = name, emulator
+
+    @property
+    def kernel(self) -> Any:  # raw.pyx RawKernel.kernel: the loaded Function, whose `ptr` is the CUfunction
+        return SimpleNamespace(ptr=id(self))
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, *, shared_mem: int = 0,
                  enable_cooperative_groups: bool = False) -> None:
@@ -783,8 +801,8 @@ class RawKernel:
         dev = get_device_id()
         for i, a in enumerate(args):
             if isinstance(a, FakeArray) and a._device_id != dev:
-                raise CUDARuntimeError(700, f"cudaErrorIllegalAddress: {self.name} argument {i} lives on "
-                                            f"device {a._device_id}, launched on device {dev}")
+                raise _cuda_error(_ILLEGAL_ADDRESS, f"{self.name} argument {i} lives on device {a._device_id}, "
+                                                    f"launched on device {dev}")
         if len(block) == 1:
             assert block[0] % 32 == 0, f"{self.name}: block {block} is not whole warps"
         plain = tuple(_plain(a) for a in args)  # pointers; scalars are copied into the launch (or the graph)
@@ -836,11 +854,15 @@ def _numpy_function(fn: Any) -> Any:
     return call
 
 
+FROM_NUMPY: set[str] = set()  # the NumPy names reached through the stand-in (checked against cupy's)
+
+
 class _FakeCupy(SimpleNamespace):
     def __getattr__(self, name: str) -> Any:
         # everything not overridden (the references' ufuncs and functions) is NumPy's, returning device arrays;
         # ufuncs check devices in FakeArray.__array_ufunc__
         attr = getattr(np, name)
+        FROM_NUMPY.add(name)
         if callable(attr) and not isinstance(attr, (np.ufunc, type)):
             return _numpy_function(attr)
         return attr
@@ -855,18 +877,28 @@ def stand_in_cupy(emulator: Emulator) -> Any:
     _thread_shared.compute_types[:] = [0, 0, 0, 0]
     default_pool, pinned_pool = MemoryPool(), PinnedMemoryPool()
 
-    def creation(fn, zero_fill=False):
-        # cupy/_creation/basic.py empty / zeros / *_like: cupy.ndarray(...) on the current device; zeros adds a
-        # memset on the current stream (recorded while capturing, so the buffer is poison until a replay)
-        def make(*args: Any, **kwargs: Any) -> FakeArray:
-            a = guarded.alloc(fn(*_plain(args), **kwargs))
-            if _recording() is not None:
-                _poison(a.view(np.ndarray))
-                if zero_fill:
-                    a.fill(0)
-            return a
+    # cupy/_creation/basic.py empty / zeros / empty_like / zeros_like: cupy.ndarray(...) on the current device;
+    # zeros adds a memset on the current stream (recorded while capturing: the buffer is poison until a replay)
+    def _made(a: np.ndarray, zero_fill: bool) -> FakeArray:
+        out = guarded.alloc(a)
+        if _recording() is not None:
+            _poison(out.view(np.ndarray))
+            if zero_fill:
+                out.fill(0)
+        return out
 
-        return make
+    def empty(shape: Any, dtype: Any = float, order: str = "C") -> FakeArray:
+        return _made(np.empty(shape, dtype, order), False)
+
+    def zeros(shape: Any, dtype: Any = float, order: str = "C") -> FakeArray:
+        return _made(np.zeros(shape, dtype, order), True)
+
+    def empty_like(prototype: Any, dtype: Any = None, order: str = "K", subok: Any = None,
+                   shape: Any = None) -> FakeArray:
+        return _made(np.empty_like(_plain(prototype), dtype, order, shape=shape), False)
+
+    def zeros_like(a: Any, dtype: Any = None, order: str = "K", subok: Any = None, shape: Any = None) -> FakeArray:
+        return _made(np.zeros_like(_plain(a), dtype, order, shape=shape), True)
 
     def asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = False) -> FakeArray:
         # cupy/_creation/from_data.py asarray -> core.pyx array(copy=False) -> _array_from_cupy_ndarray: the same
@@ -877,13 +909,13 @@ def stand_in_cupy(emulator: Emulator) -> Any:
         _refuse_in_capture("a copy to the device (cupy.asarray)")
         return guarded.alloc(a, dtype=dtype)
 
-    def asnumpy(a: Any, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> Any:
+    def asnumpy(a: Any, stream: Any = None, order: str = "C", out: Any = None, *, blocking: bool = True) -> Any:
         # cupy/_core/core.pyx asnumpy: ndarray.get() for device arrays, numpy.asarray otherwise
         if isinstance(a, FakeArray):
             return a.get(order=order, out=out)
         return np.asarray(a, order=order)
 
-    def matmul(a, b, out=None, **kwargs):
+    def matmul(a: Any, b: Any, *, out: Any = None, **kwargs: Any) -> FakeArray:
         # cupy/_core/_routines_linalg.pyx matmul: cuBLAS in the current compute type (get_compute_type), on the
         # current device's arrays (checked as ufuncs are); refused while capturing by cupy_backends/cuda/libs/
         # cublas.pyx setStream ("calling cuBLAS API during stream capture is currently unsupported")
@@ -902,7 +934,7 @@ def stand_in_cupy(emulator: Emulator) -> Any:
         return out
 
     def default_rng(seed: Any = None) -> Generator:  # cupy/random/__init__.py default_rng -> Generator(XORWOW(seed))
-        return Generator(seed)
+        return Generator(_BitGenerator(seed))
 
     def get_device_count() -> int:  # cupy_backends/cuda/api/runtime.pyx getDeviceCount
         return DEVICE_COUNT
@@ -910,22 +942,21 @@ def stand_in_cupy(emulator: Emulator) -> Any:
     class _Module(RawModule):
         pass
 
-    _Module.emulator = emulator
+    _Module._emulator = emulator
     routines_linalg = SimpleNamespace(**COMPUTE_TYPES, get_compute_type=get_compute_type,
                                       set_compute_type=set_compute_type)
     return _FakeCupy(
         ndarray=FakeArray,
         float16=np.float16, float32=np.float32, float64=np.float64, int32=np.int32,
-        empty=creation(np.empty), zeros=creation(np.zeros, zero_fill=True), empty_like=creation(np.empty_like),
-        zeros_like=creation(np.zeros_like, zero_fill=True), asarray=asarray, asnumpy=asnumpy,
+        empty=empty, zeros=zeros, empty_like=empty_like, zeros_like=zeros_like, asarray=asarray, asnumpy=asnumpy,
         matmul=matmul,
         get_default_memory_pool=lambda: default_pool, get_default_pinned_memory_pool=lambda: pinned_pool,
         random=SimpleNamespace(default_rng=default_rng, Generator=Generator),
-        RawModule=_Module, RawKernel=RawKernel,
+        RawModule=_Module,
         _core=SimpleNamespace(get_compute_type=get_compute_type, set_compute_type=set_compute_type,
                               _routines_linalg=routines_linalg),
         cuda=SimpleNamespace(
-            Device=Device, Stream=Stream, Graph=Graph, MemoryPool=MemoryPool, MemoryPointer=MemoryPointer,
+            Device=Device, Stream=Stream, Graph=Graph, MemoryPool=MemoryPool,
             PinnedMemoryPool=PinnedMemoryPool, using_allocator=using_allocator,
             get_current_stream=get_current_stream, get_device_id=get_device_id,
             runtime=SimpleNamespace(getDeviceCount=get_device_count, getDevice=get_device_id,
@@ -933,7 +964,6 @@ def stand_in_cupy(emulator: Emulator) -> Any:
             device=SimpleNamespace(Device=Device, get_device_id=get_device_id),
             stream=SimpleNamespace(Stream=Stream, get_current_stream=get_current_stream),
             graph=SimpleNamespace(Graph=Graph),
-            memory=SimpleNamespace(MemoryPool=MemoryPool, MemoryPointer=MemoryPointer,
-                                   OutOfMemoryError=OutOfMemoryError),
+            memory=SimpleNamespace(MemoryPool=MemoryPool, OutOfMemoryError=OutOfMemoryError),
         ),
     )

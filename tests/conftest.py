@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import _cuda_emu
 import _stand_in_cupy
 import numpy as np
@@ -17,6 +19,15 @@ TOLERANCES = {np.dtype("float32"): (2e-5, 2e-6), np.dtype("float64"): (1e-12, 1e
 def tol(dtype) -> dict:
     rtol, atol = TOLERANCES[np.dtype(dtype)]
     return {"rtol": rtol, "atol": atol}
+
+
+def require_tool(found: bool, reason: str) -> None:
+    """Skip a test whose tool is missing, or fail it where CI promises the tool (NNXP_REQUIRE_CUDA_TOOLS=1)."""
+    if found:
+        return
+    if os.environ.get("NNXP_REQUIRE_CUDA_TOOLS") == "1":
+        pytest.fail(f"{reason}, but NNXP_REQUIRE_CUDA_TOOLS=1 says it must be here (pip install -e '.[dev]')")
+    pytest.skip(reason)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -147,6 +147,7 @@ class LazyKernels:
         self._seconds: dict[tuple[int, str], float] = {}
         self._failed: dict[tuple[int, str], str] = {}  # warned once; later requests take the reference at once
         self._sm_counts: dict[int, int] = {}
+        self._resident: dict[tuple, int] = {}
 
     def function(self, name: str, dtype: np.dtype, device_id: int) -> Any:
         """The RawKernel ``name<T>`` for `dtype` on device `device_id` (built on first request).
@@ -188,6 +189,23 @@ class LazyKernels:
             self._modules[key] = module
             self._functions[key] = functions
             return functions
+
+    def resident_blocks(self, name: str, dtype: np.dtype, device_id: int, block: int) -> int:
+        """Blocks of `block` threads of `name<T>` that one SM holds at once: CUDA's occupancy calculation for
+        the compiled kernel (its registers and shared memory, bench/results/kernel-resources.md), asked through
+        CuPy's driver binding; _BLOCKS_PER_SM where that query is unavailable (no driver API, a stand-in)."""
+        key = (name, dtype.char, device_id, block)
+        n = self._resident.get(key)
+        if n is None:
+            cp = cupy_module()
+            try:
+                with cp.cuda.Device(device_id):
+                    ptr = self.function(name, dtype, device_id).kernel.ptr
+                    n = int(cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(ptr, block, 0))
+            except Exception:  # only a launch shape: never worth failing a step for
+                n = _BLOCKS_PER_SM
+            n = self._resident[key] = max(1, n)
+        return n
 
     def sm_count(self, device_id: int) -> int:
         n = self._sm_counts.get(device_id)
@@ -515,6 +533,9 @@ def _matmul(a: Any, b: Any, out: Any = None) -> Any:
 
 def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> None:
     kernel = _KERNELS.function(name, dtype, device_id)
+    if len(grid) == 1:  # every 1-D kernel loops over its work: no more blocks than the SMs hold at once
+        grid = (max(1, min(grid[0], _KERNELS.resident_blocks(name, dtype, device_id, block[0])
+                           * _KERNELS.sm_count(device_id))),)
     with cupy_module().cuda.Device(device_id):
         kernel(grid, block, args)
 
