@@ -276,6 +276,9 @@ def test_is_out_of_memory_never_raises_on_the_stand_in(fake_cupy, monkeypatch):
     from types import SimpleNamespace
 
     assert not backend.is_out_of_memory(ValueError("not memory"))
+    import _stand_in_cupy
+
+    monkeypatch.setitem(_stand_in_cupy._ERRORS, 2, "cudaErrorMemoryAllocation: out of memory")
     runtime_error = fake_cupy.cuda.runtime.CUDARuntimeError
     assert backend.is_out_of_memory(runtime_error(2))  # cudaErrorMemoryAllocation
     assert not backend.is_out_of_memory(runtime_error(700))  # cudaErrorIllegalAddress
