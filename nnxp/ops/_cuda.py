@@ -454,13 +454,16 @@ def _check_cublas(cp: Any, status: int) -> None:
         raise RuntimeError(f"cuBLAS call failed with status {status}")
 
 
-_CUBLAS_DEVICES: dict[int, _CublasDevice] = {}
+# per (thread, device): CuPy keeps one cuBLAS handle per thread and device (cupy/cuda/device.pyx
+# get_cublas_handle), and the workspace belongs to the handle
+_CUBLAS_DEVICES: dict[tuple[int, int], _CublasDevice] = {}
 
 
 def _cublas_device(device_id: int) -> _CublasDevice:
-    state = _CUBLAS_DEVICES.get(device_id)
+    key = (threading.get_ident(), device_id)
+    state = _CUBLAS_DEVICES.get(key)
     if state is None:
-        state = _CUBLAS_DEVICES[device_id] = _CublasDevice(cupy_module(), device_id)
+        state = _CUBLAS_DEVICES[key] = _CublasDevice(cupy_module(), device_id)
     return state
 
 
@@ -502,7 +505,7 @@ def _gemm(a: Any, b: Any, out: Any) -> Any:
     op_a, op_b = _operand(a), _operand(b)
     if op_a is None or op_b is None or not out.flags.c_contiguous:
         raise RuntimeError("a captured matmul needs C- or F-contiguous operands and a C-contiguous output")
-    dev = _CUBLAS_DEVICES.get(int(out.device.id))
+    dev = _CUBLAS_DEVICES.get((threading.get_ident(), int(out.device.id)))
     if dev is None:
         raise RuntimeError("cuBLAS was not prepared for this device before the capture (enter capturing() first)")
     lib, handle = dev.lib, ctypes.c_void_p(dev.handle)
