@@ -404,6 +404,7 @@ def test_the_numpy_names_reached_through_the_stand_in_exist_in_cupy(fake_cupy, m
     from nnxp.ops import _cuda
 
     monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)  # cuBLAS handle + workspace (gpufix)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 6)).astype(np.float32)
     labels = (x[:, 0] > 0).astype(np.int64)
