@@ -356,16 +356,17 @@ def _cublas_candidates(cp: Any, handle: int) -> list[str]:
     the soname of the cuBLAS major that CuPy's own binding reports, which the dynamic linker matches against
     the copies already loaded.
     """
+    soname = cublas_soname(int(cp.cuda.cublas.getVersion(handle)))  # CuPy's own import loads cuBLAS first
     found = []
     try:
-        from cuda import pathfinder  # installed with CuPy 14 wheels
+        from cuda import pathfinder  # a dependency of CuPy 14
 
         path = pathfinder.load_nvidia_dynamic_lib("cublas").abs_path
         if path:
             found.append(path)
     except Exception:  # noqa: S110 - no pathfinder, or it did not load cuBLAS: try the soname
         pass
-    found.append(cublas_soname(int(cp.cuda.cublas.getVersion(handle))))
+    found.append(soname)
     return found
 
 
