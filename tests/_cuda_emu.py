@@ -3,7 +3,8 @@
 A launch takes what a CuPy RawKernel call takes (grid, block, a tuple of arrays and NumPy scalars) and checks
 every argument against the kernel's C parameter type as CuPy would pass it: an array's dtype must be the
 pointee type, a scalar must be exactly the NumPy type of the parameter (np.int32 for `int`, np.int64 for
-`long long`, ...), since a wrong width shifts every later parameter on a GPU.
+`long long`, ...), since a wrong width shifts every later parameter on a GPU. Blocks run interleaved (see
+cuda_emu/emu.h), and :meth:`Emulator.launch_concurrent` runs several launches at once, as on two streams.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ HERE = Path(__file__).parent / "cuda_emu"
 KERNELS_DIR = Path(_cuda.__file__).parent
 CXX = shutil.which("g++") or shutil.which("c++")
 # -ffp-contract=off: no fused multiply-add, as NVRTC's --fmad=false (NVRTC_OPTIONS)
-FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
+FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
 
 _SCALARS = {
     "float": np.float32,
@@ -61,6 +62,11 @@ class Emulator:
             ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
             ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_ulonglong,
         ]
+        self._lib.nx_emu_launch_many.restype = ctypes.c_char_p
+        self._lib.nx_emu_launch_many.argtypes = [
+            ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
+            ctypes.POINTER(ctypes.POINTER(ctypes.c_void_p)), ctypes.c_int, ctypes.c_ulonglong,
+        ]
         self.launches = 0
 
     def signature(self, expression: str) -> list[str]:
@@ -87,6 +93,24 @@ class Emulator:
 
     def launch(self, expression: str, grid: tuple, block: tuple, args: tuple, schedule: str = "forward",
                seed: int = 0) -> None:
+        self.launch_concurrent([(expression, grid, block, args)], schedule, seed)
+
+    def launch_concurrent(self, launches: list[tuple], schedule: str = "forward", seed: int = 0) -> None:
+        """Runs (expression, grid, block, args) launches at once, as on separate streams: their blocks share
+        the emulator's slots and interleave at barriers, atomics and fences."""
+        prepared = [self._prepare(*launch) for launch in launches]
+        n = len(prepared)
+        names = (ctypes.c_char_p * n)(*[p[0].encode() for p in prepared])
+        grids = (ctypes.c_uint * (3 * n))(*[d for p in prepared for d in p[1]])
+        blocks = (ctypes.c_uint * (3 * n))(*[d for p in prepared for d in p[2]])
+        args = (ctypes.POINTER(ctypes.c_void_p) * n)(*[p[3] for p in prepared])
+        error = self._lib.nx_emu_launch_many(n, names, grids, blocks, args, SCHEDULES[schedule], seed)
+        self.launches += n
+        if error:
+            where = "; ".join(f"{p[0]} grid {p[4]} block {p[5]}" for p in prepared)
+            raise EmulatorError(f"{where}: {error.decode()}")
+
+    def _prepare(self, expression: str, grid: tuple, block: tuple, args: tuple) -> tuple:
         params = self.signature(expression)
         if len(args) != len(params):
             raise EmulatorError(f"{expression}: {len(args)} arguments for {len(params)} parameters")
@@ -95,12 +119,10 @@ class Emulator:
                 raise EmulatorError(f"{expression}: invalid {what} {dims!r} (1-3 positive ints)")
         values = [self._value(expression, i, t, a) for i, (t, a) in enumerate(zip(params, args, strict=True))]
         pointers = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        g = (ctypes.c_uint * 3)(*(tuple(grid) + (1, 1))[:3])
-        b = (ctypes.c_uint * 3)(*(tuple(block) + (1, 1))[:3])
-        error = self._lib.nx_emu_launch(expression.encode(), g, b, pointers, SCHEDULES[schedule], seed)
-        self.launches += 1
-        if error:
-            raise EmulatorError(f"{expression} grid {grid} block {block}: {error.decode()}")
+        g = (tuple(grid) + (1, 1))[:3]
+        b = (tuple(block) + (1, 1))[:3]
+        # the arrays and values stay referenced by the returned tuple for the length of the launch
+        return expression, g, b, ctypes.cast(pointers, ctypes.POINTER(ctypes.c_void_p)), grid, block, pointers, values
 
 
 def build(cache_dir: Path, source: Path = KERNELS_DIR / "kernels.cu",
