@@ -1140,3 +1140,36 @@ def test_dropout_back_on_the_cpu_draws_exactly_as_a_fresh_cpu_layer(fake_cupy):
     moved.rng, fresh.rng = np.random.default_rng(9), np.random.default_rng(9)  # the model moved to the CPU
     x = np.ones((30, 7))
     np.testing.assert_array_equal(moved.forward(x, training=True), fresh.forward(x, training=True))
+
+
+def test_two_loss_launches_in_flight_each_finish_their_own_mean(fake_cupy, emulator, monkeypatch):
+    # finding 4 on nnxp's own kernel: two nnxp_softmax_xent launches made by the wrapper run concurrently on the
+    # emulator (as on two streams, blocks interleaving at atomics and fences). Each has its own zeroed counter,
+    # so both means come out right under every schedule; the same two launches on one shared counter do not.
+    rng = np.random.default_rng(6)
+    inputs = [(rng.normal(size=(64, 10)), np.eye(10)[rng.integers(0, 10, size=64)]) for _ in range(2)]
+    want = [L.softmax_cross_entropy_ref(z, t)[0] for z, t in inputs]
+    recorded = []
+
+    def record(name, dtype, dev, grid, block, args):  # the launch as the wrapper made it, run later
+        recorded.append((f"{name}<{_cuda._CTYPES[dtype]}>", tuple(grid), tuple(block),
+                         tuple(a.view(np.ndarray) if isinstance(a, np.ndarray) else a for a in args)))
+
+    monkeypatch.setattr(_cuda, "_launch", record)
+    schedules = [("forward", 0), ("reverse", 0)] + [("shuffled", s) for s in range(4)]
+    mixed = 0
+    for shared in (False, True):
+        for schedule, seed in schedules:
+            recorded.clear()
+            losses = [_cuda.softmax_cross_entropy(fake_cupy.asarray(z), fake_cupy.asarray(t))[0] for z, t in inputs]
+            assert recorded[0][1][0] > 1 and recorded[0][3][4] is not recorded[1][3][4]
+            if shared:  # what one counter per device did
+                second = recorded[1]
+                recorded[1] = (*second[:3], (*second[3][:4], recorded[0][3][4], *second[3][5:]))
+            emulator.launch_concurrent(recorded, schedule=schedule, seed=seed)
+            got = [float(to_numpy(loss)) for loss in losses]
+            if shared:
+                mixed += not np.allclose(got, want, rtol=1e-12)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=f"{schedule} {seed}")
+    assert mixed == len(schedules)  # the shared counter goes wrong every time: the test can tell them apart
