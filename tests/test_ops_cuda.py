@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import tol
+from conftest import require_tool, tol
 
 from nnxp.backend import cupy_module, to_numpy
 from nnxp.ops import _cuda
@@ -891,8 +891,7 @@ def fake_cublas(tmp_path, fake_cupy, monkeypatch):
     from types import SimpleNamespace
 
     cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler")
+    require_tool(cc is not None, "no C compiler")
     src, lib_path = tmp_path / "fake_cublas.c", tmp_path / "libcublas.so.12"
     src.write_text(_FAKE_CUBLAS)
     subprocess.run([cc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib_path)], check=True)
@@ -910,7 +909,7 @@ def fake_cublas(tmp_path, fake_cupy, monkeypatch):
             self._buf = np.empty(size, dtype=np.uint8)
             self.ptr, self.size = self._buf.ctypes.data, size
 
-    import cuda.pathfinder
+    cuda = _pathfinder_or_skip()
 
     monkeypatch.setattr(cuda.pathfinder, "load_nvidia_dynamic_lib",
                         lambda name: SimpleNamespace(abs_path=str(lib_path)) if name == "cublas" else None)
@@ -923,6 +922,14 @@ def fake_cublas(tmp_path, fake_cupy, monkeypatch):
     return lib
 
 
+def _pathfinder_or_skip():
+    try:
+        import cuda.pathfinder  # comes with CuPy 14
+    except ImportError:
+        require_tool(False, "cuda-pathfinder is not installed")
+    return cuda
+
+
 def test_cublas_soname_follows_the_major_version():
     assert _cuda.cublas_soname(120905) == "libcublas.so.12"
     assert _cuda.cublas_soname(130100) == "libcublas.so.13"
@@ -933,7 +940,7 @@ def test_cublas_soname_follows_the_major_version():
 def test_cublas_lookup_names_what_it_tried_when_cupy_loaded_no_cublas(fake_cupy, monkeypatch):
     from types import SimpleNamespace
 
-    import cuda.pathfinder
+    cuda = _pathfinder_or_skip()
 
     def not_found(name):
         raise cuda.pathfinder.DynamicLibNotFoundError(f"no {name}")
@@ -1105,16 +1112,15 @@ def test_dropout_replayed_in_a_cuda_graph_matches_eager_steps(fake_cupy, monkeyp
 
 def _real_nvrtc():
     cp = cupy_module()
-    if cp is None:
-        pytest.skip("CuPy is not installed")
+    require_tool(cp is not None, "CuPy is not installed")
     try:
         cp.cuda.nvrtc.getVersion()
         from cuda import pathfinder
 
-        if pathfinder.find_nvidia_header_directory("cudart") is None:
-            pytest.skip("no CUDA runtime headers")
+        found, why = pathfinder.find_nvidia_header_directory("cudart") is not None, "no CUDA runtime headers"
     except Exception as exc:
-        pytest.skip(f"NVRTC not usable here: {exc}")
+        found, why = False, f"NVRTC not usable here: {exc}"
+    require_tool(found, why)
 
 
 def test_nvrtc_compiles_the_kernels_and_finds_the_headers_without_a_gpu():
