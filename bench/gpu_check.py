@@ -2,11 +2,12 @@
 
     python bench/gpu_check.py [--out DIR] [--quick]      (or: bash bench/gpu_check.sh)
 
-Runs, in this order, each as its own pytest process so one failure does not hide the rest:
+Runs, in this order, each as its own process so one failure does not hide the rest:
+  0. ``nnxp selftest --device cuda --json`` (environment, kernels, fused ops, training and replay parity); the
+     kernels' first-call compile times come from this child, the process that compiled them;
   1. the GPU-marked tests (fused-kernel parity against the NumPy references, model-level CPU/CUDA
      parity, out-of-memory handling, device moves);
-  2. the GPU benchmark cases of bench/ (nnxp vs PyTorch eager and CUDA graphs), plus the kernel
-     compile times;
+  2. the GPU benchmark cases of bench/ (nnxp vs PyTorch eager and CUDA graphs);
   3. bench.report over those results.
 Writes DIR/report.json and DIR/REPORT.md with the GPU name, driver, CUDA, CuPy, date, test counts
 and the benchmark table. Exits 0 only when a GPU was found and every step passed.
@@ -38,6 +39,26 @@ def _run(cmd: list[str], log: Path) -> dict:
             "log": log.name}
 
 
+def run_selftest(out: Path) -> tuple[dict, dict]:
+    """`nnxp selftest --device cuda --json` in a child process: (step record, compile seconds it measured)."""
+    cmd = [sys.executable, "-m", "nnxp", "selftest", "--device", "cuda", "--json"]
+    print("+", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    (out / "selftest.json").write_text(proc.stdout)
+    (out / "selftest.log").write_text(proc.stderr)
+    try:
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        data = {"checks": [], "compile_seconds": {}}
+    failed = [f"{c['section']}: {c['name']}" for c in data["checks"] if c["status"] == "FAIL"]
+    summary = (f"{len(failed)} of {len(data['checks'])} checks failed: {', '.join(failed)}" if failed
+               else f"{len(data['checks'])} checks, none failed") if data["checks"] else "no output (see selftest.log)"
+    print(summary, flush=True)
+    step = {"command": " ".join(cmd), "returncode": proc.returncode, "summary": summary,
+            "counts": {"failed": len(failed)}, "log": "selftest.json"}
+    return step, data.get("compile_seconds", {})
+
+
 def environment() -> dict:
     from nnxp.cli import info
 
@@ -66,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report["error"], file=sys.stderr)
     else:
         py = sys.executable
+        report["steps"]["selftest"], report["kernel_compile_seconds"] = run_selftest(out)
         report["steps"]["gpu_tests"] = _run(
             [py, "-m", "pytest", "tests", "-m", "gpu", "-q", "-p", "no:cacheprovider",
              "--continue-on-collection-errors",  # the device image may lack hypothesis or onnx
@@ -75,9 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             bench_cmd.append("--quick")
         report["steps"]["gpu_bench"] = _run(bench_cmd, out / "gpu-bench.log")
-        from nnxp.ops import _cuda
-
-        report["kernel_compile_seconds"] = _cuda.compile_seconds()
         if (out / "gpu-bench.json").exists():
             cpu_runs = sorted((ROOT / "bench" / "results").glob("cpu-*.json"))
             files = [str(out / "gpu-bench.json")] + [str(p) for p in cpu_runs[-1:]]

@@ -12,8 +12,9 @@ What a replay needs, and how it gets it:
   in: the optimizer kernel reads them from a small device buffer that the host rewrites before each replay.
 - No host synchronisation inside the step: the loss and metric sums stay on the device, and matmuls go to
   cuBLAS directly (CuPy refuses cuBLAS calls while capturing).
-Replayed steps run the same kernels in the same order as eager ones; only the matmul's cuBLAS entry point
-differs (cublas<S|D>gemm instead of CuPy's GemmEx), which may change the last bits.
+Replayed steps run the same kernels in the same order as eager ones, and the matmuls call the same cublasGemmEx
+with the compute type and algorithm CuPy's eager matmul picks (nnxp/ops/_cuda.py), on a workspace set before
+the capture.
 """
 
 from __future__ import annotations

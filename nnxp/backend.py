@@ -25,7 +25,11 @@ except Exception as exc:  # pragma: no cover - a broken CUDA install
     _cupy = None
     _CUPY_IMPORT_ERROR = exc
 
-_INSTALL_HINT = 'install CuPy with `pip install "nnxp[cuda12]"` (CUDA 12) or `pip install "nnxp[cuda13]"` (CUDA 13)'
+# The extras pull CuPy with its `ctk` extra (NVRTC, cuBLAS, the runtime headers as NVIDIA wheels); a bare
+# `pip install cupy-cuda12x` has none of them and fails at the first kernel compile.
+_INSTALL_HINT = ('install CuPy with the CUDA libraries it needs: `pip install "nnxp[cuda12]"` for a CUDA 12 '
+                 'driver or `pip install "nnxp[cuda13]"` for CUDA 13 (`nvidia-smi` shows which), then run '
+                 '`nnxp selftest --device cuda`')
 _SPEC_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 
@@ -84,18 +88,20 @@ class Device:
     def __hash__(self) -> int:
         return hash(self.name)
 
-    def use(self, tf32: bool = False) -> Any:
+    def use(self, tf32: bool | None = None) -> Any:
         """Context manager that makes this device current (no-op on the CPU).
 
-        With `tf32`, CuPy's float32 matmuls use TF32 tensor cores inside it (10-bit mantissa products, float32
-        accumulation). CuPy keeps one process-wide compute type per dtype (read from CUPY_TF32 once), so it is
-        switched on entry and restored on exit rather than set globally.
+        `tf32` sets how CuPy's float32 matmuls run inside it: True for TF32 tensor cores (10-bit mantissa
+        products, float32 accumulation), False for full float32 (precision="highest", whatever CUPY_TF32 says),
+        None to leave CuPy's setting alone. CuPy keeps one process-wide compute type per dtype, read from
+        CUPY_TF32 once (cupy/_core/_routines_linalg.pyx get_compute_type), so it is set on entry and restored
+        on exit rather than set globally.
         """
         if self.kind == "cpu":
             return contextlib.nullcontext()
-        if not tf32:
+        if tf32 is None:
             return _cupy.cuda.Device(self.index)
-        return _tf32_matmuls(self.index)
+        return _float32_matmuls(self.index, tf32)
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         """`x` as an array on this device (copies only when it must)."""
@@ -131,10 +137,14 @@ class Device:
 
 
 @contextlib.contextmanager
-def _tf32_matmuls(index: int) -> Any:
+def _float32_matmuls(index: int, tf32: bool) -> Any:
+    # COMPUTE_TYPE_TF32 makes tensordot_core_v11 call cublasGemmEx with CUBLAS_COMPUTE_32F_FAST_TF32,
+    # COMPUTE_TYPE_DEFAULT with CUBLAS_COMPUTE_32F (cupy/_core/_routines_linalg.pyx).
+    linalg = _cupy._core._routines_linalg
+    wanted = linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT
     with _cupy.cuda.Device(index):
         before = _cupy._core.get_compute_type(np.float32)
-        _cupy._core.set_compute_type(np.float32, _cupy._core._routines_linalg.COMPUTE_TYPE_TF32)
+        _cupy._core.set_compute_type(np.float32, wanted)
         try:
             yield
         finally:
@@ -146,6 +156,76 @@ def tf32_active() -> bool:
     if _cupy is None:
         return False
     return _cupy._core.get_compute_type(np.float32) == _cupy._core._routines_linalg.COMPUTE_TYPE_TF32
+
+
+def cuda_environment(index: int = 0) -> list[tuple[str, bool, str]]:
+    """(what, found, detail) for each piece a CUDA run needs, probed without raising (``nnxp selftest``).
+
+    Driver and runtime versions, the GPU, and whether NVRTC, cuBLAS and the CUDA headers were found: CuPy
+    imports without any of the last three and fails only at first use ("Failed to find CUDA headers"), so each
+    is exercised here: NVRTC's version, a cuBLAS handle's version, and one of CuPy's own elementwise kernels
+    (which NVRTC compiles against the runtime headers).
+    """
+    if _cupy is None:
+        why = f"importing it failed: {_CUPY_IMPORT_ERROR}" if _CUPY_IMPORT_ERROR else "not installed"
+        return [("CuPy", False, f"{why}; {_INSTALL_HINT}")]
+    found: list[tuple[str, bool, str]] = [("CuPy", True, str(getattr(_cupy, "__version__", "?")))]
+    runtime = _cupy.cuda.runtime
+
+    def probe(what: str, fn: Any) -> bool:
+        try:
+            found.append((what, True, str(fn())))
+            return True
+        except Exception as exc:  # each probe reports its own failure; none stops the others
+            found.append((what, False, f"{type(exc).__name__}: {exc}".strip()))
+            return False
+
+    def version(v: int) -> str:  # CUDA encodes 12.4 as 12040
+        return f"{v // 1000}.{v % 1000 // 10}"
+
+    def driver() -> str:
+        v = int(runtime.driverGetVersion())
+        if v <= 0:  # cudaDriverGetVersion reports 0 when no driver is installed
+            raise RuntimeError("no NVIDIA driver found")
+        return version(v)
+
+    probe("CUDA driver", driver)
+    probe("CUDA runtime", lambda: version(int(runtime.runtimeGetVersion())))
+    count = cuda_device_count()
+    if index >= max(count, 1) or count == 0:
+        found.append(("GPU", False, f"no GPU cuda:{index} (CuPy sees {count})"))
+        return found
+
+    def gpu() -> str:
+        props = runtime.getDeviceProperties(index)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return (f"cuda:{index} {name}, compute capability {props['major']}.{props['minor']}, "
+                f"{props['totalGlobalMem'] / 2**30:.1f} GiB")
+
+    probe("GPU", gpu)
+
+    def nvrtc() -> str:
+        major, minor = _cupy.cuda.nvrtc.getVersion()
+        return f"NVRTC {major}.{minor}"
+
+    probe("NVRTC", nvrtc)
+
+    def cublas() -> str:
+        with _cupy.cuda.Device(index):
+            v = int(_cupy.cuda.cublas.getVersion(_cupy.cuda.device.get_cublas_handle()))
+        return f"cuBLAS {v // 10000}.{v % 10000 // 100}.{v % 100}"
+
+    probe("cuBLAS", cublas)
+
+    def headers() -> str:
+        with _cupy.cuda.Device(index):
+            total = float((_cupy.arange(4, dtype=np.float32) * 2).sum())
+        if total != 12.0:
+            raise RuntimeError(f"CuPy's elementwise kernel computed {total}, not 12")
+        return "CuPy's own elementwise kernels compile and run"
+
+    probe("CUDA headers", headers)
+    return found
 
 
 def _require_cuda(index: int) -> None:
@@ -230,9 +310,38 @@ def sum_of_squares(x: Any) -> Any:
     return np.asarray(np.dot(flat, flat))
 
 
+# cuBLAS and CUDA runtime status codes that mean "out of device memory": CUBLAS_STATUS_ALLOC_FAILED
+# (cupy_backends/cuda/libs/cublas.pyx STATUS) and cudaErrorMemoryAllocation (CUDARuntimeError.status).
+_CUBLAS_STATUS_ALLOC_FAILED = 3
+_CUDA_ERROR_MEMORY_ALLOCATION = 2
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True when `exc` is CuPy's GPU out-of-memory error."""
-    return _cupy is not None and isinstance(exc, _cupy.cuda.memory.OutOfMemoryError)
+    """True when `exc` says the GPU ran out of memory: CuPy's pool, a cuBLAS workspace, or a runtime call.
+
+    Never raises itself (a stand-in or a partial CuPy lacking one of the error classes is simply not matched),
+    so it cannot mask the error being classified.
+    """
+    if _cupy is None:
+        return False
+    cuda = getattr(_cupy, "cuda", None)
+    checks = (
+        (getattr(getattr(cuda, "memory", None), "OutOfMemoryError", None), None),
+        (_error_class(cuda, "cublas", "CUBLASError"), _CUBLAS_STATUS_ALLOC_FAILED),
+        (_error_class(cuda, "runtime", "CUDARuntimeError"), _CUDA_ERROR_MEMORY_ALLOCATION),
+    )
+    for cls, status in checks:
+        if isinstance(cls, type) and isinstance(exc, cls):
+            if status is None or getattr(exc, "status", None) == status:
+                return True
+    return False
+
+
+def _error_class(cuda: Any, module: str, name: str) -> Any:
+    try:  # cupy.cuda.cublas is imported lazily by CuPy's module __getattr__ (cupy/cuda/__init__.py)
+        return getattr(getattr(cuda, module), name)
+    except Exception:
+        return None
 
 
 def to_device(x: Any, device: str | Device | None, dtype: Any = None) -> Any:

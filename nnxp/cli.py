@@ -1,4 +1,4 @@
-"""The ``nnxp`` command: train, evaluate, predict, info and bench.
+"""The ``nnxp`` command: train, evaluate, predict, info, selftest and bench.
 
 The logic lives in importable functions (``load_task``, ``build_model``,
 ``train``); ``main`` only parses arguments and maps errors to exit codes, and
@@ -518,6 +518,11 @@ def make_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="versions, BLAS, CuPy, CUDA and GPUs", **kw)
     i.add_argument("--json", action="store_true", help="print one JSON object")
 
+    s = sub.add_parser("selftest", help="check nnxp on this machine: environment, kernels, ops, training parity",
+                       **kw)
+    s.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
     b = sub.add_parser("bench", help="benchmark report (run from the repository)", **kw)
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the report (nnxp bench --help)")
     return parser
@@ -571,6 +576,10 @@ def _main(argv: list[str] | None) -> int:
             _print_info(args.json)
         elif args.command == "bench":
             return bench(args)
+        elif args.command == "selftest":
+            from . import selftest
+
+            return selftest.main(args.device, args.json)
     except _RUNTIME_ERRORS as exc:
         return _error(str(exc), 1)
     except NnxpError as exc:

@@ -610,7 +610,8 @@ def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:
             if slot in _NON_NEGATIVE_SLOTS and (host < 0).any():
                 raise ModelFileError(f"optimizer state {slot!r} (array {key!r}) must be >= 0 (it accumulates "
                                      f"squares). Received {int((host < 0).sum())} negative values")
-            opt.state[slot][...] = model.device.asarray(host)
+            with model._use():  # the state lives on the model's GPU; CuPy refuses cross-device copies
+                opt.state[slot][...] = model.device.asarray(host)
     opt.iterations = iterations
     try:  # a schedule must give a usable rate at the step the file resumes from
         lr = opt.current_learning_rate()

@@ -16,8 +16,9 @@ import numpy as np
 
 from . import activations, initializers, regularizers
 from ._validation import as_array, positive_int
-from .backend import xp_of
+from .backend import device_of, is_cupy_array, to_numpy, xp_of
 from .errors import NnxpError, NnxpTypeError, reject_unknown_arguments
+from .ops import _cuda
 from .ops import activation as A
 from .ops import dense as D
 
@@ -232,7 +233,15 @@ class Dense(Layer):
 
 
 class Dropout(Layer):
-    """Zero a random fraction `rate` of inputs while training and scale the rest by 1/(1-rate)."""
+    """Zero a random fraction `rate` of inputs while training and scale the rest by 1/(1-rate).
+
+    On the CPU the mask is drawn from `rng` (NumPy). On CUDA it is a counter hash (kernels.cu's dropout
+    kernels) of a device-resident (seed, step) pair: the seed is drawn from `rng` whenever the model hands the
+    layer a new generator (each epoch), the step is bumped on the device before each forward, and backward
+    regenerates the same mask. Nothing about the mask then lives on the host, so a captured CUDA graph replays
+    with a new mask every step. (CuPy's ``Generator.random(out=...)`` without a size would not do: it draws ONE
+    value and broadcasts it into `out`, cupy/random/_generator_api.pyx.)
+    """
 
     def __init__(self, rate: float, name: str | None = None) -> None:
         super().__init__(name)
@@ -240,26 +249,69 @@ class Dropout(Layer):
         if not ok:
             raise NnxpError(f"`rate` must be a number in [0, 1). Received: rate={rate!r}")
         self.rate = float(rate)
-        self.rng: Any = None  # a device generator, set by the model each epoch
+        self._rng: Any = None
+        self._state: Any = None  # CUDA: (2,) uint64 (seed, step) on the device
+        self._reseed = True
         self._mask = None
+
+    @property
+    def rng(self) -> Any:
+        """The layer's generator (NumPy or CuPy), set by the model each epoch."""
+        return self._rng
+
+    @rng.setter
+    def rng(self, generator: Any) -> None:
+        self._rng = generator
+        self._reseed = True
+        if isinstance(generator, np.random.Generator):  # the layer runs on the CPU now: its draws stay untouched
+            self._state = None
+        elif self._state is not None:  # a captured graph reads this very buffer: reseed it in place, now
+            self._write_seed()
+
+    def _write_seed(self) -> None:
+        if self._rng is None:
+            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+        else:  # 2 x 53 random bits, read once per epoch; random(size) is in every Generator (NumPy, CuPy)
+            u = to_numpy(self._rng.random(size=2))
+            seed = ((int(u[0] * 2.0**53) << 11) ^ int(u[1] * 2.0**53)) % 2**64
+        device = device_of(self._state)
+        with device.use():
+            self._state[...] = device.asarray(np.array([seed, 0], dtype=np.uint64))
+        self._reseed = False
+
+    def _device_state(self, x: Any) -> Any:
+        if self._state is None or device_of(self._state) != device_of(x):
+            self._state = device_of(x).asarray(np.zeros(2, dtype=np.uint64))
+            self._reseed = True
+        if self._reseed:
+            self._write_seed()
+        return self._state
 
     def forward(self, x: Any, training: bool = False) -> Any:
         if not training or self.rate == 0.0:
             self._mask = None
             return x
         xp = xp_of(x)
+        out = self._buffers.get("y", xp, x.shape, x.dtype)
+        if is_cupy_array(x):
+            state = self._device_state(x)
+            with device_of(x).use():
+                xp.add(state[1:], np.uint64(1), out=state[1:])  # next step, on the device (replays too)
+            self._mask = state
+            return _cuda.dropout(x, self.rate, state, out)[0]
         mask = self._buffers.get("mask", xp, x.shape, x.dtype)
         self.rng.random(out=mask, dtype=mask.dtype)  # uniform [0, 1)
         # keep where u >= rate, scaled so the expected activation is unchanged
         xp.greater_equal(mask, self.rate, out=mask)
         mask *= 1.0 / (1.0 - self.rate)
         self._mask = mask
-        out = self._buffers.get("y", xp, x.shape, x.dtype)
         return xp.multiply(x, mask, out=out)
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         if self._mask is None:
             return dy
+        if self._mask is self._state:  # CUDA: the same (seed, step) regenerates the forward's mask
+            return _cuda.dropout_grad(dy, self.rate, self._state, dy)
         dy *= self._mask
         return dy
 

@@ -50,7 +50,7 @@ from .errors import (
     did_you_mean,
     reject_unknown_arguments,
 )
-from .layers import Activation, Dense, Dropout, Layer, as_rows
+from .layers import Activation, Dense, Layer, as_rows
 from .ops import activation as A
 
 _DTYPES = ("float32", "float64")
@@ -262,9 +262,10 @@ class Sequential:
                     if self.optimizer is not None:
                         self.optimizer.to(self.params, state)
             except BaseException:  # e.g. out of memory on the new device: stay whole on the old one
-                self._bind(old_params)
-                if self.optimizer is not None:
-                    self.optimizer.to(old_params, state)
+                with self.device.use():
+                    self._bind(old_params)
+                    if self.optimizer is not None:
+                        self.optimizer.to(old_params, state)
                 raise
         self.device = device
         return self
@@ -294,7 +295,8 @@ class Sequential:
                 raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must be finite. Received NaN or inf values")
             check_finite(w, f"weights[{i}]", self.dtype)
             host[offset : offset + w.size] = w.ravel()
-        self.params[...] = self.device.asarray(host)
+        with self.device.use():  # the copy runs on the params' device (CuPy refuses it elsewhere without P2P)
+            self.params[...] = self.device.asarray(host)
 
     # --- compile -------------------------------------------------------------------------------
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: list[str] | None = None) -> None:
@@ -709,10 +711,7 @@ class Sequential:
         if not self.device.is_cuda:
             raise NnxpError(f"`cuda_graph=True` needs a CUDA device; this model is on {self.device.name}. "
                             "Create it with device=\"cuda\" or leave cuda_graph=False")
-        dropout = [layer.name for layer in self.layers if isinstance(layer, Dropout) and layer.rate > 0]
-        if dropout:
-            raise NnxpError(f"`cuda_graph=True` does not support Dropout yet (its mask is drawn on the host side "
-                            f"of the step): {dropout}. Use cuda_graph=False for this model")
+        # Dropout is fine: on CUDA its mask is a hash of a (seed, step) pair in device memory (layers.Dropout)
 
     def _replay_step(self, xb: Any, yb: Any) -> tuple[Any, dict] | None:
         """The step for a full batch from the captured graph (capturing it first), or None to run it eagerly."""

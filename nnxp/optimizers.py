@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import schedules
-from .backend import to_numpy, xp_of
+from .backend import device_of, to_numpy, xp_of
 from .errors import NnxpError, NnxpTypeError, did_you_mean, reject_unknown_arguments
 from .ops import _cuda
 from .ops import optim as O
@@ -109,12 +109,13 @@ class Optimizer:
         """Allocate zeroed state buffers shaped like the flat `params`."""
         xp = xp_of(params)
         self.state = {}
-        for slot in self._slots():
-            buf = xp.zeros_like(params)
-            if self._initial_value(slot):
-                buf.fill(self._initial_value(slot))
-            self.state[slot] = buf
-        self._tmp = xp.empty_like(params)
+        with device_of(params).use():  # CuPy allocates on the current device, not on that of `params`
+            for slot in self._slots():
+                buf = xp.zeros_like(params)
+                if self._initial_value(slot):
+                    buf.fill(self._initial_value(slot))
+                self.state[slot] = buf
+            self._tmp = xp.empty_like(params)
 
     def apply(self, params: Any, grads: Any) -> None:
         """One update of the flat `params` from the flat `grads` (which may be clipped in place)."""
@@ -197,7 +198,9 @@ class Optimizer:
         for k, v in state.items():
             if tuple(v.shape) != tuple(like.shape):
                 raise NnxpError(f"optimizer state `{k}` must have shape {like.shape}. Received: {v.shape}")
-            self.state[k][...] = xp_of(like).asarray(v, dtype=like.dtype)
+        with device_of(like).use():
+            for k, v in state.items():
+                self.state[k][...] = xp_of(like).asarray(v, dtype=like.dtype)
 
     def to(self, like: Any, state: dict[str, Any] | None = None) -> None:
         """Move the state (or `state`, from :meth:`get_state`) next to `like`, the parameters after a move."""

@@ -3,7 +3,8 @@
 A launch takes what a CuPy RawKernel call takes (grid, block, a tuple of arrays and NumPy scalars) and checks
 every argument against the kernel's C parameter type as CuPy would pass it: an array's dtype must be the
 pointee type, a scalar must be exactly the NumPy type of the parameter (np.int32 for `int`, np.int64 for
-`long long`, ...), since a wrong width shifts every later parameter on a GPU.
+`long long`, ...), since a wrong width shifts every later parameter on a GPU. Blocks run interleaved (see
+cuda_emu/emu.h), and :meth:`Emulator.launch_concurrent` runs several launches at once, as on two streams.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ HERE = Path(__file__).parent / "cuda_emu"
 KERNELS_DIR = Path(_cuda.__file__).parent
 CXX = shutil.which("g++") or shutil.which("c++")
 # -ffp-contract=off: no fused multiply-add, as NVRTC's --fmad=false (NVRTC_OPTIONS)
-FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
+FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
 
 _SCALARS = {
     "float": np.float32,
@@ -62,6 +62,11 @@ class Emulator:
             ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
             ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_ulonglong,
         ]
+        self._lib.nx_emu_launch_many.restype = ctypes.c_char_p
+        self._lib.nx_emu_launch_many.argtypes = [
+            ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
+            ctypes.POINTER(ctypes.POINTER(ctypes.c_void_p)), ctypes.c_int, ctypes.c_ulonglong,
+        ]
         self.launches = 0
 
     def signature(self, expression: str) -> list[str]:
@@ -88,6 +93,24 @@ class Emulator:
 
     def launch(self, expression: str, grid: tuple, block: tuple, args: tuple, schedule: str = "forward",
                seed: int = 0) -> None:
+        self.launch_concurrent([(expression, grid, block, args)], schedule, seed)
+
+    def launch_concurrent(self, launches: list[tuple], schedule: str = "forward", seed: int = 0) -> None:
+        """Runs (expression, grid, block, args) launches at once, as on separate streams: their blocks share
+        the emulator's slots and interleave at barriers, atomics and fences."""
+        prepared = [self._prepare(*launch) for launch in launches]
+        n = len(prepared)
+        names = (ctypes.c_char_p * n)(*[p[0].encode() for p in prepared])
+        grids = (ctypes.c_uint * (3 * n))(*[d for p in prepared for d in p[1]])
+        blocks = (ctypes.c_uint * (3 * n))(*[d for p in prepared for d in p[2]])
+        args = (ctypes.POINTER(ctypes.c_void_p) * n)(*[p[3] for p in prepared])
+        error = self._lib.nx_emu_launch_many(n, names, grids, blocks, args, SCHEDULES[schedule], seed)
+        self.launches += n
+        if error:
+            where = "; ".join(f"{p[0]} grid {p[4]} block {p[5]}" for p in prepared)
+            raise EmulatorError(f"{where}: {error.decode()}")
+
+    def _prepare(self, expression: str, grid: tuple, block: tuple, args: tuple) -> tuple:
         params = self.signature(expression)
         if len(args) != len(params):
             raise EmulatorError(f"{expression}: {len(args)} arguments for {len(params)} parameters")
@@ -96,12 +119,10 @@ class Emulator:
                 raise EmulatorError(f"{expression}: invalid {what} {dims!r} (1-3 positive ints)")
         values = [self._value(expression, i, t, a) for i, (t, a) in enumerate(zip(params, args, strict=True))]
         pointers = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        g = (ctypes.c_uint * 3)(*(tuple(grid) + (1, 1))[:3])
-        b = (ctypes.c_uint * 3)(*(tuple(block) + (1, 1))[:3])
-        error = self._lib.nx_emu_launch(expression.encode(), g, b, pointers, SCHEDULES[schedule], seed)
-        self.launches += 1
-        if error:
-            raise EmulatorError(f"{expression} grid {grid} block {block}: {error.decode()}")
+        g = (tuple(grid) + (1, 1))[:3]
+        b = (tuple(block) + (1, 1))[:3]
+        # the arrays and values stay referenced by the returned tuple for the length of the launch
+        return expression, g, b, ctypes.cast(pointers, ctypes.POINTER(ctypes.c_void_p)), grid, block, pointers, values
 
 
 def build(cache_dir: Path, source: Path = KERNELS_DIR / "kernels.cu",
@@ -125,106 +146,8 @@ def build(cache_dir: Path, source: Path = KERNELS_DIR / "kernels.cu",
     return Emulator(library)
 
 
-# --- a stand-in CuPy over the emulator ----------------------------------------------------------------------
-#
-# NumPy arrays of a subclass (with .device.id), each allocation fenced by guard bytes, and a RawModule whose
-# kernels are the emulator's. Every launch of a kernel takes the next schedule (forward, reverse, shuffled
-# blocks and threads), so two runs of one op differ in order and must still agree bit for bit; a write outside
-# any buffer trips the guard check after the launch.
-
-_GUARD = 64  # bytes of 0xA5 before and after every stand-in allocation
-
-
-class _FakeArray(np.ndarray):
-    device = SimpleNamespace(id=0)
-
-
-class _Guarded:
-    """Every stand-in allocation, to check after each launch that no kernel wrote past its buffer."""
-
-    def __init__(self):
-        self.buffers: list[np.ndarray] = []
-
-    def alloc(self, a: np.ndarray) -> _FakeArray:
-        a = np.asarray(a)
-        raw = np.full(a.nbytes + 2 * _GUARD, 0xA5, dtype=np.uint8)
-        self.buffers.append(raw)
-        view = raw[_GUARD:_GUARD + a.nbytes].view(a.dtype).reshape(a.shape)
-        view[...] = a
-        return view.view(_FakeArray)
-
-    def check(self, what: str) -> None:
-        for raw in self.buffers:
-            if not ((raw[:_GUARD] == 0xA5).all() and (raw[-_GUARD:] == 0xA5).all()):
-                raise AssertionError(f"{what} wrote outside a buffer of {raw.size - 2 * _GUARD} bytes")
-
-
-class _FakeDevice:
-    attributes = {"MultiProcessorCount": 1}  # one SM: grids are capped at 8 blocks, so grid-stride loops run
-
-    def __init__(self, index=0):
-        assert index == 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _FakeModule:
-    def __init__(self, code, options, name_expressions, emulator, guarded):
-        assert tuple(options) == _cuda.NVRTC_OPTIONS
-        assert code == _cuda._source()
-        self.expressions = set(name_expressions)
-        self.emulator, self.guarded = emulator, guarded
-
-    def get_function(self, expression):
-        assert expression in self.expressions
-        return _FakeKernel(expression, self.emulator, self.guarded)
-
-
-class _FakeKernel:
-    launches: dict[str, int] = {}
-
-    def __init__(self, expression, emulator, guarded):
-        self.expression, self.emulator, self.guarded = expression, emulator, guarded
-
-    def __call__(self, grid, block, args):
-        k = _FakeKernel.launches.get(self.expression, 0)
-        _FakeKernel.launches[self.expression] = k + 1
-        if len(block) == 1:
-            assert block[0] % 32 == 0, f"{self.expression}: block {block} is not whole warps"
-        self.emulator.launch(self.expression, tuple(grid), tuple(block), tuple(args),
-                             schedule=_SCHEDULE_CYCLE[k % 3], seed=k)
-        self.guarded.check(self.expression)
-
-
-class _FakeCupy(SimpleNamespace):
-    def __getattr__(self, name):  # everything not overridden (the references' ufuncs) is NumPy's
-        return getattr(np, name)
-
-
 def stand_in_cupy(emulator: Emulator) -> Any:
-    """A `cupy` module for nnxp.backend whose arrays live in host memory and whose kernels run here."""
-    guarded = _Guarded()
+    """The stand-in `cupy` over `emulator` (tests/_stand_in_cupy.py, kept apart so each file holds one idea)."""
+    import _stand_in_cupy
 
-    def wrap(fn):
-        return lambda *a, **kw: guarded.alloc(fn(*a, **kw))
-
-    def matmul(a, b, out=None):
-        if out is None:
-            return guarded.alloc(np.matmul(a, b))
-        np.matmul(a, b, out=out)
-        return out
-
-    return _FakeCupy(
-        ndarray=_FakeArray,
-        float16=np.float16, float32=np.float32, float64=np.float64, int32=np.int32,
-        empty=wrap(np.empty), zeros=wrap(np.zeros), empty_like=wrap(np.empty_like), asarray=wrap(np.asarray),
-        asnumpy=lambda a: np.array(a).view(np.ndarray),
-        matmul=matmul,
-        RawModule=lambda code, options, name_expressions: _FakeModule(code, options, name_expressions, emulator,
-                                                                      guarded),
-        cuda=SimpleNamespace(Device=_FakeDevice, runtime=SimpleNamespace(getDeviceCount=lambda: 1)),
-    )
+    return _stand_in_cupy.stand_in_cupy(emulator)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import _cuda_emu
+import _stand_in_cupy
 import numpy as np
 import pytest
 
@@ -16,6 +19,15 @@ TOLERANCES = {np.dtype("float32"): (2e-5, 2e-6), np.dtype("float64"): (1e-12, 1e
 def tol(dtype) -> dict:
     rtol, atol = TOLERANCES[np.dtype(dtype)]
     return {"rtol": rtol, "atol": atol}
+
+
+def require_tool(found: bool, reason: str) -> None:
+    """Skip a test whose tool is missing, or fail it where CI promises the tool (NNXP_REQUIRE_CUDA_TOOLS=1)."""
+    if found:
+        return
+    if os.environ.get("NNXP_REQUIRE_CUDA_TOOLS") == "1":
+        pytest.fail(f"{reason}, but NNXP_REQUIRE_CUDA_TOOLS=1 says it must be here (pip install -e '.[dev]')")
+    pytest.skip(reason)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,7 +59,7 @@ def fake_cupy(monkeypatch, emulator):
     """nnxp's CuPy replaced by the stand-in over the emulator: CUDA code paths run kernels.cu on the CPU."""
     import nnxp.backend as backend
 
-    fake = _cuda_emu.stand_in_cupy(emulator)
+    fake = _stand_in_cupy.stand_in_cupy(emulator)
     monkeypatch.setattr(backend, "_cupy", fake)
     monkeypatch.setattr(_cuda, "_KERNELS", _cuda.LazyKernels())
     return fake

@@ -234,3 +234,83 @@ def test_device_round_trip(device):  # the "cuda" run is marked gpu by the fixtu
     a = to_numpy(dev.random_generator(3).random(4))
     b = to_numpy(dev.random_generator(3).random(4))
     np.testing.assert_array_equal(a, b)
+
+
+# --- CUDA scopes on the stand-in CuPy (tests/_stand_in_cupy.py) ----------------------------------------------
+
+
+def test_highest_precision_overrides_cupy_tf32_and_restores_it(fake_cupy, monkeypatch):
+    from nnxp import Dense, Sequential
+
+    monkeypatch.setenv("CUPY_TF32", "1")  # CuPy then runs every float32 matmul in TF32 (get_compute_type)
+    core, linalg = fake_cupy._core, fake_cupy._core._routines_linalg
+    dev = Device("cuda", 0)
+    with dev.use(tf32=False):
+        assert core.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_DEFAULT
+        with dev.use(tf32=True):
+            assert backend.tf32_active()
+        assert not backend.tf32_active()
+    assert core.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32  # the user's setting, restored
+    with dev.use():  # no precision asked: CuPy's setting stands
+        assert backend.tf32_active()
+
+    seen = []
+    matmul = fake_cupy.matmul
+
+    def spy(a, b, out=None, **kw):
+        if a.dtype == np.float32:
+            seen.append(core.get_compute_type(np.float32))
+        return matmul(a, b, out=out, **kw)
+
+    monkeypatch.setattr(fake_cupy, "matmul", spy)
+    model = Sequential([Dense(4, "tanh", input_dim=3), Dense(1)], device="cuda", dtype="float32")
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(16, 3))
+    model.fit(x, x[:, :1], epochs=1, batch_size=8, verbose=0)
+    model.predict(x)
+    assert seen and set(seen) == {linalg.COMPUTE_TYPE_DEFAULT}, seen  # precision="highest": no TF32 anywhere
+    assert core.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
+
+
+def test_is_out_of_memory_never_raises_on_the_stand_in(fake_cupy, monkeypatch):
+    from types import SimpleNamespace
+
+    assert not backend.is_out_of_memory(ValueError("not memory"))
+    import _stand_in_cupy
+
+    monkeypatch.setitem(_stand_in_cupy._ERRORS, 2, "cudaErrorMemoryAllocation: out of memory")
+    runtime_error = fake_cupy.cuda.runtime.CUDARuntimeError
+    assert backend.is_out_of_memory(runtime_error(2))  # cudaErrorMemoryAllocation
+    assert not backend.is_out_of_memory(runtime_error(700))  # cudaErrorIllegalAddress
+
+    class CUBLASError(RuntimeError):  # cupy_backends/cuda/libs/cublas.pyx: CUBLASError(status), .status
+        def __init__(self, status):
+            self.status = status
+            super().__init__(str(status))
+
+    class OutOfMemoryError(MemoryError):
+        pass
+
+    monkeypatch.setattr(fake_cupy.cuda, "cublas", SimpleNamespace(CUBLASError=CUBLASError), raising=False)
+    monkeypatch.setattr(fake_cupy.cuda, "memory", SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
+                        raising=False)
+    assert backend.is_out_of_memory(CUBLASError(3))  # CUBLAS_STATUS_ALLOC_FAILED
+    assert not backend.is_out_of_memory(CUBLASError(13))
+    assert backend.is_out_of_memory(OutOfMemoryError())
+
+
+def test_is_out_of_memory_knows_real_cupys_error_classes():
+    cupy = pytest.importorskip("cupy")  # importable without a GPU
+    runtime = cupy.cuda.runtime
+    assert backend.is_out_of_memory(runtime.CUDARuntimeError(2)) == (backend.cupy_module() is cupy)
+    assert not backend.is_out_of_memory(runtime.CUDARuntimeError(700))
+
+
+def test_the_install_hint_names_extras_that_bring_the_cuda_libraries():
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for major in ("12", "13"):
+        assert f'"nnxp[cuda{major}]"' in backend._INSTALL_HINT
+        # CuPy's `ctk` extra: NVRTC, cuBLAS and the runtime headers, without which the first compile fails
+        assert extras[f"cuda{major}"] == [f"cupy-cuda{major}x[ctk]>=14.2,<15"]
+    assert "nnxp selftest --device cuda" in backend._INSTALL_HINT

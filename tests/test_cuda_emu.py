@@ -63,13 +63,63 @@ __global__ void coordinates(T* out) {
     out[b * blockDim.x * blockDim.y * blockDim.z + t] = T(b * 1000 + t);
 }
 
+// The losses' last-block finish (kernels.cu before issue 10's finding 4): every block writes its partial,
+// publishes it, takes a ticket; the block with the last ticket sums the partials and re-arms the counter.
+// Right for one launch at a time; two launches in flight that share `counter` mix their tickets.
+template <typename T>
+__global__ void ticket_sum(const T* x, T* partials, unsigned int* counter, T* out, long long n) {
+    __shared__ int is_last;
+    if (threadIdx.x == 0) {
+        T v = T(0);
+        for (long long i = blockIdx.x; i < n; i += gridDim.x) v = v + x[i];
+        partials[blockIdx.x] = v;
+        __threadfence();
+        const unsigned int ticket = atomicAdd(counter, 1u);
+        is_last = (ticket == gridDim.x - 1);
+    }
+    __syncthreads();
+    if (is_last && threadIdx.x == 0) {
+        __threadfence();
+        T r = T(0);
+        for (unsigned int k = 0; k < gridDim.x; ++k) r = r + partials[k];
+        *out = r;
+        *counter = 0u;
+    }
+}
+
+// wrong within one launch: the ticket is taken before the block has reduced its partial (with a barrier), so
+// the block with the last ticket can sum partials that other blocks have not written yet
+template <typename T>
+__global__ void early_ticket_sum(const T* x, T* partials, unsigned int* counter, T* out, long long n) {
+    __shared__ int is_last;
+    __shared__ T shm[32];
+    if (threadIdx.x == 0) is_last = (atomicAdd(counter, 1u) == gridDim.x - 1);
+    T v = T(0);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        v = v + x[i];
+    shm[threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        T r = T(0);
+        for (unsigned int k = 0; k < blockDim.x; ++k) r = r + shm[k];
+        partials[blockIdx.x] = r;
+    }
+    __syncthreads();
+    if (is_last && threadIdx.x == 0) {
+        T r = T(0);
+        for (unsigned int k = 0; k < gridDim.x; ++k) r = r + partials[k];
+        *out = r;
+        *counter = 0u;
+    }
+}
+
 template <typename T>
 __global__ void scale(T* x, long long n, T factor, int times) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         for (int k = 0; k < times; ++k) x[i] = x[i] * factor;
 }
 """
-KERNELS = ("good_sum", "racy_sum", "deadlock", "coordinates", "scale")
+KERNELS = ("good_sum", "racy_sum", "deadlock", "coordinates", "scale", "ticket_sum", "early_ticket_sum")
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +203,63 @@ def test_impossible_launch_shapes_are_refused(emu, grid, block):
 def test_an_unknown_kernel_is_refused(emu):
     with pytest.raises(_cuda_emu.EmulatorError, match="no kernel"):
         emu.signature("missing<float>")
+
+
+# --- races between blocks: blocks interleave at barriers, atomics and fences ----------------------------------
+
+GRID = 6
+
+
+def _ticket_launch(x, counter, name="ticket_sum", block=32):
+    partials = np.full(GRID, np.nan)
+    out = np.full(1, np.nan)
+    return (f"{name}<double>", (GRID,), (block,), (x, partials, counter, out, np.int64(x.size))), out
+
+
+def _schedules():
+    return [(s, seed) for s in ("forward", "reverse") for seed in (0,)] + [("shuffled", seed) for seed in range(6)]
+
+
+def test_one_ticket_reduction_at_a_time_is_right_under_every_schedule(emu):
+    # atomics keep their meaning: the tickets of one launch are 0..GRID-1 whatever the interleaving
+    x = np.arange(1.0, 101.0)
+    counter = np.zeros(1, dtype=np.uint32)
+    for schedule, seed in _schedules():
+        launch, out = _ticket_launch(x, counter)
+        emu.launch(*launch, schedule=schedule, seed=seed)
+        assert out[0] == 5050.0 and counter[0] == 0, (schedule, seed)
+
+
+def test_two_launches_sharing_a_ticket_counter_are_caught(emu):
+    # finding 4 of issue 10: two loss kernels in flight on one counter mix their tickets
+    x1, x2 = np.arange(1.0, 101.0), np.arange(1.0, 11.0)
+    shared = np.zeros(1, dtype=np.uint32)
+    wrong = []
+    for schedule, seed in _schedules():
+        shared[0] = 0
+        (l1, o1), (l2, o2) = _ticket_launch(x1, shared), _ticket_launch(x2, shared)
+        emu.launch_concurrent([l1, l2], schedule=schedule, seed=seed)
+        if not (o1[0] == 5050.0 and o2[0] == 55.0 and shared[0] == 0):
+            wrong.append((schedule, seed, o1[0], o2[0], int(shared[0])))
+    assert len(wrong) == len(_schedules()), wrong  # interleaved blocks mix the tickets every time
+    for schedule, seed in _schedules():  # one counter per launch: right under every schedule
+        c1, c2 = np.zeros(1, dtype=np.uint32), np.zeros(1, dtype=np.uint32)
+        (l1, o1), (l2, o2) = _ticket_launch(x1, c1), _ticket_launch(x2, c2)
+        emu.launch_concurrent([l1, l2], schedule=schedule, seed=seed)
+        assert (o1[0], o2[0], c1[0], c2[0]) == (5050.0, 55.0, 0, 0), (schedule, seed)
+
+
+def test_a_ticket_taken_before_the_partial_is_written_is_caught(emu):
+    x = np.arange(1.0, 1001.0)
+    counter = np.zeros(1, dtype=np.uint32)
+    caught = []
+    for seed in range(40):  # blocks at their own pace: a few interleavings let the last ticket run ahead
+        launch, out = _ticket_launch(x, counter, "early_ticket_sum")
+        emu.launch(*launch, schedule="shuffled", seed=seed)
+        if out[0] != 500500.0:
+            caught.append(seed)
+            assert np.isnan(out[0])  # it summed a partial that was never written (NaN-poisoned)
+    assert caught, "no schedule let the block with the last ticket read a partial before it was written"
+    launch, out = _ticket_launch(x, counter, "early_ticket_sum")
+    emu.launch(*launch, schedule="forward")
+    assert out[0] == 500500.0  # and a fixed order can hide it, as blocks run one by one would always have

@@ -547,15 +547,19 @@ def test_cuda_graph_replays_match_eager_steps(optimizer):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_refuses_dropout_and_tf32_restores_cupys_setting():
+def test_cuda_graph_replays_dropout_like_eager_steps_and_tf32_restores_cupys_setting():
     from nnxp.backend import tf32_active
     from nnxp.layers import Dropout
 
     x, y = _graph_data(256)
-    model = Sequential([Dense(8, "relu", input_dim=20), Dropout(0.2), Dense(3, "softmax")], device="cuda")
-    model.compile("adam", "sparse_categorical_crossentropy")
-    with pytest.raises(NnxpError, match="does not support Dropout"):
-        model.fit(x, y, verbose=0, cuda_graph=True)
+    runs = []
+    for graph in (False, True):
+        model = Sequential([Dense(8, "relu", input_dim=20), Dropout(0.2), Dense(3, "softmax")], device="cuda")
+        model.compile("adam", "sparse_categorical_crossentropy")
+        runs.append(model.fit(x, y, epochs=2, batch_size=64, verbose=0, cuda_graph=graph).history["loss"])
+        assert not graph or model._fit_state["graph"].replays >= 4
+    # the mask is a hash of the device (seed, step): replayed steps drop exactly what eager steps drop
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-4)
     seen = []
 
     class Probe(nnxp.callbacks.Callback):
@@ -1219,3 +1223,31 @@ def test_each_epoch_sees_every_row_once_in_a_new_order():
     recorder.batches.clear()
     model.fit(x, np.zeros(n), epochs=1, batch_size=batch_size, verbose=0)  # a second fit: new orders too
     assert tuple(np.concatenate(recorder.batches)) not in {tuple(order) for order in orders}
+
+
+# --- a model on the second GPU (the stand-in's device 1 refuses cross-device arithmetic, as CuPy without P2P) ---
+
+
+def test_a_model_on_the_second_gpu_keeps_everything_there(fake_cupy, tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 3))
+    y = x[:, :1] * 2
+    cpu = Sequential([Dense(4, "tanh", input_dim=3), Dense(1)], seed=1)
+    cpu.compile("adam", "mse")
+    cpu.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    cpu.save(tmp_path / "m.nnxp")
+
+    model = nnxp.load_model(tmp_path / "m.nnxp", device="cuda:1")  # set_weights and optimizer set_state
+    assert model.params.device.id == 1
+    assert all(v.device.id == 1 for v in model.optimizer.state.values())
+    for a, b in zip(model.get_weights(), cpu.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.set_weights([w * 0.5 for w in cpu.get_weights()])
+    np.testing.assert_array_equal(model.get_weights()[0], cpu.get_weights()[0] * 0.5)
+    model.set_weights(cpu.get_weights())
+    model.optimizer.build(model.params)  # fresh state, outside any device scope
+    assert all(v.device.id == 1 for v in model.optimizer.state.values())
+    model.optimizer.set_state(cpu.optimizer.get_state(), model.params)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    cpu.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), cpu.get_weights(), strict=True):  # float32: the kernels' rounding
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

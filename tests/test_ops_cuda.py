@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import tol
+from conftest import require_tool, tol
 
 from nnxp.backend import cupy_module, to_numpy
 from nnxp.ops import _cuda
@@ -751,3 +751,434 @@ def test_wrappers_against_a_fake_cupy(fake_cupy, name):
             for specials in (False, True) if PAIRS[name].specials else (False,):
                 _check_pair(name, specials, dtype, shape)
     assert set(_cuda.compile_seconds()) <= {"cuda:0/float32", "cuda:0/float64"}
+
+
+# --- Dropout's CUDA path on the stand-in + emulator: the layer, the model, and the (seed, step) device state ---
+
+
+def _cuda_dropout(rate: float, seed: int):
+    from nnxp import Dropout
+    from nnxp.backend import get_device
+
+    layer = Dropout(rate)
+    layer.rng = get_device("cuda").random_generator(seed)
+    return layer
+
+
+def test_cuda_dropout_layer_draws_an_elementwise_mask_per_step(fake_cupy):
+    layer = _cuda_dropout(0.3, 4)
+    x = fake_cupy.asarray(np.random.default_rng(0).normal(size=(200, 50)).astype(np.float32))
+    y1 = to_numpy(layer.forward(x, training=True)).copy()
+    kept = y1 != 0
+    assert abs(kept.mean() - 0.7) < 5 * np.sqrt(0.3 * 0.7 / kept.size)  # not all-or-nothing
+    state = to_numpy(layer._state).copy()
+    assert state[1] == 1  # the step counter was bumped on the device before the forward
+    mask = _cuda.dropout_mask_ref(np, x.size, 0.3, state, np.float32).reshape(x.shape)
+    np.testing.assert_array_equal(y1, np.asarray(x) * mask)
+    dy = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    dx = to_numpy(layer.backward(fake_cupy.asarray(dy)))
+    np.testing.assert_array_equal(dx, dy * mask)  # backward regenerates the forward's mask
+    y2 = to_numpy(layer.forward(x, training=True))
+    assert float(((y1 != 0) != (y2 != 0)).mean()) > 0.3  # the next step draws a new mask
+    layer.rng = fake_cupy.random.default_rng(5)  # a new epoch's generator reseeds the same buffer in place
+    assert to_numpy(layer._state)[1] == 0 and to_numpy(layer._state)[0] != state[0]
+
+
+def test_cuda_dropout_state_hash_matches_the_host_twin():
+    seed, step = 0xDEADBEEFCAFEF00D, 41
+    state = np.array([seed, step], dtype=np.uint64)
+    a = _cuda.dropout_mask_ref(np, 97, 0.5, state, np.float64)
+    b = _cuda.dropout_mask_ref(np, 97, 0.5, _cuda.step_seed(seed, step), np.float64)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_dropout_in_a_model_keeps_the_rate_every_step(fake_cupy, monkeypatch):
+    from nnxp import Dense, Dropout, Sequential
+
+    fractions = []
+    forward = Dropout.forward
+
+    def spy(self, x, training=False):
+        y = forward(self, x, training)
+        if training:
+            fractions.append(float((to_numpy(y) != 0).mean()))
+        return y
+
+    monkeypatch.setattr(Dropout, "forward", spy)
+    model = Sequential([Dense(64, input_dim=5), Dropout(0.5), Dense(1)], device="cuda", seed=0)
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(128, 5))
+    history = model.fit(x, x[:, :1], epochs=2, batch_size=32, verbose=0)
+    assert len(fractions) == 8
+    assert all(0.35 < f < 0.65 for f in fractions), fractions  # CuPy's random(out=) would give 0 or 1
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_each_loss_launch_takes_its_own_zeroed_ticket_counter(fake_cupy, monkeypatch):
+    # A ticket taken by another launch in flight (or left by an aborted one) in the first call must not reach
+    # the second: with one counter per device the second call's last block never saw ticket grid - 1.
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(64, 10))  # 64 rows: 8 blocks of 8 warps on the stand-in's one SM
+    target = np.eye(10)[rng.integers(0, 10, size=64)]
+    expected, _ = L.softmax_cross_entropy_ref(logits, target)
+    launch, counters = _cuda._launch, []
+
+    def another_launch_takes_a_ticket(name, dtype, dev, grid, block, args):
+        if name == "nnxp_softmax_xent":
+            counter = args[4]
+            assert int(counter[0]) == 0, "a loss launch started from a non-zero ticket counter"
+            counters.append(counter)
+            if len(counters) == 1:
+                counter[0] += 1
+        launch(name, dtype, dev, grid, block, args)
+
+    monkeypatch.setattr(_cuda, "_launch", another_launch_takes_a_ticket)
+    _cuda.softmax_cross_entropy(fake_cupy.asarray(logits), fake_cupy.asarray(target))
+    loss, _ = _cuda.softmax_cross_entropy(fake_cupy.asarray(logits), fake_cupy.asarray(target))
+    assert len(counters) == 2 and not np.shares_memory(counters[0], counters[1])
+    np.testing.assert_allclose(float(to_numpy(loss)), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cols", [7, 40])
+def test_sparse_softmax_xent_may_overwrite_its_logits(fake_cupy, cols):
+    # grad aliasing logits: every lane used to read lr[label] after the warp's last shuffle, while the lane
+    # owning column `label` may already have overwritten it with its gradient (the emulator's reverse and
+    # shuffled thread orders run that lane first). The kernel now reads each logit only in the lane that owns it.
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(50, cols))
+    labels = rng.integers(0, cols, size=50).astype(np.int64)
+    want_loss, want_grad = L.sparse_softmax_cross_entropy_ref(logits.copy(), labels)
+    for _ in range(3):  # forward, reverse and shuffled schedules
+        z = fake_cupy.asarray(logits.copy())
+        loss, grad = _cuda.sparse_softmax_cross_entropy(z, fake_cupy.asarray(labels), z)
+        assert grad is z
+        np.testing.assert_allclose(float(to_numpy(loss)), want_loss, rtol=1e-13)
+        np.testing.assert_allclose(to_numpy(grad), want_grad, rtol=1e-13, atol=1e-16)
+
+
+# --- the captured matmul's cuBLAS seam, without libcublas -------------------------------------------------------
+#
+# A stand-in libcublas (four C functions with cuBLAS's signatures, compiled here) is "the copy CuPy loaded":
+# stand-in arrays live in host memory, so its GemmEx really multiplies, column-major, and the transposition and
+# leading-dimension logic of _gemm is checked by numbers. It records the compute type, algorithm and workspace.
+
+_FAKE_CUBLAS = r"""
+#include <stddef.h>
+int last_compute = -1, last_algo = 0, last_type = -1, gemms = 0;
+void* workspace = 0; size_t workspace_bytes = 0; void* stream = 0;
+int cublasSetStream_v2(void* h, void* s) { (void)h; stream = s; return 0; }
+int cublasSetPointerMode_v2(void* h, int m) { (void)h; return m == 0 ? 0 : 7; }
+int cublasSetWorkspace_v2(void* h, void* w, size_t n) { (void)h; workspace = w; workspace_bytes = n; return 0; }
+#define AT(p, op, i, l, ld) ((op) ? (p)[(l) + (size_t)(i) * (ld)] : (p)[(i) + (size_t)(l) * (ld)])
+#define GEMM(T) { const T *a = (const T*)A, *b = (const T*)B; T *c = (T*)C; \
+    for (int j = 0; j < n; ++j) for (int i = 0; i < m; ++i) { double acc = 0; \
+        for (int l = 0; l < k; ++l) acc += (double)AT(a, ta, i, l, lda) * (double)AT(b, tb, l, j, ldb); \
+        c[i + (size_t)j * ldc] = (T)(acc * (double)*(const T*)alpha); } }
+int cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A, int at, int lda,
+                 const void* B, int bt, int ldb, const void* beta, void* C, int ct, int ldc, int compute, int algo) {
+    (void)h; (void)beta;
+    if (at != ct || bt != ct) return 7;
+    if ((ct == 0) != (compute == 68 || compute == 69 || compute == 77)) return 7;  /* float needs a 32F type */
+    last_compute = compute; last_algo = algo; last_type = ct; ++gemms;
+    if (ct == 0) GEMM(float) else GEMM(double)
+    return 0;
+}
+"""
+
+
+@pytest.fixture
+def fake_cublas(tmp_path, fake_cupy, monkeypatch):
+    import ctypes
+    import shutil
+    import subprocess
+    from types import SimpleNamespace
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    require_tool(cc is not None, "no C compiler")
+    src, lib_path = tmp_path / "fake_cublas.c", tmp_path / "libcublas.so.12"
+    src.write_text(_FAKE_CUBLAS)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib_path)], check=True)
+    with pytest.raises(OSError):  # RTLD_NOLOAD: a library not loaded yet is not loaded by the lookup
+        _cuda._open_loaded(str(lib_path))
+    lib = ctypes.CDLL(str(lib_path))  # "CuPy loaded it"
+
+    class CUBLASError(RuntimeError):  # cupy_backends/cuda/libs/cublas.pyx CUBLASError(status)
+        def __init__(self, status):
+            self.status = status
+            super().__init__(f"status {status}")
+
+    class Memory:  # cupy/cuda/memory.pyx Memory(size): a plain allocation with .ptr and .size
+        def __init__(self, size):
+            self._buf = np.empty(size, dtype=np.uint8)
+            self.ptr, self.size = self._buf.ctypes.data, size
+
+    cuda = _pathfinder_or_skip()
+
+    monkeypatch.setattr(cuda.pathfinder, "load_nvidia_dynamic_lib",
+                        lambda name: SimpleNamespace(abs_path=str(lib_path)) if name == "cublas" else None)
+    monkeypatch.setattr(fake_cupy.cuda, "cublas", SimpleNamespace(getVersion=lambda h: 120905,
+                                                                  CUBLASError=CUBLASError), raising=False)
+    monkeypatch.setattr(fake_cupy.cuda, "memory", SimpleNamespace(Memory=Memory), raising=False)
+    monkeypatch.setattr(fake_cupy.cuda.device, "get_cublas_handle", lambda: 1234, raising=False)
+    monkeypatch.setattr(fake_cupy.cuda, "get_current_stream", lambda: SimpleNamespace(ptr=77), raising=False)
+    monkeypatch.setattr(_cuda, "_CUBLAS_DEVICES", {})
+    return lib
+
+
+def _pathfinder_or_skip():
+    try:
+        import cuda.pathfinder  # comes with CuPy 14
+    except ImportError:
+        require_tool(False, "cuda-pathfinder is not installed")
+    return cuda
+
+
+def test_cublas_soname_follows_the_major_version():
+    assert _cuda.cublas_soname(120905) == "libcublas.so.12"
+    assert _cuda.cublas_soname(130100) == "libcublas.so.13"
+    with pytest.raises(RuntimeError, match="cuBLAS 11 or later"):
+        _cuda.cublas_soname(9020)
+
+
+def test_cublas_lookup_names_what_it_tried_when_cupy_loaded_no_cublas(fake_cupy, monkeypatch):
+    from types import SimpleNamespace
+
+    cuda = _pathfinder_or_skip()
+
+    def not_found(name):
+        raise cuda.pathfinder.DynamicLibNotFoundError(f"no {name}")
+
+    monkeypatch.setattr(cuda.pathfinder, "load_nvidia_dynamic_lib", not_found)
+    monkeypatch.setattr(fake_cupy.cuda, "cublas", SimpleNamespace(getVersion=lambda h: 139901), raising=False)
+    assert _cuda._cublas_candidates(fake_cupy, 1) == ["libcublas.so.13"]
+    with pytest.raises(RuntimeError, match=r"libcublas\.so\.13.*cuda_graph=False"):
+        _cuda._cublas_library(fake_cupy, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_captured_matmul_calls_gemmex_as_cupys_eager_matmul_does(fake_cublas, fake_cupy, dtype):
+    import nnxp.backend as backend
+
+    rng = np.random.default_rng(2)
+    a = fake_cupy.asarray(rng.normal(size=(5, 3)).astype(dtype))
+    b = fake_cupy.asarray(rng.normal(size=(3, 4)).astype(dtype))
+    bt = fake_cupy.asarray(np.asarray(b).T.copy()).T  # F-contiguous: cuBLAS op T
+    want = np.asarray(a).astype(np.float64) @ np.asarray(b).astype(np.float64)
+    with _cuda.capturing():
+        for rhs in (b, bt):
+            got = _cuda._matmul(a, rhs)
+            np.testing.assert_allclose(np.asarray(got), want, **tol(dtype))
+    assert ctypes_int(fake_cublas, "gemms") == 2
+    float32 = np.dtype(dtype) == np.float32
+    assert ctypes_int(fake_cublas, "last_compute") == (68 if float32 else 70)  # CUBLAS_COMPUTE_32F / 64F
+    assert ctypes_int(fake_cublas, "last_algo") == 99  # CUBLAS_GEMM_DEFAULT_TENSOR_OP on sm_80, as CuPy
+    assert ctypes_size(fake_cublas, "workspace_bytes") == 4 << 20  # set before the capture, once
+    if float32:  # inside the model's TF32 scope the captured GEMM uses TF32 too, as CuPy's eager one would
+        with backend.get_device("cuda").use(tf32=True), _cuda.capturing():
+            _cuda._matmul(a, b)
+        assert ctypes_int(fake_cublas, "last_compute") == 77  # CUBLAS_COMPUTE_32F_FAST_TF32
+
+
+def test_a_cublas_alloc_failure_is_cupys_error_and_counts_as_out_of_memory(fake_cublas, fake_cupy):
+    from nnxp.backend import is_out_of_memory
+
+    with pytest.raises(fake_cupy.cuda.cublas.CUBLASError) as info:
+        _cuda._check_cublas(fake_cupy, 3)  # CUBLAS_STATUS_ALLOC_FAILED
+    assert is_out_of_memory(info.value)
+    with pytest.raises(fake_cupy.cuda.cublas.CUBLASError) as info:
+        _cuda._check_cublas(fake_cupy, 13)  # CUBLAS_STATUS_EXECUTION_FAILED
+    assert not is_out_of_memory(info.value)
+
+
+def ctypes_int(lib, name: str) -> int:
+    import ctypes
+
+    return ctypes.c_int.in_dll(lib, name).value
+
+
+def ctypes_size(lib, name: str) -> int:
+    import ctypes
+
+    return ctypes.c_size_t.in_dll(lib, name).value
+
+
+# --- the fallback: kernels that fail to build, and NNXP_KERNELS=reference, on the stand-in ----------------------
+
+
+def _fallback_model(device: str, rate: float = 0.25):
+    from nnxp import Dense, Dropout, Sequential
+
+    model = Sequential([Dense(16, "gelu", input_dim=6), Dropout(rate), Dense(3, "softmax")], device=device, seed=2)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _fallback_data():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(96, 6))
+    return x, (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+
+
+def _fit_weights(model) -> list:
+    x, y = _fallback_data()
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    return model.get_weights()
+
+
+class _CompileException(Exception):  # cupy/cuda/compiler.py CompileException: str() is NVRTC's log
+    pass
+
+
+def test_a_kernel_that_fails_to_compile_warns_once_and_runs_the_references(fake_cupy, monkeypatch):
+    monkeypatch.setattr(_cuda, "_mode", None)
+    monkeypatch.delenv("NNXP_KERNELS", raising=False)
+    log = 'kernels.cu(321): error: identifier "nx_missing" is undefined\n1 error detected in the compilation.'
+
+    def broken_module(code, options, name_expressions):
+        raise _CompileException(log)
+
+    monkeypatch.setattr(fake_cupy, "RawModule", broken_module)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        weights = _fit_weights(_fallback_model("cuda"))
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages  # once, though every op of every step asked for a kernel
+    assert "nnxp_" in messages[0] and "<float>" in messages[0]  # names the kernel first needed
+    assert 'identifier "nx_missing" is undefined' in messages[0] and "nnxp selftest" in messages[0]
+    assert set(_cuda._KERNELS.failures()) == {"cuda:0/float32"}
+
+    # the same numbers as with the reference ops forced from the start
+    monkeypatch.setenv("NNXP_KERNELS", "reference")
+    monkeypatch.setattr(_cuda, "_mode", None)
+    reference = _fit_weights(_fallback_model("cuda"))
+    for a, b in zip(weights, reference, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nnxp_kernels_reference_never_builds_a_kernel(fake_cupy, monkeypatch):
+    monkeypatch.setenv("NNXP_KERNELS", "reference")
+    monkeypatch.setattr(_cuda, "_mode", None)
+
+    def no_compile(code, options, name_expressions):
+        raise AssertionError("NNXP_KERNELS=reference compiled kernels.cu")
+
+    monkeypatch.setattr(fake_cupy, "RawModule", no_compile)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        weights = _fit_weights(_fallback_model("cuda", rate=0.0))
+    cpu = _fit_weights(_fallback_model("cpu", rate=0.0))  # Dropout's masks differ by design between devices
+    for a, b in zip(weights, cpu, strict=True):
+        np.testing.assert_allclose(a, b, **MODEL_TOL["float32"])
+    assert _cuda.compile_seconds() == {} and _cuda._KERNELS.failures() == {}
+
+
+def test_nnxp_kernels_must_be_fused_or_reference(fake_cupy, monkeypatch):
+    from nnxp.errors import NnxpError
+
+    monkeypatch.setenv("NNXP_KERNELS", "fast")
+    monkeypatch.setattr(_cuda, "_mode", None)
+    with pytest.raises(NnxpError, match=r"`NNXP_KERNELS` must be one of \('fused', 'reference'\)\. "
+                                        r"Received: NNXP_KERNELS='fast'"):
+        _fit_weights(_fallback_model("cuda"))
+
+
+def test_dropout_replayed_in_a_cuda_graph_matches_eager_steps(fake_cupy, monkeypatch):
+    # the stand-in records captured work and runs it only at replay: a mask drawn on the host at capture time
+    # would repeat every step; the device (seed, step) state draws a new one per replay, as the eager steps do
+    import _stand_in_cupy
+
+    from nnxp import Dense, Dropout, Sequential
+
+    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)
+    x, y = _fallback_data()
+    runs = []
+    for graph in (False, True):
+        model = Sequential([Dense(16, "relu", input_dim=6), Dropout(0.3), Dense(3, "softmax")], device="cuda",
+                           seed=4)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, cuda_graph=graph)
+        runs.append((history.history["loss"], model.get_weights()))
+        if graph:
+            assert model._fit_state["graph"].replays >= 2 * (96 // 16) - 2
+    np.testing.assert_array_equal(runs[1][0], runs[0][0])
+    for a, b in zip(runs[1][1], runs[0][1], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- real NVRTC, no GPU: what the CUDA Docker image runs at build time ----------------------------------------
+
+
+def _real_nvrtc():
+    cp = cupy_module()
+    require_tool(cp is not None, "CuPy is not installed")
+    try:
+        cp.cuda.nvrtc.getVersion()
+        from cuda import pathfinder
+
+        found, why = pathfinder.find_nvidia_header_directory("cudart") is not None, "no CUDA runtime headers"
+    except Exception as exc:
+        found, why = False, f"NVRTC not usable here: {exc}"
+    require_tool(found, why)
+
+
+def test_nvrtc_compiles_the_kernels_and_finds_the_headers_without_a_gpu():
+    _real_nvrtc()
+    summary = _cuda.nvrtc_check("compute_90")
+    assert f"compiled {2 * len(_cuda.KERNELS)} kernels" in summary and "compute_90" in summary
+
+
+def test_nvrtc_check_quotes_the_compiler_log(monkeypatch):
+    _real_nvrtc()
+    source = _cuda._source().replace("return nx_max(z, T(0));", "return nx_not_declared(z);", 1)
+    monkeypatch.setattr(_cuda, "_source", lambda: source)
+    with pytest.raises(RuntimeError, match=r"(?s)NVRTC failed on kernels\.cu.*nx_not_declared"):
+        _cuda.nvrtc_check()
+
+
+def test_dropout_back_on_the_cpu_draws_exactly_as_a_fresh_cpu_layer(fake_cupy):
+    from nnxp import Dropout
+
+    moved = _cuda_dropout(0.4, 1)
+    moved.forward(fake_cupy.asarray(np.ones((8, 5))), training=True)  # builds the device (seed, step) state
+    fresh = Dropout(0.4)
+    moved.rng, fresh.rng = np.random.default_rng(9), np.random.default_rng(9)  # the model moved to the CPU
+    x = np.ones((30, 7))
+    np.testing.assert_array_equal(moved.forward(x, training=True), fresh.forward(x, training=True))
+
+
+def test_two_loss_launches_in_flight_each_finish_their_own_mean(fake_cupy, emulator, monkeypatch):
+    # finding 4 on nnxp's own kernel: two nnxp_softmax_xent launches made by the wrapper run concurrently on the
+    # emulator (as on two streams, blocks interleaving at atomics and fences). Each has its own zeroed counter,
+    # so both means come out right under every schedule; the same two launches on one shared counter do not.
+    rng = np.random.default_rng(6)
+    inputs = [(rng.normal(size=(64, 10)), np.eye(10)[rng.integers(0, 10, size=64)]) for _ in range(2)]
+    want = [L.softmax_cross_entropy_ref(z, t)[0] for z, t in inputs]
+    recorded = []
+
+    def record(name, dtype, dev, grid, block, args):  # the launch as the wrapper made it, run later
+        recorded.append((f"{name}<{_cuda._CTYPES[dtype]}>", tuple(grid), tuple(block),
+                         tuple(a.view(np.ndarray) if isinstance(a, np.ndarray) else a for a in args)))
+
+    monkeypatch.setattr(_cuda, "_launch", record)
+    schedules = [("forward", 0), ("reverse", 0)] + [("shuffled", s) for s in range(4)]
+    mixed = 0
+    for shared in (False, True):
+        for schedule, seed in schedules:
+            recorded.clear()
+            losses = [_cuda.softmax_cross_entropy(fake_cupy.asarray(z), fake_cupy.asarray(t))[0] for z, t in inputs]
+            assert recorded[0][1][0] > 1 and recorded[0][3][4] is not recorded[1][3][4]
+            if shared:  # what one counter per device did
+                second = recorded[1]
+                recorded[1] = (*second[:3], (*second[3][:4], recorded[0][3][4], *second[3][5:]))
+            emulator.launch_concurrent(recorded, schedule=schedule, seed=seed)
+            got = [float(to_numpy(loss)) for loss in losses]
+            if shared:
+                mixed += not np.allclose(got, want, rtol=1e-12)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=f"{schedule} {seed}")
+    assert mixed == len(schedules)  # the shared counter goes wrong every time: the test can tell them apart

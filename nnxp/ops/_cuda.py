@@ -13,13 +13,57 @@ import importlib.resources
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..backend import cupy_module, is_cupy_array, tf32_active, xp_of
+from ..backend import cupy_module, is_cupy_array, is_out_of_memory, xp_of
 from .activation import ACTIVATION_OPS
+
+# --- which ops run: the fused kernels, or the CuPy references (NNXP_KERNELS, or after a failed build) ----------
+
+_MODES = ("fused", "reference")
+_mode: str | None = None  # NNXP_KERNELS, read once on the first CUDA op (tests reset it to None)
+
+
+class KernelUnavailable(RuntimeError):
+    """kernels.cu cannot run here (NNXP_KERNELS=reference, or it failed to compile or load): use the reference."""
+
+
+def kernel_mode() -> str:
+    """``"fused"`` (the default) or ``"reference"`` (NNXP_KERNELS=reference: CuPy reference ops everywhere)."""
+    global _mode
+    if _mode is None:
+        import os
+
+        from ..errors import NnxpError
+
+        value = os.environ.get("NNXP_KERNELS", "fused").strip().lower() or "fused"
+        if value not in _MODES:
+            raise NnxpError(f"`NNXP_KERNELS` must be one of {_MODES}. Received: NNXP_KERNELS={value!r}")
+        _mode = value
+    return _mode
+
+
+def _fused(wrapper: Callable) -> Callable:
+    """A CUDA wrapper that returns NotImplemented (so its caller runs the reference) when the kernels cannot run.
+
+    A failed build raises before any kernel touches a buffer (every kernel of a dtype is in one module, built
+    at the first launch), so the reference then starts from the caller's untouched inputs.
+    """
+
+    @functools.wraps(wrapper)
+    def fused(*args: Any, **kwargs: Any) -> Any:
+        if kernel_mode() == "reference":
+            return NotImplemented
+        try:
+            return wrapper(*args, **kwargs)
+        except KernelUnavailable:
+            return NotImplemented
+
+    return fused
 
 
 def override(name: str, ref: Callable) -> Callable:
@@ -101,45 +145,67 @@ class LazyKernels:
         self._modules: dict[tuple[int, str], Any] = {}  # kept alive while their kernels are in use
         self._functions: dict[tuple[int, str], dict[str, Any]] = {}
         self._seconds: dict[tuple[int, str], float] = {}
-        self._counters: dict[int, Any] = {}
+        self._failed: dict[tuple[int, str], str] = {}  # warned once; later requests take the reference at once
         self._sm_counts: dict[int, int] = {}
+        self._resident: dict[tuple, int] = {}
 
     def function(self, name: str, dtype: np.dtype, device_id: int) -> Any:
-        """The RawKernel ``name<T>`` for `dtype` on device `device_id` (built on first request)."""
+        """The RawKernel ``name<T>`` for `dtype` on device `device_id` (built on first request).
+
+        Raises KernelUnavailable when the module failed to build (warned once, see :meth:`_build`).
+        """
         functions = self._functions.get((device_id, dtype.char))
         if functions is None:
-            functions = self._build(dtype, device_id)
+            functions = self._build(dtype, device_id, name)
         return functions[name]
 
-    def _build(self, dtype: np.dtype, device_id: int) -> dict[str, Any]:
+    def failures(self) -> dict[str, str]:
+        """What failed to build, keyed ``"cuda:N/float32"``: the error (with NVRTC's log) per module."""
+        return {f"cuda:{dev}/{np.dtype(char).name}": e for (dev, char), e in sorted(self._failed.items())}
+
+    def _build(self, dtype: np.dtype, device_id: int, first: str = "") -> dict[str, Any]:
         cp = cupy_module()
         key = (device_id, dtype.char)
         with self._lock:
             if key in self._functions:
                 return self._functions[key]
+            if key in self._failed:
+                raise KernelUnavailable(self._failed[key])
             ctype = _CTYPES[dtype]
             expressions = [f"{name}<{ctype}>" for name in self.kernels]
             start = time.perf_counter()
-            with cp.cuda.Device(device_id):
-                module = cp.RawModule(code=_source(), options=self.options, name_expressions=expressions)
-                # get_function compiles (or loads from the cache) and loads the module on this device
-                functions = {name: module.get_function(f"{name}<{ctype}>") for name in self.kernels}
+            try:
+                with cp.cuda.Device(device_id):
+                    module = cp.RawModule(code=_source(), options=self.options, name_expressions=expressions)
+                    # get_function compiles (or loads from the cache) and loads the module on this device
+                    functions = {name: module.get_function(f"{name}<{ctype}>") for name in self.kernels}
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                self._failed[key] = message = _build_failure(exc, f"{first or self.kernels[0]}<{ctype}>", device_id)
+                warnings.warn(message, RuntimeWarning, stacklevel=5)
+                raise KernelUnavailable(message) from exc
             self._seconds[key] = time.perf_counter() - start
             self._modules[key] = module
             self._functions[key] = functions
             return functions
 
-    def counter(self, device_id: int) -> Any:
-        """A zeroed uint32 ticket counter on the device for the losses' last-block finish.
-
-        The kernels leave it at zero again, so one per device serves every launch on one stream.
-        """
-        c = self._counters.get(device_id)
-        if c is None:
+    def resident_blocks(self, name: str, dtype: np.dtype, device_id: int, block: int) -> int:
+        """Blocks of `block` threads of `name<T>` that one SM holds at once: CUDA's occupancy calculation for
+        the compiled kernel (its registers and shared memory, bench/results/kernel-resources.md), asked through
+        CuPy's driver binding; _BLOCKS_PER_SM where that query is unavailable (no driver API, a stand-in)."""
+        key = (name, dtype.char, device_id, block)
+        n = self._resident.get(key)
+        if n is None:
             cp = cupy_module()
-            with cp.cuda.Device(device_id):
-                c = self._counters[device_id] = cp.zeros(1, dtype=np.uint32)
-        return c
+            try:
+                with cp.cuda.Device(device_id):
+                    ptr = self.function(name, dtype, device_id).kernel.ptr
+                    n = int(cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(ptr, block, 0))
+            except Exception:  # only a launch shape: never worth failing a step for
+                n = _BLOCKS_PER_SM
+            n = self._resident[key] = max(1, n)
+        return n
 
     def sm_count(self, device_id: int) -> int:
         n = self._sm_counts.get(device_id)
@@ -152,6 +218,53 @@ class LazyKernels:
     def compile_seconds(self) -> dict[str, float]:
         """First-use build time per module, keyed ``"cuda:N/float32"``; empty until a kernel has run."""
         return {f"cuda:{dev}/{np.dtype(char).name}": s for (dev, char), s in sorted(self._seconds.items())}
+
+
+def _build_failure(exc: BaseException, kernel: str, device_id: int) -> str:
+    # CuPy's CompileException carries NVRTC's log as its message (cupy/cuda/compiler.py get_message)
+    log = str(exc).strip() or type(exc).__name__
+    if len(log) > 4000:
+        log = log[:4000] + "\n[... log truncated]"
+    return (f"nnxp: the CUDA kernel {kernel} (kernels.cu) failed to compile or load on cuda:{device_id} "
+            f"({type(exc).__name__}). nnxp runs the CuPy reference ops instead (same results, slower). "
+            f"NVRTC said:\n{log}\nRun `nnxp selftest --device cuda` for a full report.")
+
+
+def nvrtc_check(arch: str = "compute_80") -> str:
+    """Compile kernels.cu (every kernel, float and double) and an include of the CUDA runtime headers with NVRTC.
+
+    Needs CuPy and NVRTC but no GPU (NVRTC compiles to PTX without a device), so a Docker build or a CI job can
+    prove that an install can compile nnxp's kernels and CuPy's own (which include <cuda_fp16.h>, found as
+    CuPy 14 finds it: cuda.pathfinder's header directory of the cudart wheel or toolkit). Returns a summary line;
+    raises RuntimeError with NVRTC's log on failure.
+    """
+    cp = cupy_module()
+    if cp is None:
+        raise RuntimeError("CuPy is not installed")
+    nvrtc = cp.cuda.nvrtc
+    from cuda import pathfinder
+
+    include = pathfinder.find_nvidia_header_directory("cudart")
+    if include is None:
+        raise RuntimeError('the CUDA runtime headers were not found; install nnxp with its CUDA extra '
+                           '(pip install "nnxp[cuda12]") or a CUDA toolkit')
+    # -ftz=true and --std=c++17 as CuPy's RawModule adds them (cupy/cuda/compiler.py)
+    options = [*NVRTC_OPTIONS, "-ftz=true", "--std=c++17", f"--gpu-architecture={arch}", f"-I{include}"]
+    prog = nvrtc.createProgram(_source() + "\n#include <cuda_fp16.h>\n", "kernels.cu", [], [])
+    try:
+        expressions = [f"{name}<{ctype}>" for ctype in _CTYPES.values() for name in KERNELS]
+        for expression in expressions:
+            nvrtc.addNameExpression(prog, expression)
+        try:
+            nvrtc.compileProgram(prog, options)
+        except nvrtc.NVRTCError as exc:
+            raise RuntimeError(f"NVRTC failed on kernels.cu: {exc}\n{nvrtc.getProgramLog(prog)}") from exc
+        ptx = nvrtc.getPTX(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    major, minor = nvrtc.getVersion()
+    return (f"NVRTC {major}.{minor} compiled {len(expressions)} kernels of kernels.cu for {arch} "
+            f"({len(ptx)} bytes of PTX) with the CUDA headers in {include}")
 
 
 _KERNELS = LazyKernels()
@@ -198,51 +311,182 @@ def _next_pow2(n: int) -> int:
 # --- matmul that also works while a CUDA graph is captured -----------------------------------------------------
 #
 # CuPy refuses every cuBLAS call on a capturing stream (its handle's setStream raises), although cuBLAS itself
-# supports capture. So inside `capturing()` the dense ops call cublas<S|D>gemm_v2 through ctypes on CuPy's own
-# handle (its library is already loaded by then: warm-up steps ran CuPy matmuls), bound to the capturing stream.
+# supports capture. So inside `capturing()` the dense ops call cublasGemmEx through ctypes, on CuPy's own handle
+# and the very libcublas CuPy loaded, with the compute type and algorithm CuPy's eager matmul picks
+# (cupy/_core/_routines_linalg.pyx tensordot_core_v11), so replayed and eager steps run the same GEMM.
+# Entering `capturing()` (before begin_capture) takes the handle and gives it a persistent workspace, so
+# neither cublasCreate nor a workspace allocation is recorded into the graph.
 
 _capture = threading.local()
 
+# cuBLAS / CUDA enum values, as cupy_backends/cuda/libs/cublas.pxd and cupy_backends/cuda/api/runtime.pxd spell
+# them (read from CuPy's modules when present; these are the values of the CUDA 12/13 headers)
+_CUBLAS_ENUMS = {
+    "CUBLAS_COMPUTE_32F": 68, "CUBLAS_COMPUTE_32F_PEDANTIC": 69, "CUBLAS_COMPUTE_32F_FAST_TF32": 77,
+    "CUBLAS_COMPUTE_64F": 70, "CUBLAS_COMPUTE_64F_PEDANTIC": 71,
+    "CUBLAS_GEMM_DEFAULT": -1, "CUBLAS_GEMM_DEFAULT_TENSOR_OP": 99,
+}
+_CUDA_R_32F, _CUDA_R_64F = 0, 1  # cudaDataType_t
+# cuBLAS's recommended user workspace for graph capture: 32 MiB on Hopper and later, 4 MiB before (the cuBLAS
+# docs, "cuBLAS Workspace" / "CUDA Graphs Support"), the same size as its default pool, so GEMM heuristics match
+_WORKSPACE_BYTES = {True: 32 << 20, False: 4 << 20}
+
+
+def cublas_soname(version: int) -> str:
+    """The soname of libcublas for a cublasGetVersion value (major * 10000 + minor * 100 + patch)."""
+    if version < 10000:
+        raise RuntimeError(f"cuBLAS reported version {version}; nnxp's captured matmuls need cuBLAS 11 or later")
+    return f"libcublas.so.{version // 10000}"
+
+
+def _open_loaded(path: str) -> Any:
+    """A ctypes handle on `path` only if this process has loaded it already (RTLD_NOLOAD: never a second copy)."""
+    import ctypes
+    import os
+
+    return ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+
+
+def _cublas_candidates(cp: Any, handle: int) -> list[str]:
+    """Where the libcublas CuPy uses is, best first.
+
+    CuPy 14 loads it with cuda.pathfinder.load_nvidia_dynamic_lib("cublas") before importing its cublas module
+    (cupy_backends/cuda/libs/__init__.py __getattr__); that call is cached (functools.cache), so asking again
+    returns the very copy CuPy loaded, with its absolute path. Otherwise (a CuPy built against a system CUDA)
+    the soname of the cuBLAS major that CuPy's own binding reports, which the dynamic linker matches against
+    the copies already loaded.
+    """
+    soname = cublas_soname(int(cp.cuda.cublas.getVersion(handle)))  # CuPy's own import loads cuBLAS first
+    found = []
+    try:
+        from cuda import pathfinder  # a dependency of CuPy 14
+
+        path = pathfinder.load_nvidia_dynamic_lib("cublas").abs_path
+        if path:
+            found.append(path)
+    except Exception:  # noqa: S110 - no pathfinder, or it did not load cuBLAS: try the soname
+        pass
+    found.append(soname)
+    return found
+
+
+def _cublas_library(cp: Any, handle: int) -> Any:
+    tried = []
+    for path in _cublas_candidates(cp, handle):
+        try:
+            lib = _open_loaded(path)
+        except OSError as exc:
+            tried.append(f"{path}: {exc}")
+            continue
+        _declare(lib)
+        return lib
+    raise RuntimeError("cannot reach the libcublas that CuPy loaded (" + "; ".join(tried) + "). Run one CuPy "
+                       "matmul on this device first, or fit with cuda_graph=False")
+
+
+def _declare(lib: Any) -> None:
+    import ctypes
+
+    handle, i, p, size = ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+    lib.cublasSetStream_v2.argtypes = [handle, p]
+    lib.cublasSetPointerMode_v2.argtypes = [handle, i]
+    lib.cublasSetWorkspace_v2.argtypes = [handle, p, size]
+    # cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
+    #              computeType, algo)
+    lib.cublasGemmEx.argtypes = [handle, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
+
+
+class _CublasDevice:
+    """What a captured matmul needs on one device, taken before the capture starts."""
+
+    def __init__(self, cp: Any, device_id: int) -> None:
+        import ctypes
+
+        with cp.cuda.Device(device_id):
+            self.handle = int(cp.cuda.device.get_cublas_handle())  # cublasCreate runs here, not in the graph
+            self.lib = _cublas_library(cp, self.handle)
+            # Device.compute_capability is major and minor as one string ("80", "90", "120"; cupy/cuda/device.pyx)
+            self.compute_capability = int(cp.cuda.Device(device_id).compute_capability)
+            major = self.compute_capability // 10
+            # a persistent workspace, outside any memory pool (cupy.cuda.memory.Memory is a plain cudaMalloc)
+            self.workspace = cp.cuda.memory.Memory(_WORKSPACE_BYTES[major >= 9])
+        status = self.lib.cublasSetWorkspace_v2(ctypes.c_void_p(self.handle), ctypes.c_void_p(self.workspace.ptr),
+                                                self.workspace.size)
+        _check_cublas(cp, status)
+
+    def gemm_types(self, cp: Any, dtype: np.dtype) -> tuple[int, int, int]:
+        """(cudaDataType, cublasComputeType, algo) as tensordot_core_v11 picks them for `dtype`."""
+        enum = _cublas_enums(cp)
+        linalg = cp._core._routines_linalg
+        compute_type = cp._core.get_compute_type(dtype)
+        if dtype == np.float32:
+            if compute_type == linalg.COMPUTE_TYPE_PEDANTIC:
+                compute = enum["CUBLAS_COMPUTE_32F_PEDANTIC"]
+            elif compute_type == linalg.COMPUTE_TYPE_TF32:
+                compute = enum["CUBLAS_COMPUTE_32F_FAST_TF32"]
+            else:
+                compute = enum["CUBLAS_COMPUTE_32F"]
+            data = _CUDA_R_32F
+        else:
+            pedantic = compute_type == linalg.COMPUTE_TYPE_PEDANTIC
+            compute = enum["CUBLAS_COMPUTE_64F_PEDANTIC" if pedantic else "CUBLAS_COMPUTE_64F"]
+            data = _CUDA_R_64F
+        algo = enum["CUBLAS_GEMM_DEFAULT_TENSOR_OP" if self.compute_capability >= 80 else "CUBLAS_GEMM_DEFAULT"]
+        return data, compute, algo
+
+
+def _cublas_enums(cp: Any) -> dict[str, int]:
+    try:
+        module = cp.cuda.cublas
+    except Exception:
+        module = None
+    return {name: int(getattr(module, name, value)) for name, value in _CUBLAS_ENUMS.items()}
+
+
+def _check_cublas(cp: Any, status: int) -> None:
+    """Raise CuPy's own CUBLASError (so nnxp.backend.is_out_of_memory sees CUBLAS_STATUS_ALLOC_FAILED)."""
+    if status:
+        try:
+            error = cp.cuda.cublas.CUBLASError
+        except Exception:
+            error = None
+        if isinstance(error, type):
+            raise error(status)
+        raise RuntimeError(f"cuBLAS call failed with status {status}")
+
+
+# per (thread, device): CuPy keeps one cuBLAS handle per thread and device (cupy/cuda/device.pyx
+# get_cublas_handle), and the workspace belongs to the handle
+_CUBLAS_DEVICES: dict[tuple[int, int], _CublasDevice] = {}
+
+
+def _cublas_device(device_id: int) -> _CublasDevice:
+    key = (threading.get_ident(), device_id)
+    state = _CUBLAS_DEVICES.get(key)
+    if state is None:
+        state = _CUBLAS_DEVICES[key] = _CublasDevice(cupy_module(), device_id)
+    return state
+
+
+def _prepare_capture(device_id: int) -> None:
+    """Everything cuBLAS must have before a capture on `device_id`: handle, library, workspace (see above)."""
+    _cublas_device(device_id)
+
 
 class capturing:  # noqa: N801 - used as a context manager, like a function
-    """While active on this thread, the dense ops' matmuls go straight to cuBLAS (see above)."""
+    """While active on this thread, the dense ops' matmuls go straight to cuBLAS (see above).
+
+    Enter it on the capturing device before ``begin_capture``: entering prepares cuBLAS there.
+    """
 
     def __enter__(self) -> capturing:
         self._previous = getattr(_capture, "active", False)
+        _prepare_capture(int(cupy_module().cuda.Device().id))
         _capture.active = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
         _capture.active = self._previous
-
-
-class _Cublas:
-    """libcublas as CuPy loaded it, found in this process's memory map (Linux)."""
-
-    _lib: Any = None
-
-    @classmethod
-    def library(cls) -> Any:
-        if cls._lib is None:
-            import ctypes
-
-            paths = []
-            with open("/proc/self/maps", encoding="utf-8") as maps:
-                for line in maps:
-                    path = line.split()[-1] if len(line.split()) >= 6 else ""
-                    if "/libcublas.so" in path and path not in paths:
-                        paths.append(path)
-            if not paths:
-                raise RuntimeError("libcublas is not loaded in this process (run one CuPy matmul first)")
-            lib = ctypes.CDLL(paths[0])
-            handle, op, i, p = ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
-            lib.cublasSetStream_v2.argtypes = [handle, p]
-            lib.cublasSetPointerMode_v2.argtypes = [handle, op]
-            lib.cublasSetMathMode.argtypes = [handle, op]
-            for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
-                getattr(lib, name).argtypes = [handle, op, op, i, i, i, p, p, i, p, i, p, p, i]
-            cls._lib = lib
-        return cls._lib
 
 
 def _operand(a: Any) -> tuple[int, int] | None:
@@ -262,22 +506,22 @@ def _gemm(a: Any, b: Any, out: Any) -> Any:
     op_a, op_b = _operand(a), _operand(b)
     if op_a is None or op_b is None or not out.flags.c_contiguous:
         raise RuntimeError("a captured matmul needs C- or F-contiguous operands and a C-contiguous output")
-    lib = _Cublas.library()
-    handle = ctypes.c_void_p(cp.cuda.device.get_cublas_handle())
+    dev = _CUBLAS_DEVICES.get((threading.get_ident(), int(out.device.id)))
+    if dev is None:
+        raise RuntimeError("cuBLAS was not prepared for this device before the capture (enter capturing() first)")
+    lib, handle = dev.lib, ctypes.c_void_p(dev.handle)
+    data, compute, algo = dev.gemm_types(cp, out.dtype)
     status = lib.cublasSetStream_v2(handle, ctypes.c_void_p(cp.cuda.get_current_stream().ptr))
     status = status or lib.cublasSetPointerMode_v2(handle, 0)  # alpha and beta are host values, read at capture
-    tf32 = out.dtype == np.float32 and tf32_active()  # as CuPy's matmul would run inside Device.use(tf32=True)
-    status = status or lib.cublasSetMathMode(handle, 3 if tf32 else 0)  # CUBLAS_TF32_TENSOR_OP_MATH / DEFAULT
     (m, k), n = a.shape, b.shape[1]
-    scalar = ctypes.c_float if out.dtype == np.float32 else ctypes.c_double
+    scalar = ctypes.c_double if compute in (_cublas_enums(cp)["CUBLAS_COMPUTE_64F"],
+                                            _cublas_enums(cp)["CUBLAS_COMPUTE_64F_PEDANTIC"]) else ctypes.c_float
     one, zero = scalar(1.0), scalar(0.0)
-    gemm = lib.cublasSgemm_v2 if out.dtype == np.float32 else lib.cublasDgemm_v2
-    status = status or gemm(handle, op_b[0], op_a[0], n, m, k, ctypes.byref(one), ctypes.c_void_p(b.data.ptr),
-                            op_b[1], ctypes.c_void_p(a.data.ptr), op_a[1], ctypes.byref(zero),
-                            ctypes.c_void_p(out.data.ptr), max(1, n))
-    lib.cublasSetMathMode(handle, 0)  # back to CUBLAS_DEFAULT_MATH for CuPy's own calls
-    if status:
-        raise RuntimeError(f"cuBLAS gemm failed with status {status}")
+    status = status or lib.cublasGemmEx(
+        handle, op_b[0], op_a[0], n, m, k, ctypes.byref(one), ctypes.c_void_p(b.data.ptr), data, op_b[1],
+        ctypes.c_void_p(a.data.ptr), data, op_a[1], ctypes.byref(zero), ctypes.c_void_p(out.data.ptr), data,
+        max(1, n), compute, algo)
+    _check_cublas(cp, status)
     return out
 
 
@@ -293,6 +537,9 @@ def _matmul(a: Any, b: Any, out: Any = None) -> Any:
 
 def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> None:
     kernel = _KERNELS.function(name, dtype, device_id)
+    if len(grid) == 1:  # every 1-D kernel loops over its work: no more blocks than the SMs hold at once
+        grid = (max(1, min(grid[0], _KERNELS.resident_blocks(name, dtype, device_id, block[0])
+                           * _KERNELS.sm_count(device_id))),)
     with cupy_module().cuda.Device(device_id):
         kernel(grid, block, args)
 
@@ -318,6 +565,7 @@ def _bias_activation(z: Any, b: Any | None, activation: str, z_keep: Any | None,
     _launch("nnxp_bias_act_forward", dtype, device_id, (_grid(total, device_id),), (_BLOCK,), args)
 
 
+@_fused
 def bias_activation_forward(z: Any, b: Any | None, activation: str, z_out: Any = None) -> Any:
     """``y = f(z + b)`` in place over `z` (B, N); returns ``(y, z_kept)`` as :func:`dense_forward` does.
 
@@ -340,6 +588,7 @@ def bias_activation_forward(z: Any, b: Any | None, activation: str, z_out: Any =
     return z, (z_out if needs_z else None)
 
 
+@_fused
 def dense_forward(x: Any, w: Any, b: Any | None, activation: str, out: Any = None, z_out: Any = None) -> Any:
     """Fused :func:`nnxp.ops.dense.dense_forward_ref`: cuBLAS matmul, then one bias + activation kernel."""
     dtype = _dtype_of(x)
@@ -402,6 +651,7 @@ def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, d
         _launch("nnxp_column_sum", dtype, dev, (-(-cols // _BLOCK),), (_BLOCK,), args)
 
 
+@_fused
 def activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, db: Any | None = None) -> Any:
     """``dy <- dy * f'(.)`` in place and ``db <- dz.sum(axis=0)`` in the same pass; returns dz (= dy)."""
     dtype = _dtype_of(dy)
@@ -422,6 +672,7 @@ def _backward_inputs_fit(dy, y, z, activation, db, dtype, dev) -> bool:
     return db is None or _fits(db, dtype, (dy.shape[1],), dev)
 
 
+@_fused
 def dense_backward(
     dy: Any,
     x: Any,
@@ -472,9 +723,14 @@ def _loss_launch(name: str, logits: Any, second: Any, grad: Any, rows_or_total: 
         g = cp.empty_like(logits) if grad is None else grad
         loss = cp.empty((), dtype=dtype)
         partials = cp.empty(grid, dtype=dtype)
+        # The last-block ticket counter: one per launch, zeroed by a memset on this launch's stream (cupy.zeros
+        # is memset_async on the current stream, cupy/_creation/basic.py), so a capture records it as a memset
+        # node and every replay starts from 0. A counter shared by launches on two streams would mix their
+        # tickets; one left non-zero by an aborted launch would poison every later call.
+        counter = cp.zeros(1, dtype=np.uint32)
     sizes = (np.int64(rows_or_total),) if cols is None else (np.int64(rows_or_total), np.int64(cols))
     # 1.0 / n in double, then cast (as `g *= 1.0 / n`); the mean divides by T(n) (as `.sum() / n`)
-    args = (logits, second, g, partials, _KERNELS.counter(dev), loss, *sizes, scalar(1.0 / count), scalar(count))
+    args = (logits, second, g, partials, counter, loss, *sizes, scalar(1.0 / count), scalar(count))
     _launch(name, dtype, dev, (grid,), (_BLOCK,), args)
     return loss, g
 
@@ -491,6 +747,7 @@ def _loss_inputs_fit(logits: Any, grad: Any) -> np.dtype | None:
     return dtype
 
 
+@_fused
 def softmax_cross_entropy(logits: Any, target: Any, grad: Any = None) -> Any:
     """Fused :func:`nnxp.ops.loss.softmax_cross_entropy_ref` (one warp per row, one launch)."""
     dtype = _loss_inputs_fit(logits, grad)
@@ -502,6 +759,7 @@ def softmax_cross_entropy(logits: Any, target: Any, grad: Any = None) -> Any:
     return _loss_launch("nnxp_softmax_xent", logits, target, grad, rows, cols, rows, grid, dev)
 
 
+@_fused
 def sparse_softmax_cross_entropy(logits: Any, labels: Any, grad: Any = None) -> Any:
     """Fused :func:`nnxp.ops.loss.sparse_softmax_cross_entropy_ref` for int64 labels (B,)."""
     dtype = _loss_inputs_fit(logits, grad)
@@ -515,6 +773,7 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, grad: Any = None) -> 
     return _loss_launch("nnxp_sparse_softmax_xent", logits, labels, grad, rows, cols, rows, grid, dev)
 
 
+@_fused
 def sigmoid_binary_cross_entropy(logits: Any, target: Any, grad: Any = None) -> Any:
     """Fused :func:`nnxp.ops.loss.sigmoid_binary_cross_entropy_ref` (mean over all elements)."""
     dtype = _loss_inputs_fit(logits, grad)
@@ -627,6 +886,7 @@ def _step(name: str, p: Any, args: tuple, hp: Any) -> None:
 # device_scalars of the matching *_scalars tuple gives the values), for steps replayed in a CUDA graph.
 
 
+@_fused
 def sgd(p, g, velocity, tmp, lr, momentum, nesterov, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.sgd_ref` (`tmp` is not needed); returns None, or NotImplemented."""
     dtype = _flat_fit(p, g, velocity)
@@ -639,6 +899,7 @@ def sgd(p, g, velocity, tmp, lr, momentum, nesterov, weight_decay: float = 0.0, 
     return None
 
 
+@_fused
 def rmsprop(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.rmsprop_ref` (plain, momentum, centered, or both)."""
     dtype = _flat_fit(p, g, avg_sq, mom, avg_g)
@@ -654,6 +915,7 @@ def rmsprop(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon, weight_de
     return None
 
 
+@_fused
 def adagrad(p, g, acc, tmp, lr, epsilon, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adagrad_ref`."""
     dtype = _flat_fit(p, g, acc)
@@ -666,6 +928,7 @@ def adagrad(p, g, acc, tmp, lr, epsilon, weight_decay: float = 0.0, hp: Any = No
     return None
 
 
+@_fused
 def adadelta(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adadelta_ref`."""
     dtype = _flat_fit(p, g, acc_g, acc_dx)
@@ -678,6 +941,7 @@ def adadelta(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay: float = 0
     return None
 
 
+@_fused
 def adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adam_ref` (bias correction folded into one host-side factor)."""
     dtype = _flat_fit(p, g, m, v)
@@ -690,6 +954,7 @@ def adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float
     return None
 
 
+@_fused
 def adamax(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
     """Fused :func:`nnxp.ops.optim.adamax_ref`."""
     dtype = _flat_fit(p, g, m, u)
@@ -704,22 +969,49 @@ def adamax(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: flo
 
 
 # --- (e) dropout with a counter-based mask ------------------------------------------------------------------
+#
+# `seed` is either a Python int (the mask's seed itself) or a device "state": a C-contiguous (2,) uint64 array
+# holding (layer seed, step counter). With a state the kernels use nx_hash(seed, step) as the mask's seed, read
+# on the device, so a captured CUDA graph that bumps the counter draws a new mask on every replay.
 
 _U64 = np.uint64
+_M64 = 2**64 - 1
+_GAMMA, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
-def dropout_mask_ref(xp: Any, n: int, rate: float, seed: int, dtype: Any) -> Any:
+def step_seed(seed: int, step: int) -> int:
+    """nx_hash(seed, step) of kernels.cu in Python integers: the mask seed of a state (seed, step)."""
+    z = (seed + (step + 1) * _GAMMA) & _M64
+    z = ((z ^ (z >> 30)) * _MIX1) & _M64
+    z = ((z ^ (z >> 27)) * _MIX2) & _M64
+    return z ^ (z >> 31)
+
+
+def _hash(xp: Any, seed: Any, offset: Any) -> Any:
+    """nx_hash over uint64 arrays (wrapping arithmetic; arrays, so NumPy warns of no scalar overflow)."""
+    z = seed + (offset + _U64(1)) * _U64(_GAMMA)
+    z = (z ^ (z >> _U64(30))) * _U64(_MIX1)
+    z = (z ^ (z >> _U64(27))) * _U64(_MIX2)
+    return z ^ (z >> _U64(31))
+
+
+def _is_state(seed: Any) -> bool:
+    return hasattr(seed, "dtype") and hasattr(seed, "shape")
+
+
+def dropout_mask_ref(xp: Any, n: int, rate: float, seed: Any, dtype: Any) -> Any:
     """The kernels' mask, generic over NumPy / CuPy: scale where splitmix64(seed, i) gives u >= rate, else 0.
 
-    The hash is integer arithmetic and u takes the top 24 (float32) or 53 (float64) bits exactly, so this
-    equals the device mask bit for bit.
+    `seed` is an int or a (2,) uint64 state (seed, step) on `xp`'s device; the state is hashed there, with no
+    host read, so this reference also runs inside a CUDA graph capture. The hash is integer arithmetic and u
+    takes the top 24 (float32) or 53 (float64) bits exactly, so this equals the device mask bit for bit.
     """
     dtype = np.dtype(dtype)
-    i = xp.arange(n, dtype=np.uint64)
-    z = _U64(seed % 2**64) + (i + _U64(1)) * _U64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-    z = z ^ (z >> _U64(31))
+    if _is_state(seed):
+        base = _hash(xp, seed[0:1], seed[1:2])  # (1,): broadcasts over the offsets
+    else:
+        base = xp.asarray(np.full(1, int(seed) % 2**64, dtype=np.uint64))
+    z = _hash(xp, base, xp.arange(n, dtype=np.uint64))
     if dtype == np.float32:
         u = (z >> _U64(40)).astype(np.float32) * np.float32(2.0**-24)
     else:
@@ -728,7 +1020,7 @@ def dropout_mask_ref(xp: Any, n: int, rate: float, seed: int, dtype: Any) -> Any
     return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
 
 
-def dropout_forward_ref(x: Any, rate: float, seed: int, out: Any = None, mask_out: Any = None) -> tuple[Any, Any]:
+def dropout_forward_ref(x: Any, rate: float, seed: Any, out: Any = None, mask_out: Any = None) -> tuple[Any, Any]:
     """``y = x * mask`` with :func:`dropout_mask_ref`; returns ``(y, mask)``."""
     xp = xp_of(x)
     mask = dropout_mask_ref(xp, x.size, rate, seed, x.dtype).reshape(x.shape)
@@ -738,29 +1030,39 @@ def dropout_forward_ref(x: Any, rate: float, seed: int, out: Any = None, mask_ou
     return xp.multiply(x, mask, out=out), mask
 
 
-def dropout_backward_ref(dy: Any, rate: float, seed: int, out: Any = None) -> Any:
+def dropout_backward_ref(dy: Any, rate: float, seed: Any, out: Any = None) -> Any:
     """``dx = dy * mask`` with the mask regenerated from (seed, offset)."""
     xp = xp_of(dy)
     return xp.multiply(dy, dropout_mask_ref(xp, dy.size, rate, seed, dy.dtype).reshape(dy.shape), out=out)
 
 
-def _dropout_args_fit(x: Any, rate: float, out: Any) -> np.dtype | None:
+def _dropout_args_fit(x: Any, rate: float, seed: Any, out: Any) -> np.dtype | None:
     dtype = _dtype_of(x)
     if dtype is None or x.size == 0 or not (0.0 <= rate < 1.0):
         return None
     dev = x.device.id
     if not _fits(x, dtype, x.shape, dev) or (out is not None and not _fits(out, dtype, x.shape, dev)):
         return None
+    if _is_state(seed) and not _fits(seed, np.dtype(np.uint64), (2,), dev):
+        return None
     return dtype
 
 
-def dropout_forward(x: Any, rate: float, seed: int, out: Any = None, mask_out: Any = None) -> Any:
+def _seed_args(seed: Any) -> tuple[Any, Any]:
+    """(by-value seed, state pointer) for the kernels: the state wins when given."""
+    if _is_state(seed):
+        return _U64(0), seed
+    return _U64(int(seed) % 2**64), None
+
+
+@_fused
+def dropout_forward(x: Any, rate: float, seed: Any, out: Any = None, mask_out: Any = None) -> Any:
     """Fused :func:`dropout_forward_ref`: hash, compare, scale and multiply in one pass.
 
-    `seed` must change every step (e.g. base seed + iteration); the mask is stored only when `mask_out` is
-    given, since :func:`dropout_backward` regenerates it from (seed, offset) for free.
+    `seed` must change every step (an int: e.g. base seed + iteration; a state: bump its counter); the mask is
+    stored only when `mask_out` is given, since :func:`dropout_backward` regenerates it from (seed, offset).
     """
-    dtype = _dropout_args_fit(x, rate, out)
+    dtype = _dropout_args_fit(x, rate, seed, out)
     if dtype is None or (mask_out is not None and not _fits(mask_out, dtype, x.shape, x.device.id)):
         return NotImplemented
     dev = x.device.id
@@ -768,15 +1070,17 @@ def dropout_forward(x: Any, rate: float, seed: int, out: Any = None, mask_out: A
     with cp.cuda.Device(dev):
         y = cp.empty_like(x) if out is None else out
     t = dtype.type
-    args = (x, y, mask_out if mask_out is not None else y, np.int64(x.size), _U64(seed % 2**64), t(rate),
-            t(1.0 / (1.0 - rate)), np.int32(mask_out is not None))
+    value, state = _seed_args(seed)
+    args = (x, y, mask_out if mask_out is not None else y, np.int64(x.size), value, t(rate),
+            t(1.0 / (1.0 - rate)), np.int32(mask_out is not None), state)
     _launch("nnxp_dropout_forward", dtype, dev, (_grid(x.size, dev),), (_BLOCK,), args)
     return y, mask_out
 
 
-def dropout_backward(dy: Any, rate: float, seed: int, out: Any = None) -> Any:
+@_fused
+def dropout_backward(dy: Any, rate: float, seed: Any, out: Any = None) -> Any:
     """Fused :func:`dropout_backward_ref`; `out` may be `dy` itself."""
-    dtype = _dropout_args_fit(dy, rate, out)
+    dtype = _dropout_args_fit(dy, rate, seed, out)
     if dtype is None:
         return NotImplemented
     dev = dy.device.id
@@ -784,6 +1088,12 @@ def dropout_backward(dy: Any, rate: float, seed: int, out: Any = None) -> Any:
     with cp.cuda.Device(dev):
         dx = cp.empty_like(dy) if out is None else out
     t = dtype.type
-    args = (dy, dx, np.int64(dy.size), _U64(seed % 2**64), t(rate), t(1.0 / (1.0 - rate)))
+    value, state = _seed_args(seed)
+    args = (dy, dx, np.int64(dy.size), value, t(rate), t(1.0 / (1.0 - rate)), state)
     _launch("nnxp_dropout_backward", dtype, dev, (_grid(dy.size, dev),), (_BLOCK,), args)
     return dx
+
+
+# The dispatchers the Dropout layer calls: the kernels for the CuPy arrays they take, else the references.
+dropout = override("dropout_forward", dropout_forward_ref)
+dropout_grad = override("dropout_backward", dropout_backward_ref)

@@ -8,11 +8,22 @@
 //
 // Numerics mirror the NumPy references in nnxp/ops/{dense,activation,loss,optim}.py operation by operation
 // (same order, same constants, NaN-propagating max/min like np.maximum/np.minimum). The loader compiles with
-// --fmad=false so no multiply-add is contracted: each step rounds exactly as the reference's ufunc does.
+// --fmad=false so no multiply-add is contracted. What that buys, and what it does not:
+// - CuPy's RawModule always adds -ftz=true (cupy/cuda/compiler.py _compile_with_cache_cuda), so in float32
+//   a subnormal input is read as +-0 and a subnormal result is flushed to +-0, where NumPy keeps both. CuPy
+//   compiles its own ufuncs with the same flag, so on a GPU the fused kernel and the CuPy reference flush
+//   alike; against NumPy on the host, float32 agrees only while every intermediate is 0 or normal.
+// - +, -, *, / and sqrt round to nearest as IEEE requires (-prec-div and -prec-sqrt stay on; -ftz does not
+//   change them), so with normal values each such step rounds exactly as the reference's ufunc does. float64
+//   is not affected by -ftz at all.
+// - exp, log, log1p, expm1 and tanh are CUDA's (documented as within 1-2 ulp), not the host libm's or CuPy's
+//   exact choice of intrinsic, so any step that calls one may differ from the reference in its last bits.
+// So the kernels match their references to a few ulps per step, not bit for bit; the tests compare with
+// tolerances (tests/test_ops_cuda.py) and `nnxp selftest` measures the error on the user's own GPU.
 //
 // Reductions are deterministic (no floating-point atomics): the bias gradient is a two-stage column sum and
 // the losses finish in the last block to retire (a ticket counter orders blocks, not sums). A launch with the
-// same grid gives bitwise the same result every time.
+// same grid on the same GPU gives bitwise the same result every time (run to run, not GPU to host).
 
 #ifdef NNXP_HOST_HARNESS
 #include <math.h>
@@ -270,7 +281,9 @@ NX_HD unsigned long long nx_hash(unsigned long long seed, unsigned long long off
     return z ^ (z >> 31);
 }
 
-// u in [0, 1) from the top 24 (float) or 53 (double) bits: exact, so the host reference matches bit for bit
+// u in [0, 1) from the top 24 (float) or 53 (double) bits: exact (the smallest non-zero u, 2^-24, is a normal
+// float, so -ftz=true never touches it), so the MASK matches the host reference bit for bit; x * mask can still
+// differ from NumPy's where it is a float32 subnormal, which the GPU flushes to 0
 NX_HD float nx_uniform(unsigned long long h, float) { return (float)(h >> 40) * 5.9604644775390625e-08f; }
 NX_HD double nx_uniform(unsigned long long h, double) { return (double)(h >> 11) * 1.1102230246251565e-16; }
 
@@ -314,7 +327,9 @@ __device__ __forceinline__ T block_reduce(T v, Op op, T* shm) {
 }
 
 // Grid-level finish of a mean: each block leaves its partial sum, the last block to retire adds them in
-// block order and writes total / denom into loss[0], then re-arms the counter (0 between launches).
+// block order and writes total / denom into loss[0]. `counter` belongs to this launch alone and is zeroed on
+// its stream before it (the wrapper's cupy.zeros): two launches in flight never share tickets. Re-arming it
+// at the end is a courtesy for callers that reuse one counter on one stream.
 template <typename T>
 __device__ __forceinline__ void finish_mean(T block_total, T* partials, unsigned int* counter, T* loss, T denom,
                                             T* shm) {
@@ -494,6 +509,7 @@ __global__ void nnxp_softmax_xent(const T* logits, const T* target, T* grad, T* 
 
 // Softmax + cross-entropy with integer labels (rows,) int64. A negative label wraps once (as NumPy indexing);
 // a label still out of range makes that row's loss NaN (no host sync to raise; the model validates labels).
+// grad may alias logits (see `picked`).
 template <typename T>
 __global__ void nnxp_sparse_softmax_xent(const T* logits, const long long* labels, T* grad, T* partials,
                                          unsigned int* counter, T* loss, long long rows, long long cols, T inv_n,
@@ -511,10 +527,19 @@ __global__ void nnxp_sparse_softmax_xent(const T* logits, const long long* label
         T m = lr[lane < cols ? lane : 0];
         for (long long j = lane + 32; j < cols; j += 32) m = nx_max(m, lr[j]);
         m = warp_reduce(m, MaxOp());
-        T sum_e = T(0);
-        for (long long j = lane; j < cols; j += 32) sum_e = sum_e + nx_exp(lr[j] - m);
+        // Each lane reads only the columns it owns (j = lane mod 32), so grad may alias logits: the label's
+        // shifted logit comes from its owning lane through the warp sum (x + 0 + ... + 0 is x exactly). Reading
+        // lr[label] from every lane instead raced with the owner's gradient write below (lanes of a warp do
+        // not run in lockstep since Volta).
+        T sum_e = T(0), picked = T(0);
+        for (long long j = lane; j < cols; j += 32) {
+            const T s = lr[j] - m;
+            sum_e = sum_e + nx_exp(s);
+            if (j == label) picked = s;
+        }
         sum_e = warp_reduce(sum_e, SumOp());
-        const T picked = valid ? lr[label] - m : nx_log(T(-1));  // log(-1): a quiet NaN
+        picked = warp_reduce(picked, SumOp());
+        if (!valid) picked = nx_log(T(-1));  // log(-1): a quiet NaN
         for (long long j = lane; j < cols; j += 32) {
             T g = nx_exp(lr[j] - m) / sum_e;
             if (j == label) g = g - T(1);
@@ -674,9 +699,17 @@ __global__ void nnxp_adamax(T* p, const T* g, T* m, T* u, long long n, T one_min
 
 // y = x * mask with mask = scale where hash(seed, i) gives u >= rate, else 0; the mask is also stored when
 // store_mask (for callers that keep it), otherwise backward regenerates it from (seed, i).
+// With `state` (device memory: state[0] the layer's seed, state[1] its step counter), the mask's seed is
+// nx_hash(state[0], state[1]) instead of `seed`: a replayed CUDA graph then draws a new mask every step, since
+// the layer bumps state[1] on the device before each forward (nx_step_seed in _cuda.py is the host twin).
+NX_HD unsigned long long nx_step_seed(unsigned long long seed, const unsigned long long* state) {
+    return state ? nx_hash(state[0], state[1]) : seed;
+}
+
 template <typename T>
 __global__ void nnxp_dropout_forward(const T* x, T* y, T* mask, long long n, unsigned long long seed, T rate,
-                                     T scale, int store_mask) {
+                                     T scale, int store_mask, const unsigned long long* state) {
+    seed = nx_step_seed(seed, state);
     NX_GRID_STRIDE(i, n) {
         const T mi = dropout_mask(seed, (unsigned long long)i, rate, scale);
         if (store_mask) mask[i] = mi;
@@ -685,7 +718,9 @@ __global__ void nnxp_dropout_forward(const T* x, T* y, T* mask, long long n, uns
 }
 
 template <typename T>
-__global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned long long seed, T rate, T scale) {
+__global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned long long seed, T rate, T scale,
+                                      const unsigned long long* state) {
+    seed = nx_step_seed(seed, state);
     NX_GRID_STRIDE(i, n) { dx[i] = dy[i] * dropout_mask(seed, (unsigned long long)i, rate, scale); }
 }
 
@@ -711,8 +746,10 @@ __global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned 
     template __global__ void nnxp_adadelta<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);           \
     template __global__ void nnxp_adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);               \
     template __global__ void nnxp_adamax<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);             \
-    template __global__ void nnxp_dropout_forward<T>(const T*, T*, T*, long long, unsigned long long, T, T, int);  \
-    template __global__ void nnxp_dropout_backward<T>(const T*, T*, long long, unsigned long long, T, T);
+    template __global__ void nnxp_dropout_forward<T>(const T*, T*, T*, long long, unsigned long long, T, T, int,   \
+                                                     const unsigned long long*);                                 \
+    template __global__ void nnxp_dropout_backward<T>(const T*, T*, long long, unsigned long long, T, T,           \
+                                                      const unsigned long long*);
 NNXP_INSTANTIATE(float)
 NNXP_INSTANTIATE(double)
 #endif

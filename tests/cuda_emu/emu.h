@@ -1,16 +1,25 @@
 // The CUDA execution model on the CPU, enough of it to run nnxp/ops/kernels.cu unchanged in the tests.
 //
-// Each CUDA thread of a block is a fiber (ucontext) with its own stack; one OS thread runs them, so a launch is
-// deterministic for a given schedule. Blocks run one after another in a chosen order (forward, reverse, or a
-// seeded shuffle), and inside a block the scheduler resumes fibers in a chosen order too, so a kernel whose
-// result depends on block or thread order (a missing __syncthreads, a reduction in retirement order) gives
-// different bits under different schedules. __syncthreads waits for every live thread of the block (threads
-// that returned no longer count, as on sm_70+); __shfl_xor_sync exchanges through a per-warp slot array and
-// insists on all 32 lanes being live and named in the mask. A barrier that some threads never reach is
-// reported as a deadlock instead of hanging.
+// Each CUDA thread of a block is a fiber (ucontext) with its own stack. Each resident block runs on its own OS
+// thread (a "slot", kSlots of them, as an SM holds several blocks), which gives every block its own
+// __shared__ memory (`static thread_local`) and built-in variables; a baton lets exactly one slot run at a time,
+// so a launch is deterministic for a given schedule. Blocks are issued to the slots in a chosen order (forward,
+// reverse, or a seeded shuffle), and the slots take turns: a block runs until every live thread of it waits at
+// an atomic or a __threadfence, or its barrier opens, then the next slot runs (in a shuffled schedule, a slot
+// may also sit out a turn, as SMs run at their own pace). So blocks interleave at exactly the
+// points where another block's progress can matter, and a kernel whose result depends on how blocks interleave
+// (a ticket counter shared by two launches in flight, a last block that reads partials before they are
+// written) gives a wrong or schedule-dependent result. Several launches can run concurrently, as on two
+// streams (their blocks share the slots). Atomics are atomic (one slot runs at a time).
 //
-// What it cannot show: races between blocks (blocks never overlap here), uninitialised shared memory (__shared__
-// becomes `static`, zeroed once), device math ulps (glibc's expf / tanhf stand in for CUDA's), and speed.
+// Inside a block the scheduler resumes fibers in a chosen order too, so a missing __syncthreads changes the
+// bits. __syncthreads waits for every live thread of the block (threads that returned no longer count, as on
+// sm_70+); __shfl_xor_sync exchanges through a per-warp slot array and insists on all 32 lanes being live and
+// named in the mask. A barrier that some threads never reach is reported as a deadlock instead of hanging.
+//
+// What it cannot show: weak memory ordering (every store is visible at once, so a missing __threadfence alone
+// changes nothing), uninitialised shared memory (a slot's __shared__ starts zeroed and keeps what its previous
+// block left), device math ulps (glibc's expf / tanhf stand in for CUDA's), and speed.
 
 #pragma once
 
@@ -21,40 +30,52 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static  // blocks run one at a time, so one copy per kernel instantiation is enough
+#define __shared__ static thread_local  // one copy per slot: every resident block has its own
 
 struct nx_dim3 {
     unsigned int x, y, z;
 };
 
-// The built-in variables: the scheduler sets threadIdx before it resumes a fiber.
-static nx_dim3 threadIdx, blockIdx, blockDim, gridDim;
+// The built-in variables, per slot: the scheduler sets threadIdx before it resumes a fiber.
+static thread_local nx_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace nxemu {
 
 const size_t kStackBytes = 64 * 1024;
+const int kSlots = 4;  // blocks resident at once
 
 struct Fiber {
     ucontext_t ctx;
     nx_dim3 tid;
     int linear = 0;        // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)
     bool done = false;
-    int wait = 0;          // 0 runnable, 1 at __syncthreads, 2 at a warp exchange
+    int wait = 0;          // 0 runnable, 1 at __syncthreads, 2 at a warp exchange, 3 at an atomic or a fence
     unsigned wait_gen = 0;  // the barrier generation it waits to see pass
 };
 
+// One launch of a kernel: what its blocks run.
+struct Launch {
+    const std::function<void()>* body;
+    nx_dim3 grid, block;
+};
+
+// The block a slot runs now (thread_local: one per slot).
 struct State {
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;
+    std::vector<int> order;
     ucontext_t sched;
     int current = -1;
     int live = 0;
@@ -67,7 +88,7 @@ struct State {
     const std::function<void()>* body = nullptr;
 };
 
-static State S;
+static thread_local State S;
 
 static void fail(const std::string& what) {
     if (!S.error.empty()) return;
@@ -96,12 +117,22 @@ static void release_warp_if_complete(int w) {
     }
 }
 
+// An atomic or a fence: other blocks may run before this thread goes on.
+static void switch_point() {
+    if (S.fibers.empty()) return;  // host code (the element-math harness) has no scheduler
+    S.fibers[S.current].wait = 3;
+    suspend();
+}
+
 static void block_barrier() {
     Fiber& f = S.fibers[S.current];
     const unsigned gen = S.bar_gen;
     ++S.bar_arrived;
     release_block_if_complete();
-    if (S.bar_gen != gen) return;  // the last to arrive goes on
+    if (S.bar_gen != gen) {  // the last to arrive: the block is released, and other blocks may run first
+        switch_point();
+        return;
+    }
     f.wait = 1;
     f.wait_gen = gen;
     suspend();
@@ -139,15 +170,21 @@ static std::vector<int> ordering(int n, int schedule, std::mt19937_64& rng) {
     return order;
 }
 
-static void run_block(int schedule, std::mt19937_64& rng) {
-    const int n = (int)(blockDim.x * blockDim.y * blockDim.z);
+// Make the slot's state a fresh block of `launch` with index `b` (linear), its threads in `schedule` order.
+static void start_block(const Launch& launch, int b, int schedule, std::mt19937_64& rng) {
+    const nx_dim3 grid = launch.grid, block = launch.block;
+    gridDim = grid;
+    blockDim = block;
+    blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
+    S.body = launch.body;
+    const int n = (int)(block.x * block.y * block.z);
     const int warps = (n + 31) / 32;
     while ((int)S.stacks.size() < n) S.stacks.push_back((char*)malloc(kStackBytes));
     S.fibers.assign(n, Fiber());
     for (int k = 0; k < n; ++k) {
         Fiber& f = S.fibers[k];
         f.linear = k;
-        f.tid = {k % blockDim.x, (k / blockDim.x) % blockDim.y, k / (blockDim.x * blockDim.y)};
+        f.tid = {k % block.x, (k / block.x) % block.y, k / (block.x * block.y)};
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = S.stacks[k];
         f.ctx.uc_stack.ss_size = kStackBytes;
@@ -161,48 +198,189 @@ static void run_block(int schedule, std::mt19937_64& rng) {
     S.warp_live.assign(warps, 32);
     if (n % 32) S.warp_live[warps - 1] = n % 32;
     S.slots.assign(n, 0);
-    const std::vector<int> order = ordering(n, schedule, rng);
-    while (S.live > 0 && S.error.empty()) {
+    S.order = ordering(n, schedule, rng);
+}
+
+// Run the slot's block until every live thread waits at a barrier, an atomic or a fence, or all are done.
+// Returns whether any thread ran.
+static bool run_slice() {
+    for (Fiber& f : S.fibers)
+        if (f.wait == 3) f.wait = 0;  // past the atomic or fence now: other blocks had their turn
+    bool ran = false;
+    const unsigned gen = S.bar_gen;
+    while (S.live > 0 && S.error.empty() && S.bar_gen == gen) {  // a released barrier ends the slice
         bool progressed = false;
-        for (int k : order) {
+        for (int k : S.order) {
             Fiber& f = S.fibers[k];
-            if (f.done) continue;
+            if (f.done || f.wait == 3) continue;
             if (f.wait == 1 && f.wait_gen == S.bar_gen) continue;
             if (f.wait == 2 && f.wait_gen == S.warp_gen[f.linear / 32]) continue;
             f.wait = 0;
             S.current = k;
             threadIdx = f.tid;
             swapcontext(&S.sched, &f.ctx);
-            progressed = true;
-            if (!S.error.empty()) break;
+            progressed = ran = true;
+            if (!S.error.empty() || S.bar_gen != gen) break;
         }
-        if (!progressed) fail("deadlock: threads wait at a barrier that the others never reach");
+        if (!progressed) break;
+    }
+    if (S.live > 0 && S.error.empty()) {
+        bool at_switch = false;
+        for (const Fiber& f : S.fibers) at_switch = at_switch || (!f.done && f.wait == 3);
+        if (!at_switch) fail("deadlock: threads wait at a barrier that the others never reach");
+    }
+    return ran;
+}
+
+// The slots: kSlots OS threads, started once and kept (with their fiber stacks) for every later launch, and
+// their baton: exactly one of them, or the scheduler, runs at a time.
+struct Slot {
+    bool busy = false;      // holds a block that has not finished
+    bool finished = false;  // no block left for it in this launch
+    bool ran = false;       // its last turn ran a thread
+    std::string error;
+    std::mt19937_64 rng;    // thread orders of its blocks
+};
+
+struct Pool {
+    std::mutex launch;  // one launch at a time, whichever host thread asks
+    std::mutex m;
+    std::condition_variable cv;
+    int turn = -1;       // the slot that may run, or -1: the scheduler
+    bool abort = false;  // an error ended the launch: every slot stops at its next turn
+    const std::vector<Launch>* launches = nullptr;
+    std::vector<std::pair<int, int>> pending;  // (launch, linear block index) in issue order
+    size_t next = 0;
+    int schedule = 0;
+    Slot slots[kSlots];
+    bool started = false;
+};
+
+static Pool& P = *new Pool;  // never destroyed: its threads wait on it until the process exits
+
+// One turn of slot `me`: take a block if it has none, run a slice of it, hand the baton back.
+static void slot_turn(int me, std::unique_lock<std::mutex>& lock) {
+    Slot& slot = P.slots[me];
+    slot.ran = false;
+    if (P.abort) {
+        slot.busy = false;
+        slot.finished = true;
+    } else {
+        if (!slot.busy && P.next < P.pending.size()) {
+            const auto [l, b] = P.pending[P.next++];
+            start_block((*P.launches)[l], b, P.schedule, slot.rng);
+            S.error.clear();
+            slot.busy = true;
+        }
+        if (slot.busy) {
+            lock.unlock();  // only this slot runs: the scheduler waits for the baton
+            slot.ran = run_slice();
+            lock.lock();
+            if (!S.error.empty()) slot.error = S.error;
+            if (S.live == 0 || !S.error.empty()) slot.busy = false;
+        }
+        if (!slot.busy && (P.next >= P.pending.size() || !slot.error.empty())) slot.finished = true;
+    }
+    P.turn = -1;
+    P.cv.notify_all();
+}
+
+static void slot_main(int me) {
+    std::unique_lock<std::mutex> lock(P.m);
+    for (;;) {
+        P.cv.wait(lock, [me] { return P.turn == me; });
+        slot_turn(me, lock);
     }
 }
 
-// Runs `body` as a kernel over grid x block; returns "" or what went wrong.
+// Runs `launches` concurrently (as on separate streams) over grid x block each; returns "" or what went wrong.
+static std::string launch_many(const std::vector<Launch>& launches, int schedule, uint64_t seed) {
+    for (const Launch& l : launches) {
+        const nx_dim3 block = l.block, grid = l.grid;
+        const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
+        if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64)
+            return "invalid block " + std::to_string(block.x) + "x" + std::to_string(block.y) + "x" +
+                   std::to_string(block.z) + " (at most 1024 threads, z <= 64)";
+        if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 ||
+            grid.z > 65535)
+            return "invalid grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" +
+                   std::to_string(grid.z);
+    }
+    std::lock_guard<std::mutex> one_launch(P.launch);
+    std::mt19937_64 rng(seed);
+    // the issue order of every block of every launch: launches round-robin, each in the schedule's order
+    std::vector<std::vector<int>> per_launch;
+    size_t total = 0;
+    for (const Launch& l : launches) {
+        per_launch.push_back(ordering((int)(l.grid.x * l.grid.y * l.grid.z), schedule, rng));
+        total += per_launch.back().size();
+    }
+    std::vector<std::pair<int, int>> pending;
+    for (size_t k = 0; pending.size() < total; ++k)
+        for (size_t i = 0; i < launches.size(); ++i)
+            if (k < per_launch[i].size()) pending.push_back({(int)i, per_launch[i][k]});
+    if (schedule == 2) std::shuffle(pending.begin(), pending.end(), rng);
+
+    const int nslots = (int)std::min<size_t>(kSlots, total);
+    {
+        std::unique_lock<std::mutex> lock(P.m);
+        if (!P.started) {
+            for (int i = 0; i < kSlots; ++i) std::thread(slot_main, i).detach();
+            P.started = true;
+        }
+        P.launches = &launches;
+        P.pending = std::move(pending);
+        P.next = 0;
+        P.schedule = schedule;
+        P.abort = false;
+        for (int i = 0; i < kSlots; ++i) {
+            P.slots[i].busy = false;
+            P.slots[i].finished = i >= nslots;
+            P.slots[i].error.clear();
+            P.slots[i].rng.seed(rng());
+        }
+    }
+    std::vector<int> rotation(nslots);
+    for (int i = 0; i < nslots; ++i) rotation[i] = i;
+    if (schedule == 1) std::reverse(rotation.begin(), rotation.end());
+    std::string error;
+    int idle_rounds = 0;
+    for (;;) {
+        if (schedule == 2) std::shuffle(rotation.begin(), rotation.end(), rng);
+        bool any_ran = false, all_finished = true, given = false;
+        std::unique_lock<std::mutex> lock(P.m);
+        for (size_t r = 0; r < rotation.size(); ++r) {
+            const int i = rotation[r];
+            if (P.slots[i].finished) continue;
+            // shuffled: a slot may sit out a round, as SMs run at their own pace (one always runs)
+            const bool last_chance = !given && r + 1 == rotation.size();
+            if (schedule == 2 && !last_chance && (rng() & 1)) {
+                all_finished = false;
+                continue;
+            }
+            given = true;
+            P.turn = i;
+            P.cv.notify_all();
+            P.cv.wait(lock, [] { return P.turn == -1; });
+            any_ran = any_ran || P.slots[i].ran;
+            if (!P.slots[i].error.empty() && error.empty()) error = P.slots[i].error;
+            all_finished = all_finished && P.slots[i].finished;
+        }
+        if (all_finished) break;
+        if (!given) continue;  // every unfinished slot sat out this round
+        idle_rounds = any_ran ? 0 : idle_rounds + 1;
+        if (idle_rounds > 2 && error.empty())
+            error = "deadlock: every resident block waits on another block that cannot run";
+        if (!error.empty()) P.abort = true;
+    }
+    P.launches = nullptr;
+    return error;
+}
+
+// Runs `body` as one kernel over grid x block; returns "" or what went wrong.
 static std::string launch(const std::function<void()>& body, nx_dim3 grid, nx_dim3 block, int schedule,
                           uint64_t seed) {
-    S.error.clear();
-    const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
-    if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64)
-        return "invalid block " + std::to_string(block.x) + "x" + std::to_string(block.y) + "x" +
-               std::to_string(block.z) + " (at most 1024 threads, z <= 64)";
-    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
-        return "invalid grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" +
-               std::to_string(grid.z);
-    std::mt19937_64 rng(seed);
-    S.body = &body;
-    gridDim = grid;
-    blockDim = block;
-    const int blocks = (int)(grid.x * grid.y * grid.z);
-    for (int b : ordering(blocks, schedule, rng)) {
-        blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
-        run_block(schedule, rng);
-        if (!S.error.empty()) break;
-    }
-    S.body = nullptr;
-    return S.error;
+    return launch_many({Launch{&body, grid, block}}, schedule, seed);
 }
 
 }  // namespace nxemu
@@ -211,9 +389,11 @@ static std::string launch(const std::function<void()>& body, nx_dim3 grid, nx_di
 
 static inline void __syncthreads() { nxemu::block_barrier(); }
 
-static inline void __threadfence() {}  // one OS thread: every store is already visible
+// Every store is visible at once here (no weak ordering), but another block may run before the thread goes on.
+static inline void __threadfence() { nxemu::switch_point(); }
 
 static inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
+    nxemu::switch_point();  // other blocks may take their turn first; the add itself is atomic
     const unsigned int old = *address;
     *address = old + value;
     return old;

@@ -84,6 +84,31 @@ extern "C" const char* nx_emu_signature(const char* expression) {
     return it == registry().end() ? nullptr : it->second.signature.c_str();
 }
 
+// Launches n kernels concurrently, as on n streams: expressions[i] over grids[3i..] x blocks[3i..] with args[i].
+extern "C" const char* nx_emu_launch_many(int n, const char** expressions, const unsigned int* grids,
+                                          const unsigned int* blocks, void*** args, int schedule,
+                                          unsigned long long seed) {
+    static std::string result;
+    std::vector<std::function<void()>> bodies;
+    bodies.reserve(n);
+    for (int i = 0; i < n; ++i) {
+        auto it = registry().find(expressions[i]);
+        if (it == registry().end()) {
+            result = std::string("no kernel ") + expressions[i];
+            return result.c_str();
+        }
+        const Entry* e = &it->second;
+        void** a = args[i];
+        bodies.push_back([e, a]() { e->invoke(a); });
+    }
+    std::vector<nxemu::Launch> launches;
+    for (int i = 0; i < n; ++i)
+        launches.push_back({&bodies[i], {grids[3 * i], grids[3 * i + 1], grids[3 * i + 2]},
+                            {blocks[3 * i], blocks[3 * i + 1], blocks[3 * i + 2]}});
+    result = nxemu::launch_many(launches, schedule, seed);
+    return result.c_str();
+}
+
 // Launches `expression` over grid[3] x block[3] with args[i] pointing at parameter i's value (as
 // cuLaunchKernel's kernelParams). Returns "" on success, else the error; the text lives until the next call.
 extern "C" const char* nx_emu_launch(const char* expression, const unsigned int* grid, const unsigned int* block,

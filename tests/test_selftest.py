@@ -1,0 +1,89 @@
+"""`nnxp selftest` on the CPU, and on the stand-in CuPy over the CPU emulator of CUDA (device="cuda")."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import _stand_in_cupy
+import pytest
+
+from nnxp import cli, selftest
+from nnxp.ops import _cuda
+
+
+def test_cpu_selftest_passes_and_prints_json(capsys):
+    assert cli.main(["selftest", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["device"] == "cpu"
+    statuses = {(c["section"], c["status"]) for c in data["checks"]}
+    assert ("model", "PASS") in statuses and ("kernels", "SKIP") in statuses
+    assert all(c["status"] in ("PASS", "SKIP") for c in data["checks"])
+
+
+def test_text_report_has_one_status_per_line(capsys):
+    assert selftest.main("cpu") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines and all(line.split()[0] in ("PASS", "FAIL", "SKIP") for line in lines)
+    assert lines[-1].startswith("PASS  all")
+
+
+def test_a_malformed_device_is_a_usage_error(capsys):
+    assert cli.main(["selftest", "--device", "tpu"]) == 1  # DeviceError: a runtime error of the CLI
+    assert "`device` must be" in capsys.readouterr().err
+
+
+@pytest.fixture
+def gpu_box(fake_cupy, monkeypatch):
+    """The stand-in plus what a real box reports about itself (versions, the GPU's properties)."""
+    runtime = fake_cupy.cuda.runtime
+    monkeypatch.setattr(runtime, "driverGetVersion", lambda: 12080, raising=False)
+    monkeypatch.setattr(runtime, "runtimeGetVersion", lambda: 12090, raising=False)
+    monkeypatch.setattr(runtime, "getDeviceProperties", lambda i: {
+        "name": b"Stand-in GPU", "major": 8, "minor": 0, "totalGlobalMem": 80 * 2**30}, raising=False)
+    monkeypatch.setattr(fake_cupy.cuda, "nvrtc", SimpleNamespace(getVersion=lambda: (12, 9)), raising=False)
+    monkeypatch.setattr(fake_cupy.cuda, "cublas", SimpleNamespace(getVersion=lambda h: 120904), raising=False)
+    monkeypatch.setattr(fake_cupy.cuda.device, "get_cublas_handle", lambda: 1, raising=False)
+    # the captured matmul's one seam (cuBLAS through ctypes cannot load here), as tests/test_graph.py does
+    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)
+    monkeypatch.setattr(_cuda, "_mode", None)
+    monkeypatch.delenv("NNXP_KERNELS", raising=False)
+    return fake_cupy
+
+
+def test_cuda_selftest_passes_on_the_stand_in(gpu_box):
+    checks = selftest.run("cuda")
+    bad = [c for c in checks if c.status != "PASS"]
+    assert not bad, "\n".join(f"{c.status} {c.section}: {c.name} {c.detail}" for c in bad)
+    names = {(c.section, c.name) for c in checks}
+    assert {("environment", n) for n in ("CUDA driver", "CUDA runtime", "GPU", "NVRTC", "cuBLAS",
+                                         "CUDA headers")} <= names
+    assert ("kernels", "kernels.cu float32") in names and ("kernels", "kernels.cu float64") in names
+    ops = {n for s, n in names if s == "ops"}
+    assert {"dense_forward/gelu", "dense_backward/softmax", "sparse_softmax_cross_entropy", "optim/adam",
+            "dropout_forward"} <= ops and len(ops) == 2 * len(_cuda.ACT_CODES) + 2 + 3 + 6 + 2
+    assert any(s == "cuda_graph" and c.status == "PASS" for c in checks for s in [c.section])
+    assert set(_cuda.compile_seconds()) == {"cuda:0/float32", "cuda:0/float64"}
+
+
+def test_a_kernel_compile_failure_is_a_failed_line_with_the_nvrtc_log(gpu_box, monkeypatch, capsys):
+    def broken(code, options, name_expressions):
+        raise RuntimeError('kernels.cu(99): error: expected a ";"')
+
+    monkeypatch.setattr(gpu_box, "RawModule", broken)
+    assert selftest.main("cuda") == 1
+    out = capsys.readouterr().out
+    assert 'FAIL  kernels: kernels.cu float32' in out and 'expected a ";"' in out
+    assert "SKIP  ops: all" in out
+    assert "PASS  model: 20-step CPU vs cuda:0 (float64)" in out  # the references still train correctly
+
+
+def test_a_missing_cublas_fails_its_line(gpu_box, monkeypatch):
+    def missing(handle):
+        raise ImportError('Failure finding "libcublasLt.so.13 or libcublasLt.so.12"')
+
+    monkeypatch.setattr(gpu_box.cuda, "cublas", SimpleNamespace(getVersion=missing))
+    checks = {c.name: c for c in selftest.run("cuda") if c.section == "environment"}
+    assert checks["cuBLAS"].status == "FAIL" and "libcublasLt" in checks["cuBLAS"].detail
+    assert checks["NVRTC"].status == "PASS"
