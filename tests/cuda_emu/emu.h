@@ -245,7 +245,8 @@ struct Slot {
 struct Pool {
     std::mutex launch;  // one launch at a time, whichever host thread asks
     std::mutex m;
-    std::condition_variable cv;
+    std::condition_variable cv;            // the scheduler waits here for the baton
+    std::condition_variable slot_cv[kSlots];  // slot i waits here (one wake-up per turn, no thundering herd)
     int turn = -1;       // the slot that may run, or -1: the scheduler
     bool abort = false;  // an error ended the launch: every slot stops at its next turn
     const std::vector<Launch>* launches = nullptr;
@@ -282,13 +283,13 @@ static void slot_turn(int me, std::unique_lock<std::mutex>& lock) {
         if (!slot.busy && (P.next >= P.pending.size() || !slot.error.empty())) slot.finished = true;
     }
     P.turn = -1;
-    P.cv.notify_all();
+    P.cv.notify_one();
 }
 
 static void slot_main(int me) {
     std::unique_lock<std::mutex> lock(P.m);
     for (;;) {
-        P.cv.wait(lock, [me] { return P.turn == me; });
+        P.slot_cv[me].wait(lock, [me] { return P.turn == me; });
         slot_turn(me, lock);
     }
 }
@@ -308,6 +309,13 @@ static std::string launch_many(const std::vector<Launch>& launches, int schedule
     }
     std::lock_guard<std::mutex> one_launch(P.launch);
     std::mt19937_64 rng(seed);
+    if (launches.size() == 1 && launches[0].grid.x * launches[0].grid.y * launches[0].grid.z == 1) {
+        // one block: nothing to interleave, so it runs here, on the calling thread
+        start_block(launches[0], 0, schedule, rng);
+        S.error.clear();
+        while (S.live > 0 && S.error.empty()) run_slice();
+        return S.error;
+    }
     // the issue order of every block of every launch: launches round-robin, each in the schedule's order
     std::vector<std::vector<int>> per_launch;
     size_t total = 0;
@@ -360,7 +368,7 @@ static std::string launch_many(const std::vector<Launch>& launches, int schedule
             }
             given = true;
             P.turn = i;
-            P.cv.notify_all();
+            P.slot_cv[i].notify_one();
             P.cv.wait(lock, [] { return P.turn == -1; });
             any_ran = any_ran || P.slots[i].ran;
             if (!P.slots[i].error.empty() && error.empty()) error = P.slots[i].error;
