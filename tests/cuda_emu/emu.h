@@ -10,7 +10,8 @@
 // points where another block's progress can matter, and a kernel whose result depends on how blocks interleave
 // (a ticket counter shared by two launches in flight, a last block that reads partials before they are
 // written) gives a wrong or schedule-dependent result. Several launches can run concurrently, as on two
-// streams (their blocks share the slots). Atomics are atomic (one slot runs at a time).
+// streams (their blocks share the slots). Atomics are atomic (one slot runs at a time). A launch of a single
+// block has nothing to interleave and runs on the calling thread.
 //
 // Inside a block the scheduler resumes fibers in a chosen order too, so a missing __syncthreads changes the
 // bits. __syncthreads waits for every live thread of the block (threads that returned no longer count, as on
