@@ -10,7 +10,8 @@
 // points where another block's progress can matter, and a kernel whose result depends on how blocks interleave
 // (a ticket counter shared by two launches in flight, a last block that reads partials before they are
 // written) gives a wrong or schedule-dependent result. Several launches can run concurrently, as on two
-// streams (their blocks share the slots). Atomics are atomic (one slot runs at a time).
+// streams (their blocks share the slots). Atomics are atomic (one slot runs at a time). A launch of a single
+// block has nothing to interleave and runs on the calling thread.
 //
 // Inside a block the scheduler resumes fibers in a chosen order too, so a missing __syncthreads changes the
 // bits. __syncthreads waits for every live thread of the block (threads that returned no longer count, as on
@@ -245,8 +246,10 @@ struct Slot {
 struct Pool {
     std::mutex launch;  // one launch at a time, whichever host thread asks
     std::mutex m;
-    std::condition_variable cv;
-    int turn = -1;       // the slot that may run, or -1: the scheduler
+    std::condition_variable done_cv;          // the launching thread waits here for the launch to end
+    std::condition_variable slot_cv[kSlots];  // slot i waits here for its turn
+    int turn = -1;       // the slot that may run, or -1: none (the launch is over)
+    bool done = true;
     bool abort = false;  // an error ended the launch: every slot stops at its next turn
     const std::vector<Launch>* launches = nullptr;
     std::vector<std::pair<int, int>> pending;  // (launch, linear block index) in issue order
@@ -254,11 +257,57 @@ struct Pool {
     int schedule = 0;
     Slot slots[kSlots];
     bool started = false;
+    // the rotation: whoever ends a turn picks the next slot (the baton passes from slot to slot directly)
+    std::vector<int> rotation;
+    size_t position = 0;
+    bool round_ran = false, round_given = false, round_all_finished = true;
+    int idle_rounds = 0;
+    std::string error;
+    std::mt19937_64 rng;
 };
 
 static Pool& P = *new Pool;  // never destroyed: its threads wait on it until the process exits
 
-// One turn of slot `me`: take a block if it has none, run a slice of it, hand the baton back.
+// The next slot to run, or -1 when the launch is over (P.m held). Rounds go over the rotation in the
+// schedule's order; in a shuffled schedule a slot may sit out a round (one always runs).
+static int next_turn() {
+    for (;;) {
+        if (P.position == P.rotation.size()) {  // the end of a round
+            if (P.round_all_finished) return -1;
+            if (P.round_given) {
+                P.idle_rounds = P.round_ran ? 0 : P.idle_rounds + 1;
+                if (P.idle_rounds > 2 && P.error.empty())
+                    P.error = "deadlock: every resident block waits on another block that cannot run";
+                if (!P.error.empty()) P.abort = true;
+            }
+            if (P.schedule == 2) std::shuffle(P.rotation.begin(), P.rotation.end(), P.rng);
+            P.position = 0;
+            P.round_ran = P.round_given = false;
+            P.round_all_finished = true;
+        }
+        const size_t r = P.position++;
+        const int i = P.rotation[r];
+        if (P.slots[i].finished) continue;
+        P.round_all_finished = false;
+        const bool last_chance = !P.round_given && r + 1 == P.rotation.size();
+        if (P.schedule == 2 && !P.abort && !last_chance && (P.rng() & 1)) continue;
+        P.round_given = true;
+        return i;
+    }
+}
+
+// Hand the baton to the next slot, or end the launch (P.m held).
+static void pass_baton() {
+    P.turn = next_turn();
+    if (P.turn < 0) {
+        P.done = true;
+        P.done_cv.notify_one();
+    } else {
+        P.slot_cv[P.turn].notify_one();
+    }
+}
+
+// One turn of slot `me`: take a block if it has none, run a slice of it, pass the baton on.
 static void slot_turn(int me, std::unique_lock<std::mutex>& lock) {
     Slot& slot = P.slots[me];
     slot.ran = false;
@@ -273,22 +322,29 @@ static void slot_turn(int me, std::unique_lock<std::mutex>& lock) {
             slot.busy = true;
         }
         if (slot.busy) {
-            lock.unlock();  // only this slot runs: the scheduler waits for the baton
+            lock.unlock();  // only this slot runs: everyone else waits for the baton
             slot.ran = run_slice();
             lock.lock();
-            if (!S.error.empty()) slot.error = S.error;
+            if (!S.error.empty()) {
+                slot.error = S.error;
+                if (P.error.empty()) P.error = S.error;
+                P.abort = true;
+            }
             if (S.live == 0 || !S.error.empty()) slot.busy = false;
         }
-        if (!slot.busy && (P.next >= P.pending.size() || !slot.error.empty())) slot.finished = true;
+        if (!slot.busy && (P.next >= P.pending.size() || !slot.error.empty())) {
+            slot.finished = true;
+            slot.ran = true;  // retiring is progress too: only rounds of blocked blocks count as idle
+        }
     }
-    P.turn = -1;
-    P.cv.notify_all();
+    P.round_ran = P.round_ran || slot.ran;
+    pass_baton();
 }
 
 static void slot_main(int me) {
     std::unique_lock<std::mutex> lock(P.m);
     for (;;) {
-        P.cv.wait(lock, [me] { return P.turn == me; });
+        P.slot_cv[me].wait(lock, [me] { return P.turn == me && !P.done; });
         slot_turn(me, lock);
     }
 }
@@ -308,6 +364,13 @@ static std::string launch_many(const std::vector<Launch>& launches, int schedule
     }
     std::lock_guard<std::mutex> one_launch(P.launch);
     std::mt19937_64 rng(seed);
+    if (launches.size() == 1 && launches[0].grid.x * launches[0].grid.y * launches[0].grid.z == 1) {
+        // one block: nothing to interleave, so it runs here, on the calling thread
+        start_block(launches[0], 0, schedule, rng);
+        S.error.clear();
+        while (S.live > 0 && S.error.empty()) run_slice();
+        return S.error;
+    }
     // the issue order of every block of every launch: launches round-robin, each in the schedule's order
     std::vector<std::vector<int>> per_launch;
     size_t total = 0;
@@ -322,59 +385,36 @@ static std::string launch_many(const std::vector<Launch>& launches, int schedule
     if (schedule == 2) std::shuffle(pending.begin(), pending.end(), rng);
 
     const int nslots = (int)std::min<size_t>(kSlots, total);
-    {
-        std::unique_lock<std::mutex> lock(P.m);
-        if (!P.started) {
-            for (int i = 0; i < kSlots; ++i) std::thread(slot_main, i).detach();
-            P.started = true;
-        }
-        P.launches = &launches;
-        P.pending = std::move(pending);
-        P.next = 0;
-        P.schedule = schedule;
-        P.abort = false;
-        for (int i = 0; i < kSlots; ++i) {
-            P.slots[i].busy = false;
-            P.slots[i].finished = i >= nslots;
-            P.slots[i].error.clear();
-            P.slots[i].rng.seed(rng());
-        }
+    std::unique_lock<std::mutex> lock(P.m);
+    if (!P.started) {
+        for (int i = 0; i < kSlots; ++i) std::thread(slot_main, i).detach();
+        P.started = true;
     }
-    std::vector<int> rotation(nslots);
-    for (int i = 0; i < nslots; ++i) rotation[i] = i;
-    if (schedule == 1) std::reverse(rotation.begin(), rotation.end());
-    std::string error;
-    int idle_rounds = 0;
-    for (;;) {
-        if (schedule == 2) std::shuffle(rotation.begin(), rotation.end(), rng);
-        bool any_ran = false, all_finished = true, given = false;
-        std::unique_lock<std::mutex> lock(P.m);
-        for (size_t r = 0; r < rotation.size(); ++r) {
-            const int i = rotation[r];
-            if (P.slots[i].finished) continue;
-            // shuffled: a slot may sit out a round, as SMs run at their own pace (one always runs)
-            const bool last_chance = !given && r + 1 == rotation.size();
-            if (schedule == 2 && !last_chance && (rng() & 1)) {
-                all_finished = false;
-                continue;
-            }
-            given = true;
-            P.turn = i;
-            P.cv.notify_all();
-            P.cv.wait(lock, [] { return P.turn == -1; });
-            any_ran = any_ran || P.slots[i].ran;
-            if (!P.slots[i].error.empty() && error.empty()) error = P.slots[i].error;
-            all_finished = all_finished && P.slots[i].finished;
-        }
-        if (all_finished) break;
-        if (!given) continue;  // every unfinished slot sat out this round
-        idle_rounds = any_ran ? 0 : idle_rounds + 1;
-        if (idle_rounds > 2 && error.empty())
-            error = "deadlock: every resident block waits on another block that cannot run";
-        if (!error.empty()) P.abort = true;
+    P.launches = &launches;
+    P.pending = std::move(pending);
+    P.next = 0;
+    P.schedule = schedule;
+    P.abort = false;
+    P.error.clear();
+    for (int i = 0; i < kSlots; ++i) {
+        P.slots[i].busy = false;
+        P.slots[i].finished = i >= nslots;
+        P.slots[i].error.clear();
+        P.slots[i].rng.seed(rng());
     }
+    P.rotation.resize(nslots);
+    for (int i = 0; i < nslots; ++i) P.rotation[i] = i;
+    if (schedule == 1) std::reverse(P.rotation.begin(), P.rotation.end());
+    P.rng.seed(rng());
+    P.position = P.rotation.size();  // next_turn starts a round
+    P.round_all_finished = false;
+    P.round_given = false;
+    P.idle_rounds = 0;
+    P.done = false;
+    pass_baton();
+    P.done_cv.wait(lock, [] { return P.done; });
     P.launches = nullptr;
-    return error;
+    return P.error;
 }
 
 // Runs `body` as one kernel over grid x block; returns "" or what went wrong.
