@@ -17,7 +17,7 @@ LEVEL = {
     "callbacks": 5, "_graph": 5,
     "model": 6, "io": 7,
     "plot": 1, "onnx_export": 7,
-    "cli": 8, "selftest": 8, "__main__": 9,
+    "cli": 8, "selftest": 8, "sklearn": 8, "__main__": 9,
     "__init__": 10,
 }
 DATASETS_ALLOWED = {"errors"}
