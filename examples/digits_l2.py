@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
 
     # Best validation accuracy; on a tie, the larger penalty (the simpler model).
     best = max(rows, key=lambda r: (r["valid_accuracy"], r["l2"]))
-    test = best["model"].evaluate(x_test, y_test, verbose=0)
+    test = best["model"].evaluate(x_test, y_test, verbose=0, return_dict=True)
     print(f"chosen lambda {best['l2']:g} (validation accuracy {best['valid_accuracy']:.4f}): "
           f"test accuracy {test['accuracy']:.4f}")
 

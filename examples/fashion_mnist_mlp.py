@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     model.summary()
     history = model.fit(x_train, y_train, epochs=epochs, batch_size=32, validation_split=1 / 12, verbose=2)
 
-    test = model.evaluate(x_test, y_test, verbose=0)
+    test = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
     y_pred = model.predict(x_test).argmax(axis=1)
     print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f})")
 

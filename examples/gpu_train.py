@@ -86,7 +86,7 @@ def train_on(device: str, data, epochs: int, seed: int):
     model.compile(nnxp.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     timer = EpochTimer()
     history = model.fit(x_train, y_train, epochs=epochs, batch_size=256, callbacks=[timer], verbose=0)
-    test = model.evaluate(x_test, y_test, verbose=0)
+    test = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
     epoch_s = min(timer.seconds[1:])  # the first epoch pays for warm-up (CUDA kernels, memory pools)
     print(f"{device:>4}: {epoch_s:.3f} s per epoch (first epoch {timer.seconds[0]:.3f} s), "
           f"test accuracy {test['accuracy']:.4f}")

@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
         model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
         history = model.fit(x_train, y_train, epochs=epochs, batch_size=32, validation_data=(x_valid, y_valid),
                             verbose=2)
-        test = model.evaluate(x_test, y_test, verbose=0)
+        test = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
         results[key] = {"valid_accuracy": history.history["val_accuracy"][-1], "test_accuracy": test["accuracy"]}
         print(f"{key}: validation accuracy {history.history['val_accuracy'][-1]:.4f}, "
               f"test accuracy {test['accuracy']:.4f}")

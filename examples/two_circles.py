@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     epochs = 60 if args.quick else 100
     history = model.fit(x_train, y_train, epochs=epochs, batch_size=32, validation_data=(x_test, y_test), verbose=0)
 
-    test = model.evaluate(x_test, y_test, verbose=0)
+    test = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
     print(f"train accuracy {history.history['accuracy'][-1]:.4f}")
     print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) after {epochs} epochs")
 

@@ -124,3 +124,60 @@ def fraction(name: str, value: Any) -> float:
     if not ok or not 0.0 <= value < 1.0:
         raise NnxpError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
     return float(value)
+
+
+def check_sample_weight(w: Any, name: str, n_samples: int) -> Any:
+    """Per-row weights (N,) (or (N, 1)): finite, non-negative, one per sample."""
+    w = as_array(w, name)
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise NnxpError(f"`{name}` must hold one weight per sample, shape ({n_samples},). Received: {_describe(w)}")
+    check_finite(w, name)
+    if bool((w < 0).any()):
+        lo = float(to_numpy(w.min()))
+        raise NnxpError(f"`{name}` must be non-negative. Received: weights down to {lo}")
+    return w
+
+
+def class_weight_to_sample_weight(class_weight: Any, y: Any, sparse: bool, task: str, n_outputs: int) -> Any:
+    """Per-row weights (N,) from a dict {class: weight}, as Keras maps them.
+
+    The class of a row is its label (sparse targets), its one-hot argmax (several columns) or its rounded
+    0/1 value (one column); classes missing from the dict weigh 1.
+    """
+    if not isinstance(class_weight, dict):
+        raise NnxpTypeError(f"`class_weight` must be a dict {{class index: weight}}. "
+                            f"Received: class_weight={class_weight!r}")
+    if task == "regression":
+        raise NnxpError("`class_weight` needs a classification loss (its classes come from the targets); "
+                        "use `sample_weight` for a regression loss")
+    n_classes = 2 if (not sparse and n_outputs == 1) else n_outputs
+    table = np.ones(n_classes, dtype=np.float64)
+    for key, value in class_weight.items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < n_classes:
+            raise NnxpError(f"`class_weight` keys must be class indices in [0, {n_classes - 1}]. Received key {key!r}")
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        if not ok:
+            raise NnxpError(f"`class_weight` values must be finite numbers >= 0. Received: class_weight[{key!r}]="
+                            f"{value!r}")
+        table[int(key)] = float(value)
+    xp = xp_of(y)
+    if sparse:
+        classes = y
+    elif y.shape[1] == 1:
+        classes = xp.rint(y[:, 0]).astype(xp.int64)
+    else:
+        classes = y.argmax(axis=1)
+    return xp.asarray(table)[classes]
+
+
+def verbosity(value: Any) -> int:
+    """Keras's `verbose`: 0 (silent), 1, 2 or "auto" (1); True/False count as 1/0."""
+    if isinstance(value, str) and value == "auto":
+        return 1
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if not isinstance(value, (int, np.integer)) or value not in (0, 1, 2):
+        raise NnxpError(f"`verbose` must be 0, 1, 2 or 'auto'. Received: verbose={value!r}")
+    return int(value)

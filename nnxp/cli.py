@@ -139,7 +139,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         validation_split=args.validation_split,
         verbose=0 if (args.quiet or args.json) else 1,
     )
-    test = model.evaluate(task.x_test, task.y_test, verbose=0)
+    test = model.evaluate(task.x_test, task.y_test, verbose=0, return_dict=True)
     result = {"dataset": task.name, "device": model.device.name, "layers": layers,
               "epochs": len(history.history["loss"]), "test": test, "history": history.history}
     if args.output:
@@ -170,7 +170,7 @@ def _sibling(path: str, suffix: str) -> str:
 def evaluate(args: argparse.Namespace) -> dict[str, float]:
     model = load_model(args.model, device=args.device)
     task = load_task(args.dataset, seed=args.seed)
-    result = model.evaluate(task.x_test, task.y_test, verbose=0)
+    result = model.evaluate(task.x_test, task.y_test, verbose=0, return_dict=True)
     print(json.dumps(result) if args.json else " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
     return result
 

@@ -26,10 +26,13 @@ from ._validation import (
     as_array,
     check_features,
     check_same_length,
+    check_sample_weight,
     check_targets,
+    class_weight_to_sample_weight,
     fraction,
     non_negative_int,
     positive_int,
+    verbosity,
 )
 from .backend import Device, get_device, is_out_of_memory, to_numpy, xp_of
 from .callbacks import Callback, History, ProgbarLogger
@@ -85,6 +88,8 @@ class Sequential:
         self.metrics: list[str] = []
         self._fused = False
         self.stop_training = False
+        # epochs completed over the model's life, across fit calls and model files: it seeds each epoch's shuffle
+        # and dropout, so fit(5) then fit(5) trains exactly like fit(10)
         self.epochs_trained = 0
         self.history: History | None = None
         self._fit_state: dict = {}
@@ -278,47 +283,52 @@ class Sequential:
                 x = layer.forward(x, training)
         return x
 
-    def _loss_and_grad(self, out: Any, y: Any) -> tuple[Any, Any]:
+    def _loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
         fn = self.loss.fused_fn if self._fused else self.loss.fn
         grad = self.layers[-1]._buffers.get("dloss", xp_of(out), out.shape, out.dtype)
-        loss, grad = fn(out, y, grad)
+        if w is None:
+            loss, grad = fn(out, y, grad)
+        else:  # the fused CUDA kernels take no weights: weighted batches run the xp-generic reference
+            loss, grad = getattr(fn, "__wrapped__", fn)(out, y, grad, sample_weight=w)
         for layer in self.layers:
             penalty = layer.regularization_penalty()
             if penalty is not None:
                 loss = loss + penalty
         return loss, grad
 
-    def _train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+    def _train_step(self, x: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
         out = self._forward(x, training=True)
-        loss, dy = self._loss_and_grad(out, y)
+        loss, dy = self._loss_and_grad(out, y, w)
         for i in range(len(self.layers) - 1, -1, -1):
             dy = self.layers[i].backward(dy, need_dx=i > 0)
         return loss, out
 
-    def _metric_sums(self, out: Any, y: Any) -> dict[str, Any]:
-        """Per-batch sums (device scalars) for each metric."""
+    def _metric_sums(self, out: Any, y: Any, w: Any = None) -> dict[str, Any]:
+        """Per-batch sums (device scalars) for each metric; with weights, sums of w_i times row i's value
+        (Keras's weighted mean divides them by the sum of the weights)."""
         xp = xp_of(out)
         sums = {}
         for name in self.metrics:
             if name == "accuracy":
-                sums[name] = self._correct(out, y)
+                per_sample = self._correct(out, y)
             else:
                 pred = out
                 if self._fused:
                     pred = A.activation_forward(self.layers[-1].activation, out)
                 diff = pred - y
                 per_sample = (diff * diff if name == "mse" else xp.abs(diff)).mean(axis=1)
-                sums[name] = per_sample.sum()
+            sums[name] = per_sample.sum() if w is None else (per_sample * w).sum()
         return sums
 
     def _correct(self, out: Any, y: Any) -> Any:
+        """Per-row accuracy (B,): 1/0 per row, the fraction of right outputs for a binary loss."""
         if self.loss.task == "binary":
             threshold = 0.0 if self._fused else 0.5
             hits = (out > threshold) == (y > 0.5)
-            return hits.mean(axis=1).sum()
+            return hits.mean(axis=1)
         pred = out.argmax(axis=1)
         true = y if self.loss.sparse else y.argmax(axis=1)
-        return (pred == true).sum()
+        return pred == true
 
     # --- data -----------------------------------------------------------------------------------
     def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y") -> tuple[Any, Any]:
@@ -329,6 +339,12 @@ class Sequential:
         x = self.device.asarray(x, dtype=self.dtype)
         y = self.device.asarray(y, dtype=None if self.loss.sparse else self.dtype)
         return x, y
+
+    def _prepare_weights(self, w: Any, name: str, n: int) -> Any:
+        """Validated per-row weights (N,) on the device in the model's dtype, or None."""
+        if w is None:
+            return None
+        return self.device.asarray(check_sample_weight(w, name, n), dtype=self.dtype)
 
     # --- fit / evaluate / predict -------------------------------------------------------------
     def _out_of_memory(self, exc: BaseException, batch_size: int, what: str) -> DeviceMemoryError:
@@ -352,26 +368,38 @@ class Sequential:
         callbacks: list[Callback] | None = None,
         initial_epoch: int = 0,
         cuda_graph: bool = False,
+        sample_weight: Any = None,
+        class_weight: dict | None = None,
     ) -> History:
-        """Train for `epochs` epochs; returns a History of per-epoch logs.
+        """Train up to epoch `epochs` (from `initial_epoch`, as Keras counts); returns a History of per-epoch logs.
+
+        A second call continues the first: each epoch's shuffle and dropout masks are seeded by the model's
+        `epochs_trained` (kept in model files too), so fit(epochs=5) twice, or save, load and fit(epochs=5),
+        trains bit for bit like fit(epochs=10). `initial_epoch` only numbers the epochs the callbacks see.
 
         ``cuda_graph=True`` (CUDA only) captures the training step once and replays it for every full batch,
         which removes most launch overhead at small batch sizes; the last, partial batch runs as usual.
+
+        ``sample_weight`` (N,) and ``class_weight`` ({class: weight}) weigh each row's loss as Keras does: a
+        batch's loss is ``sum_i w_i l_i / batch_size``, and the metrics are weighted means. Given both, a row's
+        weight is their product. ``validation_data`` may be ``(x_val, y_val, sample_weight_val)``; with
+        ``validation_split`` the validation rows keep their ``sample_weight`` (class weights apply to training).
         """
         try:
             with self._use():  # every allocation lands on the model's GPU, not the current one
                 return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
-                                 callbacks, initial_epoch, cuda_graph)
+                                 callbacks, initial_epoch, cuda_graph, sample_weight, class_weight)
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise self._out_of_memory(exc, batch_size, "fit") from None
             raise
 
     def _fit(self, x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose, callbacks,
-             initial_epoch, cuda_graph) -> History:
+             initial_epoch, cuda_graph, sample_weight, class_weight) -> History:
         self._require_compiled()
         self._check_cuda_graph(cuda_graph)
         epochs = positive_int("epochs", epochs)
+        verbose = verbosity(verbose)
         batch_size = positive_int("batch_size", batch_size)
         validation_split = fraction("validation_split", validation_split)
         initial_epoch = non_negative_int("initial_epoch", initial_epoch)
@@ -382,26 +410,43 @@ class Sequential:
             if not isinstance(cb, Callback):
                 raise NnxpTypeError(f"`callbacks` entries must be nnxp Callback instances. Received: {cb!r}")
         x, y = self._prepare(x, y)
+        sw = w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
+        if class_weight is not None:
+            cw = class_weight_to_sample_weight(class_weight, y, self.loss.sparse, self.loss.task, self.output_dim or 1)
+            cw = cw.astype(self.dtype)
+            w = cw if sw is None else sw * cw
+        if cuda_graph and w is not None:
+            raise NnxpError("`cuda_graph=True` does not support `sample_weight` or `class_weight` yet; "
+                            "use cuda_graph=False for weighted training")
         if not self.built:  # fixes the input size, so validation data is checked against it too
             self.build(x.shape[1])
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise NnxpError("`validation_data` must be a tuple (x_val, y_val). Received: "
-                                f"{type(validation_data).__name__}")
-            val = self._prepare(*validation_data, xname="validation_data[0]", yname="validation_data[1]")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise NnxpError("`validation_data` must be a tuple (x_val, y_val) or (x_val, y_val, "
+                                f"sample_weight_val). Received: {type(validation_data).__name__}")
+            xv, yv = self._prepare(*validation_data[:2], xname="validation_data[0]", yname="validation_data[1]")
+            wv = None
+            if len(validation_data) == 3:
+                wv = self._prepare_weights(validation_data[2], "validation_data[2]", xv.shape[0])
+            val = (xv, yv, wv)
         elif validation_split > 0:
             n_val = int(round(x.shape[0] * validation_split))
             if n_val == 0 or n_val == x.shape[0]:
                 raise NnxpError(f"`validation_split`={validation_split} leaves an empty training or validation set "
                                 f"for {x.shape[0]} samples")
-            # the last fraction, taken before shuffling (as Keras does)
-            val = (x[-n_val:], y[-n_val:])
+            # the last fraction, taken before shuffling (as Keras does); class weights apply to training only
+            wv = None if sw is None else sw[-n_val:]
+            val = (x[-n_val:], y[-n_val:], wv)
             x, y = x[:-n_val], y[:-n_val]
+            w = None if w is None else w[:-n_val]
         else:
             val = None
 
         n = x.shape[0]
         history = History()
+        # every key from the start: a run stopped in its first epoch still has history["loss"] (an empty list)
+        keys = ["loss", *self.metrics]
+        history.history = {k: [] for k in keys + ([f"val_{k}" for k in keys] if val is not None else [])}
         self.history = history
         # user callbacks first, so what they add to the logs (e.g. "lr") reaches the history and the progress line
         cbs = callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
@@ -414,48 +459,55 @@ class Sequential:
         # and the batch is still in cache for the first layer's GEMMs
         xp = self.device.xp
         rows = min(batch_size, x.shape[0])
-        batch_bufs = (xp.empty((rows, *x.shape[1:]), x.dtype), xp.empty((rows, *y.shape[1:]), y.dtype))
+        batch_bufs = (xp.empty((rows, *x.shape[1:]), x.dtype), xp.empty((rows, *y.shape[1:]), y.dtype),
+                      None if w is None else xp.empty(rows, w.dtype))
         # overflow inside a diverging step is reported once, as a NumericalError, not as NumPy warnings
         with _GracefulInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
             for cb in cbs:
                 cb.on_train_begin()
             try:
-                self._epochs(initial_epoch, epochs, x, y, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
-                             history)
+                self._epochs(initial_epoch, epochs, (x, y, w), val, batch_bufs, shuffle, batch_size, cbs,
+                             interrupt, history)
             finally:  # close progress bars and the like even when training stops with an error
                 for cb in cbs:
                     cb.on_train_end()
         return history
 
-    def _epochs(self, initial_epoch, epochs, x, y, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
+    def _epochs(self, initial_epoch, epochs, data, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
                 history) -> None:
         for epoch in range(initial_epoch, epochs):
-            for cb in cbs:
-                cb.on_epoch_begin(epoch)
-            logs = self._run_epoch(epoch, x, y, batch_bufs, shuffle, batch_size, cbs, interrupt)
-            if interrupt.requested:
+            if not interrupt.requested:  # (a Ctrl-C during validation or a callback is seen here)
+                for cb in cbs:
+                    cb.on_epoch_begin(epoch)
+                logs = self._run_epoch(epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt)
+            if interrupt.requested:  # _run_epoch rolled the model back to the start of this epoch
                 history.interrupted = True
-                print(f"Training interrupted during epoch {epoch + 1}; the weights are those after the last "
-                      "completed batch.")
+                print(f"Training interrupted during epoch {epoch + 1}; the model is back at its weights and "
+                      f"optimizer state from the start of that epoch (epochs_trained={self.epochs_trained}), so a "
+                      "later fit continues exactly as an uninterrupted run would.")
                 break
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
-            self.epochs_trained = epoch + 1
+            self.epochs_trained += 1
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
 
-    def _run_epoch(self, epoch, x, y, batch_bufs, shuffle, batch_size, cbs, interrupt) -> dict:
+    def _run_epoch(self, epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt) -> dict:
         xp = self.device.xp
+        x, y, w = data  # w: per-row weights (N,) or None
         n = x.shape[0]
+        # randomness follows the model's own epoch count, not `epoch` (fit's loop index, which restarts at
+        # initial_epoch on every call): a second fit, or a fit after load_model, continues the sequence
+        count = self.epochs_trained
         if shuffle:
-            # the order depends only on (seed, epoch): a resumed run shuffles exactly like an uninterrupted one
-            perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, epoch])).permutation(n)
+            # the order depends only on (seed, count): a resumed run shuffles exactly like an uninterrupted one
+            perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, count])).permutation(n)
             perm = self.device.asarray(perm)
         for i, layer in enumerate(self.layers):
             if hasattr(layer, "rng"):  # one stream per (epoch, layer): two Dropouts never share a mask
-                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, epoch, i]))
+                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, count, i]))
         # weights and optimizer state at the start of the epoch, restored together if training blows up
         snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
                     self.optimizer.iterations)
@@ -464,7 +516,9 @@ class Sequential:
         batch_losses = None if check_each_batch else xp.empty(-(-n // batch_size), dtype=np.float64)
         loss_sum = xp.zeros((), dtype=np.float64)
         metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
+        weight_sum = None if w is None else xp.zeros((), dtype=np.float64)  # the weighted metrics' denominator
         seen = 0
+        wb = None
         graphs = self._fit_state.get("cuda_graph", False)
         for batch, start in enumerate(range(0, n, batch_size)):
             if shuffle:
@@ -472,21 +526,25 @@ class Sequential:
                 xb, yb = batch_bufs[0][: len(idx)], batch_bufs[1][: len(idx)]
                 xp.take(x, idx, axis=0, out=xb)
                 xp.take(y, idx, axis=0, out=yb)
+                if w is not None:
+                    wb = batch_bufs[2][: len(idx)]
+                    xp.take(w, idx, axis=0, out=wb)
             elif graphs:  # a replayed graph reads its batch from fixed addresses
                 xb, yb = batch_bufs[0][: min(batch_size, n - start)], batch_bufs[1][: min(batch_size, n - start)]
                 xb[...] = x[start : start + batch_size]
                 yb[...] = y[start : start + batch_size]
             else:
                 xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+                wb = None if w is None else w[start : start + batch_size]
             nb = xb.shape[0]
             replayed = self._replay_step(xb, yb) if graphs and nb == batch_size else None
             if replayed is not None:
                 loss, sums = replayed
             else:
-                loss, out = self._train_step(xb, yb)
+                loss, out = self._train_step(xb, yb, wb)
                 if check_each_batch and not math.isfinite(float(loss)):
                     self._recover_from_blowup(snapshot, epoch, batch)
-                sums = self._metric_sums(out, yb)
+                sums = self._metric_sums(out, yb, wb)
                 self.optimizer.apply(self.params, self.grads)
                 if graphs and nb == batch_size:
                     self._fit_state["graph_warm"] = True  # kernels built and state allocated: capture next
@@ -496,12 +554,19 @@ class Sequential:
             for name, value in sums.items():
                 metric_sums[name] += value
             seen += nb
+            if weight_sum is not None:
+                weight_sum += wb.sum()
             for cb in cbs:
                 cb.on_train_batch_end(batch, {"size": nb})
             if interrupt.requested:
                 break
+        if interrupt.requested:
+            # roll back, as after divergence: the model stays at a whole number of epochs, which its files
+            # record, so interrupting, saving and resuming equals the uninterrupted run (issue 16, section 6)
+            self._restore(snapshot)
+            return {}
         logs = {"loss": float(loss_sum) / max(seen, 1)}
-        logs.update({name: float(v) / max(seen, 1) for name, v in metric_sums.items()})
+        logs.update({name: _ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
         if not math.isfinite(logs["loss"]) or not bool(xp.isfinite(self.params).all()):
             first_bad = None
             if batch_losses is not None:
@@ -541,7 +606,8 @@ class Sequential:
                 return None
         return step.run()
 
-    def _recover_from_blowup(self, snapshot: tuple, epoch: int, batch: int | None) -> None:
+    def _restore(self, snapshot: tuple) -> None:
+        """Put back the weights, optimizer state and step count taken at the start of an epoch."""
         params, state, iterations = snapshot
         self.params[...] = params
         opt = self.optimizer
@@ -551,6 +617,9 @@ class Sequential:
         else:  # the state did not exist yet: let the next step allocate it afresh
             opt.state, opt._tmp = {}, None
         opt.iterations = iterations
+
+    def _recover_from_blowup(self, snapshot: tuple, epoch: int, batch: int | None) -> None:
+        self._restore(snapshot)
         where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
         raise NumericalError(
             f"training diverged: the loss became NaN or infinite at {where}. The model is back at its weights and "
@@ -558,33 +627,46 @@ class Sequential:
             "the optimizer, or standardized inputs."
         )
 
-    def _evaluate_arrays(self, x: Any, y: Any, batch_size: int) -> dict[str, float]:
+    def _evaluate_arrays(self, x: Any, y: Any, w: Any, batch_size: int) -> dict[str, float]:
         xp = self.device.xp
         loss_sum = xp.zeros((), dtype=np.float64)
         sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            wb = None if w is None else w[start : start + batch_size]
             out = self._forward(xb, training=False)
-            loss, _ = self._loss_and_grad(out, yb)
+            loss, _ = self._loss_and_grad(out, yb, wb)
             loss_sum += loss * xb.shape[0]
-            for name, value in self._metric_sums(out, yb).items():
+            for name, value in self._metric_sums(out, yb, wb).items():
                 sums[name] += value
         n = x.shape[0]
         logs = {"loss": float(loss_sum) / n}
-        logs.update({name: float(v) / n for name, v in sums.items()})
+        logs.update({name: _ratio(v, n if w is None else w.sum()) for name, v in sums.items()})
         return logs
 
-    def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int = 1) -> dict[str, float]:
-        """Loss and metrics on (x, y) as a dict of floats."""
+    def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int | str = 1,
+                 sample_weight: Any = None, return_dict: bool = False) -> float | list[float] | dict[str, float]:
+        """Loss and metrics on (x, y), as Keras returns them.
+
+        A float (the loss) when the model has no metrics, else the list ``[loss, *metrics]`` in the order of
+        ``compile(metrics=...)``; with ``return_dict=True`` a dict ``{"loss": ..., "accuracy": ...}``.
+        `sample_weight` (N,) weighs rows as in :meth:`fit`. ``verbose`` 1 or 2 prints one line, 0 nothing.
+        """
         self._require_compiled()
+        verbose = verbosity(verbose)
+        if not isinstance(return_dict, (bool, np.bool_)):
+            raise NnxpTypeError(f"`return_dict` must be True or False. Received: return_dict={return_dict!r}")
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
         with self._use():
             x, y = self._prepare(x, y)
-            logs = self._evaluate_arrays(x, y, batch_size)
+            w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
+            logs = self._evaluate_arrays(x, y, w, batch_size)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-        return logs
+        if return_dict:
+            return logs
+        return logs["loss"] if not self.metrics else [logs["loss"], *(logs[name] for name in self.metrics)]
 
     def _require_built(self) -> None:
         self._require_layers()
@@ -593,12 +675,14 @@ class Sequential:
                 raise NotCompiledError("the model has no weights yet: give the first layer `input_dim` or call fit")
             self.build(self.input_dim)
 
-    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = 0) -> np.ndarray:
         """Model outputs (after the final activation) for `x` as a host NumPy array.
 
         `x` stays where it is and moves to the device one batch at a time, so data larger than
-        the device's memory is fine.
+        the device's memory is fine. ``verbose`` is accepted for Keras programs (0, 1, 2 or "auto") and
+        prints nothing: prediction has no progress bar.
         """
+        verbosity(verbose)
         try:
             with self._use():
                 return self._predict(x, batch_size)
@@ -672,6 +756,12 @@ class Sequential:
 
     def __repr__(self) -> str:
         return f"Sequential(layers={len(self.layers)}, params={self.count_params():,}, device={self.device.name!r})"
+
+
+def _ratio(total: Any, count: Any) -> float:
+    """A weighted mean's total over its count, 0 when nothing counted (Keras's divide_no_nan)."""
+    count = float(count)
+    return float(total) / count if count > 0 else 0.0
 
 
 class _GracefulInterrupt:

@@ -95,7 +95,7 @@ def test_two_circles_reach_97_percent():
     model = Sequential([Dense(10, "relu", input_dim=2), Dense(5, "relu"), Dense(1, "sigmoid")], seed=0)
     model.compile(nnxp.optimizers.Adam(0.01), "binary_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=40, batch_size=32, verbose=0)
-    assert model.evaluate(x, y, verbose=0)["accuracy"] >= 0.97
+    assert model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] >= 0.97
 
 
 def test_sine_cosine_fit_below_1e_3():
@@ -105,7 +105,7 @@ def test_sine_cosine_fit_below_1e_3():
                               bias_initializer="random_uniform"), Dense(2)], seed=0)
     model.compile(nnxp.optimizers.Adam(nnxp.schedules.CosineDecay(0.01, 24000, alpha=0.01)), "mse")
     model.fit(x, y, epochs=3000, batch_size=32, verbose=0)
-    assert model.evaluate(x, y, verbose=0)["loss"] < 1e-3
+    assert model.evaluate(x, y, verbose=0, return_dict=True)["loss"] < 1e-3
 
 
 def test_digits_classification():
@@ -152,7 +152,7 @@ def test_history_keys_validation_split_and_data():
     assert set(h.history) == {"loss", "accuracy", "mse", "val_loss", "val_accuracy", "val_mse"}
     assert all(len(v) == 2 for v in h.history.values())
     h = model.fit(x[:300], y[:300], epochs=1, verbose=0, validation_data=(x[300:], y[300:]))
-    np.testing.assert_allclose(h.history["val_loss"][0], model.evaluate(x[300:], y[300:], verbose=0)["loss"],
+    np.testing.assert_allclose(h.history["val_loss"][0], model.evaluate(x[300:], y[300:], verbose=0)[0],
                                rtol=1e-6)
 
 
@@ -267,19 +267,61 @@ def test_divergence_stops_with_finite_weights():
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
-def test_ctrl_c_stops_after_the_batch_and_returns_history():
-    class Interrupter(Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 3 and self.model.epochs_trained == 1:
-                os.kill(os.getpid(), signal.SIGINT)
+class _Interrupter(Callback):
+    """Sends this process a real SIGINT (as Ctrl-C does) after batch `batch` of the model's epoch `count`."""
 
+    def __init__(self, count, batch):
+        self.count, self.batch = count, batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch and self.model.epochs_trained == self.count:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_after_the_batch_and_returns_history():
     x, y = _circles(400)
     model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
     model.compile("adam", "bce")
-    h = model.fit(x, y, epochs=5, batch_size=16, verbose=0, callbacks=[Interrupter()])
+    h = model.fit(x, y, epochs=5, batch_size=16, verbose=0, callbacks=[_Interrupter(1, 3)])
     assert h.interrupted and len(h.history["loss"]) == 1
-    assert model.optimizer.iterations == 25 + 4  # one full epoch plus the four batches before the flag was seen
+    # (changed on purpose, issue 16 section 6: was 25 + 4) the four batches of the interrupted epoch are rolled
+    # back, so the model is exactly as after epoch 1
+    assert model.optimizer.iterations == 25 and model.epochs_trained == 1
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_a_usable_history_and_the_initial_model():
+    x, y = _circles(400)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce", metrics=["accuracy"])
+    before = model.get_weights()
+    h = model.fit(x, y, epochs=5, batch_size=16, verbose=0, validation_split=0.25, callbacks=[_Interrupter(0, 2)])
+    assert h.interrupted and h.epoch == []
+    assert h.history == {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}  # no KeyError 'loss'
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.iterations == 0 and model.optimizer.state == {}
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # and it trains on afterwards
+    assert model.epochs_trained == 1
+
+
+def test_interrupt_save_load_resume_equals_the_uninterrupted_run(tmp_path):
+    x, y = _circles(300)
+    y = y.astype(np.int64)
+    kw = {"batch_size": 16, "verbose": 0}
+    straight = _continuing_model()
+    h_straight = straight.fit(x, y, epochs=6, **kw)
+
+    model = _continuing_model()
+    h = model.fit(x, y, epochs=6, callbacks=[_Interrupter(3, 7)], **kw)  # during the fourth epoch
+    assert h.interrupted and model.epochs_trained == 3
+    model.save(tmp_path / "interrupted.nnxp")
+    resumed = nnxp.load_model(tmp_path / "interrupted.nnxp")
+    h_resumed = resumed.fit(x, y, epochs=6, initial_epoch=resumed.epochs_trained, **kw)
+    assert h.history["loss"] + h_resumed.history["loss"] == h_straight.history["loss"]
+    assert resumed.optimizer.iterations == straight.optimizer.iterations
+    for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_early_stopping_restores_best_weights():
@@ -523,3 +565,306 @@ def test_cuda_graph_refuses_dropout_and_tf32_restores_cupys_setting():
     fast.precision = "tf32"
     fast.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[Probe()])
     assert seen and all(seen) and not tf32_active()
+
+
+# --- sample_weight / class_weight ----------------------------------------------------------------------------
+
+WEIGHT_SETUPS = {  # (layers, loss): fused softmax/sigmoid heads and unfused ones
+    "fused-softmax-ce": (lambda: [Dense(4, "tanh", input_dim=3), Dense(3, "softmax")], "categorical_crossentropy"),
+    "fused-sparse-ce": (lambda: [Dense(4, "tanh", input_dim=3), Dense(3, "softmax")],
+                        "sparse_categorical_crossentropy"),
+    "fused-sigmoid-bce": (lambda: [Dense(4, "tanh", input_dim=3), Dense(3, "sigmoid")], "binary_crossentropy"),
+    "unfused-ce": (lambda: [Dense(4, "tanh", input_dim=3), Dense(3), Activation("softmax")],
+                   "categorical_crossentropy"),
+    "unfused-sparse-ce": (lambda: [Dense(4, "tanh", input_dim=3), Dense(3), Activation("softmax")],
+                          "sparse_categorical_crossentropy"),
+    "unfused-bce": (lambda: [Dense(4, "tanh", input_dim=3), Dense(3), Activation("sigmoid")], "binary_crossentropy"),
+    "mse": (lambda: [Dense(4, "tanh", input_dim=3), Dense(3)], "mse"),
+    "mae": (lambda: [Dense(4, "tanh", input_dim=3), Dense(3, "tanh")], "mae"),
+}
+
+
+def _weighted_setup(case, n=6, seed=4):
+    layers, loss = WEIGHT_SETUPS[case]
+    r = np.random.default_rng(seed)
+    model = Sequential(layers(), dtype="float64", seed=2)
+    model.compile("sgd", loss, metrics=None if loss in ("mse", "mae") else ["accuracy"])
+    model.build(3)
+    x = r.normal(size=(n, 3))
+    y = model._prepare(x, LOSS_SETUPS[loss][1](r, n))[1]
+    w = r.uniform(0, 3, n)
+    w[1] = 0.0  # a row that counts for nothing
+    return model, x, y, w
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHT_SETUPS))
+def test_weighted_loss_gradients_match_finite_differences(case):
+    model, x, y, w = _weighted_setup(case)
+
+    def loss_at():
+        return float(model._loss_and_grad(model._forward(x, True), y, w)[0])
+
+    model._train_step(x, y, w)
+    analytic = model.grads.copy()
+    num, eps = np.zeros_like(model.params), 1e-6
+    for i in range(model.params.size):
+        orig = model.params[i]
+        model.params[i] = orig + eps
+        up = loss_at()
+        model.params[i] = orig - eps
+        down = loss_at()
+        model.params[i] = orig
+        num[i] = (up - down) / (2 * eps)
+    np.testing.assert_allclose(analytic, num, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHT_SETUPS))
+def test_weighted_loss_is_keras_sum_over_batch_size(case):
+    # Keras: sum_i w_i l_i / batch_size, l_i the row's own loss
+    model, x, y, w = _weighted_setup(case)
+    per_row = [float(model._loss_and_grad(model._forward(x[i : i + 1], False), y[i : i + 1])[0]) for i in range(6)]
+    loss = float(model._loss_and_grad(model._forward(x, False), y, w)[0])
+    np.testing.assert_allclose(loss, np.dot(w, per_row) / 6, rtol=1e-12)
+    # evaluate over batches of 4 and 2: the same number
+    logs = model.evaluate(x, y, batch_size=4, verbose=0, sample_weight=w, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], np.dot(w, per_row) / 6, rtol=1e-12)
+
+
+def test_weighted_metrics_are_keras_weighted_means():
+    r = np.random.default_rng(0)
+    x = r.normal(size=(50, 3))
+    labels = r.integers(0, 3, 50)
+    w = r.uniform(0, 2, 50)
+    model = Sequential([Dense(3, "softmax", input_dim=3)], seed=0, dtype="float64")
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    hits = model.predict(x).argmax(axis=1) == labels
+    logs = model.evaluate(x, labels, batch_size=16, verbose=0, sample_weight=w, return_dict=True)
+    np.testing.assert_allclose(logs["accuracy"], np.dot(w, hits) / w.sum(), rtol=1e-12)
+    # mse / mae on a regression head: mean over outputs per row, then the weighted mean over rows
+    reg = Sequential([Dense(2, input_dim=3)], seed=0, dtype="float64")
+    reg.compile("sgd", "mse", metrics=["mse", "mae"])
+    t = r.normal(size=(50, 2))
+    d = reg.predict(x) - t
+    logs = reg.evaluate(x, t, batch_size=16, verbose=0, sample_weight=w, return_dict=True)
+    np.testing.assert_allclose(logs["mse"], np.dot(w, (d * d).mean(axis=1)) / w.sum(), rtol=1e-12)
+    np.testing.assert_allclose(logs["mae"], np.dot(w, np.abs(d).mean(axis=1)) / w.sum(), rtol=1e-12)
+    np.testing.assert_allclose(logs["loss"], np.dot(w, (d * d).mean(axis=1)) / 50, rtol=1e-12)
+    # binary accuracy: the fraction of right outputs per row, weighted
+    b = Sequential([Dense(2, "sigmoid", input_dim=3)], seed=0, dtype="float64")
+    b.compile("sgd", "bce", metrics=["accuracy"])
+    tb = r.integers(0, 2, (50, 2)).astype(float)
+    per_row = ((b.predict(x) > 0.5) == (tb > 0.5)).mean(axis=1)
+    np.testing.assert_allclose(b.evaluate(x, tb, verbose=0, sample_weight=w, return_dict=True)["accuracy"],
+                               np.dot(w, per_row) / w.sum(), rtol=1e-12)
+    assert model.evaluate(x, labels, verbose=0, sample_weight=np.zeros(50))[1] == 0.0  # no NaN
+
+
+def _weighted_fit(**kw):
+    x, y = _circles(200)
+    model = Sequential([Dense(8, "tanh", input_dim=2), Dropout(0.1), Dense(2, "softmax")], seed=3)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    h = model.fit(x, y.astype(np.int64), epochs=2, batch_size=32, verbose=0, **kw)
+    return model, h
+
+
+def test_unit_weights_train_bit_for_bit_like_no_weights_and_class_weight_equals_sample_weight():
+    plain, hp = _weighted_fit()
+    ones, ho = _weighted_fit(sample_weight=np.ones(200))
+    for a, b in zip(plain.get_weights(), ones.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert hp.history == ho.history
+    _, y = _circles(200)
+    by_class, hc = _weighted_fit(class_weight={0: 0.5, 1: 3.0})
+    by_row, hr = _weighted_fit(sample_weight=np.where(y == 1, 3.0, 0.5))
+    for a, b in zip(by_class.get_weights(), by_row.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert hc.history == hr.history
+    assert not np.array_equal(by_class.get_weights()[0], plain.get_weights()[0])
+    # both: the product
+    both, _ = _weighted_fit(class_weight={1: 3.0}, sample_weight=np.full(200, 2.0))
+    product, _ = _weighted_fit(sample_weight=np.where(y == 1, 6.0, 2.0))
+    np.testing.assert_array_equal(both.get_weights()[0], product.get_weights()[0])
+
+
+def test_class_weight_classes_from_one_hot_and_binary_targets():
+    from nnxp._validation import class_weight_to_sample_weight
+
+    one_hot = np.eye(3)[[2, 0, 1, 2]]
+    np.testing.assert_array_equal(class_weight_to_sample_weight({2: 5.0}, one_hot, False, "categorical", 3),
+                                  [5.0, 1.0, 1.0, 5.0])
+    binary = np.array([[0.0], [1.0], [1.0]])
+    np.testing.assert_array_equal(class_weight_to_sample_weight({0: 0.25, 1: 4}, binary, False, "binary", 1),
+                                  [0.25, 4.0, 4.0])
+    np.testing.assert_array_equal(class_weight_to_sample_weight({1: 2.0}, np.array([1, 0, 1]), True,
+                                                                "categorical", 2), [2.0, 1.0, 2.0])
+
+
+def test_zero_weight_rows_do_not_move_the_weights():
+    x, y = _circles(64)
+    y = y.astype(np.int64)
+    model = Sequential([Dense(4, "tanh", input_dim=2), Dense(2, "softmax")], seed=0, dtype="float64")
+    model.compile(nnxp.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
+    before = model.get_weights()
+    h = model.fit(x, y, epochs=1, batch_size=16, verbose=0, sample_weight=np.zeros(64))
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert h.history["loss"] == [0.0]
+
+
+def test_validation_weights_from_split_and_from_a_three_tuple():
+    x, y = _circles(200)
+    w = np.random.default_rng(1).uniform(0.5, 2, 200)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0, dtype="float64")
+    model.compile("adam", "bce", metrics=["accuracy"])
+    h = model.fit(x, y, epochs=1, verbose=0, validation_split=0.25, sample_weight=w, class_weight={1: 9.0})
+    # no class weight on validation
+    expect = model.evaluate(x[150:], y[150:], verbose=0, sample_weight=w[150:], return_dict=True)
+    np.testing.assert_allclose(h.history["val_loss"][0], expect["loss"], rtol=1e-12)
+    np.testing.assert_allclose(h.history["val_accuracy"][0], expect["accuracy"], rtol=1e-12)
+    h = model.fit(x[:150], y[:150], epochs=1, verbose=0, validation_data=(x[150:], y[150:], w[150:]))
+    expect = model.evaluate(x[150:], y[150:], verbose=0, sample_weight=w[150:], return_dict=True)
+    np.testing.assert_allclose(h.history["val_loss"][0], expect["loss"], rtol=1e-12)
+
+
+BAD_WEIGHTS = [
+    ({"sample_weight": np.ones(9)}, r"`sample_weight` must hold one weight per sample, shape \(10,\)"),
+    ({"sample_weight": np.ones((10, 2))}, r"`sample_weight` must hold one weight per sample"),
+    ({"sample_weight": -np.ones(10)}, r"`sample_weight` must be non-negative. Received: weights down to -1"),
+    ({"sample_weight": np.r_[np.nan, np.ones(9)]}, r"`sample_weight` must be finite"),
+    ({"sample_weight": ["a"] * 10}, r"`sample_weight` must hold numbers"),
+    ({"class_weight": [1.0, 2.0]}, r"`class_weight` must be a dict"),
+    ({"class_weight": {2: 1.0}}, r"`class_weight` keys must be class indices in \[0, 1\]. Received key 2"),
+    ({"class_weight": {"a": 1.0}}, r"`class_weight` keys"),
+    ({"class_weight": {0: -1.0}}, r"`class_weight` values must be finite numbers >= 0.*class_weight\[0\]=-1.0"),
+    ({"class_weight": {0: float("inf")}}, r"`class_weight` values"),
+    ({"validation_data": (np.zeros((4, 2)), np.zeros(4), np.ones(3))}, r"`validation_data\[2\]` must hold one"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_WEIGHTS)
+def test_bad_weights_raise_and_leave_the_model(override, message):
+    model, _ = _train(0)
+    before = model.get_weights()
+    iterations = model.optimizer.iterations
+    x, y = _circles(10)
+    with pytest.raises(NnxpError, match=message):
+        model.fit(x, y, epochs=1, batch_size=4, verbose=0, **override)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.iterations == iterations
+
+
+def test_class_weight_needs_a_classification_loss_and_evaluate_checks_weights():
+    model = Sequential([Dense(1, input_dim=2)], seed=0)
+    model.compile("sgd", "mse")
+    with pytest.raises(NnxpError, match="`class_weight` needs a classification loss"):
+        model.fit(np.zeros((4, 2)), np.zeros(4), class_weight={0: 1.0}, verbose=0)
+    with pytest.raises(NnxpError, match="`sample_weight` must be non-negative"):
+        model.evaluate(np.zeros((4, 2)), np.zeros(4), sample_weight=[1, 1, -1, 1], verbose=0)
+
+
+def test_weighted_training_on_the_emulated_cuda_device_matches_the_cpu(fake_cupy):
+    # device="cuda" through the stand-in CuPy: weights are gathered per batch like x and y, and the weighted
+    # loss runs the reference on the device instead of the fused kernel
+    x, y = _circles(96)
+    w = np.random.default_rng(2).uniform(0, 2, 96)
+    results = []
+    for device in ("cpu", "cuda"):
+        model = Sequential([Dense(8, "tanh", input_dim=2), Dense(2, "softmax")], device=device, seed=1,
+                           dtype="float64")
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        h = model.fit(x, y.astype(np.int64), epochs=2, batch_size=32, verbose=0, sample_weight=w,
+                      class_weight={0: 2.0})
+        ev = model.evaluate(x, y.astype(np.int64), verbose=0, sample_weight=w, return_dict=True)
+        results.append((model.get_weights(), h.history, ev))
+    (wc, hc, ec), (wg, hg, eg) = results
+    for a, b in zip(wc, wg, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(hc["loss"], hg["loss"], rtol=1e-9)
+    np.testing.assert_allclose(hc["accuracy"], hg["accuracy"], rtol=1e-12)
+    np.testing.assert_allclose(ec["loss"], eg["loss"], rtol=1e-9)
+
+
+# --- Keras's evaluate / predict conventions ------------------------------------------------------------------
+
+
+def test_evaluate_returns_a_float_a_list_or_a_dict_as_keras_does(capsys):
+    x, y = _circles(100)
+    model = Sequential([Dense(4, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce")
+    loss = model.evaluate(x, y, verbose=0)
+    assert isinstance(loss, float)
+    assert model.evaluate(x, y, verbose=0, return_dict=True) == {"loss": loss}
+    model.compile("adam", "bce", metrics=["mse", "accuracy"])  # the list follows compile's order
+    result = model.evaluate(x, y, verbose=0)
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert isinstance(result, list) and result == [logs["loss"], logs["mse"], logs["accuracy"]]
+    loss, mse, acc = result  # the Keras idiom binds numbers, not key strings
+    assert all(isinstance(v, float) for v in (loss, mse, acc)) and 0 <= acc <= 1
+    capsys.readouterr()
+    model.evaluate(x, y, verbose="auto")
+    assert "accuracy:" in capsys.readouterr().out
+    with pytest.raises(nnxp.errors.NnxpTypeError, match="`return_dict` must be True or False"):
+        model.evaluate(x, y, verbose=0, return_dict="yes")
+
+
+@pytest.mark.parametrize("bad", [3, -1, "loud", 1.0, None])
+def test_verbose_is_checked_in_predict_evaluate_and_fit(bad):
+    x, y = _circles(20)
+    model = Sequential([Dense(1, "sigmoid", input_dim=2)], seed=0)
+    model.compile("sgd", "bce")
+    for call in (lambda: model.predict(x, verbose=bad), lambda: model.evaluate(x, y, verbose=bad),
+                 lambda: model.fit(x, y, verbose=bad)):
+        with pytest.raises(NnxpError, match=r"`verbose` must be 0, 1, 2 or 'auto'"):
+            call()
+    assert model.optimizer.iterations == 0
+
+
+def test_predict_accepts_keras_verbose_and_prints_nothing(capsys):
+    x, _ = _circles(20)
+    model = Sequential([Dense(1, "sigmoid", input_dim=2)], seed=0)
+    quiet = model.predict(x)
+    for v in (0, 1, 2, "auto", True):
+        np.testing.assert_array_equal(model.predict(x, verbose=v), quiet)
+    assert capsys.readouterr().out == ""
+
+
+# --- a second fit continues ----------------------------------------------------------------------------------
+
+
+def _continuing_model():
+    model = Sequential([Dense(16, "relu", input_dim=2), Dropout(0.3), Dense(2, "softmax")], seed=11)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_a_second_fit_continues_bit_for_bit(tmp_path):
+    x, y = _circles(120)
+    y = y.astype(np.int64)
+    kw = {"batch_size": 16, "verbose": 0}
+    straight = _continuing_model()
+    h10 = straight.fit(x, y, epochs=10, **kw)
+    assert straight.epochs_trained == 10
+
+    twice = _continuing_model()
+    h_a = twice.fit(x, y, epochs=5, **kw)
+    h_b = twice.fit(x, y, epochs=5, **kw)
+    assert twice.epochs_trained == 10
+    assert h_a.history["loss"] + h_b.history["loss"] == h10.history["loss"]
+
+    saved = _continuing_model()
+    saved.fit(x, y, epochs=5, **kw)
+    saved.save(tmp_path / "m.nnxp")
+    loaded = nnxp.load_model(tmp_path / "m.nnxp")
+    assert loaded.epochs_trained == 5
+    h_l = loaded.fit(x, y, epochs=5, **kw)
+    assert h_l.history["loss"] == h10.history["loss"][5:]
+
+    resumed = nnxp.load_model(tmp_path / "m.nnxp")  # the Keras way to resume: initial_epoch
+    h_r = resumed.fit(x, y, epochs=10, initial_epoch=5, **kw)
+    assert h_r.epoch == [5, 6, 7, 8, 9] and resumed.epochs_trained == 10
+
+    for model in (twice, loaded, resumed):
+        for a, b in zip(model.get_weights(), straight.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert model.optimizer.iterations == straight.optimizer.iterations

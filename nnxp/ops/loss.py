@@ -5,6 +5,11 @@ Every function takes the network output (B, k) and targets, writes
 0-d array on the same device (no host sync). The fused pairs take *logits*:
 softmax + cross-entropy (one-hot or sparse labels) and sigmoid + binary
 cross-entropy, both through log-sum-exp so no exp can overflow.
+
+``sample_weight`` (B,) weighs each row's loss as Keras's "sum_over_batch_size" does:
+``sum_i w_i l_i / B``, where ``l_i`` is row i's loss (averaged over its outputs for
+the elementwise losses); the gradient's rows are scaled by ``w_i`` to match. Without
+weights every function runs exactly the operations it always ran.
 """
 
 from __future__ import annotations
@@ -22,7 +27,18 @@ def _grad_buffer(xp: Any, like: Any, grad: Any) -> Any:
     return xp.empty_like(like) if grad is None else grad
 
 
-def softmax_cross_entropy_ref(logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+def _weighted_sum(elementwise: Any, w: Any) -> Any:
+    """Sum of a (B, k) array; with weights, each row's sum times its weight."""
+    return elementwise.sum() if w is None else (elementwise.sum(axis=1) * w).sum()
+
+
+def _weigh_rows(g: Any, w: Any) -> None:
+    if w is not None:
+        g *= w[:, None]  # row i of dL/d(output) scales with w_i
+
+
+def softmax_cross_entropy_ref(logits: Any, target: Any, grad: Any = None,
+                              sample_weight: Any = None) -> tuple[Any, Any]:
     """Softmax + categorical cross-entropy on logits (B, C) and one-hot (or soft) targets (B, C)."""
     xp = xp_of(logits)
     n = logits.shape[0]
@@ -34,16 +50,19 @@ def softmax_cross_entropy_ref(logits: Any, target: Any, grad: Any = None) -> tup
     xp.exp(g, out=g)
     sums = g.sum(axis=1, keepdims=True)  # (B, 1)
     t_sum = target.sum(axis=1, keepdims=True)  # (B, 1), 1 for one-hot rows
-    loss = (xp.log(sums[:, 0]) * t_sum[:, 0] - t_dot_s).sum() / n
+    per_row = xp.log(sums[:, 0]) * t_sum[:, 0] - t_dot_s  # (B,)
+    loss = (per_row if sample_weight is None else per_row * sample_weight).sum() / n
     # dL/dz = softmax * sum(t) - t, averaged over the batch
     g /= sums
     g *= t_sum
     g -= target
     g *= 1.0 / n
+    _weigh_rows(g, sample_weight)
     return loss, g
 
 
-def sparse_softmax_cross_entropy_ref(logits: Any, labels: Any, grad: Any = None) -> tuple[Any, Any]:
+def sparse_softmax_cross_entropy_ref(logits: Any, labels: Any, grad: Any = None,
+                                     sample_weight: Any = None) -> tuple[Any, Any]:
     """Softmax + cross-entropy on logits (B, C) and integer labels (B,)."""
     xp = xp_of(logits)
     n = logits.shape[0]
@@ -54,14 +73,17 @@ def sparse_softmax_cross_entropy_ref(logits: Any, labels: Any, grad: Any = None)
     picked = g[rows, labels]  # (B,) shifted logit of the true class (a copy)
     xp.exp(g, out=g)
     sums = g.sum(axis=1, keepdims=True)
-    loss = (xp.log(sums[:, 0]) - picked).sum() / n
+    per_row = xp.log(sums[:, 0]) - picked  # (B,)
+    loss = (per_row if sample_weight is None else per_row * sample_weight).sum() / n
     g /= sums
     g[rows, labels] -= 1.0
     g *= 1.0 / n
+    _weigh_rows(g, sample_weight)
     return loss, g
 
 
-def sigmoid_binary_cross_entropy_ref(logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+def sigmoid_binary_cross_entropy_ref(logits: Any, target: Any, grad: Any = None,
+                                     sample_weight: Any = None) -> tuple[Any, Any]:
     """Sigmoid + binary cross-entropy on logits (B, k) and targets in [0, 1] (B, k)."""
     xp = xp_of(logits)
     size = logits.size
@@ -71,7 +93,8 @@ def sigmoid_binary_cross_entropy_ref(logits: Any, target: Any, grad: Any = None)
     xp.negative(g, out=g)
     xp.exp(g, out=g)
     xp.log1p(g, out=g)
-    loss = (xp.maximum(logits, 0) - logits * target + g).sum() / size
+    elementwise = xp.maximum(logits, 0) - logits * target + g  # (B, k)
+    loss = _weighted_sum(elementwise, sample_weight) / size
     # dL/dz = sigmoid(z) - t, with sigmoid = 0.5 (1 + tanh(z / 2))
     xp.multiply(logits, 0.5, out=g)
     xp.tanh(g, out=g)
@@ -79,70 +102,85 @@ def sigmoid_binary_cross_entropy_ref(logits: Any, target: Any, grad: Any = None)
     g += 0.5
     g -= target
     g *= 1.0 / size
+    _weigh_rows(g, sample_weight)
     return loss, g
 
 
-def categorical_cross_entropy_ref(probs: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+def categorical_cross_entropy_ref(probs: Any, target: Any, grad: Any = None,
+                                  sample_weight: Any = None) -> tuple[Any, Any]:
     """Cross-entropy on probabilities (B, C) that did not come from a fused softmax."""
     xp = xp_of(probs)
     n = probs.shape[0]
     g = _grad_buffer(xp, probs, grad)
     xp.clip(probs, EPS, 1.0 - EPS, out=g)
-    loss = -(target * xp.log(g)).sum() / n
+    loss = -_weighted_sum(target * xp.log(g), sample_weight) / n
     # d/dp of -sum t log p is -t / p (zero where p was clipped)
     xp.divide(target, g, out=g)
     g *= -1.0 / n
     g *= (probs >= EPS) & (probs <= 1.0 - EPS)
+    _weigh_rows(g, sample_weight)
     return loss, g
 
 
-def sparse_categorical_cross_entropy_ref(probs: Any, labels: Any, grad: Any = None) -> tuple[Any, Any]:
+def sparse_categorical_cross_entropy_ref(probs: Any, labels: Any, grad: Any = None,
+                                         sample_weight: Any = None) -> tuple[Any, Any]:
     """Cross-entropy on probabilities (B, C) and integer labels (B,)."""
     xp = xp_of(probs)
     n = probs.shape[0]
     rows = xp.arange(n)
     g = _grad_buffer(xp, probs, grad)
     p = xp.clip(probs[rows, labels], EPS, 1.0 - EPS)  # (B,)
-    loss = -xp.log(p).sum() / n
+    per_row = -xp.log(p)  # (B,)
+    loss = (per_row if sample_weight is None else per_row * sample_weight).sum() / n
     g[...] = 0
     inside = (probs[rows, labels] >= EPS) & (probs[rows, labels] <= 1.0 - EPS)
     g[rows, labels] = (-1.0 / n) / p * inside
+    _weigh_rows(g, sample_weight)
     return loss, g
 
 
-def binary_cross_entropy_ref(probs: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+def binary_cross_entropy_ref(probs: Any, target: Any, grad: Any = None,
+                             sample_weight: Any = None) -> tuple[Any, Any]:
     """Binary cross-entropy on probabilities (B, k) that did not come from a fused sigmoid."""
     xp = xp_of(probs)
     size = probs.size
     g = _grad_buffer(xp, probs, grad)
     p = xp.clip(probs, EPS, 1.0 - EPS)
-    loss = -(target * xp.log(p) + (1.0 - target) * xp.log1p(-p)).sum() / size
+    loss = -_weighted_sum(target * xp.log(p) + (1.0 - target) * xp.log1p(-p), sample_weight) / size
     # d/dp = (p - t) / (p (1 - p)), zero where p was clipped
     xp.subtract(p, target, out=g)
     g /= p * (1.0 - p)
     g *= ((probs >= EPS) & (probs <= 1.0 - EPS)) / size
+    _weigh_rows(g, sample_weight)
     return loss, g
 
 
-def mean_squared_error_ref(pred: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+def mean_squared_error_ref(pred: Any, target: Any, grad: Any = None,
+                           sample_weight: Any = None) -> tuple[Any, Any]:
     """Mean over all elements of (pred - target)^2."""
     xp = xp_of(pred)
     g = _grad_buffer(xp, pred, grad)
     xp.subtract(pred, target, out=g)
-    flat = g.reshape(-1)
-    loss = xp.dot(flat, flat) / pred.size
+    if sample_weight is None:
+        flat = g.reshape(-1)
+        loss = xp.dot(flat, flat) / pred.size
+    else:
+        loss = _weighted_sum(g * g, sample_weight) / pred.size
     g *= 2.0 / pred.size
+    _weigh_rows(g, sample_weight)
     return loss, g
 
 
-def mean_absolute_error_ref(pred: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+def mean_absolute_error_ref(pred: Any, target: Any, grad: Any = None,
+                            sample_weight: Any = None) -> tuple[Any, Any]:
     """Mean over all elements of |pred - target|."""
     xp = xp_of(pred)
     g = _grad_buffer(xp, pred, grad)
     xp.subtract(pred, target, out=g)
-    loss = xp.abs(g).sum() / pred.size
+    loss = _weighted_sum(xp.abs(g), sample_weight) / pred.size
     xp.sign(g, out=g)
     g *= 1.0 / pred.size
+    _weigh_rows(g, sample_weight)
     return loss, g
 
 
