@@ -25,7 +25,7 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_targ
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
 from . import losses, optimizers
-from .backend import Device, get_device
+from .backend import Device, get_device, sum_of_squares, xp_of
 from .callbacks import Callback
 from .errors import NnxpError, NumericalError
 from .layers import Dense
@@ -53,19 +53,25 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
 
 
 class _BatchL2(L1L2):
-    """scikit-learn's penalty ``alpha / 2 * ||W||^2 / n`` with ``n`` the current batch's size.
+    """scikit-learn's penalty ``alpha / 2 * ||W||^2 / n``, with ``n`` the batch's size (or its weight sum).
 
     One instance is shared by every Dense layer of the network; the loss (:func:`_sklearn_loss`) sets ``n`` for
     each batch before the model adds penalties and their gradients, so the last, shorter batch is penalised as
-    scikit-learn penalises it.
+    scikit-learn penalises it. ``n`` may be a 0-d device array (a weighted batch on a GPU: no host sync).
     """
 
     def __init__(self, alpha: float) -> None:
         super().__init__(l2=0.5 * alpha)
         self.alpha = alpha
 
-    def set_batch_size(self, n: int) -> None:
+    def set_batch_size(self, n: Any) -> None:
         self.l2 = 0.5 * self.alpha / n
+
+    def penalty(self, w: Any) -> Any:
+        return self.l2 * sum_of_squares(w.reshape(-1))
+
+    def add_gradient(self, w: Any, dw: Any) -> None:
+        dw += (2.0 * self.l2) * w
 
 
 def _sklearn_loss(kind: str, reg: _BatchL2 | None) -> losses.Loss:
@@ -75,18 +81,31 @@ def _sklearn_loss(kind: str, reg: _BatchL2 | None) -> losses.Loss:
     - ``binary_log_loss`` (logistic, binary and multilabel): summed over labels, not averaged as nnxp's BCE;
     - ``squared_error`` (identity): ``0.5 * mean((pred - y)^2)``, with scikit-learn's gradient ``(pred - y) / n``
       (it does not divide by the number of outputs).
+
+    A weighted batch is averaged over its weight sum (scikit-learn), not over its size (nnxp and Keras).
     """
 
     def scaled(fn: Any, loss_scale: Any, grad_scale: Any) -> Any:
-        def wrapped(out: Any, y: Any, grad: Any = None) -> tuple[Any, Any]:
-            if reg is not None:
-                reg.set_batch_size(out.shape[0])
-            loss, g = fn(out, y, grad)
+        def wrapped(out: Any, y: Any, grad: Any = None, sample_weight: Any = None) -> tuple[Any, Any]:
             k = out.shape[1]
-            if loss_scale(k) != 1.0:
-                loss = loss * loss_scale(k)
-            if grad_scale(k) != 1.0:
-                g *= grad_scale(k)
+            ls, gs = loss_scale(k), grad_scale(k)
+            if sample_weight is None:
+                n = out.shape[0]
+                loss, g = fn(out, y, grad)
+            else:
+                xp = xp_of(out)
+                total = sample_weight.sum()
+                # a batch whose weights are all 0 contributes nothing (its "n" is infinite), as no sample does
+                n = xp.where(total > 0, total, xp.inf)
+                loss, g = getattr(fn, "__wrapped__", fn)(out, y, grad, sample_weight=sample_weight)
+                ls = ls * (out.shape[0] / n)
+                gs = gs * (out.shape[0] / n)
+            if reg is not None:
+                reg.set_batch_size(n)
+            if not isinstance(ls, float) or ls != 1.0:
+                loss = loss * ls
+            if not isinstance(gs, float) or gs != 1.0:
+                g *= gs
             return loss, g
 
         return wrapped
@@ -230,7 +249,6 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = np.inf
             self.validation_scores_ = None
             self.best_validation_score_ = None
-        self._epochs_run = 0
         self._sync_weights()
 
     def _sync_weights(self) -> None:
@@ -306,11 +324,8 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
                               stacklevel=5)
             batch_size = int(np.clip(self.batch_size, 1, n))
-        fit_kwargs = {}
-        if sw_train is not None and not np.all(sw_train == sw_train[0]):
-            # nnxp (like Keras) averages a weighted batch over its size, scikit-learn over its weight sum; weights
-            # scaled to mean 1 make the two agree on average (and exactly when a batch holds every sample)
-            fit_kwargs["sample_weight"] = sw_train * (n / sw_train.sum())
+        if sw_train is not None and np.all(sw_train == sw_train[0]):
+            sw_train = None  # equal weights change nothing in scikit-learn's weighted mean: keep the fused path
         if sp.issparse(X_train):  # nnxp trains on dense arrays
             X_train = X_train.toarray()
         # nnxp shuffles by (seed, epoch); drawn after the split so the split is scikit-learn's for a random_state
@@ -319,13 +334,12 @@ class _BaseMLP(BaseEstimator):
         epochs = _Epochs(self, n, val)
         max_iter = 1 if incremental else self.max_iter
         try:
-            history = self.model_.fit(X_train, y_train, epochs=self._epochs_run + max_iter, batch_size=batch_size,
-                                      shuffle=self.shuffle, verbose=0, callbacks=[epochs],
-                                      initial_epoch=self._epochs_run, **fit_kwargs)
+            # each epoch's shuffle follows (model_.seed, model_.epochs_trained): partial_fit calls continue the sequence
+            history = self.model_.fit(X_train, y_train, epochs=max_iter, batch_size=batch_size, shuffle=self.shuffle,
+                                      verbose=0, callbacks=[epochs], sample_weight=sw_train)
         except NumericalError as exc:
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large values "
                              f"and need to be preprocessed. ({exc})") from None
-        self._epochs_run += self.n_iter_
         if history.interrupted:
             warnings.warn("Training interrupted by user.", stacklevel=5)
         elif not incremental and not epochs.stopped and self.n_iter_ == self.max_iter:
@@ -383,7 +397,7 @@ class _BaseMLP(BaseEstimator):
 
     # --- pickling: the network travels as host arrays and comes back on its device, or on the CPU -------------
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # object.__getstate__ may hand out __dict__ itself
         model = state.pop("model_", None)
         if model is not None:
             opt = model.optimizer
