@@ -239,6 +239,7 @@ class _BaseMLP(BaseEstimator):
             weights.append(rng.uniform(-bound, bound, fan_out))
         self.model_ = self._new_model(layer_units, self.device, seed=0)  # the shuffle seed is drawn per fit
         self.model_.set_weights(weights)
+        self._best_weights = self.model_.get_weights()  # what early_stopping restores if no score ever improves
         self.loss_curve_ = []
         self._no_improvement_count = 0
         if self.early_stopping:

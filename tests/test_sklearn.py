@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import warnings
@@ -239,6 +240,33 @@ def test_convergence_warning_only_when_max_iter_is_reached():
         est = MLPClassifier(max_iter=50, tol=10.0, n_iter_no_change=2, random_state=0).fit(x, y)
     # no epoch after the first improves on the best loss by tol=10: stop when the count exceeds n_iter_no_change
     assert est.n_iter_ == 4
+
+
+def test_verbose_prints_scikit_learns_lines(capsys):
+    x, y = _data("multiclass", 100)
+    MLPClassifier(max_iter=50, tol=10.0, n_iter_no_change=1, random_state=0, verbose=True).fit(x, y)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Iteration 1, loss = ") and out[2].startswith("Iteration 3, loss = ")
+    assert out[3] == ("Training loss did not improve more than tol=10.000000 for 1 consecutive epochs. Stopping.")
+
+
+def test_ctrl_c_keeps_the_completed_epochs(monkeypatch):
+    """scikit-learn warns and keeps the model; nnxp's fit stops after the batch and rolls back that epoch."""
+    import nnxp.sklearn as nnxp_sklearn
+
+    x, y = _data("multiclass", 100)
+    end = nnxp_sklearn._Epochs.on_epoch_end
+
+    def press_ctrl_c_after_epoch_3(self, epoch, logs=None):
+        end(self, epoch, logs)
+        if self.est.n_iter_ == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(nnxp_sklearn._Epochs, "on_epoch_end", press_ctrl_c_after_epoch_3)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=100, random_state=0, batch_size=10).fit(x, y)
+    assert est.n_iter_ == 3 and len(est.loss_curve_) == 3 and est.model_.epochs_trained == 3
+    assert est.predict(x).shape == (100,)
 
 
 def test_partial_fit_classes_and_progress():
