@@ -326,6 +326,26 @@ def test_a_network_from_a_missing_gpu_unpickles_onto_the_cpu():
     np.testing.assert_array_equal(back.predict(x), est.predict(x))
 
 
+@pytest.mark.parametrize("kind", ["multiclass", "multilabel", "multioutput"])
+def test_device_cuda_on_the_emulated_gpu_matches_the_cpu(fake_cupy, kind):
+    """device="cuda" through the stand-in CuPy (kernels.cu on the CPU emulator): fused losses unweighted, the
+    reference with weights; the fitted attributes are host NumPy arrays; a pickle comes back on that device."""
+    x, y = _data(kind, 90)
+    sw = np.random.default_rng(1).uniform(0, 2, 90)
+    cls = MLPRegressor if kind == "multioutput" else MLPClassifier
+    for weights in (None, sw):
+        kw = dict(hidden_layer_sizes=(6,), max_iter=3, batch_size=32, random_state=0, dtype="float64")
+        cpu = cls(device="cpu", **kw).fit(x, y, sample_weight=weights)
+        gpu = cls(device="cuda", **kw).fit(x, y, sample_weight=weights)
+        assert gpu.model_.device.is_cuda and all(type(c) is np.ndarray for c in gpu.coefs_ + gpu.intercepts_)
+        np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-9)
+        for a, b in zip(gpu.coefs_, cpu.coefs_):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    back = pickle.loads(pickle.dumps(gpu))
+    assert back.model_.device.is_cuda
+    np.testing.assert_allclose(back.predict(x), gpu.predict(x), rtol=1e-12)
+
+
 @pytest.mark.gpu
 def test_cuda_trained_estimator_unpickles_without_a_gpu(tmp_path):
     x, y = _data("multiclass", 200)
