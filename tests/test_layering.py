@@ -17,8 +17,9 @@ LEVEL = {
     "callbacks": 5, "_graph": 5,
     "model": 6, "io": 7,
     "plot": 1, "onnx_export": 7,
-    "cli": 8, "selftest": 8, "sklearn": 8, "__main__": 9,
+    "cli": 8, "selftest": 8, "__main__": 9,
     "__init__": 10,
+    "sklearn": 8,  # scikit-learn's estimators over Sequential, beside cli
 }
 DATASETS_ALLOWED = {"errors"}
 # Sequential.save / export_onnx delegate to io / onnx_export through imports inside the methods, as Keras does.
