@@ -13,16 +13,20 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import accuracy_score, r2_score
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
+
+try:
+    import scipy.sparse as sp
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils import check_random_state
+    from sklearn.utils._param_validation import Interval, Options, StrOptions
+    from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
+except ImportError as exc:  # not installed, or older than 1.6 (no validate_data)
+    raise ImportError(f"nnxp.sklearn needs scikit-learn >= 1.6: pip install \"nnxp[sklearn]\" ({exc})") from exc
 
 from . import losses, optimizers
 from .backend import Device, get_device, sum_of_squares, xp_of
