@@ -70,6 +70,7 @@ class _BatchL2(L1L2):
     def __init__(self, alpha: float) -> None:
         super().__init__(l2=0.5 * alpha)
         self.alpha = alpha
+        self._scratch: dict[tuple, Any] = {}  # one buffer per kernel shape: no large allocation per batch
 
     def set_batch_size(self, n: Any) -> None:
         self.l2 = 0.5 * self.alpha / n
@@ -78,7 +79,13 @@ class _BatchL2(L1L2):
         return self.l2 * sum_of_squares(w.reshape(-1))
 
     def add_gradient(self, w: Any, dw: Any) -> None:
-        dw += (2.0 * self.l2) * w
+        xp = xp_of(w)
+        key = (w.shape, w.dtype.str, xp.__name__)
+        tmp = self._scratch.get(key)
+        if tmp is None:
+            tmp = self._scratch[key] = xp.empty_like(w)
+        xp.multiply(w, 2.0 * self.l2, out=tmp)
+        dw += tmp
 
 
 def _sklearn_loss(kind: str, reg: _BatchL2 | None) -> losses.Loss:
