@@ -203,6 +203,7 @@ class _BaseMLP(BaseEstimator):
         "beta_2": [Interval(Real, 0, 1, closed="left")],
         "epsilon": [Interval(Real, 0, None, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
         "device": [str, Device, None],
         "dtype": [StrOptions({"float32", "float64"})],
     }
@@ -457,8 +458,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier, scikit-learn's ``MLPClassifier`` trained by nnxp.
 
     Multiclass (softmax), binary (one logistic unit) and multilabel (2-D 0/1 ``y``, logistic units), trained with
-    the log-loss plus ``alpha / 2 * ||W||^2 / batch_size``. Extra parameters: ``device`` ("cpu", "cuda",
-    "cuda:N", "auto"; None = ``$NNXP_DEVICE`` or the CPU) and ``dtype`` ("float32" or "float64").
+    the log-loss plus ``alpha / 2 * ||W||^2 / batch_size``. ``solver`` is "adam" or "sgd" ("lbfgs" raises a
+    ValueError, so ``max_fun`` is accepted for scikit-learn's parameter sets but unused). Extra parameters:
+    ``device`` ("cpu", "cuda", "cuda:N", "auto"; None = ``$NNXP_DEVICE`` or the CPU) and ``dtype`` ("float32" or
+    "float64").
     The fitted network is ``model_`` (an nnxp Sequential); ``coefs_`` and ``intercepts_`` are NumPy copies.
     """
 
@@ -487,6 +490,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         beta_2=0.999,
         epsilon=1e-8,
         n_iter_no_change=10,
+        max_fun=15000,
         device=None,
         dtype="float32",
     ):
@@ -512,6 +516,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun  # L-BFGS's budget: kept so scikit-learn's parameter sets carry over; unused
         self.device = device
         self.dtype = dtype
 
@@ -622,6 +627,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         beta_2=0.999,
         epsilon=1e-8,
         n_iter_no_change=10,
+        max_fun=15000,
         device=None,
         dtype="float32",
     ):
@@ -648,6 +654,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun  # L-BFGS's budget: kept so scikit-learn's parameter sets carry over; unused
         self.device = device
         self.dtype = dtype
 

@@ -418,6 +418,14 @@ def test_bad_input_leaves_a_fitted_estimator_as_it_was():
         np.testing.assert_array_equal(est.predict_proba(x), proba)
 
 
+def test_parameters_are_scikit_learns_plus_device_and_dtype():
+    for ours, ref in ((MLPClassifier(), sk_nn.MLPClassifier()), (MLPRegressor(), sk_nn.MLPRegressor())):
+        mine, theirs = ours.get_params(), ref.get_params()
+        assert set(mine) - set(theirs) == {"device", "dtype"} and set(theirs) <= set(mine)
+        assert {k: mine[k] for k in theirs} == theirs  # the same defaults
+        assert mine["device"] is None and mine["dtype"] == "float32"
+
+
 def test_unsupported_options_say_what_to_use():
     x, y = _data("regression", 20)
     with pytest.raises(InvalidParameterError, match="loss"):
