@@ -29,7 +29,7 @@ except ImportError as exc:  # not installed, or older than 1.6 (no validate_data
     raise ImportError(f"nnxp.sklearn needs scikit-learn >= 1.6: pip install \"nnxp[sklearn]\" ({exc})") from exc
 
 from . import losses, optimizers
-from .backend import Device, get_device, sum_of_squares, xp_of
+from .backend import Device, get_device, is_cupy_array, sum_of_squares, to_numpy, xp_of
 from .callbacks import Callback
 from .errors import NnxpError, NumericalError
 from .layers import Dense
@@ -523,6 +523,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
                              dtype=(np.float64, np.float32), reset=reset)
+        if is_cupy_array(y):  # CuPy input under array-API dispatch: labels are few, LabelBinarizer works on the host
+            y = to_numpy(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         # the same decisions as scikit-learn about when classes_ is (re)defined or checked
@@ -546,6 +548,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None) -> MLPClassifier:
         """One epoch over (X, y); ``classes`` (every label) is needed on the first call."""
         self._check_solver()
+        if is_cupy_array(y):
+            y = to_numpy(y)
         if _check_partial_fit_first_call(self, classes):
             self._validate_params()
             self._label_binarizer = LabelBinarizer()
