@@ -24,6 +24,16 @@ def as_array(x: Any, name: str) -> Any:
     """`x` as a NumPy or CuPy array with a numeric dtype (lists are converted)."""
     if x is None:
         raise NnxpTypeError(f"`{name}` must be an array. Received: {name}=None")
+    if isinstance(x, np.ma.MaskedArray):
+        # nnxp computes on the underlying data, masked entries included (what np.asarray gives): a NaN under
+        # the mask would reach the numerics unseen by a masked isfinite, so it is refused here
+        data = np.asarray(x.data)
+        if data.dtype.kind == "f" and np.ma.getmaskarray(x).any() and not np.isfinite(data).all():
+            bad = int((~np.isfinite(data)).sum())
+            raise NnxpError(f"`{name}` is a masked array with NaN or infinite values under its mask; nnxp uses "
+                            f"the underlying data, masked entries included. Fill them first, e.g. {name}.filled(0). "
+                            f"Received: {_describe(data)} with {bad} NaN or infinite values")
+        x = data
     if not (isinstance(x, np.ndarray) or is_cupy_array(x)):
         try:
             x = np.asarray(x)
@@ -34,8 +44,8 @@ def as_array(x: Any, name: str) -> Any:
     return x
 
 
-def check_features(x: Any, name: str, n_features: int | None) -> Any:
-    """A 2-D array (N, n_features), non-empty and finite."""
+def check_features(x: Any, name: str, n_features: int | None, dtype: Any = None) -> Any:
+    """A 2-D array (N, n_features), non-empty and finite (also once cast to `dtype`, the model's)."""
     x = as_array(x, name)
     if x.ndim != 2:
         raise NnxpError(f"`{name}` must be 2-D (samples, features). Received: {_describe(x)}")
@@ -45,14 +55,28 @@ def check_features(x: Any, name: str, n_features: int | None) -> Any:
         raise NnxpError(
             f"`{name}` must have {n_features} features (the model's input size). Received: {_describe(x)}"
         )
-    check_finite(x, name)
+    check_finite(x, name, dtype)
     return x
 
 
-def check_finite(a: Any, name: str) -> None:
-    if a.dtype.kind == "f" and not bool(xp_of(a).isfinite(a).all()):
-        bad = int((~xp_of(a).isfinite(a)).sum())
+def check_finite(a: Any, name: str, dtype: Any = None) -> None:
+    """No NaN or inf in `a`, nor once it is cast to `dtype` (1e39 is finite in float64, inf in float32)."""
+    xp = xp_of(a)
+    if a.dtype.kind == "f" and not bool(xp.isfinite(a).all()):
+        bad = int((~xp.isfinite(a)).sum())
         raise NnxpError(f"`{name}` must be finite. Received: {_describe(a)} with {bad} NaN or infinite values")
+    target = None if dtype is None else np.dtype(dtype)
+    if target is None or target.kind != "f" or a.dtype.kind != "f" or a.size == 0:
+        return
+    if np.finfo(a.dtype).max <= np.finfo(target).max:
+        return
+    # rounding is monotonic: if the extremes stay finite once cast, every value does (two reductions, no copy)
+    lo, hi = (float(v) for v in to_numpy(xp.stack([a.min(), a.max()]).astype("float64")))
+    with np.errstate(over="ignore"):
+        fits = math.isfinite(target.type(lo)) and math.isfinite(target.type(hi))
+    if not fits:
+        raise NnxpError(f"`{name}` must be finite in {target} (the model's dtype). Received: values from {lo:.3g} "
+                        f"to {hi:.3g}; {target} holds magnitudes up to {float(np.finfo(target).max):.3g}")
 
 
 def check_same_length(x: Any, y: Any, xname: str = "x", yname: str = "y") -> None:
@@ -63,7 +87,7 @@ def check_same_length(x: Any, y: Any, xname: str = "x", yname: str = "y") -> Non
         )
 
 
-def check_targets(y: Any, name: str, task: str, sparse: bool, n_outputs: int) -> Any:
+def check_targets(y: Any, name: str, task: str, sparse: bool, n_outputs: int, dtype: Any = None) -> Any:
     """Targets shaped for the loss: labels (N,) for sparse, (N, n_outputs) otherwise."""
     y = as_array(y, name)
     if y.ndim == 0 or y.shape[0] == 0:
@@ -100,6 +124,12 @@ def check_targets(y: Any, name: str, task: str, sparse: bool, n_outputs: int) ->
             f"`{name}` must have {n_outputs} columns to match the output layer's {n_outputs} units. "
             f"Received: {_describe(y)}{hint}"
         )
+    check_finite(y, name, dtype)
+    if task == "categorical":  # one-hot rows or class probabilities: a negative target makes the loss unbounded
+        lo = float(to_numpy(y.min()))
+        if lo < 0:
+            raise NnxpError(f"`{name}` must be non-negative for categorical cross-entropy (one-hot rows or class "
+                            f"probabilities). Received: values down to {lo}")
     if task == "binary":
         lo, hi = (float(v) for v in to_numpy(xp_of(y).stack([y.min(), y.max()]).astype("float64")))
         if lo < 0.0 or hi > 1.0:
@@ -126,21 +156,22 @@ def fraction(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_sample_weight(w: Any, name: str, n_samples: int) -> Any:
+def check_sample_weight(w: Any, name: str, n_samples: int, dtype: Any = None) -> Any:
     """Per-row weights (N,) (or (N, 1)): finite, non-negative, one per sample."""
     w = as_array(w, name)
     if w.ndim == 2 and w.shape[1] == 1:
         w = w[:, 0]
     if w.ndim != 1 or w.shape[0] != n_samples:
         raise NnxpError(f"`{name}` must hold one weight per sample, shape ({n_samples},). Received: {_describe(w)}")
-    check_finite(w, name)
+    check_finite(w, name, dtype)
     if bool((w < 0).any()):
         lo = float(to_numpy(w.min()))
         raise NnxpError(f"`{name}` must be non-negative. Received: weights down to {lo}")
     return w
 
 
-def class_weight_to_sample_weight(class_weight: Any, y: Any, sparse: bool, task: str, n_outputs: int) -> Any:
+def class_weight_to_sample_weight(class_weight: Any, y: Any, sparse: bool, task: str, n_outputs: int,
+                                  dtype: Any = np.float64) -> Any:
     """Per-row weights (N,) from a dict {class: weight}, as Keras maps them.
 
     The class of a row is its label (sparse targets), its one-hot argmax (several columns) or its rounded
@@ -161,6 +192,10 @@ def class_weight_to_sample_weight(class_weight: Any, y: Any, sparse: bool, task:
         if not ok:
             raise NnxpError(f"`class_weight` values must be finite numbers >= 0. Received: class_weight[{key!r}]="
                             f"{value!r}")
+        with np.errstate(over="ignore"):
+            if not math.isfinite(np.dtype(dtype).type(value)):
+                raise NnxpError(f"`class_weight` values must be finite in {np.dtype(dtype)} (the model's dtype). "
+                                f"Received: class_weight[{key!r}]={value!r}")
         table[int(key)] = float(value)
     xp = xp_of(y)
     if sparse:

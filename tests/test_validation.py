@@ -189,3 +189,32 @@ def test_fraction():
 
 def test_fraction_accepts_numpy_floats():
     assert fraction("validation_split", np.float32(0.25)) == 0.25
+
+
+# --- finite after the cast to the model's dtype; masked arrays ------------------------------------
+@pytest.mark.parametrize("value, ok", [(3.4e38, True), (np.finfo(np.float32).max, True), (1e39, False),
+                                       (-1e39, False), (3.41e38, False), (1e-50, True)])
+def test_check_finite_in_the_models_dtype(value, ok):
+    a = np.array([0.0, value])
+    check_finite(a, "x", np.float64)  # always fine in float64
+    with np.errstate(over="ignore"):
+        assert np.isfinite(a.astype(np.float32)).all() == ok  # the rule is exactly "finite once cast"
+    if ok:
+        check_finite(a, "x", np.float32)
+    else:
+        with pytest.raises(NnxpError, match=r"`x` must be finite in float32 \(the model's dtype\)"):
+            check_finite(a, "x", np.float32)
+
+
+def test_float32_and_integer_inputs_skip_the_range_check():
+    check_finite(np.array([np.finfo(np.float32).max], np.float32), "x", np.float32)
+    check_finite(np.array([2**62]), "x", np.float32)
+
+
+def test_masked_arrays_give_their_data_and_refuse_nan_under_the_mask():
+    m = np.ma.array([1.0, 2.0, 3.0], mask=[False, True, False])
+    out = as_array(m, "x")
+    assert type(out) is np.ndarray and out.tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(NnxpError, match=r"`y` is a masked array with NaN.*y.filled\(0\).*1 NaN"):
+        as_array(np.ma.masked_invalid([1.0, np.nan]), "y")
+    assert as_array(np.ma.masked_invalid([1.0, 2.0]), "y").tolist() == [1.0, 2.0]
