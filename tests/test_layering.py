@@ -20,6 +20,7 @@ LEVEL = {
     "selftest": 7,  # drives model, layers and ops; the CLI runs it
     "cli": 8, "utils": 8, "__main__": 9,  # utils: Keras's helpers over datasets
     "__init__": 10,
+    "sklearn": 8,  # scikit-learn's estimators over Sequential, beside cli
 }
 DATASETS_ALLOWED = {"errors"}
 # Sequential.save / export_onnx delegate to io / onnx_export through imports inside the methods, as Keras does.
