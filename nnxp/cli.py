@@ -36,6 +36,7 @@ from .errors import (
     DeviceError,
     DeviceMemoryError,
     ModelFileError,
+    ModelSaveError,
     NnxpError,
     NumericalError,
     did_you_mean,
@@ -580,6 +581,8 @@ def _main(argv: list[str] | None) -> int:
             from . import selftest
 
             return selftest.main(args.device, args.json)
+    except ModelSaveError as exc:  # an OSError too: its message without the "[Errno 2]" prefix, exit 1
+        return _error(exc.strerror or str(exc), 1)
     except _RUNTIME_ERRORS as exc:
         return _error(str(exc), 1)
     except NnxpError as exc:
@@ -591,6 +594,9 @@ def _main(argv: list[str] | None) -> int:
         return _error(f"out of memory ({exc or 'the allocation failed'}); try smaller --layers or --batch-size", 1)
     except BrokenPipeError:
         raise
+    except OSError as exc:  # a file the checks could not foresee failing (/proc, a full disk): not a bug in nnxp
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return _error(f"file error{where}: {exc.strerror or exc}", 1)
     except Exception as exc:  # a bug in nnxp: still one line, with a way to see the traceback
         if os.environ.get("NNXP_TRACEBACK"):
             raise

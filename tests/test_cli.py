@@ -152,6 +152,8 @@ def files(tmp_path_factory):
     np.save(d / "text.npy", np.array(["a", "b"]))
     np.savez(d / "two.npz", a=rng.random((2, 64)), b=rng.random((2, 64)))
     (d / "folder").mkdir()
+    np.save(d / "inputs64.npy", rng.random((3, 64)))
+    (d / "inputs.csv").write_text("0.5,1.5\n2.5,3.5\n")
     return d
 
 
@@ -302,3 +304,21 @@ def test_readme_example_and_cli_evaluate_use_one_split(capsys, tmp_path, monkeyp
     train_rows = {row.tobytes() for row in namespace["x_train"]}
     held_out = [row.tobytes() not in train_rows for row in task.x_test]
     assert np.mean(held_out) > 0.95  # digits has a few duplicate images; the split itself is disjoint
+
+
+@pytest.mark.skipif(not (os.path.isdir("/proc") and os.access("/proc", os.W_OK)),
+                    reason="needs a folder that os.access calls writable but that refuses new files (/proc as root)")
+@pytest.mark.parametrize("argv", [
+    ["predict", "{d}/digits.nnxp", "{d}/inputs64.npy", "-o", "/proc/nnxp_p.npy"],
+    ["train", "--dataset", "circles", "--epochs", "1", "--quiet", "-o", "/proc/nnxp_m.nnxp"],
+    ["train", "--dataset", "circles", "--epochs", "1", "--quiet", "--plot", "/proc/nnxp_c.png"],
+], ids=["predict -o", "train -o", "train --plot"])
+def test_an_output_that_fails_only_when_written_is_a_one_line_runtime_error(files, argv):
+    # the pre-checks pass (the folder exists and is "writable"), the write itself fails: exit 1, one line,
+    # not "this is a bug in nnxp" and not [Errno 2] glued to the front
+    proc = _nnxp(*[a.format(d=files) for a in argv])
+    err_lines = proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert len(err_lines) == 1 and err_lines[0].startswith("nnxp: error: "), proc.stderr
+    assert "/proc/nnxp_" in err_lines[0] and "bug in nnxp" not in err_lines[0] and "[Errno" not in err_lines[0]
