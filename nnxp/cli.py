@@ -140,7 +140,7 @@ def _check_output_path(path: str, flag: str) -> None:
     """Fail before any work when `path` cannot be written: a folder, a missing or read-only parent folder."""
     target = os.path.abspath(path)
     folder = os.path.dirname(target)
-    if os.path.isdir(target):
+    if os.path.isdir(target) or path.endswith(("/", os.sep)):  # "out/" names a folder even before it exists
         raise NnxpError(f"`{flag}` must be a file name, not a folder. Received: {flag} {path}")
     if not os.path.isdir(folder):
         raise NnxpError(f"`{flag}` must be in an existing folder; {folder!r} does not exist. Received: {flag} {path}")
@@ -255,9 +255,18 @@ def _check_task_fits(model: Any, task: Task, model_path: str) -> None:
                         f"{task.output_units}; pick the data set the model was trained on")
 
 
+def _load_model(path: str, device: str | None) -> Any:
+    """``load_model``, with a missing file named as the MODEL argument rather than load_model's `path`."""
+    if not os.path.isfile(path):
+        what = "a folder" if os.path.isdir(path) else "not there"
+        raise ModelFileError(f"`MODEL` must be an existing model file (.nnxp, as `nnxp train -o` writes); "
+                             f"{path!r} is {what}")
+    return load_model(path, device=device)
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, float]:
     """Run ``nnxp evaluate`` on the test split of ``--dataset`` (the split ``nnxp train`` holds out)."""
-    model = load_model(args.model, device=args.device)
+    model = _load_model(args.model, args.device)
     if model.loss is None:
         raise ModelFileError(f"model {args.model!r} was saved without compile(), so it has no loss to evaluate")
     task = load_task(args.dataset, seed=args.seed)
@@ -276,6 +285,10 @@ def _read_input(path: str, model: Any) -> np.ndarray:
     """The samples in INPUT (.npy, or .npz with one array or an array named 'x') as rows for `model`."""
     what = f"`INPUT` must be a .npy file (or .npz holding one array or an array 'x') of shape (N, {model.input_dim})"
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04":  # else NumPy blames "pickled data" for a CSV
+            raise ValueError("not a NumPy file; save arrays with np.save or np.savez")
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise DatasetError(f"{what}. Received: {path!r} ({exc})") from None
@@ -305,7 +318,7 @@ def predict(args: argparse.Namespace) -> np.ndarray:
     """Run ``nnxp predict``: the model's outputs for INPUT, saved as .npy."""
     out_path = _npy_path(args.output)
     _check_output_path(out_path, "-o/--output")
-    model = load_model(args.model, device=args.device)
+    model = _load_model(args.model, args.device)
     out = model.predict(_read_input(args.input, model), verbose=0)
     np.save(out_path, out)
     if not args.quiet:
