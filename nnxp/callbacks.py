@@ -282,7 +282,8 @@ class ModelCheckpoint(Callback):
         self.model.save(path)
         if self.verbose:  # Keras's wording: the epoch, the metric and what happened to it
             if self.save_best_only:
-                was = "inf" if math.isnan(previous) else f"{previous:.5f}"
+                start = "-inf" if self._better(1.0, 0.0) else "inf"  # Keras's starting best, by the mode
+                was = start if math.isnan(previous) else f"{previous:.5f}"
                 print(f"Epoch {epoch + 1}: {self.monitor} improved from {was} to {value:.5f}, saving model to {path}")
             else:
                 metric = f" ({self.monitor}={value:.5f})" if value is not None else ""

@@ -480,6 +480,14 @@ def test_scheduler_accepts_any_real_number_type(rate):
     assert model.optimizer.learning_rate == pytest.approx(float(rate)) and type(model.optimizer.learning_rate) is float
 
 
+def test_checkpoint_verbose_starts_a_maximised_metric_from_minus_inf(tmp_path, capsys):
+    # Keras: "val_accuracy improved from -inf to ..."; "from inf" reads as if accuracy had got worse
+    ckpt = ModelCheckpoint(tmp_path / "m.nnxp", monitor="accuracy", save_best_only=True, verbose=1)
+    _model().fit(X, Y, epochs=1, verbose=0, callbacks=[_ScriptedLogs("accuracy", [0.75]), ckpt])
+    path = tmp_path / "m.nnxp"
+    assert capsys.readouterr().out.strip() == f"Epoch 1: accuracy improved from -inf to 0.75000, saving model to {path}"
+
+
 def test_checkpoint_verbose_names_the_epoch_and_the_metric(tmp_path, capsys):
     script = _ScriptedLogs("loss", [1.0, 1.2, 0.8])
     ckpt = ModelCheckpoint(tmp_path / "m.nnxp", monitor="loss", save_best_only=True, verbose=1)
