@@ -429,6 +429,9 @@ def as_rows(layers: list[Layer], x: Any, name: str) -> Any:
         return x  # check_features explains what a batch of samples looks like
     if shape is None or tuple(x.shape[1:]) == shape or (x.ndim == 2 and x.shape[1] == _prod(shape)):
         return x if x.ndim == 2 else x.reshape(x.shape[0], _prod(x.shape[1:]))
+    if tuple(x.shape) == shape:  # one image passed without its batch axis
+        raise NnxpError(f"`{name}` must be a batch of samples of shape (N, {', '.join(map(str, shape))}). Received: "
+                        f"one sample of shape {shape}; add the batch axis: {name}[None]")
     raise NnxpError(f"`{name}` must hold samples of shape {shape} (the first layer's input shape). Received: an "
                     f"array of shape {tuple(x.shape)}")
 

@@ -311,6 +311,17 @@ def test_flatten_model_trains_on_images_and_checks_their_shape():
         np.testing.assert_array_equal(a, b)  # the refused call left the model as it was
 
 
+def test_one_image_without_its_batch_axis_is_named_as_one_sample():
+    # predict(image) instead of predict(image[None]) said "must hold samples of shape (28, 28). Received: an
+    # array of shape (28, 28)", which reads as a contradiction
+    model = Sequential([Flatten(input_shape=(28, 28)), Dense(3, "softmax")], seed=0)
+    image = np.zeros((28, 28), np.float32)
+    with pytest.raises(NnxpError, match=r"`x` must be a batch of samples of shape \(N, 28, 28\).*Received: one "
+                                        r"sample of shape \(28, 28\); add the batch axis: x\[None\]"):
+        model.predict(image, verbose=0)
+    assert model.predict(image[None], verbose=0).shape == (1, 3)
+
+
 def test_flatten_gradient_matches_a_model_on_rows():
     """A Flatten model on images trains exactly like the same Dense model on the flattened rows."""
     rng = np.random.default_rng(1)
