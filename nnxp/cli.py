@@ -271,7 +271,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, float]:
         raise ModelFileError(f"model {args.model!r} was saved without compile(), so it has no loss to evaluate")
     task = load_task(args.dataset, seed=args.seed)
     _check_task_fits(model, task, args.model)
-    result = model.evaluate(task.x_test, task.y_test, verbose=0, return_dict=True)
+    y = task.y_test
+    if model.loss.name == "categorical_crossentropy" and np.ndim(y) == 1:  # trained on to_categorical labels
+        y = datasets.one_hot(y, task.output_units)
+    result = model.evaluate(task.x_test, y, verbose=0, return_dict=True)
     print(json.dumps(result) if args.json else " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
     return result
 

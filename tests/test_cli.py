@@ -326,3 +326,18 @@ def test_an_output_that_fails_only_when_written_is_a_one_line_runtime_error(file
     assert proc.returncode == 1, proc.stderr
     assert len(err_lines) == 1 and err_lines[0].startswith("nnxp: error: "), proc.stderr
     assert "/proc/nnxp_" in err_lines[0] and "bug in nnxp" not in err_lines[0] and "[Errno" not in err_lines[0]
+
+
+def test_evaluate_scores_a_model_trained_on_one_hot_labels(capsys, tmp_path):
+    # a Keras port compiles with categorical_crossentropy and to_categorical labels; `nnxp evaluate` refused it
+    # with "`y` must have 10 columns ... use nnxp.datasets.one_hot", exit 2
+    task = cli.load_task("digits", seed=0)
+    model = nnxp.Sequential([nnxp.Dense(10, "softmax", input_dim=64)], seed=0)
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    model.fit(task.x_train, nnxp.utils.to_categorical(task.y_train, 10), epochs=20, verbose=0)
+    model.save(tmp_path / "onehot.nnxp")
+    code, out, err = run(capsys, "evaluate", str(tmp_path / "onehot.nnxp"), "--dataset", "digits", "--json")
+    assert code == 0, err
+    loss, accuracy = model.evaluate(task.x_test, nnxp.utils.to_categorical(task.y_test, 10), verbose=0)
+    assert json.loads(out) == pytest.approx({"loss": loss, "accuracy": accuracy})
+    assert accuracy > 0.85
