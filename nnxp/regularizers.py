@@ -64,6 +64,9 @@ class L2(L1L2):
         super().__init__(l2=l2)
 
 
+# Keras's lowercase spellings (keras.regularizers.l2(0.01) in many tutorials) are the classes themselves
+l1, l2, l1_l2 = L1, L2, L1L2
+
 _NAMES = {"l1": L1, "l2": L2, "l1_l2": L1L2, "l1l2": L1L2}
 
 

@@ -101,3 +101,14 @@ def test_unknown_name_and_wrong_type():
 
 def test_factors_accept_numpy_scalars():
     assert L2(np.float32(0.25)).l2 == 0.25
+
+
+def test_keras_lowercase_spellings_are_the_classes():
+    # keras.regularizers.l2(0.01), as tutorials write it, failed with AttributeError
+    import nnxp
+
+    assert (regularizers.l1, regularizers.l2, regularizers.l1_l2) == (L1, L2, L1L2)
+    w = np.array([[0.5, -2.0], [1.5, 0.25]])
+    assert float(regularizers.l2(0.01).penalty(w)) == pytest.approx(0.01 * (w**2).sum())
+    layer = nnxp.Dense(3, kernel_regularizer=regularizers.l2(0.01), input_dim=2)
+    assert layer.get_config()["kernel_regularizer"] == L2(0.01).get_config()
