@@ -459,7 +459,7 @@ class Sequential:
         x: Any,
         y: Any,
         epochs: int = 1,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         validation_split: float = 0.0,
         validation_data: tuple | None = None,
         shuffle: bool = True,
@@ -508,7 +508,7 @@ class Sequential:
         self._check_cuda_graph(cuda_graph)
         epochs = positive_int("epochs", epochs)
         verbose = verbosity(verbose)
-        batch_size = positive_int("batch_size", batch_size)
+        batch_size = 32 if batch_size is None else positive_int("batch_size", batch_size)  # Keras: None means 32
         validation_split = fraction("validation_split", validation_split)
         initial_epoch = non_negative_int("initial_epoch", initial_epoch)
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):

@@ -1251,3 +1251,18 @@ def test_a_model_on_the_second_gpu_keeps_everything_there(fake_cupy, tmp_path):
     cpu.fit(x, y, epochs=1, batch_size=8, verbose=0)
     for a, b in zip(model.get_weights(), cpu.get_weights(), strict=True):  # float32: the kernels' rounding
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_batch_size_none_means_32_as_in_keras():
+    # Keras programs pass batch_size=None (its default); evaluate and predict took it, fit refused it
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(100, 4)), rng.integers(0, 3, 100)
+
+    def trained(batch_size):
+        model = Sequential([Dense(5, "tanh", input_dim=4), Dense(3, "softmax")], seed=0)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(x, y, epochs=2, batch_size=batch_size, verbose=0)
+        return model.get_weights()
+
+    for a, b in zip(trained(None), trained(32)):
+        np.testing.assert_array_equal(a, b)
