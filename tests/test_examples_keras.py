@@ -95,6 +95,6 @@ def test_fashion_mnist_port_with_dropout_early_stopping_and_checkpoint(tmp_path)
     assert "4000 train samples" in out and "Total params: 235,146" in out
     assert _number(r"Test accuracy: ([\d.]+)", out) > 0.78
     assert _number(r"Best checkpoint test accuracy: ([\d.]+)", out) > 0.78
-    assert re.search(r"Epoch 1: val_accuracy improved from inf to [\d.]+, saving model to fashion_mnist_best.keras",
+    assert re.search(r"Epoch 1: val_accuracy improved from -inf to [\d.]+, saving model to fashion_mnist_best.keras",
                      out)
     assert (tmp_path / "fashion_mnist_best.keras").is_file()

@@ -1266,3 +1266,20 @@ def test_fit_batch_size_none_means_32_as_in_keras():
 
     for a, b in zip(trained(None), trained(32)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_metrics_are_logged_under_the_users_spelling_as_keras_does(tmp_path):
+    # Keras 2 programs write metrics=['acc'] and monitor 'val_acc'; the log keys follow the spelling given
+    x, y = _circles(120)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce", metrics=["acc", "accuracy"])  # one metric: the second spelling is a duplicate
+    stop = nnxp.callbacks.EarlyStopping(monitor="val_acc", patience=0, min_delta=1.0)
+    h = model.fit(x, y, epochs=5, verbose=0, validation_split=0.25, callbacks=[stop])
+    assert set(h.history) == {"loss", "acc", "val_loss", "val_acc"}
+    assert len(h.history["acc"]) < 5  # EarlyStopping found 'val_acc' and stopped
+    assert list(model.evaluate(x, y, verbose=0, return_dict=True)) == ["loss", "acc"]
+    model.save(tmp_path / "m.nnxp")
+    assert nnxp.load_model(tmp_path / "m.nnxp").metrics == ["acc"]
+    reg = Sequential([Dense(1, input_dim=2)], seed=0)
+    reg.compile("sgd", "mse", metrics=["mean_absolute_error"])
+    assert list(reg.evaluate(x, y, verbose=0, return_dict=True)) == ["loss", "mean_absolute_error"]
