@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import initializers
+from . import distributed, initializers
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
 from ._graph import GraphedStep
@@ -172,7 +172,10 @@ class Sequential:
         """Adopt `params` as the flat buffer and give every layer its views."""
         xp = xp_of(params)
         self.params = params
-        self.grads = xp.zeros_like(params)
+        # two spare slots after the gradients: a distributed step sums its loss and Ctrl-C flag in the same
+        # all-reduce as the gradients (nnxp.distributed); single-process training never touches them
+        self._grad_buffer = xp.zeros(params.size + 2, dtype=params.dtype)
+        self.grads = self._grad_buffer[: params.size]
         views: dict[int, tuple[dict, dict]] = {id(layer): ({}, {}) for layer in self.layers}
         for layer, name, offset, shape in self._slices:
             size = int(np.prod(shape))
@@ -387,8 +390,11 @@ class Sequential:
         weight is their product. ``validation_data`` may be ``(x_val, y_val, sample_weight_val)``; with
         ``validation_split`` the validation rows keep their ``sample_weight`` (class weights apply to training).
         """
+        comm = distributed.current()
         try:
-            with self._use():  # every allocation lands on the model's GPU, not the current one
+            # every allocation lands on the model's GPU, not the current one; under MPI only the main rank
+            # prints (progress, callbacks' messages), errors still reach stderr
+            with self._use(), distributed.quiet_unless_main(comm):
                 return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
                                  callbacks, initial_epoch, cuda_graph, sample_weight, class_weight)
         except Exception as exc:
@@ -446,6 +452,18 @@ class Sequential:
             val = None
 
         n = x.shape[0]
+        comm = self._comm = distributed.current()
+        if comm.size > 1:
+            if cuda_graph:
+                raise NnxpError("`cuda_graph=True` is not supported with distributed training yet; "
+                                "use cuda_graph=False under MPI")
+            verbose = 0 if not comm.is_main else verbose
+            distributed.start_fit(comm, self, batch_size, {
+                "epochs": epochs, "batch_size": batch_size, "shuffle": bool(shuffle), "initial_epoch": initial_epoch,
+                "epochs_trained": self.epochs_trained, "x": list(x.shape), "y": list(y.shape),
+                "weighted": w is not None, "validation": None if val is None else list(val[0].shape),
+                "data": [float(x.sum()), float(y.sum())] + ([] if w is None else [float(w.sum())]),
+                "callbacks": [type(cb).__name__ for cb in callbacks]})
         history = History()
         # every key from the start: a run stopped in its first epoch still has history["loss"] (an empty list)
         keys = ["loss", *self.metrics]
@@ -494,6 +512,8 @@ class Sequential:
             self.epochs_trained += 1
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
+            if self._comm.size > 1:  # a callback that stops one rank stops them all
+                self.stop_training = self._comm.any(self.stop_training)
             if self.stop_training:
                 break
 
@@ -508,9 +528,13 @@ class Sequential:
             # the order depends only on (seed, count): a resumed run shuffles exactly like an uninterrupted one
             perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, count])).permutation(n)
             perm = self.device.asarray(perm)
+        comm = self._comm
+        share = [0, 0, 0]  # this rank's part of the current global batch: [rows, lo, hi] (distributed only)
         for i, layer in enumerate(self.layers):
             if hasattr(layer, "rng"):  # one stream per (epoch, layer): two Dropouts never share a mask
                 layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, count, i]))
+                if comm.size > 1:  # each rank's mask rows are cut from the whole batch's mask
+                    layer.rng = distributed.ShardedGenerator(layer.rng, share)
         # weights and optimizer state at the start of the epoch, restored together if training blows up
         snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
                     self.optimizer.iterations)
@@ -524,8 +548,14 @@ class Sequential:
         wb = None
         graphs = self._fit_state.get("cuda_graph", False)
         for batch, start in enumerate(range(0, n, batch_size)):
+            nb = min(batch_size, n - start)  # the (global) batch
+            lo, hi = start, start + nb
+            if comm.size > 1:  # this rank's share of the batch; the others compute the rest
+                part = comm.shard(nb)
+                share[:] = nb, *part
+                lo, hi = start + part[0], start + part[1]
             if shuffle:
-                idx = perm[start : start + batch_size]
+                idx = perm[lo:hi]
                 xb, yb = batch_bufs[0][: len(idx)], batch_bufs[1][: len(idx)]
                 xp.take(x, idx, axis=0, out=xb)
                 xp.take(y, idx, axis=0, out=yb)
@@ -537,17 +567,19 @@ class Sequential:
                 xb[...] = x[start : start + batch_size]
                 yb[...] = y[start : start + batch_size]
             else:
-                xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-                wb = None if w is None else w[start : start + batch_size]
-            nb = xb.shape[0]
+                xb, yb = x[lo:hi], y[lo:hi]
+                wb = None if w is None else w[lo:hi]
             replayed = self._replay_step(xb, yb) if graphs and nb == batch_size else None
             if replayed is not None:
                 loss, sums = replayed
             else:
-                loss, out = self._train_step(xb, yb, wb)
+                if comm.size == 1:
+                    loss, out = self._train_step(xb, yb, wb)
+                else:  # one all-reduce: the exactly weighted mean gradient, the batch loss, a Ctrl-C flag
+                    loss, out = distributed.train_step(comm, self, xb, yb, wb, nb, interrupt)
                 if check_each_batch and not math.isfinite(float(loss)):
                     self._recover_from_blowup(snapshot, epoch, batch)
-                sums = self._metric_sums(out, yb, wb)
+                sums = self._metric_sums(out, yb, wb) if out is not None else {}
                 self.optimizer.apply(self.params, self.grads)
                 if graphs and nb == batch_size:
                     self._fit_state["graph_warm"] = True  # kernels built and state allocated: capture next
@@ -568,6 +600,12 @@ class Sequential:
             # record, so interrupting, saving and resuming equals the uninterrupted run (issue 16, section 6)
             self._restore(snapshot)
             return {}
+        if comm.size > 1:  # the metrics' sums (and weights) over every rank's rows
+            names = list(metric_sums)
+            totals = comm.allreduce([float(metric_sums[k]) for k in names]
+                                    + ([] if weight_sum is None else [float(weight_sum)]))
+            metric_sums = dict(zip(names, totals[: len(names)]))
+            weight_sum = None if weight_sum is None else totals[-1]
         logs = {"loss": float(loss_sum) / max(seen, 1)}
         logs.update({name: _ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
         if not math.isfinite(logs["loss"]) or not bool(xp.isfinite(self.params).all()):
@@ -632,6 +670,11 @@ class Sequential:
 
     def _evaluate_arrays(self, x: Any, y: Any, w: Any, batch_size: int) -> dict[str, float]:
         xp = self.device.xp
+        n = x.shape[0]
+        comm = distributed.current()
+        if comm.size > 1:  # each rank evaluates its part of the rows; the sums are added up below
+            lo, hi = comm.shard(n)
+            x, y, w = x[lo:hi], y[lo:hi], None if w is None else w[lo:hi]
         loss_sum = xp.zeros((), dtype=np.float64)
         sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         for start in range(0, x.shape[0], batch_size):
@@ -642,9 +685,15 @@ class Sequential:
             loss_sum += loss * xb.shape[0]
             for name, value in self._metric_sums(out, yb, wb).items():
                 sums[name] += value
-        n = x.shape[0]
+        wsum = None if w is None else w.sum()
+        if comm.size > 1:
+            names = list(sums)
+            totals = comm.allreduce([float(loss_sum), *(float(sums[k]) for k in names)]
+                                    + ([] if wsum is None else [float(wsum)]))
+            loss_sum, sums = totals[0], dict(zip(names, totals[1 : 1 + len(names)]))
+            wsum = None if wsum is None else totals[-1]
         logs = {"loss": float(loss_sum) / n}
-        logs.update({name: _ratio(v, n if w is None else w.sum()) for name, v in sums.items()})
+        logs.update({name: _ratio(v, n if wsum is None else wsum) for name, v in sums.items()})
         return logs
 
     def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int | str = 1,
@@ -746,9 +795,13 @@ class Sequential:
         }
 
     def save(self, path: Any) -> None:
-        """Write the model (config, weights, optimizer state) to one file, atomically."""
+        """Write the model (config, weights, optimizer state) to one file, atomically.
+
+        Under MPI (:func:`nnxp.distributed.init`) only the main rank writes; the others' weights are the same."""
         from .io import save_model
 
+        if not distributed.current().is_main:
+            return
         save_model(self, path)
 
     def export_onnx(self, path: Any) -> str:

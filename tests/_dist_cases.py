@@ -1,0 +1,162 @@
+"""Training cases for tests/test_distributed.py, run both in one process and under ``mpiexec -n N``.
+
+``python tests/_dist_cases.py OUT_DIR MODE`` under mpiexec: MODE "train" runs every case, checks that all ranks
+end bit-identical, and has rank 0 write the weights and histories to OUT_DIR/results.npz; the other modes are the
+failure cases (a rank that raises, ranks given different runs, a batch smaller than the number of ranks).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+import nnxp
+from nnxp import Dense, Dropout, Sequential, distributed, optimizers, regularizers
+from nnxp.callbacks import Callback, ModelCheckpoint
+
+N_SAMPLES = 203  # 41 validation rows, 162 training rows: batches of 32 end with 2 rows (an empty share at N=3)
+
+
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(N_SAMPLES, 7))
+    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(int) + (x[:, 3] > 0.5)
+    w = rng.uniform(0.2, 2.0, N_SAMPLES)
+    return x, y, w
+
+
+CASES = {
+    "sgd": dict(opt=lambda: optimizers.SGD(0.05, momentum=0.9)),
+    "adam": dict(opt=lambda: optimizers.Adam(0.01)),
+    "dropout": dict(opt=lambda: optimizers.Adam(0.01), dropout=0.3),
+    # no shuffle, an L2 penalty (whose gradient each rank adds: it must count once) and sample weights
+    "weighted": dict(opt=lambda: optimizers.SGD(0.05, momentum=0.9), shuffle=False, l2=1e-3, weights=True),
+}
+
+
+def build(case: str) -> Sequential:
+    c = CASES[case]
+    reg = regularizers.L2(c["l2"]) if c.get("l2") else None
+    layers = [Dense(16, "relu", input_dim=7, kernel_regularizer=reg)]
+    if c.get("dropout"):
+        layers.append(Dropout(c["dropout"]))
+    layers.append(Dense(3, "softmax"))
+    model = Sequential(layers, seed=1, dtype="float64")
+    model.compile(c["opt"](), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def run(case: str, epochs: int = 3, callbacks: list | None = None) -> tuple[Sequential, dict, dict]:
+    """Train `case`; returns the model, its History's dict and evaluate's dict on the whole data."""
+    x, y, w = data()
+    c = CASES[case]
+    model = build(case)
+    hist = model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.2, shuffle=c.get("shuffle", True),
+                     sample_weight=w if c.get("weights") else None, verbose=0, callbacks=callbacks)
+    return model, hist.history, model.evaluate(x, y, verbose=0, return_dict=True)
+
+
+def stand_in_nccl(mpi_comm):
+    """A stand-in for ``cupy.cuda.nccl`` over mpi4py, for machines without GPUs. It has the names and signatures
+    of CuPy's ``cupy_backends/cuda/libs/nccl.pyx`` (get_unique_id; NcclCommunicator(ndev, commId, rank) with
+    allReduce(sendbuf, recvbuf, count, datatype, op, stream) and bcast(buff, count, datatype, root, stream) on raw
+    pointers; nccl.h's codes ncclFloat32 = 7, ncclFloat64 = 8, ncclSum = 0) and acts on the memory at those
+    pointers, refusing what NCCL refuses here (ranks that disagree on the unique id, an unknown datatype)."""
+    from mpi4py import MPI
+
+    c_types = {7: ctypes.c_float, 8: ctypes.c_double}
+
+    def view(ptr: int, count: int, datatype: int) -> np.ndarray:
+        if datatype not in c_types:
+            raise RuntimeError(f"NCCL error: invalid argument (datatype {datatype})")
+        return np.ctypeslib.as_array((c_types[datatype] * count).from_address(ptr))
+
+    class NcclCommunicator:
+        calls = 0
+
+        def __init__(self, ndev: int, commId: tuple, rank: int) -> None:
+            ids = mpi_comm.allgather(tuple(commId))
+            if ndev != mpi_comm.Get_size() or rank != mpi_comm.Get_rank() or len(set(ids)) != 1:
+                raise RuntimeError("NCCL error: invalid usage (ranks disagree on the unique id, size or rank)")
+
+        def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int, stream: int) -> None:
+            if op != 0:
+                raise RuntimeError("the stand-in implements ncclSum only")
+            NcclCommunicator.calls += 1
+            recv = view(recvbuf, count, datatype)
+            send = MPI.IN_PLACE if sendbuf == recvbuf else view(sendbuf, count, datatype)
+            mpi_comm.Allreduce(send, recv, op=MPI.SUM)
+
+        def bcast(self, buff: int, count: int, datatype: int, root: int, stream: int) -> None:
+            mpi_comm.Bcast(view(buff, count, datatype), root=root)
+
+    uid = lambda: tuple(np.random.default_rng().integers(0, 256, 128).tolist())  # noqa: E731
+    return SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_SUM=0, NcclCommunicator=NcclCommunicator,
+                           get_unique_id=uid)
+
+
+def _same_everywhere(comm, arrays: list[np.ndarray], what: str) -> None:
+    every = comm.allgather_object([a.tobytes() for a in arrays])
+    assert all(e == every[0] for e in every), f"{what}: the ranks' weights differ"
+
+
+def main_train(out: Path) -> None:
+    comm = nnxp.distributed.init()
+    assert comm is nnxp.distributed.init(), "init() must be idempotent"
+    results: dict[str, np.ndarray] = {}
+    meta: dict = {"size": comm.size}
+    for case in CASES:
+        model, hist, ev = run(case)
+        weights = model.get_weights()
+        _same_everywhere(comm, weights, case)
+        histories = comm.allgather_object(hist)
+        assert all(h == histories[0] for h in histories), f"{case}: the ranks' histories differ"
+        results.update({f"{case}_w{i}": a for i, a in enumerate(weights)})
+        meta[case] = {"history": hist, "evaluate": ev}
+    # the NCCL communicator's code path, over a stand-in NCCL (no GPU here)
+    mpi = distributed._current
+    distributed._current = nccl = distributed.NcclCommunicator(mpi, stand_in_nccl(mpi.comm))
+    model, hist, ev = run("adam")
+    distributed._current = mpi
+    _same_everywhere(comm, model.get_weights(), "nccl")
+    results.update({f"nccl_w{i}": a for i, a in enumerate(model.get_weights())})
+    meta["nccl"] = {"history": hist, "evaluate": ev, "calls": type(nccl.nccl_comm).calls}
+    # a checkpoint per epoch, written by the main rank only
+    writes = []
+    original = nnxp.io.save_model
+    nnxp.io.save_model = lambda m, p: (writes.append(str(p)), original(m, p))
+    run("adam", epochs=2, callbacks=[ModelCheckpoint(str(out / "ckpt-{epoch}.nnxp"), save_best_only=False)])
+    nnxp.io.save_model = original
+    meta["writes"] = comm.allgather_object(writes)
+    if comm.is_main:
+        np.savez(out / "results.npz", **results)
+        (out / "meta.json").write_text(json.dumps(meta))
+
+
+class _Fail(Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 2 and distributed.current().rank == 1:
+            raise ValueError("rank one fails on purpose")
+
+
+def main_fault(mode: str) -> None:
+    comm = nnxp.distributed.init()
+    x, y, _ = data()
+    model = build("adam")
+    if mode == "mismatch" and comm.rank == 1:
+        model.compile(optimizers.Adam(0.02), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    batch = 2 if mode == "smallbatch" else 32
+    model.fit(x, y, epochs=2, batch_size=batch, verbose=0, callbacks=[_Fail()] if mode == "fail" else None)
+    print("finished", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[2] == "train":
+        main_train(Path(sys.argv[1]))
+    else:
+        main_fault(sys.argv[2])
