@@ -150,7 +150,7 @@ def main_fault(mode: str) -> None:
     model = build("adam")
     if mode == "mismatch" and comm.rank == 1:
         model.compile(optimizers.Adam(0.02), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    batch = 2 if mode == "smallbatch" else 32
+    batch = 2 if mode == "smallbatch" else 32  # (run with 3 ranks)
     model.fit(x, y, epochs=2, batch_size=batch, verbose=0, callbacks=[_Fail()] if mode == "fail" else None)
     print("finished", flush=True)
 

@@ -1,0 +1,140 @@
+"""nnxp.distributed: N ranks under mpiexec train the same model as one process, and faults end the job.
+
+The cases live in tests/_dist_cases.py, which runs here in one process and under ``mpiexec -n 2`` / ``-n 3``
+(oversubscribed, allowed as root). Equality is within 1e-10 in float64: the ranks sum their share-weighted
+gradients, which rounds differently from one process's mean. Dropout is held to the same standard: each rank draws
+the mask one process would draw for the whole global batch and keeps the rows of its own samples (per-rank masks,
+cut from one stream), so a Dropout model trains like one process too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnxp
+from nnxp import distributed
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _dist_cases as cases  # noqa: E402
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
+if not Path(MPIEXEC).exists():
+    pytest.skip("no mpiexec (pip install 'nnxp[mpi]')", allow_module_level=True)
+SCRIPT = Path(__file__).parent / "_dist_cases.py"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mpirun(n: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-n", str(n), sys.executable, str(SCRIPT), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def single() -> dict:
+    """Every case trained in this one process (the reference)."""
+    return {case: cases.run(case) for case in cases.CASES}
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_n_ranks_train_like_one_process(n, single, tmp_path):
+    result = mpirun(n, str(tmp_path), "train")
+    assert result.returncode == 0, result.stdout + result.stderr
+    got = np.load(tmp_path / "results.npz")
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["size"] == n
+    for case in [*cases.CASES, "nccl"]:
+        model, hist, ev = single["adam" if case == "nccl" else case]
+        for i, w in enumerate(model.get_weights()):
+            np.testing.assert_allclose(got[f"{case}_w{i}"], w, rtol=0, atol=1e-10, err_msg=f"{case} weights[{i}]")
+        assert meta[case]["history"].keys() == hist.keys()
+        for key, values in hist.items():  # (the script checked that every rank returned the same History)
+            np.testing.assert_allclose(meta[case]["history"][key], values, rtol=0, atol=1e-10, err_msg=key)
+        for key, value in ev.items():  # evaluate: every rank a part of the rows, reduced
+            assert abs(meta[case]["evaluate"][key] - value) < 1e-10, (case, key)
+    # one all-reduce of the flat gradient buffer per step (3 epochs of ceil(162 / 32) = 6 steps), on NCCL's path
+    assert meta["nccl"]["calls"] == 3 * 6
+    # the checkpoint is written once per epoch, by the main rank only, and resumes in one process
+    assert meta["writes"] == [[str(tmp_path / "ckpt-1.nnxp"), str(tmp_path / "ckpt-2.nnxp")]] + [[]] * (n - 1)
+    resumed = nnxp.load_model(tmp_path / "ckpt-2.nnxp")
+    x, y, _ = cases.data()
+    resumed.fit(x, y, epochs=3, initial_epoch=2, batch_size=32, validation_split=0.2, verbose=0)
+    for a, b in zip(resumed.get_weights(), single["adam"][0].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_an_exception_on_one_rank_ends_the_job_with_its_message(tmp_path):
+    result = mpirun(2, str(tmp_path), "fail", timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "[nnxp rank 1/2]" in out and "ValueError: rank one fails on purpose" in out
+    assert "finished" not in out
+
+
+def test_ranks_given_different_runs_are_refused_naming_the_difference(tmp_path):
+    result = mpirun(2, str(tmp_path), "mismatch", timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "rank 1 has optimizer.learning_rate=0.02 but rank 0 has optimizer.learning_rate=0.01" in out
+    assert "finished" not in out
+
+
+def test_a_batch_smaller_than_the_number_of_ranks_is_refused(tmp_path):
+    result = mpirun(3, str(tmp_path), "smallbatch", timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "must be at least the number of ranks (3)" in out and "Received: batch_size=2" in out
+
+
+# --- in one process ---------------------------------------------------------------------------------------------
+def test_init_without_a_launcher_is_the_single_process_communicator(monkeypatch):
+    for var in distributed._LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(distributed, "_current", None)
+    comm = distributed.init()
+    assert comm is distributed.init() is distributed.current()
+    assert (comm.rank, comm.size, comm.local_rank, comm.is_main) == (0, 1, 0, True)
+    g = np.arange(4.0)
+    assert comm.allreduce(g) is g and comm.bcast(g) is g
+    assert comm.allreduce([1.5, 2.0]).tolist() == [1.5, 2.0]
+
+
+def test_shards_cover_the_rows_with_sizes_differing_by_at_most_one():
+    for size in (1, 2, 3, 5):
+        for n in (0, 1, 2, 7, 32):
+            parts = []
+            for rank in range(size):
+                comm = distributed.Communicator()
+                comm.rank, comm.size = rank, size
+                parts.append(comm.shard(n))
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            sizes = [hi - lo for lo, hi in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_sharded_generator_gives_each_rank_its_rows_of_the_whole_batch_draw():
+    whole = np.random.default_rng(3).random((10, 4))
+    out = np.empty((3, 4))
+    gen = distributed.ShardedGenerator(np.random.default_rng(3), [10, 4, 7])
+    gen.random(out=out, dtype=np.float64)
+    np.testing.assert_array_equal(out, whole[4:7])
+
+
+def test_check_same_names_the_first_difference():
+    class Two(distributed.Communicator):
+        def allgather_object(self, obj):
+            return [obj, {**obj, "fit.batch_size": 64}]
+
+    with pytest.raises(nnxp.NnxpError, match=r"rank 1 has fit.batch_size=64 but rank 0 has fit.batch_size=32"):
+        distributed.check_same(Two(), {"fit": {"batch_size": 32}, "loss": "mse"})
+    distributed.check_same(distributed.Communicator(), {"fit": {"batch_size": 32}})  # one rank: nothing to compare
