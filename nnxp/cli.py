@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import datasets, optimizers, schedules
+from . import datasets, distributed, optimizers, schedules
 from ._version import __version__
 from .backend import cuda_device_count, cupy_module, get_device
 from .errors import DatasetError, DeviceError, DeviceMemoryError, ModelFileError, NnxpError, NumericalError
@@ -145,7 +145,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.output:
         model.save(args.output)
         result["model"] = args.output
-    if args.plot:
+    if args.plot and distributed.current().is_main:  # under MPI the main rank draws
         history.plot(args.plot, title=f"nnxp on {task.name}")
         result["plot"] = args.plot
         if task.class_names:
@@ -262,6 +262,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--plot", default=None, help="save training curves (and a confusion matrix) as PNG")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: mpiexec -n N nnxp train --distributed (needs nnxp[mpi])")
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on a data set's test split")
     e.add_argument("model")
@@ -298,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         args = make_parser().parse_args(argv)
     try:
         if args.command == "train":
+            comm = distributed.init() if args.distributed else distributed.current()
             if args.device:
                 get_device(args.device)  # a bad device fails before any data is loaded
-            train(args)
+            with distributed.quiet_unless_main(comm):
+                train(args)
         elif args.command == "evaluate":
             evaluate(args)
         elif args.command == "predict":
@@ -311,10 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             return bench(args)
     except _RUNTIME_ERRORS as exc:
         print(f"nnxp: error: {exc}", file=sys.stderr)
-        return 1
+        return distributed.abort(1)  # under MPI the other ranks must not wait for this one
     except NnxpError as exc:
         print(f"nnxp: error: {exc}", file=sys.stderr)
-        return 2
+        return distributed.abort(2)
     except KeyboardInterrupt:
         print("nnxp: interrupted", file=sys.stderr)
         return 130

@@ -205,6 +205,17 @@ def init() -> Communicator:
     return _current
 
 
+def abort(code: int = 1) -> int:
+    """End the whole job with exit code `code` when there are several ranks (MPI Abort: no rank is left waiting in
+    a collective); with one process, just return `code`."""
+    comm = current()
+    if isinstance(comm, MPICommunicator):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        comm.comm.Abort(code)
+    return code
+
+
 def _install_abort_hook(comm: MPICommunicator) -> None:
     """An uncaught exception prints its traceback, tagged with the rank, and aborts every rank (exit code 1)."""
     previous = sys.excepthook

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +35,35 @@ SCRIPT = Path(__file__).parent / "_dist_cases.py"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def mpirun(n: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+TIMEOUT = 150  # seconds for every launch together; a hung job fails the tests instead of hanging them
+RUNS = {"train2": (2, "train"), "train3": (3, "train"), "fail": (2, "fail"), "mismatch": (2, "mismatch"),
+        "smallbatch": (3, "smallbatch"),
+        "cli": (2, "-m", "nnxp", "train", "--dataset", "digits", "--distributed", "--epochs", "2", "--dtype", "float64",
+                "--validation-split", "0.2", "--json")}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> dict:
+    """Every mpiexec job of this module, started at once (most of a launch is waiting), then collected:
+    name -> (return code, stdout + stderr, its output folder)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    cmd = [MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-n", str(n), sys.executable, str(SCRIPT), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    jobs = {}
+    for name, (n, *args) in RUNS.items():
+        out = tmp_path_factory.mktemp(name)
+        argv = args if args[0] == "-m" else [str(SCRIPT), str(out), *args]
+        cmd = [MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-n", str(n), sys.executable, *argv]
+        jobs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                       start_new_session=True), out)
+    deadline = time.monotonic() + TIMEOUT
+    results = {}
+    for name, (proc, out) in jobs.items():
+        try:
+            text, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            text = proc.communicate()[0] + f"\n<killed after {TIMEOUT} s: the job hung>"
+        results[name] = (proc.returncode, text, out)
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +73,9 @@ def single() -> dict:
 
 
 @pytest.mark.parametrize("n", [2, 3])
-def test_n_ranks_train_like_one_process(n, single, tmp_path):
-    result = mpirun(n, str(tmp_path), "train")
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_n_ranks_train_like_one_process(n, single, launched):
+    code, text, tmp_path = launched[f"train{n}"]
+    assert code == 0, text
     got = np.load(tmp_path / "results.npz")
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["size"] == n
@@ -72,27 +99,40 @@ def test_n_ranks_train_like_one_process(n, single, tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
 
 
-def test_an_exception_on_one_rank_ends_the_job_with_its_message(tmp_path):
-    result = mpirun(2, str(tmp_path), "fail", timeout=60)
-    out = result.stdout + result.stderr
-    assert result.returncode != 0
+def test_an_exception_on_one_rank_ends_the_job_with_its_message(launched):
+    code, out, _ = launched["fail"]
+    assert code not in (0, None), out
     assert "[nnxp rank 1/2]" in out and "ValueError: rank one fails on purpose" in out
     assert "finished" not in out
 
 
-def test_ranks_given_different_runs_are_refused_naming_the_difference(tmp_path):
-    result = mpirun(2, str(tmp_path), "mismatch", timeout=60)
-    out = result.stdout + result.stderr
-    assert result.returncode != 0
+def test_ranks_given_different_runs_are_refused_naming_the_difference(launched):
+    code, out, _ = launched["mismatch"]
+    assert code not in (0, None), out
     assert "rank 1 has optimizer.learning_rate=0.02 but rank 0 has optimizer.learning_rate=0.01" in out
     assert "finished" not in out
 
 
-def test_a_batch_smaller_than_the_number_of_ranks_is_refused(tmp_path):
-    result = mpirun(3, str(tmp_path), "smallbatch", timeout=60)
-    out = result.stdout + result.stderr
-    assert result.returncode != 0
+def test_a_batch_smaller_than_the_number_of_ranks_is_refused(launched):
+    code, out, _ = launched["smallbatch"]
+    assert code not in (0, None), out
     assert "must be at least the number of ranks (3)" in out and "Received: batch_size=2" in out
+
+
+def test_cli_train_distributed_prints_once_and_matches_one_process(launched):
+    from nnxp import cli
+
+    code, text, _ = launched["cli"]
+    assert code == 0, text
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, text  # only the main rank prints
+    got = json.loads(lines[0])
+    args = cli.make_parser().parse_args(list(RUNS["cli"][3:]))
+    args.distributed = False
+    want = cli.train(args)
+    assert got["epochs"] == want["epochs"] == 2
+    for key, values in want["history"].items():
+        np.testing.assert_allclose(got["history"][key], values, rtol=0, atol=1e-10, err_msg=key)
 
 
 # --- in one process ---------------------------------------------------------------------------------------------
