@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -139,19 +141,31 @@ def main_train(out: Path) -> None:
 
 
 class _Fail(Callback):
+    def __init__(self, mode: str) -> None:
+        self.mode, self.epoch = mode, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
     def on_train_batch_end(self, batch, logs=None):
         if batch == 2 and distributed.current().rank == 1:
-            raise ValueError("rank one fails on purpose")
+            if self.mode == "fail":
+                raise ValueError("rank one fails on purpose")
+            if self.mode == "killed" and self.epoch == 1:  # dies mid-epoch 2, after checkpoint 1
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main_fault(mode: str) -> None:
+def main_fault(mode: str, out: Path) -> None:
     comm = nnxp.distributed.init()
+    if mode == "killed":
+        run("adam", callbacks=[_Fail(mode), ModelCheckpoint(str(out / "ckpt-{epoch}.nnxp"), save_best_only=False)])
+        return
     x, y, _ = data()
     model = build("adam")
     if mode == "mismatch" and comm.rank == 1:
         model.compile(optimizers.Adam(0.02), "sparse_categorical_crossentropy", metrics=["accuracy"])
     batch = 2 if mode == "smallbatch" else 32  # (run with 3 ranks)
-    model.fit(x, y, epochs=2, batch_size=batch, verbose=0, callbacks=[_Fail()] if mode == "fail" else None)
+    model.fit(x, y, epochs=2, batch_size=batch, verbose=0, callbacks=[_Fail(mode)])
     print("finished", flush=True)
 
 
@@ -159,4 +173,4 @@ if __name__ == "__main__":
     if sys.argv[2] == "train":
         main_train(Path(sys.argv[1]))
     else:
-        main_fault(sys.argv[2])
+        main_fault(sys.argv[2], Path(sys.argv[1]))

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TIMEOUT = 150  # seconds for every launch together; a hung job fails the tests instead of hanging them
 RUNS = {"train2": (2, "train"), "train3": (3, "train"), "fail": (2, "fail"), "mismatch": (2, "mismatch"),
-        "smallbatch": (3, "smallbatch"),
+        "smallbatch": (3, "smallbatch"), "killed": (2, "killed"),
         "cli": (2, "-m", "nnxp", "train", "--dataset", "digits", "--distributed", "--epochs", "2", "--dtype", "float64",
                 "--validation-split", "0.2", "--json")}
 
@@ -104,6 +104,17 @@ def test_an_exception_on_one_rank_ends_the_job_with_its_message(launched):
     assert code not in (0, None), out
     assert "[nnxp rank 1/2]" in out and "ValueError: rank one fails on purpose" in out
     assert "finished" not in out
+
+
+def test_a_killed_rank_ends_the_job_and_its_last_checkpoint_resumes_exactly(launched, single):
+    code, out, tmp_path = launched["killed"]
+    assert code not in (0, None), out
+    assert (tmp_path / "ckpt-1.nnxp").exists() and not (tmp_path / "ckpt-2.nnxp").exists()
+    resumed = nnxp.load_model(tmp_path / "ckpt-1.nnxp")  # in one process: the file format is the ordinary one
+    x, y, _ = cases.data()
+    resumed.fit(x, y, epochs=3, initial_epoch=1, batch_size=32, validation_split=0.2, verbose=0)
+    for a, b in zip(resumed.get_weights(), single["adam"][0].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
 
 
 def test_ranks_given_different_runs_are_refused_naming_the_difference(launched):
