@@ -68,7 +68,9 @@ def stand_in_nccl(mpi_comm):
     of CuPy's ``cupy_backends/cuda/libs/nccl.pyx`` (get_unique_id; NcclCommunicator(ndev, commId, rank) with
     allReduce(sendbuf, recvbuf, count, datatype, op, stream) and bcast(buff, count, datatype, root, stream) on raw
     pointers; nccl.h's codes ncclFloat32 = 7, ncclFloat64 = 8, ncclSum = 0) and acts on the memory at those
-    pointers, refusing what NCCL refuses here (ranks that disagree on the unique id, an unknown datatype)."""
+    pointers, refusing what NCCL refuses here (a commId that is not get_unique_id's 128-tuple, ranks that disagree
+    on it, an unknown datatype). test_distributed.py checks these names against the real module where it loads
+    (it needs libnccl.so.2, absent here: that test skips on this machine)."""
     from mpi4py import MPI
 
     c_types = {7: ctypes.c_float, 8: ctypes.c_double}
@@ -82,6 +84,8 @@ def stand_in_nccl(mpi_comm):
         calls = 0
 
         def __init__(self, ndev: int, commId: tuple, rank: int) -> None:
+            if not isinstance(commId, tuple) or len(commId) != 128:  # `tuple commId`, NCCL_UNIQUE_ID_BYTES
+                raise TypeError("commId must be the 128-tuple get_unique_id() returns")
             ids = mpi_comm.allgather(tuple(commId))
             if ndev != mpi_comm.Get_size() or rank != mpi_comm.Get_rank() or len(set(ids)) != 1:
                 raise RuntimeError("NCCL error: invalid usage (ranks disagree on the unique id, size or rank)")
@@ -97,7 +101,7 @@ def stand_in_nccl(mpi_comm):
         def bcast(self, buff: int, count: int, datatype: int, root: int, stream: int) -> None:
             mpi_comm.Bcast(view(buff, count, datatype), root=root)
 
-    uid = lambda: tuple(np.random.default_rng().integers(0, 256, 128).tolist())  # noqa: E731
+    uid = lambda: tuple(np.random.default_rng().integers(-128, 128, 128).tolist())  # noqa: E731 (C chars)
     return SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_SUM=0, NcclCommunicator=NcclCommunicator,
                            get_unique_id=uid)
 

@@ -189,3 +189,15 @@ def test_check_same_names_the_first_difference():
     with pytest.raises(nnxp.NnxpError, match=r"rank 1 has fit.batch_size=64 but rank 0 has fit.batch_size=32"):
         distributed.check_same(Two(), {"fit": {"batch_size": 32}, "loss": "mse"})
     distributed.check_same(distributed.Communicator(), {"fit": {"batch_size": 32}})  # one rank: nothing to compare
+
+
+def test_the_stand_in_nccl_has_the_real_modules_names_and_codes():
+    real = pytest.importorskip("cupy_backends.cuda.libs.nccl", reason="CuPy's NCCL bindings need libnccl.so.2")
+    from mpi4py import MPI
+
+    fake = cases.stand_in_nccl(MPI.COMM_SELF)
+    for name in ("NCCL_FLOAT32", "NCCL_FLOAT64", "NCCL_SUM"):
+        assert getattr(real, name) == getattr(fake, name), name
+    for method in ("allReduce", "bcast"):
+        assert hasattr(real.NcclCommunicator, method) and hasattr(fake.NcclCommunicator, method)
+    assert isinstance(real.get_unique_id(), tuple) and len(real.get_unique_id()) == len(fake.get_unique_id())
