@@ -192,7 +192,7 @@ def test_check_same_names_the_first_difference():
 
 
 def test_the_stand_in_nccl_has_the_real_modules_names_and_codes():
-    real = pytest.importorskip("cupy_backends.cuda.libs.nccl", reason="CuPy's NCCL bindings need libnccl.so.2")
+    real = pytest.importorskip("cupy_backends.cuda.libs.nccl", reason="needs libnccl.so.2", exc_type=ImportError)
     from mpi4py import MPI
 
     fake = cases.stand_in_nccl(MPI.COMM_SELF)
