@@ -31,6 +31,10 @@ class Communicator:
     rank = 0
     size = 1
     local_rank = 0
+    # "replicated": every rank passes fit/evaluate the whole data set and computes its share of each batch;
+    # "sharded": every rank passes only its own rows (see init)
+    data = "replicated"
+    rank_rows: list[int] = []  # sharded: every rank's number of training rows, exchanged when fit starts
 
     @property
     def is_main(self) -> bool:
@@ -62,6 +66,25 @@ class Communicator:
     def shard(self, n: int) -> tuple[int, int]:
         """This rank's contiguous part [lo, hi) of `n` rows (sizes differ by at most one)."""
         return self.rank * n // self.size, (self.rank + 1) * n // self.size
+
+    def batches(self, n: int, batch_size: int) -> list[tuple[int, int, int, int]]:
+        """An epoch's plan over this rank's `n` rows: per step (lo, hi, rows of the global batch, where this
+        rank's rows begin in it). Replicated data: each global batch of the (same) n rows, cut in `size` shares.
+        Sharded data: each rank takes its share of `batch_size` from its own rows, until every rank is done."""
+        plan = []
+        if self.data == "sharded" and self.size > 1:
+            parts = [(r + 1) * batch_size // self.size - r * batch_size // self.size for r in range(self.size)]
+            steps = max(-(-rows // part) for rows, part in zip(self.rank_rows, parts))
+            for k in range(steps):
+                spans = [(min(k * part, rows), min((k + 1) * part, rows)) for rows, part in zip(self.rank_rows, parts)]
+                sizes = [hi - lo for lo, hi in spans]
+                plan.append((*spans[self.rank], sum(sizes), sum(sizes[: self.rank])))
+            return plan
+        for start in range(0, n, batch_size):
+            rows = min(batch_size, n - start)
+            lo, hi = self.shard(rows) if self.size > 1 else (0, rows)
+            plan.append((start + lo, start + hi, rows, lo))
+        return plan
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
@@ -174,16 +197,25 @@ def _launched() -> bool:
     return any(os.environ.get(v) for v in _LAUNCHER_VARS)
 
 
-def init() -> Communicator:
+def init(data: str | None = None) -> Communicator:
     """Join the job (idempotent) and return its communicator, with ``rank``, ``size``, ``local_rank``, ``is_main``.
 
     Under ``mpiexec -n N`` (or ``srun --mpi=pmix``) with N > 1, ``fit`` then trains data-parallel: ``batch_size`` is
     the global batch, each rank computes its share and the gradients are summed in one all-reduce per step. Without
     a launcher, or with N = 1, it returns the single-process communicator and nothing changes. An uncaught
     exception on any rank prints that rank's traceback and aborts the whole job (no rank is left waiting).
+
+    ``data="sharded"`` is for ranks that each load only their own rows (e.g. ``x[comm.shard(len(x))]``, or
+    their own files): every step, each rank then trains on its share of the global batch from its own rows
+    (shuffled within them, ``validation_split`` taken from them), and evaluate sums over every rank's rows. The
+    default, ``"replicated"``, has every rank pass the whole data set and trains exactly like one process.
     """
     global _current
+    if data not in (None, "replicated", "sharded"):
+        raise NnxpError(f"`data` must be 'replicated' or 'sharded'. Received: data={data!r}")
     if _current is not None:
+        if data is not None and _current is not _SINGLE:
+            _current.data = data
         return _current
     if not _launched():
         _current = _SINGLE
@@ -198,6 +230,7 @@ def init() -> Communicator:
         _current = _SINGLE
         return _current
     _current = MPICommunicator(comm)
+    _current.data = data or "replicated"
     count = backend.cuda_device_count()
     if count:  # device="cuda" is this rank's GPU on its machine
         backend.set_default_cuda_index(_current.local_rank % count)
@@ -276,19 +309,29 @@ class ShardedGenerator:
         return out
 
 
-def start_fit(comm: Communicator, model: Any, batch_size: int, run: dict) -> None:
-    """Before the first step: refuse impossible settings, check every rank got the same run, and give every rank
-    rank 0's seed (the shuffle and dropout streams), weights and optimizer state."""
+def start_fit(comm: Communicator, model: Any, data: tuple, val: tuple | None, batch_size: int, **run: Any) -> None:
+    """Before the first step: refuse impossible settings, check every rank got the same run (model, optimizer,
+    fit arguments and, for replicated data, the data itself), and give every rank rank 0's seed (the shuffle and
+    dropout streams), weights and optimizer state."""
     if batch_size < comm.size:
         raise NnxpError(f"`batch_size` is the global batch and must be at least the number of ranks ({comm.size}), "
                         f"so that every rank gets a share of each batch. Received: batch_size={batch_size}")
     model.seed = comm.bcast_object(model.seed)
+    x, y, w = data
+    if comm.data == "sharded":  # the rows differ by design: compare what must agree
+        shapes = {"x": list(x.shape[1:]), "y": list(y.shape[1:])}
+    else:
+        shapes = {"x": list(x.shape), "y": list(y.shape), "val": None if val is None else list(val[0].shape),
+                  "data": [float(x.sum()), float(y.sum())] + ([] if w is None else [float(w.sum())])}
     opt = model.optimizer
     check_same(comm, {"model": {k: v for k, v in model.get_config().items() if k != "seed"},
                       "optimizer": {"class": type(opt).__name__, **opt.get_config(), "iterations": opt.iterations,
                                     "state": sorted(opt.state)},
                       "loss": model.loss.name, "metrics": list(model.metrics), "device": model.device.kind,
-                      "fit": run})
+                      "fit": {**run, "batch_size": batch_size, "epochs_trained": model.epochs_trained,
+                              "weighted": w is not None, "validation": val is not None, **shapes}})
+    if comm.data == "sharded":
+        comm.rank_rows = comm.allgather_object(int(x.shape[0]))
     comm.bcast(model.params)
     for name in sorted(opt.state):
         comm.bcast(opt.state[name])

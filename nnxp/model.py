@@ -458,12 +458,9 @@ class Sequential:
                 raise NnxpError("`cuda_graph=True` is not supported with distributed training yet; "
                                 "use cuda_graph=False under MPI")
             verbose = 0 if not comm.is_main else verbose
-            distributed.start_fit(comm, self, batch_size, {
-                "epochs": epochs, "batch_size": batch_size, "shuffle": bool(shuffle), "initial_epoch": initial_epoch,
-                "epochs_trained": self.epochs_trained, "x": list(x.shape), "y": list(y.shape),
-                "weighted": w is not None, "validation": None if val is None else list(val[0].shape),
-                "data": [float(x.sum()), float(y.sum())] + ([] if w is None else [float(w.sum())]),
-                "callbacks": [type(cb).__name__ for cb in callbacks]})
+            distributed.start_fit(comm, self, (x, y, w), val, epochs=epochs, batch_size=batch_size,
+                                  shuffle=bool(shuffle), initial_epoch=initial_epoch,
+                                  callbacks=[type(cb).__name__ for cb in callbacks])
         history = History()
         # every key from the start: a run stopped in its first epoch still has history["loss"] (an empty list)
         keys = ["loss", *self.metrics]
@@ -530,30 +527,29 @@ class Sequential:
             perm = self.device.asarray(perm)
         comm = self._comm
         share = [0, 0, 0]  # this rank's part of the current global batch: [rows, lo, hi] (distributed only)
+        own_data = comm.data == "sharded"  # each rank was given only its own rows
         for i, layer in enumerate(self.layers):
             if hasattr(layer, "rng"):  # one stream per (epoch, layer): two Dropouts never share a mask
-                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, count, i]))
-                if comm.size > 1:  # each rank's mask rows are cut from the whole batch's mask
+                key = [self.seed, 2, count, i] + ([comm.rank] if own_data else [])
+                layer.rng = self.device.random_generator(np.random.SeedSequence(key))
+                if comm.size > 1 and not own_data:  # each rank's mask rows are cut from the whole batch's mask
                     layer.rng = distributed.ShardedGenerator(layer.rng, share)
         # weights and optimizer state at the start of the epoch, restored together if training blows up
         snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
                     self.optimizer.iterations)
         check_each_batch = not self.device.is_cuda  # on the CPU the check costs nothing; on a GPU it would sync
         # on a GPU each batch's loss is kept on the device and looked at once, at the end of the epoch
-        batch_losses = None if check_each_batch else xp.empty(-(-n // batch_size), dtype=np.float64)
+        plan = comm.batches(n, batch_size)  # (lo, hi, rows of the global batch, where this rank's rows begin in it)
+        batch_losses = None if check_each_batch else xp.empty(len(plan), dtype=np.float64)
         loss_sum = xp.zeros((), dtype=np.float64)
         metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         weight_sum = None if w is None else xp.zeros((), dtype=np.float64)  # the weighted metrics' denominator
         seen = 0
         wb = None
         graphs = self._fit_state.get("cuda_graph", False)
-        for batch, start in enumerate(range(0, n, batch_size)):
-            nb = min(batch_size, n - start)  # the (global) batch
-            lo, hi = start, start + nb
-            if comm.size > 1:  # this rank's share of the batch; the others compute the rest
-                part = comm.shard(nb)
-                share[:] = nb, *part
-                lo, hi = start + part[0], start + part[1]
+        for batch, (lo, hi, nb, first) in enumerate(plan):
+            start = lo
+            share[:] = nb, first, first + hi - lo  # with several ranks: this one's part; the others do the rest
             if shuffle:
                 idx = perm[lo:hi]
                 xb, yb = batch_bufs[0][: len(idx)], batch_bufs[1][: len(idx)]
@@ -672,7 +668,9 @@ class Sequential:
         xp = self.device.xp
         n = x.shape[0]
         comm = distributed.current()
-        if comm.size > 1:  # each rank evaluates its part of the rows; the sums are added up below
+        if comm.data == "sharded":  # each rank holds its own rows: the total count is the sum
+            n = int(comm.allreduce([n])[0])
+        elif comm.size > 1:  # each rank evaluates its part of the rows; the sums are added up below
             lo, hi = comm.shard(n)
             x, y, w = x[lo:hi], y[lo:hi], None if w is None else w[lo:hi]
         loss_sum = xp.zeros((), dtype=np.float64)

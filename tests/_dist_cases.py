@@ -63,6 +63,32 @@ def run(case: str, epochs: int = 3, callbacks: list | None = None) -> tuple[Sequ
     return model, hist.history, model.evaluate(x, y, verbose=0, return_dict=True)
 
 
+def sharded_blocks(size: int, batch: int = 32, steps: int = 6) -> list[tuple[int, int]]:
+    """Rank r's own rows under data="sharded": a block of `steps` times its share of `batch` (192 rows in all)."""
+    parts = [(r + 1) * batch // size - r * batch // size for r in range(size)]
+    ends = np.cumsum([0] + [steps * p for p in parts])
+    return [(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
+
+
+def run_sharded(size: int, rank: int | None) -> tuple[Sequential, dict]:
+    """data="sharded" (rank is not None): each rank trains on its own block and validates on its part of the last
+    11 rows. In one process (rank None): the same global batches, as the rows in the order the ranks' shares make
+    them (without shuffling), so the two runs must agree."""
+    x, y, _ = data()
+    xv, yv = x[192:], y[192:]
+    blocks = sharded_blocks(size)
+    if rank is None:
+        parts = [(b - a) // 6 for a, b in blocks]
+        order = [a + k * p + i for k in range(6) for (a, _), p in zip(blocks, parts) for i in range(p)]
+        x, y = x[order], y[order]
+    else:
+        (a, b), (lo, hi) = blocks[rank], distributed.current().shard(len(xv))
+        x, y, xv, yv = x[a:b], y[a:b], xv[lo:hi], yv[lo:hi]
+    model = build("sgd")
+    hist = model.fit(x, y, epochs=3, batch_size=32, validation_data=(xv, yv), shuffle=False, verbose=0)
+    return model, hist.history
+
+
 def stand_in_nccl(mpi_comm):
     """A stand-in for ``cupy.cuda.nccl`` over mpi4py, for machines without GPUs. It has the names and signatures
     of CuPy's ``cupy_backends/cuda/libs/nccl.pyx`` (get_unique_id; NcclCommunicator(ndev, commId, rank) with
@@ -132,6 +158,13 @@ def main_train(out: Path) -> None:
     _same_everywhere(comm, model.get_weights(), "nccl")
     results.update({f"nccl_w{i}": a for i, a in enumerate(model.get_weights())})
     meta["nccl"] = {"history": hist, "evaluate": ev, "calls": type(nccl.nccl_comm).calls}
+    # ranks that each hold only their own rows
+    nnxp.distributed.init(data="sharded")
+    model, hist = run_sharded(comm.size, comm.rank)
+    comm.data = "replicated"
+    _same_everywhere(comm, model.get_weights(), "sharded")
+    results.update({f"sharded_w{i}": a for i, a in enumerate(model.get_weights())})
+    meta["sharded"] = {"history": hist}
     # a checkpoint per epoch, written by the main rank only
     writes = []
     original = nnxp.io.save_model

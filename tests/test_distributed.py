@@ -88,6 +88,12 @@ def test_n_ranks_train_like_one_process(n, single, launched):
             np.testing.assert_allclose(meta[case]["history"][key], values, rtol=0, atol=1e-10, err_msg=key)
         for key, value in ev.items():  # evaluate: every rank a part of the rows, reduced
             assert abs(meta[case]["evaluate"][key] - value) < 1e-10, (case, key)
+    # data="sharded": each rank its own rows, the same global batches as one process given them in that order
+    model, hist = cases.run_sharded(n, None)
+    for i, w in enumerate(model.get_weights()):
+        np.testing.assert_allclose(got[f"sharded_w{i}"], w, rtol=0, atol=1e-10, err_msg=f"sharded weights[{i}]")
+    for key, values in hist.items():
+        np.testing.assert_allclose(meta["sharded"]["history"][key], values, rtol=0, atol=1e-10, err_msg=key)
     # one all-reduce of the flat gradient buffer per step (3 epochs of ceil(162 / 32) = 6 steps), on NCCL's path
     assert meta["nccl"]["calls"] == 3 * 6
     # the checkpoint is written once per epoch, by the main rank only, and resumes in one process
@@ -201,3 +207,20 @@ def test_the_stand_in_nccl_has_the_real_modules_names_and_codes():
     for method in ("allReduce", "bcast"):
         assert hasattr(real.NcclCommunicator, method) and hasattr(fake.NcclCommunicator, method)
     assert isinstance(real.get_unique_id(), tuple) and len(real.get_unique_id()) == len(fake.get_unique_id())
+
+
+def test_sharded_plan_covers_every_ranks_rows_once_and_ranks_that_run_out_get_empty_shares():
+    rows, batch = [5, 0, 9], 6
+    plans = []
+    for rank in range(3):
+        comm = distributed.Communicator()
+        comm.rank, comm.size, comm.data, comm.rank_rows = rank, 3, "sharded", rows
+        plans.append(comm.batches(rows[rank], batch))
+    assert len({len(p) for p in plans}) == 1 and len(plans[0]) == 5  # every rank runs the same number of steps
+    for rank, plan in enumerate(plans):
+        covered = [i for lo, hi, _, _ in plan for i in range(lo, hi)]
+        assert covered == list(range(rows[rank]))
+    for step in zip(*plans):  # the global batch is the sum of the shares, and each rank knows where its rows sit
+        sizes = [hi - lo for lo, hi, _, _ in step]
+        assert all(nb == sum(sizes) for _, _, nb, _ in step)
+        assert [first for _, _, _, first in step] == [0, sizes[0], sizes[0] + sizes[1]]
