@@ -209,6 +209,7 @@ def init(data: str | None = None) -> Communicator:
     their own files): every step, each rank then trains on its share of the global batch from its own rows
     (shuffled within them, ``validation_split`` taken from them), and evaluate sums over every rank's rows. The
     default, ``"replicated"``, has every rank pass the whole data set and trains exactly like one process.
+    Call it before creating models: it makes ``device="cuda"`` mean this rank's GPU (local rank modulo GPUs).
     """
     global _current
     if data not in (None, "replicated", "sharded"):

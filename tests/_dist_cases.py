@@ -140,6 +140,7 @@ def _same_everywhere(comm, arrays: list[np.ndarray], what: str) -> None:
 def main_train(out: Path) -> None:
     comm = nnxp.distributed.init()
     assert comm is nnxp.distributed.init(), "init() must be idempotent"
+    assert comm.local_rank == comm.rank and comm.is_main == (comm.rank == 0)  # one machine: local rank = rank
     results: dict[str, np.ndarray] = {}
     meta: dict = {"size": comm.size}
     for case in CASES:

@@ -224,3 +224,13 @@ def test_sharded_plan_covers_every_ranks_rows_once_and_ranks_that_run_out_get_em
         sizes = [hi - lo for lo, hi, _, _ in step]
         assert all(nb == sum(sizes) for _, _, nb, _ in step)
         assert [first for _, _, _, first in step] == [0, sizes[0], sizes[0] + sizes[1]]
+
+
+def test_cuda_without_an_index_is_the_default_gpu_that_init_sets_to_the_local_rank(monkeypatch):
+    from nnxp import backend
+
+    monkeypatch.setattr(backend, "_require_cuda", lambda index: None)  # no GPU needed to name one
+    monkeypatch.setattr(backend, "_DEFAULT_CUDA_INDEX", 0)
+    assert backend.get_device("cuda").index == 0
+    backend.set_default_cuda_index(3)
+    assert backend.get_device("cuda").index == 3 and backend.get_device("cuda:1").index == 1
