@@ -6,6 +6,8 @@ configurations interleaved (A B A B ...) so drifting load on a shared machine hi
 rank computes its share of every batch and one all-reduce per step sums the gradients (nnxp.distributed).
 It also measures the all-reduce of the flat gradient buffer itself (MPI over shared memory between the two
 ranks): time per call and bandwidth, algorithmic (bytes / t) and bus (2(N-1)/N x bytes / t, NCCL's convention).
+A third configuration tries PyTorch DDP's overlap: per-layer buckets all-reduced without blocking while the
+backward pass goes on (bucketed_train_step), to see whether it beats the single all-reduce here.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/dist_cpu.py [--epochs 3] [--json OUT]
 
@@ -25,18 +27,50 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (128, 1024)
 
 
+def bucketed_train_step(comm, model, xb, yb, wb, rows, interrupt):
+    """The experiment: PyTorch DDP's bucketing, one bucket per layer, last layer first. Each layer's gradient
+    slice of the flat buffer starts a non-blocking all-reduce as soon as its backward is done (the last bucket
+    also carries the loss and Ctrl-C slots), MPI is nudged (Testall) between layers, and the step waits for all.
+    Replaces nnxp.distributed.train_step in this benchmark only (no empty shares here)."""
+    MPI = comm._MPI
+    buf, mine = model._grad_buffer, xb.shape[0]
+    scale = mine / rows
+    spans = {}
+    for layer, _, offset, shape in model._slices:
+        lo, hi = spans.get(id(layer), (offset, offset))
+        spans[id(layer)] = (min(lo, offset), max(hi, offset + int(np.prod(shape))))
+    out = model._forward(xb, training=True)
+    loss, dy = model._loss_and_grad(out, yb, wb)
+    buf[-2], buf[-1] = loss * scale, 0.0
+    reqs, last = [], True
+    for i in range(len(model.layers) - 1, -1, -1):
+        layer = model.layers[i]
+        dy = layer.backward(dy, need_dx=i > 0)
+        if id(layer) in spans:
+            lo, hi = spans[id(layer)]
+            model.grads[lo:hi] *= scale
+            seg = buf[lo:] if last else buf[lo:hi]  # the slots ride with the first bucket sent
+            last = False
+            reqs.append(comm.comm.Iallreduce(MPI.IN_PLACE, seg, op=MPI.SUM))
+            MPI.Request.Testall(reqs)
+    MPI.Request.Waitall(reqs)
+    return buf[-2].copy(), out
+
+
 def worker(batch: int, epochs: int, rows: int | None) -> None:
     """One configuration, launched with its thread count fixed in the environment; rank 0 prints JSON lines."""
-    import numpy as np
-
     import nnxp
     from nnxp import Dense, Sequential
 
     comm = nnxp.distributed.init()
+    if os.environ.get("NNXP_BENCH_OVERLAP") == "1":
+        nnxp.distributed.train_step = bucketed_train_step
     (x, y), _ = nnxp.datasets.load_fashion_mnist()
     x = x.reshape(len(x), -1).astype(np.float32) / 255.0
     y = y.astype(np.int64)
@@ -71,8 +105,8 @@ def worker(batch: int, epochs: int, rows: int | None) -> None:
             print(json.dumps({"allreduce": out, "params": model.count_params()}), flush=True)
 
 
-def launch(ranks: int, threads: int, batch: int, epochs: int, rows: int | None) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def launch(ranks: int, threads: int, batch: int, epochs: int, rows: int | None, overlap: bool) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NNXP_BENCH_OVERLAP": "1" if overlap else "0"}
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     cmd = [sys.executable, __file__, "--worker", str(batch), "--epochs", str(epochs)]
@@ -95,17 +129,18 @@ def main() -> None:
     if args.worker is not None:
         worker(args.worker, args.epochs, args.rows)
         return
-    configs = {"1 rank x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
+    configs = {"1 rank x 2 threads": (1, 2, False), "2 ranks x 1 thread": (2, 1, False),
+               "2 ranks x 1 thread, bucketed overlap": (2, 1, True)}
     results: dict = {"env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
                      "cpus": os.cpu_count(), "runs": {}}
     for batch in BATCHES:
         for _ in range(args.rounds):
-            for name, (ranks, threads) in configs.items():
-                lines = launch(ranks, threads, batch, args.epochs, args.rows)
+            for name, (ranks, threads, overlap) in configs.items():
+                lines = launch(ranks, threads, batch, args.epochs, args.rows, overlap)
                 results["runs"].setdefault(f"{name}, batch {batch}", []).extend(
                     r for r in lines if "seconds" in r)
                 for r in lines:
-                    if "allreduce" in r:
+                    if "allreduce" in r and not overlap:
                         results.setdefault("allreduce_runs", []).append(r["allreduce"])
                         results["params"] = r["params"]
                 print(name, batch, [round(r["samples_per_s"]) for r in lines if "seconds" in r], flush=True)
