@@ -6,8 +6,8 @@ configurations interleaved (A B A B ...) so drifting load on a shared machine hi
 rank computes its share of every batch and one all-reduce per step sums the gradients (nnxp.distributed).
 It also measures the all-reduce of the flat gradient buffer itself (MPI over shared memory between the two
 ranks): time per call and bandwidth, algorithmic (bytes / t) and bus (2(N-1)/N x bytes / t, NCCL's convention).
-A third configuration tries PyTorch DDP's overlap: per-layer buckets all-reduced without blocking while the
-backward pass goes on (bucketed_train_step), to see whether it beats the single all-reduce here.
+A third configuration tries PyTorch DDP's overlap (``comm.overlap = True``): per-layer buckets all-reduced
+without blocking while the backward pass goes on, to see whether it beats the single all-reduce here.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/dist_cpu.py [--epochs 3] [--json OUT]
 
@@ -27,40 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (128, 1024)
-
-
-def bucketed_train_step(comm, model, xb, yb, wb, rows, interrupt):
-    """The experiment: PyTorch DDP's bucketing, one bucket per layer, last layer first. Each layer's gradient
-    slice of the flat buffer starts a non-blocking all-reduce as soon as its backward is done (the last bucket
-    also carries the loss and Ctrl-C slots), MPI is nudged (Testall) between layers, and the step waits for all.
-    Replaces nnxp.distributed.train_step in this benchmark only (no empty shares here)."""
-    MPI = comm._MPI
-    buf, mine = model._grad_buffer, xb.shape[0]
-    scale = mine / rows
-    spans = {}
-    for layer, _, offset, shape in model._slices:
-        lo, hi = spans.get(id(layer), (offset, offset))
-        spans[id(layer)] = (min(lo, offset), max(hi, offset + int(np.prod(shape))))
-    out = model._forward(xb, training=True)
-    loss, dy = model._loss_and_grad(out, yb, wb)
-    buf[-2], buf[-1] = loss * scale, 0.0
-    reqs, last = [], True
-    for i in range(len(model.layers) - 1, -1, -1):
-        layer = model.layers[i]
-        dy = layer.backward(dy, need_dx=i > 0)
-        if id(layer) in spans:
-            lo, hi = spans[id(layer)]
-            model.grads[lo:hi] *= scale
-            seg = buf[lo:] if last else buf[lo:hi]  # the slots ride with the first bucket sent
-            last = False
-            reqs.append(comm.comm.Iallreduce(MPI.IN_PLACE, seg, op=MPI.SUM))
-            MPI.Request.Testall(reqs)
-    MPI.Request.Waitall(reqs)
-    return buf[-2].copy(), out
 
 
 def worker(batch: int, epochs: int, rows: int | None) -> None:
@@ -69,8 +37,7 @@ def worker(batch: int, epochs: int, rows: int | None) -> None:
     from nnxp import Dense, Sequential
 
     comm = nnxp.distributed.init()
-    if os.environ.get("NNXP_BENCH_OVERLAP") == "1":
-        nnxp.distributed.train_step = bucketed_train_step
+    comm.overlap = os.environ.get("NNXP_BENCH_OVERLAP") == "1"  # per-layer buckets during the backward pass
     (x, y), _ = nnxp.datasets.load_fashion_mnist()
     x = x.reshape(len(x), -1).astype(np.float32) / 255.0
     y = y.astype(np.int64)

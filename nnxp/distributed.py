@@ -35,6 +35,8 @@ class Communicator:
     # "sharded": every rank passes only its own rows (see init)
     data = "replicated"
     rank_rows: list[int] = []  # sharded: every rank's number of training rows, exchanged when fit starts
+    # MPI on the CPU: all-reduce per-layer buckets while the backward pass goes on, instead of once after it
+    overlap = False
 
     @property
     def is_main(self) -> bool:
@@ -339,13 +341,20 @@ def start_fit(comm: Communicator, model: Any, data: tuple, val: tuple | None, ba
 
 
 def train_step(comm: Communicator, model: Any, xb: Any, yb: Any, wb: Any, rows: int, interrupt: Any) -> tuple:
-    """This rank's share of one step of a `rows`-row global batch, then the one all-reduce of the step.
+    """This rank's share of one step of a `rows`-row global batch, and the step's all-reduce.
 
     Each rank scales its mean gradient and loss by its share of the rows, so their sum is exactly the mean over
     the global batch (regularisation included once), i.e. what one process computes. The loss and the Ctrl-C flag
     ride in two spare slots after the gradients. Returns (the global batch loss, this rank's outputs or None).
+    With ``comm.overlap`` (MPI on the CPU) the buffer goes as per-layer buckets instead (see _bucketed_step).
     """
     buf, mine = model._grad_buffer, xb.shape[0]
+    cuda = model.device.is_cuda
+    if comm.overlap and not cuda:
+        buf[-1] = 1.0 if interrupt.requested else 0.0
+        out = _bucketed_step(comm, model, xb, yb, wb, rows)
+        interrupt.requested = bool(buf[-1] > 0)
+        return buf[-2].copy(), out
     out = None
     if mine:
         loss, out = model._train_step(xb, yb, wb)
@@ -355,7 +364,7 @@ def train_step(comm: Communicator, model: Any, xb: Any, yb: Any, wb: Any, rows: 
         buf[-2] = loss * scale
     else:  # the last, partial batch can be smaller than the number of ranks: this rank adds nothing
         buf[...] = 0
-    if model.device.is_cuda:
+    if cuda:
         # reading the flag back would synchronise every step; under mpiexec Ctrl-C ends the whole job anyway
         interrupt.requested = False
         comm.allreduce(buf)
@@ -364,6 +373,38 @@ def train_step(comm: Communicator, model: Any, xb: Any, yb: Any, wb: Any, rows: 
         comm.allreduce(buf)
         interrupt.requested = bool(buf[-1] > 0)  # every rank stops after the same batch
     return buf[-2].copy(), out
+
+
+def _bucketed_step(comm: MPICommunicator, model: Any, xb: Any, yb: Any, wb: Any, rows: int) -> Any:
+    """PyTorch DDP's overlap: one bucket per layer, last layer first. Each layer's slice of the flat gradient
+    buffer starts a non-blocking all-reduce as soon as its backward is done (the first bucket also carries the
+    loss and flag slots at the end of the buffer), MPI is nudged between layers, and the step waits for all.
+    The same sums as the single all-reduce; a rank without rows posts the same buckets, of zeros."""
+    MPI, buf, mine = comm._MPI, model._grad_buffer, xb.shape[0]
+    spans: dict[int, tuple[int, int]] = {}
+    for layer, _, offset, shape in model._slices:
+        lo, hi = spans.get(id(layer), (offset, offset))
+        spans[id(layer)] = (min(lo, offset), max(hi, offset + int(np.prod(shape))))
+    out = dy = None
+    if mine:
+        out = model._forward(xb, training=True)
+        loss, dy = model._loss_and_grad(out, yb, wb)
+        buf[-2] = loss * (mine / rows)
+    else:
+        buf[:-1] = 0
+    reqs: list = []
+    for i in range(len(model.layers) - 1, -1, -1):
+        layer = model.layers[i]
+        if mine:
+            dy = layer.backward(dy, need_dx=i > 0)
+        if id(layer) in spans:
+            lo, hi = spans[id(layer)]
+            if mine and mine != rows:
+                model.grads[lo:hi] *= mine / rows
+            reqs.append(comm.comm.Iallreduce(MPI.IN_PLACE, buf[lo:] if not reqs else buf[lo:hi], op=MPI.SUM))
+            MPI.Request.Testall(reqs)
+    MPI.Request.Waitall(reqs)
+    return out
 
 
 @contextlib.contextmanager

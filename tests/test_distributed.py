@@ -79,8 +79,8 @@ def test_n_ranks_train_like_one_process(n, single, launched):
     got = np.load(tmp_path / "results.npz")
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["size"] == n
-    for case in [*cases.CASES, "nccl"]:
-        model, hist, ev = single["adam" if case == "nccl" else case]
+    for case in [*cases.CASES, "nccl", "overlap_dropout", "overlap_weighted"]:
+        model, hist, ev = single["adam" if case == "nccl" else case.removeprefix("overlap_")]
         for i, w in enumerate(model.get_weights()):
             np.testing.assert_allclose(got[f"{case}_w{i}"], w, rtol=0, atol=1e-10, err_msg=f"{case} weights[{i}]")
         assert meta[case]["history"].keys() == hist.keys()
