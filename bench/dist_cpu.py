@@ -33,6 +33,8 @@ BATCHES = (128, 1024)
 
 def worker(batch: int, epochs: int, rows: int | None) -> None:
     """One configuration, launched with its thread count fixed in the environment; rank 0 prints JSON lines."""
+    import numpy as np  # after the launcher fixed the BLAS threads
+
     import nnxp
     from nnxp import Dense, Sequential
 
