@@ -806,7 +806,7 @@ class Sequential:
             x, y = self._prepare(x, y)
             w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
             logs = self._evaluate_arrays(x, y, w, batch_size)
-        if verbose:
+        if verbose and distributed.current().is_main:  # (under MPI every rank has the same, reduced logs)
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         if return_dict:
             return logs
