@@ -549,7 +549,8 @@ class Sequential:
         self.history = history
         # user callbacks first, so what they add to the logs (e.g. "lr") reaches the history and the progress line
         cbs = callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
-        self._fit_state = {"epochs": epochs, "samples": n, "batch_size": batch_size, "cuda_graph": cuda_graph,
+        samples = sum(comm.rank_rows) if comm.size > 1 and comm.data == "sharded" else n  # (every rank's rows)
+        self._fit_state = {"epochs": epochs, "samples": samples, "batch_size": batch_size, "cuda_graph": cuda_graph,
                            "graph": None, "graph_warm": False}
         for cb in cbs:
             cb.set_model(self)

@@ -181,6 +181,11 @@ def main_train(out: Path) -> None:
     run("adam", epochs=2, callbacks=[ModelCheckpoint(str(out / "ckpt-{epoch}.nnxp"), save_best_only=False)])
     nnxp.io.save_model = original
     meta["writes"] = comm.allgather_object(writes)
+    # progress and evaluate's line: printed by the main rank only
+    model = build("sgd")
+    x, y, _ = data()
+    model.fit(x, y, epochs=1, batch_size=32, verbose=2)
+    model.evaluate(x, y, verbose=1)
     if comm.is_main:
         np.savez(out / "results.npz", **results)
         (out / "meta.json").write_text(json.dumps(meta))

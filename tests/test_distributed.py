@@ -79,6 +79,7 @@ def test_n_ranks_train_like_one_process(n, single, launched):
     got = np.load(tmp_path / "results.npz")
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["size"] == n
+    assert text.count("Epoch 1/1") == 1 and sum(line.startswith("loss: ") for line in text.splitlines()) == 1, text
     for case in [*cases.CASES, "nccl", "overlap_dropout", "overlap_weighted"]:
         model, hist, ev = single["adam" if case == "nccl" else case.removeprefix("overlap_")]
         for i, w in enumerate(model.get_weights()):
