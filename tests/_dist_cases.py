@@ -19,7 +19,8 @@ import numpy as np
 
 import nnxp
 from nnxp import Dense, Dropout, Sequential, distributed, optimizers, regularizers
-from nnxp.callbacks import Callback, ModelCheckpoint
+from nnxp.callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
+from nnxp.errors import NumericalError
 
 N_SAMPLES = 203  # 41 validation rows, 162 training rows: batches of 32 end with 2 rows (an empty share at N=3)
 
@@ -36,8 +37,11 @@ CASES = {
     "sgd": dict(opt=lambda: optimizers.SGD(0.05, momentum=0.9)),
     "adam": dict(opt=lambda: optimizers.Adam(0.01)),
     "dropout": dict(opt=lambda: optimizers.Adam(0.01), dropout=0.3),
-    # no shuffle, an L2 penalty (whose gradient each rank adds: it must count once) and sample weights
-    "weighted": dict(opt=lambda: optimizers.SGD(0.05, momentum=0.9), shuffle=False, l2=1e-3, weights=True),
+    # no shuffle, an L2 penalty (whose gradient each rank adds: it must count once) and sample weights; a
+    # learning-rate schedule, and EarlyStopping that stops after epoch 2 and restores epoch 1's weights
+    "weighted": dict(opt=lambda: optimizers.SGD(0.05, momentum=0.9), shuffle=False, l2=1e-3, weights=True,
+                     callbacks=lambda: [LearningRateScheduler(lambda epoch, lr: lr * 0.7),
+                                        EarlyStopping(patience=0, restore_best_weights=True)]),
 }
 
 
@@ -59,7 +63,8 @@ def run(case: str, epochs: int = 3, callbacks: list | None = None) -> tuple[Sequ
     c = CASES[case]
     model = build(case)
     hist = model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.2, shuffle=c.get("shuffle", True),
-                     sample_weight=w if c.get("weights") else None, verbose=0, callbacks=callbacks)
+                     sample_weight=w if c.get("weights") else None, verbose=0,
+                     callbacks=[*c.get("callbacks", list)(), *(callbacks or [])])
     return model, hist.history, model.evaluate(x, y, verbose=0, return_dict=True)
 
 
@@ -181,6 +186,17 @@ def main_train(out: Path) -> None:
     run("adam", epochs=2, callbacks=[ModelCheckpoint(str(out / "ckpt-{epoch}.nnxp"), save_best_only=False)])
     nnxp.io.save_model = original
     meta["writes"] = comm.allgather_object(writes)
+    # a blow-up on one rank's rows (row 100 overflows): every rank stops at the same batch, rolled back alike
+    x, y, _ = data()
+    x[100] *= 1e300
+    model, message = build("sgd"), None
+    try:
+        model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    except NumericalError as exc:
+        message = str(exc)
+    _same_everywhere(comm, model.get_weights(), "diverged")
+    results.update({f"diverged_w{i}": a for i, a in enumerate(model.get_weights())})
+    meta["diverged"] = comm.allgather_object(message)
     # progress and evaluate's line: printed by the main rank only
     model = build("sgd")
     x, y, _ = data()

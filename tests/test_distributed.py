@@ -95,6 +95,16 @@ def test_n_ranks_train_like_one_process(n, single, launched):
         np.testing.assert_allclose(got[f"sharded_w{i}"], w, rtol=0, atol=1e-10, err_msg=f"sharded weights[{i}]")
     for key, values in hist.items():
         np.testing.assert_allclose(meta["sharded"]["history"][key], values, rtol=0, atol=1e-10, err_msg=key)
+    # the divergence guard: the same decision at the same batch on every rank, and the same rollback
+    assert len(single["weighted"][1]["loss"]) == 2  # (EarlyStopping did stop that case early)
+    x, y, _ = cases.data()
+    x[100] *= 1e300
+    model = cases.build("sgd")
+    with pytest.raises(nnxp.errors.NumericalError) as info:
+        model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    assert meta["diverged"] == [str(info.value)] * n
+    for i, w in enumerate(model.get_weights()):
+        np.testing.assert_array_equal(got[f"diverged_w{i}"], w)
     # one all-reduce of the flat gradient buffer per step (3 epochs of ceil(162 / 32) = 6 steps), on NCCL's path
     assert meta["nccl"]["calls"] == 3 * 6
     # the checkpoint is written once per epoch, by the main rank only, and resumes in one process
