@@ -70,8 +70,20 @@ def worker(batch: int, epochs: int, rows: int | None) -> None:
             t = (time.perf_counter() - t0) / reps
             out[dtype] = {"bytes": buf.nbytes, "seconds": t, "algbw_GBps": buf.nbytes / t / 1e9,
                           "busbw_GBps": 2 * (comm.size - 1) / comm.size * buf.nbytes / t / 1e9}
+        sweep = []  # time against size: the latency floor and where bandwidth takes over
+        for nbytes in (4 << 10, 64 << 10, 512 << 10, 2 << 20, 8 << 20, 32 << 20):
+            buf = np.ones(nbytes // 4, dtype=np.float32)
+            reps = max(5, min(200, (16 << 20) // nbytes))
+            comm.allreduce(buf)
+            comm.barrier()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                comm.allreduce(buf)
+            t = (time.perf_counter() - t0) / reps
+            busbw = 2 * (comm.size - 1) / comm.size * nbytes / t / 1e9
+            sweep.append({"bytes": nbytes, "us": t * 1e6, "busbw_GBps": busbw})
         if comm.is_main:
-            print(json.dumps({"allreduce": out, "params": model.count_params()}), flush=True)
+            print(json.dumps({"allreduce": out, "sweep": sweep, "params": model.count_params()}), flush=True)
 
 
 def launch(ranks: int, threads: int, batch: int, epochs: int, rows: int | None, overlap: bool) -> list[dict]:
@@ -111,6 +123,7 @@ def main() -> None:
                 for r in lines:
                     if "allreduce" in r and not overlap:
                         results.setdefault("allreduce_runs", []).append(r["allreduce"])
+                        results.setdefault("sweeps", []).append(r["sweep"])
                         results["params"] = r["params"]
                 print(name, batch, [round(r["samples_per_s"]) for r in lines if "seconds" in r], flush=True)
     summary = {}
