@@ -197,6 +197,12 @@ def main_train(out: Path) -> None:
     _same_everywhere(comm, model.get_weights(), "diverged")
     results.update({f"diverged_w{i}": a for i, a in enumerate(model.get_weights())})
     meta["diverged"] = comm.allgather_object(message)
+    # the other way round: a file saved by one process (after epoch 1) resumes under MPI
+    x, y, _ = data()
+    model = nnxp.load_model(out.parent / "one-process-epoch1.nnxp")
+    model.fit(x, y, epochs=3, initial_epoch=1, batch_size=32, validation_split=0.2, verbose=0)
+    _same_everywhere(comm, model.get_weights(), "resumed")
+    results.update({f"resumed_w{i}": a for i, a in enumerate(model.get_weights())})
     # progress and evaluate's line: printed by the main rank only
     model = build("sgd")
     x, y, _ = data()

@@ -47,6 +47,8 @@ def launched(tmp_path_factory) -> dict:
     """Every mpiexec job of this module, started at once (most of a launch is waiting), then collected:
     name -> (return code, stdout + stderr, its output folder)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    model, _, _ = cases.run("adam", epochs=1)  # a one-process file that the MPI runs resume from
+    model.save(tmp_path_factory.getbasetemp() / "one-process-epoch1.nnxp")
     jobs = {}
     for name, (n, *args) in RUNS.items():
         out = tmp_path_factory.mktemp(name)
@@ -93,6 +95,9 @@ def test_n_ranks_train_like_one_process(n, single, launched):
     model, hist = cases.run_sharded(n, None)
     for i, w in enumerate(model.get_weights()):
         np.testing.assert_allclose(got[f"sharded_w{i}"], w, rtol=0, atol=1e-10, err_msg=f"sharded weights[{i}]")
+    # a one-process file (epoch 1) resumed under MPI ends where one process ends
+    for i, w in enumerate(single["adam"][0].get_weights()):
+        np.testing.assert_allclose(got[f"resumed_w{i}"], w, rtol=0, atol=1e-10, err_msg=f"resumed weights[{i}]")
     for key, values in hist.items():
         np.testing.assert_allclose(meta["sharded"]["history"][key], values, rtol=0, atol=1e-10, err_msg=key)
     # the divergence guard: the same decision at the same batch on every rank, and the same rollback
