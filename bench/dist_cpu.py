@@ -138,7 +138,31 @@ def main() -> None:
             results.setdefault("allreduce", {})[dtype] = {
                 k: statistics.median(r[k] for r in runs) for k in ("bytes", "seconds", "algbw_GBps", "busbw_GBps")}
     Path(args.json).write_text(json.dumps(results, indent=1))
-    print(json.dumps({"summary": summary, "allreduce": results.get("allreduce")}, indent=1))
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    """The measured tables for bench/results/scaling.md."""
+    lines = ["| configuration | global batch | samples/s (median) | min-max | epochs | load avg |",
+             "|---|---|---|---|---|---|"]
+    for key, s in results["summary"].items():
+        name, batch = key.rsplit(", batch ", 1)
+        lines.append(f"| {name} | {batch} | {s['median_samples_per_s']:,.0f} | {s['min']:,.0f}-{s['max']:,.0f} | "
+                     f"{s['epochs']} | {s['median_load']:.1f} |")
+    lines += ["", "| all-reduce of the flat buffer | bytes | time (ms) | algbw (GB/s) | busbw (GB/s) |",
+              "|---|---|---|---|---|"]
+    for dtype, a in results.get("allreduce", {}).items():
+        lines.append(f"| {dtype}, 2 ranks | {a['bytes']:,.0f} | {a['seconds'] * 1e3:.2f} | {a['algbw_GBps']:.2f} | "
+                     f"{a['busbw_GBps']:.2f} |")
+    sweeps = results.get("sweeps", [])
+    if sweeps:
+        lines += ["", "| all-reduce size (2 ranks, float32) | time (us, median of launches) | busbw (GB/s) |",
+                  "|---|---|---|"]
+        for i, point in enumerate(sweeps[0]):
+            us = statistics.median(s[i]["us"] for s in sweeps)
+            bw = statistics.median(s[i]["busbw_GBps"] for s in sweeps)
+            lines.append(f"| {point['bytes']:,} | {us:,.0f} | {bw:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

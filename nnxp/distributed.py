@@ -153,6 +153,8 @@ class NcclCommunicator(MPICommunicator):
     objects still go over MPI. The unique id is made on rank 0 and broadcast over MPI, as ChainerMN does.
     """
 
+    overlap = False  # one NCCL all-reduce of the whole buffer per step (per-layer buckets are MPI-only)
+
     def __init__(self, mpi: MPICommunicator, nccl: Any) -> None:
         self._MPI, self.comm = mpi._MPI, mpi.comm
         self.rank, self.size, self.local_rank = mpi.rank, mpi.size, mpi.local_rank
