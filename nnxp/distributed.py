@@ -305,12 +305,10 @@ class ShardedGenerator:
         self.gen, self.share = gen, share  # share: [global rows, lo, hi], updated by the loop per batch
 
     def random(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> Any:
+        if out is None:  # not a batch's mask (e.g. a seed for a mask made on the device): the same on every rank
+            return self.gen.random(size=size, dtype=dtype)
         rows, lo, hi = self.share
-        shape = out.shape if out is not None else tuple(np.atleast_1d(size))
-        full = self.gen.random((rows, *shape[1:]), dtype=dtype)
-        if out is None:
-            return full[lo:hi]
-        out[...] = full[lo:hi]
+        out[...] = self.gen.random((rows, *out.shape[1:]), dtype=dtype)[lo:hi]
         return out
 
 

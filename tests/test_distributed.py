@@ -201,6 +201,9 @@ def test_sharded_generator_gives_each_rank_its_rows_of_the_whole_batch_draw():
     gen = distributed.ShardedGenerator(np.random.default_rng(3), [10, 4, 7])
     gen.random(out=out, dtype=np.float64)
     np.testing.assert_array_equal(out, whole[4:7])
+    # a draw that is not a batch's mask (a seed for a device-side mask) is the same on every rank, as one process's
+    np.testing.assert_array_equal(distributed.ShardedGenerator(np.random.default_rng(3), [10, 4, 7]).random(size=2),
+                                  np.random.default_rng(3).random(size=2))
 
 
 def test_check_same_names_the_first_difference():
