@@ -45,14 +45,14 @@ CASES = {
 }
 
 
-def build(case: str) -> Sequential:
+def build(case: str, device: str = "cpu") -> Sequential:
     c = CASES[case]
     reg = regularizers.L2(c["l2"]) if c.get("l2") else None
     layers = [Dense(16, "relu", input_dim=7, kernel_regularizer=reg)]
     if c.get("dropout"):
         layers.append(Dropout(c["dropout"]))
     layers.append(Dense(3, "softmax"))
-    model = Sequential(layers, seed=1, dtype="float64")
+    model = Sequential(layers, seed=1, dtype="float64", device=device)
     model.compile(c["opt"](), "sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -213,6 +213,30 @@ def main_train(out: Path) -> None:
         (out / "meta.json").write_text(json.dumps(meta))
 
 
+def main_cuda(out: Path, emulator_dir: str) -> None:
+    """device="cuda" under MPI on the stand-in CuPy (tests/_stand_in_cupy.py: host memory behind `.data.ptr`,
+    kernels.cu on the CPU emulator) with the stand-in NCCL: the NcclCommunicator's device path, end to end."""
+    import _cuda_emu
+    import _stand_in_cupy
+
+    from nnxp import backend
+    from nnxp.ops import _cuda
+
+    backend._cupy = _stand_in_cupy.stand_in_cupy(_cuda_emu.build(Path(emulator_dir)))
+    _cuda._KERNELS = _cuda.LazyKernels()
+    comm = nnxp.distributed.init()  # after the stand-in: device="cuda" is this rank's (stand-in) GPU
+    nccl = stand_in_nccl(comm.comm)
+    backend.nccl_module = lambda: nccl
+    x, y, _ = data()
+    model = build("adam", device="cuda")
+    model.fit(x, y, epochs=3, batch_size=32, validation_split=0.2, verbose=0)
+    _same_everywhere(comm, model.get_weights(), "cuda")
+    info = comm.allgather_object({"device": model.device.name, "calls": nccl.NcclCommunicator.calls})
+    if comm.is_main:
+        np.savez(out / "cuda.npz", *model.get_weights())
+        (out / "cuda.json").write_text(json.dumps(info))
+
+
 class _Fail(Callback):
     def __init__(self, mode: str) -> None:
         self.mode, self.epoch = mode, 0
@@ -245,5 +269,7 @@ def main_fault(mode: str, out: Path) -> None:
 if __name__ == "__main__":
     if sys.argv[2] == "train":
         main_train(Path(sys.argv[1]))
+    elif sys.argv[2] == "cuda":
+        main_cuda(Path(sys.argv[1]), sys.argv[3])
     else:
         main_fault(sys.argv[2], Path(sys.argv[1]))

@@ -121,6 +121,29 @@ def test_n_ranks_train_like_one_process(n, single, launched):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
 
 
+def test_cuda_under_mpi_goes_through_nccl_on_each_ranks_gpu_and_trains_like_one_process(single, tmp_path):
+    """device="cuda" on the stand-in CuPy (gputools' tests/_stand_in_cupy.py, kernels.cu on the CPU emulator) and
+    the stand-in NCCL: each rank on its own GPU, NCCL's device path (pointers, the model's stream), one all-reduce
+    per step. Not a real GPU or NCCL: it checks nnxp's side of the calls, not NCCL."""
+    pytest.importorskip("_stand_in_cupy", reason="needs the stand-in CuPy (tests/_stand_in_cupy.py)")
+    import _cuda_emu
+
+    (tmp_path / "emulator").mkdir()
+    if _cuda_emu.build(tmp_path / "emulator") is None:
+        pytest.skip("no C++ compiler for the CUDA emulator")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-n", "2", sys.executable, str(SCRIPT), str(tmp_path),
+           "cuda", str(tmp_path / "emulator")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    info = json.loads((tmp_path / "cuda.json").read_text())
+    assert [r["device"] for r in info] == ["cuda:0", "cuda:1"]
+    assert all(r["calls"] == 3 * 6 for r in info)
+    got = np.load(tmp_path / "cuda.npz")
+    for i, w in enumerate(single["adam"][0].get_weights()):  # float64: the CUDA kernels agree with the CPU
+        np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=0, atol=1e-10)
+
+
 def test_an_exception_on_one_rank_ends_the_job_with_its_message(launched):
     code, out, _ = launched["fail"]
     assert code not in (0, None), out
