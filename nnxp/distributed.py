@@ -301,12 +301,16 @@ class ShardedGenerator:
     """A random generator whose draws for one batch are cut from the draw one process would make for the whole
     global batch: each rank keeps the rows of its own samples. Dropout masks then equal a single process's."""
 
-    def __init__(self, gen: Any, share: list) -> None:
-        self.gen, self.share = gen, share  # share: [global rows, lo, hi], updated by the loop per batch
+    def __init__(self, gen: Any, share: list, rank: int = 0) -> None:
+        self.gen, self.share, self.rank = gen, share, rank  # share: [global rows, lo, hi], set per batch
 
     def random(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> Any:
-        if out is None:  # not a batch's mask (e.g. a seed for a mask made on the device): the same on every rank
-            return self.gen.random(size=size, dtype=dtype)
+        if out is None:
+            # not a batch's mask but, e.g., the seed of a mask made on the device by hashing the row index within
+            # the rank's share (Dropout on CUDA): a stream of this rank's own, so ranks never repeat each other's
+            # masks (then equal to one process in distribution, not bit for bit)
+            bits = [int(v * 2**53) for v in np.ravel(backend.to_numpy(self.gen.random(size=2)))]
+            return np.random.default_rng([*bits, self.rank]).random(size=size, dtype=dtype)
         rows, lo, hi = self.share
         out[...] = self.gen.random((rows, *out.shape[1:]), dtype=dtype)[lo:hi]
         return out

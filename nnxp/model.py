@@ -621,7 +621,7 @@ class Sequential:
                 key = [self.seed, 2, count, i] + ([comm.rank] if own_data else [])
                 layer.rng = self.device.random_generator(np.random.SeedSequence(key))
                 if comm.size > 1 and not own_data:  # each rank's mask rows are cut from the whole batch's mask
-                    layer.rng = distributed.ShardedGenerator(layer.rng, share)
+                    layer.rng = distributed.ShardedGenerator(layer.rng, share, comm.rank)
         # weights and optimizer state at the start of the epoch, restored together if training blows up
         snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
                     self.optimizer.iterations)
