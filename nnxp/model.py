@@ -535,9 +535,6 @@ class Sequential:
         n = x.shape[0]
         comm = self._comm = distributed.current()
         if comm.size > 1:
-            if cuda_graph:
-                raise NnxpError("`cuda_graph=True` is not supported with distributed training yet; "
-                                "use cuda_graph=False under MPI")
             verbose = 0 if not comm.is_main else verbose
             distributed.start_fit(comm, self, (x, y, w), val, epochs=epochs, batch_size=batch_size,
                                   shuffle=bool(shuffle), initial_epoch=initial_epoch,
@@ -642,7 +639,6 @@ class Sequential:
             for cb in cbs)
         graphs = self._fit_state.get("cuda_graph", False)
         for batch, (lo, hi, nb, first) in enumerate(plan):
-            start = lo
             share[:] = nb, first, first + hi - lo  # with several ranks: this one's part; the others do the rest
             if shuffle:
                 idx = perm[lo:hi]
@@ -653,9 +649,9 @@ class Sequential:
                     wb = batch_bufs[2][: len(idx)]
                     xp.take(w, idx, axis=0, out=wb)
             elif graphs:  # a replayed graph reads its batch from fixed addresses
-                xb, yb = batch_bufs[0][: min(batch_size, n - start)], batch_bufs[1][: min(batch_size, n - start)]
-                xb[...] = x[start : start + batch_size]
-                yb[...] = y[start : start + batch_size]
+                xb, yb = batch_bufs[0][: hi - lo], batch_bufs[1][: hi - lo]
+                xb[...] = x[lo:hi]
+                yb[...] = y[lo:hi]
             else:
                 xb, yb = x[lo:hi], y[lo:hi]
                 wb = None if w is None else w[lo:hi]

@@ -94,14 +94,15 @@ def run_sharded(size: int, rank: int | None) -> tuple[Sequential, dict]:
     return model, hist.history
 
 
-def stand_in_nccl(mpi_comm):
+def stand_in_nccl(mpi_comm, enqueue=None):
     """A stand-in for ``cupy.cuda.nccl`` over mpi4py, for machines without GPUs. It has the names and signatures
     of CuPy's ``cupy_backends/cuda/libs/nccl.pyx`` (get_unique_id; NcclCommunicator(ndev, commId, rank) with
     allReduce(sendbuf, recvbuf, count, datatype, op, stream) and bcast(buff, count, datatype, root, stream) on raw
     pointers; nccl.h's codes ncclFloat32 = 7, ncclFloat64 = 8, ncclSum = 0) and acts on the memory at those
     pointers, refusing what NCCL refuses here (a commId that is not get_unique_id's 128-tuple, ranks that disagree
-    on it, an unknown datatype). test_distributed.py checks these names against the real module where it loads
-    (it needs libnccl.so.2, absent here: that test skips on this machine)."""
+    on it, an unknown datatype). Like NCCL it works in stream order: `enqueue(work, stream)` (the stand-in CuPy's)
+    runs the collective now, or records it into a CUDA graph being captured on that stream. test_distributed.py
+    checks these names against the real module where it loads (it needs libnccl.so.2, absent here: it skips)."""
     from mpi4py import MPI
 
     c_types = {7: ctypes.c_float, 8: ctypes.c_double}
@@ -124,10 +125,14 @@ def stand_in_nccl(mpi_comm):
         def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int, stream: int) -> None:
             if op != 0:
                 raise RuntimeError("the stand-in implements ncclSum only")
-            NcclCommunicator.calls += 1
             recv = view(recvbuf, count, datatype)
             send = MPI.IN_PLACE if sendbuf == recvbuf else view(sendbuf, count, datatype)
-            mpi_comm.Allreduce(send, recv, op=MPI.SUM)
+
+            def work() -> None:
+                NcclCommunicator.calls += 1
+                mpi_comm.Allreduce(send, recv, op=MPI.SUM)
+
+            (enqueue or (lambda fn, _: fn()))(work, stream)
 
         def bcast(self, buff: int, count: int, datatype: int, root: int, stream: int) -> None:
             mpi_comm.Bcast(view(buff, count, datatype), root=root)
@@ -224,16 +229,31 @@ def main_cuda(out: Path, emulator_dir: str) -> None:
 
     backend._cupy = _stand_in_cupy.stand_in_cupy(_cuda_emu.build(Path(emulator_dir)))
     _cuda._KERNELS = _cuda.LazyKernels()
+    # cuBLAS called directly under capture cannot load here: the stand-in's gemm takes its place (as test_graph.py)
+    _cuda._gemm = _stand_in_cupy.captured_gemm
+    fake = backend._cupy
     comm = nnxp.distributed.init()  # after the stand-in: device="cuda" is this rank's (stand-in) GPU
-    nccl = stand_in_nccl(comm.comm)
+
+    def enqueue(work, stream_ptr):  # NCCL runs on the stream it is given: the model's current one
+        stream = fake.cuda.get_current_stream()
+        assert stream.ptr == stream_ptr, "NCCL was handed another stream than the current one"
+        _stand_in_cupy._enqueue(work, stream)
+
+    nccl = stand_in_nccl(comm.comm, enqueue)
     backend.nccl_module = lambda: nccl
     x, y, _ = data()
-    model = build("adam", device="cuda")
-    model.fit(x, y, epochs=3, batch_size=32, validation_split=0.2, verbose=0)
-    _same_everywhere(comm, model.get_weights(), "cuda")
-    info = comm.allgather_object({"device": model.device.name, "calls": nccl.NcclCommunicator.calls})
+    info = {}
+    for graphs in (False, True):  # eager steps; then steps replayed from a captured CUDA graph, NCCL inside
+        nccl.NcclCommunicator.calls = 0
+        model = build("adam", device="cuda")
+        model.fit(x, y, epochs=3, batch_size=32, validation_split=0.2, verbose=0, cuda_graph=graphs)
+        _same_everywhere(comm, model.get_weights(), f"cuda graphs={graphs}")
+        graph = model._fit_state.get("graph")
+        info[str(graphs)] = comm.allgather_object({"device": model.device.name, "calls": nccl.NcclCommunicator.calls,
+                                                   "replays": graph.replays if graph is not None else 0})
+        if comm.is_main:
+            np.savez(out / f"cuda-{graphs}.npz", *model.get_weights())
     if comm.is_main:
-        np.savez(out / "cuda.npz", *model.get_weights())
         (out / "cuda.json").write_text(json.dumps(info))
 
 

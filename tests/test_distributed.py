@@ -125,7 +125,8 @@ def test_n_ranks_train_like_one_process(n, single, launched):
 def test_cuda_under_mpi_goes_through_nccl_on_each_ranks_gpu_and_trains_like_one_process(single, tmp_path):
     """device="cuda" on the stand-in CuPy (gputools' tests/_stand_in_cupy.py, kernels.cu on the CPU emulator) and
     the stand-in NCCL: each rank on its own GPU, NCCL's device path (pointers, the model's stream), one all-reduce
-    per step. Not a real GPU or NCCL: it checks nnxp's side of the calls, not NCCL."""
+    per step, eager and captured in a CUDA graph (cuda_graph=True). Not a real GPU or NCCL: it checks nnxp's side
+    of the calls, not NCCL."""
     pytest.importorskip("_stand_in_cupy", reason="needs the stand-in CuPy (tests/_stand_in_cupy.py)")
     import _cuda_emu
 
@@ -138,11 +139,15 @@ def test_cuda_under_mpi_goes_through_nccl_on_each_ranks_gpu_and_trains_like_one_
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     info = json.loads((tmp_path / "cuda.json").read_text())
-    assert [r["device"] for r in info] == ["cuda:0", "cuda:1"]
-    assert all(r["calls"] == 3 * 6 for r in info)
-    got = np.load(tmp_path / "cuda.npz")
-    for i, w in enumerate(single["adam"][0].get_weights()):  # float64: the CUDA kernels agree with the CPU
-        np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=0, atol=1e-10)
+    for graphs in ("False", "True"):
+        assert [r["device"] for r in info[graphs]] == ["cuda:0", "cuda:1"]
+        assert all(r["calls"] == 3 * 6 for r in info[graphs])  # one NCCL all-reduce per step, replayed ones too
+        got = np.load(tmp_path / f"cuda-{graphs}.npz")
+        for i, w in enumerate(single["adam"][0].get_weights()):  # float64: the CUDA kernels agree with the CPU
+            np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=0, atol=1e-10)
+    # cuda_graph=True: every full batch (5 of each epoch's 6) is a replay but the very first (run eagerly, then
+    # captured); the calls above count NCCL's work when it runs, so the captured all-reduce ran in each replay
+    assert [r["replays"] for r in info["True"]] == [3 * 5 - 1] * 2
 
 
 def test_an_exception_on_one_rank_ends_the_job_with_its_message(launched):
