@@ -7,7 +7,19 @@ public API only.
 
 from __future__ import annotations
 
-from . import activations, callbacks, datasets, initializers, losses, models, optimizers, regularizers, schedules, utils
+from . import (
+    activations,
+    callbacks,
+    datasets,
+    distributed,
+    initializers,
+    losses,
+    models,
+    optimizers,
+    regularizers,
+    schedules,
+    utils,
+)
 from ._version import __version__
 from .backend import Device, cuda_available, get_device, to_numpy
 from .errors import NnxpError
@@ -31,6 +43,7 @@ __all__ = [
     "callbacks",
     "cuda_available",
     "datasets",
+    "distributed",
     "get_device",
     "initializers",
     "load_model",

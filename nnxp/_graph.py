@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from . import distributed
 from .ops import _cuda
 
 _HP_SIZE = 8  # room for the largest optimizer's scalars (RMSprop: 6)
+_NO_INTERRUPT = type("NoInterrupt", (), {"requested": False})()  # (on CUDA the step never reads the Ctrl-C flag)
 
 
 class GraphedStep:
@@ -42,7 +44,12 @@ class GraphedStep:
         with stream, cp.cuda.using_allocator(self._pool.malloc), _cuda.capturing():
             stream.begin_capture()
             try:
-                loss, out = model._train_step(xb, yb)
+                comm = getattr(model, "_comm", None)
+                if comm is not None and comm.size > 1:  # under MPI the step's NCCL all-reduce is captured too
+                    loss, out = distributed.train_step(comm, model, xb, yb, None, model._fit_state["batch_size"],
+                                                       _NO_INTERRUPT)
+                else:
+                    loss, out = model._train_step(xb, yb)
                 sums = model._metric_sums(out, yb)
                 model.optimizer.graph_apply(model.params, model.grads, self.hp)
             except BaseException:

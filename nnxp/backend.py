@@ -38,6 +38,26 @@ def cupy_module() -> Any | None:
     return _cupy
 
 
+def nccl_module() -> Any | None:
+    """CuPy's NCCL bindings (``cupy.cuda.nccl``), or None without CuPy or NCCL (for nnxp.distributed)."""
+    if _cupy is None:
+        return None
+    try:
+        from cupy.cuda import nccl
+    except Exception:  # CuPy built or installed without NCCL
+        return None
+    return nccl if getattr(nccl, "available", True) else None
+
+
+_DEFAULT_CUDA_INDEX = 0  # "cuda" without an index; nnxp.distributed.init() sets it to the rank's local GPU
+
+
+def set_default_cuda_index(index: int) -> None:
+    """Make ``device="cuda"`` mean ``cuda:index`` (one GPU per rank under MPI)."""
+    global _DEFAULT_CUDA_INDEX
+    _DEFAULT_CUDA_INDEX = int(index)
+
+
 def cuda_device_count() -> int:
     """Number of CUDA devices CuPy can see (0 without CuPy or a driver)."""
     if _cupy is None:
@@ -262,7 +282,7 @@ def get_device(spec: str | Device | None = None) -> Device:
         )
     text = spec.strip().lower()
     if text == "auto":
-        return Device("cuda", 0) if cuda_available() else Device("cpu")
+        return Device("cuda", _DEFAULT_CUDA_INDEX) if cuda_available() else Device("cpu")
     match = _SPEC_RE.match(text)
     if match is None:
         raise DeviceError(f"`{source}` must be 'cpu', 'cuda', 'cuda:N' or 'auto'. Received: {source}={spec!r}")
@@ -271,7 +291,7 @@ def get_device(spec: str | Device | None = None) -> Device:
         if index not in (None, "0"):
             raise DeviceError(f"`{source}` 'cpu' takes no index other than 0. Received: {source}={spec!r}")
         return Device("cpu")
-    return Device("cuda", int(index or 0))
+    return Device("cuda", _DEFAULT_CUDA_INDEX if index is None else int(index))
 
 
 def is_cupy_array(x: Any) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import distributed
 from .errors import NnxpError, NnxpTypeError
 
 
@@ -63,6 +64,8 @@ class History(Callback):
         """Save train/validation curves to a PNG at `path` (needs matplotlib: ``nnxp[plot]``)."""
         from .plot import plot_history
 
+        if not distributed.current().is_main:  # under MPI only the main rank draws
+            return path
         return plot_history(self, path, title)
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import activations, datasets, optimizers, schedules
+from . import activations, datasets, distributed, optimizers, schedules
 from ._version import __version__
 from .backend import cuda_device_count, cupy_module, get_device
 from .errors import (
@@ -219,7 +219,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.output:
         model.save(args.output)
         result["model"] = args.output
-    if args.plot:
+    if args.plot and distributed.current().is_main:  # under MPI the main rank draws
         if completed:
             history.plot(args.plot, title=f"nnxp on {task.name}")
             result["plot"] = args.plot
@@ -516,6 +516,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--plot", default=None, help="save training curves (and a confusion matrix) as PNG")
     t.add_argument("--quiet", action="store_true", help="print only the result")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: mpiexec -n N nnxp train --distributed (needs nnxp[mpi])")
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on a data set's test split", **kw)
     e.add_argument("model", help="a model file saved by nnxp train -o or model.save")
@@ -584,7 +586,11 @@ def _main(argv: list[str] | None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         if args.command == "train":
-            train(args)
+            comm = distributed.init() if args.distributed else distributed.current()
+            if args.device:
+                get_device(args.device)  # a bad device fails before any data is loaded
+            with distributed.quiet_unless_main(comm):
+                train(args)
         elif args.command == "evaluate":
             evaluate(args)
         elif args.command == "predict":
@@ -600,9 +606,9 @@ def _main(argv: list[str] | None) -> int:
     except ModelSaveError as exc:  # an OSError too: its message without the "[Errno 2]" prefix, exit 1
         return _error(exc.strerror or str(exc), 1)
     except _RUNTIME_ERRORS as exc:
-        return _error(str(exc), 1)
+        return distributed.abort(_error(str(exc), 1))  # under MPI the other ranks must not wait for this one
     except NnxpError as exc:
-        return _error(str(exc), 2)
+        return distributed.abort(_error(str(exc), 2))
     except KeyboardInterrupt:
         print("nnxp: interrupted", file=sys.stderr)
         return 130

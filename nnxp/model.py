@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import initializers
+from . import distributed, initializers
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
 from ._graph import GraphedStep
@@ -204,7 +204,7 @@ class Sequential:
 
     def _unbuild(self) -> None:
         """Back to the unbuilt state (no weights, input size free), for a fit that failed before training."""
-        self.params = self.grads = None
+        self.params = self.grads = self._grad_buffer = None
         self._slices = []
         for layer in self.layers:
             layer.input_dim = layer.output_dim = None
@@ -215,7 +215,10 @@ class Sequential:
         """Adopt `params` as the flat buffer and give every layer its views."""
         xp = xp_of(params)
         self.params = params
-        self.grads = xp.zeros_like(params)
+        # two spare slots after the gradients: a distributed step sums its loss and Ctrl-C flag in the same
+        # all-reduce as the gradients (nnxp.distributed); single-process training never touches them
+        self._grad_buffer = xp.zeros(params.size + 2, dtype=params.dtype)
+        self.grads = self._grad_buffer[: params.size]
         views: dict[int, tuple[dict, dict]] = {id(layer): ({}, {}) for layer in self.layers}
         for layer, name, offset, shape in self._slices:
             size = int(np.prod(shape))
@@ -493,9 +496,11 @@ class Sequential:
         if kwargs:  # e.g. Keras 1's nb_epoch: name what replaced it
             reject_unknown_arguments("fit", kwargs, list(inspect.signature(Sequential.fit).parameters)[3:-1],
                                      {"nb_epoch": "epochs", "nb_val_samples": "validation_data or validation_split"})
+        comm = distributed.current()
         try:
-            # every allocation lands on the model's GPU, not the current one
-            with self._exclusive("fit"), self._use():
+            # every allocation lands on the model's GPU, not the current one; under MPI only the main rank
+            # prints (progress, callbacks' messages), errors still reach stderr
+            with self._exclusive("fit"), self._use(), distributed.quiet_unless_main(comm):
                 return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
                                  callbacks, initial_epoch, cuda_graph, sample_weight, class_weight)
         except Exception as exc:
@@ -556,6 +561,12 @@ class Sequential:
             self.build(x.shape[1])
 
         n = x.shape[0]
+        comm = self._comm = distributed.current()
+        if comm.size > 1:
+            verbose = 0 if not comm.is_main else verbose
+            distributed.start_fit(comm, self, (x, y, w), val, epochs=epochs, batch_size=batch_size,
+                                  shuffle=bool(shuffle), initial_epoch=initial_epoch,
+                                  callbacks=[type(cb).__name__ for cb in callbacks])
         history, previous_history = History(), self.history
         # every key from the start: a run stopped in its first epoch still has history["loss"] (an empty list)
         keys = ["loss", *self.metrics]
@@ -566,7 +577,8 @@ class Sequential:
         logged = ["loss", *self.metrics]
         logged += [f"val_{k}" for k in logged] if val is not None else []
         logged += [k for cb in callbacks for k in getattr(cb, "log_keys", ()) if k not in logged]
-        self._fit_state = {"epochs": epochs, "samples": n, "batch_size": batch_size, "cuda_graph": cuda_graph,
+        samples = sum(comm.rank_rows) if comm.size > 1 and comm.data == "sharded" else n  # (every rank's rows)
+        self._fit_state = {"epochs": epochs, "samples": samples, "batch_size": batch_size, "cuda_graph": cuda_graph,
                            "graph": None, "graph_warm": False, "metrics": logged}  # metrics: the log keys, as Keras
         for cb in cbs:
             cb.set_model(self)
@@ -613,6 +625,8 @@ class Sequential:
             self.epochs_trained += 1
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
+            if self._comm.size > 1:  # a callback that stops one rank stops them all
+                self.stop_training = self._comm.any(self.stop_training)
             if self.stop_training:
                 break
 
@@ -627,15 +641,22 @@ class Sequential:
             # the order depends only on (seed, count): a resumed run shuffles exactly like an uninterrupted one
             perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, count])).permutation(n)
             perm = self.device.asarray(perm)
+        comm = self._comm
+        share = [0, 0, 0]  # this rank's part of the current global batch: [rows, lo, hi] (distributed only)
+        own_data = comm.data == "sharded"  # each rank was given only its own rows
         for i, layer in enumerate(self.layers):
             if hasattr(layer, "rng"):  # one stream per (epoch, layer): two Dropouts never share a mask
-                layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, count, i]))
+                key = [self.seed, 2, count, i] + ([comm.rank] if own_data else [])
+                layer.rng = self.device.random_generator(np.random.SeedSequence(key))
+                if comm.size > 1 and not own_data:  # each rank's mask rows are cut from the whole batch's mask
+                    layer.rng = distributed.ShardedGenerator(layer.rng, share, comm.rank)
         # weights and optimizer state at the start of the epoch, restored together if training blows up
         snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
                     self.optimizer.iterations)
         check_each_batch = not self.device.is_cuda  # on the CPU the check costs nothing; on a GPU it would sync
         # on a GPU each batch's loss is kept on the device and looked at once, at the end of the epoch
-        batch_losses = None if check_each_batch else xp.empty(-(-n // batch_size), dtype=np.float64)
+        plan = comm.batches(n, batch_size)  # (lo, hi, rows of the global batch, where this rank's rows begin in it)
+        batch_losses = None if check_each_batch else xp.empty(len(plan), dtype=np.float64)
         loss_sum = xp.zeros((), dtype=np.float64)
         metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         weight_sum = None if w is None else xp.zeros((), dtype=np.float64)  # the weighted metrics' denominator
@@ -648,9 +669,10 @@ class Sequential:
             type(cb).on_train_batch_end is not Callback.on_train_batch_end and not isinstance(cb, ProgbarLogger)
             for cb in cbs)
         graphs = self._fit_state.get("cuda_graph", False)
-        for batch, start in enumerate(range(0, n, batch_size)):
+        for batch, (lo, hi, nb, first) in enumerate(plan):
+            share[:] = nb, first, first + hi - lo  # with several ranks: this one's part; the others do the rest
             if shuffle:
-                idx = perm[start : start + batch_size]
+                idx = perm[lo:hi]
                 xb, yb = batch_bufs[0][: len(idx)], batch_bufs[1][: len(idx)]
                 xp.take(x, idx, axis=0, out=xb)
                 xp.take(y, idx, axis=0, out=yb)
@@ -658,21 +680,23 @@ class Sequential:
                     wb = batch_bufs[2][: len(idx)]
                     xp.take(w, idx, axis=0, out=wb)
             elif graphs:  # a replayed graph reads its batch from fixed addresses
-                xb, yb = batch_bufs[0][: min(batch_size, n - start)], batch_bufs[1][: min(batch_size, n - start)]
-                xb[...] = x[start : start + batch_size]
-                yb[...] = y[start : start + batch_size]
+                xb, yb = batch_bufs[0][: hi - lo], batch_bufs[1][: hi - lo]
+                xb[...] = x[lo:hi]
+                yb[...] = y[lo:hi]
             else:
-                xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-                wb = None if w is None else w[start : start + batch_size]
-            nb = xb.shape[0]
+                xb, yb = x[lo:hi], y[lo:hi]
+                wb = None if w is None else w[lo:hi]
             replayed = self._replay_step(xb, yb) if graphs and nb == batch_size else None
             if replayed is not None:
                 loss, sums = replayed
             else:
-                loss, out = self._train_step(xb, yb, wb)
+                if comm.size == 1:
+                    loss, out = self._train_step(xb, yb, wb)
+                else:  # one all-reduce: the exactly weighted mean gradient, the batch loss, a Ctrl-C flag
+                    loss, out = distributed.train_step(comm, self, xb, yb, wb, nb, interrupt)
                 if check_each_batch and not math.isfinite(float(loss)):  # (a float of a NumPy 0-d array: no sync)
                     self._recover_from_blowup(snapshot, epoch, batch)
-                sums = self._metric_sums(out, yb, wb)
+                sums = self._metric_sums(out, yb, wb) if out is not None else {}
                 self.optimizer.apply(self.params, self.grads)
                 if graphs and nb == batch_size:
                     self._fit_state["graph_warm"] = True  # kernels built and state allocated: capture next
@@ -694,6 +718,12 @@ class Sequential:
             # record, so interrupting, saving and resuming equals the uninterrupted run (issue 16, section 6)
             self._restore(snapshot)
             return {}
+        if comm.size > 1:  # the metrics' sums (and weights) over every rank's rows
+            names = list(metric_sums)
+            totals = comm.allreduce([float(metric_sums[k]) for k in names]
+                                    + ([] if weight_sum is None else [float(weight_sum)]))
+            metric_sums = dict(zip(names, totals[: len(names)]))
+            weight_sum = None if weight_sum is None else totals[-1]
         logs = {"loss": float(loss_sum) / max(seen, 1)}
         logs.update({name: _ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
         if not math.isfinite(logs["loss"]) or not bool(xp.isfinite(self.params).all()):
@@ -755,6 +785,13 @@ class Sequential:
 
     def _evaluate_arrays(self, x: Any, y: Any, w: Any, batch_size: int) -> dict[str, float]:
         xp = self.device.xp
+        n = x.shape[0]
+        comm = distributed.current()
+        if comm.data == "sharded":  # each rank holds its own rows: the total count is the sum
+            n = int(comm.allreduce([n])[0])
+        elif comm.size > 1:  # each rank evaluates its part of the rows; the sums are added up below
+            lo, hi = comm.shard(n)
+            x, y, w = x[lo:hi], y[lo:hi], None if w is None else w[lo:hi]
         loss_sum = xp.zeros((), dtype=np.float64)
         sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         for start in range(0, x.shape[0], batch_size):
@@ -765,9 +802,15 @@ class Sequential:
             loss_sum += loss * xb.shape[0]
             for name, value in self._metric_sums(out, yb, wb).items():
                 sums[name] += value
-        n = x.shape[0]
+        wsum = None if w is None else w.sum()
+        if comm.size > 1:
+            names = list(sums)
+            totals = comm.allreduce([float(loss_sum), *(float(sums[k]) for k in names)]
+                                    + ([] if wsum is None else [float(wsum)]))
+            loss_sum, sums = totals[0], dict(zip(names, totals[1 : 1 + len(names)]))
+            wsum = None if wsum is None else totals[-1]
         logs = {"loss": float(loss_sum) / n}
-        logs.update({name: _ratio(v, n if w is None else w.sum()) for name, v in sums.items()})
+        logs.update({name: _ratio(v, n if wsum is None else wsum) for name, v in sums.items()})
         return logs
 
     def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int | str = 1,
@@ -788,7 +831,7 @@ class Sequential:
             x, y = self._prepare(x, y)
             w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
             logs = self._evaluate_arrays(x, y, w, batch_size)
-        if verbose:
+        if verbose and distributed.current().is_main:  # (under MPI every rank has the same, reduced logs)
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         if return_dict:
             return logs
@@ -866,9 +909,13 @@ class Sequential:
         }
 
     def save(self, path: Any) -> None:
-        """Write the model (config, weights, optimizer state) to one file, atomically."""
+        """Write the model (config, weights, optimizer state) to one file, atomically.
+
+        Under MPI (:func:`nnxp.distributed.init`) only the main rank writes; the others' weights are the same."""
         from .io import save_model
 
+        if not distributed.current().is_main:
+            return
         save_model(self, path)
 
     def export_onnx(self, path: Any) -> str:

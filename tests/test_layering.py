@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nnxp"
 # Which nnxp modules each layer may import (a module's own package counts as itself).
 LEVEL = {
     "errors": 0, "_version": 0,
-    "backend": 1,
+    "backend": 1, "distributed": 2,
     "ops": 2,
     "activations": 3, "initializers": 3, "losses": 3, "regularizers": 3, "schedules": 3, "_validation": 3,
     "optimizers": 4, "layers": 4,
