@@ -355,11 +355,21 @@ def _parse_float(text: str) -> float:
     return value
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all distinct (json.loads would silently keep the last of two)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ModelFileError(f"config.json defines the key {_short(twice)} twice in one object")
+    return obj
+
+
 def _read_config(zf: zipfile.ZipFile) -> dict:
     raw = _read_member(zf, "config.json", _MAX_CONFIG_BYTES)
     try:
         return json.loads(raw.decode("utf-8"), parse_int=_parse_int, parse_float=_parse_float,
-                          parse_constant=_refuse_constant)
+                          parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ModelFileError("config.json is nested too deeply to be an nnxp model") from None
 
@@ -436,9 +446,9 @@ def _check_arrays(npz: zipfile.ZipFile, plan: _Plan) -> dict[str, zipfile.ZipInf
     """Every stored array's name, size, dtype and shape against the plan; reads headers only."""
     infos = npz.infolist()
     names = [info.filename for info in infos]
-    if len(set(names)) != len(names):
-        raise ModelFileError("weights.npz holds two arrays of the same name")
     stored = {n[:-4] if n.endswith(".npy") else n: info for n, info in zip(names, infos)}
+    if len(stored) != len(names):  # "a" and "a.npy" are the same array to np.load, as to us
+        raise ModelFileError("weights.npz holds two arrays of the same name")
     unexpected = [k for k in stored if k not in plan.expected and k not in plan.optional]
     if unexpected:
         raise ModelFileError(f"model file holds unexpected arrays: {unexpected[:5]}")

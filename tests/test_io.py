@@ -701,3 +701,37 @@ def test_a_failed_write_is_a_model_save_error_that_is_an_oserror(tmp_path, monke
         m.save(path)
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
     assert path.read_bytes() == before and _temporaries(tmp_path) == []
+
+
+def _two_definitions_file(path, tmp_path, variant):
+    """A saved model rewritten so that one field or array is defined twice, with a different second value."""
+    m = _model(seed=4, optimizer="sgd")
+    x, y = _data(40)
+    m.fit(x, y, epochs=1, verbose=0)
+    m.save(tmp_path / "ok.nnxp")
+    with zipfile.ZipFile(tmp_path / "ok.nnxp") as zf:
+        cfg, npz = zf.read("config.json"), zf.read("weights.npz")
+    if variant == "json key":  # json.loads keeps the last of two equal keys; a careful reader refuses the file
+        cfg = cfg.replace(b'"epochs_trained"', b'"epochs_trained": 7, "epochs_trained"', 1)
+    else:  # np.load and nnxp both accept a member with and without .npy: two arrays named param/0
+        with zipfile.ZipFile(io.BytesIO(npz)) as inner:
+            members = {n: inner.read(n) for n in inner.namelist()}
+        buf = io.BytesIO()
+        np.save(buf, np.full(np.load(io.BytesIO(members["param/0.npy"])).shape, 7.0, np.float32))
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as inner:
+            for n, d in members.items():
+                inner.writestr(n, d)
+            inner.writestr("param/0", buf.getvalue())
+        npz = out.getvalue()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", cfg)
+        zf.writestr("weights.npz", npz)
+    return path
+
+
+@pytest.mark.parametrize("variant, message", [("json key", "twice"), ("npy name", "two arrays")])
+def test_a_field_or_array_defined_twice_is_refused(tmp_path, variant, message):
+    path = _two_definitions_file(tmp_path / "twice.nnxp", tmp_path, variant)
+    with pytest.raises(ModelFileError, match=message):
+        nnxp.load_model(path)
