@@ -600,22 +600,31 @@ class Sequential:
             if not interrupt.requested:  # (a Ctrl-C during validation or a callback is seen here)
                 for cb in cbs:
                     cb.on_epoch_begin(epoch)
-                logs = self._run_epoch(epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt)
+                # weights and optimizer state at the start of the epoch, restored together if training blows up
+                snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
+                            self.optimizer.iterations)
+                try:
+                    logs = self._run_epoch(epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt, snapshot)
+                    if val is not None and not interrupt.requested:
+                        logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
+                except BaseException:
+                    # a second Ctrl-C, or a callback's own error, escaping mid-epoch: put the epoch's start back,
+                    # so the model (and a file saved from it) holds whole epochs and a resumed fit stays exact
+                    self._restore(snapshot)
+                    raise
             if interrupt.requested:  # _run_epoch rolled the model back to the start of this epoch
                 history.interrupted = True
                 print(f"Training interrupted during epoch {epoch + 1}; the model is back at its weights and "
                       f"optimizer state from the start of that epoch (epochs_trained={self.epochs_trained}), so a "
                       "later fit continues exactly as an uninterrupted run would.")
                 break
-            if val is not None:
-                logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
             self.epochs_trained += 1
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
 
-    def _run_epoch(self, epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt) -> dict:
+    def _run_epoch(self, epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt, snapshot) -> dict:
         xp = self.device.xp
         x, y, w = data  # w: per-row weights (N,) or None
         n = x.shape[0]
@@ -629,9 +638,6 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             if hasattr(layer, "rng"):  # one stream per (epoch, layer): two Dropouts never share a mask
                 layer.rng = self.device.random_generator(np.random.SeedSequence([self.seed, 2, count, i]))
-        # weights and optimizer state at the start of the epoch, restored together if training blows up
-        snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
-                    self.optimizer.iterations)
         check_each_batch = not self.device.is_cuda  # on the CPU the check costs nothing; on a GPU it would sync
         # on a GPU each batch's loss is kept on the device and looked at once, at the end of the epoch
         batch_losses = None if check_each_batch else xp.empty(-(-n // batch_size), dtype=np.float64)

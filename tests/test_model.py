@@ -1251,3 +1251,52 @@ def test_a_model_on_the_second_gpu_keeps_everything_there(fake_cupy, tmp_path):
     cpu.fit(x, y, epochs=1, batch_size=8, verbose=0)
     for a, b in zip(model.get_weights(), cpu.get_weights(), strict=True):  # float32: the kernels' rounding
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _DoubleInterrupter(Callback):
+    """Two real SIGINTs (an impatient user's Ctrl-C, Ctrl-C) after batch `batch` of the model's epoch `count`:
+    the second one raises KeyboardInterrupt at once, from inside fit."""
+
+    def __init__(self, count, batch):
+        self.count, self.batch = count, batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch and self.model.epochs_trained == self.count:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class _Raiser(Callback):
+    """A callback that fails in the middle of epoch `count` (a bug in user code, a full disk in a logger)."""
+
+    def __init__(self, count, batch):
+        self.count, self.batch = count, batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch and self.model.epochs_trained == self.count:
+            raise OSError("the logger's disk is full")
+
+
+@pytest.mark.parametrize("callback, error", [(_DoubleInterrupter(2, 4), KeyboardInterrupt),
+                                             (_Raiser(2, 4), OSError)])
+def test_an_exception_mid_epoch_leaves_the_model_at_the_start_of_that_epoch(tmp_path, callback, error):
+    x, y = _circles(300)
+    y = y.astype(np.int64)
+    kw = {"batch_size": 16, "verbose": 0}
+    straight = _continuing_model()
+    straight.fit(x, y, epochs=5, **kw)
+    after_two = _continuing_model()
+    after_two.fit(x, y, epochs=2, **kw)
+
+    model = _continuing_model()
+    with pytest.raises(error):
+        model.fit(x, y, epochs=5, callbacks=[callback], **kw)
+    # whatever escaped fit, the model holds a whole number of epochs: weights, optimizer state and count agree
+    assert model.epochs_trained == 2 and model.optimizer.iterations == after_two.optimizer.iterations
+    for a, b in zip(model.get_weights(), after_two.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.save(tmp_path / "m.nnxp")
+    resumed = nnxp.load_model(tmp_path / "m.nnxp")
+    resumed.fit(x, y, epochs=5, initial_epoch=resumed.epochs_trained, **kw)
+    for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
