@@ -113,6 +113,30 @@ def _save_error(exc: OSError, path: Path, what: str) -> ModelSaveError:
                           "any previous file there is unchanged", str(path))
 
 
+def _snapshot(model: Any, version: str) -> tuple[dict, dict]:
+    """The config and arrays a save writes, read in one go."""
+    model._require_built()  # builds from the first layer's input_dim, or says there are no weights yet
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "nnxp_version": version,
+        "model": model.get_config(),
+        "epochs_trained": model.epochs_trained,
+        "compile": None,
+    }
+    arrays = {f"param/{i}": w for i, w in enumerate(model.get_weights())}
+    if model.loss is not None:
+        opt = model.optimizer
+        config["compile"] = {
+            "loss": model.loss.name,
+            "metrics": list(model.metrics),
+            "optimizer": opt.get_config(),
+            "optimizer_iterations": opt.iterations,
+        }
+        arrays.update({f"optimizer/{k}": v for k, v in opt.get_state().items()})
+    return config, arrays
+
+
 def save_model(model: Any, path: str | os.PathLike) -> None:
     """Write `model` to `path` atomically (see the module docstring).
 
@@ -132,25 +156,8 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     if not folder.is_dir():
         raise NnxpError(f"`path` must be in an existing folder. Received: path={str(path)!r} "
                         f"({str(folder)!r} does not exist)")
-    model._require_built()  # builds from the first layer's input_dim, or says there are no weights yet
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "nnxp_version": __version__,
-        "model": model.get_config(),
-        "epochs_trained": model.epochs_trained,
-        "compile": None,
-    }
-    arrays = {f"param/{i}": w for i, w in enumerate(model.get_weights())}
-    if model.loss is not None:
-        opt = model.optimizer
-        config["compile"] = {
-            "loss": model.loss.name,
-            "metrics": list(model.metrics),
-            "optimizer": opt.get_config(),
-            "optimizer_iterations": opt.iterations,
-        }
-        arrays.update({f"optimizer/{k}": v for k, v in opt.get_state().items()})
+    with model._exclusive("save"):  # not mid-step from another thread: the file would hold a partial epoch
+        config, arrays = _snapshot(model, __version__)
     _remove_stale_temporaries(folder)
     try:
         old = os.stat(path)

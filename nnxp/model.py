@@ -282,6 +282,10 @@ class Sequential:
 
     def set_weights(self, weights: list[Any]) -> None:
         """Replace every parameter; shapes must match :meth:`get_weights`. Nothing changes on error."""
+        with self._exclusive("set_weights"):
+            self._set_weights(weights)
+
+    def _set_weights(self, weights: list[Any]) -> None:
         self._require_built()
         if not isinstance(weights, (list, tuple)) or len(weights) != len(self._slices):
             got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
@@ -301,6 +305,10 @@ class Sequential:
     # --- compile -------------------------------------------------------------------------------
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: list[str] | None = None) -> None:
         """Choose the optimizer (name or instance), the loss (name) and metrics ("accuracy", "mse", "mae")."""
+        with self._exclusive("compile"):
+            self._compile(optimizer, loss, metrics)
+
+    def _compile(self, optimizer: Any, loss: Any, metrics: list[str] | None) -> None:
         if loss is None:
             raise NnxpError("`loss` must be given, e.g. loss='categorical_crossentropy'. Received: loss=None")
         opt = optimizers_mod.get(optimizer)
@@ -341,11 +349,13 @@ class Sequential:
     @contextmanager
     def _exclusive(self, what: str) -> Iterator[None]:
         """One fit / evaluate / predict at a time per model: they share the layers' scratch buffers and the
-        activations kept for backward. A callback inside fit (same thread) may evaluate or predict, not fit."""
+        activations kept for backward. A callback inside fit (same thread) may evaluate, predict, save or
+        set_weights, not fit or compile. From another thread, save and set_weights wait for no one: they are
+        refused too, as a save would record a partial epoch and set_weights would change the weights mid-step."""
         me = threading.get_ident()
         with _BUSY_LOCK:
             owner = self._busy
-            if owner is not None and (what == "fit" or owner[0] != me):
+            if owner is not None and (what in ("fit", "compile") or owner[0] != me):
                 where = "in another thread" if owner[0] != me else "(this call comes from inside it, e.g. a callback)"
                 raise NnxpError(f"{owner[1]} is already running on this model {where}; `{what}` must wait for it "
                                 "to finish (one model runs one fit, evaluate or predict at a time), or use a "

@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -1300,3 +1301,49 @@ def test_an_exception_mid_epoch_leaves_the_model_at_the_start_of_that_epoch(tmp_
     resumed.fit(x, y, epochs=5, initial_epoch=resumed.epochs_trained, **kw)
     for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+class _Pause(Callback):
+    """Holds fit in the middle of its second epoch until the test lets it go."""
+
+    def __init__(self):
+        self.inside, self.go = threading.Event(), threading.Event()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.model.epochs_trained == 1 and batch == 3:
+            self.inside.set()
+            self.go.wait(30)
+
+
+@pytest.mark.parametrize("call", ["save", "compile", "set_weights"])
+def test_calls_that_read_or_replace_the_whole_model_wait_for_a_fit_in_another_thread(tmp_path, call):
+    # a save from another thread mid-epoch wrote a file that never existed in training (a partial epoch under
+    # epochs_trained=1); a compile or set_weights swapped the optimizer or the weights under the running fit
+    x, y = _circles(200)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce")
+    model.fit(x, y, epochs=1, verbose=0)
+    weights = model.get_weights()
+    pause, errors = _Pause(), []
+    worker = threading.Thread(target=lambda: model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[pause]))
+    worker.start()
+    try:
+        assert pause.inside.wait(30)
+        with pytest.raises(NnxpError, match="fit is already running on this model in another thread"):
+            if call == "save":
+                model.save(tmp_path / "m.nnxp")
+            elif call == "compile":
+                model.compile("sgd", "mse")
+            else:
+                model.set_weights(weights)
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        pause.go.set()
+        worker.join()
+    assert not errors, errors
+    assert not (tmp_path / "m.nnxp").exists()
+    assert model.epochs_trained == 4 and model.optimizer.name == "adam"
+    model.save(tmp_path / "m.nnxp")  # and once fit is done, each works again
+    model.compile("sgd", "mse")
+    model.set_weights(weights)
