@@ -152,6 +152,15 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
         _check_name_length(path)
     if path.is_dir():
         raise NnxpError(f"`path` must be a file name, not a folder. Received: path={str(path)!r}")
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = None  # a new file
+    # the rename would replace a FIFO, a device (as root: /dev/null itself) or a link that loops with a file
+    if mode is not None and not stat.S_ISREG(mode):
+        what = "a symlink that loops" if stat.S_ISLNK(mode) else "a FIFO, device or socket"
+        raise NnxpError(f"`path` must be a regular file or a new name; {str(path)!r} is {what}, which a save "
+                        f"would replace. Received: path={str(path)!r}")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise NnxpError(f"`path` must be in an existing folder. Received: path={str(path)!r} "

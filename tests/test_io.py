@@ -735,3 +735,24 @@ def test_a_field_or_array_defined_twice_is_refused(tmp_path, variant, message):
     path = _two_definitions_file(tmp_path / "twice.nnxp", tmp_path, variant)
     with pytest.raises(ModelFileError, match=message):
         nnxp.load_model(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink loop"])
+def test_save_refuses_to_replace_what_is_not_a_regular_file(tmp_path, kind):
+    # the rename replaced a FIFO, a symlink loop, or (run as root, as in many containers) /dev/null itself with a
+    # regular file; a careful editor refuses, and the thing at the path stays what it was
+    m = _model()
+    m.fit(*_data(40), epochs=1, verbose=0)
+    path = tmp_path / "m.nnxp"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(tmp_path / "other", path)
+        os.symlink(path, tmp_path / "other")
+    with pytest.raises(nnxp.NnxpError, match="regular file"):
+        m.save(path)
+    if kind == "fifo":
+        assert stat.S_ISFIFO(os.lstat(path).st_mode)
+    else:
+        assert os.path.islink(path) and os.path.islink(tmp_path / "other")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".nnxp-")] == []
