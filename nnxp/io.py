@@ -418,7 +418,7 @@ class _Plan:
                 dim = layer.build(dim)
                 for name, shape, _ in layer.param_specs():
                     self.slices.append((layer, name, offset, tuple(int(s) for s in shape)))
-                    offset += int(np.prod(shape, dtype=object))
+                    offset += math.prod(shape)
         except NnxpError as exc:
             raise ModelFileError(f"`model.layers` do not fit `model.input_dim`={mcfg['input_dim']}: {exc}") from None
         self.size = offset
@@ -438,7 +438,7 @@ class _Plan:
     def max_npz_bytes(self) -> int:
         """The largest weights.npz these arrays can make: data, .npy headers and zip records."""
         n_arrays = len(self.expected) + len(self.optional)
-        n_values = sum(int(np.prod(s, dtype=object)) for s in self.expected.values()) + self.size * len(self.optional)
+        n_values = sum(math.prod(s) for s in self.expected.values()) + self.size * len(self.optional)
         return n_arrays * (_MAX_NPY_HEADER + _ZIP_OVERHEAD) + 22 + n_values * self.dtype.itemsize
 
 
@@ -481,7 +481,7 @@ def _check_arrays(npz: zipfile.ZipFile, plan: _Plan) -> dict[str, zipfile.ZipInf
                              f"{sorted(plan.optional)} is missing")
     for key, info in sorted(stored.items(), key=lambda kv: kv[1].header_offset):  # forward through the stream
         shape = plan.expected.get(key) or plan.optional[key]
-        nbytes = int(np.prod(shape, dtype=object)) * plan.dtype.itemsize
+        nbytes = math.prod(shape) * plan.dtype.itemsize
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise ModelFileError(f"array {key!r} uses an unsupported compression ({info.compress_type})")
         if info.file_size > nbytes + _MAX_NPY_HEADER:  # checked before a byte is unpacked
@@ -614,7 +614,7 @@ def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:
     flat = np.empty(plan.size, dtype=plan.dtype)
     for i, (layer, name, offset, shape) in enumerate(plan.slices):
         key = f"param/{i}"
-        part = flat[offset : offset + int(np.prod(shape, dtype=object))]
+        part = flat[offset : offset + math.prod(shape)]
         _read_into(npz, stored[key], key, part)
         _finite(key, part, f"{layer.name}.{name}")
     with model._use():

@@ -466,6 +466,12 @@ def _bomb_many_layers(path):  # 20,000 layers: a valid model that used to take 4
                         _plain_member("param/1.npy", _npy((16,), data=bytes(64)))]), 400
 
 
+def _bomb_many_dense_layers(path):  # 20,000 Dense(1) in a 3 KB file, none of their 40,000 arrays stored
+    config = _dense_config()
+    config["model"]["layers"] += [{"class_name": "Dense", "config": {"units": 1}}] * 20000
+    return _model_file(path, config, []), 0
+
+
 def _bomb_deep_json(path):
     return _model_file(path, None, [], config_bytes=b"[" * 900_000), 0
 
@@ -522,7 +528,8 @@ def _true_big_model(path):  # 64 MiB of weights in a 64 MiB weights.npz (compres
 
 BOMBS = {f.__name__.removeprefix("_bomb_").lstrip("_"): f for f in (
     _bomb_inner_compressed, _bomb_inner_lying_size, _bomb_inner_past_claim, _bomb_outer_compressed, _bomb_huge_units,
-    _bomb_huge_header_claims, _bomb_many_layers, _bomb_deep_json, _bomb_huge_int, _bomb_huge_float,
+    _bomb_huge_header_claims, _bomb_many_layers, _bomb_many_dense_layers, _bomb_deep_json, _bomb_huge_int,
+    _bomb_huge_float,
     _bomb_config_inflates, _bomb_many_members, _bomb_huge_npy_header, _true_mid_model, _true_big_model)}
 
 
