@@ -328,8 +328,8 @@ class Sequential:
                 raise NnxpError(f"metric 'accuracy' needs a classification loss. Received: loss={loss!r}")
             if key in ("mse", "mae") and loss_obj.sparse:
                 raise NnxpError(f"metric {m!r} needs one-hot targets, not the integer labels of loss={loss!r}")
-            if key not in names:
-                names.append(key)
+            if m not in names:  # logged under the name given, as Keras does ("acc" -> "acc", "val_acc")
+                names.append(m)
         self.optimizer, self.loss, self.metrics = opt, loss_obj, names
         if self.built:
             opt.set_segments(self._weight_segments())
@@ -416,14 +416,15 @@ class Sequential:
         xp = xp_of(out)
         sums = {}
         for name in self.metrics:
-            if name == "accuracy":
+            kind = _METRIC_ALIASES[name.lower()]
+            if kind == "accuracy":
                 per_sample = self._correct(out, y)
             else:
                 pred = out
                 if self._fused:
                     pred = A.activation_forward(self.layers[-1].activation, out)
                 diff = pred - y
-                per_sample = (diff * diff if name == "mse" else xp.abs(diff)).mean(axis=1)
+                per_sample = (diff * diff if kind == "mse" else xp.abs(diff)).mean(axis=1)
             sums[name] = per_sample.sum() if w is None else (per_sample * w).sum()
         return sums
 

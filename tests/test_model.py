@@ -1347,3 +1347,25 @@ def test_calls_that_read_or_replace_the_whole_model_wait_for_a_fit_in_another_th
     model.save(tmp_path / "m.nnxp")  # and once fit is done, each works again
     model.compile("sgd", "mse")
     model.set_weights(weights)
+
+
+def test_metrics_are_logged_under_the_names_given_as_keras_does(tmp_path):
+    # Keras logs metrics=["acc"] as "acc" and "val_acc"; a port reading history.history["val_acc"], or stopping
+    # early on monitor="val_acc", found nothing (nnxp logged "accuracy"), and EarlyStopping only warned each epoch
+    from nnxp.callbacks import EarlyStopping
+
+    x, y = _circles(200)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "binary_crossentropy", metrics=["acc", "mean_squared_error"])
+    h = model.fit(x, y, epochs=3, verbose=0, validation_split=0.25,
+                  callbacks=[EarlyStopping(monitor="val_acc", patience=0, mode="max")])
+    assert list(h.history) == ["loss", "acc", "mean_squared_error", "val_loss", "val_acc", "val_mean_squared_error"]
+    result = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert list(result) == ["loss", "acc", "mean_squared_error"]
+    assert result["acc"] == model.evaluate(x, y, verbose=0)[1]
+    reference = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    reference.compile("adam", "binary_crossentropy", metrics=["accuracy", "mse"])
+    h_ref = reference.fit(x, y, epochs=3, verbose=0, validation_split=0.25)
+    assert h.history["acc"] == h_ref.history["accuracy"][: len(h.history["acc"])]  # the same values
+    model.save(tmp_path / "m.nnxp")
+    assert list(nnxp.load_model(tmp_path / "m.nnxp").evaluate(x, y, verbose=0, return_dict=True)) == list(result)
