@@ -129,9 +129,12 @@ class Sequential:
         if layer._owner is not None and layer._owner() is not None:
             raise NnxpError(f"`layer` {layer.name!r} already belongs to another model (a layer's weights live in its "
                             "model's buffer); create a new layer instead")
-        layer._owner = weakref.ref(self)
         # names so far and the next free suffix per class: adding n layers costs O(n), not O(n^2)
         taken, suffixes = self.__dict__.setdefault("_names", set()), self.__dict__.setdefault("_suffixes", {})
+        if layer.name is not None and layer.name in taken:  # summary and messages name layers: keep them apart
+            raise NnxpError(f"all layers of a Sequential model must have unique names (as in Keras); {layer.name!r} "
+                            f"is already the name of a layer in this model. Received: name={layer.name!r}")
+        layer._owner = weakref.ref(self)
         if layer.name is None:
             base = type(layer).__name__.lower()
             i = suffixes.get(base, 0)

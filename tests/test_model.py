@@ -1369,3 +1369,30 @@ def test_metrics_are_logged_under_the_names_given_as_keras_does(tmp_path):
     assert h.history["acc"] == h_ref.history["accuracy"][: len(h.history["acc"])]  # the same values
     model.save(tmp_path / "m.nnxp")
     assert list(nnxp.load_model(tmp_path / "m.nnxp").evaluate(x, y, verbose=0, return_dict=True)) == list(result)
+
+
+def test_two_layers_of_one_name_are_refused_as_keras_does(tmp_path):
+    # summary, the size report and error messages name layers; two called "x" made them ambiguous, and a damaged
+    # file whose layers shared a name loaded silently
+    first = Dense(3, "relu", name="x", input_dim=2)
+    with pytest.raises(NnxpError, match="unique names.*'x'"):
+        Sequential([first, Dense(2, name="x")])
+    model = Sequential([Dense(3, "relu", name="x", input_dim=2)])
+    second = Dense(2, name="x")
+    with pytest.raises(NnxpError, match="unique names.*'x'"):
+        model.add(second)
+    assert len(model.layers) == 1 and second._owner is None  # the refused layer is still free to use
+    Sequential([second])
+    model.add(Dense(2))  # an automatic name never clashes
+    model.save(tmp_path / "m.nnxp")
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.nnxp") as zf:
+        config, weights = json.loads(zf.read("config.json")), zf.read("weights.npz")
+    config["model"]["layers"][1]["config"]["name"] = "x"
+    with zipfile.ZipFile(tmp_path / "dup.nnxp", "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("weights.npz", weights)
+    with pytest.raises(nnxp.errors.ModelFileError, match="unique names"):
+        nnxp.load_model(tmp_path / "dup.nnxp")
