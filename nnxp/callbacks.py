@@ -265,6 +265,14 @@ class ModelCheckpoint(Callback):
         if not os.path.isdir(folder):
             raise NnxpError(f"`filepath` must be in an existing folder. Received: filepath={self._template!r} "
                             f"({folder!r} does not exist)")
+        try:  # a name the folder cannot hold would fail only at the first save, after an epoch has trained
+            name_max = os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        size = len(os.fsencode(os.path.basename(path)))
+        if size > name_max:
+            raise NnxpError(f"`filepath` makes file names of about {size} bytes; its folder allows {name_max}. "
+                            f"Received: filepath={self._template!r}")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

@@ -136,6 +136,10 @@ class MissingDependencyError(NnxpError):
     """An optional package the command needs (matplotlib for --plot) is not installed."""
 
 
+class OutputError(NnxpError):
+    """An output file could not be written (a full disk, a name too long, a folder that refuses files)."""
+
+
 def _check_output_path(path: str, flag: str) -> None:
     """Fail before any work when `path` cannot be written: a folder, a missing or read-only parent folder."""
     target = os.path.abspath(path)
@@ -153,6 +157,14 @@ def _check_plot(path: str) -> None:
     _check_output_path(path, "--plot")
     if importlib.util.find_spec("matplotlib") is None:
         raise MissingDependencyError('`--plot` needs matplotlib: pip install "nnxp[plot]" (or leave out --plot)')
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    if suffix:  # savefig picks the format from the suffix, and refuses an unknown one only after training
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = sorted(FigureCanvasBase.get_supported_filetypes())
+        if suffix not in formats:
+            raise NnxpError(f"`--plot` must end in a format matplotlib writes ({', '.join(formats)}). "
+                            f"Received: --plot {path}")
 
 
 def _physical_memory() -> int | None:
@@ -314,16 +326,26 @@ def _read_input(path: str, model: Any) -> np.ndarray:
     if rows.dtype.kind == "f" and not np.isfinite(rows).all():
         raise DatasetError(f"`INPUT` {path!r} must be finite. Received: {int((~np.isfinite(rows)).sum())} NaN or "
                            "infinite values")
+    limit = float(np.finfo(model.dtype).max)
+    if rows.dtype.kind == "f" and rows.size and float(np.abs(rows).max()) > limit:  # inf once cast to the model's
+        raise DatasetError(f"`INPUT` {path!r} must be finite in {np.dtype(model.dtype).name} (the model's dtype). "
+                           f"Received: magnitudes up to {float(np.abs(rows).max()):.3g}; "
+                           f"{np.dtype(model.dtype).name} holds up to {limit:.3g}")
     return rows
 
 
 def predict(args: argparse.Namespace) -> np.ndarray:
     """Run ``nnxp predict``: the model's outputs for INPUT, saved as .npy."""
+    if not args.output or os.path.isdir(args.output):  # np.save would write ".npy" or "<folder>.npy"
+        raise NnxpError(f"`-o/--output` must be a file name, not a folder. Received: -o/--output {args.output!r}")
     out_path = _npy_path(args.output)
     _check_output_path(out_path, "-o/--output")
     model = _load_model(args.model, args.device)
     out = model.predict(_read_input(args.input, model), verbose=0)
-    np.save(out_path, out)
+    try:
+        np.save(out_path, out)
+    except OSError as exc:  # a full disk, a name too long, a folder that refuses files (/proc)
+        raise OutputError(f"cannot write the predictions to {out_path!r}: {exc.strerror or exc}") from None
     if not args.quiet:
         print(f"wrote predictions of shape {out.shape} to {out_path}")
     return out
@@ -550,7 +572,7 @@ def make_parser() -> argparse.ArgumentParser:
 # Errors about the run itself (missing data, a GPU or package that is not there, divergence, a bad file, memory)
 # exit 1; every other NnxpError is a usage error and exits 2, like argparse's own.
 _RUNTIME_ERRORS = (DatasetError, DeviceError, DeviceMemoryError, ModelFileError, NumericalError,
-                   MissingDependencyError)
+                   MissingDependencyError, OutputError)
 
 
 def _error(message: str, code: int) -> int:

@@ -113,6 +113,30 @@ def _save_error(exc: OSError, path: Path, what: str) -> ModelSaveError:
                           "any previous file there is unchanged", str(path))
 
 
+def _snapshot(model: Any, version: str) -> tuple[dict, dict]:
+    """The config and arrays a save writes, read in one go."""
+    model._require_built()  # builds from the first layer's input_dim, or says there are no weights yet
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "nnxp_version": version,
+        "model": model.get_config(),
+        "epochs_trained": model.epochs_trained,
+        "compile": None,
+    }
+    arrays = {f"param/{i}": w for i, w in enumerate(model.get_weights())}
+    if model.loss is not None:
+        opt = model.optimizer
+        config["compile"] = {
+            "loss": model.loss.name,
+            "metrics": list(model.metrics),
+            "optimizer": opt.get_config(),
+            "optimizer_iterations": opt.iterations,
+        }
+        arrays.update({f"optimizer/{k}": v for k, v in opt.get_state().items()})
+    return config, arrays
+
+
 def save_model(model: Any, path: str | os.PathLike) -> None:
     """Write `model` to `path` atomically (see the module docstring).
 
@@ -128,29 +152,21 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
         _check_name_length(path)
     if path.is_dir():
         raise NnxpError(f"`path` must be a file name, not a folder. Received: path={str(path)!r}")
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = None  # a new file
+    # the rename would replace a FIFO, a device (as root: /dev/null itself) or a link that loops with a file
+    if mode is not None and not stat.S_ISREG(mode):
+        what = "a symlink that loops" if stat.S_ISLNK(mode) else "a FIFO, device or socket"
+        raise NnxpError(f"`path` must be a regular file or a new name; {str(path)!r} is {what}, which a save "
+                        f"would replace. Received: path={str(path)!r}")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise NnxpError(f"`path` must be in an existing folder. Received: path={str(path)!r} "
                         f"({str(folder)!r} does not exist)")
-    model._require_built()  # builds from the first layer's input_dim, or says there are no weights yet
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "nnxp_version": __version__,
-        "model": model.get_config(),
-        "epochs_trained": model.epochs_trained,
-        "compile": None,
-    }
-    arrays = {f"param/{i}": w for i, w in enumerate(model.get_weights())}
-    if model.loss is not None:
-        opt = model.optimizer
-        config["compile"] = {
-            "loss": model.loss.name,
-            "metrics": list(model.metrics),
-            "optimizer": opt.get_config(),
-            "optimizer_iterations": opt.iterations,
-        }
-        arrays.update({f"optimizer/{k}": v for k, v in opt.get_state().items()})
+    with model._exclusive("save"):  # not mid-step from another thread: the file would hold a partial epoch
+        config, arrays = _snapshot(model, __version__)
     _remove_stale_temporaries(folder)
     try:
         old = os.stat(path)
@@ -355,11 +371,21 @@ def _parse_float(text: str) -> float:
     return value
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all distinct (json.loads would silently keep the last of two)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ModelFileError(f"config.json defines the key {_short(twice)} twice in one object")
+    return obj
+
+
 def _read_config(zf: zipfile.ZipFile) -> dict:
     raw = _read_member(zf, "config.json", _MAX_CONFIG_BYTES)
     try:
         return json.loads(raw.decode("utf-8"), parse_int=_parse_int, parse_float=_parse_float,
-                          parse_constant=_refuse_constant)
+                          parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ModelFileError("config.json is nested too deeply to be an nnxp model") from None
 
@@ -392,7 +418,7 @@ class _Plan:
                 dim = layer.build(dim)
                 for name, shape, _ in layer.param_specs():
                     self.slices.append((layer, name, offset, tuple(int(s) for s in shape)))
-                    offset += int(np.prod(shape, dtype=object))
+                    offset += math.prod(shape)
         except NnxpError as exc:
             raise ModelFileError(f"`model.layers` do not fit `model.input_dim`={mcfg['input_dim']}: {exc}") from None
         self.size = offset
@@ -412,7 +438,7 @@ class _Plan:
     def max_npz_bytes(self) -> int:
         """The largest weights.npz these arrays can make: data, .npy headers and zip records."""
         n_arrays = len(self.expected) + len(self.optional)
-        n_values = sum(int(np.prod(s, dtype=object)) for s in self.expected.values()) + self.size * len(self.optional)
+        n_values = sum(math.prod(s) for s in self.expected.values()) + self.size * len(self.optional)
         return n_arrays * (_MAX_NPY_HEADER + _ZIP_OVERHEAD) + 22 + n_values * self.dtype.itemsize
 
 
@@ -436,9 +462,9 @@ def _check_arrays(npz: zipfile.ZipFile, plan: _Plan) -> dict[str, zipfile.ZipInf
     """Every stored array's name, size, dtype and shape against the plan; reads headers only."""
     infos = npz.infolist()
     names = [info.filename for info in infos]
-    if len(set(names)) != len(names):
-        raise ModelFileError("weights.npz holds two arrays of the same name")
     stored = {n[:-4] if n.endswith(".npy") else n: info for n, info in zip(names, infos)}
+    if len(stored) != len(names):  # "a" and "a.npy" are the same array to np.load, as to us
+        raise ModelFileError("weights.npz holds two arrays of the same name")
     unexpected = [k for k in stored if k not in plan.expected and k not in plan.optional]
     if unexpected:
         raise ModelFileError(f"model file holds unexpected arrays: {unexpected[:5]}")
@@ -455,7 +481,7 @@ def _check_arrays(npz: zipfile.ZipFile, plan: _Plan) -> dict[str, zipfile.ZipInf
                              f"{sorted(plan.optional)} is missing")
     for key, info in sorted(stored.items(), key=lambda kv: kv[1].header_offset):  # forward through the stream
         shape = plan.expected.get(key) or plan.optional[key]
-        nbytes = int(np.prod(shape, dtype=object)) * plan.dtype.itemsize
+        nbytes = math.prod(shape) * plan.dtype.itemsize
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise ModelFileError(f"array {key!r} uses an unsupported compression ({info.compress_type})")
         if info.file_size > nbytes + _MAX_NPY_HEADER:  # checked before a byte is unpacked
@@ -588,7 +614,7 @@ def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:
     flat = np.empty(plan.size, dtype=plan.dtype)
     for i, (layer, name, offset, shape) in enumerate(plan.slices):
         key = f"param/{i}"
-        part = flat[offset : offset + int(np.prod(shape, dtype=object))]
+        part = flat[offset : offset + math.prod(shape)]
         _read_into(npz, stored[key], key, part)
         _finite(key, part, f"{layer.name}.{name}")
     with model._use():

@@ -129,9 +129,12 @@ class Sequential:
         if layer._owner is not None and layer._owner() is not None:
             raise NnxpError(f"`layer` {layer.name!r} already belongs to another model (a layer's weights live in its "
                             "model's buffer); create a new layer instead")
-        layer._owner = weakref.ref(self)
         # names so far and the next free suffix per class: adding n layers costs O(n), not O(n^2)
         taken, suffixes = self.__dict__.setdefault("_names", set()), self.__dict__.setdefault("_suffixes", {})
+        if layer.name is not None and layer.name in taken:  # summary and messages name layers: keep them apart
+            raise NnxpError(f"all layers of a Sequential model must have unique names (as in Keras); {layer.name!r} "
+                            f"is already the name of a layer in this model. Received: name={layer.name!r}")
+        layer._owner = weakref.ref(self)
         if layer.name is None:
             base = type(layer).__name__.lower()
             i = suffixes.get(base, 0)
@@ -285,6 +288,10 @@ class Sequential:
 
     def set_weights(self, weights: list[Any]) -> None:
         """Replace every parameter; shapes must match :meth:`get_weights`. Nothing changes on error."""
+        with self._exclusive("set_weights"):
+            self._set_weights(weights)
+
+    def _set_weights(self, weights: list[Any]) -> None:
         self._require_built()
         if not isinstance(weights, (list, tuple)) or len(weights) != len(self._slices):
             got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
@@ -304,6 +311,10 @@ class Sequential:
     # --- compile -------------------------------------------------------------------------------
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: list[str] | None = None) -> None:
         """Choose the optimizer (name or instance), the loss (name) and metrics ("accuracy", "mse", "mae")."""
+        with self._exclusive("compile"):
+            self._compile(optimizer, loss, metrics)
+
+    def _compile(self, optimizer: Any, loss: Any, metrics: list[str] | None) -> None:
         if loss is None:
             raise NnxpError("`loss` must be given, e.g. loss='categorical_crossentropy'. Received: loss=None")
         opt = optimizers_mod.get(optimizer)
@@ -323,8 +334,8 @@ class Sequential:
                 raise NnxpError(f"metric 'accuracy' needs a classification loss. Received: loss={loss!r}")
             if key in ("mse", "mae") and loss_obj.sparse:
                 raise NnxpError(f"metric {m!r} needs one-hot targets, not the integer labels of loss={loss!r}")
-            if key not in (_METRIC_ALIASES[n] for n in names):
-                names.append(m.lower())  # logged under the user's spelling, as Keras does ('acc' -> 'val_acc')
+            if m not in names:  # logged under the name given, as Keras does ("acc" -> "acc", "val_acc")
+                names.append(m)
         self.optimizer, self.loss, self.metrics = opt, loss_obj, names
         if self.built:
             opt.set_segments(self._weight_segments())
@@ -344,11 +355,13 @@ class Sequential:
     @contextmanager
     def _exclusive(self, what: str) -> Iterator[None]:
         """One fit / evaluate / predict at a time per model: they share the layers' scratch buffers and the
-        activations kept for backward. A callback inside fit (same thread) may evaluate or predict, not fit."""
+        activations kept for backward. A callback inside fit (same thread) may evaluate, predict, save or
+        set_weights, not fit or compile. From another thread, save and set_weights wait for no one: they are
+        refused too, as a save would record a partial epoch and set_weights would change the weights mid-step."""
         me = threading.get_ident()
         with _BUSY_LOCK:
             owner = self._busy
-            if owner is not None and (what == "fit" or owner[0] != me):
+            if owner is not None and (what in ("fit", "compile") or owner[0] != me):
                 where = "in another thread" if owner[0] != me else "(this call comes from inside it, e.g. a callback)"
                 raise NnxpError(f"{owner[1]} is already running on this model {where}; `{what}` must wait for it "
                                 "to finish (one model runs one fit, evaluate or predict at a time), or use a "
@@ -409,7 +422,7 @@ class Sequential:
         xp = xp_of(out)
         sums = {}
         for name in self.metrics:
-            kind = _METRIC_ALIASES[name]
+            kind = _METRIC_ALIASES[name.lower()]
             if kind == "accuracy":
                 per_sample = self._correct(out, y)
             else:
@@ -613,15 +626,24 @@ class Sequential:
             if not interrupt.requested:  # (a Ctrl-C during validation or a callback is seen here)
                 for cb in cbs:
                     cb.on_epoch_begin(epoch)
-                logs = self._run_epoch(epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt)
+                # weights and optimizer state at the start of the epoch, restored together if training blows up
+                snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
+                            self.optimizer.iterations)
+                try:
+                    logs = self._run_epoch(epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt, snapshot)
+                    if val is not None and not interrupt.requested:
+                        logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
+                except BaseException:
+                    # a second Ctrl-C, or a callback's own error, escaping mid-epoch: put the epoch's start back,
+                    # so the model (and a file saved from it) holds whole epochs and a resumed fit stays exact
+                    self._restore(snapshot)
+                    raise
             if interrupt.requested:  # _run_epoch rolled the model back to the start of this epoch
                 history.interrupted = True
                 print(f"Training interrupted during epoch {epoch + 1}; the model is back at its weights and "
                       f"optimizer state from the start of that epoch (epochs_trained={self.epochs_trained}), so a "
                       "later fit continues exactly as an uninterrupted run would.")
                 break
-            if val is not None:
-                logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
             self.epochs_trained += 1
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
@@ -630,7 +652,7 @@ class Sequential:
             if self.stop_training:
                 break
 
-    def _run_epoch(self, epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt) -> dict:
+    def _run_epoch(self, epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt, snapshot) -> dict:
         xp = self.device.xp
         x, y, w = data  # w: per-row weights (N,) or None
         n = x.shape[0]
@@ -650,9 +672,6 @@ class Sequential:
                 layer.rng = self.device.random_generator(np.random.SeedSequence(key))
                 if comm.size > 1 and not own_data:  # each rank's mask rows are cut from the whole batch's mask
                     layer.rng = distributed.ShardedGenerator(layer.rng, share, comm.rank)
-        # weights and optimizer state at the start of the epoch, restored together if training blows up
-        snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
-                    self.optimizer.iterations)
         check_each_batch = not self.device.is_cuda  # on the CPU the check costs nothing; on a GPU it would sync
         # on a GPU each batch's loss is kept on the device and looked at once, at the end of the epoch
         plan = comm.batches(n, batch_size)  # (lo, hi, rows of the global batch, where this rank's rows begin in it)

@@ -432,6 +432,8 @@ def test_checkpoint_refuses_broken_templates_when_created(template, error, patte
     ("m-{epoch:s}.nnxp", {}, r"cannot be formatted"),
     ("nope/m-{epoch}.nnxp", {}, r"existing folder"),
     ("m-{val_mae:.2f}.nnxp", {"validation_split": 0.25}, r"uses \['val_mae'\]"),
+    ("m-{loss:.1000f}.nnxp", {}, r"file names of about 1009 bytes; its folder allows"),  # ENAMETOOLONG after epoch 1
+    ("m-{epoch:>300}.nnxp", {}, r"file names of about 307 bytes; its folder allows"),
 ])
 def test_checkpoint_template_is_checked_before_any_epoch_trains(tmp_path, monkeypatch, template, fit_kwargs, pattern):
     monkeypatch.chdir(tmp_path)

@@ -149,6 +149,8 @@ def files(tmp_path_factory):
     np.save(d / "empty.npy", np.zeros((0, 64), np.float32))
     np.save(d / "narrow.npy", rng.random((3, 5)))
     np.save(d / "nan.npy", np.full((2, 64), np.nan))
+    np.save(d / "huge.npy", np.full((2, 64), 1e39))  # finite in float64, inf in the model's float32
+    np.save(d / "good.npy", rng.random((2, 64)))
     np.save(d / "text.npy", np.array(["a", "b"]))
     np.savez(d / "two.npz", a=rng.random((2, 64)), b=rng.random((2, 64)))
     (d / "folder").mkdir()
@@ -198,6 +200,13 @@ BAD = [
     (["predict", "{d}/digits.nnxp", "{d}/nope.npy", "-o", "{d}/p.npy"], 1, "`INPUT` must be a .npy file"),
     (["predict", "{d}/digits.nnxp", "{d}/narrow.npy", "-o", "{d}/missing/p"], 2,
      "`-o/--output` must be in an existing folder"),
+    (["predict", "{d}/digits.nnxp", "{d}/huge.npy", "-o", "{d}/p.npy"], 1,
+     "`INPUT` '{d}/huge.npy' must be finite in float32"),
+    (["predict", "{d}/digits.nnxp", "{d}/narrow.npy", "-o", "{d}/folder"], 2,
+     "`-o/--output` must be a file name, not a folder"),
+    (["predict", "{d}/digits.nnxp", "{d}/narrow.npy", "-o", ""], 2, "`-o/--output` must be a file name"),
+    (["predict", "{d}/digits.nnxp", "{d}/good.npy", "-o", "{d}/" + "p" * 300], 1,
+     "cannot write the predictions to"),
     (["info", "--verbose"], 2, "unrecognized arguments: --verbose"),
     (["bench", "--stat", "bogus"], 2, "argument --stat: invalid choice"),
     (["bench", "--results-dir", "{d}/folder"], 1, "no benchmark results found"),
@@ -218,8 +227,17 @@ def test_bad_arguments_give_one_error_line_and_the_documented_code(files, argv, 
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert proc.returncode == code, proc.stderr
     assert len(err_lines) == 1 and err_lines[0].startswith("nnxp: error: "), proc.stderr
-    assert message in err_lines[0]
+    assert message.format(d=files) in err_lines[0]
     assert proc.stdout == ""  # refused before any work: no summary, no progress
+
+
+def test_a_plot_format_matplotlib_cannot_write_is_refused_before_training(files):
+    pytest.importorskip("matplotlib")
+    proc = _nnxp("train", "--dataset", "circles", "--plot", str(files / "curves.txt"))
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("nnxp: error: `--plot` must end in a format matplotlib writes")
+    assert "curves.txt" in proc.stderr
 
 
 def test_plot_without_matplotlib_is_refused_before_training(capsys, monkeypatch, tmp_path):

@@ -466,6 +466,12 @@ def _bomb_many_layers(path):  # 20,000 layers: a valid model that used to take 4
                         _plain_member("param/1.npy", _npy((16,), data=bytes(64)))]), 400
 
 
+def _bomb_many_dense_layers(path):  # 20,000 Dense(1) in a 3 KB file, none of their 40,000 arrays stored
+    config = _dense_config()
+    config["model"]["layers"] += [{"class_name": "Dense", "config": {"units": 1}}] * 20000
+    return _model_file(path, config, []), 0
+
+
 def _bomb_deep_json(path):
     return _model_file(path, None, [], config_bytes=b"[" * 900_000), 0
 
@@ -522,7 +528,8 @@ def _true_big_model(path):  # 64 MiB of weights in a 64 MiB weights.npz (compres
 
 BOMBS = {f.__name__.removeprefix("_bomb_").lstrip("_"): f for f in (
     _bomb_inner_compressed, _bomb_inner_lying_size, _bomb_inner_past_claim, _bomb_outer_compressed, _bomb_huge_units,
-    _bomb_huge_header_claims, _bomb_many_layers, _bomb_deep_json, _bomb_huge_int, _bomb_huge_float,
+    _bomb_huge_header_claims, _bomb_many_layers, _bomb_many_dense_layers, _bomb_deep_json, _bomb_huge_int,
+    _bomb_huge_float,
     _bomb_config_inflates, _bomb_many_members, _bomb_huge_npy_header, _true_mid_model, _true_big_model)}
 
 
@@ -701,3 +708,58 @@ def test_a_failed_write_is_a_model_save_error_that_is_an_oserror(tmp_path, monke
         m.save(path)
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
     assert path.read_bytes() == before and _temporaries(tmp_path) == []
+
+
+def _two_definitions_file(path, tmp_path, variant):
+    """A saved model rewritten so that one field or array is defined twice, with a different second value."""
+    m = _model(seed=4, optimizer="sgd")
+    x, y = _data(40)
+    m.fit(x, y, epochs=1, verbose=0)
+    m.save(tmp_path / "ok.nnxp")
+    with zipfile.ZipFile(tmp_path / "ok.nnxp") as zf:
+        cfg, npz = zf.read("config.json"), zf.read("weights.npz")
+    if variant == "json key":  # json.loads keeps the last of two equal keys; a careful reader refuses the file
+        cfg = cfg.replace(b'"epochs_trained"', b'"epochs_trained": 7, "epochs_trained"', 1)
+    else:  # np.load and nnxp both accept a member with and without .npy: two arrays named param/0
+        with zipfile.ZipFile(io.BytesIO(npz)) as inner:
+            members = {n: inner.read(n) for n in inner.namelist()}
+        buf = io.BytesIO()
+        np.save(buf, np.full(np.load(io.BytesIO(members["param/0.npy"])).shape, 7.0, np.float32))
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as inner:
+            for n, d in members.items():
+                inner.writestr(n, d)
+            inner.writestr("param/0", buf.getvalue())
+        npz = out.getvalue()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", cfg)
+        zf.writestr("weights.npz", npz)
+    return path
+
+
+@pytest.mark.parametrize("variant, message", [("json key", "twice"), ("npy name", "two arrays")])
+def test_a_field_or_array_defined_twice_is_refused(tmp_path, variant, message):
+    path = _two_definitions_file(tmp_path / "twice.nnxp", tmp_path, variant)
+    with pytest.raises(ModelFileError, match=message):
+        nnxp.load_model(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink loop"])
+def test_save_refuses_to_replace_what_is_not_a_regular_file(tmp_path, kind):
+    # the rename replaced a FIFO, a symlink loop, or (run as root, as in many containers) /dev/null itself with a
+    # regular file; a careful editor refuses, and the thing at the path stays what it was
+    m = _model()
+    m.fit(*_data(40), epochs=1, verbose=0)
+    path = tmp_path / "m.nnxp"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(tmp_path / "other", path)
+        os.symlink(path, tmp_path / "other")
+    with pytest.raises(nnxp.NnxpError, match="regular file"):
+        m.save(path)
+    if kind == "fifo":
+        assert stat.S_ISFIFO(os.lstat(path).st_mode)
+    else:
+        assert os.path.islink(path) and os.path.islink(tmp_path / "other")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".nnxp-")] == []

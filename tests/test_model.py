@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -1272,7 +1273,7 @@ def test_metrics_are_logged_under_the_users_spelling_as_keras_does(tmp_path):
     # Keras 2 programs write metrics=['acc'] and monitor 'val_acc'; the log keys follow the spelling given
     x, y = _circles(120)
     model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
-    model.compile("adam", "bce", metrics=["acc", "accuracy"])  # one metric: the second spelling is a duplicate
+    model.compile("adam", "bce", metrics=["acc"])
     stop = nnxp.callbacks.EarlyStopping(monitor="val_acc", patience=0, min_delta=1.0)
     h = model.fit(x, y, epochs=5, verbose=0, validation_split=0.25, callbacks=[stop])
     assert set(h.history) == {"loss", "acc", "val_loss", "val_acc"}
@@ -1283,3 +1284,147 @@ def test_metrics_are_logged_under_the_users_spelling_as_keras_does(tmp_path):
     reg = Sequential([Dense(1, input_dim=2)], seed=0)
     reg.compile("sgd", "mse", metrics=["mean_absolute_error"])
     assert list(reg.evaluate(x, y, verbose=0, return_dict=True)) == ["loss", "mean_absolute_error"]
+
+
+class _DoubleInterrupter(Callback):
+    """Two real SIGINTs (an impatient user's Ctrl-C, Ctrl-C) after batch `batch` of the model's epoch `count`:
+    the second one raises KeyboardInterrupt at once, from inside fit."""
+
+    def __init__(self, count, batch):
+        self.count, self.batch = count, batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch and self.model.epochs_trained == self.count:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class _Raiser(Callback):
+    """A callback that fails in the middle of epoch `count` (a bug in user code, a full disk in a logger)."""
+
+    def __init__(self, count, batch):
+        self.count, self.batch = count, batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch and self.model.epochs_trained == self.count:
+            raise OSError("the logger's disk is full")
+
+
+@pytest.mark.parametrize("callback, error", [(_DoubleInterrupter(2, 4), KeyboardInterrupt),
+                                             (_Raiser(2, 4), OSError)])
+def test_an_exception_mid_epoch_leaves_the_model_at_the_start_of_that_epoch(tmp_path, callback, error):
+    x, y = _circles(300)
+    y = y.astype(np.int64)
+    kw = {"batch_size": 16, "verbose": 0}
+    straight = _continuing_model()
+    straight.fit(x, y, epochs=5, **kw)
+    after_two = _continuing_model()
+    after_two.fit(x, y, epochs=2, **kw)
+
+    model = _continuing_model()
+    with pytest.raises(error):
+        model.fit(x, y, epochs=5, callbacks=[callback], **kw)
+    # whatever escaped fit, the model holds a whole number of epochs: weights, optimizer state and count agree
+    assert model.epochs_trained == 2 and model.optimizer.iterations == after_two.optimizer.iterations
+    for a, b in zip(model.get_weights(), after_two.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.save(tmp_path / "m.nnxp")
+    resumed = nnxp.load_model(tmp_path / "m.nnxp")
+    resumed.fit(x, y, epochs=5, initial_epoch=resumed.epochs_trained, **kw)
+    for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Pause(Callback):
+    """Holds fit in the middle of its second epoch until the test lets it go."""
+
+    def __init__(self):
+        self.inside, self.go = threading.Event(), threading.Event()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.model.epochs_trained == 1 and batch == 3:
+            self.inside.set()
+            self.go.wait(30)
+
+
+@pytest.mark.parametrize("call", ["save", "compile", "set_weights"])
+def test_calls_that_read_or_replace_the_whole_model_wait_for_a_fit_in_another_thread(tmp_path, call):
+    # a save from another thread mid-epoch wrote a file that never existed in training (a partial epoch under
+    # epochs_trained=1); a compile or set_weights swapped the optimizer or the weights under the running fit
+    x, y = _circles(200)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce")
+    model.fit(x, y, epochs=1, verbose=0)
+    weights = model.get_weights()
+    pause, errors = _Pause(), []
+    worker = threading.Thread(target=lambda: model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[pause]))
+    worker.start()
+    try:
+        assert pause.inside.wait(30)
+        with pytest.raises(NnxpError, match="fit is already running on this model in another thread"):
+            if call == "save":
+                model.save(tmp_path / "m.nnxp")
+            elif call == "compile":
+                model.compile("sgd", "mse")
+            else:
+                model.set_weights(weights)
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        pause.go.set()
+        worker.join()
+    assert not errors, errors
+    assert not (tmp_path / "m.nnxp").exists()
+    assert model.epochs_trained == 4 and model.optimizer.name == "adam"
+    model.save(tmp_path / "m.nnxp")  # and once fit is done, each works again
+    model.compile("sgd", "mse")
+    model.set_weights(weights)
+
+
+def test_metrics_are_logged_under_the_names_given_as_keras_does(tmp_path):
+    # Keras logs metrics=["acc"] as "acc" and "val_acc"; a port reading history.history["val_acc"], or stopping
+    # early on monitor="val_acc", found nothing (nnxp logged "accuracy"), and EarlyStopping only warned each epoch
+    from nnxp.callbacks import EarlyStopping
+
+    x, y = _circles(200)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "binary_crossentropy", metrics=["acc", "mean_squared_error"])
+    h = model.fit(x, y, epochs=3, verbose=0, validation_split=0.25,
+                  callbacks=[EarlyStopping(monitor="val_acc", patience=0, mode="max")])
+    assert list(h.history) == ["loss", "acc", "mean_squared_error", "val_loss", "val_acc", "val_mean_squared_error"]
+    result = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert list(result) == ["loss", "acc", "mean_squared_error"]
+    assert result["acc"] == model.evaluate(x, y, verbose=0)[1]
+    reference = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    reference.compile("adam", "binary_crossentropy", metrics=["accuracy", "mse"])
+    h_ref = reference.fit(x, y, epochs=3, verbose=0, validation_split=0.25)
+    assert h.history["acc"] == h_ref.history["accuracy"][: len(h.history["acc"])]  # the same values
+    model.save(tmp_path / "m.nnxp")
+    assert list(nnxp.load_model(tmp_path / "m.nnxp").evaluate(x, y, verbose=0, return_dict=True)) == list(result)
+
+
+def test_two_layers_of_one_name_are_refused_as_keras_does(tmp_path):
+    # summary, the size report and error messages name layers; two called "x" made them ambiguous, and a damaged
+    # file whose layers shared a name loaded silently
+    first = Dense(3, "relu", name="x", input_dim=2)
+    with pytest.raises(NnxpError, match="unique names.*'x'"):
+        Sequential([first, Dense(2, name="x")])
+    model = Sequential([Dense(3, "relu", name="x", input_dim=2)])
+    second = Dense(2, name="x")
+    with pytest.raises(NnxpError, match="unique names.*'x'"):
+        model.add(second)
+    assert len(model.layers) == 1 and second._owner is None  # the refused layer is still free to use
+    Sequential([second])
+    model.add(Dense(2))  # an automatic name never clashes
+    model.save(tmp_path / "m.nnxp")
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.nnxp") as zf:
+        config, weights = json.loads(zf.read("config.json")), zf.read("weights.npz")
+    config["model"]["layers"][1]["config"]["name"] = "x"
+    with zipfile.ZipFile(tmp_path / "dup.nnxp", "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("weights.npz", weights)
+    with pytest.raises(nnxp.errors.ModelFileError, match="unique names"):
+        nnxp.load_model(tmp_path / "dup.nnxp")

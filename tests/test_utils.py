@@ -35,3 +35,15 @@ def test_to_categorical_is_reexported_and_matches_one_hot():
 def test_to_categorical_errors(y, num_classes, error, match):
     with pytest.raises(error, match=match):
         to_categorical(y, num_classes)
+
+
+def test_to_categorical_costs_its_output_not_num_classes_squared():
+    # one_hot indexed np.eye(num_classes): 200,000 classes wanted a 160 GB identity for a 1.6 MB answer
+    out = to_categorical([0, 199_999], num_classes=200_000)
+    assert out.shape == (2, 200_000) and out.dtype == np.float32
+    assert out.sum() == 2 and out[0, 0] == 1 and out[1, 199_999] == 1
+
+
+def test_to_categorical_refuses_an_output_too_large_with_its_size():
+    with pytest.raises(NnxpError, match=r"`num_classes`=1000000000001 .* TiB"):
+        to_categorical([10**12])

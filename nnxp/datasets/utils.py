@@ -86,8 +86,18 @@ def one_hot(labels: ArrayLike, num_classes: int | None = None, dtype: DTypeLike 
             f"`labels` must lie in [0, {num_classes - 1}] for num_classes={num_classes}. "
             f"Received: min={labels.min()}, max={labels.max()}"
         )
-    # Row `label` of the identity matrix is that label's one-hot vector.
-    return np.eye(num_classes, dtype=dtype)[labels]
+    # Zeros with a one per label: memory for the answer only (np.eye(num_classes)[labels] cost num_classes**2).
+    shape = labels.shape + (int(num_classes),)
+    try:
+        out = np.zeros(shape, dtype=dtype)
+    except (MemoryError, ValueError):
+        size = float(np.prod(shape, dtype=object) * np.dtype(dtype).itemsize)
+        unit = next(u for u, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("B", 1)) if size >= scale)
+        amount = size / {"TiB": 2**40, "GiB": 2**30, "MiB": 2**20, "B": 1}[unit]
+        raise NnxpError(f"`num_classes`={num_classes} makes a one-hot array of shape {shape} ({amount:.1f} {unit}), "
+                        "more memory than can be allocated") from None
+    np.put_along_axis(out, labels[..., None].astype(np.intp), 1, axis=-1)
+    return out
 
 
 def standardize(
