@@ -254,6 +254,100 @@ def nnxp_step_parts(model: nnxp.Sequential, x: np.ndarray, y: np.ndarray, batch:
     return {k: statistics.median(v) for k, v in parts.items()}
 
 
+# --- a careful hand-written NumPy MLP (the peer nnxp must beat with NumPy alone) ------------------------
+
+
+class CarefulNumpyMLP:
+    """The same MLP written by hand the way a careful NumPy user would, with nothing to spare.
+
+    Every activation, gradient and the batch live in buffers allocated once; every op is an in-place ufunc
+    or a ``matmul(out=)``; weights are (in, out) so forward is ``x @ W``; the batch is gathered with
+    ``np.take(out=)`` from a new permutation each epoch; softmax cross-entropy works on the logits in place;
+    the ReLU gradient multiplies by the mask ``h > 0``; bias gradients are ``dz.sum(axis=0, out=db)``;
+    Adam (Keras form, as nnxp) updates each parameter array with in-place ufuncs. The loss is read each
+    batch, as nnxp's fit does.
+    """
+
+    def __init__(self, weights: list[np.ndarray], batch: int, seed: int = SEED) -> None:
+        self.params = [np.array(w, dtype=np.float32) for w in weights]  # W1, b1, W2, b2, W3, b3
+        self.grads = [np.zeros_like(q) for q in self.params]
+        self.m = [np.zeros_like(q) for q in self.params]
+        self.v = [np.zeros_like(q) for q in self.params]
+        self.tmp = [np.empty_like(q) for q in self.params]
+        self.t = 0
+        self.batch = batch
+        self.rng = np.random.default_rng(seed)
+        self.h = [np.empty((batch, n), np.float32) for n in LAYERS]  # x, h1, h2, logits
+        self.dh = [None] + [np.empty((batch, n), np.float32) for n in LAYERS[1:-1]]  # dL/dh1, dL/dh2
+        self.yb = np.empty(batch, np.int64)
+
+    def step(self, nb: int) -> float:
+        W, g = self.params, self.grads
+        h = [a[:nb] for a in self.h]
+        y = self.yb[:nb]
+        for i in range(3):
+            np.matmul(h[i], W[2 * i], out=h[i + 1])
+            h[i + 1] += W[2 * i + 1]
+            if i < 2:
+                np.maximum(h[i + 1], 0, out=h[i + 1])
+        z, rows = h[3], np.arange(nb)
+        z -= z.max(axis=1, keepdims=True)
+        picked = z[rows, y]
+        np.exp(z, out=z)
+        s = z.sum(axis=1, keepdims=True)
+        loss = float((np.log(s[:, 0]) - picked).mean())
+        z /= s
+        z[rows, y] -= 1.0
+        z *= 1.0 / nb
+        dz = z
+        for i in (2, 1, 0):
+            np.matmul(h[i].T, dz, out=g[2 * i])
+            dz.sum(axis=0, out=g[2 * i + 1])
+            if i > 0:
+                dh = self.dh[i][:nb]
+                np.matmul(dz, W[2 * i].T, out=dh)
+                np.multiply(dh, h[i] > 0, out=dh)
+                dz = dh
+        self.adam()
+        return loss
+
+    def adam(self) -> None:
+        self.t += 1
+        alpha = LR * (1.0 - BETA_2**self.t) ** 0.5 / (1.0 - BETA_1**self.t)
+        for p, g, m, v, tmp in zip(self.params, self.grads, self.m, self.v, self.tmp):
+            np.subtract(g, m, out=tmp)
+            tmp *= 1.0 - BETA_1
+            m += tmp
+            np.multiply(g, g, out=tmp)
+            tmp -= v
+            tmp *= 1.0 - BETA_2
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp += EPS
+            np.divide(m, tmp, out=tmp)
+            tmp *= alpha
+            p -= tmp
+
+    def epoch(self, x: np.ndarray, y: np.ndarray) -> float:
+        n = x.shape[0]
+        perm = self.rng.permutation(n)
+        total = 0.0
+        for start in range(0, n, self.batch):
+            idx = perm[start : start + self.batch]
+            nb = idx.shape[0]
+            np.take(x, idx, axis=0, out=self.h[0][:nb])
+            np.take(y, idx, axis=0, out=self.yb[:nb])
+            total += self.step(nb) * nb
+        return total / n
+
+
+def careful_mlp(batch: int) -> CarefulNumpyMLP:
+    """The careful MLP from nnxp's initial weights (the same init and scale)."""
+    ref = nnxp_model()
+    ref.build(LAYERS[0])
+    return CarefulNumpyMLP(ref.get_weights(), batch)
+
+
 # --- GEMMs alone --------------------------------------------------------------------------------
 
 

@@ -1,0 +1,91 @@
+"""CPU fast paths for the ops: Numba-compiled fused loops (the ``fast`` extra).
+
+Each fused loop is a plain Python function written beside its NumPy reference (``dense.py``, ``loss.py``,
+``optim.py``); :func:`kernel` compiles it with Numba on first use, never at import, and caches the machine
+code on disk (``cache=True``), so a second process loads it instead of compiling. Where Numba is missing,
+broken or switched off (``NNXP_NUMBA=0`` in the environment, or :func:`set_numba`), :func:`kernel` returns
+None and the ops run their references: the same numbers, unfused.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+_enabled: bool | None = None  # None: read NNXP_NUMBA once, on the first call of kernel()
+_compiled: dict[str, Any] = {}  # name -> compiled dispatcher, or None where compiling failed
+compile_seconds: dict[str, float] = {}  # name -> seconds its first call took to compile or load (bench reads it)
+
+
+def numba_enabled() -> bool:
+    """Whether the compiled loops may run: Numba importable and not switched off."""
+    global _enabled
+    if _enabled is None:
+        _enabled = os.environ.get("NNXP_NUMBA", "1") != "0"
+        # not installed, or built for another NumPy: the references serve
+        _enabled = _enabled and _importable()
+    return _enabled
+
+
+def set_numba(enabled: bool | None) -> None:
+    """Switch the compiled loops on or off for this process (None: back to the NNXP_NUMBA default).
+
+    Switching on still leaves them off where Numba cannot be imported.
+    """
+    global _enabled
+    _enabled = None if enabled is None else bool(enabled) and _importable()
+
+
+def _importable() -> bool:
+    try:
+        import numba  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def kernel(name: str, fn: Callable, parallel: bool = False) -> Any | None:
+    """`fn` compiled by Numba (nopython, cached on disk), or None where compiled loops are off or failed.
+
+    Compilation happens lazily at the dispatcher's first call for each signature; :func:`call` times it.
+    """
+    if not numba_enabled():
+        return None
+    if name not in _compiled:
+        try:
+            import numba
+
+            _compiled[name] = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=parallel)(fn)
+        except Exception:
+            _compiled[name] = None
+    return _compiled[name]
+
+
+def call(name: str, fn: Callable, *args: Any, parallel: bool = False) -> bool:
+    """Run the compiled `fn` on `args`; False (nothing written) where it is unavailable or fails to compile."""
+    k = kernel(name, fn, parallel)
+    if k is None:
+        return False
+    if name not in compile_seconds:
+        t0 = time.perf_counter()
+        try:
+            k(*args)
+        except Exception:  # a compile that fails, fails before the loop touches a buffer
+            _compiled[name] = None
+            return False
+        compile_seconds[name] = time.perf_counter() - t0
+        return True
+    k(*args)
+    return True
+
+
+def host_float(*arrays: Any) -> bool:
+    """NumPy float32/float64 arrays, C-contiguous, of one dtype: what the compiled loops take."""
+    first = arrays[0]
+    if type(first) is not np.ndarray or first.dtype not in (np.float32, np.float64):
+        return False
+    return all(type(a) is np.ndarray and a.dtype == first.dtype and a.flags.c_contiguous for a in arrays)
