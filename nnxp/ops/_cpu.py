@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -51,18 +52,24 @@ def _importable() -> bool:
 def kernel(name: str, fn: Callable, parallel: bool = False) -> Any | None:
     """`fn` compiled by Numba (nopython, cached on disk), or None where compiled loops are off or failed.
 
-    Compilation happens lazily at the dispatcher's first call for each signature; :func:`call` times it.
+    A ``prange`` in `fn` is numba.prange: threaded with `parallel`, a plain range without. Compilation happens
+    lazily at the first call for each signature; :func:`call` times it.
     """
     if not numba_enabled():
         return None
-    if name not in _compiled:
+    key = name + ("/parallel" if parallel else "")
+    if key not in _compiled:
         try:
             import numba
 
-            _compiled[name] = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=parallel)(fn)
+            scope = dict(fn.__globals__, prange=numba.prange)
+            f = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+            # the on-disk cache is keyed by qualified name: the threaded build gets its own
+            f.__qualname__ = fn.__qualname__ + ("_parallel" if parallel else "")
+            _compiled[key] = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=parallel)(f)
         except Exception:
-            _compiled[name] = None
-    return _compiled[name]
+            _compiled[key] = None
+    return _compiled[key]
 
 
 def call(name: str, fn: Callable, *args: Any, parallel: bool = False) -> bool:
@@ -70,14 +77,15 @@ def call(name: str, fn: Callable, *args: Any, parallel: bool = False) -> bool:
     k = kernel(name, fn, parallel)
     if k is None:
         return False
-    if name not in compile_seconds:
+    key = name + ("/parallel" if parallel else "")
+    if key not in compile_seconds:
         t0 = time.perf_counter()
         try:
             k(*args)
         except Exception:  # a compile that fails, fails before the loop touches a buffer
-            _compiled[name] = None
+            _compiled[key] = None
             return False
-        compile_seconds[name] = time.perf_counter() - t0
+        compile_seconds[key] = time.perf_counter() - t0
         return True
     k(*args)
     return True
