@@ -102,41 +102,42 @@ def _bias_act_loop(z, b, use_bias, act, zkeep, c, chunk):  # pragma: no cover - 
     slope, alpha, half, k1, k0, one, zero = c[0], c[1], c[2], c[3], c[4], c[6], c[7]
     for k in prange((rows + chunk - 1) // chunk):
         for i in range(k * chunk, min(rows, (k + 1) * chunk)):
+            zr, zk = z[i], zkeep[i]  # row views: indices from 0, so no negative-index checks in the inner loops
             if use_bias:
                 for j in range(n):
-                    z[i, j] += b[j]
+                    zr[j] += b[j]
             if act == 1:  # relu: maximum(z, 0), NaN kept
                 for j in range(n):
-                    v = z[i, j]
-                    z[i, j] = v if not (v <= zero) else zero
+                    v = zr[j]
+                    zr[j] = v if not (v <= zero) else zero
             elif act == 2:  # leaky relu: maximum(z, slope z)
                 for j in range(n):
-                    v = z[i, j]
+                    v = zr[j]
                     a = v * slope
-                    z[i, j] = v if (v >= a or v != v) else a
+                    zr[j] = v if (v >= a or v != v) else a
             elif act == 3:  # elu: maximum(z, 0) + alpha expm1(minimum(z, 0))
                 for j in range(n):
-                    v = z[i, j]
+                    v = zr[j]
                     neg = v if not (v >= zero) else zero
                     pos = v if not (v <= zero) else zero
-                    z[i, j] = pos + np.expm1(neg) * alpha
+                    zr[j] = pos + np.expm1(neg) * alpha
             elif act == 4:  # sigmoid: 0.5 tanh(0.5 z) + 0.5
                 for j in range(n):
-                    z[i, j] = np.tanh(z[i, j] * half) * half + half
+                    zr[j] = np.tanh(zr[j] * half) * half + half
             elif act == 5:
                 for j in range(n):
-                    z[i, j] = np.tanh(z[i, j])
+                    zr[j] = np.tanh(zr[j])
             elif act == 6:  # softplus: maximum(z, 0) + log1p(exp(-|z|))
                 for j in range(n):
-                    v = z[i, j]
+                    v = zr[j]
                     pos = v if not (v <= zero) else zero
-                    z[i, j] = pos + np.log1p(np.exp(-abs(v)))
+                    zr[j] = pos + np.log1p(np.exp(-abs(v)))
             elif act == 7:  # gelu (tanh form), keeping z for backward
                 for j in range(n):
-                    v = z[i, j]
-                    zkeep[i, j] = v
+                    v = zr[j]
+                    zk[j] = v
                     t = np.tanh((v * v * k1 + k0) * v)
-                    z[i, j] = v * ((t + one) * half)
+                    zr[j] = v * ((t + one) * half)
 
 
 def _act_grad_loop(dz, y, z, db, use_bias, act, c, chunk):  # pragma: no cover - runs compiled by Numba
@@ -144,41 +145,45 @@ def _act_grad_loop(dz, y, z, db, use_bias, act, c, chunk):  # pragma: no cover -
     slope, alpha, half, k1, k0, k3, one, zero = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
     for k in prange((cols + chunk - 1) // chunk):  # whole columns per task: each bias sum in row order
         c0, c1 = k * chunk, min(cols, (k + 1) * chunk)
+        w = c1 - c0
+        dbc = db[c0:c1] if use_bias else db
         if use_bias:
-            for j in range(c0, c1):
-                db[j] = zero
+            for j in range(w):
+                dbc[j] = zero
         for i in range(rows):
+            # views of this row's chunk: indices from 0, so no negative-index checks in the inner loops
+            d, yr, zr = dz[i, c0:c1], y[i, c0:c1], z[i, c0:c1]
             if act == 1:  # relu: dy * (y > 0)
-                for j in range(c0, c1):
-                    dz[i, j] = dz[i, j] * (one if y[i, j] > zero else zero)
+                for j in range(w):
+                    d[j] = d[j] * (one if yr[j] > zero else zero)
             elif act == 2:  # leaky relu: dy * where(y > 0, 1, slope)
-                for j in range(c0, c1):
-                    dz[i, j] = dz[i, j] * (one if y[i, j] > zero else slope)
+                for j in range(w):
+                    d[j] = d[j] * (one if yr[j] > zero else slope)
             elif act == 3:  # elu: dy * where(y > 0, 1, y + alpha)
-                for j in range(c0, c1):
-                    v = y[i, j]
-                    dz[i, j] = dz[i, j] * (one if v > zero else v + alpha)
+                for j in range(w):
+                    v = yr[j]
+                    d[j] = d[j] * (one if v > zero else v + alpha)
             elif act == 4:  # sigmoid: dy * ((1 - y) y)
-                for j in range(c0, c1):
-                    v = y[i, j]
-                    dz[i, j] = dz[i, j] * ((one - v) * v)
+                for j in range(w):
+                    v = yr[j]
+                    d[j] = d[j] * ((one - v) * v)
             elif act == 5:  # tanh: dy * (1 - y^2)
-                for j in range(c0, c1):
-                    v = y[i, j]
-                    dz[i, j] = dz[i, j] * (one - v * v)
+                for j in range(w):
+                    v = yr[j]
+                    d[j] = d[j] * (one - v * v)
             elif act == 6:  # softplus: dy * -expm1(-y)
-                for j in range(c0, c1):
-                    dz[i, j] = dz[i, j] * -np.expm1(-y[i, j])
+                for j in range(w):
+                    d[j] = d[j] * -np.expm1(-yr[j])
             elif act == 7:  # gelu, from z
-                for j in range(c0, c1):
-                    v = z[i, j]
+                for j in range(w):
+                    v = zr[j]
                     v2 = v * v
                     th = np.tanh((v2 * k1 + k0) * v)
                     du = ((v2 * k3 + k0) * v) * (one - th * th)
-                    dz[i, j] = dz[i, j] * (((th + one) + du) * half)
+                    d[j] = d[j] * (((th + one) + du) * half)
             if use_bias:
-                for j in range(c0, c1):
-                    db[j] += dz[i, j]
+                for j in range(w):
+                    dbc[j] += d[j]
 
 
 prange = range  # Numba compiles the loops with numba.prange in its place (nnxp.ops._cpu.kernel)
@@ -207,10 +212,11 @@ def _dense_forward_cpu(
 
 def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx=True):
     """dense_backward_ref, with the activation gradient and the bias gradient as one compiled pass."""
+    threaded = type(dy) is np.ndarray and dy.size >= PARALLEL_MIN_ELEMENTS
     if not (type(dy) is np.ndarray and _fusable(activation, dy, x, w, y, z, dw, db) and _cpu.numba_enabled()
             and _cpu.call("act_grad", _act_grad_loop, dy, y, dy if z is None else z, dy[0] if db is None else db,
-                          db is not None, ACT_CODES[activation], _constants(dy.dtype), PARALLEL_CHUNK,
-                          parallel=dy.size >= PARALLEL_MIN_ELEMENTS)):
+                          db is not None, ACT_CODES[activation], _constants(dy.dtype),
+                          PARALLEL_CHUNK if threaded else max(dy.shape[1], 1), parallel=threaded)):
         return dense_backward_ref(dy, x, w, y, z, activation, dw, db, dx_out, need_dx)
     np.matmul(x.T, dy, out=dw)  # (n_in, n_out)
     if not need_dx:
