@@ -72,8 +72,11 @@ def kernel(name: str, fn: Callable, parallel: bool = False) -> Any | None:
     return _compiled[key]
 
 
-def call(name: str, fn: Callable, *args: Any, parallel: bool = False) -> bool:
-    """Run the compiled `fn` on `args`; False (nothing written) where it is unavailable or fails to compile."""
+def call(name: str, fn: Callable, *args: Any, parallel: bool = False, result: list | None = None) -> bool:
+    """Run the compiled `fn` on `args`; False (nothing written) where it is unavailable or fails to compile.
+
+    The loop's return value is appended to `result` when one is given.
+    """
     k = kernel(name, fn, parallel)
     if k is None:
         return False
@@ -81,13 +84,15 @@ def call(name: str, fn: Callable, *args: Any, parallel: bool = False) -> bool:
     if key not in compile_seconds:
         t0 = time.perf_counter()
         try:
-            k(*args)
+            r = k(*args)
         except Exception:  # a compile that fails, fails before the loop touches a buffer
             _compiled[key] = None
             return False
         compile_seconds[key] = time.perf_counter() - t0
-        return True
-    k(*args)
+    else:
+        r = k(*args)
+    if result is not None:
+        result.append(r)
     return True
 
 
