@@ -460,20 +460,27 @@ def _run_cpu_case(case, dtype, size):
         assert pf.dtype == dtype
 
 
+@pytest.mark.parametrize("threaded", [False, True], ids=["serial", "threaded"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("size", [1, 7, 1031])
 @pytest.mark.parametrize("case", sorted(CPU_CASES))
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")
-def test_every_compiled_optimizer_loop_is_bit_identical_to_its_reference(monkeypatch, case, dtype, size):
+def test_every_compiled_optimizer_loop_is_bit_identical_to_its_reference(monkeypatch, case, dtype, size, threaded):
     pytest.importorskip("numba")
     from nnxp.ops import _cpu
 
     monkeypatch.setattr(O, "NUMBA_MIN_SIZE", 0)  # take the compiled path at every size
     monkeypatch.setattr(_cpu, "_enabled", True)
+    if threaded:  # blocks of 100: several per thread, and a short last one
+        monkeypatch.setattr(O, "PARALLEL_MIN_SIZE", 0)
+        monkeypatch.setattr(O, "PARALLEL_CHUNK", 100)
+    ran = []
+    real = _cpu.call
+    monkeypatch.setattr(_cpu, "call", lambda n, *a, **k: (ran.append((n, k.get("parallel"))), real(n, *a, **k))[1])
     _run_cpu_case(case, dtype, size)
     name = CPU_CASES[case][1].__name__.removesuffix("_ref")
-    assert _cpu._compiled.get(name) is not None  # the compiled loop really ran
-    assert name in _cpu.compile_seconds
+    assert ran == [(name, threaded)] * 5  # the compiled loop ran each step
+    assert _cpu._compiled.get(name + ("/parallel" if threaded else "")) is not None
 
 
 @pytest.mark.parametrize("case", sorted(CPU_CASES))

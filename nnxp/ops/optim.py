@@ -170,90 +170,116 @@ def clip_by_global_norm_ref(g: Any, clipnorm: float) -> None:
 # importable (the ``fast`` extra) each optimizer runs its reference's operations in the same order on each
 # element, in the buffers' dtype and without FMA contraction, so its results are bit-identical to the
 # reference's. Numba is imported and a loop compiled on first use, never at import, and the machine code is
-# cached on disk. The loops are serial on purpose: they are memory-bound, and a parallel one fights
-# OpenBLAS's spinning threads and made training slower. (Running a reference block by block instead, to keep
+# cached on disk. Buffers of PARALLEL_MIN_SIZE elements and more are split into blocks over Numba's threads
+# (elementwise, so still bit-identical); smaller ones stay serial. (Running a reference block by block instead, to keep
 # the buffers in L2, measured slower than its whole-buffer passes, 1.3-1.8 vs 1.1-1.5 ms for Adam: the extra
 # ufunc calls cost more than the memory traffic they save.)
 
 NUMBA_MIN_SIZE = 1 << 16  # below this, a reference's passes stay in cache and a compile would not pay
+PARALLEL_MIN_SIZE = 1 << 19  # from here on the buffers are split into blocks over Numba's threads
+PARALLEL_CHUNK = 1 << 16  # elements per block of a threaded step (5 float32 buffers: 1.25 MiB)
 _numba_kernels: dict[str, Any] = {}  # kept for callers that look: "adam" -> compiled loop once it ran
 
 
-def _adam_loop(p, g, m, v, c1, c2, inv_alpha, eps):  # pragma: no cover - runs compiled by Numba
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = m[i] + (gi - m[i]) * c1  # adam_ref: tmp = g - m; tmp *= 1 - b1; m += tmp
-        vi = v[i] + (gi * gi - v[i]) * c2  # tmp = g * g; tmp -= v; tmp *= 1 - b2; v += tmp
-        m[i] = mi
-        v[i] = vi
-        p[i] -= mi / ((np.sqrt(vi) + eps) * inv_alpha)  # tmp = sqrt(v) + eps; tmp *= 1/alpha; p -= m / tmp
+def _adam_loop(p_, g_, m_, v_, c1, c2, inv_alpha, eps, chunk):  # pragma: no cover - runs compiled by Numba
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, m, v = p_[lo:hi], g_[lo:hi], m_[lo:hi], v_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            mi = m[i] + (gi - m[i]) * c1  # adam_ref: tmp = g - m; tmp *= 1 - b1; m += tmp
+            vi = v[i] + (gi * gi - v[i]) * c2  # tmp = g * g; tmp -= v; tmp *= 1 - b2; v += tmp
+            m[i] = mi
+            v[i] = vi
+            p[i] -= mi / ((np.sqrt(vi) + eps) * inv_alpha)  # tmp = sqrt(v) + eps; tmp *= 1/alpha; p -= m / tmp
 
 
-def _adamax_loop(p, g, m, u, c1, b2, inv_alpha, eps):  # pragma: no cover - runs compiled by Numba
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = m[i] + (gi - m[i]) * c1  # adamax_ref: tmp = g - m; tmp *= 1 - b1; m += tmp
-        ui = u[i] * b2  # u *= b2
-        ai = abs(gi)  # tmp = |g|
-        if not (ui != ui or ui >= ai):  # u = maximum(u, tmp), NaN from either side as np.maximum
-            ui = ai
-        m[i] = mi
-        u[i] = ui
-        p[i] -= mi / ((ui + eps) * inv_alpha)  # tmp = u + eps; tmp *= 1/alpha; p -= m / tmp
+def _adamax_loop(p_, g_, m_, u_, c1, b2, inv_alpha, eps, chunk):  # pragma: no cover - runs compiled by Numba
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, m, u = p_[lo:hi], g_[lo:hi], m_[lo:hi], u_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            mi = m[i] + (gi - m[i]) * c1  # adamax_ref: tmp = g - m; tmp *= 1 - b1; m += tmp
+            ui = u[i] * b2  # u *= b2
+            ai = abs(gi)  # tmp = |g|
+            if not (ui != ui or ui >= ai):  # u = maximum(u, tmp), NaN from either side as np.maximum
+                ui = ai
+            m[i] = mi
+            u[i] = ui
+            p[i] -= mi / ((ui + eps) * inv_alpha)  # tmp = u + eps; tmp *= 1/alpha; p -= m / tmp
 
 
-def _sgd_loop(p, g, velocity, lr, momentum, mode):  # pragma: no cover - runs compiled by Numba
+def _sgd_loop(p_, g_, velocity_, lr, momentum, mode, chunk):  # pragma: no cover - runs compiled by Numba
     # mode 0: plain; 1: momentum; 2: Nesterov momentum (velocity is a dummy in mode 0)
-    for i in range(p.shape[0]):
-        t = g[i] * lr  # tmp = lr g
-        if mode == 0:
-            p[i] -= t
-        else:
-            vi = velocity[i] * momentum - t  # v *= momentum; v -= tmp
-            velocity[i] = vi
-            if mode == 2:
-                p[i] = (p[i] - t) + vi * momentum  # p -= tmp; tmp = momentum v; p += tmp
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, velocity = p_[lo:hi], g_[lo:hi], velocity_[lo:hi]
+        for i in range(hi - lo):
+            t = g[i] * lr  # tmp = lr g
+            if mode == 0:
+                p[i] -= t
             else:
-                p[i] += vi
+                vi = velocity[i] * momentum - t  # v *= momentum; v -= tmp
+                velocity[i] = vi
+                if mode == 2:
+                    p[i] = (p[i] - t) + vi * momentum  # p -= tmp; tmp = momentum v; p += tmp
+                else:
+                    p[i] += vi
 
 
-def _rmsprop_loop(p, g, avg_sq, mom, avg_g, lr, rho, one_minus_rho, momentum, eps, centered, use_mom):
+def _rmsprop_loop(p_, g_, avg_sq_, mom_, avg_g_, lr, rho, one_minus_rho, momentum, eps, centered, use_mom, chunk):
     # pragma: no cover - runs compiled by Numba; mom / avg_g are dummies when unused
-    for i in range(p.shape[0]):
-        gi = g[i]
-        s = avg_sq[i] * rho + (gi * gi) * one_minus_rho  # avg_sq *= rho; tmp = g g (1 - rho); avg_sq += tmp
-        avg_sq[i] = s
-        if centered:
-            a = avg_g[i] * rho + gi * one_minus_rho  # avg_g *= rho; tmp = g (1 - rho); avg_g += tmp
-            avg_g[i] = a
-            d = (s - a * a) + eps  # tmp = avg_g^2; tmp = avg_sq - tmp; tmp += eps
-        else:
-            d = s + eps
-        t = (gi / np.sqrt(d)) * lr  # sqrt; g / tmp; tmp *= lr
-        if use_mom:
-            mi = mom[i] * momentum + t  # mom *= momentum; mom += tmp; p -= mom
-            mom[i] = mi
-            p[i] -= mi
-        else:
-            p[i] -= t
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, avg_sq, mom, avg_g = p_[lo:hi], g_[lo:hi], avg_sq_[lo:hi], mom_[lo:hi], avg_g_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            s = avg_sq[i] * rho + (gi * gi) * one_minus_rho  # avg_sq *= rho; tmp = g g (1 - rho); avg_sq += tmp
+            avg_sq[i] = s
+            if centered:
+                a = avg_g[i] * rho + gi * one_minus_rho  # avg_g *= rho; tmp = g (1 - rho); avg_g += tmp
+                avg_g[i] = a
+                d = (s - a * a) + eps  # tmp = avg_g^2; tmp = avg_sq - tmp; tmp += eps
+            else:
+                d = s + eps
+            t = (gi / np.sqrt(d)) * lr  # sqrt; g / tmp; tmp *= lr
+            if use_mom:
+                mi = mom[i] * momentum + t  # mom *= momentum; mom += tmp; p -= mom
+                mom[i] = mi
+                p[i] -= mi
+            else:
+                p[i] -= t
 
 
-def _adagrad_loop(p, g, acc, lr, eps):  # pragma: no cover - runs compiled by Numba
-    for i in range(p.shape[0]):
-        gi = g[i]
-        a = acc[i] + gi * gi  # tmp = g g; acc += tmp
-        acc[i] = a
-        p[i] -= (gi / np.sqrt(a + eps)) * lr  # tmp = acc + eps; sqrt; g / tmp; tmp *= lr; p -= tmp
+def _adagrad_loop(p_, g_, acc_, lr, eps, chunk):  # pragma: no cover - runs compiled by Numba
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, acc = p_[lo:hi], g_[lo:hi], acc_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            a = acc[i] + gi * gi  # tmp = g g; acc += tmp
+            acc[i] = a
+            p[i] -= (gi / np.sqrt(a + eps)) * lr  # tmp = acc + eps; sqrt; g / tmp; tmp *= lr; p -= tmp
 
 
-def _adadelta_loop(p, g, acc_g, acc_dx, lr, rho, one_minus_rho, eps):  # pragma: no cover - runs compiled by Numba
-    for i in range(p.shape[0]):
-        gi = g[i]
-        ag = acc_g[i] * rho + (gi * gi) * one_minus_rho  # acc_g *= rho; tmp = g g (1 - rho); acc_g += tmp
-        acc_g[i] = ag
-        t = np.sqrt((acc_dx[i] + eps) / (ag + eps)) * gi  # tmp = sqrt((acc_dx + eps) / (acc_g + eps)) * g
-        acc_dx[i] = acc_dx[i] * rho + one_minus_rho * (t * t)  # acc_dx *= rho; acc_dx += (1 - rho) (tmp tmp)
-        p[i] -= t * lr  # tmp *= lr; p -= tmp
+def _adadelta_loop(p_, g_, acc_g_, acc_dx_, lr, rho, one_minus_rho, eps, chunk):  # pragma: no cover - Numba runs it
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, acc_g, acc_dx = p_[lo:hi], g_[lo:hi], acc_g_[lo:hi], acc_dx_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            ag = acc_g[i] * rho + (gi * gi) * one_minus_rho  # acc_g *= rho; tmp = g g (1 - rho); acc_g += tmp
+            acc_g[i] = ag
+            t = np.sqrt((acc_dx[i] + eps) / (ag + eps)) * gi  # tmp = sqrt((acc_dx + eps) / (acc_g + eps)) * g
+            acc_dx[i] = acc_dx[i] * rho + one_minus_rho * (t * t)  # acc_dx *= rho; acc_dx += (1 - rho) (tmp tmp)
+            p[i] -= t * lr  # tmp *= lr; p -= tmp
 
 
 def _fusable(*arrays: Any) -> bool:
@@ -271,10 +297,16 @@ def _cpu_step(name: str, loop: Any, ref: Any, buffers: tuple, ref_scalars: tuple
 
     `buffers` are (p, g, *state, tmp) as `ref` takes them; `loop_args()` gives the loop's arguments.
     """
-    if _fusable(*buffers) and _cpu.call(name, loop, *loop_args()):
-        _numba_kernels[name] = _cpu.kernel(name, loop)
-        return
+    if _fusable(*buffers):
+        n = buffers[0].shape[0]
+        threaded = n >= PARALLEL_MIN_SIZE
+        if _cpu.call(name, loop, *loop_args(), PARALLEL_CHUNK if threaded else n, parallel=threaded):
+            _numba_kernels[name] = _cpu.kernel(name, loop, threaded)
+            return
     ref(*buffers, *ref_scalars)
+
+
+prange = range  # Numba compiles the loops with numba.prange in its place (nnxp.ops._cpu.kernel)
 
 
 def _numba_adam() -> Any | None:
