@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backend import xp_of
 from . import _cpu, _cuda
-from .activation import ACTIVATION_OPS
+from .activation import _GELU_C, ACTIVATION_OPS, ELU_ALPHA, LEAKY_RELU_SLOPE
 
 
 def dense_forward_ref(
@@ -89,12 +89,16 @@ PARALLEL_MIN_ELEMENTS = 1 << 19  # (B, n) sizes from here on use the threaded lo
 PARALLEL_CHUNK = 64  # rows (forward) or columns (backward) per task of a threaded loop
 
 
+_CONSTANTS: dict = {}
+
+
 def _constants(dtype: Any) -> Any:
     """The references' Python-float constants as their ufuncs see them: cast to the arrays' dtype."""
-    from .activation import _GELU_C, ELU_ALPHA, LEAKY_RELU_SLOPE
-
-    return np.array([LEAKY_RELU_SLOPE, ELU_ALPHA, 0.5, 0.044715 * _GELU_C, _GELU_C, 3 * 0.044715 * _GELU_C, 1.0,
-                     0.0], dtype=dtype)
+    c = _CONSTANTS.get(dtype)
+    if c is None:
+        c = _CONSTANTS[dtype] = np.array([LEAKY_RELU_SLOPE, ELU_ALPHA, 0.5, 0.044715 * _GELU_C, _GELU_C,
+                                          3 * 0.044715 * _GELU_C, 1.0, 0.0], dtype=dtype)
+    return c
 
 
 def _bias_act_loop(z, b, use_bias, act, zkeep, c, chunk):  # pragma: no cover - runs compiled by Numba
@@ -190,7 +194,7 @@ prange = range  # Numba compiles the loops with numba.prange in its place (nnxp.
 
 
 def _fusable(activation: str, *arrays: Any) -> bool:
-    return activation in ACT_CODES and _cpu.host_float(*(a for a in arrays if a is not None))
+    return activation in ACT_CODES and _cpu.host_float(*arrays)
 
 
 def _dense_forward_cpu(

@@ -285,11 +285,10 @@ def _adadelta_loop(p_, g_, acc_g_, acc_dx_, lr, rho, one_minus_rho, eps, chunk):
 def _fusable(*arrays: Any) -> bool:
     """Host float32/float64 1-D C-contiguous buffers of one size and dtype (None entries skipped), large enough
     to pay."""
-    arrays = tuple(a for a in arrays if a is not None)
     first = arrays[0]
     if type(first) is not np.ndarray or first.ndim != 1 or first.size < NUMBA_MIN_SIZE:
         return False
-    return _cpu.host_float(*arrays) and all(a.shape == first.shape for a in arrays)
+    return _cpu.host_float(*arrays) and all(a is None or a.shape == first.shape for a in arrays)
 
 
 def _cpu_step(name: str, loop: Any, ref: Any, buffers: tuple, ref_scalars: tuple, loop_args: Any) -> None:
@@ -301,7 +300,8 @@ def _cpu_step(name: str, loop: Any, ref: Any, buffers: tuple, ref_scalars: tuple
         n = buffers[0].shape[0]
         threaded = n >= PARALLEL_MIN_SIZE
         if _cpu.call(name, loop, *loop_args(), PARALLEL_CHUNK if threaded else n, parallel=threaded):
-            _numba_kernels[name] = _cpu.kernel(name, loop, threaded)
+            if name not in _numba_kernels:
+                _numba_kernels[name] = _cpu.kernel(name, loop, threaded)
             return
     ref(*buffers, *ref_scalars)
 
