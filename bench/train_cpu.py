@@ -702,9 +702,15 @@ def memory_child(impl: str, batch: int, n: int) -> dict:
     except OSError:
         reset = False
     t0 = time.perf_counter()
+    numba_import = None
     if impl in ("nnxp_numpy", "nnxp_fast"):
         from nnxp.ops import _cpu
 
+        if impl == "nnxp_fast":  # what Numba itself adds (llvmlite, its modules), before any loop loads
+            rss0 = _status_kib("VmRSS")
+            import numba  # noqa: F401
+
+            numba_import = (_status_kib("VmRSS") - rss0) / 1024 if rss0 else None
         _cpu.set_numba(impl == "nnxp_fast")
         nnxp_epoch(nnxp_model(), x, y, batch)
     elif impl == "careful_numpy":
@@ -722,7 +728,8 @@ def memory_child(impl: str, batch: int, n: int) -> dict:
             "rss_after_data_mib": baseline / 1024 if baseline else None,
             "peak_rss_loading_mib": hwm_before_training / 1024 if hwm_before_training else None,
             "peak_rss_training_mib": hwm / 1024 if (hwm and reset) else None,
-            "peak_above_data_mib": (hwm - baseline) / 1024 if (hwm and baseline and reset) else None}
+            "peak_above_data_mib": (hwm - baseline) / 1024 if (hwm and baseline and reset) else None,
+            "numba_import_rss_mib": numba_import}
 
 
 def jit_child(batch: int, n: int, fast: bool) -> dict:
@@ -888,8 +895,9 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
     result["samples_kept_noisy"] = sampler.kept_dirty + peer_counts.get("kept_noisy", 0)
     if memory:
         mem_batch = 128
-        result["memory"] = {impl: run_child("memory", impl, mem_batch, n) for impl in IMPLS
-                            if (impl != "torch" or peer.ok) and (impl != "sklearn" or sk_version)}
+        peers = () if quick else ("torch",) * peer.ok + ("sklearn",) * bool(sk_version)
+        result["memory"] = {impl: run_child("memory", impl, mem_batch, n)
+                            for impl in ("nnxp_numpy", "nnxp_fast", "careful_numpy", *peers)}
         ref = result["memory"].get("careful_numpy", {})
         for m in result["memory"].values():
             if ref.get("peak_rss_training_mib") and m.get("peak_rss_training_mib"):
