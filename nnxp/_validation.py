@@ -132,6 +132,11 @@ def check_targets(y: Any, name: str, task: str, sparse: bool, n_outputs: int, dt
             f"Received: {_describe(y)}{hint}"
         )
     check_finite(y, name, dtype)
+    if task == "categorical":  # one-hot rows or class probabilities: a negative target makes the loss unbounded
+        lo = float(to_numpy(y.min()))
+        if lo < 0:
+            raise NnxpError(f"`{name}` must be non-negative for categorical cross-entropy (one-hot rows or class "
+                            f"probabilities). Received: values down to {lo}")
     if task == "binary":
         lo, hi = (float(v) for v in to_numpy(xp_of(y).stack([y.min(), y.max()]).astype("float64")))
         if lo < 0.0 or hi > 1.0:

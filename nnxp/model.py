@@ -10,10 +10,13 @@ per epoch.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -43,6 +46,8 @@ from .ops import activation as A
 
 _DTYPES = ("float32", "float64")
 _PRECISIONS = ("highest", "tf32")
+# makes each model's check-and-claim of `_busy` atomic (one lock for all models: it is held for microseconds)
+_BUSY_LOCK = threading.Lock()
 _METRIC_ALIASES = {"acc": "accuracy", "accuracy": "accuracy", "mse": "mse", "mean_squared_error": "mse",
                    "mae": "mae", "mean_absolute_error": "mae"}
 
@@ -56,26 +61,30 @@ class Sequential:
 
     def __init__(
         self,
-        layers: list[Layer] | None = None,
+        layers: list[Layer] | tuple[Layer, ...] | None = None,
         device: str | Device | None = None,
         seed: int | None = None,
         dtype: str = "float32",
         name: str | None = None,
         precision: str = "highest",
     ) -> None:
+        if layers is not None and not isinstance(layers, (list, tuple)):
+            hint = f" Sequential([{type(layers).__name__}(...)])" if isinstance(layers, Layer) else ""
+            raise NnxpTypeError(f"`layers` must be a list of layers, e.g.{hint or ' Sequential([Dense(10)])'}. "
+                                f"Received: layers={layers!r}")
         self.device = get_device(device)
         if precision not in _PRECISIONS:
             hint = did_you_mean(str(precision), _PRECISIONS) if isinstance(precision, str) else ""
             raise NnxpError(f"`precision` must be one of {_PRECISIONS}.{hint} Received: precision={precision!r}")
         # "tf32": float32 matmuls on CUDA tensor cores (TF32 inputs, float32 sums); no effect on the CPU
         self.precision = precision
-        try:
-            name = np.dtype(dtype).name  # "float32", np.float32 and np.dtype("float32") all work
+        try:  # "float32", np.float32 and np.dtype("float32") all work; None is refused (NumPy reads it as float64)
+            dtype_name = None if dtype is None else np.dtype(dtype).name
         except TypeError:
-            name = None
-        if name not in _DTYPES:
+            dtype_name = None
+        if dtype_name not in _DTYPES:
             raise NnxpError(f"`dtype` must be one of {_DTYPES}. Received: dtype={dtype!r}")
-        self.dtype = np.dtype(name)
+        self.dtype = np.dtype(dtype_name)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         self.seed = non_negative_int("seed", seed)
@@ -94,6 +103,7 @@ class Sequential:
         self.epochs_trained = 0
         self.history: History | None = None
         self._fit_state: dict = {}
+        self._busy: tuple[int, str] | None = None  # (thread id, "fit" | "evaluate" | "predict") while one runs
         for layer in layers or []:
             self.add(layer)
 
@@ -157,6 +167,17 @@ class Sequential:
                 layer.input_dim = layer.output_dim = None
             raise
         total = sum(int(np.prod(shape)) for _, _, shape, _ in specs)
+        need, limit = 2 * total * self.dtype.itemsize, _memory_limit()  # weights and gradients
+        if limit is not None and need > limit:  # refused before a MemoryError (or swapping) can happen
+            for layer in self.layers:
+                layer.input_dim = layer.output_dim = None
+            sizes = {}
+            for layer, _, shape, _ in specs:
+                sizes[layer.name] = sizes.get(layer.name, 0) + int(np.prod(shape))
+            largest = max(sizes, key=sizes.get)
+            raise NnxpError(f"the model needs {_format_bytes(need)} for its {total:,} parameters ({self.dtype} "
+                            f"weights and gradients; layer {largest!r} has {sizes[largest]:,}), more than the "
+                            f"{_format_bytes(limit)} of memory available. Use fewer units or smaller inputs")
         host = np.empty(total, dtype=self.dtype)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0]))  # stream 0: initial weights
         self._slices, offset = [], 0
@@ -167,6 +188,15 @@ class Sequential:
             offset += size
         with self._use():
             self._bind(self.device.asarray(host))
+
+    def _unbuild(self) -> None:
+        """Back to the unbuilt state (no weights, input size free), for a fit that failed before training."""
+        self.params = self.grads = None
+        self._slices = []
+        for layer in self.layers:
+            layer.input_dim = layer.output_dim = None
+            layer.params, layer.grads = {}, {}
+            layer._buffers.clear()
 
     def _bind(self, params: Any) -> None:
         """Adopt `params` as the flat buffer and give every layer its views."""
@@ -182,7 +212,22 @@ class Sequential:
             layer.bind(*views[id(layer)])
 
     def count_params(self) -> int:
-        return 0 if not self.built else int(self.params.size)
+        """The number of weights; before the model is built, what :meth:`summary` counts (its total)."""
+        if self.built:
+            return int(self.params.size)
+        return sum(count or 0 for _, count in self._layer_shapes())
+
+    def _layer_shapes(self) -> list[tuple[int | None, int | None]]:
+        """(output width, parameter count) per layer from the declared sizes; None where not known yet."""
+        rows, dim = [], self.input_dim
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                count = (dim * layer.units + (layer.units if layer.use_bias else 0)) if dim else None
+                dim = layer.units
+            else:
+                count = 0
+            rows.append((dim, count))
+        return rows
 
     def to(self, device: str | Device) -> Sequential:
         """Move the model (weights and optimizer state) to `device`; returns self."""
@@ -258,12 +303,39 @@ class Sequential:
                 names.append(key)
         self.optimizer, self.loss, self.metrics = opt, loss_obj, names
         self._configure_output()
+        last = self.layers[-1] if self.layers else None
+        if getattr(last, "activation", None) == "softmax" and self.output_dim == 1:
+            warnings.warn("the output has 1 unit and softmax, whose output is always 1.0, so the loss cannot "
+                          "change; for a binary output use Dense(1, activation='sigmoid') with "
+                          "'binary_crossentropy', or one unit per class with softmax", UserWarning, stacklevel=2)
 
     def _configure_output(self) -> None:
         """Fuse the output activation with the loss (softmax+CE, sigmoid+BCE) when they pair."""
         last = self.layers[-1] if self.layers else None
         act = getattr(last, "activation", None) if isinstance(last, (Dense, Activation)) else None
         self._fused = self.loss is not None and act is not None and act == self.loss.fused_activation
+
+    @contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """One fit / evaluate / predict at a time per model: they share the layers' scratch buffers and the
+        activations kept for backward. A callback inside fit (same thread) may evaluate or predict, not fit."""
+        me = threading.get_ident()
+        with _BUSY_LOCK:
+            owner = self._busy
+            if owner is not None and (what == "fit" or owner[0] != me):
+                where = "in another thread" if owner[0] != me else "(this call comes from inside it, e.g. a callback)"
+                raise NnxpError(f"{owner[1]} is already running on this model {where}; `{what}` must wait for it "
+                                "to finish (one model runs one fit, evaluate or predict at a time), or use a "
+                                "separate model per thread")
+            nested = owner is not None
+            if not nested:
+                self._busy = (me, what)
+        try:
+            yield
+        finally:
+            if not nested:
+                with _BUSY_LOCK:
+                    self._busy = None
 
     def _use(self) -> Any:
         """The model's device made current, with its matmul precision."""
@@ -333,9 +405,11 @@ class Sequential:
         return pred == true
 
     # --- data -----------------------------------------------------------------------------------
-    def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y") -> tuple[Any, Any]:
-        """Validate, cast and move one (x, y) pair to the device; builds the model if needed."""
-        x = check_features(x, xname, self.input_dim, self.dtype)
+    def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y",
+                 n_features: int | None = None) -> tuple[Any, Any]:
+        """Validate, cast and move one (x, y) pair to the device (`n_features`: the width x must have, when the
+        model's input size is not fixed yet)."""
+        x = check_features(x, xname, self.input_dim or n_features, self.dtype)
         y = check_targets(y, yname, self.loss.task, self.loss.sparse, self.output_dim or 1, self.dtype)
         check_same_length(x, y, xname, yname)
         x = self.device.asarray(x, dtype=self.dtype)
@@ -386,9 +460,14 @@ class Sequential:
         batch's loss is ``sum_i w_i l_i / batch_size``, and the metrics are weighted means. Given both, a row's
         weight is their product. ``validation_data`` may be ``(x_val, y_val, sample_weight_val)``; with
         ``validation_split`` the validation rows keep their ``sample_weight`` (class weights apply to training).
+
+        Ctrl-C stops after the current batch and rolls the model back to the start of that epoch. One fit runs
+        per model at a time: a second one (another thread, or a callback) raises NnxpError, as do predict and
+        evaluate from another thread while it runs; callbacks may predict and evaluate.
         """
         try:
-            with self._use():  # every allocation lands on the model's GPU, not the current one
+            # every allocation lands on the model's GPU, not the current one
+            with self._exclusive("fit"), self._use():
                 return self._fit(x, y, epochs, batch_size, validation_split, validation_data, shuffle, verbose,
                                  callbacks, initial_epoch, cuda_graph, sample_weight, class_weight)
         except Exception as exc:
@@ -421,13 +500,13 @@ class Sequential:
         if cuda_graph and w is not None:
             raise NnxpError("`cuda_graph=True` does not support `sample_weight` or `class_weight` yet; "
                             "use cuda_graph=False for weighted training")
-        if not self.built:  # fixes the input size, so validation data is checked against it too
-            self.build(x.shape[1])
+        # everything is checked before the model is built: an error leaves an unbuilt model unbuilt
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise NnxpError("`validation_data` must be a tuple (x_val, y_val) or (x_val, y_val, "
                                 f"sample_weight_val). Received: {type(validation_data).__name__}")
-            xv, yv = self._prepare(*validation_data[:2], xname="validation_data[0]", yname="validation_data[1]")
+            xv, yv = self._prepare(*validation_data[:2], xname="validation_data[0]", yname="validation_data[1]",
+                                   n_features=x.shape[1])
             wv = None
             if len(validation_data) == 3:
                 wv = self._prepare_weights(validation_data[2], "validation_data[2]", xv.shape[0])
@@ -444,9 +523,12 @@ class Sequential:
             w = None if w is None else w[:-n_val]
         else:
             val = None
+        built_here = not self.built
+        if built_here:
+            self.build(x.shape[1])
 
         n = x.shape[0]
-        history = History()
+        history, previous_history = History(), self.history
         # every key from the start: a run stopped in its first epoch still has history["loss"] (an empty list)
         keys = ["loss", *self.metrics]
         history.history = {k: [] for k in keys + ([f"val_{k}" for k in keys] if val is not None else [])}
@@ -466,8 +548,14 @@ class Sequential:
                       None if w is None else xp.empty(rows, w.dtype))
         # overflow inside a diverging step is reported once, as a NumericalError, not as NumPy warnings
         with _GracefulInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
-            for cb in cbs:
-                cb.on_train_begin()
+            try:
+                for cb in cbs:
+                    cb.on_train_begin()
+            except BaseException:  # a callback refused to start: nothing has trained, so undo this call's build
+                self.history = previous_history
+                if built_here:
+                    self._unbuild()
+                raise
             try:
                 self._epochs(initial_epoch, epochs, (x, y, w), val, batch_bufs, shuffle, batch_size, cbs,
                              interrupt, history)
@@ -522,6 +610,12 @@ class Sequential:
         weight_sum = None if w is None else xp.zeros((), dtype=np.float64)  # the weighted metrics' denominator
         seen = 0
         wb = None
+        # Keras passes the batch's loss to on_train_batch_end. On the CPU it is a float already (the divergence
+        # check reads it); on a GPU reading it syncs the device, so it is read only when a callback other than
+        # the progress bar overrides on_train_batch_end
+        batch_loss_wanted = check_each_batch or any(
+            type(cb).on_train_batch_end is not Callback.on_train_batch_end and not isinstance(cb, ProgbarLogger)
+            for cb in cbs)
         graphs = self._fit_state.get("cuda_graph", False)
         for batch, start in enumerate(range(0, n, batch_size)):
             if shuffle:
@@ -545,7 +639,7 @@ class Sequential:
                 loss, sums = replayed
             else:
                 loss, out = self._train_step(xb, yb, wb)
-                if check_each_batch and not math.isfinite(float(loss)):
+                if check_each_batch and not math.isfinite(float(loss)):  # (a float of a NumPy 0-d array: no sync)
                     self._recover_from_blowup(snapshot, epoch, batch)
                 sums = self._metric_sums(out, yb, wb)
                 self.optimizer.apply(self.params, self.grads)
@@ -559,8 +653,9 @@ class Sequential:
             seen += nb
             if weight_sum is not None:
                 weight_sum += wb.sum()
+            batch_logs = {"size": nb, "loss": float(loss)} if batch_loss_wanted else {"size": nb}
             for cb in cbs:
-                cb.on_train_batch_end(batch, {"size": nb})
+                cb.on_train_batch_end(batch, batch_logs)
             if interrupt.requested:
                 break
         if interrupt.requested:
@@ -661,7 +756,7 @@ class Sequential:
             raise NnxpTypeError(f"`return_dict` must be True or False. Received: return_dict={return_dict!r}")
         self._require_built()
         batch_size = 1024 if batch_size is None else positive_int("batch_size", batch_size)
-        with self._use():
+        with self._exclusive("evaluate"), self._use():
             x, y = self._prepare(x, y)
             w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
             logs = self._evaluate_arrays(x, y, w, batch_size)
@@ -684,10 +779,14 @@ class Sequential:
         `x` stays where it is and moves to the device one batch at a time, so data larger than
         the device's memory is fine. ``verbose`` is accepted for Keras programs (0, 1, 2 or "auto") and
         prints nothing: prediction has no progress bar.
+
+        Not concurrent: predict shares the layers' scratch buffers with fit, evaluate and other predicts, so a
+        call while one of them runs in another thread raises NnxpError (use one model per thread). A callback
+        inside fit may call it.
         """
         verbosity(verbose)
         try:
-            with self._use():
+            with self._exclusive("predict"), self._use():
                 return self._predict(x, batch_size)
         except Exception as exc:
             if is_out_of_memory(exc):
@@ -714,17 +813,10 @@ class Sequential:
         """A table of layers, output shapes, activations and parameter counts; printed and returned."""
         rows = [("Layer (type)", "Output shape", "Activation", "Params")]
         total = 0
-        dim = self.input_dim
-        for layer in self.layers:
-            if isinstance(layer, Dense):
-                out_dim = layer.units
-                count = (dim * layer.units + (layer.units if layer.use_bias else 0)) if dim else None
-            else:
-                out_dim, count = dim, 0
+        for layer, (out_dim, count) in zip(self.layers, self._layer_shapes(), strict=True):
             total += count or 0
             rows.append((f"{layer.name} ({type(layer).__name__})", f"(None, {out_dim if out_dim else '?'})",
                          layer.describe_activation() or "-", "?" if count is None else f"{count:,}"))
-            dim = out_dim
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         line = "-" * (sum(widths) + 6)
         fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}"  # noqa: E731
@@ -759,6 +851,30 @@ class Sequential:
 
     def __repr__(self) -> str:
         return f"Sequential(layers={len(self.layers)}, params={self.count_params():,}, device={self.device.name!r})"
+
+
+def _memory_limit() -> int | None:
+    """Bytes a model's weights and gradients may take: the memory available now (psutil, when installed), else
+    the machine's physical memory, else None (no check)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.1f} {unit}"
 
 
 def _ratio(total: Any, count: Any) -> float:

@@ -11,6 +11,7 @@ import nnxp
 from nnxp import Activation, Dense, Dropout, NnxpError, Sequential
 from nnxp.callbacks import Callback
 from nnxp.errors import NumericalError
+from nnxp.layers import Layer
 from nnxp.ops.activation import ACTIVATION_OPS
 
 HIDDEN = sorted(ACTIVATION_OPS)
@@ -948,3 +949,273 @@ def test_masked_arrays_without_bad_values_use_their_data():
     model = _finite_case_model()
     x = np.ma.array(np.arange(16.0).reshape(8, 2) / 16, mask=np.eye(8, 2, dtype=bool))
     np.testing.assert_array_equal(model.predict(x), model.predict(x.data))
+
+
+# --- an error leaves an unbuilt model unbuilt (issue 16, section 5) -------------------------------------------
+
+class _RefusesToStart(Callback):
+    def on_train_begin(self, logs=None):
+        raise NnxpError("refused")
+
+
+UNBUILT_FAILURES = {
+    "validation_data-width": (lambda m, x, y: m.fit(x, y, verbose=0, validation_data=(np.zeros((4, 5)), y[:4])),
+                              r"`validation_data\[0\]` must have 3 features"),
+    "validation_data-labels": (lambda m, x, y: m.fit(x, y, verbose=0, validation_data=(x[:4], np.full(4, 7))),
+                               r"`validation_data\[1\]` labels"),
+    "validation_data-weights": (lambda m, x, y: m.fit(x, y, verbose=0, validation_data=(x[:4], y[:4], -np.ones(4))),
+                                r"`validation_data\[2\]` must be non-negative"),
+    "validation_data-shape": (lambda m, x, y: m.fit(x, y, verbose=0, validation_data=(x[:4],)), "`validation_data`"),
+    "validation_split-one-row": (lambda m, x, y: m.fit(x[:1], y[:1], verbose=0, validation_split=0.4),
+                                 "`validation_split`"),
+    "sample_weight": (lambda m, x, y: m.fit(x, y, verbose=0, sample_weight=np.ones(3)), "`sample_weight`"),
+    "class_weight": (lambda m, x, y: m.fit(x, y, verbose=0, class_weight={9: 1.0}), "`class_weight`"),
+    "callback-on_train_begin": (lambda m, x, y: m.fit(x, y, verbose=0, callbacks=[_RefusesToStart()]), "refused"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNBUILT_FAILURES))
+def test_a_failed_fit_leaves_an_unbuilt_model_unbuilt(case):
+    call, message = UNBUILT_FAILURES[case]
+    model = Sequential([Dense(4, "relu"), Dense(2, "softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    with pytest.raises(NnxpError, match=message):
+        call(model, x, y)
+    assert not model.built and model.input_dim is None and model.params is None
+    assert all(layer.input_dim is None for layer in model.layers)
+    assert model.history is None and model.optimizer.iterations == 0
+    x6 = np.random.default_rng(1).normal(size=(20, 6))  # a later valid fit, of any width, works
+    model.fit(x6, y, epochs=1, verbose=0)
+    assert model.input_dim == 6 and model.predict(x6).shape == (20, 2)
+
+
+# --- one model, two threads (issue 16, section 8) -------------------------------------------------------------
+
+def test_a_second_concurrent_fit_is_refused_and_the_first_trains_undisturbed():
+    import threading
+
+    x, y = _circles(200)
+    started, release = threading.Event(), threading.Event()
+
+    class Pause(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1 and self.model.epochs_trained == 0:
+                started.set()
+                assert release.wait(30)
+
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce")
+    errors = []
+    worker = threading.Thread(target=lambda: model.fit(x, y, epochs=2, verbose=0, callbacks=[Pause()]))
+    worker.start()
+    try:
+        assert started.wait(30)
+        for call in (lambda: model.fit(x, y, verbose=0), lambda: model.predict(x),
+                     lambda: model.evaluate(x, y, verbose=0)):
+            with pytest.raises(NnxpError, match="fit is already running on this model") as info:
+                call()
+            errors.append(str(info.value))
+    finally:
+        release.set()
+        worker.join(60)
+    assert "another thread" in errors[1]
+    reference = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    reference.compile("adam", "bce")
+    reference.fit(x, y, epochs=2, verbose=0)
+    for a, b in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.fit(x, y, epochs=1, verbose=0)  # the guard is released afterwards
+    assert model.predict(x).shape == (200, 1)
+
+
+def test_callbacks_may_predict_and_evaluate_but_not_fit_the_model_they_watch():
+    x, y = _circles(64)
+    seen = []
+
+    class Probe(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(self.model.predict(x[:4]).shape)
+            seen.append(self.model.evaluate(x, y, verbose=0))
+            with pytest.raises(NnxpError, match="fit is already running on this model"):
+                self.model.fit(x, y, verbose=0)
+
+    model = Sequential([Dense(4, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile("adam", "bce")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[Probe()])
+    assert seen[0] == (4, 1) and isinstance(seen[1], float) and len(seen) == 4
+
+
+# --- smaller things from issue 16 -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [None, "float16", "int32", "double precision"])
+def test_dtype_must_be_one_of_the_choices(dtype):
+    with pytest.raises(NnxpError, match=r"`dtype` must be one of \('float32', 'float64'\)\. Received: dtype="):
+        Sequential(dtype=dtype)
+
+
+def test_the_model_name_is_kept():
+    assert Sequential(name="mlp").name == "mlp" and Sequential().name == "sequential"
+    assert Sequential(name="mlp", dtype="float64").get_config()["name"] == "mlp"
+
+
+def test_layers_must_be_a_list():
+    with pytest.raises(nnxp.errors.NnxpTypeError, match=r"`layers` must be a list of layers.*Sequential\(\[Dense"):
+        Sequential(Dense(3, input_dim=2))
+    with pytest.raises(nnxp.errors.NnxpTypeError, match=r"`layers` must be a list"):
+        Sequential("dense")
+    assert len(Sequential((Dense(3, input_dim=2), Dense(1))).layers) == 2
+
+
+def test_negative_categorical_targets_are_refused_not_reported_as_divergence():
+    model = Sequential([Dense(3, "softmax", input_dim=2)], seed=0)
+    model.compile("sgd", "categorical_crossentropy")
+    y = np.eye(3)[[0, 1, 2, 0]]
+    y[1] = [-1.0, 1.0, 1.0]
+    with pytest.raises(NnxpError, match=r"`y` must be non-negative for categorical cross-entropy.*-1"):
+        model.fit(np.zeros((4, 2)), y, verbose=0)
+    with pytest.raises(NnxpError, match=r"`validation_data\[1\]` must be non-negative"):
+        model.fit(np.zeros((4, 2)), np.abs(y), verbose=0, validation_data=(np.zeros((4, 2)), y))
+    assert model.optimizer.iterations == 0
+
+
+def test_a_model_too_large_for_memory_is_refused_at_build_with_its_size():
+    model = Sequential([Dense(10**9, input_dim=1000), Dense(1)], seed=0)
+    # 1000 * 1e9 + 1e9 + 1e9 + 1 parameters, float32, weights and gradients: about 7.3 TiB
+    with pytest.raises(NnxpError, match=r"needs 7\.3 TiB .*1,002,000,000,001 parameters"):
+        model.build(1000)
+    assert not model.built and all(layer.input_dim is None for layer in model.layers)
+    model.compile("sgd", "mse")
+    with pytest.raises(NnxpError, match=r"needs 7\.3 TiB"):
+        model.fit(np.zeros((2, 1000)), np.zeros(2), verbose=0)
+    assert "Total params" in model.summary(print_fn=None)
+
+
+def test_the_memory_bound_without_psutil_is_the_physical_memory(monkeypatch):
+    import builtins
+
+    from nnxp import model as model_mod
+
+    real_import = builtins.__import__
+
+    def no_psutil(name, *args, **kwargs):
+        if name == "psutil":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psutil)
+    limit = model_mod._memory_limit()
+    assert limit == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# --- smaller things from issue 17 -----------------------------------------------------------------------------
+
+def test_count_params_before_the_first_fit_equals_the_summary():
+    model = Sequential([Dense(8, "relu", input_dim=4), Dropout(0.1), Dense(1, "sigmoid")])
+    assert "Total params: 49" in model.summary(print_fn=None)
+    assert model.count_params() == 49 and not model.built
+    model.build(4)
+    assert model.count_params() == 49
+    unknown = Sequential([Dense(8, "relu"), Dense(1)])
+    assert unknown.count_params() == 9 and "Total params: 9" in unknown.summary(print_fn=None)
+
+
+@pytest.mark.parametrize("layers, loss", [
+    (lambda: [Dense(4, "relu", input_dim=2), Dense(1, "softmax")], "binary_crossentropy"),
+    (lambda: [Dense(4, "relu", input_dim=2), Dense(1), Activation("softmax")], "categorical_crossentropy"),
+])
+def test_a_one_unit_softmax_output_warns(layers, loss):
+    model = Sequential(layers())
+    with pytest.warns(UserWarning, match=r"1 unit and softmax.*always 1.*activation='sigmoid'"):
+        model.compile("adam", loss)
+
+
+def test_two_unit_softmax_and_one_unit_sigmoid_do_not_warn():
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error")
+        Sequential([Dense(2, "softmax", input_dim=2)]).compile("adam", "sparse_categorical_crossentropy")
+        Sequential([Dense(1, "sigmoid", input_dim=2)]).compile("adam", "bce")
+
+
+class _BatchLosses(Callback):
+    def __init__(self):
+        self.logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append(dict(logs))
+
+
+def test_batch_end_logs_carry_the_batch_loss():
+    x, y = _circles(100)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile(nnxp.optimizers.SGD(0.0), "bce")  # learning rate 0: every batch sees the same weights
+    rec = _BatchLosses()
+    h = model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0, callbacks=[rec])
+    assert [log["size"] for log in rec.logs] == [32, 32, 32, 4]
+    assert all(type(log["loss"]) is float for log in rec.logs)
+    for i, log in enumerate(rec.logs):
+        np.testing.assert_allclose(log["loss"], model.evaluate(x[32 * i : 32 * i + 32], y[32 * i : 32 * i + 32],
+                                                               verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(h.history["loss"][0], np.dot([32, 32, 32, 4], [g["loss"] for g in rec.logs]) / 100,
+                               rtol=1e-6)
+
+
+def test_batch_end_logs_carry_the_loss_on_the_emulated_cuda_device(fake_cupy):
+    x, y = _circles(64)
+    model = Sequential([Dense(8, "relu", input_dim=2), Dense(1, "sigmoid")], device="cuda", seed=0)
+    model.compile("adam", "bce")
+    rec = _BatchLosses()
+    h = model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[rec])
+    assert len(rec.logs) == 4 and all(type(log["loss"]) is float for log in rec.logs)
+    np.testing.assert_allclose(h.history["loss"][0], np.mean([g["loss"] for g in rec.logs]), rtol=1e-5)
+
+
+# --- mutants that survived the suite (issue 16, section 9) ----------------------------------------------------
+
+def test_epoch_loss_at_learning_rate_zero_equals_evaluate_with_a_partial_last_batch():
+    x, y = _circles(100)  # 100 = 3 * 32 + 4: the last batch is partial
+    r = np.random.default_rng(0)
+    y = y + r.uniform(-0.3, 0.3, 100)  # rows with very different losses, so a mis-weighted batch shows
+    model = Sequential([Dense(8, "tanh", input_dim=2), Dense(1)], seed=0, dtype="float64")
+    model.compile(nnxp.optimizers.SGD(0.0), "mse", metrics=["mae"])
+    h = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    logs = model.evaluate(x, y, batch_size=7, verbose=0, return_dict=True)
+    np.testing.assert_allclose(h.history["loss"], [logs["loss"]] * 2, rtol=1e-12)
+    np.testing.assert_allclose(h.history["mae"], [logs["mae"]] * 2, rtol=1e-12)
+
+
+class _RowRecorder(Layer):
+    """Passes its input through and records column 0 (a row id) of every training batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x, training=False):
+        if training:
+            self.batches.append(np.asarray(x[:, 0]).astype(int))
+        return x
+
+    def backward(self, dy, need_dx=True):
+        return dy
+
+
+def test_each_epoch_sees_every_row_once_in_a_new_order():
+    n, batch_size, epochs = 50, 8, 4
+    x = np.c_[np.arange(n), np.zeros(n)]
+    recorder = _RowRecorder()
+    model = Sequential([recorder, Dense(1)], seed=0, dtype="float64")
+    model.compile("sgd", "mse")
+    model.fit(x, np.zeros(n), epochs=epochs, batch_size=batch_size, verbose=0)
+    per_epoch = -(-n // batch_size)
+    orders = [np.concatenate(recorder.batches[e * per_epoch : (e + 1) * per_epoch]) for e in range(epochs)]
+    assert len(recorder.batches) == epochs * per_epoch
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), np.arange(n))  # every row exactly once
+        assert not np.array_equal(order, np.arange(n))  # shuffled
+    assert len({tuple(order) for order in orders}) == epochs  # a new order every epoch
+    recorder.batches.clear()
+    model.fit(x, np.zeros(n), epochs=1, batch_size=batch_size, verbose=0)  # a second fit: new orders too
+    assert tuple(np.concatenate(recorder.batches)) not in {tuple(order) for order in orders}
