@@ -490,15 +490,3 @@ def test_without_numba_the_reference_runs(monkeypatch, case):
     monkeypatch.setattr(_cpu, "_enabled", False)  # as where Numba is not installed
     monkeypatch.setattr(O, "NUMBA_MIN_SIZE", 0)
     _run_cpu_case(case, np.float64, 7)
-
-
-def test_set_numba_switches_the_compiled_loops_off_and_back():
-    from nnxp.ops import _cpu
-
-    try:
-        _cpu.set_numba(False)
-        assert not _cpu.numba_enabled() and _cpu.kernel("adam", O._adam_loop) is None
-        _cpu.set_numba(True)
-        assert _cpu.numba_enabled() == _cpu._importable()
-    finally:
-        _cpu.set_numba(None)
