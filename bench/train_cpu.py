@@ -882,7 +882,7 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
                 row["ratios"][f"{impl}_over_careful_numpy_within_a_longer_fit"] = (
                     statistics.median(row["epoch_s"]["careful_numpy"])
                     / (statistics.median(row["epoch_s"][impl]) - row["nnxp_fit_call_s"]))
-        steps = min(60, x.shape[0] // batch)
+        steps = max(1, min(60, x.shape[0] // batch))
         row["step_ms"] = {}
         for name, fast, threaded in (("nnxp_numpy", False, True), ("nnxp_fast", True, True),
                                      ("nnxp_fast_serial", True, False)):
@@ -992,8 +992,8 @@ def markdown(result: dict) -> str:
                      + " | ".join(cell(r, k, "{:.2f}x") for k in ("nnxp_numpy_over_careful_numpy",
                                                                   "nnxp_fast_over_careful_numpy",
                                                                   "nnxp_fast_over_torch")) + " |")
-    lines += ["", "Each timed epoch is one `fit` call, which also validates x and y once (a pass over the 188 MB of "
-              "images) and sets up: " + ", ".join(f"{r['nnxp_fit_call_s'] * 1e3:.0f} ms at batch {r['batch']}"
+    lines += ["", "Each timed epoch is one `fit` call, which also validates x and y once (a pass over x) and sets "
+              "up: " + ", ".join(f"{r['nnxp_fit_call_s'] * 1e3:.0f} ms at batch {r['batch']}"
                                                  for r in result["batches"].values())
               + ". Inside `fit(epochs=N)` that is paid once; per epoch there, NumPy alone / careful = "
               + ", ".join(f"{r['ratios'].get('nnxp_numpy_over_careful_numpy_within_a_longer_fit', float('nan')):.2f}x"
