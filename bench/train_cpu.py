@@ -1,16 +1,22 @@
-"""CPU training throughput: nnxp against PyTorch eager, in one run, on one machine.
+"""CPU training throughput: nnxp (NumPy alone and with the ``fast`` extra) against its peers, in one run.
 
-Trains a 784-512-256-10 ReLU MLP (softmax cross-entropy, Adam lr 1e-3, float32)
-for one epoch of Fashion-MNIST (60,000 images) at batch 128 and 1024 with
-nnxp's ``Sequential.fit`` and with the idiomatic PyTorch loop (same initial
-weights, a new shuffle each epoch, data already tensors, as many threads as
-NumPy's BLAS), epochs of the two interleaved in one run; PyTorch runs in a child
-process so the two libraries' thread pools never share one. The run also times
-the GEMMs one training step needs, alone (NumPy and PyTorch, preallocated
-outputs), and one Adam update alone over the whole parameter set, so the ratios
-say where the time goes.
+Trains a 784-512-256-10 ReLU MLP (softmax cross-entropy, Adam lr 1e-3, float32) for whole epochs of
+Fashion-MNIST (60,000 images) at batch 32, 128, 1024 and 8192 with
 
-    python bench/train_cpu.py [--quick] [--json OUT]
+- nnxp's ``Sequential.fit`` with its compiled CPU loops off (``nnxp_numpy``, as without the ``fast`` extra)
+  and on (``nnxp_fast``, Numba);
+- a careful hand-written NumPy MLP (``CarefulNumpyMLP``: preallocated buffers, in-place ufuncs, the same
+  weights), the bar nnxp must clear with NumPy alone;
+- the idiomatic PyTorch eager loop, in a child process so the two libraries' thread pools never share one;
+- scikit-learn's ``MLPClassifier.partial_fit`` (Adam, float32 data).
+
+Epochs of all of them are interleaved, so slow spells hit each alike. The run also times the 8 GEMMs one step
+needs, alone (preallocated outputs, nnxp's layouts), nnxp's step phase by phase (threaded and serial loops), one
+Adam update alone, the peak RSS of one training epoch per implementation (each in a fresh process), and the
+compile latency of the fast extra (first and second epoch in fresh processes with a cold, then a warm Numba
+cache). Targets and ratios come from this one run.
+
+    python bench/train_cpu.py [--quick] [--json OUT] [--batches 32,128,1024,8192] [--no-memory] [--no-jit]
 
 Where OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set (workarounds for old OpenBLAS
 builds) run it as ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python
@@ -20,7 +26,7 @@ Shared machines are noisy, so every timed sample also measures how much CPU
 *other* processes used meanwhile (``/proc/stat`` minus this process); samples
 taken while others used more than ``--max-foreign`` CPUs are retaken (up to a
 limit) and the counts are reported. The JSON records the environment: CPU,
-threads, BLAS and its kernel, versions and those variables.
+threads, BLAS and its kernel, Numba's threading layer, versions and those variables.
 """
 
 from __future__ import annotations
