@@ -89,3 +89,20 @@ def test_a_second_process_loads_the_compiled_loop_from_the_disk_cache(tmp_path):
     assert runs[0] == {"hits": 0, "misses": 1}  # compiled, and written to the cache
     assert runs[1] == {"hits": 1, "misses": 0}  # loaded: the second process compiled nothing
     assert any(tmp_path.rglob("*.nbi"))
+
+
+def test_threaded_loops_use_no_more_threads_than_numpys_blas(monkeypatch):
+    pytest.importorskip("numba")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numba
+
+    monkeypatch.setattr(_cpu, "_enabled", True)
+    monkeypatch.setattr(_cpu, "_threads", None)
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        assert _cpu.threads() == 1  # one BLAS thread: the callers stay serial
+    monkeypatch.setattr(_cpu, "_threads", None)
+    blas = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    assert _cpu.threads() == max(1, min(numba.config.NUMBA_NUM_THREADS, *blas))
+    monkeypatch.setattr(_cpu, "_enabled", False)
+    monkeypatch.setattr(_cpu, "_threads", None)
+    assert _cpu.threads() == 1  # no compiled loops, no threads

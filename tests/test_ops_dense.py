@@ -82,6 +82,7 @@ def _numba_on(monkeypatch, threaded):
     monkeypatch.setattr(_cpu, "call", call)
     monkeypatch.setattr(D, "_ran", ran, raising=False)
     if threaded:
+        monkeypatch.setattr(_cpu, "_threads", 2)  # as on a machine with two BLAS threads
         monkeypatch.setattr(D, "PARALLEL_MIN_ELEMENTS", 0)
         monkeypatch.setattr(D, "PARALLEL_CHUNK", 4)  # several chunks even at small sizes
     return D, _cpu

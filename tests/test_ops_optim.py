@@ -472,6 +472,7 @@ def test_every_compiled_optimizer_loop_is_bit_identical_to_its_reference(monkeyp
     monkeypatch.setattr(O, "NUMBA_MIN_SIZE", 0)  # take the compiled path at every size
     monkeypatch.setattr(_cpu, "_enabled", True)
     if threaded:  # blocks of 100: several per thread, and a short last one
+        monkeypatch.setattr(_cpu, "_threads", 2)  # as on a machine with two BLAS threads
         monkeypatch.setattr(O, "PARALLEL_MIN_SIZE", 0)
         monkeypatch.setattr(O, "PARALLEL_CHUNK", 100)
     ran = []

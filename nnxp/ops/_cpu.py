@@ -102,6 +102,37 @@ def call(name: str, fn: Callable, *args: Any, parallel: bool = False, result: li
     return True
 
 
+_threads: int | None = None  # threads for the threaded loops; decided on the first call of threads()
+
+
+def threads() -> int:
+    """How many threads the threaded loops use: Numba's, but no more than NumPy's BLAS runs (threadpoolctl,
+    where installed), so that a process limited to one BLAS thread (say, one of several workers) stays serial.
+
+    1 means the callers run their serial loops. Numba's own setting (NUMBA_NUM_THREADS) still caps it.
+    """
+    global _threads
+    if _threads is None:
+        n = 1
+        if numba_enabled():
+            import numba
+
+            n = numba.config.NUMBA_NUM_THREADS
+            try:
+                from threadpoolctl import threadpool_info
+
+                blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+                if blas:
+                    n = min(n, *blas)
+            except Exception:  # threadpoolctl missing or unable to inspect: Numba's count
+                pass
+            n = max(1, n)
+            if n > 1:
+                numba.set_num_threads(n)
+        _threads = n
+    return _threads
+
+
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 

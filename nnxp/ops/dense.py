@@ -209,14 +209,14 @@ def _dense_forward_cpu(
         z_out = np.empty_like(z)
     if not _cpu.call("bias_act", _bias_act_loop, z, z[0] if b is None else b, b is not None, ACT_CODES[activation],
                      z_out if needs_z else z, _constants(z.dtype), PARALLEL_CHUNK,
-                     parallel=z.size >= PARALLEL_MIN_ELEMENTS):
+                     parallel=z.size >= PARALLEL_MIN_ELEMENTS and _cpu.threads() > 1):
         return _bias_act_ref(z, b, activation, z_out)
     return z, (z_out if needs_z else None)
 
 
 def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx=True):
     """dense_backward_ref, with the activation gradient and the bias gradient as one compiled pass."""
-    threaded = type(dy) is np.ndarray and dy.size >= PARALLEL_MIN_ELEMENTS
+    threaded = type(dy) is np.ndarray and dy.size >= PARALLEL_MIN_ELEMENTS and _cpu.threads() > 1
     if not (type(dy) is np.ndarray and _fusable(activation, dy, x, w, y, z, dw, db) and _cpu.numba_enabled()
             and _cpu.call("act_grad", _act_grad_loop, dy, y, dy if z is None else z, dy[0] if db is None else db,
                           db is not None, ACT_CODES[activation], _constants(dy.dtype),

@@ -298,7 +298,7 @@ def _cpu_step(name: str, loop: Any, ref: Any, buffers: tuple, ref_scalars: tuple
     """
     if _fusable(*buffers):
         n = buffers[0].shape[0]
-        threaded = n >= PARALLEL_MIN_SIZE
+        threaded = n >= PARALLEL_MIN_SIZE and _cpu.threads() > 1
         if _cpu.call(name, loop, *loop_args(), PARALLEL_CHUNK if threaded else n, parallel=threaded):
             if name not in _numba_kernels:
                 _numba_kernels[name] = _cpu.kernel(name, loop, threaded)
