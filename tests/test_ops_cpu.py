@@ -106,3 +106,36 @@ def test_threaded_loops_use_no_more_threads_than_numpys_blas(monkeypatch):
     monkeypatch.setattr(_cpu, "_enabled", False)
     monkeypatch.setattr(_cpu, "_threads", None)
     assert _cpu.threads() == 1  # no compiled loops, no threads
+
+
+def test_threaded_loops_run_on_the_workqueue_layer_and_one_at_a_time(monkeypatch):
+    pytest.importorskip("numba")
+    import numba
+
+    from nnxp.ops import optim as O
+
+    monkeypatch.setattr(_cpu, "_enabled", True)
+    monkeypatch.setattr(_cpu, "_threads", 2)
+    monkeypatch.setattr(O, "NUMBA_MIN_SIZE", 0)
+    monkeypatch.setattr(O, "PARALLEL_MIN_SIZE", 0)
+    monkeypatch.setattr(O, "PARALLEL_CHUNK", 64)
+    ran = []
+    real = _cpu._call
+    monkeypatch.setattr(_cpu, "_call", lambda name, fn, args, parallel, result: (ran.append(parallel),
+                                                                                  real(name, fn, args, parallel,
+                                                                                       result))[1])
+    r = np.random.default_rng(0)
+    p0, g = r.normal(size=1000), r.normal(size=1000)
+    expected = p0.copy()
+    O.sgd_ref(expected, g, None, np.empty(1000), 0.1, 0.0, False)
+    p = p0.copy()
+    O.sgd(p, g, None, np.empty(1000), 0.1, 0.0, False)
+    assert ran == [True]
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        assert numba.threading_layer() in ("workqueue", numba.config.THREADING_LAYER)
+    # while another thread holds the threaded loops, this one runs the serial build: same numbers, no abort
+    p = p0.copy()
+    with _cpu._parallel_lock:
+        O.sgd(p, g, None, np.empty(1000), 0.1, 0.0, False)
+    assert ran == [True, False]
+    np.testing.assert_array_equal(p, expected)

@@ -10,6 +10,7 @@ None and the ops run their references: the same numbers, unfused.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import numpy as np
 
 _enabled: bool | None = None  # None: read NNXP_NUMBA once, on the first call of kernel()
 _compiled: dict[str, Any] = {}  # name -> compiled dispatcher, or None where compiling failed
+_parallel_lock = threading.Lock()
 _ready: dict[tuple, Any] = {}  # (name, parallel) -> dispatcher that has run: call()'s hot path
 compile_seconds: dict[str, float] = {}  # name -> seconds its first call took to compile or load (bench reads it)
 
@@ -64,6 +66,8 @@ def kernel(name: str, fn: Callable, parallel: bool = False) -> Any | None:
         try:
             import numba
 
+            if parallel:
+                _choose_layer(numba)
             scope = dict(fn.__globals__, prange=numba.prange)
             f = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
             # the on-disk cache is keyed by qualified name: the threaded build gets its own
@@ -74,13 +78,46 @@ def kernel(name: str, fn: Callable, parallel: bool = False) -> Any | None:
     return _compiled[key]
 
 
+def _choose_layer(numba: Any) -> None:
+    """Numba's workqueue threading layer for the threaded loops, unless the user chose one or one is running.
+
+    Workqueue threads sleep between loops; OpenMP's spin, and spinning threads on the cores OpenBLAS's own
+    threads spin on made threaded steps 2x slower than serial ones (bench/train_cpu.py). Numba re-reads its
+    configuration from the environment, so the choice is made there.
+    """
+    if "NUMBA_THREADING_LAYER" not in os.environ and not _layer_launched(numba):
+        os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+        numba.config.reload_config()
+
+
+def _layer_launched(numba: Any) -> bool:
+    """Whether some threaded Numba code already started a threading layer (then it stays what it is)."""
+    try:
+        numba.threading_layer()
+    except ValueError:
+        return False
+    return True
+
+
 def call(name: str, fn: Callable, *args: Any, parallel: bool = False, result: list | None = None) -> bool:
     """Run the compiled `fn` on `args`; False (nothing written) where it is unavailable or fails to compile.
 
-    The loop's return value is appended to `result` when one is given.
+    The loop's return value is appended to `result` when one is given. One threaded loop runs at a time (the
+    workqueue layer refuses concurrent launches); a thread that finds one running runs the serial build.
     """
     if _enabled is False:
         return False
+    if parallel:
+        if not _parallel_lock.acquire(blocking=False):
+            return call(name, fn, *args, parallel=False, result=result)
+        try:
+            return _call(name, fn, args, True, result)
+        finally:
+            _parallel_lock.release()
+    return _call(name, fn, args, False, result)
+
+
+def _call(name: str, fn: Callable, args: tuple, parallel: bool, result: list | None) -> bool:
     k = _ready.get((name, parallel))  # the hot path: compiled and run before, so no checks left to make
     if k is None:
         k = kernel(name, fn, parallel)
@@ -128,6 +165,7 @@ def threads() -> int:
                 pass
             n = max(1, n)
             if n > 1:
+                _choose_layer(numba)  # before set_num_threads, which starts the layer
                 numba.set_num_threads(n)
         _threads = n
     return _threads
