@@ -201,7 +201,7 @@ def _dense_forward_cpu(
     x: Any, w: Any, b: Any | None, activation: str, out: Any = None, z_out: Any = None
 ) -> tuple[Any, Any | None]:
     """dense_forward_ref, with the bias and activation as one compiled pass over the GEMM's output."""
-    if not (type(x) is np.ndarray and _fusable(activation, x, w, b, out, z_out) and _cpu.numba_enabled()):
+    if not (_cpu.numba_enabled() and type(x) is np.ndarray and _fusable(activation, x, w, b, out, z_out)):
         return dense_forward_ref(x, w, b, activation, out, z_out)
     needs_z = ACTIVATION_OPS[activation].needs_z
     z = np.matmul(x, w, out=out)  # (B, n_out)
@@ -209,18 +209,21 @@ def _dense_forward_cpu(
         z_out = np.empty_like(z)
     if not _cpu.call("bias_act", _bias_act_loop, z, z[0] if b is None else b, b is not None, ACT_CODES[activation],
                      z_out if needs_z else z, _constants(z.dtype), PARALLEL_CHUNK,
-                     parallel=z.size >= PARALLEL_MIN_ELEMENTS and _cpu.threads() > 1):
+                     parallel=_threaded(z)):
         return _bias_act_ref(z, b, activation, z_out)
     return z, (z_out if needs_z else None)
 
 
+def _threaded(a: Any) -> bool:
+    return a.size >= PARALLEL_MIN_ELEMENTS and _cpu.threads() > 1
+
+
 def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx=True):
     """dense_backward_ref, with the activation gradient and the bias gradient as one compiled pass."""
-    threaded = type(dy) is np.ndarray and dy.size >= PARALLEL_MIN_ELEMENTS and _cpu.threads() > 1
-    if not (type(dy) is np.ndarray and _fusable(activation, dy, x, w, y, z, dw, db) and _cpu.numba_enabled()
+    if not (_cpu.numba_enabled() and type(dy) is np.ndarray and _fusable(activation, dy, x, w, y, z, dw, db)
             and _cpu.call("act_grad", _act_grad_loop, dy, y, dy if z is None else z, dy[0] if db is None else db,
                           db is not None, ACT_CODES[activation], _constants(dy.dtype),
-                          PARALLEL_CHUNK if threaded else max(dy.shape[1], 1), parallel=threaded)):
+                          PARALLEL_CHUNK if _threaded(dy) else max(dy.shape[1], 1), parallel=_threaded(dy))):
         return dense_backward_ref(dy, x, w, y, z, activation, dw, db, dx_out, need_dx)
     np.matmul(x.T, dy, out=dw)  # (n_in, n_out)
     if not need_dx:

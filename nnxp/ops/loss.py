@@ -279,7 +279,7 @@ _LOSS_LOOPS = {"sparse_softmax_xent": _sparse_softmax_xent_loop, "softmax_xent":
 
 def _fused_cpu(name: str, ref: Any, logits: Any, target: Any, grad: Any, sample_weight: Any, scale: int) -> Any:
     """(loss, grad) from the compiled loop `name`, or None where it cannot run (the caller runs `ref`)."""
-    if type(logits) is not np.ndarray or logits.ndim != 2 or logits.size == 0 or not _cpu.numba_enabled():
+    if not _cpu.numba_enabled() or type(logits) is not np.ndarray or logits.ndim != 2 or logits.size == 0:
         return None
     g = np.empty_like(logits) if grad is None else grad
     if name == "sparse_softmax_xent":

@@ -296,7 +296,7 @@ def _cpu_step(name: str, loop: Any, ref: Any, buffers: tuple, ref_scalars: tuple
 
     `buffers` are (p, g, *state, tmp) as `ref` takes them; `loop_args()` gives the loop's arguments.
     """
-    if _fusable(*buffers):
+    if _cpu.numba_enabled() and _fusable(*buffers):
         n = buffers[0].shape[0]
         threaded = n >= PARALLEL_MIN_SIZE and _cpu.threads() > 1
         if _cpu.call(name, loop, *loop_args(), PARALLEL_CHUNK if threaded else n, parallel=threaded):
