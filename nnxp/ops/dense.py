@@ -85,7 +85,9 @@ def dense_backward_ref(
 
 # the activations the loops know, by code (softmax, a whole-row op, runs its reference)
 ACT_CODES = {"linear": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "sigmoid": 4, "tanh": 5, "softplus": 6, "gelu": 7}
-PARALLEL_MIN_ELEMENTS = 1 << 19  # (B, n) sizes from here on use the threaded loops (batch 1024 x 512 and up)
+# (B, n) sizes from here on would use the threaded loops: off, as measured (bench/results/train_cpu.json: with
+# them a step at batch 8192 took 189 ms against 131 ms serial, at 1024 19.8 against 19.0 ms, on 2 cores)
+PARALLEL_MIN_ELEMENTS = 1 << 62
 PARALLEL_CHUNK = 64  # rows (forward) or columns (backward) per task of a threaded loop
 
 

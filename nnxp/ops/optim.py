@@ -170,13 +170,14 @@ def clip_by_global_norm_ref(g: Any, clipnorm: float) -> None:
 # importable (the ``fast`` extra) each optimizer runs its reference's operations in the same order on each
 # element, in the buffers' dtype and without FMA contraction, so its results are bit-identical to the
 # reference's. Numba is imported and a loop compiled on first use, never at import, and the machine code is
-# cached on disk. Buffers of PARALLEL_MIN_SIZE elements and more are split into blocks over Numba's threads
-# (elementwise, so still bit-identical); smaller ones stay serial. (Running a reference block by block instead, to keep
+# cached on disk. Buffers of PARALLEL_MIN_SIZE elements and more would be split into blocks over Numba's
+# threads (elementwise, so still bit-identical); measured slower on 2 cores, so off by default.
+# (Running a reference block by block instead, to keep
 # the buffers in L2, measured slower than its whole-buffer passes, 1.3-1.8 vs 1.1-1.5 ms for Adam: the extra
 # ufunc calls cost more than the memory traffic they save.)
 
 NUMBA_MIN_SIZE = 1 << 16  # below this, a reference's passes stay in cache and a compile would not pay
-PARALLEL_MIN_SIZE = 1 << 19  # from here on the buffers are split into blocks over Numba's threads
+PARALLEL_MIN_SIZE = 1 << 62  # threaded blocks from here on: off, as measured (serial steps were faster)
 PARALLEL_CHUNK = 1 << 16  # elements per block of a threaded step (5 float32 buffers: 1.25 MiB)
 _numba_kernels: dict[str, Any] = {}  # kept for callers that look: "adam" -> compiled loop once it ran
 
