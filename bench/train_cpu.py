@@ -1,16 +1,22 @@
-"""CPU training throughput: nnxp against PyTorch eager, in one run, on one machine.
+"""CPU training throughput: nnxp (NumPy alone and with the ``fast`` extra) against its peers, in one run.
 
-Trains a 784-512-256-10 ReLU MLP (softmax cross-entropy, Adam lr 1e-3, float32)
-for one epoch of Fashion-MNIST (60,000 images) at batch 128 and 1024 with
-nnxp's ``Sequential.fit`` and with the idiomatic PyTorch loop (same initial
-weights, a new shuffle each epoch, data already tensors, as many threads as
-NumPy's BLAS), epochs of the two interleaved in one run; PyTorch runs in a child
-process so the two libraries' thread pools never share one. The run also times
-the GEMMs one training step needs, alone (NumPy and PyTorch, preallocated
-outputs), and one Adam update alone over the whole parameter set, so the ratios
-say where the time goes.
+Trains a 784-512-256-10 ReLU MLP (softmax cross-entropy, Adam lr 1e-3, float32) for whole epochs of
+Fashion-MNIST (60,000 images) at batch 32, 128, 1024 and 8192 with
 
-    python bench/train_cpu.py [--quick] [--json OUT]
+- nnxp's ``Sequential.fit`` with its compiled CPU loops off (``nnxp_numpy``, as without the ``fast`` extra)
+  and on (``nnxp_fast``, Numba);
+- a careful hand-written NumPy MLP (``CarefulNumpyMLP``: preallocated buffers, in-place ufuncs, the same
+  weights), the bar nnxp must clear with NumPy alone;
+- the idiomatic PyTorch eager loop, in a child process so the two libraries' thread pools never share one;
+- scikit-learn's ``MLPClassifier.partial_fit`` (Adam, float32 data).
+
+Epochs of all of them are interleaved, so slow spells hit each alike. The run also times the 8 GEMMs one step
+needs, alone (preallocated outputs, nnxp's layouts), nnxp's step phase by phase (threaded and serial loops), one
+Adam update alone, the peak RSS of one training epoch per implementation (each in a fresh process), and the
+compile latency of the fast extra (first and second epoch in fresh processes with a cold, then a warm Numba
+cache). Targets and ratios come from this one run.
+
+    python bench/train_cpu.py [--quick] [--json OUT] [--batches 32,128,1024,8192] [--no-memory] [--no-jit]
 
 Where OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set (workarounds for old OpenBLAS
 builds) run it as ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python
@@ -20,7 +26,7 @@ Shared machines are noisy, so every timed sample also measures how much CPU
 *other* processes used meanwhile (``/proc/stat`` minus this process); samples
 taken while others used more than ``--max-foreign`` CPUs are retaken (up to a
 limit) and the counts are reported. The JSON records the environment: CPU,
-threads, BLAS and its kernel, versions and those variables.
+threads, BLAS and its kernel, Numba's threading layer, versions and those variables.
 """
 
 from __future__ import annotations
@@ -252,6 +258,100 @@ def nnxp_step_parts(model: nnxp.Sequential, x: np.ndarray, y: np.ndarray, batch:
         for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
             parts[key].append(1e3 * dt)
     return {k: statistics.median(v) for k, v in parts.items()}
+
+
+# --- a careful hand-written NumPy MLP (the peer nnxp must beat with NumPy alone) ------------------------
+
+
+class CarefulNumpyMLP:
+    """The same MLP written by hand the way a careful NumPy user would, with nothing to spare.
+
+    Every activation, gradient and the batch live in buffers allocated once; every op is an in-place ufunc
+    or a ``matmul(out=)``; weights are (in, out) so forward is ``x @ W``; the batch is gathered with
+    ``np.take(out=)`` from a new permutation each epoch; softmax cross-entropy works on the logits in place;
+    the ReLU gradient multiplies by the mask ``h > 0``; bias gradients are ``dz.sum(axis=0, out=db)``;
+    Adam (Keras form, as nnxp) updates each parameter array with in-place ufuncs. The loss is read each
+    batch, as nnxp's fit does.
+    """
+
+    def __init__(self, weights: list[np.ndarray], batch: int, seed: int = SEED) -> None:
+        self.params = [np.array(w, dtype=np.float32) for w in weights]  # W1, b1, W2, b2, W3, b3
+        self.grads = [np.zeros_like(q) for q in self.params]
+        self.m = [np.zeros_like(q) for q in self.params]
+        self.v = [np.zeros_like(q) for q in self.params]
+        self.tmp = [np.empty_like(q) for q in self.params]
+        self.t = 0
+        self.batch = batch
+        self.rng = np.random.default_rng(seed)
+        self.h = [np.empty((batch, n), np.float32) for n in LAYERS]  # x, h1, h2, logits
+        self.dh = [None] + [np.empty((batch, n), np.float32) for n in LAYERS[1:-1]]  # dL/dh1, dL/dh2
+        self.yb = np.empty(batch, np.int64)
+
+    def step(self, nb: int) -> float:
+        W, g = self.params, self.grads
+        h = [a[:nb] for a in self.h]
+        y = self.yb[:nb]
+        for i in range(3):
+            np.matmul(h[i], W[2 * i], out=h[i + 1])
+            h[i + 1] += W[2 * i + 1]
+            if i < 2:
+                np.maximum(h[i + 1], 0, out=h[i + 1])
+        z, rows = h[3], np.arange(nb)
+        z -= z.max(axis=1, keepdims=True)
+        picked = z[rows, y]
+        np.exp(z, out=z)
+        s = z.sum(axis=1, keepdims=True)
+        loss = float((np.log(s[:, 0]) - picked).mean())
+        z /= s
+        z[rows, y] -= 1.0
+        z *= 1.0 / nb
+        dz = z
+        for i in (2, 1, 0):
+            np.matmul(h[i].T, dz, out=g[2 * i])
+            dz.sum(axis=0, out=g[2 * i + 1])
+            if i > 0:
+                dh = self.dh[i][:nb]
+                np.matmul(dz, W[2 * i].T, out=dh)
+                np.multiply(dh, h[i] > 0, out=dh)
+                dz = dh
+        self.adam()
+        return loss
+
+    def adam(self) -> None:
+        self.t += 1
+        alpha = LR * (1.0 - BETA_2**self.t) ** 0.5 / (1.0 - BETA_1**self.t)
+        for p, g, m, v, tmp in zip(self.params, self.grads, self.m, self.v, self.tmp):
+            np.subtract(g, m, out=tmp)
+            tmp *= 1.0 - BETA_1
+            m += tmp
+            np.multiply(g, g, out=tmp)
+            tmp -= v
+            tmp *= 1.0 - BETA_2
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp += EPS
+            np.divide(m, tmp, out=tmp)
+            tmp *= alpha
+            p -= tmp
+
+    def epoch(self, x: np.ndarray, y: np.ndarray) -> float:
+        n = x.shape[0]
+        perm = self.rng.permutation(n)
+        total = 0.0
+        for start in range(0, n, self.batch):
+            idx = perm[start : start + self.batch]
+            nb = idx.shape[0]
+            np.take(x, idx, axis=0, out=self.h[0][:nb])
+            np.take(y, idx, axis=0, out=self.yb[:nb])
+            total += self.step(nb) * nb
+        return total / n
+
+
+def careful_mlp(batch: int) -> CarefulNumpyMLP:
+    """The careful MLP from nnxp's initial weights (the same init and scale)."""
+    ref = nnxp_model()
+    ref.build(LAYERS[0])
+    return CarefulNumpyMLP(ref.get_weights(), batch)
 
 
 # --- GEMMs alone --------------------------------------------------------------------------------
@@ -522,10 +622,176 @@ class TorchPeer:
         return out
 
 
+# --- scikit-learn -------------------------------------------------------------------------------
+
+
+class SklearnTrainer:
+    """``MLPClassifier.partial_fit``: one epoch of Adam mini-batches (sklearn shuffles each epoch), float32 data."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch: int) -> None:
+        from sklearn.neural_network import MLPClassifier
+
+        self.clf = MLPClassifier(hidden_layer_sizes=LAYERS[1:-1], activation="relu", solver="adam", alpha=0.0,
+                                 batch_size=batch, learning_rate_init=LR, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPS,
+                                 max_iter=1, shuffle=True, random_state=SEED)
+        self.x, self.y, self.classes = x, y, np.arange(LAYERS[-1])
+
+    def epoch(self, n: int | None = None) -> None:
+        n = self.x.shape[0] if n is None else n
+        self.clf.partial_fit(self.x[:n], self.y[:n], classes=self.classes)
+
+    @property
+    def weights_dtype(self) -> str:
+        return str(self.clf.coefs_[0].dtype)
+
+
+# --- NumPy alone vs the fast extra -------------------------------------------------------------------
+
+
+class numba_mode:
+    """Within the block, nnxp's compiled CPU loops are on (`fast`) or off (NumPy alone), as with and without the
+    ``fast`` extra installed; `threaded` False keeps every loop serial."""
+
+    def __init__(self, fast: bool, threaded: bool = True) -> None:
+        self.fast, self.threaded = fast, threaded
+
+    def __enter__(self) -> numba_mode:
+        from nnxp.ops import _cpu
+        from nnxp.ops import dense as D
+
+        self._saved = (D.PARALLEL_MIN_ELEMENTS, O.PARALLEL_MIN_SIZE)
+        if not self.threaded:
+            D.PARALLEL_MIN_ELEMENTS = O.PARALLEL_MIN_SIZE = 1 << 62
+        _cpu.set_numba(self.fast)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from nnxp.ops import _cpu
+        from nnxp.ops import dense as D
+
+        D.PARALLEL_MIN_ELEMENTS, O.PARALLEL_MIN_SIZE = self._saved
+        _cpu.set_numba(None)
+
+
+def in_mode(fast: bool, fn: Callable[[], Any], threaded: bool = True) -> Callable[[], Any]:
+    def call() -> Any:
+        with numba_mode(fast, threaded):
+            return fn()
+
+    return call
+
+
+# --- peak memory and compile latency, each in a fresh process ------------------------------------------
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def memory_child(impl: str, batch: int, n: int) -> dict:
+    """One epoch of `impl` in this (fresh) process; its peak RSS, whole and above the loaded data."""
+    import gc
+
+    x, y, _ = load_data(n)
+    gc.collect()
+    baseline = _status_kib("VmRSS")
+    hwm_before_training = _status_kib("VmHWM")  # the loader's temporaries (IDX bytes, float copies)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: from here on, the training run's own peak
+        reset = True
+    except OSError:
+        reset = False
+    t0 = time.perf_counter()
+    numba_import = None
+    if impl in ("nnxp_numpy", "nnxp_fast"):
+        from nnxp.ops import _cpu
+
+        if impl == "nnxp_fast":  # what Numba itself adds (llvmlite, its modules), before any loop loads
+            rss0 = _status_kib("VmRSS")
+            import numba  # noqa: F401
+
+            numba_import = (_status_kib("VmRSS") - rss0) / 1024 if rss0 else None
+        _cpu.set_numba(impl == "nnxp_fast")
+        nnxp_epoch(nnxp_model(), x, y, batch)
+    elif impl == "careful_numpy":
+        careful_mlp(batch).epoch(x, y)
+    elif impl == "torch":
+        import torch
+
+        TorchTrainer(torch, torch.from_numpy(x), torch.from_numpy(y), "foreach").epoch(batch)
+    elif impl == "sklearn":
+        SklearnTrainer(x, y, batch).epoch()
+    else:
+        raise ValueError(impl)
+    hwm = _status_kib("VmHWM")
+    return {"impl": impl, "batch": batch, "samples": n, "epoch_s": time.perf_counter() - t0,
+            "rss_after_data_mib": baseline / 1024 if baseline else None,
+            "peak_rss_loading_mib": hwm_before_training / 1024 if hwm_before_training else None,
+            "peak_rss_training_mib": hwm / 1024 if (hwm and reset) else None,
+            "peak_above_data_mib": (hwm - baseline) / 1024 if (hwm and baseline and reset) else None,
+            "numba_import_rss_mib": numba_import}
+
+
+def jit_child(batch: int, n: int, fast: bool) -> dict:
+    """Two epochs of nnxp in this fresh process: the first pays imports, allocation and any compile (or a load
+    of compiled loops from the on-disk cache), the second is steady state."""
+    from nnxp.ops import _cpu
+
+    _cpu.set_numba(fast)
+    x, y, _ = load_data(n)
+    model = nnxp_model()
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        nnxp_epoch(model, x, y, batch)
+        times.append(time.perf_counter() - t0)
+    return {"fast": fast, "first_epoch_s": times[0], "second_epoch_s": times[1],
+            "first_epoch_extra_s": times[0] - times[1], "loops_first_call_s": dict(_cpu.compile_seconds),
+            "numba_enabled": _cpu.numba_enabled()}
+
+
+def run_child(kind: str, *args: Any, env: dict | None = None, timeout: float = 600) -> dict:
+    """`kind` ("memory" or "jit") with `args` in a new interpreter, its JSON answer back."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-child", json.dumps(list(args))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout)[-1500:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compile_latency(batch: int, n: int) -> dict:
+    """First-epoch cost with a cold Numba cache (every loop compiled), then a warm one (a second process loads the
+    cached machine code), and NumPy alone for comparison; each in a new process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nnxp-numba-cache-") as cache:
+        env = {"NUMBA_CACHE_DIR": cache}
+        cold = run_child("jit", batch, n, True, env=env)
+        warm = run_child("jit", batch, n, True, env=env)
+    numpy_alone = run_child("jit", batch, n, False)
+    out = {"batch": batch, "samples": n, "cold_cache": cold, "warm_cache": warm, "numpy_alone": numpy_alone}
+    if "error" not in cold and "error" not in warm:
+        out["compile_s_total_cold"] = sum(cold["loops_first_call_s"].values())
+        out["compile_s_total_warm"] = sum(warm["loops_first_call_s"].values())
+    return out
+
+
 # --- the run ------------------------------------------------------------------------------------
 
+IMPLS = ("nnxp_numpy", "nnxp_fast", "careful_numpy", "torch", "sklearn")
 
-def run(quick: bool, repeats: int, batches: list[int], max_foreign: float) -> dict:
+
+def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memory: bool = True,
+        jit: bool = True) -> dict:
     threads = int(numpy_blas().get("num_threads") or os.cpu_count() or 1)
     n = 4096 if quick else 60000
     x, y, source = load_data(n)
@@ -533,6 +799,12 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float) -> di
     max_retakes = 0 if quick else 6
     sampler = Sampler(max_foreign, max_retakes)
     peer = TorchPeer(n, threads, max_foreign, max_retakes)
+    try:
+        import sklearn
+
+        sk_version: str | None = sklearn.__version__
+    except ImportError:
+        sk_version = None
     result: dict = {
         "benchmark": "train_cpu",
         "model": "784-512-256-10 ReLU MLP, softmax cross-entropy, Adam lr 1e-3 (eps 1e-7), float32",
@@ -540,18 +812,23 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float) -> di
         "quick": quick,
         "repeats": repeats,
         "loops": {
-            "nnxp": "Sequential.fit(x, y, epochs=1, batch_size=B, shuffle=True, verbose=0) per timed epoch",
+            "nnxp_numpy": "Sequential.fit(x, y, epochs=1, batch_size=B, shuffle=True, verbose=0) per timed epoch, "
+                          "nnxp's compiled loops off (as without the fast extra)",
+            "nnxp_fast": "the same with the fast extra's Numba loops on",
+            "careful_numpy": "CarefulNumpyMLP.epoch: the hand-written NumPy MLP (see its docstring)",
             "torch": "in a child process: torch.randperm each epoch; per batch index_select, forward, "
                      "CrossEntropyLoss, zero_grad(set_to_none=True), backward, Adam step, loss.item()",
+            "sklearn": "MLPClassifier(solver='adam', alpha=0, batch_size=B).partial_fit on float32 data (one epoch)",
         },
         "max_foreign_cpus": max_foreign,
-        "environment": {**environment(), **peer.info},
+        "environment": {**environment(), **peer.info, "sklearn": sk_version},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if not peer.ok:
         result["torch_error"] = peer.error
     micro = 3 if quick else 7
-    result["adam_step"] = nnxp_adam_alone(sampler, micro)
+    with numba_mode(True):
+        result["adam_step"] = nnxp_adam_alone(sampler, micro)
     fused = getattr(O, "_numba_kernels", {}).get("adam") is not None  # decided by the first large step
     result["environment"]["nnxp_adam_cpu_path"] = "Numba fused loop" if fused else "NumPy reference (adam_ref)"
     if peer.ok:
@@ -560,61 +837,134 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float) -> di
         a["nnxp_over_torch_time"] = a["nnxp_ms"] / a["torch_best_ms"]
         a["nnxp_over_torch_time_cold"] = a["nnxp_cold_ms"] / a["torch_best_cold_ms"]
     result["batches"] = {}
+    sk_repeats = 1 if quick else max(1, min(repeats, 3))  # it is the slowest; fewer epochs
     for batch in batches:
         row: dict = {"batch": batch, "steps_per_epoch": -(-x.shape[0] // batch)}
-        model = nnxp_model()
-        model.fit(x[: 4 * batch], y[: 4 * batch], epochs=1, batch_size=batch, verbose=0)  # allocates its buffers
+        models = {"nnxp_numpy": nnxp_model(), "nnxp_fast": nnxp_model()}
+        for impl, model in models.items():  # allocates its buffers, compiles (or loads) the loops
+            with numba_mode(impl == "nnxp_fast"):
+                model.fit(x[: 4 * batch], y[: 4 * batch], epochs=1, batch_size=batch, verbose=0)
+        careful = careful_mlp(batch)
+        careful.epoch(x[: 4 * batch], y[: 4 * batch])
+        skl = None
+        if sk_version is not None:
+            skl = SklearnTrainer(x, y, batch)
+            skl.epoch(min(n, 4 * batch))
+            row["sklearn_weights_dtype"] = skl.weights_dtype
         if peer.ok:
             row["torch_adam_choice"] = peer.call("prepare", batch, quick)
             row["torch_adam"] = row["torch_adam_choice"]["best"]
-        nn_t, nn_f, th_t, th_f = [], [], [], []
-        for _ in range(repeats):  # interleaved, so slow spells hit both alike
-            t, f, _ = sampler.sample(partial(nnxp_epoch, model, x, y, batch))
-            nn_t.append(t), nn_f.append(f)
+        epochs: dict[str, list] = {k: [] for k in IMPLS}
+        foreign: list[float] = []
+        for r in range(repeats):  # interleaved, so slow spells hit every implementation alike
+            for impl in ("nnxp_numpy", "nnxp_fast"):
+                t, f, _ = sampler.sample(in_mode(impl == "nnxp_fast", partial(nnxp_epoch, models[impl], x, y, batch)))
+                epochs[impl].append(t), foreign.append(f)
+            t, f, _ = sampler.sample(partial(careful.epoch, x, y))
+            epochs["careful_numpy"].append(t), foreign.append(f)
             if peer.ok:
                 t, f = peer.call("epoch", batch)
-                th_t.append(t), th_f.append(f)
-        row["nnxp_epoch_s"] = statistics.median(nn_t)
-        row["nnxp_epoch_samples_s"] = nn_t
-        row["nnxp_samples_per_s"] = x.shape[0] / row["nnxp_epoch_s"]
-        row["nnxp_best_samples_per_s"] = x.shape[0] / min(nn_t)
-        row["nnxp_fit_ms_per_step"] = 1e3 * row["nnxp_epoch_s"] / row["steps_per_epoch"]
-        steps = min(60, x.shape[0] // batch)
-        parts = sampler.sample(partial(nnxp_step_parts, model, x, y, batch, steps))[2]
-        row["nnxp_step_ms"] = parts
-        if peer.ok:
-            row["torch_epoch_s"] = statistics.median(th_t)
-            row["torch_epoch_samples_s"] = th_t
-            row["torch_samples_per_s"] = x.shape[0] / row["torch_epoch_s"]
-            row["torch_best_samples_per_s"] = x.shape[0] / min(th_t)
-            row["torch_ms_per_step"] = 1e3 * row["torch_epoch_s"] / row["steps_per_epoch"]
-            row["speedup_nnxp_over_torch"] = row["nnxp_samples_per_s"] / row["torch_samples_per_s"]
-        row["foreign_cpus_max"] = max(nn_f + th_f)
+                epochs["torch"].append(t), foreign.append(f)
+            if skl is not None and r < sk_repeats:
+                t, f, _ = sampler.sample(skl.epoch)
+                epochs["sklearn"].append(t), foreign.append(f)
+        row["epoch_s"] = {k: v for k, v in epochs.items() if v}
+        row["samples_per_s"] = {k: x.shape[0] / statistics.median(v) for k, v in row["epoch_s"].items()}
+        row["ms_per_step"] = {k: 1e3 * statistics.median(v) / row["steps_per_epoch"]
+                              for k, v in row["epoch_s"].items()}
+        sp = row["samples_per_s"]
+        # speed ratios (>1: the first is faster), all from this one run
+        row["ratios"] = {f"{a}_over_{b}": sp[a] / sp[b] for a, b in (
+            ("nnxp_numpy", "careful_numpy"), ("nnxp_fast", "careful_numpy"), ("nnxp_fast", "nnxp_numpy"),
+            ("nnxp_numpy", "torch"), ("nnxp_fast", "torch"), ("nnxp_numpy", "sklearn"), ("nnxp_fast", "sklearn"),
+            ("careful_numpy", "torch")) if a in sp and b in sp}
+        row["foreign_cpus_max"] = max(foreign)
+        # what each timed fit call pays once, whatever its epochs: validation of x and y (a pass over x), setup;
+        # fit(epochs=N) pays it once, so the per-epoch cost inside a longer fit is the epoch time less this
+        fixed = partial(models["nnxp_numpy"].fit, x, y, epochs=1, initial_epoch=1, batch_size=batch, verbose=0)
+        row["nnxp_fit_call_s"] = statistics.median(sampler.sample(fixed)[0] for _ in range(3))
+        for impl in ("nnxp_numpy", "nnxp_fast"):
+            if "careful_numpy" in row["epoch_s"]:
+                row["ratios"][f"{impl}_over_careful_numpy_within_a_longer_fit"] = (
+                    statistics.median(row["epoch_s"]["careful_numpy"])
+                    / (statistics.median(row["epoch_s"][impl]) - row["nnxp_fit_call_s"]))
+        steps = max(1, min(60, x.shape[0] // batch))
+        row["step_ms"] = {}
+        for name, fast, threaded in (("nnxp_numpy", False, True), ("nnxp_fast", True, True),
+                                     ("nnxp_fast_serial", True, False)):
+            model = models["nnxp_fast" if fast else "nnxp_numpy"]
+            row["step_ms"][name] = sampler.sample(in_mode(fast, partial(nnxp_step_parts, model, x, y, batch, steps),
+                                                          threaded))[2]
         row["gemms_numpy"] = time_gemms(sampler, gemm_calls_numpy(batch), batch, micro)
         if peer.ok:
             row["gemms_torch"] = peer.call("gemms", batch, micro)
-        row["step_over_gemms"] = parts["step"] / row["gemms_numpy"]["ms"]
-        row["fit_step_over_gemms"] = row["nnxp_fit_ms_per_step"] / row["gemms_numpy"]["ms"]
+        g = row["gemms_numpy"]["ms"]
+        row["step_over_gemms"] = {k: v["step"] / g for k, v in row["step_ms"].items()}
+        each = row["gemms_numpy"]["each_ms"]
+        fwd_g = sum(t for name, t in each.items() if name.startswith("fwd"))
+        # what each phase spends beyond its GEMMs (timed alone, so with warm caches: a lower bound for the GEMMs)
+        row["beyond_gemms_ms"] = {k: {"forward": v["forward"] - fwd_g, "loss": v["loss"],
+                                      "backward": v["backward"] - (sum(each.values()) - fwd_g),
+                                      "optimizer": v["optimizer"], "step": v["step"] - g}
+                                  for k, v in row["step_ms"].items()}
+        row["fit_step_over_gemms"] = {k: v / g for k, v in row["ms_per_step"].items()
+                                      if k in ("nnxp_numpy", "nnxp_fast", "careful_numpy")}
         # the best any library on NumPy's GEMMs could do: nothing but those GEMMs, every step
-        row["gemm_bound_samples_per_s"] = batch / (row["gemms_numpy"]["ms"] / 1e3)
+        row["gemm_bound_samples_per_s"] = batch / (g / 1e3)
         result["batches"][str(batch)] = row
     peer_counts = peer.close()
     result["samples_retaken"] = sampler.retaken + peer_counts.get("retaken", 0)
     result["samples_kept_noisy"] = sampler.kept_dirty + peer_counts.get("kept_noisy", 0)
+    if memory:
+        mem_batch = 128
+        peers = () if quick else ("torch",) * peer.ok + ("sklearn",) * bool(sk_version)
+        result["memory"] = {impl: run_child("memory", impl, mem_batch, n)
+                            for impl in ("nnxp_numpy", "nnxp_fast", "careful_numpy", *peers)}
+        ref = result["memory"].get("careful_numpy", {})
+        for m in result["memory"].values():
+            if ref.get("peak_rss_training_mib") and m.get("peak_rss_training_mib"):
+                m["peak_over_careful"] = m["peak_rss_training_mib"] / ref["peak_rss_training_mib"]
+    if jit:
+        result["compile_latency"] = compile_latency(128, n)
+    result["environment"]["numba_threading"] = numba_threading()
     result["environment"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     result["targets"] = {} if quick else targets(result)  # a 4,096-sample slice judges nothing
     return result
 
 
+def numba_threading() -> dict | None:
+    """Numba's thread pool as the fast extra's threaded loops used it (None where Numba is not importable)."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    out = {"num_threads": numba.get_num_threads(), "NUMBA_NUM_THREADS": numba.config.NUMBA_NUM_THREADS}
+    try:
+        out["layer"] = numba.threading_layer()
+    except ValueError:  # no threaded loop ran
+        out["layer"] = None
+    return out
+
+
 def targets(result: dict) -> dict:
+    """Issue 15's targets, judged on this run's numbers."""
     b = result["batches"]
     out = {}
-    if "128" in b and "speedup_nnxp_over_torch" in b["128"]:
-        out["batch 128: nnxp >= 1.25x torch samples/s"] = b["128"]["speedup_nnxp_over_torch"] >= 1.25
-    if "1024" in b:
-        if "speedup_nnxp_over_torch" in b["1024"]:
-            out["batch 1024: nnxp >= 1.5x torch samples/s"] = b["1024"]["speedup_nnxp_over_torch"] >= 1.5
-        out["batch 1024: step <= 1.25x its GEMMs"] = b["1024"]["step_over_gemms"] <= 1.25
+    for batch in ("128", "1024"):
+        r = b.get(batch, {}).get("ratios", {})
+        if "nnxp_numpy_over_careful_numpy" in r:
+            out[f"batch {batch}: NumPy alone >= 1.0x the careful NumPy MLP"] = r["nnxp_numpy_over_careful_numpy"] >= 1.0
+    for batch, limit in (("128", 1.15), ("1024", 1.05)):
+        if batch in b:
+            out[f"batch {batch}: fast step <= {limit}x its GEMMs"] = b[batch]["step_over_gemms"]["nnxp_fast"] <= limit
+    r = b.get("128", {}).get("ratios", {})
+    if "nnxp_fast_over_careful_numpy" in r:
+        out["batch 128: fast >= 1.15x the careful NumPy MLP"] = r["nnxp_fast_over_careful_numpy"] >= 1.15
+    mem = result.get("memory", {})
+    for impl in ("nnxp_numpy", "nnxp_fast"):
+        if "peak_over_careful" in mem.get(impl, {}):
+            out[f"peak RSS of a training run ({impl}) <= 1.10x the careful NumPy MLP's"] = \
+                mem[impl]["peak_over_careful"] <= 1.10
     return out
 
 
@@ -624,46 +974,73 @@ def markdown(result: dict) -> str:
     lines = [
         f"CPU: {env['cpu']}, {env['logical_cpus']} logical CPUs. NumPy {env['numpy']} "
         f"({blas.get('internal_api', '?')} {blas.get('version', '')}, kernel {blas.get('architecture', '?')}, "
-        f"{env.get('numpy_threads', '?')} threads); PyTorch {env['torch']} ({env.get('torch_threads', '?')} threads, "
-        f"{env.get('torch_blas', '?')}, {env.get('torch_cpu_capability', '?')}). "
+        f"{env.get('numpy_threads', '?')} threads); Numba {env.get('numba')} ({env.get('numba_threading')}); "
+        f"PyTorch {env['torch']} ({env.get('torch_threads', '?')} threads, {env.get('torch_blas', '?')}, "
+        f"{env.get('torch_cpu_capability', '?')}); scikit-learn {env.get('sklearn')}. "
         f"OPENBLAS_CORETYPE={env['env']['OPENBLAS_CORETYPE']}, OPENBLAS_L2_SIZE={env['env']['OPENBLAS_L2_SIZE']}.",
         f"Data: {result['data']['source']}, {result['data']['samples']:,} samples; one epoch, median of "
-        f"{result['repeats']}, nnxp and PyTorch interleaved. Samples retaken for other processes' load: "
-        f"{result['samples_retaken']} (kept noisy: {result['samples_kept_noisy']}).",
+        f"{result['repeats']} (scikit-learn: fewer), all implementations interleaved. Samples retaken for other "
+        f"processes' load: {result['samples_retaken']} (kept noisy: {result['samples_kept_noisy']}).",
         "",
-        "| batch | nnxp samples/s | PyTorch samples/s | nnxp / PyTorch | PyTorch Adam | nnxp step ms "
-        "| fit ms/step | GEMMs alone ms (NumPy) | step / GEMMs | GEMMs alone ms (PyTorch) |",
-        "|---:|---:|---:|---:|:--|---:|---:|---:|---:|---:|",
+        "Training throughput, samples/s (higher is better):",
+        "",
+        "| batch | nnxp, NumPy alone | nnxp with `fast` | careful NumPy MLP | PyTorch eager | scikit-learn "
+        "| NumPy alone / careful | fast / careful | fast / PyTorch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(d: dict, k: str, fmt: str = "{:,.0f}") -> str:
+        return fmt.format(d[k]) if k in d else "-"
+
     for row in result["batches"].values():
-        ts = row.get("torch_samples_per_s")
-        lines.append(
-            f"| {row['batch']} | {row['nnxp_samples_per_s']:,.0f} | "
-            + (f"{ts:,.0f} | {row['speedup_nnxp_over_torch']:.2f}x | {row['torch_adam']}" if ts else "- | - | -")
-            + f" | {row['nnxp_step_ms']['step']:.2f} | {row['nnxp_fit_ms_per_step']:.2f} "
-            f"| {row['gemms_numpy']['ms']:.2f} | {row['step_over_gemms']:.2f} | "
-            + (f"{row['gemms_torch']['ms']:.2f} |" if "gemms_torch" in row else "- |")
-        )
-    lines += ["", "nnxp step, median over full batches (ms):", "",
-              "| batch | forward | loss | backward | optimizer | step | GEMM-bound samples/s |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+        sp, r = row["samples_per_s"], row["ratios"]
+        lines.append(f"| {row['batch']} | " + " | ".join(cell(sp, k) for k in IMPLS) + " | "
+                     + " | ".join(cell(r, k, "{:.2f}x") for k in ("nnxp_numpy_over_careful_numpy",
+                                                                  "nnxp_fast_over_careful_numpy",
+                                                                  "nnxp_fast_over_torch")) + " |")
+    lines += ["", "Each timed epoch is one `fit` call, which also validates x and y once (a pass over x) and sets "
+              "up: " + ", ".join(f"{r['nnxp_fit_call_s'] * 1e3:.0f} ms at batch {r['batch']}"
+                                                 for r in result["batches"].values())
+              + ". Inside `fit(epochs=N)` that is paid once; per epoch there, NumPy alone / careful = "
+              + ", ".join(f"{r['ratios'].get('nnxp_numpy_over_careful_numpy_within_a_longer_fit', float('nan')):.2f}x"
+                          f" (batch {r['batch']})" for r in result["batches"].values()) + "."]
+    lines += ["", "One step (median over full batches, ms) against its GEMMs alone:", "",
+              "| batch | GEMMs alone | NumPy alone | fast | fast, serial loops | NumPy alone / GEMMs | fast / GEMMs "
+              "| fast serial / GEMMs | fast beyond its GEMMs: forward / loss / backward / optimizer |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|:--|"]
     for row in result["batches"].values():
-        s = row["nnxp_step_ms"]
-        lines.append(f"| {row['batch']} | {s['forward']:.2f} | {s['loss']:.2f} | {s['backward']:.2f} | "
-                     f"{s['optimizer']:.2f} | {s['step']:.2f} | {row['gemm_bound_samples_per_s']:,.0f} |")
+        s, q = row["step_ms"], row["step_over_gemms"]
+        f = row["beyond_gemms_ms"]["nnxp_fast"]
+        lines.append(f"| {row['batch']} | {row['gemms_numpy']['ms']:.2f} | {s['nnxp_numpy']['step']:.2f} | "
+                     f"{s['nnxp_fast']['step']:.2f} | {s['nnxp_fast_serial']['step']:.2f} | {q['nnxp_numpy']:.3f} | "
+                     f"{q['nnxp_fast']:.3f} | {q['nnxp_fast_serial']:.3f} | {f['forward']:.2f} / {f['loss']:.2f} / "
+                     f"{f['backward']:.2f} / {f['optimizer']:.2f} |")
     a = result["adam_step"]
-    lines += ["", f"Adam step alone, {a['params']:,} float32 parameters (ms, warm / cold cache):", "",
-              "| implementation | warm | cold |", "|:--|---:|---:|",
-              f"| nnxp Adam.apply (flat buffer; {env.get('nnxp_adam_cpu_path')}) | {a['nnxp_ms']:.3f} "
-              f"| {a['nnxp_cold_ms']:.3f} |",
-              f"| nnxp ops.optim.adam_ref (NumPy reference) | {a['nnxp_adam_ref_ms']:.3f} "
-              f"| {a['nnxp_adam_ref_cold_ms']:.3f} |"]
-    for k, t in a.get("torch_ms", {}).items():
-        c = a["torch_cold_ms"][k]
-        lines.append(f"| torch.optim.Adam {k} | {t:.3f} | {c:.3f} |" if t is not None else
-                     f"| torch.optim.Adam {k} | n/a | n/a |")
-    lines += ["", f"nnxp's first Adam call in the process (state allocation, any compile): "
-              f"{a['nnxp_first_call_ms']:.1f} ms"]
+    lines += ["", f"Adam step alone, {a['params']:,} float32 parameters (ms, warm / cold cache): nnxp "
+              f"({env.get('nnxp_adam_cpu_path')}) {a['nnxp_ms']:.3f} / {a['nnxp_cold_ms']:.3f}; NumPy reference "
+              f"{a['nnxp_adam_ref_ms']:.3f} / {a['nnxp_adam_ref_cold_ms']:.3f}"
+              + (f"; torch ({a['torch_best']}) {a['torch_best_ms']:.3f} / {a['torch_best_cold_ms']:.3f}"
+                 if "torch_best" in a else "") + "."]
+    if result.get("memory"):
+        lines += ["", "Peak memory of one Fashion-MNIST training epoch (batch 128), each in a fresh process (MiB):",
+                  "", "| implementation | RSS with the data loaded | peak while training | training peak above the "
+                  "data | peak / careful's |", "|:--|---:|---:|---:|---:|"]
+        for impl, m in result["memory"].items():
+            if "error" in m:
+                lines.append(f"| {impl} | error | | | |")
+                continue
+            lines.append(f"| {impl} | {m['rss_after_data_mib']:.0f} | {m['peak_rss_training_mib']:.0f} | "
+                         f"{m['peak_above_data_mib']:.0f} | {m.get('peak_over_careful', float('nan')):.3f} |")
+    c = result.get("compile_latency")
+    if c and "compile_s_total_cold" in c:
+        lines += ["", f"Compile latency (batch {c['batch']}, fresh processes): the fast extra's loops took "
+                  f"{c['compile_s_total_cold']:.2f} s to compile on their first calls with an empty cache and "
+                  f"{c['compile_s_total_warm']:.2f} s to load from the on-disk cache in a second process. First "
+                  f"epoch / second epoch: {c['cold_cache']['first_epoch_s']:.2f} / "
+                  f"{c['cold_cache']['second_epoch_s']:.2f} s (cold cache), {c['warm_cache']['first_epoch_s']:.2f} / "
+                  f"{c['warm_cache']['second_epoch_s']:.2f} s (warm cache), "
+                  f"{c['numpy_alone']['first_epoch_s']:.2f} / {c['numpy_alone']['second_epoch_s']:.2f} s "
+                  "(NumPy alone)."]
     if result["targets"]:
         lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in result["targets"].items())]
     return "\n".join(lines)
@@ -674,12 +1051,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a small slice (4,096 samples, one repeat) for smoke runs")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     ap.add_argument("--repeats", type=int, default=5, help="epochs timed per library and batch size (median)")
-    ap.add_argument("--batches", type=str, default="128,1024", help="comma-separated batch sizes")
+    ap.add_argument("--batches", type=str, default="32,128,1024,8192", help="comma-separated batch sizes")
     ap.add_argument("--max-foreign", type=float, default=0.2,
                     help="retake a sample when other processes used more CPUs than this meanwhile")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs (one process per library)")
+    ap.add_argument("--no-jit", action="store_true", help="skip the compile-latency runs (three processes)")
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--jit-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_child or args.jit_child:  # a child of run_child: answer one JSON line
+        fn, child_args = (memory_child, args.memory_child) if args.memory_child else (jit_child, args.jit_child)
+        print(json.dumps(fn(*json.loads(child_args))))
+        return 0
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    result = run(args.quick, max(1, args.repeats), batches, args.max_foreign)
+    result = run(args.quick, max(1, args.repeats), batches, args.max_foreign, memory=not args.no_memory,
+                 jit=not (args.no_jit or args.quick))
     print(markdown(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

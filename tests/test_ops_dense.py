@@ -54,3 +54,102 @@ def test_first_layer_skips_input_gradient():
     dw = np.empty_like(w)
     assert dense_backward_ref(np.ones_like(y), x, w, y, z, "relu", dw, None, need_dx=False) is None
     assert dw.dtype == np.float32
+
+
+# --- the compiled CPU epilogues (Numba) against the references ------------------------------------------------
+# Sizes 1, 7 and 1031 (no multiple of a chunk), 0 / +-inf / NaN among the inputs, float32 and float64, serial and
+# threaded. ReLU, linear and leaky ReLU must agree bit for bit; the others within a few ulps of NumPy's exp/tanh.
+
+EXACT = {"linear", "relu", "leaky_relu"}
+TOL = {np.float32: dict(rtol=1e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}  # dw, dx: sums of 6-1031 terms
+
+
+def _numba_on(monkeypatch, threaded):
+    pytest.importorskip("numba")
+    from nnxp.ops import _cpu
+    from nnxp.ops import dense as D
+
+    monkeypatch.setattr(_cpu, "_enabled", True)
+    ran = []  # (loop, threaded) of every compiled loop that ran
+    real = _cpu.call
+
+    def call(name, fn, *args, parallel=False):
+        ok = real(name, fn, *args, parallel=parallel)
+        if ok:
+            ran.append((name, parallel))
+        return ok
+
+    monkeypatch.setattr(_cpu, "call", call)
+    monkeypatch.setattr(D, "_ran", ran, raising=False)
+    if threaded:
+        monkeypatch.setattr(_cpu, "_threads", 2)  # as on a machine with two BLAS threads
+        monkeypatch.setattr(D, "PARALLEL_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(D, "PARALLEL_CHUNK", 4)  # several chunks even at small sizes
+    return D, _cpu
+
+
+def _inputs(rows, dtype, seed=0):
+    r = np.random.default_rng(seed)
+    x = r.normal(size=(rows, 6)).astype(dtype)
+    w = r.normal(size=(6, 9)).astype(dtype)
+    b = r.normal(size=9).astype(dtype)
+    x[0, :3] = [0.0, 0.0, 0.0]
+    if rows > 3:
+        x[1, 0], x[2, 1], x[3, 2] = np.inf, -np.inf, np.nan
+    return x, w, b
+
+
+def _same(a, b, act, dtype):
+    if act in EXACT:
+        np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_allclose(a, b, equal_nan=True, **TOL[dtype])
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["serial", "threaded"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 7, 1031])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("act", sorted(ACTIVATION_OPS))
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_compiled_forward_and_backward_match_the_references(monkeypatch, act, use_bias, rows, dtype, threaded):
+    D, _cpu = _numba_on(monkeypatch, threaded)
+    x, w, b = _inputs(rows, dtype)
+    b = b if use_bias else None
+    y_ref, z_ref = D.dense_forward_ref(x, w, b, act, np.empty((rows, 9), dtype), np.empty((rows, 9), dtype))
+    y, z = D.dense_forward(x, w, b, act, np.empty((rows, 9), dtype), np.empty((rows, 9), dtype))
+    _same(y, y_ref, act, dtype)
+    assert y.dtype == dtype
+    assert (z is None) == (z_ref is None)
+    if z is not None:
+        np.testing.assert_array_equal(z, z_ref)
+    # backward from the same (reference) forward state, with a dy that has 0, inf and NaN too
+    dy = np.random.default_rng(1).normal(size=(rows, 9)).astype(dtype)
+    if rows > 3:
+        dy[4 % rows, :3] = [0.0, np.inf, np.nan]
+    grads = {}
+    for name, fn in (("ref", D.dense_backward_ref), ("fast", D.dense_backward)):
+        dw, db = np.full_like(w, np.nan), (np.full(9, np.nan, dtype) if use_bias else None)
+        dx = fn(dy.copy(), x, w, y_ref, z_ref, act, dw, db, np.empty_like(x))
+        grads[name] = (dx, dw, db)
+    for a, r in zip(grads["fast"], grads["ref"]):
+        if r is not None:
+            _same(a, r, act, dtype)
+    if act != "softmax":  # (softmax, a whole-row op, runs its reference)
+        assert D._ran == [("bias_act", threaded), ("act_grad", threaded)]  # the loops really ran
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_compiled_paths_take_only_what_they_handle(monkeypatch):
+    D, _cpu = _numba_on(monkeypatch, False)
+    x, w, b = _inputs(7, np.float32)
+    # mixed dtypes, a non-contiguous batch and float16 go to the reference, with the reference's numbers
+    for args in ((x.astype(np.float64), w, b), (x[::2], w, b), (x.astype(np.float16), w.astype(np.float16),
+                                                                 b.astype(np.float16))):
+        y, _ = D.dense_forward(*args, "tanh")
+        y_ref, _ = D.dense_forward_ref(*args, "tanh")
+        np.testing.assert_array_equal(y, y_ref)
+    assert D._ran == []
+    monkeypatch.setattr(_cpu, "_enabled", False)  # as without Numba
+    y, _ = D.dense_forward(x, w, b, "tanh")
+    np.testing.assert_array_equal(y, D.dense_forward_ref(x, w, b, "tanh")[0])

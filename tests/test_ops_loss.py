@@ -96,7 +96,8 @@ def test_sparse_softmax_ce_wraps_negative_labels_once(dtype):
     z = (rng.normal(size=(7, 5)) * 3).astype(dtype)
     labels = np.array([-1, -5, 0, 4, -3, 2, -2])
     loss, g = L.sparse_softmax_cross_entropy(z.copy(), labels)
-    want_loss, want_g = L.sparse_softmax_cross_entropy(z.copy(), labels % 5)
+    # negative labels take the reference (the compiled CPU loop takes labels in [0, C) only): compare with it
+    want_loss, want_g = L.sparse_softmax_cross_entropy_ref(z.copy(), labels % 5)
     assert float(loss) == float(want_loss)
     np.testing.assert_array_equal(g, want_g)
     plain = -np.log(activation_forward("softmax", z.astype(np.float64))[np.arange(7), labels % 5]).mean()
@@ -110,3 +111,90 @@ def test_the_model_refuses_negative_labels_before_the_kernel():
     model.compile("sgd", "sparse_categorical_crossentropy")
     with pytest.raises(NnxpError, match=r"labels must lie in \[0, 2\].*Received: labels from -1 to 2"):
         model.fit(np.zeros((3, 2)), np.array([-1, 0, 2]), verbose=0)
+
+
+# --- the compiled CPU losses (Numba) against the references ---------------------------------------------------
+# float32 and float64; 1, 7 and 1031 rows; huge logits, 0, +-inf and NaN among them; with and without sample
+# weights (a zero weight among them). The loss is summed in float64 by the loop, the reference in the dtype.
+
+FUSED = {
+    "softmax_xent": (L.softmax_cross_entropy, L.softmax_cross_entropy_ref, "soft"),
+    "sparse_softmax_xent": (L.sparse_softmax_cross_entropy, L.sparse_softmax_cross_entropy_ref, "labels"),
+    "sigmoid_bce": (L.sigmoid_binary_cross_entropy, L.sigmoid_binary_cross_entropy_ref, "probs"),
+}
+FUSED_TOL = {np.float32: dict(rtol=2e-6, atol=1e-7), np.float64: dict(rtol=1e-13, atol=1e-15)}
+
+
+def _fused_inputs(kind, rows, dtype, special):
+    r = np.random.default_rng(rows)
+    z = (r.normal(size=(rows, 10)) * 4).astype(dtype)
+    if kind == "labels":
+        t = r.integers(0, 10, rows)
+    elif kind == "soft":
+        t = r.dirichlet(np.ones(10), rows).astype(dtype)
+        t[::3] = np.eye(10, dtype=dtype)[r.integers(0, 10, t[::3].shape[0])]  # some one-hot rows
+    else:
+        t = r.uniform(size=(rows, 10)).astype(dtype)
+    if special and rows > 4:
+        z[0, :3] = [0.0, 5e3, -5e3]  # huge logits: nothing may overflow
+        z[1, 2], z[2, 5], z[3, 7] = np.inf, -np.inf, np.nan
+    return z, t
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("special", [False, True], ids=["finite", "inf_nan"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 7, 1031])
+@pytest.mark.parametrize("name", sorted(FUSED))
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_compiled_losses_match_the_references(monkeypatch, name, rows, dtype, special, weighted):
+    pytest.importorskip("numba")
+    from nnxp.ops import _cpu
+
+    monkeypatch.setattr(_cpu, "_enabled", True)
+    ran = []
+    real = _cpu.call
+    monkeypatch.setattr(_cpu, "call", lambda n, *a, **k: ran.append(n) or real(n, *a, **k))
+    op, ref, kind = FUSED[name]
+    z, t = _fused_inputs(kind, rows, dtype, special)
+    w = np.random.default_rng(3).uniform(0, 2, rows).astype(dtype) if weighted else None
+    if w is not None:
+        w[0] = 0.0
+    g_ref = np.full_like(z, np.nan)
+    loss_ref, _ = ref(z.copy(), t, g_ref, sample_weight=w)
+    g = np.full_like(z, np.nan)
+    loss, g_out = op(z.copy(), t, g, sample_weight=w)
+    assert ran == [name] and g_out is g
+    assert np.asarray(loss).dtype == dtype and np.asarray(loss).shape == ()
+    np.testing.assert_allclose(g, g_ref, equal_nan=True, **FUSED_TOL[dtype])
+    np.testing.assert_allclose(float(loss), float(loss_ref), equal_nan=True,
+                               rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_compiled_sparse_loss_leaves_bad_labels_to_the_reference(monkeypatch):
+    pytest.importorskip("numba")
+    from nnxp.ops import _cpu
+
+    monkeypatch.setattr(_cpu, "_enabled", True)
+    z = np.random.default_rng(0).normal(size=(4, 3))
+    g = np.full_like(z, 7.0)
+    with pytest.raises(IndexError):
+        L.sparse_softmax_cross_entropy(z, np.array([0, 1, 3, 2]), g)  # 3 is out of range: the reference raises
+    loss, _ = L.sparse_softmax_cross_entropy(z, np.array([0, 1, -1, 2]), g)  # a negative label wraps, as before
+    loss_ref, g_ref = L.sparse_softmax_cross_entropy_ref(z, np.array([0, 1, -1, 2]))
+    np.testing.assert_array_equal(g, g_ref)
+    assert float(loss) == float(loss_ref)
+
+
+def test_compiled_losses_fall_back_where_they_cannot_run(monkeypatch):
+    pytest.importorskip("numba")
+    from nnxp.ops import _cpu
+
+    monkeypatch.setattr(_cpu, "_enabled", True)
+    z = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    t = np.eye(4, dtype=np.float64)[[0, 1, 2, 3, 0, 1]]  # targets in another dtype than the logits
+    loss, g = L.softmax_cross_entropy(z, t)
+    loss_ref, g_ref = L.softmax_cross_entropy_ref(z, t)
+    np.testing.assert_array_equal(g, g_ref)
+    assert float(loss) == float(loss_ref)

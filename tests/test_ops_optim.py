@@ -413,3 +413,81 @@ def test_numba_adam_is_bit_identical_to_the_reference(monkeypatch, dtype, size):
             np.testing.assert_array_equal(a, b)
             assert a.dtype == dtype
     assert O._numba_adam() is not None  # the compiled loop really ran
+
+
+# --- the CPU fast path: every optimizer's compiled loop, bit for bit against its reference ---------------------
+# Each case: (public op, reference, number of state buffers, hyper-parameters after the state and tmp; a callable
+# takes the step number). The states start as the optimizers start them (zeros; Adagrad's accumulator at 0.1).
+
+CPU_CASES = {
+    "sgd": (O.sgd, O.sgd_ref, [None], (0.05, 0.0, False)),
+    "sgd_momentum": (O.sgd, O.sgd_ref, [0.0], (0.05, 0.8, False)),
+    "sgd_nesterov": (O.sgd, O.sgd_ref, [0.0], (0.05, 0.8, True)),
+    "rmsprop": (O.rmsprop, O.rmsprop_ref, [0.0, None, None], (0.01, 0.85, 0.0, 1e-7)),
+    "rmsprop_momentum_centered": (O.rmsprop, O.rmsprop_ref, [0.0, 0.0, 0.0], (0.01, 0.85, 0.7, 1e-7)),
+    "rmsprop_centered": (O.rmsprop, O.rmsprop_ref, [0.0, None, 0.0], (0.01, 0.85, 0.0, 1e-3)),
+    "adagrad": (O.adagrad, O.adagrad_ref, [0.1], (0.05, 1e-7)),
+    "adadelta": (O.adadelta, O.adadelta_ref, [0.0, 0.0], (1.0, 0.9, 1e-6)),
+    "adam": (O.adam, O.adam_ref, [0.0, 0.0], lambda t: (1e-2, 0.9, 0.999, 1e-7, t)),
+    "adam_lr0": (O.adam, O.adam_ref, [0.0, 0.0], lambda t: (0.0, 0.9, 0.999, 1e-7, t)),
+    "adamax": (O.adamax, O.adamax_ref, [0.0, 0.0], lambda t: (1e-2, 0.9, 0.999, 1e-7, t)),
+}
+
+
+def _run_cpu_case(case, dtype, size):
+    op, ref, init, hyper = CPU_CASES[case]
+    r = np.random.default_rng(size)
+    p0 = r.normal(size=size).astype(dtype)
+    p0[: min(size, 3)] = [0.0, -0.0, 1e-30][: min(size, 3)]
+    bufs = {}
+    for name, fn in (("fast", op), ("ref", ref)):
+        state = [None if v is None else np.full(size, v, dtype) for v in init]
+        bufs[name] = (p0.copy(), state, fn)
+    for step in range(1, 6):
+        g = r.normal(size=size).astype(dtype)
+        if size > 3 and step == 5:
+            g[:3] = [np.inf, -np.inf, np.nan]
+        h = hyper(step) if callable(hyper) else hyper
+        for p, state, fn in bufs.values():
+            tmp = np.full(size, np.nan, dtype)  # reading the scratch before writing it would show
+            fn(p, g, *state, tmp, *h)
+        (pf, sf, _), (pr, sr, _) = bufs["fast"], bufs["ref"]
+        np.testing.assert_array_equal(pf, pr)
+        for a, b in zip(sf, sr):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+                assert a.dtype == dtype
+        assert pf.dtype == dtype
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["serial", "threaded"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 7, 1031])
+@pytest.mark.parametrize("case", sorted(CPU_CASES))
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")
+def test_every_compiled_optimizer_loop_is_bit_identical_to_its_reference(monkeypatch, case, dtype, size, threaded):
+    pytest.importorskip("numba")
+    from nnxp.ops import _cpu
+
+    monkeypatch.setattr(O, "NUMBA_MIN_SIZE", 0)  # take the compiled path at every size
+    monkeypatch.setattr(_cpu, "_enabled", True)
+    if threaded:  # blocks of 100: several per thread, and a short last one
+        monkeypatch.setattr(_cpu, "_threads", 2)  # as on a machine with two BLAS threads
+        monkeypatch.setattr(O, "PARALLEL_MIN_SIZE", 0)
+        monkeypatch.setattr(O, "PARALLEL_CHUNK", 100)
+    ran = []
+    real = _cpu.call
+    monkeypatch.setattr(_cpu, "call", lambda n, *a, **k: (ran.append((n, k.get("parallel"))), real(n, *a, **k))[1])
+    _run_cpu_case(case, dtype, size)
+    name = CPU_CASES[case][1].__name__.removesuffix("_ref")
+    assert ran == [(name, threaded)] * 5  # the compiled loop ran each step
+    assert _cpu._compiled.get(name + ("/parallel" if threaded else "")) is not None
+
+
+@pytest.mark.parametrize("case", sorted(CPU_CASES))
+def test_without_numba_the_reference_runs(monkeypatch, case):
+    from nnxp.ops import _cpu
+
+    monkeypatch.setattr(_cpu, "_enabled", False)  # as where Numba is not installed
+    monkeypatch.setattr(O, "NUMBA_MIN_SIZE", 0)
+    _run_cpu_case(case, np.float64, 7)

@@ -218,3 +218,14 @@ def test_masked_arrays_give_their_data_and_refuse_nan_under_the_mask():
     with pytest.raises(NnxpError, match=r"`y` is a masked array with NaN.*y.filled\(0\).*1 NaN"):
         as_array(np.ma.masked_invalid([1.0, np.nan]), "y")
     assert as_array(np.ma.masked_invalid([1.0, 2.0]), "y").tolist() == [1.0, 2.0]
+
+
+def test_check_finite_accepts_finite_values_whose_sum_overflows_and_refuses_nan_and_inf():
+    from nnxp._validation import check_finite
+
+    check_finite(np.array([[3e38, 3e38], [3e38, -1.0]], np.float32), "x")  # the sum is inf, every value finite
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(NnxpError, match="`x` must be finite.*1 NaN or infinite"):
+            check_finite(np.array([[3e38, 3e38], [bad, 1.0]], np.float32), "x")
+        with pytest.raises(NnxpError, match="`x` must be finite"):
+            check_finite(np.array([[0.5, bad]]), "x")

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..backend import xp_of
-from . import _cuda
+from . import _cpu, _cuda
 
 # Probabilities are clipped to [EPS, 1 - EPS] before a log (as Keras does).
 EPS = 1e-7
@@ -189,11 +191,150 @@ def mean_absolute_error_ref(pred: Any, target: Any, grad: Any = None,
     return loss, g
 
 
+# --- CPU: the fused logit losses as one compiled pass (the ``fast`` extra) -----------------------------------
+# The references make five to eight passes over the (B, k) logits plus fancy indexing; where Numba is importable
+# each row is done in one loop that computes the loss and writes the gradient. The loops follow the references'
+# operations and the arrays' dtype; the loss is summed in float64 (the reference sums rows in the arrays' dtype),
+# so the two agree to rounding (parity tested in tests/test_ops_loss.py). Labels outside [0, C) make the loop
+# stop untouched and the reference run, which raises (or wraps negative labels) as it always did.
+
+
+def _sparse_softmax_xent_loop(z, labels, g, w, use_w, inv_n, c):  # pragma: no cover - runs compiled by Numba
+    rows, k = z.shape
+    for i in range(rows):  # labels first: a bad one leaves every buffer untouched
+        if labels[i] < 0 or labels[i] >= k:
+            return np.nan, False
+    zero, one = c[0], c[1]  # in the arrays' dtype
+    total = 0.0
+    for i in range(rows):
+        zr, gr = z[i], g[i]
+        m = zr[0]
+        for j in range(1, k):
+            if zr[j] > m or zr[j] != zr[j]:
+                m = zr[j]
+        s = zero
+        for j in range(k):
+            e = np.exp(zr[j] - m)
+            gr[j] = e
+            s += e
+        lab = labels[i]
+        row_loss = np.log(s) - (zr[lab] - m)
+        wi = w[i] if use_w else one
+        total += row_loss * wi if use_w else row_loss
+        for j in range(k):
+            gr[j] = gr[j] / s
+        gr[lab] -= one
+        for j in range(k):
+            gr[j] = gr[j] * inv_n
+            if use_w:
+                gr[j] = gr[j] * wi
+    return total, True
+
+
+def _softmax_xent_loop(z, t, g, w, use_w, inv_n, c):  # pragma: no cover - runs compiled by Numba
+    rows, k = z.shape
+    zero = c[0]
+    total = 0.0
+    for i in range(rows):
+        zr, tr, gr = z[i], t[i], g[i]
+        m = zr[0]
+        for j in range(1, k):
+            if zr[j] > m or zr[j] != zr[j]:
+                m = zr[j]
+        s = zero
+        t_dot_s = s
+        t_sum = s
+        for j in range(k):
+            sh = zr[j] - m
+            t_dot_s += tr[j] * sh
+            t_sum += tr[j]
+            e = np.exp(sh)
+            gr[j] = e
+            s += e
+        row_loss = np.log(s) * t_sum - t_dot_s
+        total += row_loss * w[i] if use_w else row_loss
+        for j in range(k):
+            v = (gr[j] / s) * t_sum - tr[j]
+            v = v * inv_n
+            gr[j] = v * w[i] if use_w else v
+    return total, True
+
+
+def _sigmoid_bce_loop(z, t, g, w, use_w, inv_size, c):  # pragma: no cover - runs compiled by Numba
+    rows, k = z.shape
+    zero, half = c[0], c[2]
+    total = 0.0
+    for i in range(rows):
+        zr, tr, gr = z[i], t[i], g[i]
+        row = 0.0
+        for j in range(k):
+            v = zr[j]
+            pos = v if not (v <= zero) else zero  # maximum(z, 0), NaN kept
+            row += (pos - v * tr[j]) + np.log1p(np.exp(-abs(v)))
+            d = (np.tanh(v * half) * half + half) - tr[j]
+            d = d * inv_size
+            gr[j] = d * w[i] if use_w else d
+        total += row * w[i] if use_w else row
+    return total, True
+
+
+_LOSS_LOOPS = {"sparse_softmax_xent": _sparse_softmax_xent_loop, "softmax_xent": _softmax_xent_loop,
+               "sigmoid_bce": _sigmoid_bce_loop}
+
+
+def _fused_cpu(name: str, ref: Any, logits: Any, target: Any, grad: Any, sample_weight: Any, scale: int) -> Any:
+    """(loss, grad) from the compiled loop `name`, or None where it cannot run (the caller runs `ref`)."""
+    if not _cpu.numba_enabled() or type(logits) is not np.ndarray or logits.ndim != 2 or logits.size == 0:
+        return None
+    g = np.empty_like(logits) if grad is None else grad
+    if name == "sparse_softmax_xent":
+        if type(target) is not np.ndarray or target.ndim != 1 or target.dtype.kind not in "iu" \
+                or not target.flags.c_contiguous or target.shape[0] != logits.shape[0]:
+            return None
+        arrays = (logits, g)
+    else:
+        arrays = (logits, target, g)
+        if type(target) is not np.ndarray or target.shape != logits.shape:
+            return None
+    w = sample_weight
+    if w is not None:
+        if type(w) is not np.ndarray or w.shape != (logits.shape[0],):
+            return None
+        arrays += (w,)
+    if not _cpu.host_float(*arrays) or g.shape != logits.shape:
+        return None
+    out: list = []
+    ran = _cpu.call(name, _LOSS_LOOPS[name], logits, target, g, logits[:, 0] if w is None else w, w is not None,
+                    logits.dtype.type(1.0 / scale), np.array([0.0, 1.0, 0.5], logits.dtype), result=out)
+    if not ran or not out[0][1]:
+        return None
+    return logits.dtype.type(out[0][0] / scale), g
+
+
+def _softmax_cross_entropy_cpu(logits: Any, target: Any, grad: Any = None, sample_weight: Any = None):
+    r = _fused_cpu("softmax_xent", softmax_cross_entropy_ref, logits, target, grad, sample_weight,
+                   logits.shape[0])
+    return softmax_cross_entropy_ref(logits, target, grad, sample_weight) if r is None else r
+
+
+def _sparse_softmax_cross_entropy_cpu(logits: Any, labels: Any, grad: Any = None, sample_weight: Any = None):
+    r = _fused_cpu("sparse_softmax_xent", sparse_softmax_cross_entropy_ref, logits, labels, grad, sample_weight,
+                   logits.shape[0])
+    return sparse_softmax_cross_entropy_ref(logits, labels, grad, sample_weight) if r is None else r
+
+
+def _sigmoid_binary_cross_entropy_cpu(logits: Any, target: Any, grad: Any = None, sample_weight: Any = None):
+    r = _fused_cpu("sigmoid_bce", sigmoid_binary_cross_entropy_ref, logits, target, grad, sample_weight,
+                   logits.size)
+    return sigmoid_binary_cross_entropy_ref(logits, target, grad, sample_weight) if r is None else r
+
+
 # Public entry points. The fused logit losses run one CUDA kernel (nnxp.ops._cuda) on the CuPy arrays it
-# handles and the reference otherwise; the rest are the references.
-softmax_cross_entropy = _cuda.override("softmax_cross_entropy", softmax_cross_entropy_ref)
-sparse_softmax_cross_entropy = _cuda.override("sparse_softmax_cross_entropy", sparse_softmax_cross_entropy_ref)
-sigmoid_binary_cross_entropy = _cuda.override("sigmoid_binary_cross_entropy", sigmoid_binary_cross_entropy_ref)
+# handles, the compiled CPU loop above on the NumPy arrays it handles, and the reference otherwise; the rest
+# are the references.
+softmax_cross_entropy = _cuda.override("softmax_cross_entropy", _softmax_cross_entropy_cpu)
+sparse_softmax_cross_entropy = _cuda.override("sparse_softmax_cross_entropy", _sparse_softmax_cross_entropy_cpu)
+sigmoid_binary_cross_entropy = _cuda.override("sigmoid_binary_cross_entropy", _sigmoid_binary_cross_entropy_cpu)
 categorical_cross_entropy = categorical_cross_entropy_ref
 sparse_categorical_cross_entropy = sparse_categorical_cross_entropy_ref
 binary_cross_entropy = binary_cross_entropy_ref

@@ -5,19 +5,19 @@ Each step takes the whole model's parameters ``p`` and gradients ``g`` as two
 ``tmp`` and hyper-parameters as Python floats (so float32 buffers stay float32).
 A step is then a handful of whole-buffer ufunc calls whatever the model's
 depth; on the GPU each is one fused kernel. Update rules follow Keras.
-On the CPU, ``adam`` runs adam_ref's arithmetic as one compiled loop where
-Numba is importable (bit-identical results; see the end of this module).
+On the CPU every optimizer runs its reference's arithmetic as one compiled loop
+where Numba is importable, else the reference cache-blocked (both bit-identical;
+see the end of this module).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from ..backend import is_cupy_array, sum_of_squares, xp_of
-from . import _cuda
+from . import _cpu, _cuda
 
 
 def sgd_ref(p: Any, g: Any, velocity: Any | None, tmp: Any, lr: float, momentum: float, nesterov: bool) -> None:
@@ -175,56 +175,197 @@ def clip_by_norm_per_segment_ref(g: Any, clipnorm: float, segments: Any) -> None
         seg *= xp.minimum(1.0, clipnorm / xp.maximum(norm, 1e-30)).astype(g.dtype)
 
 
-# --- CPU: Adam in one pass -----------------------------------------------------------------------
-# adam_ref makes twelve passes over five buffers; with a model's worth of parameters they no longer
-# fit in cache, and the update costs about 4x a single fused loop (0.75 vs 0.18 ms warm, 1.0 vs
-# 0.35 ms cold, for 536k float32 parameters on a 2-core EPYC; bench/train_cpu.py). Where Numba is
-# importable, ``adam`` runs the same operations in the same order on each element, in the buffers'
-# dtype and without FMA contraction, so its results are bit-identical to adam_ref's; anywhere else it
-# is adam_ref. Numba is imported and the loop compiled on first use, never at import (the compiled
-# loop is cached on disk). The loop is serial on purpose: a parallel one fights OpenBLAS's spinning
-# threads and made training slower.
+# --- CPU: every optimizer's step in one pass -----------------------------------------------------
+# A reference makes up to a dozen passes over up to five buffers; with a model's worth of parameters they no
+# longer fit in cache, and the update costs about 4x a single fused loop (0.75 vs 0.18 ms warm, 1.0 vs
+# 0.35 ms cold, Adam over 536k float32 parameters on a 2-core EPYC; bench/train_cpu.py). Where Numba is
+# importable (the ``fast`` extra) each optimizer runs its reference's operations in the same order on each
+# element, in the buffers' dtype and without FMA contraction, so its results are bit-identical to the
+# reference's. Numba is imported and a loop compiled on first use, never at import, and the machine code is
+# cached on disk. Buffers of PARALLEL_MIN_SIZE elements and more would be split into blocks over Numba's
+# threads (elementwise, so still bit-identical); measured slower on 2 cores, so off by default.
+# (Running a reference block by block instead, to keep
+# the buffers in L2, measured slower than its whole-buffer passes, 1.3-1.8 vs 1.1-1.5 ms for Adam: the extra
+# ufunc calls cost more than the memory traffic they save.)
 
-NUMBA_MIN_SIZE = 1 << 16  # below this, adam_ref's passes stay in cache and a compile would not pay
-_numba_kernels: dict[str, Any] = {}  # "adam" -> compiled loop; empty before the first try
+NUMBA_MIN_SIZE = 1 << 16  # below this, a reference's passes stay in cache and a compile would not pay
+PARALLEL_MIN_SIZE = 1 << 62  # threaded blocks from here on: off, as measured (serial steps were faster)
+PARALLEL_CHUNK = 1 << 16  # elements per block of a threaded step (5 float32 buffers: 1.25 MiB)
+_numba_kernels: dict[str, Any] = {}  # kept for callers that look: "adam" -> compiled loop once it ran
 
 
-def _adam_loop(p, g, m, v, c1, c2, inv_alpha, eps):  # pragma: no cover - runs compiled by Numba
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = m[i] + (gi - m[i]) * c1  # adam_ref: tmp = g - m; tmp *= 1 - b1; m += tmp
-        vi = v[i] + (gi * gi - v[i]) * c2  # tmp = g * g; tmp -= v; tmp *= 1 - b2; v += tmp
-        m[i] = mi
-        v[i] = vi
-        p[i] -= mi / ((np.sqrt(vi) + eps) * inv_alpha)  # tmp = sqrt(v) + eps; tmp *= 1/alpha; p -= m / tmp
+def _adam_loop(p_, g_, m_, v_, c1, c2, inv_alpha, eps, chunk):  # pragma: no cover - runs compiled by Numba
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, m, v = p_[lo:hi], g_[lo:hi], m_[lo:hi], v_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            mi = m[i] + (gi - m[i]) * c1  # adam_ref: tmp = g - m; tmp *= 1 - b1; m += tmp
+            vi = v[i] + (gi * gi - v[i]) * c2  # tmp = g * g; tmp -= v; tmp *= 1 - b2; v += tmp
+            m[i] = mi
+            v[i] = vi
+            p[i] -= mi / ((np.sqrt(vi) + eps) * inv_alpha)  # tmp = sqrt(v) + eps; tmp *= 1/alpha; p -= m / tmp
+
+
+def _adamax_loop(p_, g_, m_, u_, c1, b2, inv_alpha, eps, chunk):  # pragma: no cover - runs compiled by Numba
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, m, u = p_[lo:hi], g_[lo:hi], m_[lo:hi], u_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            mi = m[i] + (gi - m[i]) * c1  # adamax_ref: tmp = g - m; tmp *= 1 - b1; m += tmp
+            ui = u[i] * b2  # u *= b2
+            ai = abs(gi)  # tmp = |g|
+            if not (ui != ui or ui >= ai):  # u = maximum(u, tmp), NaN from either side as np.maximum
+                ui = ai
+            m[i] = mi
+            u[i] = ui
+            p[i] -= mi / ((ui + eps) * inv_alpha)  # tmp = u + eps; tmp *= 1/alpha; p -= m / tmp
+
+
+def _sgd_loop(p_, g_, velocity_, lr, momentum, mode, chunk):  # pragma: no cover - runs compiled by Numba
+    # mode 0: plain; 1: momentum; 2: Nesterov momentum (velocity is a dummy in mode 0)
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, velocity = p_[lo:hi], g_[lo:hi], velocity_[lo:hi]
+        for i in range(hi - lo):
+            t = g[i] * lr  # tmp = lr g
+            if mode == 0:
+                p[i] -= t
+            else:
+                vi = velocity[i] * momentum - t  # v *= momentum; v -= tmp
+                velocity[i] = vi
+                if mode == 2:
+                    p[i] = (p[i] - t) + vi * momentum  # p -= tmp; tmp = momentum v; p += tmp
+                else:
+                    p[i] += vi
+
+
+def _rmsprop_loop(p_, g_, avg_sq_, mom_, avg_g_, lr, rho, one_minus_rho, momentum, eps, centered, use_mom, chunk):
+    # pragma: no cover - runs compiled by Numba; mom / avg_g are dummies when unused
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, avg_sq, mom, avg_g = p_[lo:hi], g_[lo:hi], avg_sq_[lo:hi], mom_[lo:hi], avg_g_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            s = avg_sq[i] * rho + (gi * gi) * one_minus_rho  # avg_sq *= rho; tmp = g g (1 - rho); avg_sq += tmp
+            avg_sq[i] = s
+            if centered:
+                a = avg_g[i] * rho + gi * one_minus_rho  # avg_g *= rho; tmp = g (1 - rho); avg_g += tmp
+                avg_g[i] = a
+                d = (s - a * a) + eps  # tmp = avg_g^2; tmp = avg_sq - tmp; tmp += eps
+            else:
+                d = s + eps
+            t = (gi / np.sqrt(d)) * lr  # sqrt; g / tmp; tmp *= lr
+            if use_mom:
+                mi = mom[i] * momentum + t  # mom *= momentum; mom += tmp; p -= mom
+                mom[i] = mi
+                p[i] -= mi
+            else:
+                p[i] -= t
+
+
+def _adagrad_loop(p_, g_, acc_, lr, eps, chunk):  # pragma: no cover - runs compiled by Numba
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, acc = p_[lo:hi], g_[lo:hi], acc_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            a = acc[i] + gi * gi  # tmp = g g; acc += tmp
+            acc[i] = a
+            p[i] -= (gi / np.sqrt(a + eps)) * lr  # tmp = acc + eps; sqrt; g / tmp; tmp *= lr; p -= tmp
+
+
+def _adadelta_loop(p_, g_, acc_g_, acc_dx_, lr, rho, one_minus_rho, eps, chunk):  # pragma: no cover - Numba runs it
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, acc_g, acc_dx = p_[lo:hi], g_[lo:hi], acc_g_[lo:hi], acc_dx_[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            ag = acc_g[i] * rho + (gi * gi) * one_minus_rho  # acc_g *= rho; tmp = g g (1 - rho); acc_g += tmp
+            acc_g[i] = ag
+            t = np.sqrt((acc_dx[i] + eps) / (ag + eps)) * gi  # tmp = sqrt((acc_dx + eps) / (acc_g + eps)) * g
+            acc_dx[i] = acc_dx[i] * rho + one_minus_rho * (t * t)  # acc_dx *= rho; acc_dx += (1 - rho) (tmp tmp)
+            p[i] -= t * lr  # tmp *= lr; p -= tmp
+
+
+def _fusable(*arrays: Any) -> bool:
+    """Host float32/float64 1-D C-contiguous buffers of one size and dtype (None entries skipped), large enough
+    to pay."""
+    first = arrays[0]
+    if type(first) is not np.ndarray or first.ndim != 1 or first.size < NUMBA_MIN_SIZE:
+        return False
+    return _cpu.host_float(*arrays) and all(a is None or a.shape == first.shape for a in arrays)
+
+
+def _cpu_step(name: str, loop: Any, ref: Any, buffers: tuple, ref_scalars: tuple, loop_args: Any) -> None:
+    """One optimizer step on host buffers: the compiled loop where it runs, else the reference.
+
+    `buffers` are (p, g, *state, tmp) as `ref` takes them; `loop_args()` gives the loop's arguments.
+    """
+    if _cpu.numba_enabled() and _fusable(*buffers):
+        n = buffers[0].shape[0]
+        threaded = n >= PARALLEL_MIN_SIZE and _cpu.threads() > 1
+        if _cpu.call(name, loop, *loop_args(), PARALLEL_CHUNK if threaded else n, parallel=threaded):
+            if name not in _numba_kernels:
+                _numba_kernels[name] = _cpu.kernel(name, loop, threaded)
+            return
+    ref(*buffers, *ref_scalars)
+
+
+prange = range  # Numba compiles the loops with numba.prange in its place (nnxp.ops._cpu.kernel)
 
 
 def _numba_adam() -> Any | None:
     """The compiled Adam loop, or None where Numba is missing, broken or disabled (NNXP_NUMBA=0)."""
-    if "adam" not in _numba_kernels:
-        kernel = None
-        if os.environ.get("NNXP_NUMBA", "1") != "0":
-            try:
-                import numba
-
-                kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_adam_loop)
-            except Exception:  # not installed, or built for another NumPy: the reference serves
-                kernel = None
-        _numba_kernels["adam"] = kernel
-    return _numba_kernels["adam"]
+    return _cpu.kernel("adam", _adam_loop)
 
 
-def _fusable(*arrays: Any) -> bool:
-    """Host float32/float64 1-D C-contiguous buffers of one size and dtype, large enough to pay."""
-    first = arrays[0]
-    if type(first) is not np.ndarray or first.dtype not in (np.float32, np.float64) or first.ndim != 1:
-        return False
-    if first.size < NUMBA_MIN_SIZE:
-        return False
-    return all(
-        type(a) is np.ndarray and a.dtype == first.dtype and a.shape == first.shape and a.flags.c_contiguous
-        for a in arrays
-    )
+def _sgd_cpu(p: Any, g: Any, velocity: Any | None, tmp: Any, lr: float, momentum: float, nesterov: bool) -> None:
+    f = p.dtype.type if hasattr(p, "dtype") else float
+    mode = 0 if velocity is None else 2 if nesterov else 1
+    _cpu_step("sgd", _sgd_loop, sgd_ref, (p, g, velocity, tmp), (lr, momentum, nesterov),
+              lambda: (p, g, p if velocity is None else velocity, f(lr), f(momentum), mode))
+
+
+def _rmsprop_cpu(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon) -> None:
+    f = p.dtype.type if hasattr(p, "dtype") else float
+    _cpu_step("rmsprop", _rmsprop_loop, rmsprop_ref, (p, g, avg_sq, mom, avg_g, tmp), (lr, rho, momentum, epsilon),
+              lambda: (p, g, avg_sq, p if mom is None else mom, p if avg_g is None else avg_g, f(lr), f(rho),
+                       f(1.0 - rho), f(momentum), f(epsilon), avg_g is not None, mom is not None))
+
+
+def _adagrad_cpu(p, g, acc, tmp, lr, epsilon) -> None:
+    f = p.dtype.type if hasattr(p, "dtype") else float
+    _cpu_step("adagrad", _adagrad_loop, adagrad_ref, (p, g, acc, tmp), (lr, epsilon),
+              lambda: (p, g, acc, f(lr), f(epsilon)))
+
+
+def _adadelta_cpu(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon) -> None:
+    f = p.dtype.type if hasattr(p, "dtype") else float
+    _cpu_step("adadelta", _adadelta_loop, adadelta_ref, (p, g, acc_g, acc_dx, tmp), (lr, rho, epsilon),
+              lambda: (p, g, acc_g, acc_dx, f(lr), f(rho), f(1.0 - rho), f(epsilon)))
+
+
+def _adamax_cpu(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step) -> None:
+    f = p.dtype.type if hasattr(p, "dtype") else float
+    alpha = lr / (1.0 - beta_1**step)  # exactly as adamax_ref
+    _cpu_step("adamax", _adamax_loop, adamax_ref, (p, g, m, u, tmp), (lr, beta_1, beta_2, epsilon, step),
+              lambda: (p, g, m, u, f(1.0 - beta_1), f(beta_2), f(_cuda.inverse_step_size(alpha)), f(epsilon)))
+
+
+def _adam_cpu(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step) -> None:
+    f = p.dtype.type if hasattr(p, "dtype") else float
+    alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref
+    # the scalars adam_ref's ufuncs see: Python floats cast to the buffers' dtype
+    _cpu_step("adam", _adam_loop, adam_ref, (p, g, m, v, tmp), (lr, beta_1, beta_2, epsilon, step),
+              lambda: (p, g, m, v, f(1.0 - beta_1), f(1.0 - beta_2), f(_cuda.inverse_step_size(alpha)), f(epsilon)))
 
 
 def adam(
@@ -234,27 +375,19 @@ def adam(
     if is_cupy_array(p):
         if _cuda.adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step) is not NotImplemented:
             return
-    elif _fusable(p, g, m, v):
-        kernel = _numba_adam()
-        if kernel is not None:
-            alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref
-            f = p.dtype.type  # the scalars adam_ref's ufuncs see: Python floats cast to the buffers' dtype
-            try:
-                kernel(p, g, m, v, f(1.0 - beta_1), f(1.0 - beta_2), f(_cuda.inverse_step_size(alpha)), f(epsilon))
-                return
-            except Exception:  # a compile that fails here fails before touching the buffers
-                _numba_kernels["adam"] = None
-    adam_ref(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step)
+        adam_ref(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step)
+        return
+    _adam_cpu(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step)
 
 
-# --- the public entry points: one fused CUDA kernel for the CuPy buffers it handles, else the reference ------
+# --- the public entry points: one fused CUDA kernel for the CuPy buffers it handles, else the CPU path -------
 
 
-sgd = _cuda.override("sgd", sgd_ref)
-rmsprop = _cuda.override("rmsprop", rmsprop_ref)
-adagrad = _cuda.override("adagrad", adagrad_ref)
-adadelta = _cuda.override("adadelta", adadelta_ref)
-adamax = _cuda.override("adamax", adamax_ref)
+sgd = _cuda.override("sgd", _sgd_cpu)
+rmsprop = _cuda.override("rmsprop", _rmsprop_cpu)
+adagrad = _cuda.override("adagrad", _adagrad_cpu)
+adadelta = _cuda.override("adadelta", _adadelta_cpu)
+adamax = _cuda.override("adamax", _adamax_cpu)
 weight_decay = weight_decay_ref
 clip_by_value = clip_by_value_ref
 clip_by_global_norm = clip_by_global_norm_ref
