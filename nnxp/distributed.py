@@ -323,6 +323,15 @@ def _digest(a: Any) -> int:
     return zlib.crc32(a.view(np.uint8).reshape(-1)) if a.size else 0
 
 
+def data_fingerprint(comm: Communicator, x: Any, y: Any, w: Any) -> dict:
+    """What must agree across ranks about the rows of a collective call: with replicated data the rows themselves
+    (shapes and checksums), with sharded data only their widths and whether they are weighted."""
+    if comm.data == "sharded":  # the rows differ by design
+        return {"x": list(x.shape[1:]), "y": list(y.shape[1:]), "weighted": w is not None}
+    return {"x": list(x.shape), "y": list(y.shape), "weighted": w is not None,
+            "data": [_digest(x), _digest(y)] + ([] if w is None else [_digest(w)])}
+
+
 def start_fit(comm: Communicator, model: Any, data: tuple, val: tuple | None, batch_size: int, **run: Any) -> None:
     """Before the first step: refuse impossible settings, check every rank got the same run (model, optimizer,
     fit arguments and, for replicated data, the data itself), and give every rank rank 0's seed (the shuffle and
@@ -332,18 +341,16 @@ def start_fit(comm: Communicator, model: Any, data: tuple, val: tuple | None, ba
                         f"so that every rank gets a share of each batch. Received: batch_size={batch_size}")
     model.seed = comm.bcast_object(model.seed)
     x, y, w = data
-    if comm.data == "sharded":  # the rows differ by design: compare what must agree
-        shapes = {"x": list(x.shape[1:]), "y": list(y.shape[1:])}
-    else:
-        shapes = {"x": list(x.shape), "y": list(y.shape), "val": None if val is None else list(val[0].shape),
-                  "data": [_digest(x), _digest(y)] + ([] if w is None else [_digest(w)])}
+    shapes = data_fingerprint(comm, x, y, w)
+    if comm.data != "sharded":
+        shapes["val"] = None if val is None else list(val[0].shape)
     opt = model.optimizer
     check_same(comm, {"model": {k: v for k, v in model.get_config().items() if k != "seed"},
                       "optimizer": {"class": type(opt).__name__, **opt.get_config(), "iterations": opt.iterations,
                                     "state": sorted(opt.state)},
                       "loss": model.loss.name, "metrics": list(model.metrics), "device": model.device.kind,
                       "fit": {**run, "batch_size": batch_size, "epochs_trained": model.epochs_trained,
-                              "weighted": w is not None, "validation": val is not None, **shapes}})
+                              "validation": val is not None, **shapes}})
     if comm.data == "sharded":
         comm.rank_rows = comm.allgather_object(int(x.shape[0]))
     comm.bcast(model.params)

@@ -849,6 +849,9 @@ class Sequential:
         with self._exclusive("evaluate"), self._use():
             x, y = self._prepare(x, y)
             w = self._prepare_weights(sample_weight, "sample_weight", x.shape[0])
+            comm = distributed.current()
+            if comm.size > 1:  # collective: each rank evaluates its part of the same rows (or its own shard)
+                distributed.check_same(comm, {"evaluate": distributed.data_fingerprint(comm, x, y, w)})
             logs = self._evaluate_arrays(x, y, w, batch_size)
         if verbose and distributed.current().is_main:  # (under MPI every rank has the same, reduced logs)
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))

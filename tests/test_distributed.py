@@ -313,3 +313,30 @@ def test_replicated_data_in_a_different_row_order_is_refused():
     with pytest.raises(nnxp.NnxpError, match=r"rank 1 has fit.data"):
         distributed.check_same(type("Two", (distributed.Communicator,), {
             "allgather_object": lambda self, obj: [seen[0], seen[1]]})(), {})
+
+
+def test_evaluate_under_mpi_refuses_ranks_given_different_rows(monkeypatch):
+    # evaluate is collective: ranks given different rows (or weights on one rank only) returned different answers,
+    # or died in MPI_ERR_TRUNCATE (found by helper distbreak); now the first difference is named before any reduce
+    class Two(distributed.Communicator):
+        size = 2
+
+        def __init__(self, other):
+            self.other = other
+
+        def allgather_object(self, obj):
+            return [obj, self.other]
+
+    model = nnxp.Sequential([nnxp.Dense(2, "softmax", input_dim=3)], seed=0, dtype="float64")
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.arange(30.0).reshape(10, 3), np.array([0, 1] * 5)
+    fp = {"evaluate": distributed.data_fingerprint(Two(None), model.device.asarray(x), y, None)}
+    flat = distributed._flatten("", fp, {})
+    for other_x, w, key in ((x[:7], None, "evaluate.x"), (x, np.ones(10), "evaluate.weighted")):
+        theirs = distributed.data_fingerprint(Two(None), other_x, y[: len(other_x)], None)
+        other = distributed._flatten("", {"evaluate": theirs}, {})
+        comm = Two(other)
+        monkeypatch.setattr(distributed, "_current", comm)
+        with pytest.raises(nnxp.NnxpError, match=rf"rank 1 has {key}"):
+            model.evaluate(x, y, verbose=0, sample_weight=w)
+    distributed.check_same(Two(flat), fp)  # the same rows everywhere: no complaint
