@@ -161,10 +161,8 @@ class Dense(Layer):
         self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
         self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer")
         self.bias_regularizer = regularizers.get(bias_regularizer, "bias_regularizer")
-        # Set by the model when this is the output layer and the loss fuses with its
-        # activation: forward(..., logits=True) then skips the activation.
         self._x = self._y = self._z = None
-        self._emitted_logits = False
+        self._applied = self.activation  # the activation the last training forward applied (backward undoes it)
 
     def build(self, input_dim: int) -> int:
         if self.declared_input_dim is not None and input_dim != self.declared_input_dim:
@@ -181,21 +179,33 @@ class Dense(Layer):
             specs.append(("bias", (self.units,), self.bias_initializer))
         return specs
 
-    def forward(self, x: Any, training: bool = False, logits: bool = False) -> Any:
-        """(B, input_dim) -> (B, units). With `logits`, skip the activation (fused loss)."""
+    def forward(self, x: Any, training: bool = False) -> Any:
+        """(B, input_dim) -> (B, units): ``activation(x @ kernel + bias)``."""
+        return self._forward(x, training, self.activation)
+
+    def forward_linear(self, x: Any, training: bool = False) -> Any:
+        """(B, input_dim) -> (B, units): the pre-activation ``x @ kernel + bias``.
+
+        For an output head that applies this layer's activation itself, fused with its loss (nnxp/head.py);
+        after it, ``backward`` takes dL/d(pre-activation)."""
+        return self._forward(x, training, "linear")
+
+    def _forward(self, x: Any, training: bool, act: str) -> Any:
         xp = xp_of(x)
-        act = "linear" if logits else self.activation
         out = self._buffers.get("y", xp, (x.shape[0], self.units), x.dtype)
         z_buf = self._buffers.get("z", xp, out.shape, x.dtype) if A.ACTIVATION_OPS[act].needs_z else None
         y, z = D.dense_forward(x, self.params["kernel"], self.params.get("bias"), act, out, z_buf)
         if training:
-            self._x, self._y, self._z, self._emitted_logits = x, y, z, logits
+            self._x, self._y, self._z, self._applied = x, y, z, act
         return y
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
-        """dL/dy (B, units) -> dL/dx (B, input_dim); fills grads["kernel"], grads["bias"]."""
+        """dL/dy (B, units) -> dL/dx (B, input_dim); fills grads["kernel"], grads["bias"].
+
+        `dy` is the gradient of what the last training forward returned: the activations after ``forward``,
+        the pre-activation after ``forward_linear``."""
         xp = xp_of(dy)
-        act = "linear" if self._emitted_logits else self.activation
+        act = self._applied
         dx_buf = self._buffers.get("dx", xp, self._x.shape, dy.dtype) if need_dx else None
         dx = D.dense_backward(
             dy, self._x, self.params["kernel"], self._y, self._z, act,
@@ -326,21 +336,25 @@ class Activation(Layer):
         super().__init__(name)
         self.activation = activations.get(activation)
         self._y = self._z = None
-        self._emitted_logits = False
+        self._applied = self.activation  # the activation the last training forward applied (backward undoes it)
 
-    def forward(self, x: Any, training: bool = False, logits: bool = False) -> Any:
-        xp = xp_of(x)
-        if logits:
-            y = x
-        else:
-            y = A.activation_forward(self.activation, x, self._buffers.get("y", xp, x.shape, x.dtype))
+    def forward(self, x: Any, training: bool = False) -> Any:
+        y = A.activation_forward(self.activation, x, self._buffers.get("y", xp_of(x), x.shape, x.dtype))
         if training:
-            self._y, self._emitted_logits = y, logits
+            self._y, self._applied = y, self.activation
             self._z = x if A.ACTIVATION_OPS[self.activation].needs_z else None
         return y
 
+    def forward_linear(self, x: Any, training: bool = False) -> Any:
+        """`x` itself, the pre-activation, for an output head that applies the activation fused with its loss
+        (nnxp/head.py); ``backward`` then passes dL/dx through."""
+        if training:
+            self._y = self._z = None
+            self._applied = "linear"
+        return x
+
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
-        if self._emitted_logits:
+        if self._applied == "linear":
             return dy
         return A.activation_backward(self.activation, dy, self._y, self._z, out=dy)
 

@@ -50,8 +50,8 @@ from .errors import (
     did_you_mean,
     reject_unknown_arguments,
 )
-from .layers import Activation, Dense, Layer, as_rows
-from .ops import activation as A
+from .head import OutputHead, make_head
+from .layers import Dense, Layer, as_rows
 
 _DTYPES = ("float32", "float64")
 _PRECISIONS = ("highest", "tf32")
@@ -105,7 +105,7 @@ class Sequential:
         self.optimizer: optimizers_mod.Optimizer | None = None
         self.loss: losses_mod.Loss | None = None
         self.metrics: list[str] = []
-        self._fused = False
+        self._head: OutputHead | None = None  # the final activation and the loss, set by compile
         self.stop_training = False
         # epochs completed over the model's life, across fit calls and model files: it seeds each epoch's shuffle
         # and dropout, so fit(5) then fit(5) trains exactly like fit(10)
@@ -347,10 +347,9 @@ class Sequential:
                           "'binary_crossentropy', or one unit per class with softmax", UserWarning, stacklevel=2)
 
     def _configure_output(self) -> None:
-        """Fuse the output activation with the loss (softmax+CE, sigmoid+BCE) when they pair."""
+        """The output head for the loss and the last layer: fused (softmax+CE, sigmoid+BCE) when they pair."""
         last = self.layers[-1] if self.layers else None
-        act = getattr(last, "activation", None) if isinstance(last, (Dense, Activation)) else None
-        self._fused = self.loss is not None and act is not None and act == self.loss.fused_activation
+        self._head = None if self.loss is None else make_head(self.loss, last)
 
     @contextmanager
     def _exclusive(self, what: str) -> Iterator[None]:
@@ -387,22 +386,17 @@ class Sequential:
 
     # --- forward / backward --------------------------------------------------------------------
     def _forward(self, x: Any, training: bool) -> Any:
-        """Network output for batch `x`: logits for a fused output layer, else activations."""
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            if i == last and self._fused:
-                x = layer.forward(x, training, logits=True)
-            else:
-                x = layer.forward(x, training)
+        """The output head's outputs for batch `x`: logits when it fuses the final activation with the loss,
+        else the network's activations (also before compile, when there is no head)."""
+        if self._head is not None:
+            return self._head.forward(self.layers, x, training)
+        for layer in self.layers:
+            x = layer.forward(x, training)
         return x
 
     def _loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
-        fn = self.loss.fused_fn if self._fused else self.loss.fn
-        grad = self.layers[-1]._buffers.get("dloss", xp_of(out), out.shape, out.dtype)
-        if w is None:
-            loss, grad = fn(out, y, grad)
-        else:  # the fused CUDA kernels take no weights: weighted batches run the xp-generic reference
-            loss, grad = getattr(fn, "__wrapped__", fn)(out, y, grad, sample_weight=w)
+        """Batch loss (with the regularizers' penalties) and dL/d(out) for the head's outputs `out`."""
+        loss, grad = self._head.loss_and_grad(out, y, w)
         for layer in self.layers:
             penalty = layer.regularization_penalty()
             if penalty is not None:
@@ -426,23 +420,14 @@ class Sequential:
             if kind == "accuracy":
                 per_sample = self._correct(out, y)
             else:
-                pred = out
-                if self._fused:
-                    pred = A.activation_forward(self.layers[-1].activation, out)
-                diff = pred - y
+                diff = self._head.predictions(out) - y
                 per_sample = (diff * diff if kind == "mse" else xp.abs(diff)).mean(axis=1)
             sums[name] = per_sample.sum() if w is None else (per_sample * w).sum()
         return sums
 
     def _correct(self, out: Any, y: Any) -> Any:
         """Per-row accuracy (B,): 1/0 per row, the fraction of right outputs for a binary loss."""
-        if self.loss.task == "binary":
-            threshold = 0.0 if self._fused else 0.5
-            hits = (out > threshold) == (y > 0.5)
-            return hits.mean(axis=1)
-        pred = out.argmax(axis=1)
-        true = y if self.loss.sparse else y.argmax(axis=1)
-        return pred == true
+        return self._head.correct(out, y)
 
     # --- data -----------------------------------------------------------------------------------
     def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y",
@@ -892,12 +877,11 @@ class Sequential:
         x = check_features(as_rows(self.layers, x, "x"), "x", self.input_dim, self.dtype)
         n = x.shape[0]
         result = np.empty((n, self.output_dim), dtype=self.dtype)
-        last = self.layers[-1]
         for start in range(0, n, batch_size):
             xb = self.device.asarray(x[start : start + batch_size], dtype=self.dtype)
-            out = self._forward(xb, training=False)
-            if self._fused:  # the output layer emitted logits; apply its activation now
-                out = A.activation_forward(last.activation, out, out)
+            out = xb
+            for layer in self.layers:  # every layer's own forward: the final activation included, no head needed
+                out = layer.forward(out, training=False)
             result[start : start + xb.shape[0]] = to_numpy(out)
         return result
 

@@ -141,12 +141,13 @@ def test_dense_forward_and_backward_with_l2_regularizer():
     np.testing.assert_allclose(float(layer.regularization_penalty()), 0.1 * np.sum(w * w), rtol=1e-12)
 
 
-def test_dense_relu_forward_and_logits_skip_the_activation():
+def test_dense_relu_forward_and_forward_linear_skips_the_activation():
     layer = _bind(Dense(3, "relu"), 2)
     x = np.random.default_rng(2).normal(size=(6, 2))
     z = x @ layer.params["kernel"] + layer.params["bias"]
     np.testing.assert_allclose(layer.forward(x), np.maximum(z, 0), rtol=1e-12)
-    np.testing.assert_allclose(layer.forward(x, logits=True), z, rtol=1e-12)
+    np.testing.assert_allclose(layer.forward_linear(x), z, rtol=1e-12)
+    np.testing.assert_allclose(layer.forward(x), np.maximum(z, 0), rtol=1e-12)  # forward_linear left no trace
 
 
 # --- Dropout -------------------------------------------------------------------------------------
@@ -230,10 +231,10 @@ def test_activation_layer_forward_values():
     np.testing.assert_allclose(soft, np.exp(x) / np.exp(x).sum(), rtol=1e-12)
 
 
-def test_activation_layer_with_logits_passes_through():
+def test_activation_layer_forward_linear_passes_through():
     layer = Activation("softmax")
     x = np.array([[1.0, 2.0]])
-    np.testing.assert_array_equal(layer.forward(x, training=True, logits=True), x)
+    np.testing.assert_array_equal(layer.forward_linear(x, training=True), x)
     dy = np.array([[0.3, -0.3]])
     np.testing.assert_array_equal(layer.backward(dy), [[0.3, -0.3]])
 

@@ -1,0 +1,116 @@
+"""The output head: the model's final activation and its loss, and whether they run fused.
+
+``compile`` pairs the last layer's activation with the loss. Softmax with (sparse) categorical cross-entropy
+and sigmoid with binary cross-entropy run as one fused op on the logits (:mod:`nnxp.ops.loss`): the head asks
+the last layer for its pre-activation (``forward_linear``), takes the loss and dL/d(logits) in one call, and
+turns logits into probabilities only where a metric needs them. Every other pair (linear + MSE, tanh + MAE,
+softmax + MSE, ...) runs unfused: the layers apply every activation and the loss sees their outputs.
+
+Layers never know about the head: ``Dense(10, activation="softmax")`` always returns probabilities from
+``forward``; only ``forward_linear``, which the head calls, returns the pre-activation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .backend import xp_of
+from .losses import Loss
+from .ops import activation as A
+
+
+class OutputHead:
+    """The unfused head: the layers apply every activation and the loss takes their outputs.
+
+    ``forward`` returns what the loss takes (the head's *outputs*), ``loss_and_grad`` gives the batch loss and
+    dL/d(outputs), ``predictions`` turns outputs into what ``predict`` returns and ``correct`` scores them.
+    """
+
+    fused = False
+
+    def __init__(self, loss: Loss, activation: str | None) -> None:
+        self.loss = loss
+        self.activation = activation  # the last layer's activation (None: the last layer has none, e.g. Dropout)
+        self._grads: dict[tuple, Any] = {}  # dL/d(outputs) buffers per (shape, dtype, array module)
+
+    def forward(self, layers: list[Any], x: Any, training: bool) -> Any:
+        """The head's outputs for batch `x` (B, in): here the network's activations (B, out)."""
+        for layer in layers:
+            x = layer.forward(x, training)
+        return x
+
+    def _fn(self) -> Any:
+        return self.loss.fn
+
+    def _grad_buffer(self, out: Any) -> Any:
+        xp = xp_of(out)
+        key = (out.shape, out.dtype.str, xp.__name__)
+        buf = self._grads.get(key)
+        if buf is None:
+            if len(self._grads) > 8:  # a few batch sizes at most (full, last, eval)
+                self._grads.clear()
+            buf = self._grads[key] = xp.empty(out.shape, out.dtype)
+        return buf
+
+    def loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
+        """Mean batch loss (0-d, on the device) and dL/d(outputs) (B, out) in a buffer the head reuses.
+
+        `w` (B,) weighs each row's loss (sum_i w_i l_i / B); the fused CUDA kernels take no weights, so weighted
+        batches run the xp-generic reference of the same function."""
+        fn = self._fn()
+        grad = self._grad_buffer(out)
+        if w is None:
+            return fn(out, y, grad)
+        return getattr(fn, "__wrapped__", fn)(out, y, grad, sample_weight=w)
+
+    def predictions(self, out: Any, inplace: bool = False) -> Any:
+        """What ``predict`` returns for outputs `out`: the network's activations (`inplace`: `out` may be
+        overwritten)."""
+        return out
+
+    def correct(self, out: Any, y: Any) -> Any:
+        """Per-row accuracy (B,): 1/0 per row, the fraction of right outputs for a binary loss."""
+        if self.loss.task == "binary":
+            return ((out > self._threshold()) == (y > 0.5)).mean(axis=1)
+        pred = out.argmax(axis=1)  # the activation is monotone per row for softmax: logits argmax the same
+        true = y if self.loss.sparse else y.argmax(axis=1)
+        return pred == true
+
+    def _threshold(self) -> float:
+        return 0.5  # probabilities
+
+
+class FusedHead(OutputHead):
+    """Softmax + (sparse) categorical cross-entropy or sigmoid + binary cross-entropy, fused on the logits.
+
+    The outputs are the last layer's pre-activation; the loss's fused function gives the loss and
+    dL/d(logits) in one pass (log-sum-exp, so nothing overflows), and the layer's backward then starts from
+    dL/d(logits), as its ``forward_linear`` applied no activation."""
+
+    fused = True
+
+    def forward(self, layers: list[Any], x: Any, training: bool) -> Any:
+        """The logits (B, out): every layer's forward, then the last layer's ``forward_linear``."""
+        for layer in layers[:-1]:
+            x = layer.forward(x, training)
+        return layers[-1].forward_linear(x, training)
+
+    def _fn(self) -> Any:
+        return self.loss.fused_fn
+
+    def predictions(self, out: Any, inplace: bool = False) -> Any:
+        """Probabilities from logits `out`: the activation the last layer would have applied."""
+        return A.activation_forward(self.activation, out, out if inplace else None)
+
+    def _threshold(self) -> float:
+        return 0.0  # sigmoid(z) > 0.5 exactly when z > 0
+
+
+def make_head(loss: Loss, last_layer: Any) -> OutputHead:
+    """The head for `loss` after `last_layer`: fused when the layer's activation is the one the loss fuses with
+    and the layer can give its pre-activation (``forward_linear``: Dense, Activation), else unfused."""
+    activation = getattr(last_layer, "activation", None)
+    if (activation is not None and activation == loss.fused_activation and loss.fused_fn is not None
+            and callable(getattr(last_layer, "forward_linear", None))):
+        return FusedHead(loss, activation)
+    return OutputHead(loss, activation)
