@@ -60,8 +60,9 @@ class GraphedStep:
                 raise
             graph = stream.end_capture()
         self.graph, self.loss, self.sums = graph, loss, sums
-        # the layers' scratch buffers as captured: kept alive even if a layer later swaps its own
+        # the layers' and the output head's scratch buffers as captured: kept alive even if one later swaps its own
         self._kept = [a for layer in model.layers for a in layer._buffers._cache.values()] + [out]
+        self._kept += model._head.buffers()
         self.replays = 0
 
     def _core_buffers(self) -> list[Any]:

@@ -42,6 +42,10 @@ class OutputHead:
     def _fn(self) -> Any:
         return self.loss.fn
 
+    def buffers(self) -> list[Any]:
+        """The arrays the head writes during a step (a captured CUDA graph keeps them alive)."""
+        return list(self._grads.values())
+
     def _grad_buffer(self, out: Any) -> Any:
         xp = xp_of(out)
         key = (out.shape, out.dtype.str, xp.__name__)
@@ -91,9 +95,10 @@ class FusedHead(OutputHead):
 
     def forward(self, layers: list[Any], x: Any, training: bool) -> Any:
         """The logits (B, out): every layer's forward, then the last layer's ``forward_linear``."""
-        for layer in layers[:-1]:
-            x = layer.forward(x, training)
-        return layers[-1].forward_linear(x, training)
+        last = len(layers) - 1
+        for i in range(last):
+            x = layers[i].forward(x, training)
+        return layers[last].forward_linear(x, training)
 
     def _fn(self) -> Any:
         return self.loss.fused_fn
