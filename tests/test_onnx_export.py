@@ -36,3 +36,24 @@ def test_onnx_of_a_flatten_model_takes_images(tmp_path, first):
     assert [d for d in session.get_inputs()[0].shape[1:]] == [4, 5]
     (got,) = session.run(["y"], {"x": x})
     np.testing.assert_allclose(got, model.predict(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act, loss, node", [("softmax", "categorical_crossentropy", "Softmax"),
+                                             ("sigmoid", "binary_crossentropy", "Sigmoid")])
+def test_a_trained_fused_model_exports_its_final_activation(tmp_path, act, loss, node):
+    # training fuses the final activation into the loss (nnxp/head.py); the exported graph still ends in it
+    import onnx
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
+    model = Sequential([Dense(8, "relu", input_dim=5), Dense(3, act)], seed=0)
+    model.compile("adam", loss)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = model.export_onnx(tmp_path / "m.onnx")
+    assert onnx.load(path).graph.node[-2].op_type == node  # the last node before the output's Identity
+    (got,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(["y"], {"x": x})
+    np.testing.assert_allclose(got, model.predict(x), rtol=1e-5, atol=1e-6)
+    assert ((got > 0) & (got < 1)).all()
+    if act == "softmax":
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
