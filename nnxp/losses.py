@@ -3,7 +3,8 @@
 A :class:`Loss` knows its plain function (on the network's outputs), the
 activation it fuses with (softmax or sigmoid) and the fused function that takes
 logits instead, whether its targets are integer labels, and which accuracy
-applies. The numerics live in :mod:`nnxp.ops.loss`.
+applies. The numerics live in :mod:`nnxp.ops.loss`; :mod:`nnxp.head` pairs a
+loss with the model's last layer and runs the fused function when they match.
 """
 
 from __future__ import annotations
