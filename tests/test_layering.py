@@ -14,7 +14,7 @@ LEVEL = {
     "ops": 2,
     "activations": 3, "initializers": 3, "losses": 3, "regularizers": 3, "schedules": 3, "_validation": 3,
     "optimizers": 4, "layers": 4,
-    "callbacks": 5, "_graph": 5,
+    "callbacks": 5, "_graph": 5, "training": 5.5,
     "model": 6, "io": 7, "models": 8,
     "plot": 1, "onnx_export": 7,
     "selftest": 7,  # drives model, layers and ops; the CLI runs it

@@ -537,8 +537,7 @@ def test_cuda_graph_replays_match_eager_steps(optimizer):
     eager, graphed = _graph_model(optimizer()), _graph_model(optimizer())
     h_eager = eager.fit(x, y, epochs=3, batch_size=64, verbose=0)
     h_graph = graphed.fit(x, y, epochs=3, batch_size=64, verbose=0, cuda_graph=True)
-    step = graphed._fit_state["graph"]
-    assert step is not None and step.replays >= 3 * (1000 // 64) - 2  # all full batches but the warm-up one
+    assert nnxp.training.graph_replays(graphed) >= 3 * (1000 // 64) - 2  # all full batches but the warm-up one
     assert graphed.optimizer.iterations == eager.optimizer.iterations
     # the same kernels in the same order; only the matmul's cuBLAS entry point differs
     np.testing.assert_allclose(h_graph.history["loss"], h_eager.history["loss"], rtol=1e-4)
@@ -558,7 +557,7 @@ def test_cuda_graph_replays_dropout_like_eager_steps_and_tf32_restores_cupys_set
         model = Sequential([Dense(8, "relu", input_dim=20), Dropout(0.2), Dense(3, "softmax")], device="cuda")
         model.compile("adam", "sparse_categorical_crossentropy")
         runs.append(model.fit(x, y, epochs=2, batch_size=64, verbose=0, cuda_graph=graph).history["loss"])
-        assert not graph or model._fit_state["graph"].replays >= 4
+        assert not graph or nnxp.training.graph_replays(model) >= 4
     # the mask is a hash of the device (seed, step): replayed steps drop exactly what eager steps drop
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-4)
     seen = []
