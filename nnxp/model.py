@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import distributed, initializers, training
+from . import distributed, initializers, io, training
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
 from ._validation import (
@@ -57,6 +57,7 @@ _METRIC_ALIASES = {"acc": "accuracy", "accuracy": "accuracy", "mse": "mse", "mea
                    "mae": "mae", "mean_absolute_error": "mae"}
 
 
+@io.register_model_class
 class Sequential:
     """A linear stack of layers with a Keras-like API.
 
@@ -168,16 +169,7 @@ class Sequential:
         """Create all parameters in one flat buffer on the model's device."""
         self._require_layers()
         input_dim = positive_int("input_dim", input_dim)
-        dim = input_dim
-        specs = []
-        try:
-            for layer in self.layers:
-                dim = layer.build(dim)
-                specs.extend((layer, name, shape, init) for name, shape, init in layer.param_specs())
-        except NnxpError:  # a size conflict: leave every layer unbuilt, as before the call
-            for layer in self.layers:
-                layer.input_dim = layer.output_dim = None
-            raise
+        specs = self._size_layers(input_dim)
         total = sum(int(np.prod(shape)) for _, _, shape, _ in specs)
         need, limit = 2 * total * self.dtype.itemsize, _memory_limit()  # weights and gradients
         if limit is not None and need > limit:  # refused before a MemoryError (or swapping) can happen
@@ -200,6 +192,50 @@ class Sequential:
             offset += size
         with self._use():
             self._bind(self.device.asarray(host))
+
+    def _size_layers(self, input_dim: int) -> list[tuple[Layer, str, tuple, str]]:
+        """Fix every layer's sizes from `input_dim` (allocating nothing); (layer, weight, shape, initializer) of
+        each weight in flat-buffer order. On a size conflict every layer is left unsized, as before the call."""
+        dim, specs = input_dim, []
+        try:
+            for layer in self.layers:
+                dim = layer.build(dim)
+                specs.extend((layer, name, tuple(int(s) for s in shape), init)
+                             for name, shape, init in layer.param_specs())
+        except NnxpError:
+            for layer in self.layers:
+                layer.input_dim = layer.output_dim = None
+            raise
+        return specs
+
+    def weight_layout(self) -> list[tuple[str, str, int, tuple]]:
+        """(layer name, weight name, offset, shape) of each weight in the flat buffer, in :meth:`get_weights`
+        order; from the layers' sizes, so it is known before the weights exist (e.g. after :meth:`from_config`)."""
+        if self.built:
+            return [(layer.name, name, offset, shape) for layer, name, offset, shape in self._slices]
+        if self.input_dim is None:
+            raise NotCompiledError("the model's input size is not known yet: give the first layer `input_dim`")
+        layout, offset = [], 0
+        for layer, name, shape, _ in self._size_layers(self.input_dim):
+            layout.append((layer.name, name, offset, shape))
+            offset += int(np.prod(shape))
+        return layout
+
+    def set_flat_weights(self, flat: Any) -> None:
+        """Make `flat` (every weight, in :meth:`weight_layout` order, as one 1-D array) the weights of an unbuilt
+        model, which is built around it: for loaders that read a file straight into one buffer."""
+        if self.built:
+            raise NnxpError("set_flat_weights is for unbuilt models; use set_weights on a built one")
+        specs = self._size_layers(self.input_dim)
+        slices, offset = [], 0
+        for layer, name, shape, _ in specs:
+            slices.append((layer, name, offset, shape))
+            offset += int(np.prod(shape))
+        if tuple(flat.shape) != (offset,):
+            raise NnxpError(f"`flat` must have shape ({offset},) for this model. Received: {tuple(flat.shape)}")
+        with self._use():
+            self._slices = slices
+            self._bind(self.device.asarray(flat, dtype=self.dtype))
 
     def _unbuild(self) -> None:
         """Back to the unbuilt state (no weights, input size free), for a fit that failed before training."""
@@ -721,15 +757,50 @@ class Sequential:
             "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
         }
 
+    @classmethod
+    def from_config(cls, config: dict, device: str | Device | None = None) -> Sequential:
+        """A new, unbuilt model from :meth:`get_config` (as Keras's ``from_config``): the same layers, name, dtype,
+        precision and seed. With ``input_dim`` in the config the layers' sizes are fixed; the weights are made on
+        first use (build, fit, get_weights), from the seed, or taken from a file by :func:`nnxp.load_model`."""
+        from .layers import from_config as layer_from_config
+
+        layers = []
+        for i, entry in enumerate(config.get("layers") or []):
+            try:
+                layers.append(layer_from_config(entry["class_name"], entry["config"]))
+            except (NnxpError, TypeError) as exc:  # TypeError: a key the layer does not take
+                raise NnxpError(f"`layers[{i}]` ({entry['class_name']}) is invalid: {exc}") from None
+        model = cls(layers, device=device, seed=config.get("seed"), dtype=config.get("dtype", "float32"),
+                    name=config.get("name"), precision=config.get("precision", "highest"))
+        if config.get("input_dim") is not None:
+            try:
+                model._size_layers(config["input_dim"])
+            except NnxpError as exc:
+                raise NnxpError(f"`layers` do not fit `input_dim`={config['input_dim']}: {exc}") from None
+        return model
+
+    def get_state(self) -> dict:
+        """Everything a model file holds, as host copies read in one go: ``config`` (:meth:`get_config`),
+        ``weights`` (:meth:`get_weights`), ``epochs_trained``, and ``compile``: None before compile, else
+        ``loss``, ``metrics``, ``optimizer`` (its config), ``optimizer_iterations`` and ``optimizer_state``
+        (slot -> flat array; empty before the first step). Builds the model first when its input size is known."""
+        with self._exclusive("get_state"):  # not mid-step from another thread: that would be a partial epoch
+            self._require_built()
+            state = {"config": self.get_config(), "weights": self.get_weights(), "epochs_trained": self.epochs_trained,
+                     "compile": None}
+            if self.loss is not None:
+                opt = self.optimizer
+                state["compile"] = {"loss": self.loss.name, "metrics": list(self.metrics),
+                                    "optimizer": opt.get_config(), "optimizer_iterations": opt.iterations,
+                                    "optimizer_state": opt.get_state()}
+        return state
+
     def save(self, path: Any) -> None:
-        """Write the model (config, weights, optimizer state) to one file, atomically.
+        """Write the model (config, weights, optimizer state) to one file, atomically (:func:`nnxp.io.save_model`).
 
         Under MPI (:func:`nnxp.distributed.init`) only the main rank writes; the others' weights are the same."""
-        from .io import save_model
-
-        if not distributed.current().is_main:
-            return
-        save_model(self, path)
+        if distributed.current().is_main:
+            io.save_model(self, path)
 
     def export_onnx(self, path: Any) -> str:
         """Write the model as an ONNX graph (needs ``nnxp[onnx]``); returns the path."""
