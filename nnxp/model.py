@@ -108,7 +108,7 @@ class Sequential:
         # and dropout, so fit(5) then fit(5) trains exactly like fit(10)
         self.epochs_trained = 0
         self.history: History | None = None
-        self._fit_plan: training.FitPlan | None = None  # the latest fit's (the loop's inputs, its step)
+        self._fit_step: training.Step | None = None  # the latest fit's step (a graphed one counts its replays)
         self._busy: tuple[int, str] | None = None  # (thread id, "fit" | "evaluate" | "predict") while one runs
         for layer in layers or []:
             self.add(layer)
@@ -629,7 +629,7 @@ class Sequential:
             cb.set_model(self)
             cb.set_params(params)
         self.stop_training = False
-        plan = self._fit_plan = training.FitPlan(
+        plan = training.FitPlan(
             data=(x, y, w), val=val, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
             shuffle=bool(shuffle), callbacks=cbs, history=history, comm=comm, cuda_graph=bool(cuda_graph))
         # overflow inside a diverging step is reported once, as a NumericalError, not as NumPy warnings
@@ -645,6 +645,7 @@ class Sequential:
             try:
                 training.run_epochs(self, plan, interrupt)
             finally:  # close progress bars and the like even when training stops with an error
+                self._fit_step = plan.step  # kept without the plan: the model must not hold on to the data
                 for cb in cbs:
                     cb.on_train_end()
         return history

@@ -304,8 +304,7 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
 
 def graph_replays(model: Any) -> int:
     """How many steps the model's latest fit replayed from a captured CUDA graph (0 when none was captured)."""
-    plan = getattr(model, "_fit_plan", None)
-    graph = getattr(plan.step, "graph", None) if plan is not None else None
+    graph = getattr(getattr(model, "_fit_step", None), "graph", None)
     return 0 if graph is None else graph.replays
 
 

@@ -199,3 +199,18 @@ def test_divergence_is_checked_at_the_end_of_the_epoch_on_the_cpu_too():
     assert Count.batches == 4
     for a, b in zip(model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_model_keeps_no_reference_to_the_training_data_after_fit():
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 3)).astype(np.float32), rng.normal(size=(64, 1)).astype(np.float32)
+    refs = [weakref.ref(x), weakref.ref(y)]
+    model = Sequential([Dense(1, input_dim=3)], seed=0)
+    model.compile("sgd", "mse")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # (shuffled: the layers keep copies, not views of x)
+    del x, y
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True]  # a large data set is not held (on the GPU) after fit returns
