@@ -377,7 +377,8 @@ def test_divergence_on_cuda_names_the_batch_and_keeps_finite_weights():
 
 
 def test_deferred_divergence_check_names_the_first_bad_batch(monkeypatch):
-    # the GPU bookkeeping (per-batch losses kept on the device, read once per epoch), run on NumPy
+    # the GPU's bookkeeping run on NumPy (per-batch losses kept on the device and read once per epoch: since issue 14
+    # the CPU's rule too; here the batch losses are also not read for the callbacks, as on a GPU)
     monkeypatch.setattr(nnxp.backend.Device, "is_cuda", property(lambda self: True))
     x, y = _circles(200)
     model = Sequential([Dense(8, "relu", input_dim=2), Dense(1)], seed=0)

@@ -214,3 +214,34 @@ def test_the_model_keeps_no_reference_to_the_training_data_after_fit():
     del x, y
     gc.collect()
     assert [r() is None for r in refs] == [True, True]  # a large data set is not held (on the GPU) after fit returns
+
+
+def test_ctrl_c_during_validation_rolls_that_epoch_back_too(monkeypatch):
+    # (before issue 14 the weights kept the interrupted epoch's training while epochs_trained did not count it)
+    import os
+    import signal
+
+    x, y, _ = _data(48)
+    x, y = x / 100, y / 48
+
+    def model():
+        m = Sequential([Dense(4, "relu", input_dim=3), Dense(1)], seed=2)
+        m.compile(nnxp.optimizers.Adam(0.01), "mse")
+        return m
+
+    straight = model()
+    straight.fit(x, y, epochs=1, batch_size=8, validation_split=0.25, verbose=0)
+    original = training.evaluate_arrays
+
+    def ctrl_c_in_the_second_validation(m, *args):
+        if m.epochs_trained == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, as Ctrl-C sends
+        return original(m, *args)
+
+    monkeypatch.setattr(training, "evaluate_arrays", ctrl_c_in_the_second_validation)
+    interrupted = model()
+    h = interrupted.fit(x, y, epochs=3, batch_size=8, validation_split=0.25, verbose=0)
+    assert h.interrupted and len(h.history["loss"]) == 1 and interrupted.epochs_trained == 1
+    assert interrupted.optimizer.iterations == straight.optimizer.iterations
+    for a, b in zip(interrupted.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
