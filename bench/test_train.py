@@ -80,14 +80,14 @@ def build_nnxp(case: Case) -> Impl:
 
 def build_nnxp_cudagraph(case: Case) -> Impl:
     """What ``fit(cuda_graph=True)`` runs per full batch: copy the batch into the static buffers, replay."""
-    from nnxp._graph import GraphedStep
+    from nnxp.training import EagerStep, GraphStep
 
     model = nnxp_model(case)
     batches = [model._prepare(x, y) for x, y in two_batches(case)]
     static_x, static_y = batches[0][0].copy(), batches[0][1].copy()
     model._train_step(static_x, static_y)  # warm-up: kernels built, optimizer state allocated
     model.optimizer.apply(model.params, model.grads)
-    step = GraphedStep(model, static_x, static_y)
+    step = GraphStep(EagerStep(model), static_x.shape[0]).capture(static_x, static_y)
     turn = itertools.cycle(batches)
 
     def train() -> None:

@@ -19,39 +19,41 @@ the capture.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from . import distributed
+from .backend import xp_of
 from .ops import _cuda
 
 _HP_SIZE = 8  # room for the largest optimizer's scalars (RMSprop: 6)
-_NO_INTERRUPT = type("NoInterrupt", (), {"requested": False})()  # (on CUDA the step never reads the Ctrl-C flag)
 
 
 class GraphedStep:
-    """One captured training step for batches of one shape, bound to the buffers it was captured with."""
+    """One captured training step for batches of one shape, bound to the buffers it was captured with.
 
-    def __init__(self, model: Any, xb: Any, yb: Any) -> None:
-        cp = model.device.xp
-        self.model, self.xb = model, xb  # xb: the static batch buffer the graph reads
-        self.hp = cp.zeros(_HP_SIZE, dtype=model.dtype)
-        self._host = np.zeros(_HP_SIZE, dtype=model.dtype)  # staging for hp, reused every step
+    `compute()` runs everything but the optimizer update (forward, loss, backward, an all-reduce under data
+    parallelism; nnxp.training.EagerStep.compute) and returns (loss, metric sums) as device arrays; the optimizer
+    then updates `params` from `grads`. `scratch()` lists the arrays made before the capture that the graph
+    reads or writes (the layers' scratch buffers): they are kept alive as long as the graph.
+    """
+
+    def __init__(self, xb: Any, compute: Callable[[], tuple[Any, dict]], optimizer: Any, params: Any, grads: Any,
+                 scratch: Callable[[], list]) -> None:
+        cp = xp_of(params)
+        self.xb = xb  # the static batch buffer the graph reads
+        self.optimizer, self.params, self.grads = optimizer, params, grads
+        self.hp = cp.zeros(_HP_SIZE, dtype=params.dtype)
+        self._host = np.zeros(_HP_SIZE, dtype=params.dtype)  # staging for hp, reused every step
         self._pool = cp.cuda.MemoryPool()
         self._core = self._core_buffers()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
         with stream, cp.cuda.using_allocator(self._pool.malloc), _cuda.capturing():
             stream.begin_capture()
             try:
-                comm = getattr(model, "_comm", None)
-                if comm is not None and comm.size > 1:  # under MPI the step's NCCL all-reduce is captured too
-                    loss, out = distributed.train_step(comm, model, xb, yb, None, model._fit_state["batch_size"],
-                                                       _NO_INTERRUPT)
-                else:
-                    loss, out = model._train_step(xb, yb)
-                sums = model._metric_sums(out, yb)
-                model.optimizer.graph_apply(model.params, model.grads, self.hp)
+                loss, sums = compute()
+                optimizer.graph_apply(params, grads, self.hp)
             except BaseException:
                 try:
                     stream.end_capture()  # leave the stream usable; the capture is void either way
@@ -60,23 +62,24 @@ class GraphedStep:
                 raise
             graph = stream.end_capture()
         self.graph, self.loss, self.sums = graph, loss, sums
-        # the layers' and the output head's scratch buffers as captured: kept alive even if one later swaps its own
-        self._kept = [a for layer in model.layers for a in layer._buffers._cache.values()] + [out]
-        self._kept += model._head.buffers()
+        # the scratch buffers as captured (layers' and the output head's): kept alive even if one later swaps its own
+        self._kept = list(scratch())
         self.replays = 0
 
-    def _core_buffers(self) -> list[Any]:
-        opt = self.model.optimizer
-        return [self.model.params, self.model.grads, opt._tmp, *opt.state.values()]
+    def _core_buffers(self, params: Any = None, grads: Any = None) -> list[Any]:
+        return [self.params if params is None else params, self.grads if grads is None else grads,
+                *self.optimizer.buffers()]
 
-    def still_bound(self) -> bool:
-        """False once the model or optimizer replaced a buffer the graph writes (then capture again)."""
-        current = self._core_buffers()
-        return len(current) == len(self._core) and all(a is b for a, b in zip(current, self._core, strict=True))
+    def still_bound(self, xb: Any, params: Any, grads: Any) -> bool:
+        """False once the model or optimizer replaced a buffer the graph writes (`params`, `grads`: the model's
+        now), or the batch lives elsewhere: then capture again."""
+        current = self._core_buffers(params, grads)
+        return (xb.data.ptr == self.xb.data.ptr and len(current) == len(self._core)
+                and all(a is b for a, b in zip(current, self._core, strict=True)))
 
     def run(self) -> tuple[Any, dict[str, Any]]:
         """Replay the step on the current stream for the batch now in the static buffers."""
-        scalars = self.model.optimizer.graph_scalars(self.model.params)
+        scalars = self.optimizer.graph_scalars(self.params)
         self._host[: scalars.size] = scalars
         self.hp.set(self._host)  # one small copy, ordered before the replay on the same stream
         self.graph.launch()

@@ -24,17 +24,23 @@ from .errors import NnxpError, NnxpTypeError
 
 
 class Callback:
-    """Base class: override the hooks you need. ``self.model`` is set by ``fit``.
+    """Base class: override the hooks you need. ``fit`` sets ``self.model`` (:meth:`set_model`) and ``self.params``
+    (:meth:`set_params`: ``epochs``, ``steps`` per epoch, ``samples``, ``batch_size``, ``verbose`` and ``metrics``,
+    the names the epoch logs will hold) before ``on_train_begin``, as Keras does.
 
     A callback that adds entries to the epoch logs lists their names in `log_keys`, so that others
     (ModelCheckpoint's file name) can rely on them before training starts.
     """
 
     model: Any = None
+    params: dict | None = None
     log_keys: tuple[str, ...] = ()
 
     def set_model(self, model: Any) -> None:
         self.model = model
+
+    def set_params(self, params: dict) -> None:
+        self.params = params
 
     def on_train_begin(self, logs: dict | None = None) -> None: ...
 
@@ -86,8 +92,8 @@ class ProgbarLogger(Callback):
         self._bar = None
 
     def on_train_begin(self, logs=None):
-        self.epochs = self.model._fit_state["epochs"]
-        self.samples = self.model._fit_state["samples"]
+        self.epochs = self.params["epochs"]
+        self.samples = self.params["samples"]
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -246,7 +252,7 @@ class ModelCheckpoint(Callback):
         self.best = math.nan
 
     def on_train_begin(self, logs=None):
-        keys = (getattr(self.model, "_fit_state", None) or {}).get("metrics")
+        keys = (self.params or {}).get("metrics")
         if keys is None:  # driven by hand, not by fit: nothing to check against
             return
         available = ["epoch", "lr", *keys]

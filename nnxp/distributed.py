@@ -399,10 +399,10 @@ def _bucketed_step(comm: MPICommunicator, model: Any, xb: Any, yb: Any, wb: Any,
     loss and flag slots at the end of the buffer), MPI is nudged between layers, and the step waits for all.
     The same sums as the single all-reduce; a rank without rows posts the same buckets, of zeros."""
     MPI, buf, mine = comm._MPI, model._grad_buffer, xb.shape[0]
-    spans: dict[int, tuple[int, int]] = {}
-    for layer, _, offset, shape in model._slices:
-        lo, hi = spans.get(id(layer), (offset, offset))
-        spans[id(layer)] = (min(lo, offset), max(hi, offset + int(np.prod(shape))))
+    spans: dict[str, tuple[int, int]] = {}  # layer name (unique in a model) -> its span of the flat buffer
+    for layer, _, offset, shape in model.weight_layout():
+        lo, hi = spans.get(layer, (offset, offset))
+        spans[layer] = (min(lo, offset), max(hi, offset + int(np.prod(shape))))
     out = dy = None
     if mine:
         out = model._forward(xb, training=True)
@@ -415,8 +415,8 @@ def _bucketed_step(comm: MPICommunicator, model: Any, xb: Any, yb: Any, wb: Any,
         layer = model.layers[i]
         if mine:
             dy = layer.backward(dy, need_dx=i > 0)
-        if id(layer) in spans:
-            lo, hi = spans[id(layer)]
+        if layer.name in spans:
+            lo, hi = spans[layer.name]
             if mine and mine != rows:
                 model.grads[lo:hi] *= mine / rows
             reqs.append(comm.comm.Iallreduce(MPI.IN_PLACE, buf[lo:] if not reqs else buf[lo:hi], op=MPI.SUM))

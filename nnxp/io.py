@@ -113,28 +113,34 @@ def _save_error(exc: OSError, path: Path, what: str) -> ModelSaveError:
                           "any previous file there is unchanged", str(path))
 
 
-def _snapshot(model: Any, version: str) -> tuple[dict, dict]:
-    """The config and arrays a save writes, read in one go."""
-    model._require_built()  # builds from the first layer's input_dim, or says there are no weights yet
+def _snapshot(state: dict, version: str) -> tuple[dict, dict]:
+    """The config and arrays a save writes, from :meth:`Sequential.get_state`."""
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "nnxp_version": version,
-        "model": model.get_config(),
-        "epochs_trained": model.epochs_trained,
+        "model": state["config"],
+        "epochs_trained": state["epochs_trained"],
         "compile": None,
     }
-    arrays = {f"param/{i}": w for i, w in enumerate(model.get_weights())}
-    if model.loss is not None:
-        opt = model.optimizer
-        config["compile"] = {
-            "loss": model.loss.name,
-            "metrics": list(model.metrics),
-            "optimizer": opt.get_config(),
-            "optimizer_iterations": opt.iterations,
-        }
-        arrays.update({f"optimizer/{k}": v for k, v in opt.get_state().items()})
+    arrays = {f"param/{i}": w for i, w in enumerate(state["weights"])}
+    if state["compile"] is not None:
+        ccfg = dict(state["compile"])
+        arrays.update({f"optimizer/{k}": v for k, v in ccfg.pop("optimizer_state").items()})
+        config["compile"] = ccfg
     return config, arrays
+
+
+# the model classes a file can hold, registered by nnxp.model at import (io sits below model: it cannot import it)
+_MODEL_CLASSES: dict[str, type] = {}
+
+
+def register_model_class(cls: type) -> type:
+    """Let :func:`load_model` rebuild models of `cls` (a class decorator; Keras's register_keras_serializable).
+    `cls` provides ``from_config(config, device)``, ``weight_layout()``, ``set_flat_weights(flat)`` and
+    ``get_state()``."""
+    _MODEL_CLASSES[cls.__name__] = cls
+    return cls
 
 
 def save_model(model: Any, path: str | os.PathLike) -> None:
@@ -165,8 +171,8 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     if not folder.is_dir():
         raise NnxpError(f"`path` must be in an existing folder. Received: path={str(path)!r} "
                         f"({str(folder)!r} does not exist)")
-    with model._exclusive("save"):  # not mid-step from another thread: the file would hold a partial epoch
-        config, arrays = _snapshot(model, __version__)
+    # (get_state refuses to run mid-step from another thread: the file would hold a partial epoch)
+    config, arrays = _snapshot(model.get_state(), __version__)
     _remove_stale_temporaries(folder)
     try:
         old = os.stat(path)
@@ -394,33 +400,21 @@ class _Plan:
     """What the config implies: the unbuilt model, its parameter slices and the arrays the file must hold."""
 
     def __init__(self, config: dict, device: Any) -> None:
-        from .layers import from_config as layer_from_config
-        from .model import Sequential
-
         top = _fields("", config, _TOP_FIELDS)
         mcfg = _fields("model", top["model"], _MODEL_FIELDS)
-        layers = []
         for i, entry in enumerate(mcfg["layers"]):
             entry = _fields(f"model.layers[{i}]", entry, _LAYER_FIELDS)
             _optional(_string())(f"model.layers[{i}].config.name", entry["config"].get("name"))
-            try:
-                layers.append(layer_from_config(entry["class_name"], entry["config"]))
-            except (NnxpError, TypeError) as exc:  # TypeError: a key the layer does not take
-                raise ModelFileError(f"`model.layers[{i}]` ({entry['class_name']}) is invalid: {exc}") from None
         self.top, self.mcfg = top, mcfg
         self.dtype = np.dtype(mcfg["dtype"])
-        model = Sequential(layers, device=device, seed=mcfg["seed"], dtype=mcfg["dtype"], name=mcfg["name"],
-                           precision=mcfg["precision"])
-        # the parameter layout Sequential.build would make, without allocating it
-        dim, offset, self.slices = mcfg["input_dim"], 0, []
-        try:
-            for layer in layers:
-                dim = layer.build(dim)
-                for name, shape, _ in layer.param_specs():
-                    self.slices.append((layer, name, offset, tuple(int(s) for s in shape)))
-                    offset += math.prod(shape)
+        try:  # the unbuilt model with its layers sized: the parameter layout, without allocating it
+            model = _MODEL_CLASSES["Sequential"].from_config(mcfg, device=device)
+            self.slices = model.weight_layout()
+        except DeviceError:
+            raise
         except NnxpError as exc:
-            raise ModelFileError(f"`model.layers` do not fit `model.input_dim`={mcfg['input_dim']}: {exc}") from None
+            raise ModelFileError(f"`model` is invalid: {exc}") from None
+        offset = sum(math.prod(shape) for *_, shape in self.slices)
         self.size = offset
         self.expected = {f"param/{i}": shape for i, (_, _, _, shape) in enumerate(self.slices)}
         self.optional: dict[str, tuple] = {}
@@ -616,10 +610,8 @@ def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:
         key = f"param/{i}"
         part = flat[offset : offset + math.prod(shape)]
         _read_into(npz, stored[key], key, part)
-        _finite(key, part, f"{layer.name}.{name}")
-    with model._use():
-        model._slices = plan.slices
-        model._bind(model.device.asarray(flat))
+        _finite(key, part, f"{layer}.{name}")
+    model.set_flat_weights(flat)
     del flat
     if plan.compile is None:
         model.epochs_trained = plan.top["epochs_trained"]
@@ -636,7 +628,7 @@ def _assemble(plan: _Plan, npz: zipfile.ZipFile, stored: dict) -> Any:
             if slot in _NON_NEGATIVE_SLOTS and (host < 0).any():
                 raise ModelFileError(f"optimizer state {slot!r} (array {key!r}) must be >= 0 (it accumulates "
                                      f"squares). Received {int((host < 0).sum())} negative values")
-            with model._use():  # the state lives on the model's GPU; CuPy refuses cross-device copies
+            with model.device.use():  # the state lives on the model's GPU; CuPy refuses cross-device copies
                 opt.state[slot][...] = model.device.asarray(host)
     opt.iterations = iterations
     try:  # a schedule must give a usable rate at the step the file resumes from

@@ -41,6 +41,9 @@ class _Buffers:
     def clear(self) -> None:
         self._cache.clear()
 
+    def arrays(self) -> list[Any]:
+        return list(self._cache.values())
+
 
 class Layer:
     """Base class. Subclasses set ``params``/``grads`` (name -> array view) when bound."""
@@ -71,6 +74,11 @@ class Layer:
         """Take views into the model's flat parameter and gradient buffers."""
         self.params, self.grads = params, grads
         self._buffers.clear()
+
+    def scratch_arrays(self) -> list[Any]:
+        """The scratch arrays this layer holds now (outputs, masks, gradients kept per batch shape): what a
+        captured CUDA graph (nnxp._graph) must keep alive."""
+        return self._buffers.arrays()
 
     def forward(self, x: Any, training: bool = False) -> Any:
         raise NotImplementedError

@@ -10,9 +10,7 @@ per epoch.
 from __future__ import annotations
 
 import inspect
-import math
 import os
-import signal
 import threading
 import warnings
 import weakref
@@ -22,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from . import distributed, initializers
+from . import distributed, initializers, io, training
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
-from ._graph import GraphedStep
 from ._validation import (
     as_array,
     check_features,
@@ -46,7 +43,6 @@ from .errors import (
     NnxpError,
     NnxpTypeError,
     NotCompiledError,
-    NumericalError,
     did_you_mean,
     reject_unknown_arguments,
 )
@@ -61,6 +57,7 @@ _METRIC_ALIASES = {"acc": "accuracy", "accuracy": "accuracy", "mse": "mse", "mea
                    "mae": "mae", "mean_absolute_error": "mae"}
 
 
+@io.register_model_class
 class Sequential:
     """A linear stack of layers with a Keras-like API.
 
@@ -111,7 +108,7 @@ class Sequential:
         # and dropout, so fit(5) then fit(5) trains exactly like fit(10)
         self.epochs_trained = 0
         self.history: History | None = None
-        self._fit_state: dict = {}
+        self._fit_step: training.Step | None = None  # the latest fit's step (a graphed one counts its replays)
         self._busy: tuple[int, str] | None = None  # (thread id, "fit" | "evaluate" | "predict") while one runs
         for layer in layers or []:
             self.add(layer)
@@ -172,16 +169,7 @@ class Sequential:
         """Create all parameters in one flat buffer on the model's device."""
         self._require_layers()
         input_dim = positive_int("input_dim", input_dim)
-        dim = input_dim
-        specs = []
-        try:
-            for layer in self.layers:
-                dim = layer.build(dim)
-                specs.extend((layer, name, shape, init) for name, shape, init in layer.param_specs())
-        except NnxpError:  # a size conflict: leave every layer unbuilt, as before the call
-            for layer in self.layers:
-                layer.input_dim = layer.output_dim = None
-            raise
+        specs = self._size_layers(input_dim)
         total = sum(int(np.prod(shape)) for _, _, shape, _ in specs)
         need, limit = 2 * total * self.dtype.itemsize, _memory_limit()  # weights and gradients
         if limit is not None and need > limit:  # refused before a MemoryError (or swapping) can happen
@@ -204,6 +192,56 @@ class Sequential:
             offset += size
         with self._use():
             self._bind(self.device.asarray(host))
+
+    def _size_layers(self, input_dim: int) -> list[tuple[Layer, str, tuple, str]]:
+        """Fix every layer's sizes from `input_dim` (allocating nothing); (layer, weight, shape, initializer) of
+        each weight in flat-buffer order. On a size conflict every layer is left unsized, as before the call."""
+        dim, specs = input_dim, []
+        try:
+            for layer in self.layers:
+                dim = layer.build(dim)
+                specs.extend((layer, name, tuple(int(s) for s in shape), init)
+                             for name, shape, init in layer.param_specs())
+        except NnxpError:
+            for layer in self.layers:
+                layer.input_dim = layer.output_dim = None
+            raise
+        return specs
+
+    def weight_layout(self) -> list[tuple[str, str, int, tuple]]:
+        """(layer name, weight name, offset, shape) of each weight in the flat buffer, in :meth:`get_weights`
+        order; from the layers' sizes, so it is known before the weights exist (e.g. after :meth:`from_config`)."""
+        if self.built:
+            return [(layer.name, name, offset, shape) for layer, name, offset, shape in self._slices]
+        if self.input_dim is None:
+            raise NotCompiledError("the model's input size is not known yet: give the first layer `input_dim`")
+        layout, offset = [], 0
+        for layer, name, shape, _ in self._size_layers(self.input_dim):
+            layout.append((layer.name, name, offset, shape))
+            offset += int(np.prod(shape))
+        return layout
+
+    def scratch_arrays(self) -> list[Any]:
+        """The per-batch-shape arrays the layers and the output head hold now: what a captured CUDA graph
+        reads or writes besides the weights, so it keeps them alive."""
+        arrays = [a for layer in self.layers for a in layer.scratch_arrays()]
+        return arrays if self._head is None else arrays + self._head.buffers()
+
+    def set_flat_weights(self, flat: Any) -> None:
+        """Make `flat` (every weight, in :meth:`weight_layout` order, as one 1-D array) the weights of an unbuilt
+        model, which is built around it: for loaders that read a file straight into one buffer."""
+        if self.built:
+            raise NnxpError("set_flat_weights is for unbuilt models; use set_weights on a built one")
+        specs = self._size_layers(self.input_dim)
+        slices, offset = [], 0
+        for layer, name, shape, _ in specs:
+            slices.append((layer, name, offset, shape))
+            offset += int(np.prod(shape))
+        if tuple(flat.shape) != (offset,):
+            raise NnxpError(f"`flat` must have shape ({offset},) for this model. Received: {tuple(flat.shape)}")
+        with self._use():
+            self._slices = slices
+            self._bind(self.device.asarray(flat, dtype=self.dtype))
 
     def _unbuild(self) -> None:
         """Back to the unbuilt state (no weights, input size free), for a fit that failed before training."""
@@ -559,7 +597,7 @@ class Sequential:
             self.build(x.shape[1])
 
         n = x.shape[0]
-        comm = self._comm = distributed.current()
+        comm = distributed.current()
         if comm.size > 1:
             verbose = 0 if not comm.is_main else verbose
             distributed.start_fit(comm, self, (x, y, w), val, epochs=epochs, batch_size=batch_size,
@@ -576,19 +614,17 @@ class Sequential:
         logged += [f"val_{k}" for k in logged] if val is not None else []
         logged += [k for cb in callbacks for k in getattr(cb, "log_keys", ()) if k not in logged]
         samples = sum(comm.rank_rows) if comm.size > 1 and comm.data == "sharded" else n  # (every rank's rows)
-        self._fit_state = {"epochs": epochs, "samples": samples, "batch_size": batch_size, "cuda_graph": cuda_graph,
-                           "graph": None, "graph_warm": False, "metrics": logged}  # metrics: the log keys, as Keras
+        params = {"epochs": epochs, "steps": len(comm.batches(n, batch_size)), "samples": samples,
+                  "batch_size": batch_size, "verbose": verbose, "metrics": logged}  # metrics: the log keys, as Keras
         for cb in cbs:
             cb.set_model(self)
+            cb.set_params(params)
         self.stop_training = False
-        # one batch-sized buffer each, filled by a gather per batch: no shuffled copy of the whole data set,
-        # and the batch is still in cache for the first layer's GEMMs
-        xp = self.device.xp
-        rows = min(batch_size, x.shape[0])
-        batch_bufs = (xp.empty((rows, *x.shape[1:]), x.dtype), xp.empty((rows, *y.shape[1:]), y.dtype),
-                      None if w is None else xp.empty(rows, w.dtype))
+        plan = training.FitPlan(
+            data=(x, y, w), val=val, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
+            shuffle=bool(shuffle), callbacks=cbs, history=history, comm=comm, cuda_graph=bool(cuda_graph))
         # overflow inside a diverging step is reported once, as a NumericalError, not as NumPy warnings
-        with _GracefulInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
+        with training.GracefulInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
             try:
                 for cb in cbs:
                     cb.on_train_begin()
@@ -598,145 +634,12 @@ class Sequential:
                     self._unbuild()
                 raise
             try:
-                self._epochs(initial_epoch, epochs, (x, y, w), val, batch_bufs, shuffle, batch_size, cbs,
-                             interrupt, history)
+                training.run_epochs(self, plan, interrupt)
             finally:  # close progress bars and the like even when training stops with an error
+                self._fit_step = plan.step  # kept without the plan: the model must not hold on to the data
                 for cb in cbs:
                     cb.on_train_end()
         return history
-
-    def _epochs(self, initial_epoch, epochs, data, val, batch_bufs, shuffle, batch_size, cbs, interrupt,
-                history) -> None:
-        for epoch in range(initial_epoch, epochs):
-            if not interrupt.requested:  # (a Ctrl-C during validation or a callback is seen here)
-                for cb in cbs:
-                    cb.on_epoch_begin(epoch)
-                # weights and optimizer state at the start of the epoch, restored together if training blows up
-                snapshot = (self.params.copy(), {k: v.copy() for k, v in self.optimizer.state.items()},
-                            self.optimizer.iterations)
-                try:
-                    logs = self._run_epoch(epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt, snapshot)
-                    if val is not None and not interrupt.requested:
-                        logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, batch_size).items()})
-                except BaseException:
-                    # a second Ctrl-C, or a callback's own error, escaping mid-epoch: put the epoch's start back,
-                    # so the model (and a file saved from it) holds whole epochs and a resumed fit stays exact
-                    self._restore(snapshot)
-                    raise
-            if interrupt.requested:  # _run_epoch rolled the model back to the start of this epoch
-                history.interrupted = True
-                print(f"Training interrupted during epoch {epoch + 1}; the model is back at its weights and "
-                      f"optimizer state from the start of that epoch (epochs_trained={self.epochs_trained}), so a "
-                      "later fit continues exactly as an uninterrupted run would.")
-                break
-            self.epochs_trained += 1
-            for cb in cbs:
-                cb.on_epoch_end(epoch, logs)
-            if self._comm.size > 1:  # a callback that stops one rank stops them all
-                self.stop_training = self._comm.any(self.stop_training)
-            if self.stop_training:
-                break
-
-    def _run_epoch(self, epoch, data, batch_bufs, shuffle, batch_size, cbs, interrupt, snapshot) -> dict:
-        xp = self.device.xp
-        x, y, w = data  # w: per-row weights (N,) or None
-        n = x.shape[0]
-        # randomness follows the model's own epoch count, not `epoch` (fit's loop index, which restarts at
-        # initial_epoch on every call): a second fit, or a fit after load_model, continues the sequence
-        count = self.epochs_trained
-        if shuffle:
-            # the order depends only on (seed, count): a resumed run shuffles exactly like an uninterrupted one
-            perm = np.random.default_rng(np.random.SeedSequence([self.seed, 1, count])).permutation(n)
-            perm = self.device.asarray(perm)
-        comm = self._comm
-        share = [0, 0, 0]  # this rank's part of the current global batch: [rows, lo, hi] (distributed only)
-        own_data = comm.data == "sharded"  # each rank was given only its own rows
-        for i, layer in enumerate(self.layers):
-            if hasattr(layer, "rng"):  # one stream per (epoch, layer): two Dropouts never share a mask
-                key = [self.seed, 2, count, i] + ([comm.rank] if own_data else [])
-                layer.rng = self.device.random_generator(np.random.SeedSequence(key))
-                if comm.size > 1 and not own_data:  # each rank's mask rows are cut from the whole batch's mask
-                    layer.rng = distributed.ShardedGenerator(layer.rng, share, comm.rank)
-        check_each_batch = not self.device.is_cuda  # on the CPU the check costs nothing; on a GPU it would sync
-        # on a GPU each batch's loss is kept on the device and looked at once, at the end of the epoch
-        plan = comm.batches(n, batch_size)  # (lo, hi, rows of the global batch, where this rank's rows begin in it)
-        batch_losses = None if check_each_batch else xp.empty(len(plan), dtype=np.float64)
-        loss_sum = xp.zeros((), dtype=np.float64)
-        metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
-        weight_sum = None if w is None else xp.zeros((), dtype=np.float64)  # the weighted metrics' denominator
-        seen = 0
-        wb = None
-        # Keras passes the batch's loss to on_train_batch_end. On the CPU it is a float already (the divergence
-        # check reads it); on a GPU reading it syncs the device, so it is read only when a callback other than
-        # the progress bar overrides on_train_batch_end
-        batch_loss_wanted = check_each_batch or any(
-            type(cb).on_train_batch_end is not Callback.on_train_batch_end and not isinstance(cb, ProgbarLogger)
-            for cb in cbs)
-        graphs = self._fit_state.get("cuda_graph", False)
-        for batch, (lo, hi, nb, first) in enumerate(plan):
-            share[:] = nb, first, first + hi - lo  # with several ranks: this one's part; the others do the rest
-            if shuffle:
-                idx = perm[lo:hi]
-                xb, yb = batch_bufs[0][: len(idx)], batch_bufs[1][: len(idx)]
-                xp.take(x, idx, axis=0, out=xb)
-                xp.take(y, idx, axis=0, out=yb)
-                if w is not None:
-                    wb = batch_bufs[2][: len(idx)]
-                    xp.take(w, idx, axis=0, out=wb)
-            elif graphs:  # a replayed graph reads its batch from fixed addresses
-                xb, yb = batch_bufs[0][: hi - lo], batch_bufs[1][: hi - lo]
-                xb[...] = x[lo:hi]
-                yb[...] = y[lo:hi]
-            else:
-                xb, yb = x[lo:hi], y[lo:hi]
-                wb = None if w is None else w[lo:hi]
-            replayed = self._replay_step(xb, yb) if graphs and nb == batch_size else None
-            if replayed is not None:
-                loss, sums = replayed
-            else:
-                if comm.size == 1:
-                    loss, out = self._train_step(xb, yb, wb)
-                else:  # one all-reduce: the exactly weighted mean gradient, the batch loss, a Ctrl-C flag
-                    loss, out = distributed.train_step(comm, self, xb, yb, wb, nb, interrupt)
-                if check_each_batch and not math.isfinite(float(loss)):  # (a float of a NumPy 0-d array: no sync)
-                    self._recover_from_blowup(snapshot, epoch, batch)
-                sums = self._metric_sums(out, yb, wb) if out is not None else {}
-                self.optimizer.apply(self.params, self.grads)
-                if graphs and nb == batch_size:
-                    self._fit_state["graph_warm"] = True  # kernels built and state allocated: capture next
-            if batch_losses is not None:
-                batch_losses[batch] = loss
-            loss_sum += loss * nb
-            for name, value in sums.items():
-                metric_sums[name] += value
-            seen += nb
-            if weight_sum is not None:
-                weight_sum += wb.sum()
-            batch_logs = {"size": nb, "loss": float(loss)} if batch_loss_wanted else {"size": nb}
-            for cb in cbs:
-                cb.on_train_batch_end(batch, batch_logs)
-            if interrupt.requested:
-                break
-        if interrupt.requested:
-            # roll back, as after divergence: the model stays at a whole number of epochs, which its files
-            # record, so interrupting, saving and resuming equals the uninterrupted run (issue 16, section 6)
-            self._restore(snapshot)
-            return {}
-        if comm.size > 1:  # the metrics' sums (and weights) over every rank's rows
-            names = list(metric_sums)
-            totals = comm.allreduce([float(metric_sums[k]) for k in names]
-                                    + ([] if weight_sum is None else [float(weight_sum)]))
-            metric_sums = dict(zip(names, totals[: len(names)]))
-            weight_sum = None if weight_sum is None else totals[-1]
-        logs = {"loss": float(loss_sum) / max(seen, 1)}
-        logs.update({name: _ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
-        if not math.isfinite(logs["loss"]) or not bool(xp.isfinite(self.params).all()):
-            first_bad = None
-            if batch_losses is not None:
-                bad = np.flatnonzero(~np.isfinite(to_numpy(batch_losses[: batch + 1])))
-                first_bad = int(bad[0]) if bad.size else None
-            self._recover_from_blowup(snapshot, epoch, first_bad)
-        return logs
 
     def _check_cuda_graph(self, cuda_graph: Any) -> None:
         if not isinstance(cuda_graph, (bool, np.bool_)):
@@ -747,75 +650,6 @@ class Sequential:
             raise NnxpError(f"`cuda_graph=True` needs a CUDA device; this model is on {self.device.name}. "
                             "Create it with device=\"cuda\" or leave cuda_graph=False")
         # Dropout is fine: on CUDA its mask is a hash of a (seed, step) pair in device memory (layers.Dropout)
-
-    def _replay_step(self, xb: Any, yb: Any) -> tuple[Any, dict] | None:
-        """The step for a full batch from the captured graph (capturing it first), or None to run it eagerly."""
-        state = self._fit_state
-        if not state.get("graph_warm"):
-            return None  # the first full batch runs eagerly: it builds kernels, buffers and optimizer state
-        step = state.get("graph")
-        if step is None or not step.still_bound() or step.xb.data.ptr != xb.data.ptr:
-            try:
-                step = state["graph"] = GraphedStep(self, xb, yb)
-            except Exception as exc:
-                if is_out_of_memory(exc):
-                    raise
-                state["cuda_graph"], state["graph"] = False, None
-                warnings.warn(f"cuda_graph: capturing the training step failed ({type(exc).__name__}: {exc}); "
-                              "this fit goes on without CUDA graphs", RuntimeWarning, stacklevel=4)
-                return None
-        return step.run()
-
-    def _restore(self, snapshot: tuple) -> None:
-        """Put back the weights, optimizer state and step count taken at the start of an epoch."""
-        params, state, iterations = snapshot
-        self.params[...] = params
-        opt = self.optimizer
-        if state:
-            for k, v in state.items():
-                opt.state[k][...] = v
-        else:  # the state did not exist yet: let the next step allocate it afresh
-            opt.state, opt._tmp = {}, None
-        opt.iterations = iterations
-
-    def _recover_from_blowup(self, snapshot: tuple, epoch: int, batch: int | None) -> None:
-        self._restore(snapshot)
-        where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
-        raise NumericalError(
-            f"training diverged: the loss became NaN or infinite at {where}. The model is back at its weights and "
-            f"optimizer state from the start of epoch {epoch + 1}. Try a smaller learning_rate, clipnorm=1.0 in "
-            "the optimizer, or standardized inputs."
-        )
-
-    def _evaluate_arrays(self, x: Any, y: Any, w: Any, batch_size: int) -> dict[str, float]:
-        xp = self.device.xp
-        n = x.shape[0]
-        comm = distributed.current()
-        if comm.data == "sharded":  # each rank holds its own rows: the total count is the sum
-            n = int(comm.allreduce([n])[0])
-        elif comm.size > 1:  # each rank evaluates its part of the rows; the sums are added up below
-            lo, hi = comm.shard(n)
-            x, y, w = x[lo:hi], y[lo:hi], None if w is None else w[lo:hi]
-        loss_sum = xp.zeros((), dtype=np.float64)
-        sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            wb = None if w is None else w[start : start + batch_size]
-            out = self._forward(xb, training=False)
-            loss, _ = self._loss_and_grad(out, yb, wb)
-            loss_sum += loss * xb.shape[0]
-            for name, value in self._metric_sums(out, yb, wb).items():
-                sums[name] += value
-        wsum = None if w is None else w.sum()
-        if comm.size > 1:
-            names = list(sums)
-            totals = comm.allreduce([float(loss_sum), *(float(sums[k]) for k in names)]
-                                    + ([] if wsum is None else [float(wsum)]))
-            loss_sum, sums = totals[0], dict(zip(names, totals[1 : 1 + len(names)]))
-            wsum = None if wsum is None else totals[-1]
-        logs = {"loss": float(loss_sum) / n}
-        logs.update({name: _ratio(v, n if wsum is None else wsum) for name, v in sums.items()})
-        return logs
 
     def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int | str = 1,
                  sample_weight: Any = None, return_dict: bool = False) -> float | list[float] | dict[str, float]:
@@ -837,7 +671,7 @@ class Sequential:
             comm = distributed.current()
             if comm.size > 1:  # collective: each rank evaluates its part of the same rows (or its own shard)
                 distributed.check_same(comm, {"evaluate": distributed.data_fingerprint(comm, x, y, w)})
-            logs = self._evaluate_arrays(x, y, w, batch_size)
+            logs = training.evaluate_arrays(self, x, y, w, batch_size)
         if verbose and distributed.current().is_main:  # (under MPI every rank has the same, reduced logs)
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         if return_dict:
@@ -914,15 +748,50 @@ class Sequential:
             "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
         }
 
+    @classmethod
+    def from_config(cls, config: dict, device: str | Device | None = None) -> Sequential:
+        """A new, unbuilt model from :meth:`get_config` (as Keras's ``from_config``): the same layers, name, dtype,
+        precision and seed. With ``input_dim`` in the config the layers' sizes are fixed; the weights are made on
+        first use (build, fit, get_weights), from the seed, or taken from a file by :func:`nnxp.load_model`."""
+        from .layers import from_config as layer_from_config
+
+        layers = []
+        for i, entry in enumerate(config.get("layers") or []):
+            try:
+                layers.append(layer_from_config(entry["class_name"], entry["config"]))
+            except (NnxpError, TypeError) as exc:  # TypeError: a key the layer does not take
+                raise NnxpError(f"`layers[{i}]` ({entry['class_name']}) is invalid: {exc}") from None
+        model = cls(layers, device=device, seed=config.get("seed"), dtype=config.get("dtype", "float32"),
+                    name=config.get("name"), precision=config.get("precision", "highest"))
+        if config.get("input_dim") is not None:
+            try:
+                model._size_layers(config["input_dim"])
+            except NnxpError as exc:
+                raise NnxpError(f"`layers` do not fit `input_dim`={config['input_dim']}: {exc}") from None
+        return model
+
+    def get_state(self) -> dict:
+        """Everything a model file holds, as host copies read in one go: ``config`` (:meth:`get_config`),
+        ``weights`` (:meth:`get_weights`), ``epochs_trained``, and ``compile``: None before compile, else
+        ``loss``, ``metrics``, ``optimizer`` (its config), ``optimizer_iterations`` and ``optimizer_state``
+        (slot -> flat array; empty before the first step). Builds the model first when its input size is known."""
+        with self._exclusive("get_state"):  # not mid-step from another thread: that would be a partial epoch
+            self._require_built()
+            state = {"config": self.get_config(), "weights": self.get_weights(), "epochs_trained": self.epochs_trained,
+                     "compile": None}
+            if self.loss is not None:
+                opt = self.optimizer
+                state["compile"] = {"loss": self.loss.name, "metrics": list(self.metrics),
+                                    "optimizer": opt.get_config(), "optimizer_iterations": opt.iterations,
+                                    "optimizer_state": opt.get_state()}
+        return state
+
     def save(self, path: Any) -> None:
-        """Write the model (config, weights, optimizer state) to one file, atomically.
+        """Write the model (config, weights, optimizer state) to one file, atomically (:func:`nnxp.io.save_model`).
 
         Under MPI (:func:`nnxp.distributed.init`) only the main rank writes; the others' weights are the same."""
-        from .io import save_model
-
-        if not distributed.current().is_main:
-            return
-        save_model(self, path)
+        if distributed.current().is_main:
+            io.save_model(self, path)
 
     def export_onnx(self, path: Any) -> str:
         """Write the model as an ONNX graph (needs ``nnxp[onnx]``); returns the path."""
@@ -971,33 +840,3 @@ def _format_bytes(n: int) -> str:
             break
         value /= 1024
     return f"{value:.1f} {unit}"
-
-
-def _ratio(total: Any, count: Any) -> float:
-    """A weighted mean's total over its count, 0 when nothing counted (Keras's divide_no_nan)."""
-    count = float(count)
-    return float(total) / count if count > 0 else 0.0
-
-
-class _GracefulInterrupt:
-    """Turn Ctrl-C during fit into a flag checked after each batch, so weights stay consistent."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> _GracefulInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-

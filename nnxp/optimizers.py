@@ -149,6 +149,11 @@ class Optimizer:
         """The nnxp.ops.optim op of this optimizer and its arguments after (p, g)."""
         raise NotImplementedError
 
+    def buffers(self) -> list[Any]:
+        """Every device buffer a step writes besides the parameters and gradients (state and scratch): a captured
+        step (nnxp._graph) must be captured again when one of them is replaced."""
+        return [self._tmp, *self.state.values()]
+
     # --- a step replayed in a CUDA graph: the host half runs every step, the device half is captured once ----
     def graph_scalars(self, params: Any) -> np.ndarray:
         """Advance one step on the host and return the kernel's scalars for it (written to the graph's buffer)."""

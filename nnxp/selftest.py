@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, training
 from ._version import __version__
 from .ops import _cuda
 from .ops import dense as D
@@ -273,8 +273,7 @@ def _graph_parity(dev: backend.Device) -> list[Check]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         graphed = _train(dev, "float32", cuda_graph=True)
-    step = graphed[2]._fit_state.get("graph")
-    replays = 0 if step is None else step.replays
+    replays = training.graph_replays(graphed[2])
     problems = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     check = _compare("cuda_graph", f"{STEPS}-step replay vs eager (float32)", graphed[:2], eager[:2], 1e-4, 1e-5)
     if replays < STEPS - 2 or problems:  # every step but the first (eager, it builds the buffers)

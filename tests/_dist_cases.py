@@ -249,9 +249,8 @@ def main_cuda(out: Path, emulator_dir: str) -> None:
         model = build("adam", device="cuda")
         model.fit(x, y, epochs=3, batch_size=32, validation_split=0.2, verbose=0, cuda_graph=graphs)
         _same_everywhere(comm, model.get_weights(), f"cuda graphs={graphs}")
-        graph = model._fit_state.get("graph")
         info[str(graphs)] = comm.allgather_object({"device": model.device.name, "calls": nccl.NcclCommunicator.calls,
-                                                   "replays": graph.replays if graph is not None else 0})
+                                                   "replays": nnxp.training.graph_replays(model)})
         if comm.is_main:
             np.savez(out / f"cuda-{graphs}.npz", *model.get_weights())
     if comm.is_main:

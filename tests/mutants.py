@@ -115,12 +115,12 @@ MUTANTS = [
     Mutant("O3", "nnxp/optimizers.py", (("        if self.weight_decay:\n            O.weight_decay",
                                          "        if not self.weight_decay:\n            O.weight_decay"),),
            ("tests/test_optimizers.py",), "weight decay applied exactly when it is off"),
-    # --- the training loop (issue 16's two model-level survivors) ----------------------------------------------
-    Mutant("M1", "nnxp/model.py", (("loss_sum += loss * nb", "loss_sum += loss * batch_size"),),
+    # --- the training loop (issue 16's two model-level survivors; nnxp/training.py since issue 14) ---------------
+    Mutant("M1", "nnxp/training.py", (("loss_sum += loss * rows", "loss_sum += loss * plan.batch_size"),),
            ("tests/test_model.py",), "epoch loss: the partial last batch weighted as a full one (issue 16)"),
-    Mutant("M2", "nnxp/model.py", (("SeedSequence([self.seed, 1, epoch])", "SeedSequence([self.seed, 1])"),
-                                   ("SeedSequence([self.seed, 1, count])", "SeedSequence([self.seed, 1])")),
-           ("tests/test_model.py",), "shuffle seeded without the epoch: every epoch the same order (issue 16)"),
+    Mutant("M2", "nnxp/training.py", (("SeedSequence([self.seed, 1, count])", "SeedSequence([self.seed, 1])"),),
+           ("tests/test_model.py", "tests/test_training.py"),
+           "shuffle seeded without the epoch: every epoch the same order (issue 16)"),
     # --- validation and files ----------------------------------------------------------------------------------
     Mutant("V1", "nnxp/_validation.py", (("if lo < 0 or hi >= n_outputs:", "if lo < -1 or hi >= n_outputs:"),),
            ("tests/test_ops_loss.py", "tests/test_validation.py"), "sparse labels: -1 let through to the loss"),

@@ -503,3 +503,26 @@ def test_checkpoint_verbose_names_the_epoch_and_the_metric(tmp_path, capsys):
     every = ModelCheckpoint(tmp_path / "e{epoch}.nnxp", monitor="loss", verbose=1)
     _model().fit(X, Y, epochs=1, verbose=0, callbacks=[_ScriptedLogs("loss", [0.5]), every])
     assert capsys.readouterr().out.strip() == f"Epoch 1: saving model to {tmp_path / 'e1.nnxp'} (loss=0.50000)"
+
+
+def test_fit_tells_callbacks_the_model_and_the_run_through_set_model_and_set_params():
+    class Told(Callback):
+        log_keys = ("lr",)
+
+        def on_train_begin(self, logs=None):
+            self.seen = (self.model, dict(self.params))
+
+    cb = Told()
+    model = _model()
+    model.fit(X, Y, epochs=3, batch_size=16, validation_split=0.25, verbose=0, callbacks=[cb])
+    assert cb.seen[0] is model
+    # 30 training rows (10 held out) in batches of 16: 2 steps per epoch
+    assert cb.seen[1] == {"epochs": 3, "steps": 2, "samples": 30, "batch_size": 16, "verbose": 0,
+                          "metrics": ["loss", "val_loss", "lr"]}
+    out = io.StringIO()
+    bar = ProgbarLogger(verbose=2, stream=out)  # driven by hand: it reads only what set_params gave it
+    bar.set_params({"epochs": 7, "samples": 5})
+    bar.on_train_begin()
+    bar.on_epoch_begin(0)
+    bar.on_epoch_end(0, {"loss": 0.25})
+    assert out.getvalue().startswith("Epoch 1/7 - ") and out.getvalue().rstrip().endswith("loss: 0.2500")

@@ -57,8 +57,7 @@ def _fit_both(optimizer, precision="highest", epochs=2, batch_size=64):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a failed capture falls back to eager steps with a warning: not here
         h_graph = graphed.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, cuda_graph=True)
-    step = graphed._fit_state["graph"]
-    assert step is not None and step.replays == epochs * (len(x) // batch_size) - 1  # all but the warm-up batch
+    assert nnxp.training.graph_replays(graphed) == epochs * (len(x) // batch_size) - 1  # all but the warm-up batch
     return eager, graphed, h_eager, h_graph
 
 
@@ -77,11 +76,9 @@ def test_replays_compute_at_replay_not_at_capture(graph_seam):
     model = _model(OPTIMIZERS["sgd-nesterov-wd"]())
     model.fit(x[:64], y[:64], epochs=1, batch_size=64, verbose=0)  # warm-up: builds kernels and state
     before = model.get_weights()
-    from nnxp._graph import GraphedStep
-
     xb = model.device.asarray(x[64:])
     yb = model.device.asarray(y[64:])
-    step = GraphedStep(model, xb, yb)
+    step = nnxp.training.GraphStep(nnxp.training.EagerStep(model), batch_size=64).capture(xb, yb)
     for a, b in zip(model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
     assert np.isnan(float(step.loss))  # poison until the first replay

@@ -377,7 +377,8 @@ def test_divergence_on_cuda_names_the_batch_and_keeps_finite_weights():
 
 
 def test_deferred_divergence_check_names_the_first_bad_batch(monkeypatch):
-    # the GPU bookkeeping (per-batch losses kept on the device, read once per epoch), run on NumPy
+    # the GPU's bookkeeping run on NumPy (per-batch losses kept on the device and read once per epoch: since issue 14
+    # the CPU's rule too; here the batch losses are also not read for the callbacks, as on a GPU)
     monkeypatch.setattr(nnxp.backend.Device, "is_cuda", property(lambda self: True))
     x, y = _circles(200)
     model = Sequential([Dense(8, "relu", input_dim=2), Dense(1)], seed=0)
@@ -537,8 +538,7 @@ def test_cuda_graph_replays_match_eager_steps(optimizer):
     eager, graphed = _graph_model(optimizer()), _graph_model(optimizer())
     h_eager = eager.fit(x, y, epochs=3, batch_size=64, verbose=0)
     h_graph = graphed.fit(x, y, epochs=3, batch_size=64, verbose=0, cuda_graph=True)
-    step = graphed._fit_state["graph"]
-    assert step is not None and step.replays >= 3 * (1000 // 64) - 2  # all full batches but the warm-up one
+    assert nnxp.training.graph_replays(graphed) >= 3 * (1000 // 64) - 2  # all full batches but the warm-up one
     assert graphed.optimizer.iterations == eager.optimizer.iterations
     # the same kernels in the same order; only the matmul's cuBLAS entry point differs
     np.testing.assert_allclose(h_graph.history["loss"], h_eager.history["loss"], rtol=1e-4)
@@ -558,7 +558,7 @@ def test_cuda_graph_replays_dropout_like_eager_steps_and_tf32_restores_cupys_set
         model = Sequential([Dense(8, "relu", input_dim=20), Dropout(0.2), Dense(3, "softmax")], device="cuda")
         model.compile("adam", "sparse_categorical_crossentropy")
         runs.append(model.fit(x, y, epochs=2, batch_size=64, verbose=0, cuda_graph=graph).history["loss"])
-        assert not graph or model._fit_state["graph"].replays >= 4
+        assert not graph or nnxp.training.graph_replays(model) >= 4
     # the mask is a hash of the device (seed, step): replayed steps drop exactly what eager steps drop
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-4)
     seen = []
@@ -1415,3 +1415,39 @@ def test_two_layers_of_one_name_are_refused_as_keras_does(tmp_path):
         zf.writestr("weights.npz", weights)
     with pytest.raises(nnxp.errors.ModelFileError, match="unique names"):
         nnxp.load_model(tmp_path / "dup.nnxp")
+
+
+# --- the public state API (issue 14 part 5) ---------------------------------------------------------------------
+def test_from_config_rebuilds_an_unbuilt_twin_with_the_same_initial_weights():
+    model = Sequential([Dense(5, "relu", input_dim=3, name="hidden"), Dropout(0.25), Dense(2, "softmax")],
+                       seed=11, dtype="float64", name="twin", precision="tf32")
+    twin = Sequential.from_config(model.get_config())
+    assert not twin.built and twin.input_dim == 3
+    assert twin.get_config() == model.get_config()
+    assert twin.weight_layout() == [("hidden", "kernel", 0, (3, 5)), ("hidden", "bias", 15, (5,)),
+                                    ("dense", "kernel", 20, (5, 2)), ("dense", "bias", 30, (2,))]
+    for a, b in zip(twin.get_weights(), model.get_weights(), strict=True):  # same seed: same initial weights
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(NnxpError, match=r"`layers` do not fit `input_dim`=4"):
+        Sequential.from_config({**model.get_config(), "input_dim": 4, "layers": [
+            {"class_name": "Dense", "config": {"units": 2, "input_dim": 3}}]})
+
+
+def test_get_state_holds_what_a_file_holds_as_copies():
+    x, y = _circles(64)
+    model = Sequential([Dense(4, "relu", input_dim=2), Dense(1, "sigmoid")], seed=0)
+    model.compile(nnxp.optimizers.Adam(0.01), "bce", metrics=["accuracy"])
+    assert model.get_state()["compile"]["optimizer_state"] == {}  # compiled, no step yet
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    state = model.get_state()
+    assert state["config"] == model.get_config() and state["epochs_trained"] == 2
+    for a, b in zip(state["weights"], model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    c = state["compile"]
+    assert (c["loss"], c["metrics"], c["optimizer_iterations"]) == ("binary_crossentropy", ["accuracy"], 8)
+    assert c["optimizer"] == model.optimizer.get_config() and sorted(c["optimizer_state"]) == ["m", "v"]
+    np.testing.assert_array_equal(c["optimizer_state"]["m"], model.optimizer.state["m"])
+    state["weights"][0][...] = 0  # host copies: the model is untouched
+    c["optimizer_state"]["m"][...] = 0
+    assert np.abs(model.get_weights()[0]).sum() > 0 and np.abs(model.optimizer.state["m"]).sum() > 0
+    assert Sequential([Dense(1, input_dim=2)]).get_state()["compile"] is None

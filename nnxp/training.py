@@ -1,0 +1,406 @@
+"""The epoch loop behind ``Sequential.fit`` (and ``evaluate``'s batch loop).
+
+Four parts, each replaceable on its own:
+- :class:`FitPlan`: what one fit call decided (data on the device, epochs, batch size, callbacks, communicator).
+- :class:`Batches`: one epoch's batches, gathered one way chosen once per fit (shuffled gather, in-order copy for
+  a replayed CUDA graph, or plain views), and this rank's share of each under data parallelism.
+- :class:`Step`: one training step, ``run(xb, yb, wb, rows) -> (loss, metric sums)``, eager (:class:`EagerStep`)
+  or replayed from a captured CUDA graph (:class:`GraphStep`).
+- :class:`Guard`: the weights and optimizer state at the start of an epoch, put back when the epoch diverges or
+  is left by Ctrl-C or an exception, so the model always holds whole epochs.
+
+This module is the model's own loop: it calls the model's step methods (``_train_step``, ``_metric_sums``,
+``_forward``, ``_loss_and_grad``) as model.py did before the move; other modules reach the loop only through
+``Sequential.fit`` / ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import distributed
+from ._graph import GraphedStep
+from .backend import is_out_of_memory, to_numpy
+from .callbacks import Callback, History, ProgbarLogger
+from .errors import NumericalError
+
+
+@dataclass
+class FitPlan:
+    """Everything one ``fit`` call decided, handed to :func:`run_epochs` in one piece."""
+
+    data: tuple  # (x, y, w) on the device; w: per-row weights (N,) or None
+    val: tuple | None  # (x, y, w) to validate on after each epoch, or None
+    epochs: int  # train up to this epoch (as Keras counts: from initial_epoch)
+    initial_epoch: int
+    batch_size: int  # the global batch: under data parallelism every rank together
+    shuffle: bool
+    callbacks: list[Callback]  # in calling order: the user's, then History, then the progress bar
+    history: History
+    comm: Any  # the communicator (nnxp.distributed): a no-op one for a single process
+    cuda_graph: bool = False
+    step: Step | None = None  # set by run_epochs (tests read a graphed step's replay count through it)
+
+
+class Batches:
+    """One epoch's batches as ``(xb, yb, wb, rows)``: this rank's rows of each batch and the batch's global rows.
+
+    Modes, chosen once per fit:
+    - ``"gather"`` (shuffled): each batch is gathered by its rows' indices into one batch-sized buffer per array,
+      so there is no shuffled copy of the data set and the batch is still in cache for the first layer's GEMMs;
+      the order depends only on (seed, epoch count), so a resumed run shuffles exactly like an uninterrupted one
+    - ``"copy"`` (in order, CUDA graphs): slices copied into the same buffers, as a replayed graph reads its
+      batch from fixed addresses
+    - ``"view"`` (in order): slices of the data themselves, nothing copied
+
+    ``share`` is this rank's part of the current global batch, ``[rows, lo, hi]``, updated before each batch is
+    yielded (a data-parallel Dropout cuts its mask rows from it).
+    """
+
+    MODES = ("gather", "copy", "view")
+
+    def __init__(self, data: tuple, batch_size: int, device: Any, seed: int, mode: str, comm: Any = None) -> None:
+        assert mode in self.MODES, mode
+        self.x, self.y, self.w = data
+        self.device, self.seed, self.mode = device, seed, mode
+        comm = distributed.current() if comm is None else comm
+        self.plan = comm.batches(self.x.shape[0], batch_size)  # (lo, hi, global rows, this rank's first row)
+        self.share = [0, 0, 0]
+        self._bufs = (None, None, None)
+        if mode != "view":
+            xp, x, y, w = device.xp, self.x, self.y, self.w
+            rows = min(batch_size, x.shape[0])
+            self._bufs = (xp.empty((rows, *x.shape[1:]), x.dtype), xp.empty((rows, *y.shape[1:]), y.dtype),
+                          None if w is None else xp.empty(rows, w.dtype))
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def order(self, count: int) -> np.ndarray:
+        """The row order of the model's epoch `count` (host): a function of (seed, count) alone."""
+        return np.random.default_rng(np.random.SeedSequence([self.seed, 1, count])).permutation(self.x.shape[0])
+
+    def epoch(self, count: int) -> Iterator[tuple[Any, Any, Any, int]]:
+        """The batches of the model's epoch `count` (its life-long epoch number, which seeds the shuffle)."""
+        x, y, w, share, mode = self.x, self.y, self.w, self.share, self.mode
+        bx, by, bw = self._bufs
+        xp = self.device.xp
+        perm = self.device.asarray(self.order(count)) if mode == "gather" else None
+        wb = None
+        for lo, hi, rows, first in self.plan:
+            share[:] = rows, first, first + hi - lo  # with several ranks: this one's part; the others do the rest
+            if mode == "gather":
+                idx, k = perm[lo:hi], hi - lo
+                xb, yb = bx[:k], by[:k]
+                xp.take(x, idx, axis=0, out=xb)
+                xp.take(y, idx, axis=0, out=yb)
+                if w is not None:
+                    wb = bw[:k]
+                    xp.take(w, idx, axis=0, out=wb)
+            elif mode == "copy":
+                xb, yb = bx[: hi - lo], by[: hi - lo]
+                xb[...] = x[lo:hi]
+                yb[...] = y[lo:hi]
+                if w is not None:
+                    wb = bw[: hi - lo]
+                    wb[...] = w[lo:hi]
+            else:
+                xb, yb = x[lo:hi], y[lo:hi]
+                wb = None if w is None else w[lo:hi]
+            yield xb, yb, wb, rows
+
+
+class Step:
+    """One training step: forward, loss, backward, (all-reduce,) optimizer update.
+
+    ``run`` returns the batch's loss and its metric sums, both still on the device (no host sync)."""
+
+    def run(self, xb: Any, yb: Any, wb: Any, rows: int) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
+
+class EagerStep(Step):
+    """The step as ordinary calls, one kernel (or NumPy call) at a time."""
+
+    def __init__(self, model: Any, comm: Any = None, interrupt: Any = None) -> None:
+        self.model = model
+        comm = distributed.current() if comm is None else comm
+        self.comm = comm if comm.size > 1 else None
+        self.interrupt = interrupt if interrupt is not None else GracefulInterrupt()
+
+    def compute(self, xb: Any, yb: Any, wb: Any, rows: int) -> tuple[Any, dict[str, Any]]:
+        """Everything but the optimizer update: the loss, the gradients in ``model.grads`` and the metric sums."""
+        model = self.model
+        if self.comm is None:
+            loss, out = model._train_step(xb, yb, wb)
+        else:  # one all-reduce: the exactly weighted mean gradient, the batch loss, a Ctrl-C flag
+            loss, out = distributed.train_step(self.comm, model, xb, yb, wb, rows, self.interrupt)
+        return loss, (model._metric_sums(out, yb, wb) if out is not None else {})
+
+    def run(self, xb: Any, yb: Any, wb: Any, rows: int) -> tuple[Any, dict[str, Any]]:
+        loss, sums = self.compute(xb, yb, wb, rows)
+        model = self.model
+        model.optimizer.apply(model.params, model.grads)
+        return loss, sums
+
+
+class GraphStep(Step):
+    """Full batches replayed from a captured CUDA graph (:mod:`nnxp._graph`); the rest run eagerly.
+
+    The first full batch runs eagerly (it builds kernels, scratch buffers and optimizer state), the second is
+    captured and every later one replayed. Partial batches run eagerly. If the capture fails (other than for
+    memory), the fit warns once and goes on eagerly."""
+
+    def __init__(self, eager: EagerStep, batch_size: int) -> None:
+        self.eager, self.batch_size = eager, batch_size
+        self.graph: GraphedStep | None = None
+        self.warm = False  # a full batch ran eagerly: capture the next one
+        self.enabled = True
+
+    def capture(self, xb: Any, yb: Any) -> GraphedStep:
+        """Capture the step for batches in the fixed buffers `xb`, `yb` (full batches, no weights)."""
+        eager, model = self.eager, self.eager.model
+        rows = self.batch_size
+        return GraphedStep(xb, lambda: eager.compute(xb, yb, None, rows), model.optimizer, model.params,
+                           model.grads, model.scratch_arrays)
+
+    def run(self, xb: Any, yb: Any, wb: Any, rows: int) -> tuple[Any, dict[str, Any]]:
+        if rows != self.batch_size or not self.enabled or not self.warm:
+            result = self.eager.run(xb, yb, wb, rows)
+            self.warm = self.warm or rows == self.batch_size
+            return result
+        graph = self.graph
+        if graph is None or not graph.still_bound(xb, self.eager.model.params, self.eager.model.grads):
+            try:
+                graph = self.graph = self.capture(xb, yb)
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                self.enabled, self.graph = False, None
+                warnings.warn(f"cuda_graph: capturing the training step failed ({type(exc).__name__}: {exc}); "
+                              "this fit goes on without CUDA graphs", RuntimeWarning, stacklevel=2)
+                return self.eager.run(xb, yb, wb, rows)
+        return graph.run()
+
+
+class Guard:
+    """The model's weights, optimizer state and step count at the start of an epoch, and the way back to them.
+
+    Used by the loop as ``with guard.watch():`` around an epoch: any exception escaping it (a second Ctrl-C, a
+    callback's error) restores the snapshot, and :meth:`check` restores it and raises NumericalError when the
+    epoch diverged. The model (and a file saved from it) then holds whole epochs, so a resumed fit stays exact."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._snapshot: tuple | None = None
+
+    def snapshot(self) -> None:
+        model, opt = self.model, self.model.optimizer
+        self._snapshot = (model.params.copy(), {k: v.copy() for k, v in opt.state.items()}, opt.iterations)
+
+    def restore(self) -> None:
+        """Put back the weights, optimizer state and step count of the last snapshot, in place."""
+        params, state, iterations = self._snapshot
+        model, opt = self.model, self.model.optimizer
+        model.params[...] = params
+        if state:
+            for k, v in state.items():
+                opt.state[k][...] = v
+        else:  # the state did not exist yet: the next step allocates it afresh
+            opt.to(model.params, {})
+        opt.iterations = iterations
+
+    @contextmanager
+    def watch(self) -> Iterator[None]:
+        """Snapshot now; restore if an exception leaves the block."""
+        self.snapshot()
+        try:
+            yield
+        except BaseException:
+            self.restore()
+            raise
+
+    def check(self, epoch: int, loss: float, batch_losses: Any) -> None:
+        """Raise NumericalError (after restoring) when the epoch's loss or weights are not finite, naming the
+        first batch whose loss was not (`batch_losses`: each batch's loss, on the device until now)."""
+        params = self.model.params
+        if math.isfinite(loss) and bool(self.model.device.xp.isfinite(params).all()):
+            return
+        bad = np.flatnonzero(~np.isfinite(to_numpy(batch_losses)))
+        self.restore()
+        where = f"epoch {epoch + 1}" + (f", batch {int(bad[0]) + 1}" if bad.size else "")
+        raise NumericalError(
+            f"training diverged: the loss became NaN or infinite at {where}. The model is back at its weights and "
+            f"optimizer state from the start of epoch {epoch + 1}. Try a smaller learning_rate, clipnorm=1.0 in "
+            "the optimizer, or standardized inputs."
+        )
+
+
+class GracefulInterrupt:
+    """Turn Ctrl-C during fit into a flag checked after each batch, so weights stay consistent."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
+    """The loop: per epoch, snapshot, train, validate and tell the callbacks; Ctrl-C rolls the epoch back."""
+    mode = "gather" if plan.shuffle else "copy" if plan.cuda_graph else "view"
+    batches = Batches(plan.data, plan.batch_size, model.device, model.seed, mode, plan.comm)
+    step = plan.step = EagerStep(model, plan.comm, interrupt)
+    if plan.cuda_graph:
+        step = plan.step = GraphStep(step, plan.batch_size)
+    guard, cbs = Guard(model), plan.callbacks
+    for epoch in range(plan.initial_epoch, plan.epochs):
+        if not interrupt.requested:  # (a Ctrl-C during the last epoch's callbacks is seen here)
+            for cb in cbs:
+                cb.on_epoch_begin(epoch)
+            with guard.watch():  # a second Ctrl-C or a callback's error mid-epoch: back to the epoch's start
+                logs = train_epoch(model, plan, batches, step, guard, epoch, interrupt)
+                if plan.val is not None and not interrupt.requested:
+                    logs.update({f"val_{k}": v for k, v in evaluate_arrays(model, *plan.val, plan.batch_size).items()})
+            if interrupt.requested:  # Ctrl-C in this epoch's batches or validation: the epoch never happened
+                guard.restore()
+        if interrupt.requested:
+            plan.history.interrupted = True
+            print(f"Training interrupted during epoch {epoch + 1}; the model is back at its weights and "
+                  f"optimizer state from the start of that epoch (epochs_trained={model.epochs_trained}), so a "
+                  "later fit continues exactly as an uninterrupted run would.")
+            break
+        model.epochs_trained += 1
+        for cb in cbs:
+            cb.on_epoch_end(epoch, logs)
+        if plan.comm.size > 1:  # a callback that stops one rank stops them all
+            model.stop_training = plan.comm.any(model.stop_training)
+        if model.stop_training:
+            break
+
+
+def graph_replays(model: Any) -> int:
+    """How many steps the model's latest fit replayed from a captured CUDA graph (0 when none was captured)."""
+    graph = getattr(getattr(model, "_fit_step", None), "graph", None)
+    return 0 if graph is None else graph.replays
+
+
+def seed_epoch(model: Any, count: int, comm: Any, share: list) -> None:
+    """Give each random layer (Dropout) its stream for the model's epoch `count`: one per (epoch, layer), so two
+    Dropouts never share a mask and a resumed run draws the same masks as an uninterrupted one."""
+    own_data = comm.data == "sharded"  # each rank was given only its own rows
+    for i, layer in enumerate(model.layers):
+        if hasattr(layer, "rng"):
+            key = [model.seed, 2, count, i] + ([comm.rank] if own_data else [])
+            layer.rng = model.device.random_generator(np.random.SeedSequence(key))
+            if comm.size > 1 and not own_data:  # each rank's mask rows are cut from the whole batch's mask
+                layer.rng = distributed.ShardedGenerator(layer.rng, share, comm.rank)
+
+
+def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: Guard, epoch: int,
+                interrupt: GracefulInterrupt) -> dict[str, float]:
+    """One pass over the batches; the epoch's logs, or {} when Ctrl-C stopped it (the caller rolls back).
+
+    Divergence is checked once, at the end of the epoch, on every device: each batch's loss is kept (on the
+    device) and read then, which names the first bad batch without a per-batch host sync on a GPU. On the CPU
+    too, so both follow one rule; a diverged epoch runs to its end before the rollback."""
+    xp = model.device.xp
+    # randomness follows the model's own epoch count, not `epoch` (fit's loop index, which restarts at
+    # initial_epoch on every call): a second fit, or a fit after load_model, continues the sequence
+    count = model.epochs_trained
+    seed_epoch(model, count, plan.comm, batches.share)
+    batch_losses = xp.empty(len(batches), dtype=np.float64)
+    loss_sum = xp.zeros((), dtype=np.float64)
+    metric_sums = {name: xp.zeros((), dtype=np.float64) for name in model.metrics}
+    weight_sum = None if plan.data[2] is None else xp.zeros((), dtype=np.float64)  # weighted metrics' denominator
+    seen = batch = 0
+    cbs = plan.callbacks
+    # Keras passes the batch's loss to on_train_batch_end. On the CPU it is a float already; on a GPU reading it
+    # syncs the device, so it is read only when a callback other than the progress bar overrides the hook
+    batch_loss_wanted = not model.device.is_cuda or any(
+        type(cb).on_train_batch_end is not Callback.on_train_batch_end and not isinstance(cb, ProgbarLogger)
+        for cb in cbs)
+    for batch, (xb, yb, wb, rows) in enumerate(batches.epoch(count)):
+        loss, sums = step.run(xb, yb, wb, rows)
+        batch_losses[batch] = loss
+        loss_sum += loss * rows
+        for name, value in sums.items():
+            metric_sums[name] += value
+        seen += rows
+        if weight_sum is not None:
+            weight_sum += wb.sum()
+        batch_logs = {"size": rows, "loss": float(loss)} if batch_loss_wanted else {"size": rows}
+        for cb in cbs:
+            cb.on_train_batch_end(batch, batch_logs)
+        if interrupt.requested:
+            return {}
+    if plan.comm.size > 1:  # the metrics' sums (and weights) over every rank's rows
+        names = list(metric_sums)
+        totals = plan.comm.allreduce([float(metric_sums[k]) for k in names]
+                                     + ([] if weight_sum is None else [float(weight_sum)]))
+        metric_sums = dict(zip(names, totals[: len(names)]))
+        weight_sum = None if weight_sum is None else totals[-1]
+    logs = {"loss": float(loss_sum) / max(seen, 1)}
+    logs.update({name: ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
+    guard.check(epoch, logs["loss"], batch_losses[: batch + 1])
+    return logs
+
+
+def evaluate_arrays(model: Any, x: Any, y: Any, w: Any, batch_size: int) -> dict[str, float]:
+    """Loss and metrics over (x, y) (with per-row weights `w` or None), batch by batch, read once at the end."""
+    xp = model.device.xp
+    n = x.shape[0]
+    comm = distributed.current()
+    if comm.data == "sharded":  # each rank holds its own rows: the total count is the sum
+        n = int(comm.allreduce([n])[0])
+    elif comm.size > 1:  # each rank evaluates its part of the rows; the sums are added up below
+        lo, hi = comm.shard(n)
+        x, y, w = x[lo:hi], y[lo:hi], None if w is None else w[lo:hi]
+    loss_sum = xp.zeros((), dtype=np.float64)
+    sums = {name: xp.zeros((), dtype=np.float64) for name in model.metrics}
+    for start in range(0, x.shape[0], batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        wb = None if w is None else w[start : start + batch_size]
+        out = model._forward(xb, training=False)
+        loss, _ = model._loss_and_grad(out, yb, wb)
+        loss_sum += loss * xb.shape[0]
+        for name, value in model._metric_sums(out, yb, wb).items():
+            sums[name] += value
+    wsum = None if w is None else w.sum()
+    if comm.size > 1:
+        names = list(sums)
+        totals = comm.allreduce([float(loss_sum), *(float(sums[k]) for k in names)]
+                                + ([] if wsum is None else [float(wsum)]))
+        loss_sum, sums = totals[0], dict(zip(names, totals[1 : 1 + len(names)]))
+        wsum = None if wsum is None else totals[-1]
+    logs = {"loss": float(loss_sum) / n}
+    logs.update({name: ratio(v, n if wsum is None else wsum) for name, v in sums.items()})
+    return logs
+
+
+def ratio(total: Any, count: Any) -> float:
+    """A weighted mean's total over its count, 0 when nothing counted (Keras's divide_no_nan)."""
+    count = float(count)
+    return float(total) / count if count > 0 else 0.0

@@ -1,0 +1,247 @@
+"""nnxp/training.py on its own: Batches, EagerStep / GraphStep, Guard, with real numbers on the CPU."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import nnxp
+from nnxp import Dense, Sequential, training
+from nnxp.backend import get_device
+from nnxp.errors import NumericalError
+
+CPU = get_device("cpu")
+
+
+def _data(n=10, d=3):
+    x = np.arange(n * d, dtype=np.float64).reshape(n, d)  # row i starts with 3i: rows are recognisable
+    y = np.arange(n, dtype=np.float64)
+    w = np.linspace(0.5, 2.0, n)
+    return x, y, w
+
+
+# --- Batches ---------------------------------------------------------------------------------------------------
+def test_gather_yields_every_row_once_per_epoch_in_the_seeded_order():
+    x, y, w = _data()
+    batches = training.Batches((x, y, w), 4, CPU, seed=7, mode="gather")
+    assert len(batches) == 3
+    for count in (0, 1, 5):
+        order = np.random.default_rng(np.random.SeedSequence([7, 1, count])).permutation(10)
+        got = [(xb.copy(), yb.copy(), wb.copy(), rows) for xb, yb, wb, rows in batches.epoch(count)]
+        assert [r for *_, r in got] == [4, 4, 2]
+        rows = np.concatenate([g[0] for g in got])
+        np.testing.assert_array_equal(rows, x[order])
+        np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), y[order])
+        np.testing.assert_array_equal(np.concatenate([g[2] for g in got]), w[order])
+        assert sorted(rows[:, 0] // 3) == list(range(10))  # each row exactly once
+    first = np.concatenate([xb.copy() for xb, *_ in batches.epoch(0)])
+    again = np.concatenate([xb.copy() for xb, *_ in batches.epoch(0)])
+    other = np.concatenate([xb.copy() for xb, *_ in batches.epoch(1)])
+    np.testing.assert_array_equal(first, again)  # a function of (seed, count) alone: resumes repeat it
+    assert not np.array_equal(first, other)
+
+
+def test_gather_and_copy_reuse_one_buffer_and_view_copies_nothing():
+    x, y, w = _data()
+    for mode in ("gather", "copy"):
+        batches = training.Batches((x, y, None), 4, CPU, seed=0, mode=mode)
+        addresses = {xb.__array_interface__["data"][0] for xb, *_ in batches.epoch(0)}
+        assert len(addresses) == 1, mode  # every batch (the last, partial one too) starts at the same address
+    views = list(training.Batches((x, y, w), 4, CPU, seed=0, mode="view").epoch(0))
+    for (xb, _, wb, rows), lo in zip(views, (0, 4, 8), strict=True):
+        assert np.shares_memory(xb, x) and np.shares_memory(wb, w)
+        np.testing.assert_array_equal(xb, x[lo : lo + rows])
+    copies = [(xb.copy(), wb.copy()) for xb, _, wb, _ in training.Batches((x, y, w), 4, CPU, 0, "copy").epoch(3)]
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in copies]), x)  # in order, whatever the epoch
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in copies]), w)
+
+
+def test_batches_share_is_this_ranks_part_of_each_batch():
+    class TwoRanks(nnxp.distributed.Communicator):
+        rank, size = 1, 2
+
+    x, y, _ = _data(10)
+    batches = training.Batches((x, y, None), 4, CPU, seed=0, mode="view", comm=TwoRanks())
+    seen = [(xb[:, 0] // 3, rows, list(batches.share)) for xb, _, _, rows in batches.epoch(0)]
+    # rank 1 of 2 takes the second half of each global batch of 4 (and of the last, of 2)
+    assert [list(r) for r, _, _ in seen] == [[2, 3], [6, 7], [9]]
+    assert [rows for _, rows, _ in seen] == [4, 4, 2]
+    assert [s for *_, s in seen] == [[4, 2, 4], [4, 2, 4], [2, 1, 2]]
+
+
+# --- Step ------------------------------------------------------------------------------------------------------
+def _linear(lr=0.1, optimizer=None):
+    model = Sequential([Dense(1, input_dim=3)], dtype="float64", seed=0)
+    model.compile(optimizer or nnxp.optimizers.SGD(lr), "mse", metrics=["mae"])
+    model.build(3)
+    return model
+
+
+def test_eager_step_is_one_sgd_step_of_linear_regression():
+    x, y, _ = _data(8)
+    x = x / 10
+    model = _linear(lr=0.1)
+    (kernel, bias) = model.get_weights()
+    loss, sums = training.EagerStep(model).run(x, y[:, None], None, 8)
+    err = x @ kernel + bias - y[:, None]  # (8, 1)
+    np.testing.assert_allclose(float(loss), np.mean(err**2), rtol=1e-12)
+    np.testing.assert_allclose(float(sums["mae"]), np.abs(err).sum(), rtol=1e-12)  # a sum: divided per epoch
+    new_kernel, new_bias = model.get_weights()
+    np.testing.assert_allclose(new_kernel, kernel - 0.1 * 2 * x.T @ err / 8, rtol=1e-12)
+    np.testing.assert_allclose(new_bias, bias - 0.1 * 2 * err.sum(axis=0) / 8, rtol=1e-12)
+    assert model.optimizer.iterations == 1
+
+
+def test_graph_step_whose_capture_fails_warns_once_and_trains_like_eager_steps():
+    class FailingCapture(training.GraphStep):
+        tries = 0
+
+        def capture(self, xb, yb):
+            FailingCapture.tries += 1
+            raise RuntimeError("no graphs here")
+
+    x, y, _ = _data(16)
+    x, y = x / 50, y[:, None] / 16
+    eager_model, graph_model = _linear(), _linear()
+    eager, graphed = training.EagerStep(eager_model), FailingCapture(training.EagerStep(graph_model), 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for lo in (0, 4, 8, 12):
+            a = eager.run(x[lo : lo + 4], y[lo : lo + 4], None, 4)
+            b = graphed.run(x[lo : lo + 4], y[lo : lo + 4], None, 4)
+            assert float(a[0]) == float(b[0])
+    # the first full batch warms up eagerly, the second tries to capture; after a failure no more tries
+    assert FailingCapture.tries == 1 and not graphed.enabled and graphed.graph is None
+    assert [str(w.message) for w in caught] == ["cuda_graph: capturing the training step failed (RuntimeError: no "
+                                                "graphs here); this fit goes on without CUDA graphs"]
+    for p, q in zip(eager_model.get_weights(), graph_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(p, q)
+
+
+# --- Guard -----------------------------------------------------------------------------------------------------
+def _adam_model_after_one_epoch():
+    x, y, _ = _data(32)
+    model = Sequential([Dense(4, "relu", input_dim=3), Dense(1)], dtype="float64", seed=1)
+    model.compile(nnxp.optimizers.Adam(0.01), "mse")
+    model.fit(x / 100, y / 32, epochs=1, batch_size=8, verbose=0)
+    return model, x / 100, (y / 32)[:, None]
+
+
+def test_guard_restores_bit_for_bit_after_a_real_exception_mid_epoch():
+    model, x, y = _adam_model_after_one_epoch()
+    weights = model.get_weights()
+    state = {k: np.array(v) for k, v in model.optimizer.state.items()}
+    iterations = model.optimizer.iterations
+    guard, step = training.Guard(model), training.EagerStep(model)
+    with pytest.raises(ZeroDivisionError):
+        with guard.watch():
+            for lo in (0, 8, 16):
+                step.run(x[lo : lo + 8], y[lo : lo + 8], None, 8)
+            assert model.optimizer.iterations == iterations + 3  # the steps did train
+            1 / 0  # noqa: B018 - a real exception escaping mid-epoch
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(model.optimizer.state) == sorted(state)
+    for k, v in state.items():
+        np.testing.assert_array_equal(model.optimizer.state[k], v)
+    assert model.optimizer.iterations == iterations
+
+
+def test_guard_restores_a_fresh_optimizer_and_training_then_equals_an_untouched_run():
+    x, y, _ = _data(16)
+    x, y = x / 50, y[:, None] / 16
+    touched, untouched = _linear(optimizer=nnxp.optimizers.Adam(0.01)), _linear(optimizer=nnxp.optimizers.Adam(0.01))
+    guard = training.Guard(touched)
+    guard.snapshot()  # before the first step: no optimizer state yet
+    training.EagerStep(touched).run(x[:8], y[:8], None, 8)
+    guard.restore()
+    assert touched.optimizer.state == {} and touched.optimizer.iterations == 0
+    for model in (touched, untouched):
+        training.EagerStep(model).run(x[8:], y[8:], None, 8)
+    for a, b in zip(touched.get_weights(), untouched.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_guard_check_names_the_first_bad_batch_and_rolls_back():
+    model, x, y = _adam_model_after_one_epoch()
+    weights = model.get_weights()
+    guard = training.Guard(model)
+    guard.snapshot()
+    guard.check(0, 0.5, np.array([0.4, 0.6]))  # finite: nothing happens
+    training.EagerStep(model).run(x[:8], y[:8], None, 8)
+    with pytest.raises(NumericalError, match=r"at epoch 3, batch 2\. The model is back .* start of epoch 3"):
+        guard.check(2, float("inf"), np.array([0.4, np.inf, np.nan]))
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.params[0] = np.nan  # finite losses but weights that are not: still diverged, no batch to name
+    with pytest.raises(NumericalError, match=r"at epoch 1\. The model"):
+        guard.check(0, 0.5, np.array([0.4, 0.6]))
+    assert np.isfinite(model.params).all()
+
+
+def test_divergence_is_checked_at_the_end_of_the_epoch_on_the_cpu_too():
+    # one rule on every device (issue 14): the diverged epoch runs to its end, then rolls back, naming batch 2
+    x, y, _ = _data(64)
+
+    class Count(nnxp.callbacks.Callback):
+        batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Count.batches += 1
+
+    model = Sequential([Dense(8, "relu", input_dim=3), Dense(1)], seed=0)
+    model.compile(nnxp.optimizers.SGD(10.0), "mse")
+    before = model.get_weights()
+    with pytest.raises(NumericalError, match=r"epoch 1, batch 2\b"):
+        model.fit(x * 1e6, y, epochs=1, batch_size=16, verbose=0, callbacks=[Count()])
+    assert Count.batches == 4
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_model_keeps_no_reference_to_the_training_data_after_fit():
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 3)).astype(np.float32), rng.normal(size=(64, 1)).astype(np.float32)
+    refs = [weakref.ref(x), weakref.ref(y)]
+    model = Sequential([Dense(1, input_dim=3)], seed=0)
+    model.compile("sgd", "mse")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # (shuffled: the layers keep copies, not views of x)
+    del x, y
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True]  # a large data set is not held (on the GPU) after fit returns
+
+
+def test_ctrl_c_during_validation_rolls_that_epoch_back_too(monkeypatch):
+    # (before issue 14 the weights kept the interrupted epoch's training while epochs_trained did not count it)
+    import os
+    import signal
+
+    x, y, _ = _data(48)
+    x, y = x / 100, y / 48
+
+    def model():
+        m = Sequential([Dense(4, "relu", input_dim=3), Dense(1)], seed=2)
+        m.compile(nnxp.optimizers.Adam(0.01), "mse")
+        return m
+
+    straight = model()
+    straight.fit(x, y, epochs=1, batch_size=8, validation_split=0.25, verbose=0)
+    original = training.evaluate_arrays
+
+    def ctrl_c_in_the_second_validation(m, *args):
+        if m.epochs_trained == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, as Ctrl-C sends
+        return original(m, *args)
+
+    monkeypatch.setattr(training, "evaluate_arrays", ctrl_c_in_the_second_validation)
+    interrupted = model()
+    h = interrupted.fit(x, y, epochs=3, batch_size=8, validation_split=0.25, verbose=0)
+    assert h.interrupted and len(h.history["loss"]) == 1 and interrupted.epochs_trained == 1
+    assert interrupted.optimizer.iterations == straight.optimizer.iterations
+    for a, b in zip(interrupted.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
