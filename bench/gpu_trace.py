@@ -54,9 +54,17 @@ class Op:
     k: int = 0
     captured: bool = False
     nodes: list = field(default_factory=list)
+    shapes: list = field(default_factory=list)  # PyTorch ops: the input shapes the profiler recorded
 
     def key(self) -> tuple:
         return (self.kind, self.name, self.bytes, self.m, self.n, self.k, self.captured, len(self.nodes))
+
+    @classmethod
+    def from_json(cls, d: dict) -> Op:
+        d = dict(d)
+        d["grid"], d["block"] = tuple(d.get("grid", ())), tuple(d.get("block", ()))
+        d["nodes"] = [cls.from_json(n) for n in d.get("nodes", [])]
+        return cls(**d)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -342,8 +350,130 @@ def stand_in(cache_dir: Path | None = None) -> Iterator[Any]:
             setattr(owner, attr, value)
 
 
+# --- PyTorch: its ATen ops per step, profiled on the CPU ---------------------------------------------------------
+
+# ATen ops that only make views, read metadata or allocate: no kernel on a GPU
+TORCH_NO_KERNEL = {"aten::as_strided", "aten::view", "aten::transpose", "aten::t", "aten::expand", "aten::reshape",
+                   "aten::_reshape_alias", "aten::detach", "detach", "aten::resolve_conj", "aten::resolve_neg",
+                   "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::unsqueeze", "aten::squeeze",
+                   "aten::alias", "aten::select", "aten::slice", "aten::permute", "aten::lift_fresh", "aten::to",
+                   "aten::_unsafe_view", "aten::contiguous", "aten::result_type"}
+# ops that launch a kernel of their own besides what their children launch
+TORCH_OWN_KERNEL = {"aten::addmm", "aten::mm", "aten::nll_loss_backward", "aten::sum", "aten::mean", "aten::argmax"}
+# multi-tensor ops: one launch for all tensors on CUDA (multi_tensor_apply); on the CPU they loop per tensor
+TORCH_MULTI_TENSOR_PREFIX = ("aten::_foreach_", "aten::_fused_")
+# children only the CPU kernels have: CUDA addmm adds a 1-D bias in cuBLASLt's epilogue instead of copying it
+# into the output first, and a CUDA reduction writes its output instead of filling it with zeros first
+TORCH_CPU_ONLY = {("aten::addmm", "aten::copy_"), ("aten::sum", "aten::fill_")}
+
+
+def _torch_launches(event: Any) -> list[Any]:
+    name, children = event.name, event.cpu_children
+    if name.startswith(TORCH_MULTI_TENSOR_PREFIX):
+        return [event]
+    found = [event] if name in TORCH_OWN_KERNEL else []
+    for child in children:
+        if (name, child.name) not in TORCH_CPU_ONLY:
+            found += _torch_launches(child)
+    if not children and name.startswith("aten::") and name not in TORCH_NO_KERNEL and name not in TORCH_OWN_KERNEL:
+        found.append(event)
+    return found
+
+
+def _numel(shape: Any) -> int:
+    return int(np.prod(shape)) if isinstance(shape, (list, tuple)) and all(isinstance(d, int) for d in shape) else 0
+
+
+def torch_step_ops(layers: tuple[int, ...], batch: int) -> list[Op]:
+    """The CUDA launches one PyTorch eager step would make: its ATen ops from torch.profiler on the CPU, each
+    kernel-launching op one launch (see TORCH_* above). The step is bench/test_train.py's (zero_grad, forward,
+    CrossEntropyLoss, backward, fused Adam) plus what fit does besides: the loss summed and the correct
+    predictions counted on the device (argmax, eq, sum, add_)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    mods: list = []
+    for i, (n_in, n_out) in enumerate(zip(layers[:-1], layers[1:])):
+        mods += [torch.nn.Linear(n_in, n_out)] + ([] if i == len(layers) - 2 else [torch.nn.ReLU()])
+    net = torch.nn.Sequential(*mods)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7, fused=True)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, y = torch.rand(batch, layers[0]), torch.randint(0, layers[-1], (batch,))
+    sums = {"loss": torch.zeros(()), "correct": torch.zeros((), dtype=torch.long)}
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        out = net(x)
+        loss = loss_fn(out, y)
+        loss.backward()
+        opt.step()
+        sums["loss"] += loss.detach()
+        sums["correct"] += (out.argmax(1) == y).sum()
+
+    for _ in range(2):  # optimizer state exists from the second step on
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    n_params = sum(p.numel() for p in net.parameters())
+    ops = []
+    for root in [e for e in prof.events() if e.cpu_parent is None]:
+        for e in _torch_launches(root):
+            shapes = [s for s in e.input_shapes if isinstance(s, list) and s]
+            if e.name in ("aten::addmm", "aten::mm"):
+                (m, k), n = shapes[-2], shapes[-1][1]
+                ops.append(Op("gemm", e.name, 4 * (m * k + k * n + m * n), m=m, n=n, k=k))
+            elif e.name.startswith("aten::_fused_adam"):
+                ops.append(Op("kernel", e.name, 28 * n_params))  # p, m, v read and written, g read: 7 x 4 bytes
+            elif e.name.startswith("aten::_foreach_"):
+                ops.append(Op("kernel", e.name, 8 * len(list(net.parameters()))))  # the step counters
+            else:
+                ops.append(Op("reduction" if e.name in TORCH_OWN_KERNEL else "elementwise", e.name,
+                              elementwise_bytes(shapes), shapes=shapes))
+    return ops
+
+
+def elementwise_bytes(shapes: list) -> int:
+    """A PyTorch op's bytes from its input shapes: inputs read, an output as large as the largest written."""
+    sizes = [_numel(s) for s in shapes]
+    return 4 * (sum(sizes) + max(sizes, default=0))
+
+
+def torch_ops_at_batch(ops: list[Op], profiled: int, batch: int) -> list[Op]:
+    """`ops` profiled at batch `profiled` as they are at `batch`: every dimension equal to `profiled` becomes
+    `batch` (pick a profiled batch equal to no layer width). Profiling the large MLP at batch 4096 on two CPU
+    cores would take minutes; the op list does not depend on the batch, only the shapes do."""
+    def dim(d: int) -> int:
+        return batch if d == profiled else d
+
+    out = []
+    for op in ops:
+        if op.kind == "gemm":
+            m, n, k = dim(op.m), dim(op.n), dim(op.k)
+            out.append(Op("gemm", op.name, 4 * (m * k + k * n + m * n), m=m, n=n, k=k))
+        elif op.shapes:
+            shapes = [[dim(d) for d in s] for s in op.shapes]
+            out.append(Op(op.kind, op.name, elementwise_bytes(shapes), shapes=shapes))
+        else:
+            out.append(Op(op.kind, op.name, op.bytes))
+    return out
+
+
+TORCH_PROFILED_BATCH = 48  # equal to no layer width of CASES
+
+
+def trace_torch(out: dict, cases=CASES) -> dict:
+    """Adds "torch" (PyTorch's launches per step, profiled at TORCH_PROFILED_BATCH) to each traced batch."""
+    for name, layers, batches in cases:
+        ops = torch_step_ops(layers, TORCH_PROFILED_BATCH)
+        for batch in batches:
+            entry = out.setdefault(name, {"layers": list(layers), "batches": {}})["batches"].setdefault(str(batch), {})
+            entry["torch"] = [op.to_json() for op in torch_ops_at_batch(ops, TORCH_PROFILED_BATCH, batch)]
+    return out
+
+
 def trace_cases(cases=CASES) -> dict:
-    """{"small": {"32": {"eager": [ops], "graph": [ops]}, ...}, ...} as JSON-ready dicts."""
+    """{"small": {"layers": [...], "batches": {"32": {"eager": [ops], "graph": [ops]}, ...}}, ...}."""
     out: dict = {}
     with stand_in() as factory:
         for name, layers, batches in cases:
@@ -359,9 +489,19 @@ def trace_cases(cases=CASES) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu-trace.json")
+    ap.add_argument("--only", choices=("nnxp", "torch"), help="trace one side and merge into --out")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    args.out.write_text(json.dumps(trace_cases(), indent=1) + "\n")
+    out = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+    if args.only != "torch":
+        fresh = trace_cases()
+        for name, case in fresh.items():
+            for batch, modes in case["batches"].items():
+                out.setdefault(name, {"layers": case["layers"], "batches": {}})["batches"].setdefault(batch, {})
+                out[name]["batches"][batch].update(modes)
+    if args.only != "nnxp":
+        trace_torch(out)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
 
