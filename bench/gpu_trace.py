@@ -22,7 +22,6 @@ import json
 import re
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,8 +260,8 @@ class Tracer:
 
         self._wrap(si.Stream, "begin_capture", begin)
         self._wrap(si.Stream, "end_capture", end)
-        self._wrap(si.Graph, "launch",
-                   lambda r, graph, *a, **kw: Op("graph", "cudaGraphLaunch", nodes=list(self._graphs.get(id(graph), []))))
+        self._wrap(si.Graph, "launch", lambda r, graph, *a, **kw: Op("graph", "cudaGraphLaunch",
+                                                                     nodes=list(self._graphs.get(id(graph), []))))
         return self
 
     def __exit__(self, *exc: Any) -> None:
