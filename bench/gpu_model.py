@@ -167,6 +167,7 @@ def load_trace(path: Path) -> dict:
     return data
 
 
+PLOT_NAME = "gpu-model.png"
 IMPLS = {"eager": "nnxp", "graph": "nnxp_graph", "torch": "torch"}
 
 
@@ -299,7 +300,7 @@ def render(trace: dict, a: Assumptions | None = None, plot: Path | None = None) 
                     ""] + launch_list(ops) + [""]
     if plot is not None:
         _plot(trace, plot)
-        out.insert(4, f"![predicted samples/s]({plot.name})\n")
+    out[4:4] = [f"![predicted samples/s, small MLP]({PLOT_NAME})", ""]
     return "\n".join(out) + "\n"
 
 
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     trace = load_trace(args.trace)
-    md = render(trace, plot=None if args.no_plot else args.out / "gpu-model.png")
+    md = render(trace, plot=None if args.no_plot else args.out / PLOT_NAME)
     (args.out / "gpu-model.md").write_text(md)
     print(f"wrote {args.out / 'gpu-model.md'}")
     return 0
