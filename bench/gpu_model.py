@@ -75,7 +75,8 @@ class Assumptions:
     gemm_min: float = 4.0e-6  # shortest cuBLAS GEMM
     gemm_efficiency: float = 0.7  # of the peak a well-shaped GEMM reaches
     bandwidth_efficiency: float = 0.8  # of peak HBM bandwidth a streaming kernel reaches
-    tile: int = 128  # GEMM output tile per SM (m and n), for wave quantisation
+    tiles: tuple = (128, 64, 32)  # square GEMM output tiles cuBLAS may pick, one per SM at a time ...
+    split_k: tuple = (1, 2, 4, 8, 16)  # ... and how many ways it may split k (each part at least a tile deep)
     pcie_bytes_s: float = 25e9  # host<->device copies (pageable memory, PCIe 5 x16)
     precision: str = "fp32"  # "fp32" (nnxp's "highest", PyTorch's default) or "tf32"
 
@@ -96,9 +97,15 @@ def op_times(op: Op, hw: Hardware, a: Assumptions) -> dict:
     if op.kind != "gemm":
         return {"flops": 0.0, "bytes": byte_time, "latency": a.kernel_min}
     peak = hw.tf32_flops if a.precision == "tf32" else hw.fp32_flops
-    tiles = math.ceil(op.m / a.tile) * math.ceil(op.n / a.tile)
-    waves = math.ceil(tiles / hw.sms)  # a partly filled last wave costs a full one
-    flop_time = waves * 2 * a.tile * a.tile * op.k / (peak * a.gemm_efficiency / hw.sms)
+    per_sm = peak * a.gemm_efficiency / hw.sms
+    flop_time = math.inf
+    for tile in a.tiles:  # cuBLAS picks the tile and split-K that fill the SMs best
+        for split in a.split_k:
+            if split > 1 and op.k / split < tile:
+                break
+            units = math.ceil(op.m / tile) * math.ceil(op.n / tile) * split
+            waves = math.ceil(units / hw.sms)  # a partly filled last wave costs a full one
+            flop_time = min(flop_time, waves * 2 * tile * tile * math.ceil(op.k / split) / per_sm)
     return {"flops": flop_time, "bytes": byte_time, "latency": a.gemm_min}
 
 
@@ -207,8 +214,11 @@ def assumptions_table(a: Assumptions) -> list[str]:
             ("SMs", "132 on both", "H100 whitepaper (SXM5); H200 is the same die"),
             ("matmul precision", a.precision.upper(), "nnxp's default precision='highest'; PyTorch's default "
                                                       "allow_tf32=False for matmuls"),
-            ("GEMM efficiency", f"{a.gemm_efficiency:.0%} of peak per full wave of {a.tile}x{a.tile} output tiles "
-                                "(one tile per SM; a partial last wave costs a full one)", "assumption"),
+            ("GEMM efficiency", f"{a.gemm_efficiency:.0%} of peak per SM, in waves of output tiles (one per SM; a "
+                                "partial last wave costs a full one); the tile (" + "/".join(f"{t}²" for t in a.tiles)
+             + ") and split-K (" + "/".join(map(str, a.split_k)) + ") that fill the SMs best, all at that "
+                                                                   "efficiency, split-K's reduction free",
+             "assumption (cuBLAS's heuristics choose among such kernels)"),
             ("streaming kernels", f"{a.bandwidth_efficiency:.0%} of peak HBM bandwidth", "assumption (copy "
                                                                                             "kernels reach ~90%)"),
             ("bytes per op", "nnxp kernels: each array argument once if `const`, twice (read + write) otherwise; "
