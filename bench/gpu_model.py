@@ -263,6 +263,23 @@ def launch_list(ops: list[Op]) -> list[str]:
     return lines
 
 
+KINDS = ("kernel", "gemm", "elementwise", "reduction", "copy", "memset", "h2d", "d2h", "graph")
+
+
+def launch_counts(trace: dict) -> list[str]:
+    """Host-side launches per step by kind (a graph launch is one; its nodes are counted in brackets)."""
+    lines = ["| model | batch | impl | " + " | ".join(KINDS) + " | total | graph nodes |",
+             "|---|---|---|" + "---|" * (len(KINDS) + 2)]
+    for case in trace.values():
+        batch = 128 if 128 in case["batches"] else min(case["batches"])
+        for mode, ops in case["batches"][batch].items():
+            counts = [sum(op.kind == k for op in ops) for k in KINDS]
+            nodes = sum(len(op.nodes) for op in ops)
+            lines.append(f"| {'-'.join(map(str, case['layers']))} | {batch} | {IMPLS[mode]} | "
+                         + " | ".join(str(c) for c in counts) + f" | {len(ops)} | {nodes or ''} |")
+    return lines
+
+
 def targets(trace: dict, a: Assumptions) -> list[str]:
     """The issue's CUDA targets as the model sees them: the big MLP at batch 4096, the small one at 128."""
     lines = []
@@ -277,9 +294,14 @@ def targets(trace: dict, a: Assumptions) -> list[str]:
         small = speedup(preds, hw, 128, "nnxp_graph", "torch")
         small_e = speedup(preds, hw, 128, "nnxp", "torch")
         large = [p for p in preds if p.hardware == hw and p.batch == 4096 and p.flops > 1e11]
-        lines.append(f"- **{hw}**: big MLP b4096 nnxp eager / PyTorch eager = {big:.2f}x (graphed {big_g:.2f}x); "
-                     f"small MLP b128 nnxp graphed / PyTorch eager = {small:.2f}x (eager {small_e:.2f}x); "
-                     + "; ".join(f"{p.impl} step / GEMM time = {p.step_s / p.gemm_s:.3f}x" for p in large))
+        tf32 = replace(a, precision="tf32")
+        big_tf32 = [predict(big_case["batches"][4096][m], HARDWARE[hw], tf32, IMPLS[m], 4096) for m in
+                    ("eager", "torch")]
+        lines.append(f"- **{hw}**: big MLP b4096 nnxp eager / PyTorch eager = {big:.2f}x (graphed {big_g:.2f}x; "
+                     f"both in TF32: {big_tf32[1].step_s / big_tf32[0].step_s:.2f}x); small MLP b128 nnxp graphed "
+                     f"/ PyTorch eager = {small:.2f}x (nnxp eager {small_e:.2f}x); big MLP step / GEMM time: "
+                     + ", ".join(f"{p.impl} {p.step_s / p.gemm_s:.3f}x" for p in large)
+                     + f" (TF32: nnxp {big_tf32[0].step_s / big_tf32[0].gemm_s:.3f}x)")
     return lines
 
 
@@ -301,7 +323,8 @@ def render(trace: dict, a: Assumptions | None = None, plot: Path | None = None) 
                     out.append(f"| {'-'.join(map(str, case['layers']))} | {p.batch} | {hw.name} | {p.impl} | "
                                f"{p.launches} | {p.kernels} | {_us(p.host_s)} | {_us(p.device_s)} | "
                                f"{_us(p.step_s)} | {p.samples_per_s:,.0f} | {p.bound} |")
-    out += ["", "## What it means for the CUDA targets", ""] + targets(trace, a) + ["", _ARGUMENT, "",
+    out += ["", "## What it means for the CUDA targets", ""] + targets(trace, a) + ["", _ARGUMENT, ""]
+    out += ["## Launches per step by kind", ""] + launch_counts(trace) + ["",
             "## Assumptions", ""] + assumptions_table(a) + ["", _SOURCES, ""]
     for name, case in trace.items():
         batch = 128 if 128 in case["batches"] else min(case["batches"])
