@@ -358,7 +358,8 @@ TORCH_NO_KERNEL = {"aten::as_strided", "aten::view", "aten::transpose", "aten::t
                    "aten::alias", "aten::select", "aten::slice", "aten::permute", "aten::lift_fresh", "aten::to",
                    "aten::_unsafe_view", "aten::contiguous", "aten::result_type"}
 # ops that launch a kernel of their own besides what their children launch
-TORCH_OWN_KERNEL = {"aten::addmm", "aten::mm", "aten::nll_loss_backward", "aten::sum", "aten::mean", "aten::argmax"}
+TORCH_OWN_KERNEL = {"aten::addmm", "aten::mm", "aten::nll_loss_backward", "aten::sum", "aten::mean", "aten::argmax",
+                    "aten::index"}
 # multi-tensor ops: one launch for all tensors on CUDA (multi_tensor_apply); on the CPU they loop per tensor
 TORCH_MULTI_TENSOR_PREFIX = ("aten::_foreach_", "aten::_fused_")
 # children only the CPU kernels have: CUDA addmm adds a 1-D bias in cuBLASLt's epilogue instead of copying it
@@ -386,8 +387,8 @@ def _numel(shape: Any) -> int:
 def torch_step_ops(layers: tuple[int, ...], batch: int) -> list[Op]:
     """The CUDA launches one PyTorch eager step would make: its ATen ops from torch.profiler on the CPU, each
     kernel-launching op one launch (see TORCH_* above). The step is bench/test_train.py's (zero_grad, forward,
-    CrossEntropyLoss, backward, fused Adam) plus what fit does besides: the loss summed and the correct
-    predictions counted on the device (argmax, eq, sum, add_)."""
+    CrossEntropyLoss, backward, fused Adam) plus what fit does besides: the batch gathered from the data on the
+    device, the loss summed and the correct predictions counted on the device (argmax, eq, sum, add_)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -398,10 +399,13 @@ def torch_step_ops(layers: tuple[int, ...], batch: int) -> list[Op]:
     net = torch.nn.Sequential(*mods)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7, fused=True)
     loss_fn = torch.nn.CrossEntropyLoss()
-    x, y = torch.rand(batch, layers[0]), torch.randint(0, layers[-1], (batch,))
+    x_all, y_all = torch.rand(2 * batch, layers[0]), torch.randint(0, layers[-1], (2 * batch,))
+    perm = torch.randperm(2 * batch)
     sums = {"loss": torch.zeros(()), "correct": torch.zeros((), dtype=torch.long)}
 
     def step() -> None:
+        idx = perm[:batch]
+        x, y = x_all[idx], y_all[idx]  # the batch gather fit does too
         opt.zero_grad(set_to_none=True)
         out = net(x)
         loss = loss_fn(out, y)
@@ -427,14 +431,17 @@ def torch_step_ops(layers: tuple[int, ...], batch: int) -> list[Op]:
             elif e.name.startswith("aten::_foreach_"):
                 ops.append(Op("kernel", e.name, 8 * len(list(net.parameters()))))  # the step counters
             else:
-                ops.append(Op("reduction" if e.name in TORCH_OWN_KERNEL else "elementwise", e.name,
-                              elementwise_bytes(shapes), shapes=shapes))
+                kind = "reduction" if e.name in TORCH_OWN_KERNEL and e.name != "aten::index" else "elementwise"
+                ops.append(Op(kind, e.name, elementwise_bytes(shapes, e.name), shapes=shapes))
     return ops
 
 
-def elementwise_bytes(shapes: list) -> int:
-    """A PyTorch op's bytes from its input shapes: inputs read, an output as large as the largest written."""
+def elementwise_bytes(shapes: list, name: str = "") -> int:
+    """A PyTorch op's bytes from its input shapes: inputs read, an output as large as the largest written. The
+    batch gather (aten::index) reads and writes half of its input: a batch of the 2 batches profiled."""
     sizes = [_numel(s) for s in shapes]
+    if name == "aten::index":
+        return 4 * sizes[0]
     return 4 * (sum(sizes) + max(sizes, default=0))
 
 
@@ -443,7 +450,7 @@ def torch_ops_at_batch(ops: list[Op], profiled: int, batch: int) -> list[Op]:
     `batch` (pick a profiled batch equal to no layer width). Profiling the large MLP at batch 4096 on two CPU
     cores would take minutes; the op list does not depend on the batch, only the shapes do."""
     def dim(d: int) -> int:
-        return batch if d == profiled else d
+        return {profiled: batch, 2 * profiled: 2 * batch}.get(d, d)  # the gathered data holds two batches
 
     out = []
     for op in ops:
@@ -452,7 +459,7 @@ def torch_ops_at_batch(ops: list[Op], profiled: int, batch: int) -> list[Op]:
             out.append(Op("gemm", op.name, 4 * (m * k + k * n + m * n), m=m, n=n, k=k))
         elif op.shapes:
             shapes = [[dim(d) for d in s] for s in op.shapes]
-            out.append(Op(op.kind, op.name, elementwise_bytes(shapes), shapes=shapes))
+            out.append(Op(op.kind, op.name, elementwise_bytes(shapes, op.name), shapes=shapes))
         else:
             out.append(Op(op.kind, op.name, op.bytes))
     return out
