@@ -372,8 +372,10 @@ _SOURCES = """## Sources
   TFLOPS), https://resources.nvidia.com/en-us-tensor-core
 - A. Gray, "Getting Started with CUDA Graphs", NVIDIA Technical Blog (2019),
   https://developer.nvidia.com/blog/cuda-graphs/ (launch overhead per short kernel, with and without a graph).
-The per-launch host costs and efficiencies are assumptions (table above), to be replaced by the first
-measurement: `bench/gpu_check.sh` prints prediction and measurement side by side."""
+The peaks match NVIDIA's datasheet figures as third-party summaries quote them (the datasheet pages themselves
+were not reachable from where this was written); the blog's per-kernel times are quoted from the post as
+remembered, not re-read. The per-launch host costs and efficiencies are assumptions (table above), to be
+replaced by the first measurement: `bench/gpu_check.sh` prints prediction and measurement side by side."""
 
 
 def _plot(trace: dict, path: Path) -> None:
