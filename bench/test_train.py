@@ -81,10 +81,11 @@ def build_nnxp(case: Case, cuda_graph: bool = False) -> Impl:
     def check() -> bool:
         return all(np.isfinite(w).all() for w in model.get_weights())
 
-    info = {"optimizer": "nnxp Adam (one flat buffer)" + (" in a CUDA graph" if cuda_graph else ""),
-            "timed": f"model.fit over {case.steps_per_call} batches" + (", cuda_graph=True (warm-up batch and "
-                                                                         "capture in every call)" if cuda_graph
-                                                                         else "")}
+    n = case.steps_per_call
+    timed = f"model.fit over {n} full batch{'es' if n != 1 else ''}"
+    if cuda_graph:
+        timed += ", cuda_graph=True (warm-up batch and capture in every call)"
+    info = {"optimizer": "nnxp Adam (one flat buffer)" + (" in a CUDA graph" if cuda_graph else ""), "timed": timed}
     return Impl(train, infer, model.device.synchronize, check, info)
 
 

@@ -55,14 +55,14 @@ def test_the_cuda_cases_time_fit_eager_and_graphed(graph_seam, impl):
     assert graph_launches == (2 if impl == "nnxp_cudagraph" else 0)
     assert sum(op.kind == "gemm" for op in T.executed(tracer.ops)) == 3 * (2 + 2 + 1)
     assert impl_.check()
-    assert "model.fit over 3 batches" in impl_.info["timed"]
+    assert "model.fit over 3 full batches" in impl_.info["timed"]
 
 
 def test_the_cpu_case_and_its_torch_peer_train_one_epoch_per_call():
     case = C.Case("cpu", "small", 32, "nnxp", "train", quick=True)
     impl = B.build_nnxp(case)
     impl.train()
-    assert impl.check() and impl.info["timed"] == "model.fit over 1 batches"
+    assert impl.check() and impl.info["timed"] == "model.fit over 1 full batch"
     pytest.importorskip("torch")
     peer = B.build_torch(C.Case("cpu", "small", 32, "torch", "train"))
     peer.train()
