@@ -52,6 +52,8 @@ PER_SAMPLE_SLICE = {"small": 128, "deep": 16, "large": 8}  # examples per call o
 QUICK_PER_SAMPLE_SLICE = 4
 SKLEARN_STEPS = 4  # Adam steps per partial_fit call: one epoch over a slice of 4 batches (at most 512 samples)
 SKLEARN_EPOCH = 512
+CUDA_EPOCH_BATCHES = 16  # batches per timed fit on a GPU (a graphed fit captures once per call)
+QUICK_CUDA_EPOCH_BATCHES = 3  # smoke mode: warm-up, capture, one replay
 TARGET_S = 1.0  # seconds of timed calls per case (within MIN_ROUNDS..MAX_ROUNDS)
 WAIT_IDLE_S = 15.0  # default wait for a quiet machine before each case (shared machines)
 IDLE_SHARE = 0.10  # "quiet": other processes use less than this fraction of all CPUs
@@ -131,11 +133,12 @@ class Case:
 
     @property
     def samples_per_call(self) -> int:
-        """Examples one timed call processes."""
+        """Examples one timed call processes: training calls are one epoch (one ``fit`` for nnxp) over a fixed
+        number of full batches, the same for every implementation on a device (see :func:`epoch_batches`)."""
         if self.impl == "per_sample":
             return QUICK_PER_SAMPLE_SLICE if self.quick else PER_SAMPLE_SLICE[self.model]
-        if self.impl.startswith("sklearn") and self.kind == "train" and not self.quick:
-            return self.batch * max(1, min(SKLEARN_STEPS, SKLEARN_EPOCH // self.batch))
+        if self.kind == "train":
+            return self.batch * epoch_batches(self.device, self.batch, self.quick)
         return self.batch
 
     @property
@@ -147,6 +150,16 @@ class Case:
     def flops_per_call(self) -> int:
         per = train_flops if self.kind == "train" else infer_flops
         return per(self.layers, self.batch) * (self.samples_per_call // self.batch)
+
+
+def epoch_batches(device: str, batch: int, quick: bool = False) -> int:
+    """Full batches per timed training call. CPU: scikit-learn's epoch of up to SKLEARN_STEPS batches and at most
+    SKLEARN_EPOCH samples (at least one batch). GPU: CUDA_EPOCH_BATCHES, so that what ``fit`` does once per call
+    (moving nothing: the data is on the device already; its checks, the shuffle, the one read of the metrics, and
+    with ``cuda_graph=True`` the warm-up batch and the capture) is shared as in a short epoch."""
+    if device == "cuda":
+        return QUICK_CUDA_EPOCH_BATCHES if quick else CUDA_EPOCH_BATCHES
+    return 1 if quick else max(1, min(SKLEARN_STEPS, SKLEARN_EPOCH // batch))
 
 
 def _importable(name: str) -> bool:

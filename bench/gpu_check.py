@@ -8,7 +8,9 @@ Runs, in this order, each as its own process so one failure does not hide the re
   1. the GPU-marked tests (fused-kernel parity against the NumPy references, model-level CPU/CUDA
      parity, out-of-memory handling, device moves);
   2. the GPU benchmark cases of bench/ (nnxp vs PyTorch eager and CUDA graphs);
-  3. bench.report over those results.
+  3. bench.report over those results;
+  4. the paper model's prediction beside each measured training step (bench/gpu_model.py over
+     bench/results/gpu-trace.json), for the GPUs the model knows (H100 SXM, H200).
 Writes DIR/report.json and DIR/REPORT.md with the GPU name, driver, CUDA, CuPy, date, test counts
 and the benchmark table. Exits 0 only when a GPU was found and every step passed.
 """
@@ -59,6 +61,52 @@ def run_selftest(out: Path) -> tuple[dict, dict]:
     return step, data.get("compile_seconds", {})
 
 
+# bench implementation -> the model's name for it (PyTorch with CUDA graphs has no model)
+MODELLED = {"nnxp": "eager", "nnxp_cudagraph": "graph", "torch": "torch"}
+
+
+def model_hardware(gpu_name: str | None) -> str | None:
+    """The model's name (bench/gpu_model.HARDWARE) for a GPU as CUDA or nvidia-smi names it; None when unmodelled
+    (an H100 PCIe or NVL has other clocks and bandwidth than the SXM part)."""
+    name = (gpu_name or "").upper()
+    if "H200" in name:
+        return "H200"
+    if "H100" in name and "PCIE" not in name and "NVL" not in name:
+        return "H100 SXM"
+    return None
+
+
+def side_by_side(bench: dict, trace: dict, gpu_name: str | None) -> list[str]:
+    """Markdown: each measured CUDA training case beside the model's predicted step (per optimizer step: a timed
+    call is one fit over steps_per_call batches, so its median is divided by that)."""
+    from bench import gpu_model
+
+    hw_name = model_hardware(gpu_name)
+    if hw_name is None:
+        return [f"No prediction: the model knows {', '.join(gpu_model.HARDWARE)}, this GPU is {gpu_name!r}."]
+    hw, assumptions = gpu_model.HARDWARE[hw_name], gpu_model.Assumptions()
+    lines = [f"Predicted (model: {hw_name}) and measured time per training step:", "",
+             "| model | batch | impl | predicted µs | measured µs | measured / predicted | predicted bound |",
+             "|---|---|---|---|---|---|---|"]
+    for record in sorted(bench.get("benchmarks", []), key=lambda r: (r["extra_info"]["model"],
+                                                                     r["extra_info"]["batch"],
+                                                                     r["extra_info"]["impl"])):
+        info = record["extra_info"]
+        if info.get("kind") != "train" or info.get("device") != "cuda" or info["impl"] not in MODELLED:
+            continue
+        measured = record["stats"]["median"] / max(1, info["steps_per_call"])
+        ops = next((case["batches"][info["batch"]].get(MODELLED[info["impl"]]) for case in trace.values()
+                    if list(case["layers"]) == list(info["layers"]) and info["batch"] in case["batches"]), None)
+        if ops is None:
+            lines.append(f"| {info['model']} | {info['batch']} | {info['impl']} | — | {measured * 1e6:,.1f} | — | "
+                         "not modelled |")
+            continue
+        p = gpu_model.predict(ops, hw, assumptions, gpu_model.IMPLS[MODELLED[info["impl"]]], info["batch"])
+        lines.append(f"| {info['model']} | {info['batch']} | {info['impl']} | {p.step_s * 1e6:,.1f} | "
+                     f"{measured * 1e6:,.1f} | {measured / p.step_s:.2f}x | {p.bound} |")
+    return lines
+
+
 def environment() -> dict:
     from nnxp.cli import info
 
@@ -102,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             files = [str(out / "gpu-bench.json")] + [str(p) for p in cpu_runs[-1:]]
             report["steps"]["report"] = _run([py, "-m", "bench.report", *files, "--out", str(out), "--quiet"],
                                              out / "report.log")
+            trace_path = ROOT / "bench" / "results" / "gpu-trace.json"
+            if trace_path.exists():
+                from bench import gpu_model
+
+                gpu = (env.get("nvidia_smi") or "").split(",")[0] or str(env.get("gpus"))
+                report["model_vs_measured"] = side_by_side(json.loads((out / "gpu-bench.json").read_text()),
+                                                           gpu_model.load_trace(trace_path), gpu)
+                print("\n".join(report["model_vs_measured"]), flush=True)
     ok = bool(env.get("gpus")) and all(step["returncode"] == 0 for step in report["steps"].values())
     report["ok"] = ok
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
@@ -112,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"- {name}: `{step['summary']}` (exit {step['returncode']}; log {step['log']})")
     if "error" in report:
         lines.append(f"- {report['error']}")
+    if report.get("model_vs_measured"):
+        lines += ["", *report["model_vs_measured"]]
     if report.get("kernel_compile_seconds"):
         lines.append(f"- first-call kernel compile (s): {report['kernel_compile_seconds']}")
     bench_md = out / "REPORT.md"

@@ -1,9 +1,12 @@
 """Training-step benchmarks: nnxp against PyTorch eager (and CUDA graphs), scikit-learn and a per-sample loop.
 
 Every implementation trains the same ReLU MLP with softmax cross-entropy on random data that is
-already on the device (two preallocated batches, used in turn). nnxp, PyTorch and scikit-learn take
-one Adam step per batch (lr 1e-3, epsilon 1e-7, Glorot-uniform weights, zero biases); the
-per-sample loop is the tutorial version: plain SGD, one example at a time, on a small slice.
+already on the device. A timed call is one epoch over a fixed number of full batches (conftest.epoch_batches):
+for nnxp it is ``model.fit`` itself (eager, and ``cuda_graph=True`` on a GPU), with accuracy as its metric;
+PyTorch runs the same epoch as a loop (permutation, gather, step, loss and correct counts summed on the device
+and read once); scikit-learn one ``partial_fit``. nnxp, PyTorch and scikit-learn take one Adam step per batch
+(lr 1e-3, epsilon 1e-7, Glorot-uniform weights, zero biases); the per-sample loop is the tutorial version:
+plain SGD, one example at a time, on a small slice.
 The builders here are shared with test_inference.py.
 """
 
@@ -40,70 +43,55 @@ def host_data(n: int, dim: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarra
     return rng.random((n, dim), dtype=np.float32), rng.integers(0, CLASSES, n)
 
 
-def two_batches(case: Case) -> list[tuple[np.ndarray, np.ndarray]]:
-    x, y = host_data(2 * case.batch, case.layers[0])
-    return [(x[i * case.batch : (i + 1) * case.batch], y[i * case.batch : (i + 1) * case.batch]) for i in range(2)]
-
-
 # --- nnxp ----------------------------------------------------------------------------------------
 
 
 def nnxp_model(case: Case) -> nnxp.Sequential:
-    """The case's ReLU MLP with a softmax output and Adam, built on the case's device."""
+    """The case's ReLU MLP with a softmax output, Adam and accuracy, built on the case's device."""
     sizes = case.layers
     layers = [nnxp.Dense(sizes[1], "relu", input_dim=sizes[0])]
     layers += [nnxp.Dense(units, "relu") for units in sizes[2:-1]] + [nnxp.Dense(sizes[-1], "softmax")]
     model = nnxp.Sequential(layers, device=case.device, seed=SEED, dtype="float32")
-    model.compile(nnxp.optimizers.Adam(learning_rate=LR, epsilon=EPS), "sparse_categorical_crossentropy")
+    model.compile(nnxp.optimizers.Adam(learning_rate=LR, epsilon=EPS), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     model.build(sizes[0])
     return model
 
 
-def build_nnxp(case: Case) -> Impl:
-    """The internals ``fit`` runs per batch: ``_train_step`` then ``optimizer.apply`` on the flat buffers."""
+def epoch_data(case: Case, device: str) -> tuple[Any, Any]:
+    """One timed call's rows (samples_per_call of them), already on `device` as nnxp arrays."""
+    x, y = host_data(case.samples_per_call, case.layers[0])
+    return nnxp.backend.to_device(x, device), nnxp.backend.to_device(y, device)
+
+
+def build_nnxp(case: Case, cuda_graph: bool = False) -> Impl:
+    """``model.fit`` itself: one epoch over the call's batches (shuffled, loss and accuracy accumulated on the
+    device and read once, as every fit does), with the data already on the device."""
     model = nnxp_model(case)
-    batches = itertools.cycle([model._prepare(x, y) for x, y in two_batches(case)])  # on the device
+    x, y = epoch_data(case, case.device)
+    batches = itertools.cycle([x[: case.batch], x[case.batch : 2 * case.batch] if len(x) >= 2 * case.batch
+                               else x[: case.batch]])
 
     def train() -> None:
-        xb, yb = next(batches)
-        model._train_step(xb, yb)
-        model.optimizer.apply(model.params, model.grads)
+        model.fit(x, y, epochs=1, batch_size=case.batch, verbose=0, cuda_graph=cuda_graph)
 
     def infer() -> None:
-        model._forward(next(batches)[0], training=False)  # logits: the fused softmax is left out
+        model._forward(next(batches), training=False)  # logits: the fused softmax is left out
 
     def check() -> bool:
-        return bool(model.device.xp.isfinite(model.params).all())
+        return all(np.isfinite(w).all() for w in model.get_weights())
 
-    return Impl(train, infer, model.device.synchronize, check, {"optimizer": "nnxp Adam (one flat buffer)"})
+    n = case.steps_per_call
+    timed = f"model.fit over {n} full batch{'es' if n != 1 else ''}"
+    if cuda_graph:
+        timed += ", cuda_graph=True (warm-up batch and capture in every call)"
+    info = {"optimizer": "nnxp Adam (one flat buffer)" + (" in a CUDA graph" if cuda_graph else ""), "timed": timed}
+    return Impl(train, infer, model.device.synchronize, check, info)
 
 
 def build_nnxp_cudagraph(case: Case) -> Impl:
-    """What ``fit(cuda_graph=True)`` runs per full batch: copy the batch into the static buffers, replay."""
-    from nnxp.training import EagerStep, GraphStep
-
-    model = nnxp_model(case)
-    batches = [model._prepare(x, y) for x, y in two_batches(case)]
-    static_x, static_y = batches[0][0].copy(), batches[0][1].copy()
-    model._train_step(static_x, static_y)  # warm-up: kernels built, optimizer state allocated
-    model.optimizer.apply(model.params, model.grads)
-    step = GraphStep(EagerStep(model), static_x.shape[0]).capture(static_x, static_y)
-    turn = itertools.cycle(batches)
-
-    def train() -> None:
-        xb, yb = next(turn)
-        static_x[...] = xb
-        static_y[...] = yb
-        step.run()
-
-    def infer() -> None:
-        model._forward(next(turn)[0], training=False)
-
-    def check() -> bool:
-        return bool(model.device.xp.isfinite(model.params).all())
-
-    return Impl(train, infer, model.device.synchronize, check,
-                {"optimizer": "nnxp Adam (one flat buffer) in a CUDA graph"})
+    """``model.fit(..., cuda_graph=True)``: the first full batch eager, the second captured, the rest replayed."""
+    return build_nnxp(case, cuda_graph=True)
 
 
 # --- PyTorch ------------------------------------------------------------------------------------
@@ -143,50 +131,74 @@ def torch_adam(torch, params, **kw):
         return torch.optim.Adam(params, lr=LR, eps=EPS, **kw), "default"
 
 
-def _torch_batches(torch, case: Case, device: str) -> list:
-    return [(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) for x, y in two_batches(case)]
+def _torch_epoch(torch, case: Case, device: str):
+    """What one nnxp fit call does, written in PyTorch: the call's rows on the device, a permutation, a gather
+    per full batch, the loss summed and the correct predictions counted on the device, both read once at the end.
+    ``run(step)`` runs `step(xb, yb) -> (loss, logits)` over the epoch and returns (mean loss, accuracy)."""
+    x, y = host_data(case.samples_per_call, case.layers[0])
+    x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    n, b = len(x), case.batch
+
+    def run(step) -> tuple[float, float]:
+        perm = torch.randperm(n, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        for lo in range(0, n - b + 1, b):
+            idx = perm[lo : lo + b]
+            loss, logits = step(x[idx], y[idx])
+            loss_sum += loss.detach()
+            correct += (logits.argmax(1) == y[idx]).sum()
+        return float(loss_sum) / (n // b), int(correct) / n
+
+    return x, y, run
 
 
 def build_torch(case: Case) -> Impl:
+    """An epoch loop as close to nnxp's fit as PyTorch eager gets (see _torch_epoch)."""
     torch = _torch()
     device = "cuda" if case.device == "cuda" else "cpu"
     net = torch_net(torch, case.layers, device)
     opt, variant = torch_adam(torch, net.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
-    batches = itertools.cycle(_torch_batches(torch, case, device))
+    x, _, epoch = _torch_epoch(torch, case, device)
+    batches = itertools.cycle([x[: case.batch], x[-case.batch :]])
+
+    def step(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        logits = net(xb)
+        loss = loss_fn(logits, yb)
+        loss.backward()
+        opt.step()
+        return loss, logits
 
     def train() -> None:
-        xb, yb = next(batches)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(net(xb), yb).backward()
-        opt.step()
+        epoch(step)
 
     def infer() -> None:
         with torch.inference_mode():
-            net(next(batches)[0])
+            net(next(batches))
 
     def check() -> bool:
         return all(bool(torch.isfinite(p).all()) for p in net.parameters())
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     return Impl(train, infer, sync, check, {"optimizer": f"torch Adam ({variant})", "torch_threads":
-                                             torch.get_num_threads()})
+                                             torch.get_num_threads(), "timed": "an epoch loop like fit's"})
 
 
 def build_torch_cudagraph(case: Case) -> Impl:
-    """The whole step (forward, backward, Adam) captured once in a CUDA graph and replayed.
+    """The whole step (forward, backward, Adam) captured once in a CUDA graph and replayed, in the same epoch loop.
 
-    Follows PyTorch's whole-network capture recipe: warm up on a side stream, capture with
-    ``capturable`` Adam, then copy each batch into the static inputs and replay. Capture happens
-    in the first call, so it is part of the first-call latency.
+    Follows PyTorch's whole-network capture recipe: warm up on a side stream, capture with ``capturable`` Adam,
+    then copy each batch into the static inputs and replay. Capture happens in the first call only (it is part
+    of the first-call latency); nnxp's fit captures again in every call.
     """
     torch = _torch()
     net = torch_net(torch, case.layers, "cuda")
     opt, variant = torch_adam(torch, net.parameters(), capturable=True)
     loss_fn = torch.nn.CrossEntropyLoss()
-    data = _torch_batches(torch, case, "cuda")
-    batches = itertools.cycle(data)
-    static_x, static_y = torch.empty_like(data[0][0]), torch.empty_like(data[0][1])
+    x, y, epoch = _torch_epoch(torch, case, "cuda")
+    static_x, static_y = torch.empty_like(x[: case.batch]), torch.empty_like(y[: case.batch])
     graphs: dict[str, Any] = {}
 
     def warm_up(fn) -> None:
@@ -197,31 +209,37 @@ def build_torch_cudagraph(case: Case) -> Impl:
                 fn()
         torch.cuda.current_stream().wait_stream(side)
 
-    def step() -> None:
-        loss_fn(net(static_x), static_y).backward()
+    def body():
+        logits = net(static_x)
+        loss = loss_fn(logits, static_y)
+        loss.backward()
         opt.step()
+        return loss, logits
 
-    def train() -> None:
-        xb, yb = next(batches)
+    def step(xb, yb):
         static_x.copy_(xb)
         static_y.copy_(yb)
         if "train" not in graphs:
-            warm_up(lambda: (opt.zero_grad(set_to_none=True), step()))
+            warm_up(lambda: (opt.zero_grad(set_to_none=True), body()))
             graph = torch.cuda.CUDAGraph()
             opt.zero_grad(set_to_none=True)  # backward then allocates .grad from the graph's pool
             with torch.cuda.graph(graph):
-                step()
+                graphs["out"] = body()
             graphs["train"] = graph
         graphs["train"].replay()
+        return graphs["out"]
+
+    def train() -> None:
+        epoch(step)
 
     def infer() -> None:
-        static_x.copy_(next(batches)[0])
+        static_x.copy_(x[: case.batch])
         if "infer" not in graphs:
             with torch.inference_mode():
                 warm_up(lambda: net(static_x))
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    graphs["out"] = net(static_x)
+                    graphs["infer_out"] = net(static_x)
             graphs["infer"] = graph
         graphs["infer"].replay()
 
@@ -229,7 +247,8 @@ def build_torch_cudagraph(case: Case) -> Impl:
         return all(bool(torch.isfinite(p).all()) for p in net.parameters())
 
     return Impl(train, infer, torch.cuda.synchronize, check,
-                {"optimizer": f"torch Adam ({variant}, capturable) in a CUDA graph"})
+                {"optimizer": f"torch Adam ({variant}, capturable) in a CUDA graph", "timed": "an epoch loop like "
+                                                                                              "fit's, replaying"})
 
 
 # --- scikit-learn ---------------------------------------------------------------------------------

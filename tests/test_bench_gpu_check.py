@@ -38,3 +38,40 @@ def test_selftest_runs_in_a_child_and_its_compile_times_are_reported(tmp_path, m
 def test_selftest_without_a_gpu_fails_its_step_in_a_real_child(tmp_path):
     step, seconds = gpu_check.run_selftest(tmp_path)
     assert step["returncode"] == 1 and "environment" in step["summary"] and seconds == {}
+
+
+def _record(impl, batch, median, steps, layers=(784, 512, 256, 10), model="small", device="cuda", kind="train"):
+    return {"extra_info": {"device": device, "model": model, "layers": list(layers), "batch": batch, "impl": impl,
+                           "kind": kind, "steps_per_call": steps}, "stats": {"median": median}}
+
+
+def test_model_hardware_names_the_modelled_gpus_only():
+    assert gpu_check.model_hardware("NVIDIA H100 80GB HBM3") == "H100 SXM"
+    assert gpu_check.model_hardware("NVIDIA H200") == "H200"
+    assert gpu_check.model_hardware("NVIDIA H100 PCIe") is None and gpu_check.model_hardware(None) is None
+
+
+def test_prediction_and_measurement_side_by_side():
+    from bench import gpu_model
+    from bench.gpu_trace import Op
+
+    # 30 tiny kernels: launch-bound, 85 + 30 x 5 = 235 µs per eager step; the graph: 30 + 5 = 35 µs of host,
+    # 30 x (2 + 0.5) = 75 µs of device
+    tiny = [Op("kernel", "k", bytes=64)] * 30
+    trace = {"small": {"layers": [784, 512, 256, 10],
+                       "batches": {128: {"eager": tiny, "graph": [Op("graph", "cudaGraphLaunch", nodes=tiny)]}}}}
+    bench = {"benchmarks": [
+        _record("nnxp", 128, 16 * 470e-6, 16),  # 470 µs per step: 2.00x the prediction
+        _record("nnxp_cudagraph", 128, 16 * 75e-6, 16),  # exactly as predicted
+        _record("torch_cudagraph", 128, 1e-3, 16),  # no model: left out
+        _record("nnxp", 512, 16 * 1e-3, 16),  # no trace at this batch
+        _record("nnxp", 128, 1.0, 1, device="cpu"),  # a CPU case: left out
+    ]}
+    lines = gpu_check.side_by_side(bench, trace, "NVIDIA H100 80GB HBM3")
+    assert lines[0] == "Predicted (model: H100 SXM) and measured time per training step:"
+    assert "| small | 128 | nnxp | 235.0 | 470.0 | 2.00x | launches (host) |" in lines
+    assert "| small | 128 | nnxp_cudagraph | 75.0 | 75.0 | 1.00x | kernel latency |" in lines
+    assert "| small | 512 | nnxp | — | 1,000.0 | — | not modelled |" in lines
+    assert len(lines) == 4 + 3
+    assert gpu_model.HARDWARE["H100 SXM"].hbm_bytes_s == 3.35e12
+    assert gpu_check.side_by_side(bench, trace, "Tesla T4")[0].startswith("No prediction")
