@@ -474,6 +474,27 @@ PAIRS["dropout_forward/mask"] = _pair_dropout_forward(True)
 PAIRS["dropout_forward/nomask"] = _pair_dropout_forward(False)
 PAIRS["dropout_backward"] = _pair_dropout_backward()
 
+# the registered op (nnxp.ops._cuda.OPS) each pair checks, by the pair's first name part (optim/<rule>_...: <rule>)
+PAIR_OPS = {"bias_act": "bias_activation_forward", "act_backward": "activation_backward_bias",
+            "dense_forward": "dense_forward", "dense_backward": "dense_backward",
+            "softmax_xent": "softmax_cross_entropy", "sparse_softmax_xent": "sparse_softmax_cross_entropy",
+            "sigmoid_bce": "sigmoid_binary_cross_entropy", "dropout_forward": "dropout_forward",
+            "dropout_backward": "dropout_backward"}
+
+
+def _pair_op(key: str) -> str:
+    head, *rest = key.split("/")
+    return rest[0].split("_")[0] if head == "optim" else PAIR_OPS[head]
+
+
+def test_every_registered_op_has_an_override_and_a_parity_pair():
+    """Adding a fused op is the kernel, its override beside the reference (an Op), and a pair here."""
+    assert {_pair_op(key) for key in PAIRS} == set(_cuda.OPS)
+    for name, op in _cuda.OPS.items():
+        assert op.fused is not None and callable(op.ref), name
+        assert op.ref is not op.fused and op.__name__ == name
+
+
 PARAMS = [
     pytest.param(name, specials, id=f"{name}{'/specials' if specials else ''}")
     for name, pair in PAIRS.items()
@@ -925,7 +946,7 @@ def fake_cublas(tmp_path, fake_cupy, monkeypatch):
     monkeypatch.setattr(fake_cupy.cuda, "memory", SimpleNamespace(Memory=Memory), raising=False)
     monkeypatch.setattr(fake_cupy.cuda.device, "get_cublas_handle", lambda: 1234, raising=False)
     monkeypatch.setattr(fake_cupy.cuda, "get_current_stream", lambda: SimpleNamespace(ptr=77), raising=False)
-    monkeypatch.setattr(_cuda, "_CUBLAS_DEVICES", {})
+    monkeypatch.setattr(_cublas, "_CUBLAS_DEVICES", {})
     return lib
 
 

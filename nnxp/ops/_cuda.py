@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import re
 import threading
 import time
 import warnings
@@ -83,11 +84,11 @@ class Op:
         self.__name__ = self.__qualname__ = name or ref.__name__.removesuffix("_ref")
         self.__doc__ = ref.__doc__
         self.__wrapped__ = ref
-        OPS[self.__name__] = self
 
     def override(self, wrapper: Callable) -> Callable:
         """Register `wrapper` as this op's CUDA override (a decorator); it returns NotImplemented to decline."""
         self.fused = _fused(wrapper)
+        OPS[self.__name__] = self
         return self.fused
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -102,29 +103,17 @@ class Op:
         return f"<nnxp op {self.__name__}>"
 
 
-# name -> Op: every public op with a CUDA override (filled as nnxp.ops.dense, loss, optim and dropout import)
+# name -> Op: every op with a CUDA override (filled as nnxp.ops.dense, loss, optim and dropout import)
 OPS: dict[str, Op] = {}
 
 
-# Every kernel template in kernels.cu; CuPy instantiates each as name<float> or name<double>.
-KERNELS = (
-    "nnxp_bias_act_forward",
-    "nnxp_softmax_forward",
-    "nnxp_act_backward_bias",
-    "nnxp_column_sum",
-    "nnxp_softmax_backward",
-    "nnxp_softmax_xent",
-    "nnxp_sparse_softmax_xent",
-    "nnxp_sigmoid_bce",
-    "nnxp_sgd",
-    "nnxp_rmsprop",
-    "nnxp_adagrad",
-    "nnxp_adadelta",
-    "nnxp_adam",
-    "nnxp_adamax",
-    "nnxp_dropout_forward",
-    "nnxp_dropout_backward",
-)
+def _source() -> str:
+    return importlib.resources.files(__package__).joinpath("kernels.cu").read_text(encoding="utf-8")
+
+
+# Every kernel template in kernels.cu, read from its source (so a new kernel needs no entry here); CuPy
+# instantiates each as name<float> or name<double>. Reading the file compiles nothing.
+KERNELS: tuple[str, ...] = tuple(re.findall(r"__global__\s+void\s+(nnxp_\w+)\s*\(", _source()))
 
 # --fmad=false: no multiply-add contraction, so every step rounds as the reference's separate ufuncs do
 # (the kernels are memory-bound; the FMA would buy nothing measurable).
@@ -147,9 +136,6 @@ _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _BLOCK = 256  # threads per block for the 1-D kernels (a multiple of 32: the reductions use whole warps)
 _BLOCKS_PER_SM = 8  # grid cap for grid-stride kernels: 8 x 256 threads fill an SM; larger inputs loop
 
-
-def _source() -> str:
-    return importlib.resources.files(__package__).joinpath("kernels.cu").read_text(encoding="utf-8")
 
 
 class LazyKernels:

@@ -46,6 +46,15 @@ def _bias_act_ref(z: Any, b: Any | None, activation: str, z_out: Any) -> tuple[A
     return op.forward(z_out, z), z_out
 
 
+def activation_backward_bias_ref(dy: Any, y: Any, z: Any | None, activation: str, db: Any | None = None) -> Any:
+    """``dy <- dL/dz`` in place and ``db <- dz.sum(axis=0)``; returns dz (= dy): dense_backward_ref before its
+    matmuls."""
+    dz = ACTIVATION_OPS[activation].backward(dy, y, z, dy)  # (B, n_out), in place
+    if db is not None:
+        dz.sum(axis=0, out=db)
+    return dz
+
+
 def dense_backward_ref(
     dy: Any,
     x: Any,
@@ -64,10 +73,8 @@ def dense_backward_ref(
     computed when `need_dx` is False (the first layer needs none).
     """
     xp = xp_of(dy)
-    dz = ACTIVATION_OPS[activation].backward(dy, y, z, dy)  # (B, n_out), in place
+    dz = activation_backward_bias_ref(dy, y, z, activation, db)  # (B, n_out), in place
     xp.matmul(x.T, dz, out=dw)  # (n_in, n_out)
-    if db is not None:
-        dz.sum(axis=0, out=db)
     if not need_dx:
         return None
     return xp.matmul(dz, w.T, out=dx_out)  # (B, n_in)
@@ -232,15 +239,6 @@ def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx
     if not need_dx:
         return None
     return np.matmul(dy, w.T, out=dx_out)  # (B, n_in)
-
-
-def activation_backward_bias_ref(dy: Any, y: Any, z: Any | None, activation: str, db: Any | None = None) -> Any:
-    """``dy <- dL/dz`` in place and ``db <- dz.sum(axis=0)``; returns dz (= dy): dense_backward_ref before its
-    matmuls."""
-    dz = ACTIVATION_OPS[activation].backward(dy, y, z, dy)  # (B, n_out), in place
-    if db is not None:
-        dz.sum(axis=0, out=db)
-    return dz
 
 
 # The public entry points: the fused CUDA kernels (below) for the CuPy arrays they handle, the compiled CPU loops

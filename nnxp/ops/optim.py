@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import is_cupy_array, sum_of_squares, xp_of
+from ..backend import is_cupy_array, xp_of
 from ..errors import NnxpError
 from . import _cpu, _cuda
 from ._cuda import Op
+from .reduce import sum_of_squares
 
 
 def inverse_step_size(alpha: float) -> float:
@@ -474,7 +475,7 @@ def adadelta_scalars(dtype, lr, rho, epsilon, weight_decay=0.0) -> tuple:
 
 def adam_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -> tuple:
     t = np.dtype(dtype).type
-    alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref
+    alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref, on the host
     return t(1.0 - beta_1), t(1.0 - beta_2), t(epsilon), t(inverse_step_size(alpha)), t(1.0 - lr * weight_decay)
 
 
