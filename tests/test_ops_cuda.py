@@ -163,17 +163,6 @@ def _fused(result: Any) -> Any:
     return result
 
 
-def _bias_act_ref(z, b, act, z_out):
-    """The tail of dense_forward_ref after its matmul (the same lines)."""
-    op = ACTIVATION_OPS[act]
-    if b is not None:
-        z += b
-    if not op.needs_z:
-        return op.forward(z, z), None
-    z_out[...] = z
-    return op.forward(z_out, z), z_out
-
-
 def _pair_bias_act(act: str, use_bias: bool) -> Pair:
     needs_z = ACTIVATION_OPS[act].needs_z
 
@@ -191,18 +180,10 @@ def _pair_bias_act(act: str, use_bias: bool) -> Pair:
 
     return Pair(
         cuda=lambda z, b, z_out: _drop_none(*_fused(D.bias_activation_forward.fused(z, b, act, z_out))),
-        ref=lambda z, b, z_out: _drop_none(*_bias_act_ref(z, b, act, z_out)),
+        ref=lambda z, b, z_out: _drop_none(*D.bias_activation_forward.ref(z, b, act, z_out)),
         make=make,
         slack=slack,
     )
-
-
-def _act_backward_ref(dy, y, z, act, db):
-    """activation backward and bias gradient: the first lines of dense_backward_ref."""
-    dz = ACTIVATION_OPS[act].backward(dy, y, z, dy)
-    if db is not None:
-        dz.sum(axis=0, out=db)
-    return dz, db
 
 
 def _backward_inputs(rng, shape, dtype, act, specials):
@@ -234,7 +215,7 @@ def _pair_act_backward(act: str, use_bias: bool) -> Pair:
 
     return Pair(
         cuda=lambda dy, y, z, db: _drop_none(_fused(D.activation_backward_bias.fused(dy, y, z, act, db)), db),
-        ref=lambda dy, y, z, db: _drop_none(*_act_backward_ref(dy, y, z, act, db)),
+        ref=lambda dy, y, z, db: _drop_none(D.activation_backward_bias.ref(dy, y, z, act, db), db),
         make=make,
         slack=slack,
     )

@@ -73,8 +73,8 @@ class Op:
 
     ``op(*args)`` runs the override (:meth:`override`) for the CuPy arrays its kernel takes, else `host`
     (a compiled CPU loop that falls back to `ref` itself; `ref` when there is none). NumPy inputs pay one
-    isinstance check. Every Op is listed in :data:`OPS`, which the parity tests walk: each registered
-    override is compared with its reference.
+    isinstance check. An Op with an override is listed in :data:`OPS`, which the parity tests walk: each
+    registered override is compared with its reference (tests/test_ops_cuda.py).
     """
 
     def __init__(self, ref: Callable, host: Callable | None = None, name: str | None = None) -> None:

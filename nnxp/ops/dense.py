@@ -29,10 +29,12 @@ def dense_forward_ref(
     needs it (GELU); otherwise it is None.
     """
     z = xp_of(x).matmul(x, w, out=out)  # (B, n_out)
-    return _bias_act_ref(z, b, activation, z_out)
+    return bias_activation_forward_ref(z, b, activation, z_out)
 
 
-def _bias_act_ref(z: Any, b: Any | None, activation: str, z_out: Any) -> tuple[Any, Any | None]:
+def bias_activation_forward_ref(
+    z: Any, b: Any | None, activation: str, z_out: Any = None
+) -> tuple[Any, Any | None]:
     """The forward epilogue: ``f(z + b)`` in place on the GEMM output `z`; returns ``(y, z kept or None)``."""
     op = ACTIVATION_OPS[activation]
     if b is not None:
@@ -220,7 +222,7 @@ def _dense_forward_cpu(
     if not _cpu.call("bias_act", _bias_act_loop, z, z[0] if b is None else b, b is not None, ACT_CODES[activation],
                      z_out if needs_z else z, _constants(z.dtype), PARALLEL_CHUNK,
                      parallel=_threaded(z)):
-        return _bias_act_ref(z, b, activation, z_out)
+        return bias_activation_forward_ref(z, b, activation, z_out)
     return z, (z_out if needs_z else None)
 
 
@@ -246,7 +248,7 @@ def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx
 dense_forward = Op(dense_forward_ref, _dense_forward_cpu)
 dense_backward = Op(dense_backward_ref, _dense_backward_cpu)
 # the epilogues on their own (the tail of dense_forward_ref after its matmul; the head of dense_backward_ref)
-bias_activation_forward = Op(_bias_act_ref, name="bias_activation_forward")
+bias_activation_forward = Op(bias_activation_forward_ref)
 activation_backward_bias = Op(activation_backward_bias_ref)
 
 
