@@ -82,8 +82,7 @@ class Op:
         self.host = host if host is not None else ref
         self.fused: Callable | None = None  # the override: returns NotImplemented for what its kernel declines
         self.__name__ = self.__qualname__ = name or ref.__name__.removesuffix("_ref")
-        self.__doc__ = ref.__doc__
-        self.__wrapped__ = ref
+        self.__doc__, self.__module__, self.__wrapped__ = ref.__doc__, ref.__module__, ref  # as functools.wraps
 
     def override(self, wrapper: Callable) -> Callable:
         """Register `wrapper` as this op's CUDA override (a decorator); it returns NotImplemented to decline."""
