@@ -82,7 +82,10 @@ class Op:
         self.host = host if host is not None else ref
         self.fused: Callable | None = None  # the override: returns NotImplemented for what its kernel declines
         self.__name__ = self.__qualname__ = name or ref.__name__.removesuffix("_ref")
-        self.__doc__, self.__module__, self.__wrapped__ = ref.__doc__, ref.__module__, ref  # as functools.wraps
+        self.__doc__, self.__module__ = ref.__doc__, ref.__module__
+        # what runs when no override takes the inputs (as functools.wraps made it for override() before): the
+        # model's weighted loss calls it directly, since the fused loss kernels take no weights
+        self.__wrapped__ = self.host
 
     def override(self, wrapper: Callable) -> Callable:
         """Register `wrapper` as this op's CUDA override (a decorator); it returns NotImplemented to decline."""
