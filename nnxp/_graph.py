@@ -13,7 +13,7 @@ What a replay needs, and how it gets it:
 - No host synchronisation inside the step: the loss and metric sums stay on the device, and matmuls go to
   cuBLAS directly (CuPy refuses cuBLAS calls while capturing).
 Replayed steps run the same kernels in the same order as eager ones, and the matmuls call the same cublasGemmEx
-with the compute type and algorithm CuPy's eager matmul picks (nnxp/ops/_cuda.py), on a workspace set before
+with the compute type and algorithm CuPy's eager matmul picks (nnxp/ops/_cublas.py), on a workspace set before
 the capture.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .backend import xp_of
-from .ops import _cuda
+from .ops import _cublas
 
 _HP_SIZE = 8  # room for the largest optimizer's scalars (RMSprop: 6)
 
@@ -49,7 +49,7 @@ class GraphedStep:
         self._pool = cp.cuda.MemoryPool()
         self._core = self._core_buffers()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
-        with stream, cp.cuda.using_allocator(self._pool.malloc), _cuda.capturing():
+        with stream, cp.cuda.using_allocator(self._pool.malloc), _cublas.capturing():
             stream.begin_capture()
             try:
                 loss, sums = compute()
@@ -68,7 +68,7 @@ class GraphedStep:
 
     def _core_buffers(self, params: Any = None, grads: Any = None) -> list[Any]:
         return [self.params if params is None else params, self.grads if grads is None else grads,
-                *self.optimizer.buffers()]
+                *self.optimizer.step_buffers()]
 
     def still_bound(self, xb: Any, params: Any, grads: Any) -> bool:
         """False once the model or optimizer replaced a buffer the graph writes (`params`, `grads`: the model's

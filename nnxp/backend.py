@@ -318,18 +318,6 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def sum_of_squares(x: Any) -> Any:
-    """``x . x`` over all of `x` as a 0-d array on its device.
-
-    NumPy's dot (BLAS) is the fast way on the CPU; on CUDA an elementwise square and a reduction instead of
-    cuBLAS, since CuPy refuses cuBLAS calls while a CUDA graph is being captured.
-    """
-    flat = x.reshape(-1)
-    if is_cupy_array(x):
-        return (flat * flat).sum()
-    return np.asarray(np.dot(flat, flat))
-
-
 # cuBLAS and CUDA runtime status codes that mean "out of device memory": CUBLAS_STATUS_ALLOC_FAILED
 # (cupy_backends/cuda/libs/cublas.pyx STATUS) and cudaErrorMemoryAllocation (CUDARuntimeError.status).
 _CUBLAS_STATUS_ALLOC_FAILED = 3

@@ -18,9 +18,9 @@ from . import activations, initializers, regularizers
 from ._validation import as_array, positive_int
 from .backend import device_of, is_cupy_array, to_numpy, xp_of
 from .errors import NnxpError, NnxpTypeError, reject_unknown_arguments
-from .ops import _cuda
 from .ops import activation as A
 from .ops import dense as D
+from .ops import dropout as _dropout
 
 
 class _Buffers:
@@ -316,7 +316,7 @@ class Dropout(Layer):
             with device_of(x).use():
                 xp.add(state[1:], np.uint64(1), out=state[1:])  # next step, on the device (replays too)
             self._mask = state
-            return _cuda.dropout(x, self.rate, state, out)[0]
+            return _dropout.dropout_forward(x, self.rate, state, out)[0]
         mask = self._buffers.get("mask", xp, x.shape, x.dtype)
         self.rng.random(out=mask, dtype=mask.dtype)  # uniform [0, 1)
         # keep where u >= rate, scaled so the expected activation is unchanged
@@ -329,7 +329,7 @@ class Dropout(Layer):
         if self._mask is None:
             return dy
         if self._mask is self._state:  # CUDA: the same (seed, step) regenerates the forward's mask
-            return _cuda.dropout_grad(dy, self.rate, self._state, dy)
+            return _dropout.dropout_backward(dy, self.rate, self._state, dy)
         dy *= self._mask
         return dy
 

@@ -17,7 +17,6 @@ import numpy as np
 from . import schedules
 from .backend import device_of, to_numpy, xp_of
 from .errors import NnxpError, NnxpTypeError, did_you_mean, reject_unknown_arguments
-from .ops import _cuda
 from .ops import optim as O
 from .schedules import LearningRateSchedule
 
@@ -54,6 +53,9 @@ class Optimizer:
     """Base class: learning rate (float or schedule), clipping, weight decay, lazy flat state."""
 
     name = "optimizer"
+    # the update (nnxp.ops.optim): it names its scalars once, read here from the same-named attributes
+    rule: O.Update | None = None
+    buffers: tuple[str, ...] = ()  # the state slots `rule` takes, in its order
 
     def __init__(
         self,
@@ -121,12 +123,28 @@ class Optimizer:
         """One update of the flat `params` from the flat `grads` (which may be clipped in place)."""
         if self._tmp is None or self._tmp.shape != params.shape or xp_of(self._tmp) is not xp_of(params):
             self.build(params)
-        lr = self.current_learning_rate()
         self._clip(grads)
+        self._update(params, grads, self._advance())
+
+    def _advance(self) -> dict[str, Any]:
+        """This step's named scalars, then one more step counted: the one place ``iterations`` moves."""
+        if self.rule is None:
+            raise NotImplementedError(f"{type(self).__name__} names no update rule (`rule`, from nnxp.ops.optim)")
+        lr = self.current_learning_rate()  # a schedule is evaluated before the count moves
         self.iterations += 1
-        if self.weight_decay:
-            O.weight_decay(params, lr, self.weight_decay)
-        self._update(params, grads, lr)
+        return self._scalars(lr)
+
+    def _scalars(self, lr: float) -> dict[str, Any]:
+        """The named scalars `rule` declares: the learning rate, the step count and this optimizer's attributes."""
+        named = {"lr": lr, "step": self.iterations}
+        return {name: named[name] if name in named else getattr(self, name) for name in self.rule.scalars}
+
+    def _buffers(self) -> tuple:
+        """The state buffers in the order `rule` takes them (None for a slot this configuration lacks)."""
+        return tuple(self.state.get(slot) for slot in self.buffers)
+
+    def _update(self, params: Any, grads: Any, scalars: dict[str, Any], hp: Any = None) -> None:
+        O.update(self.rule, params, grads, self._buffers(), self._tmp, scalars, self.weight_decay or 0.0, hp=hp)
 
     def _clip(self, grads: Any) -> None:
         """Clip `grads` in place, on its device and without a host sync (so a CUDA graph can capture it too)."""
@@ -141,15 +159,7 @@ class Optimizer:
         if self.global_clipnorm is not None:
             O.clip_by_global_norm(grads, self.global_clipnorm)
 
-    def _update(self, p: Any, g: Any, lr: float) -> None:
-        op, args = self._op_args(lr)
-        getattr(O, op)(p, g, *args)
-
-    def _op_args(self, lr: float) -> tuple[str, tuple]:
-        """The nnxp.ops.optim op of this optimizer and its arguments after (p, g)."""
-        raise NotImplementedError
-
-    def buffers(self) -> list[Any]:
+    def step_buffers(self) -> list[Any]:
         """Every device buffer a step writes besides the parameters and gradients (state and scratch): a captured
         step (nnxp._graph) must be captured again when one of them is replaced."""
         return [self._tmp, *self.state.values()]
@@ -157,22 +167,15 @@ class Optimizer:
     # --- a step replayed in a CUDA graph: the host half runs every step, the device half is captured once ----
     def graph_scalars(self, params: Any) -> np.ndarray:
         """Advance one step on the host and return the kernel's scalars for it (written to the graph's buffer)."""
-        lr = self.current_learning_rate()
-        self.iterations += 1
-        op, args = self._op_args(lr)
-        scalars = _cuda.step_scalars(op, params.dtype, *args, weight_decay=self.weight_decay or 0.0)
-        return np.array(_cuda.device_scalars(scalars), dtype=params.dtype)
+        scalars = self._advance()
+        floats = self.rule.device_scalars(params.dtype, self._buffers(), scalars, self.weight_decay or 0.0)
+        return np.array(floats, dtype=params.dtype)
 
     def graph_apply(self, params: Any, grads: Any, hp: Any) -> None:
-        """The device half of :meth:`apply` for capture: clipping, then one kernel reading its scalars from `hp`.
-
-        Weight decay is folded into the kernel. Needs built state (a step ran before) and CuPy buffers.
-        """
+        """The device half of :meth:`apply` for capture: clipping, then the one update, its kernel reading its
+        scalars from `hp`. Needs built state (a step ran before) and CuPy buffers; counts no step."""
         self._clip(grads)
-        op, args = self._op_args(self.current_learning_rate())
-        done = getattr(_cuda, op)(params, grads, *args, weight_decay=self.weight_decay or 0.0, hp=hp)
-        if done is NotImplemented:
-            raise NnxpError(f"the fused {op} kernel cannot run on these buffers, so this step cannot be captured")
+        self._update(params, grads, self._scalars(self.current_learning_rate()), hp=hp)
 
     # --- config and state (for save / load and device moves) ---------------------------------
     def get_config(self) -> dict:
@@ -224,6 +227,8 @@ class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum."""
 
     name = "sgd"
+    rule = O.sgd
+    buffers = ("velocity",)  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False, **kwargs) -> None:
         super().__init__(learning_rate, **kwargs)
@@ -233,9 +238,6 @@ class SGD(Optimizer):
     def _slots(self):
         return ["velocity"] if self.momentum else []
 
-    def _op_args(self, lr):
-        return "sgd", (self.state.get("velocity"), self._tmp, lr, self.momentum, self.nesterov)
-
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
 
@@ -244,6 +246,8 @@ class RMSprop(Optimizer):
     """Divide the gradient by a running RMS of recent gradients."""
 
     name = "rmsprop"
+    rule = O.rmsprop
+    buffers = ("avg_sq", "momentum", "avg_grad")  # state slots in the rule's order
 
     def __init__(
         self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7, centered=False, **kw
@@ -257,11 +261,6 @@ class RMSprop(Optimizer):
     def _slots(self):
         return ["avg_sq"] + (["momentum"] if self.momentum else []) + (["avg_grad"] if self.centered else [])
 
-    def _op_args(self, lr):
-        s = self.state
-        return "rmsprop", (s["avg_sq"], s.get("momentum"), s.get("avg_grad"), self._tmp, lr, self.rho, self.momentum,
-                           self.epsilon)
-
     def _hyper(self):
         return {"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon, "centered": self.centered}
 
@@ -270,6 +269,8 @@ class Adagrad(Optimizer):
     """Per-parameter rates from the sum of all past squared gradients."""
 
     name = "adagrad"
+    rule = O.adagrad
+    buffers = ("accumulator",)  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
@@ -282,9 +283,6 @@ class Adagrad(Optimizer):
     def _initial_value(self, slot):
         return self.initial_accumulator_value
 
-    def _op_args(self, lr):
-        return "adagrad", (self.state["accumulator"], self._tmp, lr, self.epsilon)
-
     def _hyper(self):
         return {"initial_accumulator_value": self.initial_accumulator_value, "epsilon": self.epsilon}
 
@@ -293,6 +291,8 @@ class Adadelta(Optimizer):
     """Adagrad's successor: running averages of squared gradients and squared updates."""
 
     name = "adadelta"
+    rule = O.adadelta
+    buffers = ("accumulated_grad", "accumulated_delta")  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, rho: float = 0.95, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
@@ -302,10 +302,6 @@ class Adadelta(Optimizer):
     def _slots(self):
         return ["accumulated_grad", "accumulated_delta"]
 
-    def _op_args(self, lr):
-        s = self.state
-        return "adadelta", (s["accumulated_grad"], s["accumulated_delta"], self._tmp, lr, self.rho, self.epsilon)
-
     def _hyper(self):
         return {"rho": self.rho, "epsilon": self.epsilon}
 
@@ -314,6 +310,8 @@ class Adam(Optimizer):
     """Adaptive moments (Kingma & Ba) with bias correction."""
 
     name = "adam"
+    rule = O.adam
+    buffers = ("m", "v")  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
@@ -326,10 +324,6 @@ class Adam(Optimizer):
     def _slots(self):
         return ["m", "v"]
 
-    def _op_args(self, lr):
-        return "adam", (self.state["m"], self.state["v"], self._tmp, lr, self.beta_1, self.beta_2, self.epsilon,
-                        self.iterations)
-
     def _hyper(self):
         return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
@@ -338,13 +332,11 @@ class Adamax(Adam):
     """Adam with the infinity norm in place of the second moment."""
 
     name = "adamax"
+    rule = O.adamax
+    buffers = ("m", "u")  # state slots in the rule's order
 
     def _slots(self):
         return ["m", "u"]
-
-    def _op_args(self, lr):
-        return "adamax", (self.state["m"], self.state["u"], self._tmp, lr, self.beta_1, self.beta_2, self.epsilon,
-                          self.iterations)
 
 
 class AdamW(Adam):

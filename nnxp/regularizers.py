@@ -9,8 +9,9 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from .backend import sum_of_squares, xp_of
+from .backend import xp_of
 from .errors import NnxpError, NnxpTypeError, did_you_mean
+from .ops.reduce import sum_of_squares
 
 
 def _check_factor(name: str, value: Any) -> float:

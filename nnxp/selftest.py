@@ -24,6 +24,7 @@ from . import backend, training
 from ._version import __version__
 from .ops import _cuda
 from .ops import dense as D
+from .ops import dropout as DR
 from .ops import loss as L
 from .ops import optim as O
 from .ops.activation import ACTIVATION_OPS
@@ -133,7 +134,7 @@ def _op_cases(rng: np.random.Generator, dtype: np.dtype) -> dict[str, tuple[Call
             return lambda x, w, b: [a for a in fn(x, w, b, act) if a is not None]
 
         cases[f"dense_forward/{act}"] = (lambda: (normal(rows, k), normal(k, cols, scale=0.3), normal(cols)),
-                                         fwd(_cuda.dense_forward), fwd(D.dense_forward_ref))
+                                         fwd(D.dense_forward.fused), fwd(D.dense_forward_ref))
 
         def bwd(fn, act=act):
             def call(dy, x, w):
@@ -145,13 +146,13 @@ def _op_cases(rng: np.random.Generator, dtype: np.dtype) -> dict[str, tuple[Call
             return call
 
         cases[f"dense_backward/{act}"] = (lambda: (normal(rows, cols), normal(rows, k), normal(k, cols, scale=0.3)),
-                                          bwd(_cuda.dense_backward), bwd(D.dense_backward_ref))
+                                          bwd(D.dense_backward.fused), bwd(D.dense_backward_ref))
     onehot = lambda: np.eye(cols, dtype=dtype)[rng.integers(0, cols, rows)]  # noqa: E731
     for name, fused, ref, target in (
-        ("softmax_cross_entropy", _cuda.softmax_cross_entropy, L.softmax_cross_entropy_ref, onehot),
-        ("sparse_softmax_cross_entropy", _cuda.sparse_softmax_cross_entropy, L.sparse_softmax_cross_entropy_ref,
+        ("softmax_cross_entropy", L.softmax_cross_entropy.fused, L.softmax_cross_entropy_ref, onehot),
+        ("sparse_softmax_cross_entropy", L.sparse_softmax_cross_entropy.fused, L.sparse_softmax_cross_entropy_ref,
          lambda: rng.integers(0, cols, rows).astype(np.int64)),
-        ("sigmoid_binary_cross_entropy", _cuda.sigmoid_binary_cross_entropy, L.sigmoid_binary_cross_entropy_ref,
+        ("sigmoid_binary_cross_entropy", L.sigmoid_binary_cross_entropy.fused, L.sigmoid_binary_cross_entropy_ref,
          lambda: rng.integers(0, 2, (rows, cols)).astype(dtype)),
     ):
         cases[name] = (lambda target=target: (normal(rows, cols, scale=3.0), target()),
@@ -175,14 +176,14 @@ def _op_cases(rng: np.random.Generator, dtype: np.dtype) -> dict[str, tuple[Call
             return call
 
         cases[f"optim/{name}"] = (lambda states=states: (normal(n), normal(n), *states()),
-                                  step(getattr(_cuda, name)), step(getattr(O, f"{name}_ref")))
+                                  step(getattr(O, name).fused), step(getattr(O, f"{name}_ref")))
     state = np.array([20_261_201, 7], dtype=np.uint64)
     cases["dropout_forward"] = (lambda: (normal(rows, cols), state),
-                                lambda x, s: [_cuda.dropout_forward(x, 0.3, s)[0]],
-                                lambda x, s: [_cuda.dropout_forward_ref(x, 0.3, s)[0]])
+                                lambda x, s: [DR.dropout_forward.fused(x, 0.3, s)[0]],
+                                lambda x, s: [DR.dropout_forward_ref(x, 0.3, s)[0]])
     cases["dropout_backward"] = (lambda: (normal(rows, cols), state),
-                                 lambda dy, s: [_cuda.dropout_backward(dy, 0.3, s)],
-                                 lambda dy, s: [_cuda.dropout_backward_ref(dy, 0.3, s)])
+                                 lambda dy, s: [DR.dropout_backward.fused(dy, 0.3, s)],
+                                 lambda dy, s: [DR.dropout_backward_ref(dy, 0.3, s)])
     return cases
 
 

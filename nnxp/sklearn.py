@@ -29,11 +29,12 @@ except ImportError as exc:  # not installed, or older than 1.6 (no validate_data
     raise ImportError(f"nnxp.sklearn needs scikit-learn >= 1.6: pip install \"nnxp[sklearn]\" ({exc})") from exc
 
 from . import losses, optimizers
-from .backend import Device, get_device, is_cupy_array, sum_of_squares, to_numpy, xp_of
+from .backend import Device, get_device, is_cupy_array, to_numpy, xp_of
 from .callbacks import Callback
 from .errors import NnxpError, NumericalError
 from .layers import Dense
 from .model import Sequential
+from .ops.reduce import sum_of_squares
 from .regularizers import L1L2
 
 __all__ = ["MLPClassifier", "MLPRegressor", "EXPECTED_FAILED_CHECKS"]

@@ -225,13 +225,13 @@ def main_cuda(out: Path, emulator_dir: str) -> None:
     import _stand_in_cupy
 
     from nnxp import backend
-    from nnxp.ops import _cuda
+    from nnxp.ops import _cublas, _cuda
 
     backend._cupy = _stand_in_cupy.stand_in_cupy(_cuda_emu.build(Path(emulator_dir)))
     _cuda._KERNELS = _cuda.LazyKernels()
     # cuBLAS called directly under capture cannot load here: the stand-in's gemm takes its place (as test_graph.py)
-    _cuda._gemm = _stand_in_cupy.captured_gemm
-    _cuda._prepare_capture = lambda device_id: None  # the cuBLAS handle and workspace (no libcublas here)
+    _cublas._gemm = _stand_in_cupy.captured_gemm
+    _cublas._prepare_capture = lambda device_id: None  # the cuBLAS handle and workspace (no libcublas here)
     fake = backend._cupy
     comm = nnxp.distributed.init()  # after the stand-in: device="cuda" is this rank's (stand-in) GPU
 

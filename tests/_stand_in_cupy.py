@@ -447,7 +447,7 @@ def _gemm_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
 
 
 def captured_gemm(a: FakeArray, b: FakeArray, out: FakeArray) -> FakeArray:
-    """The seam for nnxp.ops._cuda._gemm (cuBLAS called through ctypes while a graph is captured, which cannot
+    """The seam for nnxp.ops._cublas._gemm (cuBLAS called through ctypes while a graph is captured, which cannot
     load here): what cublas<S|D>gemm on the current stream does, recorded when that stream is capturing. CuPy's
     own matmul refuses capture (cupy_backends/cuda/libs/cublas.pyx setStream); nnxp's direct call does not."""
     dev = get_device_id()

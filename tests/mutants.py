@@ -75,11 +75,11 @@ MUTANTS = [
     Mutant("K8", "nnxp/ops/kernels.cu", (("for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(",
                                           "for (int o = 8; o > 0; o >>= 1) v = op(v, __shfl_xor_sync("),),
            _emu("xent"), "warp reduction: half the lanes left out"),
-    # --- _cuda.py: the host half of the fused optimizer steps ----------------------------------------------------
-    Mutant("C1", "nnxp/ops/_cuda.py", (("(1.0 - beta_1**step)  # exactly as adam_ref",
-                                        "(1.0 - beta_1 ** (step + 1))  # exactly as adam_ref"),),
+    # --- ops/optim.py: the host half of the fused optimizer steps (the kernels' scalars) ------------------------
+    Mutant("C1", "nnxp/ops/optim.py", (("(1.0 - beta_1**step)  # exactly as adam_ref, on the host",
+                                        "(1.0 - beta_1 ** (step + 1))  # exactly as adam_ref, on the host"),),
            _emu("adam"), "adam scalars: bias correction one step ahead"),
-    Mutant("C2", "nnxp/ops/_cuda.py", (("return (t(lr), t(rho), t(1.0 - rho), t(momentum)",
+    Mutant("C2", "nnxp/ops/optim.py", (("return (t(lr), t(rho), t(1.0 - rho), t(momentum)",
                                         "return (t(lr), t(rho), t(rho), t(momentum)"),),
            _emu("rmsprop"), "rmsprop scalars: rho where 1 - rho belongs"),
     # --- nnxp/ops/*.py: the references ---------------------------------------------------------------------------
@@ -109,11 +109,11 @@ MUTANTS = [
     Mutant("O1", "nnxp/optimizers.py", (('self.beta_2 = _number("beta_2", beta_2, 0.0, 1.0)',
                                          'self.beta_2 = _number("beta_2", beta_1, 0.0, 1.0)'),),
            ("tests/test_optimizers.py",), "Adam: beta_1 stored as beta_2 (copy-paste)"),
-    Mutant("O2", "nnxp/optimizers.py", (("self.epsilon,\n                        self.iterations)",
-                                         "self.epsilon,\n                        self.iterations + 1)"),),
+    Mutant("O2", "nnxp/optimizers.py", (('named = {"lr": lr, "step": self.iterations}',
+                                         'named = {"lr": lr, "step": self.iterations + 1}'),),
            ("tests/test_optimizers.py",), "Adam: bias correction at the next step's count"),
-    Mutant("O3", "nnxp/optimizers.py", (("        if self.weight_decay:\n            O.weight_decay",
-                                         "        if not self.weight_decay:\n            O.weight_decay"),),
+    Mutant("O3", "nnxp/ops/optim.py", (("    if weight_decay:\n        weight_decay_ref(p",
+                                        "    if not weight_decay:\n        weight_decay_ref(p"),),
            ("tests/test_optimizers.py",), "weight decay applied exactly when it is off"),
     # --- the training loop (issue 16's two model-level survivors; nnxp/training.py since issue 14) ---------------
     Mutant("M1", "nnxp/training.py", (("loss_sum += loss * rows", "loss_sum += loss * plan.batch_size"),),

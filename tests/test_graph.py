@@ -2,7 +2,7 @@
 
 The stand-in records what a capturing stream is given and runs it only at replay (tests/_stand_in_cupy.py), so
 a step that read a value at capture time, or allocated outside the captured buffers, would diverge from eager
-training here. The one seam: nnxp.ops._cuda._gemm calls cuBLAS through ctypes while capturing, which cannot
+training here. The one seam: nnxp.ops._cublas._gemm calls cuBLAS through ctypes while capturing, which cannot
 load without a GPU; _stand_in_cupy.captured_gemm replaces it (a gemm on the current stream, recorded while
 capturing). Eager and replayed steps then use the same NumPy matmul, so they must agree bit for bit; on a GPU
 they may differ in the last bits (cuBLAS gemm vs CuPy's GemmEx, see test_model.py's GPU tests).
@@ -19,13 +19,13 @@ import pytest
 import nnxp
 from nnxp import Dense, Sequential
 from nnxp.backend import tf32_active
-from nnxp.ops import _cuda
+from nnxp.ops import _cublas
 
 
 @pytest.fixture
 def graph_seam(fake_cupy, monkeypatch):
-    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
-    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)  # cuBLAS handle + workspace (gpufix)
+    monkeypatch.setattr(_cublas, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cublas, "_prepare_capture", lambda device_id: None)  # cuBLAS handle + workspace (gpufix)
     return fake_cupy
 
 

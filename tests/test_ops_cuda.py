@@ -14,7 +14,6 @@ an extra 4 eps sqrt(n) sum|terms| since their order differs, and GELU gets the u
 
 from __future__ import annotations
 
-import inspect
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ import pytest
 from conftest import require_tool, tol
 
 from nnxp.backend import cupy_module, to_numpy
-from nnxp.ops import _cuda
+from nnxp.ops import _cublas, _cuda
 from nnxp.ops import dense as D
+from nnxp.ops import dropout as DR
 from nnxp.ops import loss as L
 from nnxp.ops import optim as O
 from nnxp.ops.activation import ACTIVATION_OPS
@@ -163,17 +163,6 @@ def _fused(result: Any) -> Any:
     return result
 
 
-def _bias_act_ref(z, b, act, z_out):
-    """The tail of dense_forward_ref after its matmul (the same lines)."""
-    op = ACTIVATION_OPS[act]
-    if b is not None:
-        z += b
-    if not op.needs_z:
-        return op.forward(z, z), None
-    z_out[...] = z
-    return op.forward(z_out, z), z_out
-
-
 def _pair_bias_act(act: str, use_bias: bool) -> Pair:
     needs_z = ACTIVATION_OPS[act].needs_z
 
@@ -190,19 +179,11 @@ def _pair_bias_act(act: str, use_bias: bool) -> Pair:
         return (fwd, None) if needs_z else (fwd,)
 
     return Pair(
-        cuda=lambda z, b, z_out: _drop_none(*_fused(_cuda.bias_activation_forward(z, b, act, z_out))),
-        ref=lambda z, b, z_out: _drop_none(*_bias_act_ref(z, b, act, z_out)),
+        cuda=lambda z, b, z_out: _drop_none(*_fused(D.bias_activation_forward.fused(z, b, act, z_out))),
+        ref=lambda z, b, z_out: _drop_none(*D.bias_activation_forward.ref(z, b, act, z_out)),
         make=make,
         slack=slack,
     )
-
-
-def _act_backward_ref(dy, y, z, act, db):
-    """activation backward and bias gradient: the first lines of dense_backward_ref."""
-    dz = ACTIVATION_OPS[act].backward(dy, y, z, dy)
-    if db is not None:
-        dz.sum(axis=0, out=db)
-    return dz, db
 
 
 def _backward_inputs(rng, shape, dtype, act, specials):
@@ -233,8 +214,8 @@ def _pair_act_backward(act: str, use_bias: bool) -> Pair:
         return (dz_slack, col) if use_bias else (dz_slack,)
 
     return Pair(
-        cuda=lambda dy, y, z, db: _drop_none(_fused(_cuda.activation_backward_bias(dy, y, z, act, db)), db),
-        ref=lambda dy, y, z, db: _drop_none(*_act_backward_ref(dy, y, z, act, db)),
+        cuda=lambda dy, y, z, db: _drop_none(_fused(D.activation_backward_bias.fused(dy, y, z, act, db)), db),
+        ref=lambda dy, y, z, db: _drop_none(D.activation_backward_bias.ref(dy, y, z, act, db), db),
         make=make,
         slack=slack,
     )
@@ -256,7 +237,7 @@ def _pair_dense_forward(act: str, use_bias: bool) -> Pair:
         return (fwd, None) if needs_z else (fwd,)
 
     return Pair(
-        cuda=lambda x, w, b, out, z_out: _drop_none(*_fused(_cuda.dense_forward(x, w, b, act, out, z_out))),
+        cuda=lambda x, w, b, out, z_out: _drop_none(*_fused(D.dense_forward.fused(x, w, b, act, out, z_out))),
         ref=lambda x, w, b, out, z_out: _drop_none(*D.dense_forward_ref(x, w, b, act, out, z_out)),
         make=make,
         slack=slack,
@@ -291,7 +272,7 @@ def _pair_dense_backward(act: str, use_bias: bool, need_dx: bool) -> Pair:
         dx = _sum_slack(adz @ aw.T, dz.shape[1], dtype) + dz_slack @ aw.T  # (rows, K_IN)
         return _drop_none(dz_slack, dw, col if use_bias else None, dx if need_dx else None)
 
-    return Pair(cuda=run(_cuda.dense_backward), ref=run(D.dense_backward_ref), make=make, slack=slack,
+    return Pair(cuda=run(D.dense_backward.fused), ref=run(D.dense_backward_ref), make=make, slack=slack,
                 specials=False, host=False)
 
 
@@ -314,7 +295,7 @@ def _pair_softmax_xent(soft: bool) -> Pair:
         return logits, target, Out(shape, dtype)
 
     return Pair(
-        cuda=lambda lg, t, g: _fused(_cuda.softmax_cross_entropy(lg, t, g)),
+        cuda=lambda lg, t, g: _fused(L.softmax_cross_entropy.fused(lg, t, g)),
         ref=lambda lg, t, g: L.softmax_cross_entropy_ref(lg, t, g),
         make=make,
         slack=_loss_slack(lambda args: args[0].size),
@@ -329,7 +310,7 @@ def _pair_sparse_softmax_xent(wrapped: bool = False) -> Pair:
         return logits, rng.integers(low, shape[1], shape[0]).astype(np.int64), Out(shape, dtype)
 
     return Pair(
-        cuda=lambda lg, lab, g: _fused(_cuda.sparse_softmax_cross_entropy(lg, lab, g)),
+        cuda=lambda lg, lab, g: _fused(L.sparse_softmax_cross_entropy.fused(lg, lab, g)),
         ref=lambda lg, lab, g: L.sparse_softmax_cross_entropy_ref(lg, lab, g),
         make=make,
         slack=_loss_slack(lambda args: args[0].size),
@@ -344,7 +325,7 @@ def _pair_sigmoid_bce() -> Pair:
         return logits, target, Out(shape, dtype)
 
     return Pair(
-        cuda=lambda lg, t, g: _fused(_cuda.sigmoid_binary_cross_entropy(lg, t, g)),
+        cuda=lambda lg, t, g: _fused(L.sigmoid_binary_cross_entropy.fused(lg, t, g)),
         ref=lambda lg, t, g: L.sigmoid_binary_cross_entropy_ref(lg, t, g),
         make=make,
         slack=_loss_slack(lambda args: args[0].size),
@@ -379,7 +360,7 @@ def _state(rng, kind, n, dtype):
 def _pair_optimizer(name: str, weight_decay: float) -> Pair:
     kind = name.split("_")[0]
     state_kinds, hyper = OPTIMIZERS[name]
-    ref_fn, cuda_fn = getattr(O, f"{kind}_ref"), getattr(_cuda, kind)
+    ref_fn, cuda_fn = getattr(O, f"{kind}_ref"), getattr(O, kind).fused
 
     def make(rng, shape, dtype, specials):
         n = shape[0] * shape[1]  # the flat buffer: 1 ... 1031^2 elements
@@ -404,12 +385,8 @@ def _pair_optimizer(name: str, weight_decay: float) -> Pair:
 
 
 def _kernel_scalars(kind: str, dtype, hyper: dict, states: tuple, weight_decay: float) -> tuple:
-    """The T scalars the kernel of `kind` gets for these hyper-parameters (its *_scalars, by parameter name)."""
-    fn = getattr(_cuda, f"{kind}_scalars")
-    present = [state is not None for state in states] + [False, False]
-    known = {**hyper, "dtype": dtype, "weight_decay": weight_decay, "has_velocity": present[0],
-             "has_mom": present[1], "centered": present[2]}
-    return _cuda.device_scalars(fn(*(known[name] for name in inspect.signature(fn).parameters)))
+    """The T scalars the kernel of `kind` reads from `hp` for these hyper-parameters (by name, as the rule declares)."""
+    return getattr(O, kind).device_scalars(dtype, states, hyper, weight_decay)
 
 
 def _pair_optimizer_hp(name: str, weight_decay: float) -> Pair:
@@ -422,7 +399,7 @@ def _pair_optimizer_hp(name: str, weight_decay: float) -> Pair:
     def cuda(p, g, *states):
         hp = cupy_module().asarray(np.array(_kernel_scalars(kind, p.dtype, hyper, states, weight_decay)))
         tmp = cupy_module().empty_like(p)
-        result = getattr(_cuda, kind)(p, g, *states, tmp, *wrong.values(), weight_decay=0.25, hp=hp)
+        result = getattr(O, kind).fused(p, g, *states, tmp, *wrong.values(), weight_decay=0.25, hp=hp)
         assert result is None, f"{name} declined hp={hp!r}"
         return _drop_none(p, *states)
 
@@ -437,8 +414,8 @@ def _pair_dropout_forward(store_mask: bool) -> Pair:
         return _normal(rng, shape, dtype, 1.0, specials), Out(shape, dtype), (Out(shape, dtype) if store_mask else None)
 
     return Pair(
-        cuda=lambda x, out, m: _drop_none(*_fused(_cuda.dropout_forward(x, DROPOUT_RATE, DROPOUT_SEED, out, m))),
-        ref=lambda x, out, m: _drop_none(*_cuda.dropout_forward_ref(x, DROPOUT_RATE, DROPOUT_SEED, out, m))[
+        cuda=lambda x, out, m: _drop_none(*_fused(DR.dropout_forward.fused(x, DROPOUT_RATE, DROPOUT_SEED, out, m))),
+        ref=lambda x, out, m: _drop_none(*DR.dropout_forward_ref(x, DROPOUT_RATE, DROPOUT_SEED, out, m))[
             : 2 if store_mask else 1
         ],
         make=make,
@@ -450,8 +427,8 @@ def _pair_dropout_backward() -> Pair:
         return _normal(rng, shape, dtype, 1.0, specials), Out(shape, dtype)
 
     return Pair(
-        cuda=lambda dy, out: (_fused(_cuda.dropout_backward(dy, DROPOUT_RATE, DROPOUT_SEED, out)),),
-        ref=lambda dy, out: (_cuda.dropout_backward_ref(dy, DROPOUT_RATE, DROPOUT_SEED, out),),
+        cuda=lambda dy, out: (_fused(DR.dropout_backward.fused(dy, DROPOUT_RATE, DROPOUT_SEED, out)),),
+        ref=lambda dy, out: (DR.dropout_backward_ref(dy, DROPOUT_RATE, DROPOUT_SEED, out),),
         make=make,
     )
 
@@ -477,6 +454,27 @@ for _name in OPTIMIZERS:
 PAIRS["dropout_forward/mask"] = _pair_dropout_forward(True)
 PAIRS["dropout_forward/nomask"] = _pair_dropout_forward(False)
 PAIRS["dropout_backward"] = _pair_dropout_backward()
+
+# the registered op (nnxp.ops._cuda.OPS) each pair checks, by the pair's first name part (optim/<rule>_...: <rule>)
+PAIR_OPS = {"bias_act": "bias_activation_forward", "act_backward": "activation_backward_bias",
+            "dense_forward": "dense_forward", "dense_backward": "dense_backward",
+            "softmax_xent": "softmax_cross_entropy", "sparse_softmax_xent": "sparse_softmax_cross_entropy",
+            "sigmoid_bce": "sigmoid_binary_cross_entropy", "dropout_forward": "dropout_forward",
+            "dropout_backward": "dropout_backward"}
+
+
+def _pair_op(key: str) -> str:
+    head, *rest = key.split("/")
+    return rest[0].split("_")[0] if head == "optim" else PAIR_OPS[head]
+
+
+def test_every_registered_op_has_an_override_and_a_parity_pair():
+    """Adding a fused op is the kernel, its override beside the reference (an Op), and a pair here."""
+    assert {_pair_op(key) for key in PAIRS} == set(_cuda.OPS)
+    for name, op in _cuda.OPS.items():
+        assert op.fused is not None and callable(op.ref), name
+        assert op.ref is not op.fused and op.__name__ == name
+
 
 PARAMS = [
     pytest.param(name, specials, id=f"{name}{'/specials' if specials else ''}")
@@ -524,13 +522,13 @@ def _check_pair(name, specials, dtype, shape):
 def test_unhandled_inputs_fall_back_to_the_reference():
     cp = cupy_module()
     x16 = cp.ones((4, 3), dtype=cp.float16)
-    assert _cuda.dense_forward(x16, cp.ones((3, 2), cp.float16), None, "relu") is NotImplemented
+    assert D.dense_forward.fused(x16, cp.ones((3, 2), cp.float16), None, "relu") is NotImplemented
     x = cp.asarray(np.random.default_rng(0).normal(size=(6, 4)))
-    assert _cuda.bias_activation_forward(x[:, ::2], None, "relu") is NotImplemented  # not C-contiguous
-    assert _cuda.softmax_cross_entropy(x, x.astype(cp.float32)) is NotImplemented  # mixed dtypes
+    assert D.bias_activation_forward.fused(x[:, ::2], None, "relu") is NotImplemented  # not C-contiguous
+    assert L.softmax_cross_entropy.fused(x, x.astype(cp.float32)) is NotImplemented  # mixed dtypes
     labels32 = cp.zeros(6, dtype=cp.int32)
-    assert _cuda.sparse_softmax_cross_entropy(x, labels32) is NotImplemented  # int64 labels only
-    assert _cuda.adam(x[:, 0], x[:, 1], x[:, 2], x[:, 3], None, 0.1, 0.9, 0.999, 1e-7, 1) is NotImplemented
+    assert L.sparse_softmax_cross_entropy.fused(x, labels32) is NotImplemented  # int64 labels only
+    assert O.adam.fused(x[:, 0], x[:, 1], x[:, 2], x[:, 3], None, 0.1, 0.9, 0.999, 1e-7, 1) is NotImplemented
     # the dispatchers then give the reference's result
     loss, g = L.sparse_softmax_cross_entropy(x, labels32)
     ref_loss, ref_g = L.sparse_softmax_cross_entropy_ref(x, labels32)
@@ -544,10 +542,10 @@ def test_loss_is_a_device_scalar_and_repeats_exactly():
     rng = np.random.default_rng(3)
     logits = cp.asarray(rng.normal(size=(300, 10)).astype(np.float32))
     target = cp.asarray(np.eye(10, dtype=np.float32)[rng.integers(0, 10, 300)])
-    first, _ = _cuda.softmax_cross_entropy(logits, target)
+    first, _ = L.softmax_cross_entropy.fused(logits, target)
     assert isinstance(first, cp.ndarray) and first.shape == () and first.dtype == cp.float32
     for _ in range(3):  # the ticket counter re-arms itself: every launch finishes the same way
-        again, _ = _cuda.softmax_cross_entropy(logits, target)
+        again, _ = L.softmax_cross_entropy.fused(logits, target)
         assert float(again) == float(first)
 
 
@@ -555,11 +553,11 @@ def test_loss_is_a_device_scalar_and_repeats_exactly():
 def test_compile_time_is_recorded_once_per_device_and_dtype():
     cp = cupy_module()
     x = cp.ones((2, 3), dtype=cp.float64)
-    _cuda.bias_activation_forward(x, None, "relu")
+    D.bias_activation_forward.fused(x, None, "relu")
     seconds = _cuda.compile_seconds()
     key = f"cuda:{x.device.id}/float64"
     assert key in seconds and seconds[key] > 0
-    _cuda.bias_activation_forward(x, None, "tanh")
+    D.bias_activation_forward.fused(x, None, "tanh")
     assert _cuda.compile_seconds()[key] == seconds[key]
 
 
@@ -567,11 +565,11 @@ def test_compile_time_is_recorded_once_per_device_and_dtype():
 def test_dropout_keeps_the_expected_fraction():
     cp = cupy_module()
     x = cp.ones(1_000_003, dtype=cp.float32)
-    y, _ = _cuda.dropout_forward(x, 0.25, seed=7)
+    y, _ = DR.dropout_forward.fused(x, 0.25, seed=7)
     kept = float((y != 0).mean())
     assert abs(kept - 0.75) < 5 * np.sqrt(0.25 * 0.75 / x.size)
     assert float(y.max()) == np.float32(1.0 / 0.75)
-    y2, _ = _cuda.dropout_forward(x, 0.25, seed=8)
+    y2, _ = DR.dropout_forward.fused(x, 0.25, seed=8)
     assert float((y != y2).mean()) > 0.2  # a new seed, a new mask
 
 
@@ -632,7 +630,8 @@ def _check_model_case(case, monkeypatch):
 
     for name in ("dense_forward", "dense_backward", "softmax_cross_entropy", "sparse_softmax_cross_entropy",
                  "sigmoid_binary_cross_entropy"):
-        monkeypatch.setattr(_cuda, name, spy(name, getattr(_cuda, name)))
+        op = getattr(D if name.startswith("dense") else L, name)
+        monkeypatch.setattr(op, "fused", spy(name, op.fused))
     rng = np.random.default_rng(11)
     x = rng.normal(size=(256, 9))
     labels = (x[:, :3].sum(axis=1) > 0).astype(np.int64) + (x[:, 3] > 0.5)
@@ -654,7 +653,7 @@ def _check_model_case(case, monkeypatch):
 
 
 def _poisoned_cuda(monkeypatch):
-    """Make every _cuda wrapper fail loudly, proving the NumPy path never reaches it.
+    """Make every CUDA override fail loudly, proving the NumPy path never reaches it.
 
     The fast extra's compiled CPU loops are switched off here: they agree with the references to rounding
     (tests/test_ops_dense.py, test_ops_loss.py), and these tests compare bit for bit.
@@ -668,7 +667,7 @@ def _poisoned_cuda(monkeypatch):
 
     for name in ("dense_forward", "dense_backward", "softmax_cross_entropy", "sparse_softmax_cross_entropy",
                  "sigmoid_binary_cross_entropy"):
-        monkeypatch.setattr(_cuda, name, boom)
+        monkeypatch.setattr(getattr(D if name.startswith("dense") else L, name), "fused", boom)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -712,31 +711,31 @@ def test_loss_dispatchers_are_the_references_on_numpy(monkeypatch, dtype):
 
 def test_cuda_wrappers_decline_numpy_arrays():
     x = np.ones((3, 4))
-    assert _cuda.dense_forward(x, np.ones((4, 2)), None, "relu") is NotImplemented
-    assert _cuda.dense_backward(x, x, x, x, None, "linear", x, None) is NotImplemented
-    assert _cuda.bias_activation_forward(x, None, "tanh") is NotImplemented
-    assert _cuda.activation_backward_bias(x, x, None, "tanh") is NotImplemented
-    assert _cuda.softmax_cross_entropy(x, x) is NotImplemented
-    assert _cuda.sparse_softmax_cross_entropy(x, np.zeros(3, dtype=np.int64)) is NotImplemented
-    assert _cuda.sigmoid_binary_cross_entropy(x, x) is NotImplemented
+    assert D.dense_forward.fused(x, np.ones((4, 2)), None, "relu") is NotImplemented
+    assert D.dense_backward.fused(x, x, x, x, None, "linear", x, None) is NotImplemented
+    assert D.bias_activation_forward.fused(x, None, "tanh") is NotImplemented
+    assert D.activation_backward_bias.fused(x, x, None, "tanh") is NotImplemented
+    assert L.softmax_cross_entropy.fused(x, x) is NotImplemented
+    assert L.sparse_softmax_cross_entropy.fused(x, np.zeros(3, dtype=np.int64)) is NotImplemented
+    assert L.sigmoid_binary_cross_entropy.fused(x, x) is NotImplemented
     p = np.ones(5)
-    assert _cuda.sgd(p, p, None, p, 0.1, 0.0, False) is NotImplemented
-    assert _cuda.rmsprop(p, p, p, None, None, p, 0.1, 0.9, 0.0, 1e-7) is NotImplemented
-    assert _cuda.adagrad(p, p, p, p, 0.1, 1e-7) is NotImplemented
-    assert _cuda.adadelta(p, p, p, p, p, 1.0, 0.95, 1e-7) is NotImplemented
-    assert _cuda.adam(p, p, p, p, p, 0.1, 0.9, 0.999, 1e-7, 1) is NotImplemented
-    assert _cuda.adamax(p, p, p, p, p, 0.1, 0.9, 0.999, 1e-7, 1) is NotImplemented
-    assert _cuda.dropout_forward(x, 0.5, 1) is NotImplemented
-    assert _cuda.dropout_backward(x, 0.5, 1) is NotImplemented
+    assert O.sgd.fused(p, p, None, p, 0.1, 0.0, False) is NotImplemented
+    assert O.rmsprop.fused(p, p, p, None, None, p, 0.1, 0.9, 0.0, 1e-7) is NotImplemented
+    assert O.adagrad.fused(p, p, p, p, 0.1, 1e-7) is NotImplemented
+    assert O.adadelta.fused(p, p, p, p, p, 1.0, 0.95, 1e-7) is NotImplemented
+    assert O.adam.fused(p, p, p, p, p, 0.1, 0.9, 0.999, 1e-7, 1) is NotImplemented
+    assert O.adamax.fused(p, p, p, p, p, 0.1, 0.9, 0.999, 1e-7, 1) is NotImplemented
+    assert DR.dropout_forward.fused(x, 0.5, 1) is NotImplemented
+    assert DR.dropout_backward.fused(x, 0.5, 1) is NotImplemented
 
 
 def test_dropout_reference_is_generic_and_consistent():
     rng = np.random.default_rng(8)
     x = _normal(rng, (31, 7), np.float32)
-    y, mask = _cuda.dropout_forward_ref(x, 0.4, 99)
+    y, mask = DR.dropout_forward_ref(x, 0.4, 99)
     np.testing.assert_array_equal(y, x * mask)
     assert set(np.unique(mask)) <= {np.float32(0), np.float32(1 / 0.6)}
-    dx = _cuda.dropout_backward_ref(np.ones_like(x), 0.4, 99)
+    dx = DR.dropout_backward_ref(np.ones_like(x), 0.4, 99)
     np.testing.assert_array_equal(dx, mask)
 
 
@@ -780,7 +779,7 @@ def test_cuda_dropout_layer_draws_an_elementwise_mask_per_step(fake_cupy):
     assert abs(kept.mean() - 0.7) < 5 * np.sqrt(0.3 * 0.7 / kept.size)  # not all-or-nothing
     state = to_numpy(layer._state).copy()
     assert state[1] == 1  # the step counter was bumped on the device before the forward
-    mask = _cuda.dropout_mask_ref(np, x.size, 0.3, state, np.float32).reshape(x.shape)
+    mask = DR.dropout_mask_ref(np, x.size, 0.3, state, np.float32).reshape(x.shape)
     np.testing.assert_array_equal(y1, np.asarray(x) * mask)
     dy = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
     dx = to_numpy(layer.backward(fake_cupy.asarray(dy)))
@@ -794,8 +793,8 @@ def test_cuda_dropout_layer_draws_an_elementwise_mask_per_step(fake_cupy):
 def test_cuda_dropout_state_hash_matches_the_host_twin():
     seed, step = 0xDEADBEEFCAFEF00D, 41
     state = np.array([seed, step], dtype=np.uint64)
-    a = _cuda.dropout_mask_ref(np, 97, 0.5, state, np.float64)
-    b = _cuda.dropout_mask_ref(np, 97, 0.5, _cuda.step_seed(seed, step), np.float64)
+    a = DR.dropout_mask_ref(np, 97, 0.5, state, np.float64)
+    b = DR.dropout_mask_ref(np, 97, 0.5, DR.step_seed(seed, step), np.float64)
     np.testing.assert_array_equal(a, b)
 
 
@@ -840,8 +839,8 @@ def test_each_loss_launch_takes_its_own_zeroed_ticket_counter(fake_cupy, monkeyp
         launch(name, dtype, dev, grid, block, args)
 
     monkeypatch.setattr(_cuda, "_launch", another_launch_takes_a_ticket)
-    _cuda.softmax_cross_entropy(fake_cupy.asarray(logits), fake_cupy.asarray(target))
-    loss, _ = _cuda.softmax_cross_entropy(fake_cupy.asarray(logits), fake_cupy.asarray(target))
+    L.softmax_cross_entropy.fused(fake_cupy.asarray(logits), fake_cupy.asarray(target))
+    loss, _ = L.softmax_cross_entropy.fused(fake_cupy.asarray(logits), fake_cupy.asarray(target))
     assert len(counters) == 2 and not np.shares_memory(counters[0], counters[1])
     np.testing.assert_allclose(float(to_numpy(loss)), expected, rtol=1e-12)
 
@@ -857,7 +856,7 @@ def test_sparse_softmax_xent_may_overwrite_its_logits(fake_cupy, cols):
     want_loss, want_grad = L.sparse_softmax_cross_entropy_ref(logits.copy(), labels)
     for _ in range(3):  # forward, reverse and shuffled schedules
         z = fake_cupy.asarray(logits.copy())
-        loss, grad = _cuda.sparse_softmax_cross_entropy(z, fake_cupy.asarray(labels), z)
+        loss, grad = L.sparse_softmax_cross_entropy.fused(z, fake_cupy.asarray(labels), z)
         assert grad is z
         np.testing.assert_allclose(float(to_numpy(loss)), want_loss, rtol=1e-13)
         np.testing.assert_allclose(to_numpy(grad), want_grad, rtol=1e-13, atol=1e-16)
@@ -906,7 +905,7 @@ def fake_cublas(tmp_path, fake_cupy, monkeypatch):
     src.write_text(_FAKE_CUBLAS)
     subprocess.run([cc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib_path)], check=True)
     with pytest.raises(OSError):  # RTLD_NOLOAD: a library not loaded yet is not loaded by the lookup
-        _cuda._open_loaded(str(lib_path))
+        _cublas._open_loaded(str(lib_path))
     lib = ctypes.CDLL(str(lib_path))  # "CuPy loaded it"
 
     class CUBLASError(RuntimeError):  # cupy_backends/cuda/libs/cublas.pyx CUBLASError(status)
@@ -928,7 +927,7 @@ def fake_cublas(tmp_path, fake_cupy, monkeypatch):
     monkeypatch.setattr(fake_cupy.cuda, "memory", SimpleNamespace(Memory=Memory), raising=False)
     monkeypatch.setattr(fake_cupy.cuda.device, "get_cublas_handle", lambda: 1234, raising=False)
     monkeypatch.setattr(fake_cupy.cuda, "get_current_stream", lambda: SimpleNamespace(ptr=77), raising=False)
-    monkeypatch.setattr(_cuda, "_CUBLAS_DEVICES", {})
+    monkeypatch.setattr(_cublas, "_CUBLAS_DEVICES", {})
     return lib
 
 
@@ -941,10 +940,10 @@ def _pathfinder_or_skip():
 
 
 def test_cublas_soname_follows_the_major_version():
-    assert _cuda.cublas_soname(120905) == "libcublas.so.12"
-    assert _cuda.cublas_soname(130100) == "libcublas.so.13"
+    assert _cublas.cublas_soname(120905) == "libcublas.so.12"
+    assert _cublas.cublas_soname(130100) == "libcublas.so.13"
     with pytest.raises(RuntimeError, match="cuBLAS 11 or later"):
-        _cuda.cublas_soname(9020)
+        _cublas.cublas_soname(9020)
 
 
 def test_cublas_lookup_names_what_it_tried_when_cupy_loaded_no_cublas(fake_cupy, monkeypatch):
@@ -957,9 +956,9 @@ def test_cublas_lookup_names_what_it_tried_when_cupy_loaded_no_cublas(fake_cupy,
 
     monkeypatch.setattr(cuda.pathfinder, "load_nvidia_dynamic_lib", not_found)
     monkeypatch.setattr(fake_cupy.cuda, "cublas", SimpleNamespace(getVersion=lambda h: 139901), raising=False)
-    assert _cuda._cublas_candidates(fake_cupy, 1) == ["libcublas.so.13"]
+    assert _cublas._cublas_candidates(fake_cupy, 1) == ["libcublas.so.13"]
     with pytest.raises(RuntimeError, match=r"libcublas\.so\.13.*cuda_graph=False"):
-        _cuda._cublas_library(fake_cupy, 1)
+        _cublas._cublas_library(fake_cupy, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -971,9 +970,9 @@ def test_captured_matmul_calls_gemmex_as_cupys_eager_matmul_does(fake_cublas, fa
     b = fake_cupy.asarray(rng.normal(size=(3, 4)).astype(dtype))
     bt = fake_cupy.asarray(np.asarray(b).T.copy()).T  # F-contiguous: cuBLAS op T
     want = np.asarray(a).astype(np.float64) @ np.asarray(b).astype(np.float64)
-    with _cuda.capturing():
+    with _cublas.capturing():
         for rhs in (b, bt):
-            got = _cuda._matmul(a, rhs)
+            got = _cublas.matmul(a, rhs)
             np.testing.assert_allclose(np.asarray(got), want, **tol(dtype))
     assert ctypes_int(fake_cublas, "gemms") == 2
     float32 = np.dtype(dtype) == np.float32
@@ -981,8 +980,8 @@ def test_captured_matmul_calls_gemmex_as_cupys_eager_matmul_does(fake_cublas, fa
     assert ctypes_int(fake_cublas, "last_algo") == 99  # CUBLAS_GEMM_DEFAULT_TENSOR_OP on sm_80, as CuPy
     assert ctypes_size(fake_cublas, "workspace_bytes") == 4 << 20  # set before the capture, once
     if float32:  # inside the model's TF32 scope the captured GEMM uses TF32 too, as CuPy's eager one would
-        with backend.get_device("cuda").use(tf32=True), _cuda.capturing():
-            _cuda._matmul(a, b)
+        with backend.get_device("cuda").use(tf32=True), _cublas.capturing():
+            _cublas.matmul(a, b)
         assert ctypes_int(fake_cublas, "last_compute") == 77  # CUBLAS_COMPUTE_32F_FAST_TF32
 
 
@@ -990,10 +989,10 @@ def test_a_cublas_alloc_failure_is_cupys_error_and_counts_as_out_of_memory(fake_
     from nnxp.backend import is_out_of_memory
 
     with pytest.raises(fake_cupy.cuda.cublas.CUBLASError) as info:
-        _cuda._check_cublas(fake_cupy, 3)  # CUBLAS_STATUS_ALLOC_FAILED
+        _cublas._check_cublas(fake_cupy, 3)  # CUBLAS_STATUS_ALLOC_FAILED
     assert is_out_of_memory(info.value)
     with pytest.raises(fake_cupy.cuda.cublas.CUBLASError) as info:
-        _cuda._check_cublas(fake_cupy, 13)  # CUBLAS_STATUS_EXECUTION_FAILED
+        _cublas._check_cublas(fake_cupy, 13)  # CUBLAS_STATUS_EXECUTION_FAILED
     assert not is_out_of_memory(info.value)
 
 
@@ -1101,8 +1100,8 @@ def test_dropout_replayed_in_a_cuda_graph_matches_eager_steps(fake_cupy, monkeyp
     from nnxp import Dense, Dropout, Sequential
     from nnxp.training import graph_replays
 
-    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
-    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)
+    monkeypatch.setattr(_cublas, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cublas, "_prepare_capture", lambda device_id: None)
     x, y = _fallback_data()
     runs = []
     for graph in (False, True):
@@ -1178,7 +1177,7 @@ def test_two_loss_launches_in_flight_each_finish_their_own_mean(fake_cupy, emula
     for shared in (False, True):
         for schedule, seed in schedules:
             recorded.clear()
-            losses = [_cuda.softmax_cross_entropy(fake_cupy.asarray(z), fake_cupy.asarray(t))[0] for z, t in inputs]
+            losses = [L.softmax_cross_entropy.fused(fake_cupy.asarray(z), fake_cupy.asarray(t))[0] for z, t in inputs]
             assert recorded[0][1][0] > 1 and recorded[0][3][4] is not recorded[1][3][4]
             if shared:  # what one counter per device did
                 second = recorded[1]

@@ -19,6 +19,7 @@ import pytest
 from conftest import tol
 
 from nnxp.ops import _cuda
+from nnxp.ops import dropout as DR
 from nnxp.ops import optim as O
 from nnxp.ops.activation import ACTIVATION_OPS
 
@@ -113,14 +114,14 @@ def test_import_compiles_nothing_and_needs_no_cupy():
         import sys
         sys.modules["cupy"] = None  # importing CuPy now raises ImportError
         import numpy as np
-        import nnxp.ops.dense, nnxp.ops.loss
         from nnxp.ops import _cuda
+        from nnxp.ops import dense as D, loss as L, optim as O
         assert _cuda.compile_seconds() == {}
         assert sys.modules.get("cupy") is None
         x = np.ones((2, 3))
-        assert _cuda.dense_forward(x, np.ones((3, 2)), None, "relu") is NotImplemented
-        assert _cuda.softmax_cross_entropy(x, x) is NotImplemented
-        assert _cuda.adam(x, x, x, x, x, 0.1, 0.9, 0.999, 1e-7, 1) is NotImplemented
+        assert D.dense_forward.fused(x, np.ones((3, 2)), None, "relu") is NotImplemented
+        assert L.softmax_cross_entropy.fused(x, x) is NotImplemented
+        assert O.adam.fused(x, x, x, x, x, 0.1, 0.9, 0.999, 1e-7, 1) is NotImplemented
         print("ok")
     """)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
@@ -322,31 +323,31 @@ def test_optimizer_element_math_matches_reference(harness, case, dtype, weight_d
         if kind == "sgd":
             velocity = ref[1] if len(ref) > 1 else None
             O.sgd_ref(ref[0], g, velocity, tmp, lr, hyper["momentum"], hyper["nesterov"])
-            scalars = _cuda.sgd_scalars(dtype, lr, hyper["momentum"], hyper["nesterov"], velocity is not None,
+            scalars = O.sgd_scalars(dtype, lr, hyper["momentum"], hyper["nesterov"], velocity is not None,
                                         weight_decay)
             _call(harness, "sgd", dtype, got[0], g, got[1] if len(got) > 1 else dummy, n, *scalars)
         elif kind == "rmsprop":
             O.rmsprop_ref(ref[0], g, ref[1], ref[2], ref[3], tmp, lr, rho, hyper["momentum"], eps)
-            scalars = _cuda.rmsprop_scalars(dtype, lr, rho, hyper["momentum"], eps, got[2] is not None,
+            scalars = O.rmsprop_scalars(dtype, lr, rho, hyper["momentum"], eps, got[2] is not None,
                                             got[3] is not None, weight_decay)
             _call(harness, "rmsprop", dtype, got[0], g, got[1], dummy if got[2] is None else got[2],
                   dummy.copy() if got[3] is None else got[3], n, *scalars)
         elif kind == "adagrad":
             O.adagrad_ref(ref[0], g, ref[1], tmp, lr, eps)
-            _call(harness, "adagrad", dtype, got[0], g, got[1], n, *_cuda.adagrad_scalars(dtype, lr, eps,
+            _call(harness, "adagrad", dtype, got[0], g, got[1], n, *O.adagrad_scalars(dtype, lr, eps,
                                                                                           weight_decay))
         elif kind == "adadelta":
             O.adadelta_ref(ref[0], g, ref[1], ref[2], tmp, lr, 0.95, eps)
             _call(harness, "adadelta", dtype, got[0], g, got[1], got[2], n,
-                  *_cuda.adadelta_scalars(dtype, lr, 0.95, eps, weight_decay))
+                  *O.adadelta_scalars(dtype, lr, 0.95, eps, weight_decay))
         elif kind == "adam":
             O.adam_ref(ref[0], g, ref[1], ref[2], tmp, lr, b1, b2, eps, step)
             _call(harness, "adam", dtype, got[0], g, got[1], got[2], n,
-                  *_cuda.adam_scalars(dtype, lr, b1, b2, eps, step, weight_decay))
+                  *O.adam_scalars(dtype, lr, b1, b2, eps, step, weight_decay))
         else:
             O.adamax_ref(ref[0], g, ref[1], ref[2], tmp, lr, b1, b2, eps, step)
             _call(harness, "adamax", dtype, got[0], g, got[1], got[2], n,
-                  *_cuda.adamax_scalars(dtype, lr, b1, b2, eps, step, weight_decay))
+                  *O.adamax_scalars(dtype, lr, b1, b2, eps, step, weight_decay))
     for a, e in zip(got, ref, strict=True):
         if e is not None:
             _assert_same(a, e, dtype)
@@ -359,7 +360,7 @@ def test_dropout_mask_matches_host_reference_bit_for_bit(harness, dtype, rate):
     mask = np.empty(n, dtype=dtype)
     t = np.dtype(dtype).type
     _call(harness, "mask", dtype, np.uint64(seed), n, t(rate), t(1.0 / (1.0 - rate)), mask)
-    expected = _cuda.dropout_mask_ref(np, n, rate, seed, dtype)
+    expected = DR.dropout_mask_ref(np, n, rate, seed, dtype)
     np.testing.assert_array_equal(mask, expected)
     kept = float((mask != 0).mean())
     assert abs(kept - (1.0 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n) + 1e-12

@@ -52,6 +52,7 @@ def test_grids_are_sized_by_the_drivers_occupancy(fake_cupy, monkeypatch):
     import numpy as np
 
     from nnxp.ops import _cuda
+    from nnxp.ops import optim as O
 
     grids = []
     call = _stand_in_cupy.RawKernel.__call__
@@ -59,11 +60,11 @@ def test_grids_are_sized_by_the_drivers_occupancy(fake_cupy, monkeypatch):
                         lambda self, grid, block, args, **kw: grids.append(grid) or call(self, grid, block, args))
     p = fake_cupy.asarray(np.ones(256 * 20))
     g = fake_cupy.asarray(np.ones(256 * 20))
-    _cuda.sgd(p, g, None, None, 0.5, 0.0, False)
+    O.sgd.fused(p, g, None, None, 0.5, 0.0, False)
     asked = []
     monkeypatch.setattr(fake_cupy.cuda, "driver", SimpleNamespace(
         occupancyMaxActiveBlocksPerMultiprocessor=lambda ptr, block, smem: asked.append(block) or 3), raising=False)
     monkeypatch.setattr(_cuda, "_KERNELS", _cuda.LazyKernels())
-    _cuda.sgd(p, g, None, None, 0.5, 0.0, False)
+    O.sgd.fused(p, g, None, None, 0.5, 0.0, False)
     assert grids == [(8,), (3,)] and asked == [256]  # one SM on the stand-in
     np.testing.assert_array_equal(fake_cupy.asnumpy(p), 0.0)  # both launches covered every element

@@ -348,8 +348,25 @@ def test_clipnorm_and_global_clipnorm_are_exclusive_and_validated():
 def test_clipnorm_refuses_a_buffer_of_another_model():
     opt = SGD(clipnorm=1.0)
     opt.set_segments([(0, 3), (3, 5)])
+    p = np.zeros(7)
     with pytest.raises(NnxpError, match="set up for a model of 5 parameters but is stepping 7"):
-        opt.apply(np.zeros(7), np.ones(7))
+        opt.apply(p, np.ones(7))
+    assert opt.iterations == 0 and not p.any()  # refused before the step was counted or taken
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(momentum=0.9), lambda: RMSprop(momentum=0.5, centered=True), Adagrad,
+                                  Adadelta, Adam, Adamax, AdamW], ids=lambda m: getattr(m, "__name__", "custom"))
+def test_each_optimizer_names_its_rule_scalars_and_state_once(make):
+    """The rule (nnxp.ops.optim) declares its scalars and state by name; the optimizer holds them by those names."""
+    opt = make()
+    opt.iterations = 4
+    scalars = opt._scalars(0.25)
+    assert tuple(scalars) == opt.rule.scalars
+    assert scalars["lr"] == 0.25 and scalars.get("step", 4) == 4
+    assert all(scalars[k] == getattr(opt, k) for k in scalars if k not in ("lr", "step"))
+    assert len(opt.buffers) == len(opt.rule.state) and set(opt._slots()) == set(opt.buffers)
+    opt.build(np.zeros(3))
+    assert all(b is opt.state[k] for k, b in zip(opt.buffers, opt._buffers(), strict=True))
 
 
 @pytest.mark.parametrize("old, new", [("lr", "use learning_rate instead"), ("decay", "use a learning-rate schedule"),
@@ -703,6 +720,7 @@ def test_base_optimizer_is_abstract():
     opt = Optimizer(learning_rate=0.1)
     with pytest.raises(NotImplementedError):
         opt.apply(np.zeros(2), np.zeros(2))
+    assert opt.iterations == 0
 
 
 # --- the CUDA-graph split: host scalars + a captured device half, run on the CPU emulator of CUDA ----------

@@ -9,7 +9,7 @@ import _stand_in_cupy
 import pytest
 
 from nnxp import cli, selftest
-from nnxp.ops import _cuda
+from nnxp.ops import _cublas, _cuda
 
 
 def test_cpu_selftest_passes_and_prints_json(capsys):
@@ -45,8 +45,8 @@ def gpu_box(fake_cupy, monkeypatch):
     monkeypatch.setattr(fake_cupy.cuda, "cublas", SimpleNamespace(getVersion=lambda h: 120904), raising=False)
     monkeypatch.setattr(fake_cupy.cuda.device, "get_cublas_handle", lambda: 1, raising=False)
     # the captured matmul's one seam (cuBLAS through ctypes cannot load here), as tests/test_graph.py does
-    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
-    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)
+    monkeypatch.setattr(_cublas, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cublas, "_prepare_capture", lambda device_id: None)
     monkeypatch.setattr(_cuda, "_mode", None)
     monkeypatch.delenv("NNXP_KERNELS", raising=False)
     return fake_cupy

@@ -95,13 +95,14 @@ def test_cross_device_arithmetic_is_refused(fake_cupy):
 
 def test_a_kernel_launch_refuses_another_devices_array(fake_cupy):
     from nnxp.ops import _cuda
+    from nnxp.ops import dense as D
 
     with fake_cupy.cuda.Device(1):
         z = fake_cupy.ones((2, 3))
     with pytest.raises(CUDARuntimeError, match="IllegalAddress"):
         _cuda._launch("nnxp_bias_act_forward", z.dtype, 0, (1,), (32,),
                       (z, z, z, np.int64(6), np.int64(3), np.int32(1), np.int32(0), np.int32(0)))
-    y, _ = _cuda.bias_activation_forward(z, None, "relu")  # on its own device it runs
+    y, _ = D.bias_activation_forward.fused(z, None, "relu")  # on its own device it runs
     assert y.device.id == 1
 
 
@@ -135,9 +136,9 @@ def test_capture_records_kernel_launches(fake_cupy):
     stream = fake_cupy.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
-        from nnxp.ops import _cuda
+        from nnxp.ops import dense as D
 
-        _cuda.bias_activation_forward(z, None, "relu")
+        D.bias_activation_forward.fused(z, None, "relu")
         graph = stream.end_capture()
     assert (fake_cupy.asnumpy(z) == -1.0).all()
     graph.launch()
@@ -401,10 +402,10 @@ def test_the_numpy_names_reached_through_the_stand_in_exist_in_cupy(fake_cupy, m
     import cupy
 
     from nnxp import Dense, Sequential
-    from nnxp.ops import _cuda
+    from nnxp.ops import _cublas
 
-    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
-    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)  # cuBLAS handle + workspace (gpufix)
+    monkeypatch.setattr(_cublas, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cublas, "_prepare_capture", lambda device_id: None)  # cuBLAS handle + workspace (gpufix)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 6)).astype(np.float32)
     labels = (x[:, 0] > 0).astype(np.int64)

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import xp_of
-from . import _cpu, _cuda
+from ..backend import cupy_module, is_cupy_array, xp_of
+from . import _cpu, _cublas, _cuda
+from ._cuda import Op
 from .activation import _GELU_C, ACTIVATION_OPS, ELU_ALPHA, LEAKY_RELU_SLOPE
 
 
@@ -28,10 +29,12 @@ def dense_forward_ref(
     needs it (GELU); otherwise it is None.
     """
     z = xp_of(x).matmul(x, w, out=out)  # (B, n_out)
-    return _bias_act_ref(z, b, activation, z_out)
+    return bias_activation_forward_ref(z, b, activation, z_out)
 
 
-def _bias_act_ref(z: Any, b: Any | None, activation: str, z_out: Any) -> tuple[Any, Any | None]:
+def bias_activation_forward_ref(
+    z: Any, b: Any | None, activation: str, z_out: Any = None
+) -> tuple[Any, Any | None]:
     """The forward epilogue: ``f(z + b)`` in place on the GEMM output `z`; returns ``(y, z kept or None)``."""
     op = ACTIVATION_OPS[activation]
     if b is not None:
@@ -43,6 +46,15 @@ def _bias_act_ref(z: Any, b: Any | None, activation: str, z_out: Any) -> tuple[A
     else:
         z_out[...] = z
     return op.forward(z_out, z), z_out
+
+
+def activation_backward_bias_ref(dy: Any, y: Any, z: Any | None, activation: str, db: Any | None = None) -> Any:
+    """``dy <- dL/dz`` in place and ``db <- dz.sum(axis=0)``; returns dz (= dy): dense_backward_ref before its
+    matmuls."""
+    dz = ACTIVATION_OPS[activation].backward(dy, y, z, dy)  # (B, n_out), in place
+    if db is not None:
+        dz.sum(axis=0, out=db)
+    return dz
 
 
 def dense_backward_ref(
@@ -63,10 +75,8 @@ def dense_backward_ref(
     computed when `need_dx` is False (the first layer needs none).
     """
     xp = xp_of(dy)
-    dz = ACTIVATION_OPS[activation].backward(dy, y, z, dy)  # (B, n_out), in place
+    dz = activation_backward_bias_ref(dy, y, z, activation, db)  # (B, n_out), in place
     xp.matmul(x.T, dz, out=dw)  # (n_in, n_out)
-    if db is not None:
-        dz.sum(axis=0, out=db)
     if not need_dx:
         return None
     return xp.matmul(dz, w.T, out=dx_out)  # (B, n_in)
@@ -212,7 +222,7 @@ def _dense_forward_cpu(
     if not _cpu.call("bias_act", _bias_act_loop, z, z[0] if b is None else b, b is not None, ACT_CODES[activation],
                      z_out if needs_z else z, _constants(z.dtype), PARALLEL_CHUNK,
                      parallel=_threaded(z)):
-        return _bias_act_ref(z, b, activation, z_out)
+        return bias_activation_forward_ref(z, b, activation, z_out)
     return z, (z_out if needs_z else None)
 
 
@@ -233,7 +243,177 @@ def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx
     return np.matmul(dy, w.T, out=dx_out)  # (B, n_in)
 
 
-# The public entry points: the fused CUDA kernels (nnxp.ops._cuda) for the CuPy arrays they handle, the compiled
-# CPU loops above for the NumPy arrays they handle, the reference for everything else.
-dense_forward = _cuda.override("dense_forward", _dense_forward_cpu)
-dense_backward = _cuda.override("dense_backward", _dense_backward_cpu)
+# The public entry points: the fused CUDA kernels (below) for the CuPy arrays they handle, the compiled CPU loops
+# above for the NumPy arrays they handle, the reference for everything else.
+dense_forward = Op(dense_forward_ref, _dense_forward_cpu)
+dense_backward = Op(dense_backward_ref, _dense_backward_cpu)
+# the epilogues on their own (the tail of dense_forward_ref after its matmul; the head of dense_backward_ref)
+bias_activation_forward = Op(bias_activation_forward_ref)
+activation_backward_bias = Op(activation_backward_bias_ref)
+
+
+# --- CUDA: the overrides (kernels.cu), each taking its reference's arguments --------------------------------
+
+
+def _bias_activation(z: Any, b: Any | None, activation: str, z_keep: Any | None, device_id: int) -> None:
+    """z (B, N) <- f(z + b) in place; z + b also into z_keep when given. Arguments already checked."""
+    rows, cols = z.shape
+    dtype = z.dtype
+    has_bias = np.int32(b is not None)
+    bias = b if b is not None else z  # any valid pointer; never read
+    if activation == "softmax":
+        block = min(_cuda._BLOCK, max(32, _cuda._next_pow2(cols)))
+        args = (z, bias, np.int64(rows), np.int64(cols), has_bias)
+        _cuda._launch("nnxp_softmax_forward", dtype, device_id, (_cuda._row_grid(rows, device_id),), (block,), args)
+        return
+    total = rows * cols
+    zbuf = z_keep if z_keep is not None else z
+    args = (z, bias, zbuf, np.int64(total), np.int64(cols), np.int32(_cuda.ACT_CODES[activation]), has_bias,
+            np.int32(z_keep is not None))
+    _cuda._launch("nnxp_bias_act_forward", dtype, device_id, (_cuda._grid(total, device_id),), (_cuda._BLOCK,), args)
+
+
+@bias_activation_forward.override
+def _bias_activation_forward_cuda(z: Any, b: Any | None, activation: str, z_out: Any = None) -> Any:
+    """``y = f(z + b)`` in place over `z` (B, N); returns ``(y, z_kept)`` as :func:`dense_forward` does.
+
+    The tail of ``dense_forward_ref`` after its matmul; ``z_kept`` (z + b) is filled only for GELU.
+    """
+    dtype = _cuda._dtype_of(z)
+    if dtype is None or z.ndim != 2 or z.size == 0 or activation not in ACTIVATION_OPS:
+        return NotImplemented
+    dev = z.device.id
+    if not _cuda._fits(z, dtype, z.shape, dev):
+        return NotImplemented
+    if b is not None and not _cuda._fits(b, dtype, (z.shape[1],), dev):
+        return NotImplemented
+    needs_z = ACTIVATION_OPS[activation].needs_z
+    if needs_z and z_out is not None and not _cuda._fits(z_out, dtype, z.shape, dev):
+        return NotImplemented
+    if needs_z and z_out is None:
+        z_out = cupy_module().empty_like(z)
+    _bias_activation(z, b, activation, z_out if needs_z else None, dev)
+    return z, (z_out if needs_z else None)
+
+
+@dense_forward.override
+def _dense_forward_cuda(x: Any, w: Any, b: Any | None, activation: str, out: Any = None, z_out: Any = None) -> Any:
+    """Fused :func:`nnxp.ops.dense.dense_forward_ref`: cuBLAS matmul, then one bias + activation kernel."""
+    dtype = _cuda._dtype_of(x)
+    if dtype is None or x.ndim != 2 or not is_cupy_array(w) or w.dtype != dtype or w.ndim != 2:
+        return NotImplemented
+    if x.shape[1] != w.shape[0] or activation not in ACTIVATION_OPS:
+        return NotImplemented
+    dev = x.device.id
+    shape = (x.shape[0], w.shape[1])
+    if shape[0] * shape[1] == 0 or w.device.id != dev:
+        return NotImplemented
+    if b is not None and not _cuda._fits(b, dtype, (shape[1],), dev):
+        return NotImplemented
+    if out is not None and not _cuda._fits(out, dtype, shape, dev):
+        return NotImplemented
+    needs_z = ACTIVATION_OPS[activation].needs_z
+    if needs_z and z_out is not None and not _cuda._fits(z_out, dtype, shape, dev):
+        return NotImplemented
+    cp = cupy_module()
+    with cp.cuda.Device(dev):
+        z = _cublas.matmul(x, w, out=out)  # (B, n_out)
+        if needs_z and z_out is None:
+            z_out = cp.empty_like(z)
+    _bias_activation(z, b, activation, z_out if needs_z else None, dev)
+    return z, (z_out if needs_z else None)
+
+
+def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, db: Any | None, dev: int) -> None:
+    rows, cols = dy.shape
+    dtype = dy.dtype
+    if activation == "softmax":
+        block = min(_cuda._BLOCK, max(32, _cuda._next_pow2(cols)))
+        args = (dy, y, np.int64(rows), np.int64(cols))
+        _cuda._launch("nnxp_softmax_backward", dtype, dev, (_cuda._row_grid(rows, dev),), (block,), args)
+        if db is not None:
+            with cupy_module().cuda.Device(dev):
+                dy.sum(axis=0, out=db)
+        return
+    code = _cuda.ACT_CODES[activation]
+    write_dz = code != _cuda.ACT_CODES["linear"]
+    if not write_dz and db is None:
+        return  # linear without bias: dz is dy, nothing to do
+    # columns on threadIdx.x (coalesced), rows on threadIdx.y and blockIdx.y; >= 4 rows per thread
+    bx = min(32, _cuda._next_pow2(cols))
+    by = _cuda._BLOCK // bx
+    gx = -(-cols // bx)
+    gy_max = -(-rows // (by * 4))
+    gy = max(1, min(gy_max, -(-_cuda._BLOCKS_PER_SM * _cuda._KERNELS.sm_count(dev) // gx), 1024))
+    mode = 0 if db is None else (1 if gy == 1 else 2)
+    if mode == 2:
+        with cupy_module().cuda.Device(dev):
+            out = cupy_module().empty((gy, cols), dtype=dtype)
+    else:
+        out = db if db is not None else dy
+    args = (dy, y if y is not None else dy, z if z is not None else dy, out, np.int64(rows), np.int64(cols),
+            np.int32(code), np.int32(write_dz), np.int32(mode))
+    _cuda._launch("nnxp_act_backward_bias", dtype, dev, (gx, gy), (bx, by), args)
+    if mode == 2:
+        args = (out, db, np.int64(gy), np.int64(cols))
+        _cuda._launch("nnxp_column_sum", dtype, dev, (-(-cols // _cuda._BLOCK),), (_cuda._BLOCK,), args)
+
+
+@activation_backward_bias.override
+def _activation_backward_bias_cuda(dy: Any, y: Any, z: Any | None, activation: str, db: Any | None = None) -> Any:
+    """``dy <- dy * f'(.)`` in place and ``db <- dz.sum(axis=0)`` in the same pass; returns dz (= dy)."""
+    dtype = _cuda._dtype_of(dy)
+    if dtype is None or dy.ndim != 2 or dy.size == 0 or activation not in ACTIVATION_OPS:
+        return NotImplemented
+    dev = dy.device.id
+    if not _cuda._fits(dy, dtype, dy.shape, dev) or not _backward_inputs_fit(dy, y, z, activation, db, dtype, dev):
+        return NotImplemented
+    _activation_backward_bias(dy, y, z, activation, db, dev)
+    return dy
+
+
+def _backward_inputs_fit(dy, y, z, activation, db, dtype, dev) -> bool:
+    if activation not in ("linear", "gelu") and not _cuda._fits(y, dtype, dy.shape, dev):
+        return False
+    if activation == "gelu" and not _cuda._fits(z, dtype, dy.shape, dev):
+        return False
+    return db is None or _cuda._fits(db, dtype, (dy.shape[1],), dev)
+
+
+@dense_backward.override
+def _dense_backward_cuda(
+    dy: Any,
+    x: Any,
+    w: Any,
+    y: Any,
+    z: Any | None,
+    activation: str,
+    dw: Any,
+    db: Any | None,
+    dx_out: Any = None,
+    need_dx: bool = True,
+) -> Any:
+    """Fused :func:`nnxp.ops.dense.dense_backward_ref`: one kernel for dz and db, then the two matmuls."""
+    dtype = _cuda._dtype_of(dy)
+    if dtype is None or dy.ndim != 2 or dy.size == 0 or activation not in ACTIVATION_OPS:
+        return NotImplemented
+    dev = dy.device.id
+    rows, cols = dy.shape
+    if not _cuda._fits(dy, dtype, dy.shape, dev) or not _backward_inputs_fit(dy, y, z, activation, db, dtype, dev):
+        return NotImplemented
+    if not (is_cupy_array(x) and x.dtype == dtype and x.ndim == 2 and x.shape[0] == rows and x.device.id == dev):
+        return NotImplemented
+    n_in = x.shape[1]
+    if not (is_cupy_array(w) and w.dtype == dtype and w.shape == (n_in, cols) and w.device.id == dev):
+        return NotImplemented
+    if not _cuda._fits(dw, dtype, (n_in, cols), dev):
+        return NotImplemented
+    if need_dx and dx_out is not None and not _cuda._fits(dx_out, dtype, (rows, n_in), dev):
+        return NotImplemented
+    _activation_backward_bias(dy, y, z, activation, db, dev)
+    cp = cupy_module()
+    with cp.cuda.Device(dev):
+        _cublas.matmul(x.T, dy, out=dw)  # (n_in, n_out)
+        if not need_dx:
+            return None
+        return _cublas.matmul(dy, w.T, out=dx_out)  # (B, n_in)

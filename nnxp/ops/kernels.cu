@@ -6,7 +6,7 @@
 // with -DNNXP_EXPLICIT_INSTANTIATION (the compile test). The element math lives in NX_HD functions that the
 // kernels call, so the same formulas also build as host C++ (-DNNXP_HOST_HARNESS, g++) for a CPU check.
 //
-// Numerics mirror the NumPy references in nnxp/ops/{dense,activation,loss,optim}.py operation by operation
+// Numerics mirror the NumPy references in nnxp/ops/{dense,activation,loss,optim,dropout}.py operation by operation
 // (same order, same constants, NaN-propagating max/min like np.maximum/np.minimum). The loader compiles with
 // --fmad=false so no multiply-add is contracted. What that buys, and what it does not:
 // - CuPy's RawModule always adds -ftz=true (cupy/cuda/compiler.py _compile_with_cache_cuda), so in float32
@@ -34,7 +34,7 @@
 
 // --- element math (shared by kernels and the host harness) ---------------------------------------------------
 
-// Activation codes; must match _ACT_CODES in nnxp/ops/_cuda.py. Softmax is a row kernel, not a code.
+// Activation codes; must match ACT_CODES in nnxp/ops/_cuda.py. Softmax is a row kernel, not a code.
 #define NX_LINEAR 0
 #define NX_RELU 1
 #define NX_LEAKY_RELU 2
@@ -576,7 +576,8 @@ __global__ void nnxp_sigmoid_bce(const T* logits, const T* target, T* grad, T* p
 
 // --- (d) optimizers: one elementwise pass over the flat buffers ---------------------------------------------
 //
-// The T scalars come by value, or, when `hp` is not null, from hp[0..k) in parameter order: a captured CUDA
+// The T scalars come by value, or, when `hp` is not null, from hp[0..k) in parameter order (the order of the
+// floating-point entries of the *_scalars functions in nnxp/ops/optim.py, Update.device_scalars): a captured CUDA
 // graph replays the same launch every step, so the step-dependent factors (learning rate schedules, Adam's
 // bias correction) must live in device memory that the host rewrites before each replay.
 
@@ -701,7 +702,7 @@ __global__ void nnxp_adamax(T* p, const T* g, T* m, T* u, long long n, T one_min
 // store_mask (for callers that keep it), otherwise backward regenerates it from (seed, i).
 // With `state` (device memory: state[0] the layer's seed, state[1] its step counter), the mask's seed is
 // nx_hash(state[0], state[1]) instead of `seed`: a replayed CUDA graph then draws a new mask every step, since
-// the layer bumps state[1] on the device before each forward (nx_step_seed in _cuda.py is the host twin).
+// the layer bumps state[1] on the device before each forward (step_seed in nnxp/ops/dropout.py is the host twin).
 NX_HD unsigned long long nx_step_seed(unsigned long long seed, const unsigned long long* state) {
     return state ? nx_hash(state[0], state[1]) : seed;
 }

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import xp_of
+from ..backend import cupy_module, xp_of
 from . import _cpu, _cuda
+from ._cuda import Op
 
 # Probabilities are clipped to [EPS, 1 - EPS] before a log (as Keras does).
 EPS = 1e-7
@@ -329,14 +330,87 @@ def _sigmoid_binary_cross_entropy_cpu(logits: Any, target: Any, grad: Any = None
     return sigmoid_binary_cross_entropy_ref(logits, target, grad, sample_weight) if r is None else r
 
 
-# Public entry points. The fused logit losses run one CUDA kernel (nnxp.ops._cuda) on the CuPy arrays it
+# Public entry points. The fused logit losses run one CUDA kernel (below) on the CuPy arrays it
 # handles, the compiled CPU loop above on the NumPy arrays it handles, and the reference otherwise; the rest
 # are the references.
-softmax_cross_entropy = _cuda.override("softmax_cross_entropy", _softmax_cross_entropy_cpu)
-sparse_softmax_cross_entropy = _cuda.override("sparse_softmax_cross_entropy", _sparse_softmax_cross_entropy_cpu)
-sigmoid_binary_cross_entropy = _cuda.override("sigmoid_binary_cross_entropy", _sigmoid_binary_cross_entropy_cpu)
+softmax_cross_entropy = Op(softmax_cross_entropy_ref, _softmax_cross_entropy_cpu)
+sparse_softmax_cross_entropy = Op(sparse_softmax_cross_entropy_ref, _sparse_softmax_cross_entropy_cpu)
+sigmoid_binary_cross_entropy = Op(sigmoid_binary_cross_entropy_ref, _sigmoid_binary_cross_entropy_cpu)
 categorical_cross_entropy = categorical_cross_entropy_ref
 sparse_categorical_cross_entropy = sparse_categorical_cross_entropy_ref
 binary_cross_entropy = binary_cross_entropy_ref
 mean_squared_error = mean_squared_error_ref
 mean_absolute_error = mean_absolute_error_ref
+
+
+# --- CUDA: the fused logit losses (kernels.cu), each taking its reference's arguments -----------------------
+
+
+def _loss_launch(name: str, logits: Any, second: Any, grad: Any, rows_or_total: int, cols: int | None,
+                 count: int, grid: int, dev: int) -> tuple[Any, Any]:
+    cp = cupy_module()
+    dtype = logits.dtype
+    scalar = dtype.type
+    with cp.cuda.Device(dev):
+        g = cp.empty_like(logits) if grad is None else grad
+        loss = cp.empty((), dtype=dtype)
+        partials = cp.empty(grid, dtype=dtype)
+        # The last-block ticket counter: one per launch, zeroed by a memset on this launch's stream (cupy.zeros
+        # is memset_async on the current stream, cupy/_creation/basic.py), so a capture records it as a memset
+        # node and every replay starts from 0. A counter shared by launches on two streams would mix their
+        # tickets; one left non-zero by an aborted launch would poison every later call.
+        counter = cp.zeros(1, dtype=np.uint32)
+    sizes = (np.int64(rows_or_total),) if cols is None else (np.int64(rows_or_total), np.int64(cols))
+    # 1.0 / n in double, then cast (as `g *= 1.0 / n`); the mean divides by T(n) (as `.sum() / n`)
+    args = (logits, second, g, partials, counter, loss, *sizes, scalar(1.0 / count), scalar(count))
+    _cuda._launch(name, dtype, dev, (grid,), (_cuda._BLOCK,), args)
+    return loss, g
+
+
+def _loss_inputs_fit(logits: Any, grad: Any) -> np.dtype | None:
+    dtype = _cuda._dtype_of(logits)
+    if dtype is None or logits.ndim != 2 or logits.size == 0:
+        return None
+    dev = logits.device.id
+    if not _cuda._fits(logits, dtype, logits.shape, dev):
+        return None
+    if grad is not None and not _cuda._fits(grad, dtype, logits.shape, dev):
+        return None
+    return dtype
+
+
+@softmax_cross_entropy.override
+def _softmax_cross_entropy_cuda(logits: Any, target: Any, grad: Any = None) -> Any:
+    """Fused :func:`nnxp.ops.loss.softmax_cross_entropy_ref` (one warp per row, one launch)."""
+    dtype = _loss_inputs_fit(logits, grad)
+    if dtype is None or not _cuda._fits(target, dtype, logits.shape, logits.device.id):
+        return NotImplemented
+    rows, cols = logits.shape
+    dev = logits.device.id
+    grid = _cuda._grid(rows, dev, _cuda._BLOCK // 32)
+    return _loss_launch("nnxp_softmax_xent", logits, target, grad, rows, cols, rows, grid, dev)
+
+
+@sparse_softmax_cross_entropy.override
+def _sparse_softmax_cross_entropy_cuda(logits: Any, labels: Any, grad: Any = None) -> Any:
+    """Fused :func:`nnxp.ops.loss.sparse_softmax_cross_entropy_ref` for int64 labels (B,)."""
+    dtype = _loss_inputs_fit(logits, grad)
+    if dtype is None:
+        return NotImplemented
+    rows, cols = logits.shape
+    dev = logits.device.id
+    if not _cuda._fits(labels, np.dtype(np.int64), (rows,), dev):
+        return NotImplemented
+    grid = _cuda._grid(rows, dev, _cuda._BLOCK // 32)
+    return _loss_launch("nnxp_sparse_softmax_xent", logits, labels, grad, rows, cols, rows, grid, dev)
+
+
+@sigmoid_binary_cross_entropy.override
+def _sigmoid_binary_cross_entropy_cuda(logits: Any, target: Any, grad: Any = None) -> Any:
+    """Fused :func:`nnxp.ops.loss.sigmoid_binary_cross_entropy_ref` (mean over all elements)."""
+    dtype = _loss_inputs_fit(logits, grad)
+    if dtype is None or not _cuda._fits(target, dtype, logits.shape, logits.device.id):
+        return NotImplemented
+    dev = logits.device.id
+    total = logits.size
+    return _loss_launch("nnxp_sigmoid_bce", logits, target, grad, total, None, total, _cuda._grid(total, dev), dev)

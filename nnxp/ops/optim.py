@@ -12,12 +12,23 @@ see the end of this module).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ..backend import is_cupy_array, sum_of_squares, xp_of
+from ..backend import is_cupy_array, xp_of
+from ..errors import NnxpError
 from . import _cpu, _cuda
+from ._cuda import Op
+from .reduce import sum_of_squares
+
+
+def inverse_step_size(alpha: float) -> float:
+    """1 / alpha for the Adam-style ``p -= m / ((denominator) * (1 / alpha))``; inf when a schedule reaches a
+    learning rate of 0, which makes the step exactly 0 (m / inf) instead of dividing by zero."""
+    return 1.0 / alpha if alpha else math.inf
 
 
 def sgd_ref(p: Any, g: Any, velocity: Any | None, tmp: Any, lr: float, momentum: float, nesterov: bool) -> None:
@@ -120,7 +131,7 @@ def adam_ref(
     v += tmp
     xp.sqrt(v, out=tmp)
     tmp += epsilon
-    tmp *= _cuda.inverse_step_size(alpha)  # inf at lr 0: a zero step
+    tmp *= inverse_step_size(alpha)  # inf at lr 0: a zero step
     xp.divide(m, tmp, out=tmp)
     p -= tmp
 
@@ -138,7 +149,7 @@ def adamax_ref(
     xp.abs(g, out=tmp)
     xp.maximum(u, tmp, out=u)
     xp.add(u, epsilon, out=tmp)
-    tmp *= _cuda.inverse_step_size(alpha)  # inf at lr 0: a zero step
+    tmp *= inverse_step_size(alpha)  # inf at lr 0: a zero step
     xp.divide(m, tmp, out=tmp)
     p -= tmp
 
@@ -357,7 +368,7 @@ def _adamax_cpu(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step) -> None:
     f = p.dtype.type if hasattr(p, "dtype") else float
     alpha = lr / (1.0 - beta_1**step)  # exactly as adamax_ref
     _cpu_step("adamax", _adamax_loop, adamax_ref, (p, g, m, u, tmp), (lr, beta_1, beta_2, epsilon, step),
-              lambda: (p, g, m, u, f(1.0 - beta_1), f(beta_2), f(_cuda.inverse_step_size(alpha)), f(epsilon)))
+              lambda: (p, g, m, u, f(1.0 - beta_1), f(beta_2), f(inverse_step_size(alpha)), f(epsilon)))
 
 
 def _adam_cpu(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step) -> None:
@@ -365,30 +376,222 @@ def _adam_cpu(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step) -> None:
     alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref
     # the scalars adam_ref's ufuncs see: Python floats cast to the buffers' dtype
     _cpu_step("adam", _adam_loop, adam_ref, (p, g, m, v, tmp), (lr, beta_1, beta_2, epsilon, step),
-              lambda: (p, g, m, v, f(1.0 - beta_1), f(1.0 - beta_2), f(_cuda.inverse_step_size(alpha)), f(epsilon)))
+              lambda: (p, g, m, v, f(1.0 - beta_1), f(1.0 - beta_2), f(inverse_step_size(alpha)), f(epsilon)))
 
 
-def adam(
-    p: Any, g: Any, m: Any, v: Any, tmp: Any, lr: float, beta_1: float, beta_2: float, epsilon: float, step: int
-) -> None:
-    """:func:`adam_ref`: one fused kernel on CUDA; one compiled pass on the CPU where Numba is importable."""
-    if is_cupy_array(p):
-        if _cuda.adam(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step) is not NotImplemented:
+class Update(Op):
+    """An optimizer's rule as an op over one flat buffer: ``rule(p, g, *state, tmp, *scalars)``.
+
+    `state` names its state buffers (None where a configuration has none) and `scalars` its named scalars, both
+    in the reference's order; `kernel_scalars` turns them into its kernel's T scalars. :func:`update` is the one
+    way a step runs, eager or replayed in a CUDA graph.
+    """
+
+    def __init__(self, ref: Callable, host: Callable, state: tuple[str, ...], scalars: tuple[str, ...],
+                 kernel_scalars: Callable) -> None:
+        super().__init__(ref, host)
+        self.state, self.scalars, self._kernel_scalars = state, scalars, kernel_scalars
+
+    def kernel_scalars(self, dtype: Any, state: tuple, scalars: Mapping[str, Any], weight_decay: float = 0.0) -> tuple:
+        """The kernel's scalars (floating point, then int flags) for these named scalars and state buffers."""
+        return self._kernel_scalars(np.dtype(dtype), state, scalars, weight_decay)
+
+    def device_scalars(self, dtype: Any, state: tuple, scalars: Mapping[str, Any], weight_decay: float = 0.0) -> tuple:
+        """What the kernel reads from `hp` (its floating-point scalars, in order) when a graph replays it."""
+        return _floats(self.kernel_scalars(dtype, state, scalars, weight_decay))
+
+
+def update(rule: Update, p: Any, g: Any, state: tuple, tmp: Any, scalars: Mapping[str, Any],
+           weight_decay: float = 0.0, hp: Any = None) -> None:
+    """One optimizer step in place: decoupled weight decay (``p *= 1 - lr * weight_decay``), then `rule`.
+
+    On CuPy buffers its kernel does both in one pass (the decay folded in, the same rounding as the separate
+    pass); elsewhere :func:`weight_decay_ref` runs first, then the rule's host path. `hp` (a step captured in a
+    CUDA graph) is the device buffer the kernel reads its floating-point scalars from; then the kernel must run.
+    """
+    values = tuple(scalars[name] for name in rule.scalars)
+    if rule.fused is not None and is_cupy_array(p):
+        if rule.fused(p, g, *state, tmp, *values, weight_decay=weight_decay, hp=hp) is not NotImplemented:
             return
-        adam_ref(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step)
-        return
-    _adam_cpu(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step)
+    if hp is not None:
+        raise NnxpError(f"the fused {rule.__name__} kernel cannot run on these buffers, so this step cannot be "
+                        "captured")
+    if weight_decay:
+        weight_decay_ref(p, scalars["lr"], weight_decay)
+    rule.host(p, g, *state, tmp, *values)
 
 
 # --- the public entry points: one fused CUDA kernel for the CuPy buffers it handles, else the CPU path -------
 
-
-sgd = _cuda.override("sgd", _sgd_cpu)
-rmsprop = _cuda.override("rmsprop", _rmsprop_cpu)
-adagrad = _cuda.override("adagrad", _adagrad_cpu)
-adadelta = _cuda.override("adadelta", _adadelta_cpu)
-adamax = _cuda.override("adamax", _adamax_cpu)
+sgd = Update(sgd_ref, _sgd_cpu, ("velocity",), ("lr", "momentum", "nesterov"),
+             lambda t, st, s, wd: sgd_scalars(t, s["lr"], s["momentum"], s["nesterov"], st[0] is not None, wd))
+rmsprop = Update(rmsprop_ref, _rmsprop_cpu, ("avg_sq", "mom", "avg_g"), ("lr", "rho", "momentum", "epsilon"),
+                 lambda t, st, s, wd: rmsprop_scalars(t, s["lr"], s["rho"], s["momentum"], s["epsilon"],
+                                                      st[1] is not None, st[2] is not None, wd))
+adagrad = Update(adagrad_ref, _adagrad_cpu, ("acc",), ("lr", "epsilon"),
+                 lambda t, st, s, wd: adagrad_scalars(t, s["lr"], s["epsilon"], wd))
+adadelta = Update(adadelta_ref, _adadelta_cpu, ("acc_g", "acc_dx"), ("lr", "rho", "epsilon"),
+                  lambda t, st, s, wd: adadelta_scalars(t, s["lr"], s["rho"], s["epsilon"], wd))
+adam = Update(adam_ref, _adam_cpu, ("m", "v"), ("lr", "beta_1", "beta_2", "epsilon", "step"),
+              lambda t, st, s, wd: adam_scalars(t, s["lr"], s["beta_1"], s["beta_2"], s["epsilon"], s["step"], wd))
+adamax = Update(adamax_ref, _adamax_cpu, ("m", "u"), ("lr", "beta_1", "beta_2", "epsilon", "step"),
+                lambda t, st, s, wd: adamax_scalars(t, s["lr"], s["beta_1"], s["beta_2"], s["epsilon"], s["step"],
+                                                    wd))
 weight_decay = weight_decay_ref
 clip_by_value = clip_by_value_ref
 clip_by_global_norm = clip_by_global_norm_ref
 clip_by_norm_per_segment = clip_by_norm_per_segment_ref
+
+
+# --- CUDA: one kernel per step, the references' arguments plus the decoupled weight decay, folded in --------
+#
+# Hyper-parameters reach the kernels as T scalars computed in double exactly as the references compute the
+# Python floats they multiply by (`tmp *= 1.0 - rho` is T(1.0 - rho)); `decay` = 1 - lr * weight_decay is
+# weight_decay_ref's factor (1.0, an exact no-op, without decay). The *_scalars functions are shared with the
+# host check of the element math in tests/test_ops_cuda_compile.py.
+
+
+def sgd_scalars(dtype, lr, momentum, nesterov, has_velocity, weight_decay=0.0) -> tuple:
+    t = np.dtype(dtype).type
+    mode = 0 if not has_velocity else (2 if nesterov else 1)
+    return t(lr), t(momentum), t(1.0 - lr * weight_decay), np.int32(mode)
+
+
+def rmsprop_scalars(dtype, lr, rho, momentum, epsilon, has_mom, centered, weight_decay=0.0) -> tuple:
+    t = np.dtype(dtype).type
+    return (t(lr), t(rho), t(1.0 - rho), t(momentum), t(epsilon), t(1.0 - lr * weight_decay), np.int32(has_mom),
+            np.int32(centered))
+
+
+def adagrad_scalars(dtype, lr, epsilon, weight_decay=0.0) -> tuple:
+    t = np.dtype(dtype).type
+    return t(lr), t(epsilon), t(1.0 - lr * weight_decay)
+
+
+def adadelta_scalars(dtype, lr, rho, epsilon, weight_decay=0.0) -> tuple:
+    t = np.dtype(dtype).type
+    return t(lr), t(rho), t(1.0 - rho), t(epsilon), t(1.0 - lr * weight_decay)
+
+
+def adam_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -> tuple:
+    t = np.dtype(dtype).type
+    alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref, on the host
+    return t(1.0 - beta_1), t(1.0 - beta_2), t(epsilon), t(inverse_step_size(alpha)), t(1.0 - lr * weight_decay)
+
+
+def adamax_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -> tuple:
+    t = np.dtype(dtype).type
+    alpha = lr / (1.0 - beta_1**step)  # exactly as adamax_ref
+    return t(1.0 - beta_1), t(beta_2), t(epsilon), t(inverse_step_size(alpha)), t(1.0 - lr * weight_decay)
+
+
+def _flat_fit(p: Any, *others: Any) -> np.dtype | None:
+    """p and every non-None other: C-contiguous CuPy arrays of one float dtype, size and device."""
+    dtype = _cuda._dtype_of(p)
+    if dtype is None or p.size == 0:
+        return None
+    dev = p.device.id
+    for a in (p, *others):
+        if a is not None and not _cuda._fits(a, dtype, p.shape, dev):
+            return None
+    return dtype
+
+
+def _floats(scalars: tuple) -> tuple:
+    """The floating-point entries of a ``*_scalars`` tuple: what a kernel reads from `hp` when it is given."""
+    return tuple(x for x in scalars if isinstance(x, np.floating))
+
+
+def _hp_fits(hp: Any, p: Any, scalars: tuple) -> bool:
+    return hp is None or (
+        is_cupy_array(hp) and hp.dtype == p.dtype and hp.ndim == 1 and hp.size >= len(_floats(scalars))
+        and hp.flags.c_contiguous and hp.device.id == p.device.id
+    )
+
+
+def _step(name: str, p: Any, args: tuple, hp: Any) -> None:
+    dev = p.device.id
+    _cuda._launch(name, p.dtype, dev, (_cuda._grid(p.size, dev),), (_cuda._BLOCK,), (*args, hp))
+
+
+# Each takes `hp`: None, or a device array the kernel reads its floating-point scalars from (see kernels.cu;
+# Update.kernel_scalars gives the values), for steps replayed in a CUDA graph.
+
+
+@sgd.override
+def _sgd_cuda(p, g, velocity, tmp, lr, momentum, nesterov, weight_decay: float = 0.0, hp: Any = None):
+    """Fused :func:`nnxp.ops.optim.sgd_ref` (`tmp` is not needed); returns None, or NotImplemented."""
+    dtype = _flat_fit(p, g, velocity)
+    scalars = None if dtype is None else sgd_scalars(dtype, lr, momentum, nesterov, velocity is not None, weight_decay)
+    if dtype is None or not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    v = velocity if velocity is not None else p  # never read without momentum
+    _step("nnxp_sgd", p, (p, g, v, np.int64(p.size), *scalars), hp)
+    return None
+
+
+@rmsprop.override
+def _rmsprop_cuda(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon, weight_decay: float = 0.0, hp: Any = None):
+    """Fused :func:`nnxp.ops.optim.rmsprop_ref` (plain, momentum, centered, or both)."""
+    dtype = _flat_fit(p, g, avg_sq, mom, avg_g)
+    if dtype is None or avg_sq is None:
+        return NotImplemented
+    scalars = rmsprop_scalars(dtype, lr, rho, momentum, epsilon, mom is not None, avg_g is not None, weight_decay)
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    m = mom if mom is not None else p
+    a = avg_g if avg_g is not None else p
+    _step("nnxp_rmsprop", p, (p, g, avg_sq, m, a, np.int64(p.size), *scalars), hp)
+    return None
+
+
+@adagrad.override
+def _adagrad_cuda(p, g, acc, tmp, lr, epsilon, weight_decay: float = 0.0, hp: Any = None):
+    """Fused :func:`nnxp.ops.optim.adagrad_ref`."""
+    dtype = _flat_fit(p, g, acc)
+    if dtype is None or acc is None:
+        return NotImplemented
+    scalars = adagrad_scalars(dtype, lr, epsilon, weight_decay)
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    _step("nnxp_adagrad", p, (p, g, acc, np.int64(p.size), *scalars), hp)
+    return None
+
+
+@adadelta.override
+def _adadelta_cuda(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay: float = 0.0, hp: Any = None):
+    """Fused :func:`nnxp.ops.optim.adadelta_ref`."""
+    dtype = _flat_fit(p, g, acc_g, acc_dx)
+    if dtype is None or acc_g is None or acc_dx is None:
+        return NotImplemented
+    scalars = adadelta_scalars(dtype, lr, rho, epsilon, weight_decay)
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    _step("nnxp_adadelta", p, (p, g, acc_g, acc_dx, np.int64(p.size), *scalars), hp)
+    return None
+
+
+@adam.override
+def _adam_cuda(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
+    """Fused :func:`nnxp.ops.optim.adam_ref` (bias correction folded into one host-side factor)."""
+    dtype = _flat_fit(p, g, m, v)
+    if dtype is None or m is None or v is None:
+        return NotImplemented
+    scalars = adam_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay)
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    _step("nnxp_adam", p, (p, g, m, v, np.int64(p.size), *scalars), hp)
+    return None
+
+
+@adamax.override
+def _adamax_cuda(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
+    """Fused :func:`nnxp.ops.optim.adamax_ref`."""
+    dtype = _flat_fit(p, g, m, u)
+    if dtype is None or m is None or u is None:
+        return NotImplemented
+    scalars = adamax_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay)
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    _step("nnxp_adamax", p, (p, g, m, u, np.int64(p.size), *scalars), hp)
+    return None
