@@ -8,6 +8,7 @@ the dispatcher falls back to the reference. Nothing is compiled at import, and C
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import math
@@ -535,12 +536,24 @@ def _matmul(a: Any, b: Any, out: Any = None) -> Any:
     return _gemm(a, b, out)
 
 
+_NOTHING = contextlib.nullcontext()
+
+
+def _current(device_id: int) -> Any:
+    """A `with` that makes `device_id` current: CuPy's Device context when another device is current, else
+    nothing. Device.__exit__ calls cudaSetDevice even when the device never changed (cupy/cuda/device.pyx,
+    Device.__enter__/__exit__), a runtime call per launch that a step on the current device does not need."""
+    if cupy_module().cuda.runtime.getDevice() == device_id:
+        return _NOTHING
+    return cupy_module().cuda.Device(device_id)
+
+
 def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> None:
     kernel = _KERNELS.function(name, dtype, device_id)
     if len(grid) == 1:  # every 1-D kernel loops over its work: no more blocks than the SMs hold at once
         grid = (max(1, min(grid[0], _KERNELS.resident_blocks(name, dtype, device_id, block[0])
                            * _KERNELS.sm_count(device_id))),)
-    with cupy_module().cuda.Device(device_id):
+    with _current(device_id):
         kernel(grid, block, args)
 
 
@@ -608,7 +621,7 @@ def dense_forward(x: Any, w: Any, b: Any | None, activation: str, out: Any = Non
     if needs_z and z_out is not None and not _fits(z_out, dtype, shape, dev):
         return NotImplemented
     cp = cupy_module()
-    with cp.cuda.Device(dev):
+    with _current(dev):
         z = _matmul(x, w, out=out)  # (B, n_out)
         if needs_z and z_out is None:
             z_out = cp.empty_like(z)
@@ -624,7 +637,7 @@ def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, d
         args = (dy, y, np.int64(rows), np.int64(cols))
         _launch("nnxp_softmax_backward", dtype, dev, (_row_grid(rows, dev),), (block,), args)
         if db is not None:
-            with cupy_module().cuda.Device(dev):
+            with _current(dev):
                 dy.sum(axis=0, out=db)
         return
     code = ACT_CODES[activation]
@@ -639,7 +652,7 @@ def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, d
     gy = max(1, min(gy_max, -(-_BLOCKS_PER_SM * _KERNELS.sm_count(dev) // gx), 1024))
     mode = 0 if db is None else (1 if gy == 1 else 2)
     if mode == 2:
-        with cupy_module().cuda.Device(dev):
+        with _current(dev):
             out = cupy_module().empty((gy, cols), dtype=dtype)
     else:
         out = db if db is not None else dy
@@ -703,8 +716,7 @@ def dense_backward(
     if need_dx and dx_out is not None and not _fits(dx_out, dtype, (rows, n_in), dev):
         return NotImplemented
     _activation_backward_bias(dy, y, z, activation, db, dev)
-    cp = cupy_module()
-    with cp.cuda.Device(dev):
+    with _current(dev):
         _matmul(x.T, dy, out=dw)  # (n_in, n_out)
         if not need_dx:
             return None
@@ -719,7 +731,7 @@ def _loss_launch(name: str, logits: Any, second: Any, grad: Any, rows_or_total: 
     cp = cupy_module()
     dtype = logits.dtype
     scalar = dtype.type
-    with cp.cuda.Device(dev):
+    with _current(dev):
         g = cp.empty_like(logits) if grad is None else grad
         loss = cp.empty((), dtype=dtype)
         partials = cp.empty(grid, dtype=dtype)
@@ -1067,7 +1079,7 @@ def dropout_forward(x: Any, rate: float, seed: Any, out: Any = None, mask_out: A
         return NotImplemented
     dev = x.device.id
     cp = cupy_module()
-    with cp.cuda.Device(dev):
+    with _current(dev):
         y = cp.empty_like(x) if out is None else out
     t = dtype.type
     value, state = _seed_args(seed)
@@ -1085,7 +1097,7 @@ def dropout_backward(dy: Any, rate: float, seed: Any, out: Any = None) -> Any:
         return NotImplemented
     dev = dy.device.id
     cp = cupy_module()
-    with cp.cuda.Device(dev):
+    with _current(dev):
         dx = cp.empty_like(dy) if out is None else out
     t = dtype.type
     value, state = _seed_args(seed)
