@@ -676,6 +676,8 @@ class Sequential:
         # on a GPU each batch's loss is kept on the device and looked at once, at the end of the epoch
         plan = comm.batches(n, batch_size)  # (lo, hi, rows of the global batch, where this rank's rows begin in it)
         batch_losses = None if check_each_batch else xp.empty(len(plan), dtype=np.float64)
+        batch_sizes: list[int] = []
+        loss_type: Any = None
         loss_sum = xp.zeros((), dtype=np.float64)
         metric_sums = {name: xp.zeros((), dtype=np.float64) for name in self.metrics}
         weight_sum = None if w is None else xp.zeros((), dtype=np.float64)  # the weighted metrics' denominator
@@ -719,9 +721,12 @@ class Sequential:
                 self.optimizer.apply(self.params, self.grads)
                 if graphs and nb == batch_size:
                     self._fit_state["graph_warm"] = True  # kernels built and state allocated: capture next
-            if batch_losses is not None:
+            if batch_losses is not None:  # on a GPU: the epoch's loss is summed from these at its end
                 batch_losses[batch] = loss
-            loss_sum += loss * nb
+                batch_sizes.append(nb)
+                loss_type = loss.dtype.type
+            else:
+                loss_sum += loss * nb
             for name, value in sums.items():
                 metric_sums[name] += value
             seen += nb
@@ -743,12 +748,21 @@ class Sequential:
                                     + ([] if weight_sum is None else [float(weight_sum)]))
             metric_sums = dict(zip(names, totals[: len(names)]))
             weight_sum = None if weight_sum is None else totals[-1]
+        losses = None
+        if batch_losses is not None:
+            # one read of the epoch's batch losses instead of two launches per step (loss * nb, loss_sum +=):
+            # the same float64 sum of loss * nb in the loss's dtype, in the same order, as the device did it
+            losses = to_numpy(batch_losses[: len(batch_sizes)])
+            total = 0.0
+            for value, nb in zip(losses, batch_sizes, strict=True):
+                total += float(loss_type(value) * loss_type(nb))
+            loss_sum = total
         logs = {"loss": float(loss_sum) / max(seen, 1)}
         logs.update({name: _ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
         if not math.isfinite(logs["loss"]) or not bool(xp.isfinite(self.params).all()):
             first_bad = None
-            if batch_losses is not None:
-                bad = np.flatnonzero(~np.isfinite(to_numpy(batch_losses[: batch + 1])))
+            if losses is not None:
+                bad = np.flatnonzero(~np.isfinite(losses))
                 first_bad = int(bad[0]) if bad.size else None
             self._recover_from_blowup(snapshot, epoch, first_bad)
         return logs
