@@ -125,6 +125,10 @@ ACT_CODES = {
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _BLOCK = 256  # threads per block for the 1-D kernels (a multiple of 32: the reductions use whole warps)
 _BLOCKS_PER_SM = 8  # grid cap for grid-stride kernels: 8 x 256 threads fill an SM; larger inputs loop
+# Bias gradients of at most this many rows are summed in one pass (one block row per column tile, mode 1): at
+# small batches a second launch (nnxp_column_sum) costs more than the extra rows each thread walks (<= 32 at 8
+# rows of threads). Above it, two stages: per-block partial sums, then the column sum (issue 11, bias gradient).
+_ONE_PASS_ROWS = 256
 
 
 def _source() -> str:
@@ -650,6 +654,8 @@ def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, d
     gx = -(-cols // bx)
     gy_max = -(-rows // (by * 4))
     gy = max(1, min(gy_max, -(-_BLOCKS_PER_SM * _KERNELS.sm_count(dev) // gx), 1024))
+    if db is not None and rows <= _ONE_PASS_ROWS:
+        gy = 1
     mode = 0 if db is None else (1 if gy == 1 else 2)
     if mode == 2:
         with _current(dev):
