@@ -67,6 +67,7 @@ def counted(emulator):
                    property(lambda self: {"MultiProcessorCount": SMS, "MaxThreadsPerBlock": 1024, "WarpSize": 32}))
         mp.setattr(backend, "_cupy", _stand_in_cupy.stand_in_cupy(emulator))
         mp.setattr(_cuda, "_KERNELS", _cuda.LazyKernels())
+        mp.setattr(_cuda, "_SCRATCH", {})
         mp.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)  # the graph seam of tests/test_graph.py
         mp.setattr(_cuda, "_prepare_capture", lambda device_id: None)
         eager = _fit_counting(graph=False)

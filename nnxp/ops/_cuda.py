@@ -552,6 +552,28 @@ def _current(device_id: int) -> Any:
     return cupy_module().cuda.Device(device_id)
 
 
+# Scratch arrays of the fused kernels (the bias gradient's partial sums), kept per
+# (device, stream, shape, dtype) so a step of fixed shape allocates them once; launches on one stream run in
+# order, so one set per stream is never in use twice at a time. While a graph is captured they are made fresh
+# instead (from the capture's private pool, which the graph keeps): a cached buffer could be reused by eager work
+# after the capture's stream is gone and its handle reused.
+_SCRATCH: dict[tuple, Any] = {}
+_SCRATCH_MAX = 64  # distinct shapes (batch sizes x layers x dtypes); beyond it the cache starts over
+
+
+def _scratch(what: str, shape: tuple, dtype: Any, dev: int) -> Any:
+    cp = cupy_module()
+    if getattr(_capture, "active", False):
+        return cp.empty(shape, dtype=dtype)
+    key = (what, dev, cp.cuda.get_current_stream().ptr, shape, np.dtype(dtype).str)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        if len(_SCRATCH) >= _SCRATCH_MAX:
+            _SCRATCH.clear()
+        buf = _SCRATCH[key] = cp.empty(shape, dtype=dtype)
+    return buf
+
+
 def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> None:
     kernel = _KERNELS.function(name, dtype, device_id)
     if len(grid) == 1:  # every 1-D kernel loops over its work: no more blocks than the SMs hold at once
@@ -659,7 +681,7 @@ def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, d
     mode = 0 if db is None else (1 if gy == 1 else 2)
     if mode == 2:
         with _current(dev):
-            out = cupy_module().empty((gy, cols), dtype=dtype)
+            out = _scratch("bias partials", (gy, cols), dtype, dev)
     else:
         out = db if db is not None else dy
     args = (dy, y if y is not None else dy, z if z is not None else dy, out, np.int64(rows), np.int64(cols),
@@ -739,6 +761,8 @@ def _loss_launch(name: str, logits: Any, second: Any, grad: Any, rows_or_total: 
     scalar = dtype.type
     with _current(dev):
         g = cp.empty_like(logits) if grad is None else grad
+        # loss, partials and counter are made per launch: the loss is returned, and two launches in flight
+        # must not share partials or tickets (tests/test_ops_cuda.py, the loss launches in flight)
         loss = cp.empty((), dtype=dtype)
         partials = cp.empty(grid, dtype=dtype)
         # The last-block ticket counter: one per launch, zeroed by a memset on this launch's stream (cupy.zeros
