@@ -431,7 +431,11 @@ class Sequential:
                     pred = A.activation_forward(self.layers[-1].activation, out)
                 diff = pred - y
                 per_sample = (diff * diff if kind == "mse" else xp.abs(diff)).mean(axis=1)
-            sums[name] = per_sample.sum() if w is None else (per_sample * w).sum()
+            if w is None:  # into a buffer kept per metric (of sum's own dtype): no allocation per step
+                dtype = np.int64 if per_sample.dtype == np.bool_ else per_sample.dtype
+                sums[name] = per_sample.sum(out=self.layers[-1]._buffers.get(f"sum {name}", xp, (), dtype))
+            else:
+                sums[name] = (per_sample * w).sum()
         return sums
 
     def _correct(self, out: Any, y: Any) -> Any:
@@ -440,9 +444,11 @@ class Sequential:
             threshold = 0.0 if self._fused else 0.5
             hits = (out > threshold) == (y > 0.5)
             return hits.mean(axis=1)
-        pred = out.argmax(axis=1)
-        true = y if self.loss.sparse else y.argmax(axis=1)
-        return pred == true
+        # argmax and == into buffers kept per batch shape (the last layer's): no allocation per step
+        xp, bufs, rows = xp_of(out), self.layers[-1]._buffers, out.shape[0]
+        pred = out.argmax(axis=1, out=bufs.get("argmax", xp, (rows,), np.int64))
+        true = y if self.loss.sparse else y.argmax(axis=1, out=bufs.get("argmax y", xp, (rows,), np.int64))
+        return xp.equal(pred, true, out=bufs.get("correct", xp, (rows,), np.bool_))
 
     # --- data -----------------------------------------------------------------------------------
     def _prepare(self, x: Any, y: Any, xname: str = "x", yname: str = "y",
