@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .backend import xp_of
 from .losses import Loss
 from .ops import activation as A
@@ -32,6 +34,7 @@ class OutputHead:
         self.loss = loss
         self.activation = activation  # the last layer's activation (None: the last layer has none, e.g. Dropout)
         self._grads: dict[tuple, Any] = {}  # dL/d(outputs) buffers per (shape, dtype, array module)
+        self._metric_bufs: dict[tuple, Any] = {}  # the metrics' outputs per (name, shape, dtype, array module)
 
     def forward(self, layers: list[Any], x: Any, training: bool) -> Any:
         """The head's outputs for batch `x` (B, in): here the network's activations (B, out)."""
@@ -44,7 +47,18 @@ class OutputHead:
 
     def buffers(self) -> list[Any]:
         """The arrays the head writes during a step (a captured CUDA graph keeps them alive)."""
-        return list(self._grads.values())
+        return list(self._grads.values()) + list(self._metric_bufs.values())
+
+    def buffer(self, name: str, xp: Any, shape: tuple, dtype: Any) -> Any:
+        """A metric's output array `name` of this shape and dtype, kept for the next batch of the same shape, so
+        a step allocates nothing for its metrics (ufuncs and reductions write into it with ``out=``)."""
+        key = (name, shape, xp.dtype(dtype).str, xp.__name__)
+        buf = self._metric_bufs.get(key)
+        if buf is None:
+            if len(self._metric_bufs) > 32:  # a few names x a few batch sizes (full, last, eval) at most
+                self._metric_bufs.clear()
+            buf = self._metric_bufs[key] = xp.empty(shape, dtype)
+        return buf
 
     def _grad_buffer(self, out: Any) -> Any:
         xp = xp_of(out)
@@ -76,9 +90,12 @@ class OutputHead:
         """Per-row accuracy (B,): 1/0 per row, the fraction of right outputs for a binary loss."""
         if self.loss.task == "binary":
             return ((out > self._threshold()) == (y > 0.5)).mean(axis=1)
-        pred = out.argmax(axis=1)  # the activation is monotone per row for softmax: logits argmax the same
-        true = y if self.loss.sparse else y.argmax(axis=1)
-        return pred == true
+        # the activation is monotone per row for softmax: logits argmax the same. Into kept buffers (int64, as
+        # argmax's own output; bool as =='s): no allocation per step
+        xp, rows = xp_of(out), out.shape[0]
+        pred = out.argmax(axis=1, out=self.buffer("argmax", xp, (rows,), np.int64))
+        true = y if self.loss.sparse else y.argmax(axis=1, out=self.buffer("argmax y", xp, (rows,), np.int64))
+        return xp.equal(pred, true, out=self.buffer("correct", xp, (rows,), np.bool_))
 
     def _threshold(self) -> float:
         return 0.5  # probabilities

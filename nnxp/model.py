@@ -460,7 +460,11 @@ class Sequential:
             else:
                 diff = self._head.predictions(out) - y
                 per_sample = (diff * diff if kind == "mse" else xp.abs(diff)).mean(axis=1)
-            sums[name] = per_sample.sum() if w is None else (per_sample * w).sum()
+            if w is None:  # into a buffer kept per metric (of sum's own dtype): no allocation per step
+                dtype = np.int64 if per_sample.dtype == np.bool_ else per_sample.dtype
+                sums[name] = per_sample.sum(out=self._head.buffer(f"sum {name}", xp, (), dtype))
+            else:
+                sums[name] = (per_sample * w).sum()
         return sums
 
     def _correct(self, out: Any, y: Any) -> Any:

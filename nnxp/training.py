@@ -332,7 +332,8 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
     count = model.epochs_trained
     seed_epoch(model, count, plan.comm, batches.share)
     batch_losses = xp.empty(len(batches), dtype=np.float64)
-    loss_sum = xp.zeros((), dtype=np.float64)
+    sizes: list[int] = []  # each batch's global rows: the epoch's loss is summed from batch_losses at its end
+    loss_type: Any = None
     metric_sums = {name: xp.zeros((), dtype=np.float64) for name in model.metrics}
     weight_sum = None if plan.data[2] is None else xp.zeros((), dtype=np.float64)  # weighted metrics' denominator
     seen = batch = 0
@@ -345,7 +346,8 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
     for batch, (xb, yb, wb, rows) in enumerate(batches.epoch(count)):
         loss, sums = step.run(xb, yb, wb, rows)
         batch_losses[batch] = loss
-        loss_sum += loss * rows
+        sizes.append(rows)
+        loss_type = loss.dtype.type if hasattr(loss, "dtype") else float
         for name, value in sums.items():
             metric_sums[name] += value
         seen += rows
@@ -362,10 +364,21 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
                                      + ([] if weight_sum is None else [float(weight_sum)]))
         metric_sums = dict(zip(names, totals[: len(names)]))
         weight_sum = None if weight_sum is None else totals[-1]
-    logs = {"loss": float(loss_sum) / max(seen, 1)}
+    losses = to_numpy(batch_losses[: len(sizes)])  # one read of the epoch's batch losses
+    logs = {"loss": epoch_loss_sum(losses, sizes, loss_type) / max(seen, 1)}
     logs.update({name: ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
-    guard.check(epoch, logs["loss"], batch_losses[: batch + 1])
+    guard.check(epoch, logs["loss"], losses)
     return logs
+
+
+def epoch_loss_sum(losses: np.ndarray, sizes: list[int], loss_type: Any) -> float:
+    """The sum over an epoch's batches of loss * rows, each product in the loss's own dtype and the sum in
+    float64, in batch order: the numbers a running ``loss_sum += loss * rows`` on the device gives, computed
+    once from `losses` (float64, which holds every loss exactly) instead of two launches per step."""
+    total = 0.0
+    for value, rows in zip(losses.tolist(), sizes, strict=True):
+        total += float(loss_type(value) * loss_type(rows))
+    return total
 
 
 def evaluate_arrays(model: Any, x: Any, y: Any, w: Any, batch_size: int) -> dict[str, float]:

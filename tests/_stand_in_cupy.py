@@ -9,12 +9,19 @@ Arrays are NumPy arrays of a subclass that remembers its device, each allocation
 devices exist without peer access, so arithmetic mixing them is refused as CuPy refuses it. Every launch of a
 kernel takes the next schedule (forward, reverse, shuffled blocks and threads), so two runs of one op differ
 in order and must still agree bit for bit; a write outside any buffer trips the guard check after the launch.
+
+What the host asks of CUDA is counted (COUNTS, count_step()): launches, graph launches, memory-pool allocations,
+host synchronisations, host-to-device copies from pageable or pinned memory and cudaSetDevice calls, each where
+CuPy 14.2's source makes that call (cited at each counting site), so budgets on them are tests without a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
 import threading
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +32,70 @@ from nnxp.ops import _cuda
 
 DEVICE_COUNT = 2  # two devices, neither can access the other's memory (no NVLink / P2P)
 _GUARD = 64  # bytes of 0xA5 before and after every stand-in allocation
+
+
+# --- counters -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Counts:
+    """What the host asked of CUDA. `launches` counts every operation the host enqueues on a stream outside a
+    graph (a kernel, a cuBLAS GEMM, a memset or a device-to-device memcpy: each costs one launch on the host);
+    work recorded by a capture is counted once, as the graph launch that replays it. `names` lists the launches
+    in order (RawKernel names, "gemm", "ufunc:multiply", "reduce:add", "memset", "memcpy:setitem", ...)."""
+
+    launches: int = 0
+    graph_launches: int = 0
+    allocations: int = 0  # memory-pool mallocs: every new device buffer of nonzero size (cupy/cuda/memory.pyx alloc)
+    syncs: int = 0  # host waits: stream/device synchronize, get(), asnumpy, float()/int()/bool()/item() of arrays
+    h2d_pageable: int = 0  # host-to-device copies whose source is pageable host memory
+    h2d_pinned: int = 0  # ... whose source is pinned (page-locked) host memory
+    set_device: int = 0  # cudaSetDevice calls (runtime.setDevice)
+    names: list[str] = dataclasses.field(default_factory=list)
+
+    def minus(self, before: Counts) -> Counts:
+        fields = {f.name: getattr(self, f.name) - getattr(before, f.name)
+                  for f in dataclasses.fields(self) if f.name != "names"}
+        return Counts(**fields, names=self.names[len(before.names):])
+
+    def snapshot(self) -> Counts:
+        return dataclasses.replace(self, names=list(self.names))
+
+
+COUNTS = Counts()  # since the last stand_in_cupy()
+
+
+@contextlib.contextmanager
+def count_step() -> Iterator[Counts]:
+    """The counts of what the block asks of CUDA: ``with count_step() as c: ...`` then ``c.launches`` etc."""
+    before = COUNTS.snapshot()
+    result = Counts()
+    try:
+        yield result
+    finally:
+        delta = COUNTS.minus(before)
+        for f in dataclasses.fields(delta):
+            setattr(result, f.name, getattr(delta, f.name))
+
+
+def _count_launch(name: str) -> None:
+    """One operation enqueued by the host; inside a capture it is recorded into the graph instead (not counted)."""
+    if _recording() is None:
+        COUNTS.launches += 1
+        COUNTS.names.append(name)
+
+
+def _count_alloc(nbytes: int) -> None:
+    # cupy/cuda/memory.pyx SingleDeviceMemoryPool._malloc: a size of 0 returns MemoryPointer(Memory(0), 0) at once
+    if nbytes > 0:
+        COUNTS.allocations += 1
+
+
+def _count_h2d(source: np.ndarray) -> None:
+    if _is_pinned(source):
+        COUNTS.h2d_pinned += 1
+    else:
+        COUNTS.h2d_pageable += 1
 
 
 # --- devices ------------------------------------------------------------------------------------------------
@@ -82,6 +153,7 @@ def _set_device(device_id: int) -> None:
     # cupy_backends/cuda/api/runtime.pyx setDevice: cudaSetDevice fails with cudaErrorInvalidDevice
     if not 0 <= device_id < DEVICE_COUNT:
         raise _cuda_error(_ERROR_INVALID_DEVICE, f"device {device_id} of {DEVICE_COUNT}")
+    COUNTS.set_device += 1
     _thread.device = device_id
 
 
@@ -107,21 +179,31 @@ class Device:
     def __repr__(self) -> str:
         return f"<CUDA Device {self.id}>"
 
-    def __enter__(self) -> Device:  # Device.__enter__: push getDevice(), then setDevice(self.id)
+    def __enter__(self) -> Device:
+        # Device.__enter__ (device.pyx l.177-182): push getDevice(), then setDevice(self.id) only if it differs
         previous = get_device_id()
-        _set_device(self.id)
+        if self.id != previous:
+            _set_device(self.id)
         _thread.stack.append(previous)
         return self
 
-    def __exit__(self, *exc: Any) -> None:  # Device.__exit__: setDevice(stack.pop())
-        _thread.device = _thread.stack.pop()
+    def __exit__(self, *exc: Any) -> None:  # Device.__exit__ (l.184-185): setDevice(stack.pop()), always
+        _set_device(_thread.stack.pop())
 
     def use(self) -> Device:  # Device.use: setDevice(self.id)
         _set_device(self.id)
         return self
 
-    def synchronize(self) -> None:  # Device.synchronize: the emulator runs every launch to completion
-        _set_device(self.id)  # only to refuse a device that does not exist, as cudaSetDevice would
+    def synchronize(self) -> None:
+        # Device.synchronize (device.pyx l.199-207): prev = getDevice(); setDevice(self.id);
+        # deviceSynchronize(); setDevice(prev). The emulator has run every launch to completion already.
+        previous = get_device_id()
+        try:
+            _set_device(self.id)  # also refuses a device that does not exist, as cudaSetDevice would
+            COUNTS.syncs += 1
+        finally:
+            _thread.device = previous
+            COUNTS.set_device += 1
 
     @property
     def compute_capability(self) -> str:  # Device.compute_capability: major and minor as a string
@@ -215,6 +297,7 @@ class Stream:
     def synchronize(self) -> None:  # cudaStreamSynchronize on a capturing stream fails the capture
         if self._recording is not None:
             _fail_capture(self._recording, "Stream.synchronize()")
+        COUNTS.syncs += 1
 
     def begin_capture(self, mode: Any = None) -> None:
         if self.ptr in (0, 1):
@@ -269,6 +352,8 @@ class Graph:
                                   "stream capture")
 
     def launch(self, stream: Stream | None = None) -> None:
+        if _recording(stream) is None:  # one cudaGraphLaunch, whatever the graph holds
+            COUNTS.graph_launches += 1
         _enqueue(self._replay, stream)
 
     def upload(self, stream: Stream | None = None) -> None:  # cudaGraphUpload: nothing to do on the host
@@ -368,6 +453,38 @@ class PinnedMemoryPool:
         return 0
 
 
+class _PinnedMemory(bytearray):
+    """cupy/cuda/pinned_memory.pyx PinnedMemoryPointer as alloc_pinned_memory returns it: host memory with a
+    `ptr`, readable through the buffer protocol (``numpy.frombuffer(mem, dtype, count)``, as cupyx.empty_pinned
+    does). Made only by alloc_pinned_memory, so its constructor is not CuPy's PinnedMemoryPointer(mem, offset)."""
+
+    @property
+    def ptr(self) -> int:
+        return ctypes.addressof((ctypes.c_char * max(len(self), 1)).from_buffer(self)) if len(self) else 0
+
+    def size(self) -> int:
+        return len(self)
+
+
+_pinned_blocks: list[_PinnedMemory] = []  # every pinned block (never freed here, as the guarded buffers)
+
+
+def alloc_pinned_memory(size: int) -> _PinnedMemory:
+    """cupy/cuda/pinned_memory.pyx alloc_pinned_memory(size): page-locked host memory (cudaHostAlloc)."""
+    mem = _PinnedMemory(int(size))
+    _pinned_blocks.append(mem)
+    return mem
+
+
+def is_memory_pinned(data: int) -> bool:
+    """cupy/cuda/pinned_memory.pyx is_memory_pinned(data): whether the host address lies in pinned memory."""
+    return any(b.ptr <= data < b.ptr + len(b) for b in _pinned_blocks if len(b))
+
+
+def _is_pinned(a: np.ndarray) -> bool:
+    return a.nbytes > 0 and is_memory_pinned(a.__array_interface__["data"][0])
+
+
 @contextlib.contextmanager
 def using_allocator(allocator: Any = None) -> Any:
     """cupy/cuda/__init__.py using_allocator: a thread-local allocator for this block (None: no pool)."""
@@ -455,6 +572,7 @@ def captured_gemm(a: FakeArray, b: FakeArray, out: FakeArray) -> FakeArray:
         _check_peer_access(x, dev)
     pa, pb, po = a.view(np.ndarray), b.view(np.ndarray), out.view(np.ndarray)
     compute = get_compute_type(np.float32)  # cuBLAS's math mode is read when the call is made (captured)
+    _count_launch("gemm")
 
     def step() -> None:
         if po.dtype == np.float32 and compute == _TF32:
@@ -513,31 +631,43 @@ class FakeArray(np.ndarray):
 
     def get(self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> np.ndarray:
         """core.pyx _ndarray_base.get: a host copy (from any current device: it switches to the array's)."""
-        _refuse_in_capture("ndarray.get()")
+        self._read_back("ndarray.get()", blocking)
         host = np.array(self.view(np.ndarray), order=order)
         if out is not None:
             out[...] = host
             return out
         return host
 
+    def _read_back(self, what: str, blocking: bool = True) -> None:
+        """core.pyx _ndarray_base.get (l.2190-2197): prev = getDevice(); setDevice(self.device.id);
+        copy_to_host_async; stream.synchronize() when blocking; setDevice(prev). item, tolist, float(), int()
+        and bool() read the value through get() as well (core.pyx)."""
+        _refuse_in_capture(what)
+        if self.size == 0:  # get() returns an empty host array before any copy (core.pyx l.2165)
+            return
+        previous = get_device_id()
+        _set_device(self._device_id)
+        COUNTS.syncs += bool(blocking)
+        _set_device(previous)
+
     def item(self, *args: Any) -> Any:  # core.pyx item: self.get().item()
-        _refuse_in_capture("ndarray.item()")
+        self._read_back("ndarray.item()")
         return self.view(np.ndarray).item(*args)
 
     def tolist(self) -> Any:
-        _refuse_in_capture("ndarray.tolist()")
+        self._read_back("ndarray.tolist()")
         return self.view(np.ndarray).tolist()
 
     def __float__(self) -> float:
-        _refuse_in_capture("float(ndarray)")
+        self._read_back("float(ndarray)")
         return float(self.view(np.ndarray))
 
     def __int__(self) -> int:
-        _refuse_in_capture("int(ndarray)")
+        self._read_back("int(ndarray)")
         return int(self.view(np.ndarray))
 
     def __bool__(self) -> bool:
-        _refuse_in_capture("bool(ndarray)")
+        self._read_back("bool(ndarray)")
         return bool(self.view(np.ndarray))
 
     def set(self, arr: Any, stream: Any = None) -> None:
@@ -548,8 +678,21 @@ class FakeArray(np.ndarray):
             raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
         if self.shape != arr.shape:
             raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
-        _refuse_in_capture("a copy from pageable host memory (ndarray.set)")
-        self.view(np.ndarray)[...] = arr
+        # core.pyx set (l.2210-2243): a contiguous host array, then setDevice(self.device.id),
+        # copy_from_host_async(arr.ctypes.data) on the current stream, setDevice(prev). From pageable memory the
+        # copy is staged by the driver and may wait for the stream; it cannot be captured. From pinned memory it
+        # is a true async copy, and a capture records it as a memcpy node that reads the host buffer at replay.
+        source = np.ascontiguousarray(arr)
+        pinned = _is_pinned(source)
+        if not pinned:
+            _refuse_in_capture("a copy from pageable host memory (ndarray.set)")
+        previous = get_device_id()
+        _set_device(self._device_id)
+        if _recording() is None:
+            _count_h2d(source)
+        target = self.view(np.ndarray)
+        _enqueue(lambda: target.__setitem__(..., source))
+        _set_device(previous)
 
     # --- kernels: ufuncs, reductions, fills, copies (recorded while capturing)
 
@@ -565,6 +708,7 @@ class FakeArray(np.ndarray):
                 raise TypeError(f"Unsupported type {type(x)}")
         plain = [_plain(x) for x in inputs]
         fn = getattr(ufunc, method)
+        _count_launch(f"{'ufunc' if method == '__call__' else method}:{ufunc.__name__}")  # one kernel each
         recording = _recording()
         if recording is None:
             if out is not None:
@@ -573,9 +717,14 @@ class FakeArray(np.ndarray):
             if method == "at":
                 return None
             results = result if isinstance(result, tuple) else (result,)
+            if out is None:  # each result a new array (a reduction's scalar is a 0-d array in CuPy)
+                for r in results:
+                    _count_alloc(np.asarray(r).nbytes)
             outs = out if out is not None else (None,) * len(results)
+            # a reduction to a scalar gives a 0-d device array in CuPy (_reduction.pyx), which float() reads back
             wrapped = tuple(
-                o if o is not None else (r.view(FakeArray) if isinstance(r, np.ndarray) else r)
+                o if o is not None else (np.asarray(r).view(FakeArray) if isinstance(r, (np.ndarray, np.generic))
+                                         else r)
                 for r, o in zip(results, outs, strict=True)
             )
             return wrapped if isinstance(result, tuple) else wrapped[0]
@@ -593,6 +742,16 @@ class FakeArray(np.ndarray):
         recording.steps.append(lambda: fn(*plain, **kwargs))
         return bufs if isinstance(result, tuple) else bufs[0]
 
+    def __getitem__(self, key: Any) -> Any:
+        # core.pyx _ndarray_base.__getitem__ -> _routines_indexing.pyx _ndarray_getitem: basic indexing is a
+        # view; an integer or boolean array index gathers into a new array (a kernel; while capturing it runs at
+        # once here, as the other methods NumPy runs without a ufunc)
+        result = super().__getitem__(key)
+        if isinstance(result, np.ndarray) and not np.may_share_memory(result, self):
+            _count_launch("take")
+            _count_alloc(result.nbytes)
+        return result
+
     def __setitem__(self, key: Any, value: Any) -> None:
         # core.pyx _ndarray_base.__setitem__ -> _scatter_op: an elementwise copy on the current device
         # (_check_peer_access for the destination and a device-array value)
@@ -600,16 +759,20 @@ class FakeArray(np.ndarray):
             dev = get_device_id()
             _check_peer_access(self, dev)
             _check_peer_access(value, dev)
+        # _routines_indexing.pyx _scatter_op (l.1086-1103): fill for a scalar, a memcpy for a same-layout
+        # contiguous array, elementwise_copy otherwise: one operation on the stream in each case
+        _count_launch("setitem")
         recording = _recording()
-        if recording is None:
-            super().__setitem__(key, value)
+        if recording is None:  # (plain views: NumPy would read a 0-d device value through float(), a host read)
+            super().__setitem__(_plain(key), _plain(value))
             return
         if isinstance(value, np.ndarray) and not isinstance(value, FakeArray):
             _fail_capture(recording, "a copy from pageable host memory (setitem of a NumPy array)")
         target, source, index = self.view(np.ndarray), _plain(value), _plain(key)
         recording.steps.append(lambda: target.__setitem__(index, source))
 
-    def fill(self, value: Any) -> None:  # core.pyx fill: a memset or an elementwise kernel
+    def fill(self, value: Any) -> None:  # core.pyx fill (l.1000-1030): a memset or an elementwise kernel
+        _count_launch("memset" if np.all(np.asarray(_plain(value)) == 0) and self.flags.c_contiguous else "fill")
         target = self.view(np.ndarray)
         _enqueue(lambda: target.fill(value))
 
@@ -624,6 +787,8 @@ class FakeArray(np.ndarray):
 
     def _copy_kernel(self, fn: Any) -> FakeArray:
         source = self.view(np.ndarray)
+        _count_launch("copy")
+        _count_alloc(self.nbytes)
         recording = _recording()
         if recording is None:
             return _on_device(fn(source))
@@ -643,7 +808,9 @@ def _kernel_method(name: str) -> Any:
 
     def method(self: FakeArray, *args: Any, **kwargs: Any) -> Any:
         if _recording() is None:
-            return _on_device(getattr(np.ndarray, name)(self, *args, **kwargs))
+            result = _on_device(getattr(np.ndarray, name)(self, *args, **kwargs))
+            _count_kernel(f"ndarray.{name}", result, [self], kwargs.get("out"))
+            return result
         return _numpy_function(apply)(self, *args, **kwargs)
 
     method.__name__ = name
@@ -656,6 +823,21 @@ for _name in ("argmax", "argmin", "cumsum", "cumprod", "dot", "clip", "round", "
     setattr(FakeArray, _name, _kernel_method(_name))
 
 
+def _count_kernel(name: str, result: Any, inputs: list[FakeArray], out: Any) -> None:
+    """Count what running a CuPy function or method eagerly costs: a kernel and an allocation per new array,
+    nothing for a view (reshape, a contiguous ravel, diagonal) or a host value of host inputs (numpy.ndim)."""
+    if out is not None:
+        _count_launch(name)
+        return
+    results = result if isinstance(result, tuple) else (result,)
+    new = [r for r in results if (isinstance(r, np.ndarray) and not any(np.may_share_memory(r, a) for a in inputs))
+           or (isinstance(r, np.generic) and inputs)]
+    if new:
+        _count_launch(name)
+        for r in new:
+            _count_alloc(np.asarray(r).nbytes)
+
+
 class _Guarded:
     """Every stand-in allocation, to check after each launch that no kernel wrote past its buffer."""
 
@@ -664,6 +846,7 @@ class _Guarded:
 
     def alloc(self, a: Any, dtype: Any = None) -> FakeArray:
         a = np.asarray(a.view(np.ndarray) if isinstance(a, FakeArray) else a, dtype=dtype)
+        _count_alloc(a.nbytes)  # core.pyx _ndarray_init -> memory.alloc: one pool malloc
         raw = np.full(a.nbytes + 2 * _GUARD, 0xA5, dtype=np.uint8)
         self.buffers.append(raw)
         view = raw[_GUARD:_GUARD + a.nbytes].view(a.dtype).reshape(a.shape)
@@ -730,6 +913,7 @@ class Generator:
         draw_dtype = np.float64 if dtype.char == "d" else np.float32
         y = _guarded.alloc(np.empty(size, dtype=draw_dtype))
         target = y.view(np.ndarray)
+        _count_launch("random")
         _enqueue(lambda: target.__setitem__(..., self._rng.random(size, dtype=draw_dtype)))
         if out is not None:
             out[...] = y  # elementwise_copy broadcasts y (shape `size`, () when None) into out
@@ -808,6 +992,7 @@ class RawKernel:
         plain = tuple(_plain(a) for a in args)  # pointers; scalars are copied into the launch (or the graph)
         grid, block = tuple(grid), tuple(block)
         guarded = _guarded
+        _count_launch(self.name)
 
         def launch() -> None:
             k = RawKernel.launches.get(self.name, 0)
@@ -824,11 +1009,17 @@ class RawKernel:
 def _numpy_function(fn: Any) -> Any:
     """A NumPy function as CuPy's namesake: a result on the current device, recorded while capturing."""
 
+    name = getattr(fn, "__name__", str(fn))
+
     def call(*args: Any, **kwargs: Any) -> Any:
         recording = _recording()
-        if recording is None:
-            return _on_device(fn(*args, **kwargs))
         arrays = _arrays_in((*args, *kwargs.values()))
+        if recording is None:
+            before = COUNTS.launches
+            result = _on_device(fn(*args, **kwargs))
+            if COUNTS.launches == before:  # (numpy.take calls ndarray.take, which counted itself)
+                _count_kernel(name, result, arrays, kwargs.get("out"))
+            return result
         plain_args, plain_kwargs = _plain(args), {k: _plain(v) for k, v in kwargs.items()}
         if kwargs.get("out") is not None:
             recording.steps.append(lambda: fn(*plain_args, **plain_kwargs))
@@ -870,8 +1061,10 @@ class _FakeCupy(SimpleNamespace):
 
 def stand_in_cupy(emulator: Emulator) -> Any:
     """A `cupy` module for nnxp.backend whose arrays live in host memory and whose kernels run here."""
-    global _guarded
+    global _guarded, COUNTS
     guarded = _guarded = _Guarded()
+    COUNTS = Counts()
+    _pinned_blocks.clear()
     _thread.device, _thread.stack, _thread.streams, _thread.stream_devices = 0, [], {}, []
     _thread.allocator = None
     _thread_shared.compute_types[:] = [0, 0, 0, 0]
@@ -885,6 +1078,8 @@ def stand_in_cupy(emulator: Emulator) -> Any:
             _poison(out.view(np.ndarray))
             if zero_fill:
                 out.fill(0)
+        elif zero_fill:
+            _count_launch("memset")  # cupy/_creation/basic.py zeros: a.data.memset_async(0, a.nbytes)
         return out
 
     def empty(shape: Any, dtype: Any = float, order: str = "C") -> FakeArray:
@@ -904,10 +1099,21 @@ def stand_in_cupy(emulator: Emulator) -> Any:
         # cupy/_creation/from_data.py asarray -> core.pyx array(copy=False) -> _array_from_cupy_ndarray: the same
         # array when it is on the current device already and of that dtype; a copy onto the current device
         # (src.copy(), a peer copy) when it lives on another; host data is copied to the current device.
+        # Host data (core.pyx _array_default, l.3066-3101): a 0-d array is a fill; otherwise the copy comes
+        # from pinned memory, the source's own when it is pinned, else a pinned transfer buffer CuPy copies the
+        # data into first (_alloc_async_transfer_buffer); with blocking=True the stream is synchronised.
         if isinstance(a, FakeArray) and a._device_id == get_device_id():
             return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
         _refuse_in_capture("a copy to the device (cupy.asarray)")
-        return guarded.alloc(a, dtype=dtype)
+        out = guarded.alloc(a, dtype=dtype)
+        if isinstance(a, FakeArray):
+            _count_launch("memcpy:peer")
+        elif out.ndim == 0:
+            _count_launch("fill")
+        elif out.size:
+            COUNTS.h2d_pinned += 1
+        COUNTS.syncs += bool(blocking)
+        return out
 
     def asnumpy(a: Any, stream: Any = None, order: str = "C", out: Any = None, *, blocking: bool = True) -> Any:
         # cupy/_core/core.pyx asnumpy: ndarray.get() for device arrays, numpy.asarray otherwise
@@ -930,6 +1136,7 @@ def stand_in_cupy(emulator: Emulator) -> Any:
         pa, pb = a.view(np.ndarray), b.view(np.ndarray)
         if out is None:
             out = guarded.alloc(np.empty(_matmul_shape(pa, pb), dtype=np.result_type(pa, pb)))
+        _count_launch("gemm")
         _gemm_into(pa, pb, out.view(np.ndarray))
         return out
 
@@ -965,5 +1172,8 @@ def stand_in_cupy(emulator: Emulator) -> Any:
             stream=SimpleNamespace(Stream=Stream, get_current_stream=get_current_stream),
             graph=SimpleNamespace(Graph=Graph),
             memory=SimpleNamespace(MemoryPool=MemoryPool, OutOfMemoryError=OutOfMemoryError),
+            alloc_pinned_memory=alloc_pinned_memory,
+            pinned_memory=SimpleNamespace(alloc_pinned_memory=alloc_pinned_memory, is_memory_pinned=is_memory_pinned,
+                                          PinnedMemoryPool=PinnedMemoryPool),
         ),
     )

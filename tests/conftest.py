@@ -62,4 +62,5 @@ def fake_cupy(monkeypatch, emulator):
     fake = _stand_in_cupy.stand_in_cupy(emulator)
     monkeypatch.setattr(backend, "_cupy", fake)
     monkeypatch.setattr(_cuda, "_KERNELS", _cuda.LazyKernels())
+    monkeypatch.setattr(_cuda, "_SCRATCH", {})  # the fused kernels' cached scratch arrays belong to one stand-in
     return fake

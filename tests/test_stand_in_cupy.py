@@ -201,6 +201,112 @@ def test_compute_type_follows_cupy_tf32_and_set_compute_type(fake_cupy, monkeypa
         core.set_compute_type(np.float32, 99)
 
 
+# --- counters (tests/_stand_in_cupy.py COUNTS, count_step): each known CuPy operation moves each counter by exactly
+# what CuPy 14.2's source makes it cost (launches, allocations, syncs, host-to-device copies, cudaSetDevice) -------
+
+
+def _counted(fn):
+    with _stand_in_cupy.count_step() as c:
+        fn()
+    return {k: v for k, v in vars(c).items() if v}
+
+
+def test_counts_of_kernels_and_allocations(fake_cupy):
+    a, b = fake_cupy.ones((4, 8), dtype=np.float32), fake_cupy.ones((4, 8), dtype=np.float32)
+    c = fake_cupy.empty((4, 8), dtype=np.float32)
+    assert _counted(lambda: a + b) == {"launches": 1, "allocations": 1, "names": ["ufunc:add"]}
+    assert _counted(lambda: np.add(a, b, out=c)) == {"launches": 1, "names": ["ufunc:add"]}
+    assert _counted(lambda: a.sum()) == {"launches": 1, "allocations": 1, "names": ["reduce:add"]}
+    assert _counted(lambda: a.argmax(axis=1)) == {"launches": 1, "allocations": 1, "names": ["ndarray.argmax"]}
+    idx = fake_cupy.asarray(np.array([2, 0], dtype=np.int64))
+    out = fake_cupy.empty((2, 8), dtype=np.float32)
+    assert _counted(lambda: fake_cupy.take(a, idx, axis=0, out=out)) == {"launches": 1, "names": ["ndarray.take"]}
+    assert _counted(lambda: a[idx]) == {"launches": 1, "allocations": 1, "names": ["take"]}
+    assert _counted(lambda: a.astype(np.float64)) == {"launches": 1, "allocations": 1, "names": ["copy"]}
+    assert _counted(lambda: fake_cupy.matmul(a, b.T)) == {"launches": 1, "allocations": 1, "names": ["gemm"]}
+    assert _counted(lambda: c.__setitem__(..., a)) == {"launches": 1, "names": ["setitem"]}
+    assert _counted(lambda: c.fill(0)) == {"launches": 1, "names": ["memset"]}  # core.pyx fill: memset for 0
+    assert _counted(lambda: c.fill(2)) == {"launches": 1, "names": ["fill"]}
+    assert _counted(lambda: fake_cupy.zeros(5)) == {"launches": 1, "allocations": 1, "names": ["memset"]}
+    assert _counted(lambda: fake_cupy.empty(5)) == {"allocations": 1}
+    assert _counted(lambda: fake_cupy.empty(0)) == {}  # memory.pyx: a size of 0 never reaches the pool
+    assert _counted(lambda: (a[1:], a.reshape(8, 4), a.ravel(), a.T)) == {}  # views: no kernel, no memory
+
+
+def test_counts_of_raw_kernels_and_set_device(fake_cupy):
+    from nnxp.ops import _cuda
+
+    z = fake_cupy.ones((2, 64), dtype=np.float32)
+    counted = _counted(lambda: _cuda._launch("nnxp_bias_act_forward", z.dtype, 0, (1,), (32,),
+                                             (z, z, z, np.int64(128), np.int64(64), np.int32(0), np.int32(0),
+                                              np.int32(0))))
+    assert counted["launches"] == 1 and counted["names"] == ["nnxp_bias_act_forward<float>"]
+    cuda = fake_cupy.cuda
+
+    def enter(i):
+        with cuda.Device(i):
+            pass
+
+    # device.pyx Device.__enter__ sets the device only when it differs; __exit__ always sets it back
+    assert _counted(lambda: enter(0)) == {"set_device": 1}
+    assert _counted(lambda: enter(1)) == {"set_device": 2}
+    assert _counted(lambda: cuda.Device(0).use()) == {"set_device": 1}
+
+
+def test_counts_of_synchronisations(fake_cupy):
+    cuda = fake_cupy.cuda
+    a = fake_cupy.ones((3,))
+    s = a.sum()
+    # core.pyx get: setDevice(array's device), copy, stream.synchronize(), setDevice(previous)
+    assert _counted(lambda: float(s)) == {"syncs": 1, "set_device": 2}
+    assert _counted(lambda: fake_cupy.asnumpy(a)) == {"syncs": 1, "set_device": 2}
+    assert _counted(lambda: bool(s)) == {"syncs": 1, "set_device": 2}
+    assert _counted(lambda: a.get(blocking=False)) == {"set_device": 2}
+    assert _counted(lambda: cuda.get_current_stream().synchronize()) == {"syncs": 1}
+    # device.pyx Device.synchronize: setDevice(self.id), deviceSynchronize(), setDevice(previous)
+    assert _counted(lambda: cuda.Device(0).synchronize()) == {"syncs": 1, "set_device": 2}
+    assert _counted(lambda: a + a) == {"launches": 1, "allocations": 1, "names": ["ufunc:add"]}  # no sync
+
+
+def test_counts_of_host_to_device_copies_pageable_and_pinned(fake_cupy):
+    cuda = fake_cupy.cuda
+    d = fake_cupy.empty(4, dtype=np.float32)
+    host = np.arange(4, dtype=np.float32)
+    # core.pyx set: copy_from_host_async from the array's own memory (pageable here), between two setDevice
+    assert _counted(lambda: d.set(host)) == {"h2d_pageable": 1, "set_device": 2}
+    mem = cuda.alloc_pinned_memory(host.nbytes)
+    pinned = np.frombuffer(mem, np.float32, 4)  # cupyx.empty_pinned's construction
+    assert cuda.pinned_memory.is_memory_pinned(pinned.ctypes.data)
+    assert not cuda.pinned_memory.is_memory_pinned(host.ctypes.data)
+    pinned[...] = host * 2
+    assert _counted(lambda: d.set(pinned)) == {"h2d_pinned": 1, "set_device": 2}
+    np.testing.assert_array_equal(fake_cupy.asnumpy(d), host * 2)
+    # core.pyx _array_default: host data goes through a pinned transfer buffer; a 0-d value is a fill
+    assert _counted(lambda: fake_cupy.asarray(host)) == {"allocations": 1, "h2d_pinned": 1}
+    assert _counted(lambda: fake_cupy.asarray(3.0)) == {"launches": 1, "allocations": 1, "names": ["fill"]}
+
+
+def test_a_graph_launch_is_one_launch_and_a_pinned_copy_is_captured(fake_cupy):
+    cuda = fake_cupy.cuda
+    mem = cuda.alloc_pinned_memory(4 * 4)
+    pinned = np.frombuffer(mem, np.float32, 4)
+    d = fake_cupy.zeros(4, dtype=np.float32)
+    stream = cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        with _stand_in_cupy.count_step() as capture:
+            d.set(pinned)  # a memcpy node that reads the pinned buffer when the graph runs
+            np.multiply(d, 2.0, out=d)
+            d.sum()
+        graph = stream.end_capture()
+    assert capture.launches == 0 and capture.h2d_pinned == 0 and capture.allocations == 1  # (sum's result)
+    for value in (1.0, 5.0):
+        pinned[...] = value
+        with _stand_in_cupy.count_step() as replay:
+            graph.launch(stream)
+        assert {k: v for k, v in vars(replay).items() if v} == {"graph_launches": 1}
+        np.testing.assert_array_equal(fake_cupy.asnumpy(d), 2 * value)
+
 # --- conformance: everything the stand-in offers exists in the installed CuPy with a compatible signature -------
 #
 # "Compatible": each parameter the stand-in names is CuPy's (same position when positional, not keyword-only in

@@ -11,6 +11,7 @@ The matmul that works under CUDA-graph capture is :mod:`nnxp.ops._cublas`. CuPy 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import re
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import cupy_module, is_cupy_array, is_out_of_memory
+from . import _cublas
 
 # --- which ops run: the fused kernels, or the CuPy references (NNXP_KERNELS, or after a failed build) ----------
 
@@ -137,7 +139,6 @@ ACT_CODES = {
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _BLOCK = 256  # threads per block for the 1-D kernels (a multiple of 32: the reductions use whole warps)
 _BLOCKS_PER_SM = 8  # grid cap for grid-stride kernels: 8 x 256 threads fill an SM; larger inputs loop
-
 
 
 class LazyKernels:
@@ -318,10 +319,44 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+_NOTHING = contextlib.nullcontext()
+
+
+def _current(device_id: int) -> Any:
+    """A `with` that makes `device_id` current: CuPy's Device context when another device is current, else
+    nothing. Device.__exit__ calls cudaSetDevice even when the device never changed (cupy/cuda/device.pyx,
+    Device.__enter__/__exit__), a runtime call per launch that a step on the current device does not need."""
+    if cupy_module().cuda.runtime.getDevice() == device_id:
+        return _NOTHING
+    return cupy_module().cuda.Device(device_id)
+
+
+# Scratch arrays of the fused kernels (the bias gradient's partial sums), kept per
+# (device, stream, shape, dtype) so a step of fixed shape allocates them once; launches on one stream run in
+# order, so one set per stream is never in use twice at a time. While a graph is captured they are made fresh
+# instead (from the capture's private pool, which the graph keeps): a cached buffer could be reused by eager work
+# after the capture's stream is gone and its handle reused.
+_SCRATCH: dict[tuple, Any] = {}
+_SCRATCH_MAX = 64  # distinct shapes (batch sizes x layers x dtypes); beyond it the cache starts over
+
+
+def _scratch(what: str, shape: tuple, dtype: Any, dev: int) -> Any:
+    cp = cupy_module()
+    if getattr(_cublas._capture, "active", False):
+        return cp.empty(shape, dtype=dtype)
+    key = (what, dev, cp.cuda.get_current_stream().ptr, shape, np.dtype(dtype).str)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        if len(_SCRATCH) >= _SCRATCH_MAX:
+            _SCRATCH.clear()
+        buf = _SCRATCH[key] = cp.empty(shape, dtype=dtype)
+    return buf
+
+
 def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> None:
     kernel = _KERNELS.function(name, dtype, device_id)
     if len(grid) == 1:  # every 1-D kernel loops over its work: no more blocks than the SMs hold at once
         grid = (max(1, min(grid[0], _KERNELS.resident_blocks(name, dtype, device_id, block[0])
                            * _KERNELS.sm_count(device_id))),)
-    with cupy_module().cuda.Device(device_id):
+    with _current(device_id):
         kernel(grid, block, args)

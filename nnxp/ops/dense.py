@@ -316,12 +316,19 @@ def _dense_forward_cuda(x: Any, w: Any, b: Any | None, activation: str, out: Any
     if needs_z and z_out is not None and not _cuda._fits(z_out, dtype, shape, dev):
         return NotImplemented
     cp = cupy_module()
-    with cp.cuda.Device(dev):
+    with _cuda._current(dev):
         z = _cublas.matmul(x, w, out=out)  # (B, n_out)
         if needs_z and z_out is None:
             z_out = cp.empty_like(z)
     _bias_activation(z, b, activation, z_out if needs_z else None, dev)
     return z, (z_out if needs_z else None)
+
+
+# Bias gradients of at most this many rows are summed in one pass (one block row per column tile, mode 1): at
+# small batches a second launch (nnxp_column_sum) costs more than the extra rows each thread walks (<= 32 at 8
+# rows of threads). Above it, two stages: per-block partial sums, then the column sum (issue 11, bias gradient;
+# bench/results/launch-list.md compares them with a GEMV against a ones vector).
+_ONE_PASS_ROWS = 256
 
 
 def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, db: Any | None, dev: int) -> None:
@@ -332,7 +339,7 @@ def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, d
         args = (dy, y, np.int64(rows), np.int64(cols))
         _cuda._launch("nnxp_softmax_backward", dtype, dev, (_cuda._row_grid(rows, dev),), (block,), args)
         if db is not None:
-            with cupy_module().cuda.Device(dev):
+            with _cuda._current(dev):
                 dy.sum(axis=0, out=db)
         return
     code = _cuda.ACT_CODES[activation]
@@ -345,10 +352,12 @@ def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, d
     gx = -(-cols // bx)
     gy_max = -(-rows // (by * 4))
     gy = max(1, min(gy_max, -(-_cuda._BLOCKS_PER_SM * _cuda._KERNELS.sm_count(dev) // gx), 1024))
+    if db is not None and rows <= _ONE_PASS_ROWS:
+        gy = 1
     mode = 0 if db is None else (1 if gy == 1 else 2)
     if mode == 2:
-        with cupy_module().cuda.Device(dev):
-            out = cupy_module().empty((gy, cols), dtype=dtype)
+        with _cuda._current(dev):
+            out = _cuda._scratch("bias partials", (gy, cols), dtype, dev)
     else:
         out = db if db is not None else dy
     args = (dy, y if y is not None else dy, z if z is not None else dy, out, np.int64(rows), np.int64(cols),
@@ -411,8 +420,7 @@ def _dense_backward_cuda(
     if need_dx and dx_out is not None and not _cuda._fits(dx_out, dtype, (rows, n_in), dev):
         return NotImplemented
     _activation_backward_bias(dy, y, z, activation, db, dev)
-    cp = cupy_module()
-    with cp.cuda.Device(dev):
+    with _cuda._current(dev):
         _cublas.matmul(x.T, dy, out=dw)  # (n_in, n_out)
         if not need_dx:
             return None

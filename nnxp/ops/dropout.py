@@ -116,7 +116,7 @@ def _dropout_forward_cuda(x: Any, rate: float, seed: Any, out: Any = None, mask_
         return NotImplemented
     dev = x.device.id
     cp = cupy_module()
-    with cp.cuda.Device(dev):
+    with _cuda._current(dev):
         y = cp.empty_like(x) if out is None else out
     t = dtype.type
     value, state = _seed_args(seed)
@@ -134,7 +134,7 @@ def _dropout_backward_cuda(dy: Any, rate: float, seed: Any, out: Any = None) -> 
         return NotImplemented
     dev = dy.device.id
     cp = cupy_module()
-    with cp.cuda.Device(dev):
+    with _cuda._current(dev):
         dx = cp.empty_like(dy) if out is None else out
     t = dtype.type
     value, state = _seed_args(seed)

@@ -351,8 +351,10 @@ def _loss_launch(name: str, logits: Any, second: Any, grad: Any, rows_or_total: 
     cp = cupy_module()
     dtype = logits.dtype
     scalar = dtype.type
-    with cp.cuda.Device(dev):
+    with _cuda._current(dev):
         g = cp.empty_like(logits) if grad is None else grad
+        # loss, partials and counter are made per launch: the loss is returned, and two launches in flight
+        # must not share partials or tickets (tests/test_ops_cuda.py, the loss launches in flight)
         loss = cp.empty((), dtype=dtype)
         partials = cp.empty(grid, dtype=dtype)
         # The last-block ticket counter: one per launch, zeroed by a memset on this launch's stream (cupy.zeros

@@ -1,0 +1,311 @@
+"""nnxp's own Python per eager CUDA training step, with every launch stubbed out; and the step's launch list.
+
+    python -m bench.step_overhead [--steps 200] [--launch-list bench/results/launch-list.md]
+
+No GPU: nnxp runs on the stand-in CuPy of tests/ (tests/_stand_in_cupy.py). For the timing, RawKernel launches
+and GEMMs do nothing, and the time spent inside the stand-in (CuPy's side: its ufuncs, gathers, allocations,
+device and stream objects) is measured and subtracted, as is the cost of the timers themselves (calibrated per
+call), all in CPU time of the thread. What is left is the Python that nnxp runs per step: the loop, the layers,
+the ops' argument checks and launch set-up, the optimizer's scalars. Issue 11's goal is at most 40 us for
+784-512-256-10, ReLU, softmax + sparse CE, Adam, metrics=["accuracy"], batch 128. The figure depends on this
+machine's CPU; CuPy's own per-launch cost on a GPU comes on top (the launch list says how many).
+
+--launch-list writes the launches of one steady eager step (and the counts of eager and graphed steps) as
+counted by the stand-in, with the real kernels run by the CPU emulator of CUDA (tests/_cuda_emu.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import _cuda_emu  # noqa: E402
+import _stand_in_cupy as sic  # noqa: E402
+
+import nnxp  # noqa: E402
+import nnxp.backend as backend  # noqa: E402
+from nnxp.callbacks import Callback  # noqa: E402
+from nnxp.ops import _cublas, _cuda, dense  # noqa: E402
+
+BATCH = 128
+# CPU time of this thread, not wall time: the figure should not depend on what else the machine runs
+_clock = time.thread_time
+SMS = 132  # an H100 SXM's multiprocessors, as tests/test_budgets.py counts (nnxp's block counts depend on it)
+
+
+def install(emulator: Any) -> Any:
+    """The stand-in CuPy in place of CuPy, as tests/conftest.py's fake_cupy and tests/test_graph.py's seam, on a
+    device with SMS multiprocessors."""
+    sic.Device.attributes = property(lambda self: {"MultiProcessorCount": SMS, "MaxThreadsPerBlock": 1024,
+                                                   "WarpSize": 32})
+    fake = sic.stand_in_cupy(emulator)
+    backend._cupy = fake
+    _cuda._KERNELS = _cuda.LazyKernels()
+    _cuda._SCRATCH = {}
+    _cublas._gemm = sic.captured_gemm
+    _cublas._prepare_capture = lambda device_id: None
+    return fake
+
+
+def build_model(seed: int = 0) -> nnxp.Sequential:
+    model = nnxp.Sequential([nnxp.Dense(512, "relu", input_dim=784), nnxp.Dense(256, "relu"),
+                             nnxp.Dense(10, "softmax")], device="cuda", seed=seed)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def data(batches: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(BATCH * batches, 784)).astype(np.float32),
+            rng.integers(0, 10, BATCH * batches))
+
+
+# --- the timing ---------------------------------------------------------------------------------------------
+
+
+class _StandInClock:
+    """Time spent inside the stand-in (outermost calls only), and how many such calls were made."""
+
+    def __init__(self) -> None:
+        self.inside, self.calls, self.depth = 0.0, 0, 0
+
+    def wrap(self, fn: Any) -> Any:
+        clock = self
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if clock.depth:
+                return fn(*args, **kwargs)
+            clock.depth = 1
+            clock.calls += 1
+            start = _clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                clock.inside += _clock() - start
+                clock.depth = 0
+
+        return timed
+
+
+_METHODS = {
+    sic.FakeArray: ("__array_ufunc__", "__array_finalize__", "__getitem__", "__setitem__", "fill", "astype", "copy",
+                    "get", "set", "item", "tolist", "__float__", "__int__", "__bool__", "argmax", "argmin", "take",
+                    "cumsum", "clip", "ravel", "flatten", "dot", "device", "data"),
+    sic.RawKernel: ("__call__", "kernel"),
+    sic.RawModule: ("__init__", "get_function"),
+    sic.Device: ("__init__", "__enter__", "__exit__", "use", "synchronize", "attributes", "compute_capability",
+                 "__int__", "__eq__", "__hash__"),
+    sic.Stream: ("__init__", "__enter__", "__exit__", "begin_capture", "end_capture", "synchronize", "use"),
+    sic.Graph: ("launch",),
+    sic.MemoryPool: ("malloc",),
+}
+
+
+def _stub_kernels() -> None:
+    """RawKernel launches and GEMMs count themselves and do nothing else."""
+
+    def launch(self: Any, grid: tuple, block: tuple, args: tuple, *, shared_mem: int = 0,
+               enable_cooperative_groups: bool = False) -> None:
+        sic._count_launch(self.name)
+
+    sic.RawKernel.__call__ = launch
+    sic._gemm_into = lambda a, b, out: None
+    _cublas._gemm = lambda a, b, out: (sic._count_launch("gemm"), out)[1]
+
+
+def _instrument(fake: Any, clock: _StandInClock) -> None:
+    for cls, names in _METHODS.items():
+        for name in names:
+            attr = cls.__dict__.get(name)
+            if isinstance(attr, property):
+                setattr(cls, name, property(clock.wrap(attr.fget)))
+            elif attr is not None:
+                setattr(cls, name, clock.wrap(attr))
+    for ns in (fake, fake.cuda, fake.cuda.runtime, fake.cuda.device, fake.cuda.stream):
+        for name, value in list(vars(ns).items()):
+            if callable(value) and not isinstance(value, type):
+                setattr(ns, name, clock.wrap(value))
+    numpy_names = type(fake).__getattr__  # the NumPy functions and ufuncs CuPy offers under the same names
+
+    def getattr_timed(self: Any, name: str) -> Any:  # (in CuPy a module attribute: a dict look-up)
+        attr = numpy_names(self, name)
+        return clock.wrap(attr) if callable(attr) and not isinstance(attr, (np.ufunc, type)) else attr
+
+    type(fake).__getattr__ = clock.wrap(getattr_timed)
+
+
+def _timer_cost(clock: _StandInClock, calls: int = 200_000) -> float:
+    """Seconds per outermost call that the timer adds outside its own measured interval."""
+    plain = clock.wrap(lambda: None)
+    best = float("inf")
+    for _ in range(5):
+        before, start = clock.inside, _clock()
+        for _ in range(calls):
+            plain()
+        total = _clock() - start
+        inside = clock.inside - before
+        bare_start = _clock()
+        for _ in range(calls):
+            pass
+        loop = _clock() - bare_start
+        best = min(best, (total - inside - loop) / calls)
+    return max(best, 0.0)
+
+
+def step_overhead(emulator: Any, steps: int, repeats: int = 3) -> dict[str, float]:
+    fake = install(emulator)
+    _stub_kernels()
+    clock = _StandInClock()
+    _instrument(fake, clock)
+    per_call = _timer_cost(clock)
+    start = _clock()
+    for _ in range(1_000_000):
+        pass
+    loop_ms = 1e3 * (_clock() - start)
+    x, y = data(steps)
+    model = build_model()
+    model.fit(x[: 2 * BATCH], y[: 2 * BATCH], epochs=1, batch_size=BATCH, verbose=0)  # kernels, buffers, state
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        clock.inside, clock.calls = 0.0, 0
+        gc.collect()
+        start = _clock()
+        model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0)
+        total = _clock() - start
+        own = total - clock.inside - clock.calls * per_call
+        result = {"total_us": 1e6 * total / steps, "stand_in_us": 1e6 * clock.inside / steps,
+                  "stand_in_calls": clock.calls / steps, "timer_us_per_call": 1e6 * per_call,
+                  "nnxp_us": 1e6 * own / steps, "loop_ms": loop_ms}
+        if not best or result["nnxp_us"] < best["nnxp_us"]:
+            best = result
+    return best
+
+
+# --- the launch list -----------------------------------------------------------------------------------------
+
+
+def counted_steps(emulator: Any, graph: bool, batches: int = 3, epochs: int = 2) -> list[sic.Counts]:
+    """The counts of each steady step (after its epoch's first; for graphs, after the first epoch)."""
+    install(emulator)
+    x, y = data(batches)
+    model = build_model()
+    steps: list[sic.Counts] = []
+    where: dict[str, Any] = {"epoch": -1, "last": None}
+    saved = Callback.on_epoch_begin, Callback.on_train_batch_end
+
+    def on_epoch_begin(self: Any, epoch: int, logs: Any = None) -> None:
+        where["epoch"], where["last"] = epoch, None
+
+    def on_train_batch_end(self: Any, batch: int, logs: Any = None) -> None:
+        now = sic.COUNTS.snapshot()
+        if where["last"] is not None and (not graph or where["epoch"] > 0):
+            steps.append(now.minus(where["last"]))
+        where["last"] = now
+
+    Callback.on_epoch_begin, Callback.on_train_batch_end = on_epoch_begin, on_train_batch_end
+    try:
+        model.fit(x, y, epochs=epochs, batch_size=BATCH, verbose=0, cuda_graph=graph)
+    finally:
+        Callback.on_epoch_begin, Callback.on_train_batch_end = saved
+    return steps
+
+
+_FIELDS = ("launches", "graph_launches", "allocations", "syncs", "h2d_pageable", "h2d_pinned", "set_device")
+
+
+def launch_list(emulator: Any) -> str:
+    eager = counted_steps(emulator, graph=False)
+    graph = counted_steps(emulator, graph=True)
+    lines = ["# Launches of one training step on CUDA (counted on the stand-in CuPy)", "",
+             "Generated by `python -m bench.step_overhead --launch-list bench/results/launch-list.md`: "
+             "784-512-256-10, ReLU, softmax + sparse CE, Adam, metrics=[\"accuracy\"], batch 128, shuffled, on a "
+             f"device with {SMS} SMs (H100 SXM). "
+             "A step runs from one on_train_batch_end to the next (gather, forward, loss, backward, metrics, "
+             "optimizer, the epoch's bookkeeping); the counts follow CuPy 14.2's source (tests/_stand_in_cupy.py). "
+             "tests/test_budgets.py holds the budgets.", "",
+             "| per step | " + " | ".join(_FIELDS) + " |", "|---" * (len(_FIELDS) + 1) + "|"]
+    for name, steps in (("eager", eager), ("cuda_graph=True (replay)", graph)):
+        cells = []
+        for f in _FIELDS:
+            values = sorted({getattr(c, f) for c in steps})
+            cells.append("/".join(str(v) for v in values))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for title, steps in (("Eager step", eager), ("Replayed step (besides the graph launch)", graph)):
+        lines += ["", f"## {title}: {len(steps[-1].names)} launches", ""]
+        lines += [f"{i + 1}. `{n}`" for i, n in enumerate(steps[-1].names)]
+    return "\n".join(lines) + "\n" + bias_gradient_table()
+
+
+def _bias_rows(rows: int, cols: int, itemsize: int = 4) -> tuple[int, int, int, int]:
+    """(gy two-stage would use, one-pass?, extra bytes two-stage, extra bytes GEMV) for one layer, by the grid
+    rule of nnxp.ops.dense._activation_backward_bias on SMS multiprocessors."""
+    bx = min(32, _cuda._next_pow2(cols))
+    by = _cuda._BLOCK // bx
+    gx = -(-cols // bx)
+    gy = max(1, min(-(-rows // (by * 4)), -(-_cuda._BLOCKS_PER_SM * SMS // gx), 1024))
+    two_stage = 2 * gy * cols * itemsize if gy > 1 else 0  # partials written, then read by nnxp_column_sum
+    gemv = rows * cols * itemsize + rows * itemsize  # dz read again, and the ones vector
+    return gy, int(rows <= dense._ONE_PASS_ROWS), two_stage, gemv
+
+
+def bias_gradient_table() -> str:
+    """Launches and extra bytes of the bias gradient db = dz.sum(axis=0), three ways, for the model's layers."""
+    lines = ["", "## Bias gradient: launches and extra bytes per step (float32, the three Dense layers)", "",
+             "dz (B, N) is made by the fused activation-backward kernel either way; what differs is how db is "
+             "summed. One pass: that kernel sums each column tile in one block row (mode 1), 1 launch, no "
+             "extra bytes. Two stages: per-block partial sums (gy, N), then nnxp_column_sum, 2 launches (1 "
+             "when gy is 1). GEMV: db = dz^T 1 by cuBLAS, 2 launches, reads dz again. nnxp uses one pass up to "
+             f"{dense._ONE_PASS_ROWS} rows, two stages above.", "",
+             "| batch | launches one-pass / two-stage / GEMV | extra bytes two-stage | extra bytes GEMV |",
+             "|---|---|---|---|"]
+    for rows in (32, 128, 256, 1024, 8192):
+        launches = [0, 0, 0]
+        extra2 = extra_gemv = 0
+        for cols in (512, 256, 10):
+            gy, _, b2, bg = _bias_rows(rows, cols)
+            launches[0] += 1
+            launches[1] += 2 if gy > 1 else 1
+            launches[2] += 2
+            extra2, extra_gemv = extra2 + b2, extra_gemv + bg
+        lines.append(f"| {rows} | {launches[0]} / {launches[1]} / {launches[2]} | {extra2:,} | {extra_gemv:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="eager steps to time (default 200)")
+    parser.add_argument("--launch-list", type=Path, default=None, help="write the launch list (markdown) here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        emulator = _cuda_emu.build(Path(tmp))
+        if emulator is None:
+            print("no C++ compiler for the CUDA emulator", file=sys.stderr)
+            return 1
+        if args.launch_list is not None:
+            text = launch_list(emulator)
+            args.launch_list.write_text(text)
+            print(text)
+        r = step_overhead(emulator, args.steps)
+    print(f"nnxp's own Python per eager step: {r['nnxp_us']:.1f} us (goal <= 40 us), Python "
+          f"{platform.python_version()} on a CPU that runs a 1M-iteration empty loop in {r['loop_ms']:.1f} ms of CPU "
+          f"time (to scale by); whole step with launches stubbed {r['total_us']:.1f} us, of "
+          f"which {r['stand_in_us']:.1f} us inside the stand-in CuPy ({r['stand_in_calls']:.0f} calls, timer "
+          f"{r['timer_us_per_call']:.2f} us per call subtracted)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
