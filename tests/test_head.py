@@ -260,3 +260,26 @@ def test_the_head_follows_the_last_layer_added_after_compile():
     assert not model._head.fused
     model.add(Dense(K, "softmax"))
     assert model._head.fused and model._head.activation == "softmax"
+
+
+@pytest.mark.parametrize("act, loss, bias, y", [
+    # float32 rounds sigmoid(1e-9) to exactly 0.5: predict's probability is not > 0.5, though the logit is > 0
+    ("sigmoid", "binary_crossentropy", [1e-9], np.ones((4, 1))),
+    # softmax of logits (0, 2e-8) rounds to (0.5, 0.5): argmax of the probabilities is class 0, of the logits 1
+    ("softmax", "sparse_categorical_crossentropy", [0.0, 2e-8], np.ones(4, dtype=np.int64)),
+], ids=["sigmoid", "softmax"])
+def test_fused_accuracy_scores_the_probabilities_predict_returns(act, loss, bias, y):
+    # the same network and weights must score the same whether or not its head fuses (a Dropout(0) after the
+    # output layer keeps the head unfused), and the same as thresholding / argmax of what predict returns
+    x = np.ones((4, 2), dtype=np.float32)
+    scores = {}
+    for tail in ([], [Dropout(0.0)]):
+        model = Sequential([Dense(len(bias), act, input_dim=2, kernel_initializer="zeros"), *tail], seed=0)
+        model.compile("sgd", loss, metrics=["accuracy"])
+        model.build(2)
+        model.set_weights([np.zeros((2, len(bias))), np.array(bias)])
+        p = model.predict(x)
+        expected = np.mean((p > 0.5) == (y > 0.5)) if act == "sigmoid" else np.mean(p.argmax(axis=1) == y)
+        scores[model._head.fused] = model.evaluate(x, y, verbose=0)[1]
+        assert scores[model._head.fused] == expected
+    assert scores[True] == scores[False] == 0.0
