@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import xp_of
+from .backend import is_cupy_array, xp_of
 from .losses import Loss
 from .ops import activation as A
 
@@ -31,7 +31,7 @@ class OutputHead:
     def __init__(self, loss: Loss, activation: str | None) -> None:
         self.loss = loss
         self.activation = activation  # the last layer's activation (None: the last layer has none, e.g. Dropout)
-        self._grads: dict[tuple, Any] = {}  # reused buffers per (kind, shape, dtype, array module)
+        self._grads: dict[tuple, Any] = {}  # reused buffers per (kind, shape, dtype, array module, device)
 
     def forward(self, layers: list[Any], x: Any, training: bool) -> Any:
         """The head's outputs for batch `x` (B, in): here the network's activations (B, out)."""
@@ -50,10 +50,12 @@ class OutputHead:
         """A (B, out) buffer of `out`'s shape, dtype and array module that the head reuses: "grad" for
         dL/d(outputs), "probs" for a fused head's probabilities."""
         xp = xp_of(out)
-        key = (kind, out.shape, out.dtype.str, xp.__name__)
+        key = (kind, out.shape, out.dtype.str, xp.__name__, int(out.device.id) if is_cupy_array(out) else -1)
         buf = self._grads.get(key)
         if buf is None:
-            if len(self._grads) > 16:  # a few batch sizes at most (full, last, eval), two kinds each
+            # a few batch sizes at most (full, last, eval), two kinds each, on one device: after model.to(...)
+            # the old device's buffers go (one made on cuda:0 must never reach cuda:1's kernels)
+            if len(self._grads) > 16 or any(k[3:] != key[3:] for k in self._grads):
                 self._grads.clear()
             buf = self._grads[key] = xp.empty(out.shape, out.dtype)
         return buf

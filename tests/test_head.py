@@ -283,3 +283,27 @@ def test_fused_accuracy_scores_the_probabilities_predict_returns(act, loss, bias
         scores[model._head.fused] = model.evaluate(x, y, verbose=0)[1]
         assert scores[model._head.fused] == expected
     assert scores[True] == scores[False] == 0.0
+
+
+@pytest.mark.parametrize("act, loss", [("softmax", "categorical_crossentropy"), ("tanh", "mse")],
+                         ids=["fused", "unfused"])
+def test_the_head_follows_the_model_to_another_gpu(fake_cupy, act, loss):
+    # the head's reused buffers (dL/d(outputs), probabilities) belong to one device: after model.to("cuda:1") a
+    # step must not write into the ones it made on cuda:0 (the stand-in refuses that, as CuPy without P2P)
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(16, N_IN)), np.eye(K)[rng.integers(0, K, 16)]
+    metrics = ["accuracy", "mse"] if act == "softmax" else ["mae"]
+    model = Sequential([Dense(N_HID, "tanh", input_dim=N_IN), Dense(K, act)], device="cuda:0", seed=13)
+    model.compile("sgd", loss, metrics=metrics)
+    cpu = Sequential([Dense(N_HID, "tanh", input_dim=N_IN), Dense(K, act)], seed=13)
+    cpu.compile("sgd", loss, metrics=metrics)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    cpu.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.to("cuda:1")
+    logs = model.fit(x, y, epochs=1, batch_size=8, verbose=0).history
+    expected = cpu.fit(x, y, epochs=1, batch_size=8, verbose=0).history
+    assert all(buf.device.id == 1 for buf in model._head.buffers())
+    for name in expected:
+        np.testing.assert_allclose(logs[name], expected[name], rtol=1e-5)
+    for a, b in zip(model.get_weights(), cpu.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
