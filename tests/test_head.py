@@ -224,7 +224,7 @@ def test_predict_equals_the_layers_run_by_hand(case):
 
 
 def test_metrics_of_a_fused_head_read_probabilities():
-    # accuracy on logits (argmax, or logit > 0) and mse on probabilities, as predict's outputs would give them
+    # accuracy and mse both on probabilities, as predict's outputs would give them (never on the logits)
     for act, loss in (("softmax", "categorical_crossentropy"), ("sigmoid", "binary_crossentropy")):
         model = Sequential([Dense(N_HID, "tanh", input_dim=N_IN), Dense(K, act)], dtype="float64", seed=10)
         model.compile("sgd", loss, metrics=["accuracy", "mse"])
