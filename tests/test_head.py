@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nnxp import Activation, Dense, Dropout, Sequential
+from nnxp.callbacks import Callback
 from nnxp.head import FusedHead, OutputHead, make_head
 from nnxp.losses import get as get_loss
 
@@ -307,3 +308,57 @@ def test_the_head_follows_the_model_to_another_gpu(fake_cupy, act, loss):
         np.testing.assert_allclose(logs[name], expected[name], rtol=1e-5)
     for a, b in zip(model.get_weights(), cpu.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _PredictAndEvaluateEachBatch(Callback):
+    """predict, evaluate and the last layer's own training forward between steps: they share the layers' and
+    the head's reused buffers (outputs, dL/d(outputs), probabilities) with the training step."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.predict(self.x[:8], batch_size=8)
+        self.model.evaluate(self.x[:8], self.y[:8], batch_size=8, verbose=0)
+        last = self.model.layers[-1]
+        last.forward(self.model.device.asarray(np.ones((8, last.input_dim), self.model.dtype)), training=True)
+
+
+def _fit_with_and_without_the_callback(case, device="cpu", cuda_graph=False):
+    _, out_layers, loss, _, _ = case
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(40, N_IN)), _targets(loss, np.random.default_rng(15), K)
+    y = np.concatenate([y] * 7)[:40]
+    metrics = ["accuracy"] if loss != "mean_squared_error" and loss != "mean_absolute_error" else []
+    if not loss.startswith("sparse"):
+        metrics.append("mse")
+    runs = []
+    for callbacks in ([], "callback"):
+        # (a Dropout draws from the model's generators: a predict or evaluate that drew too would show)
+        model = Sequential([Dense(N_HID, "tanh", input_dim=N_IN), Dropout(0.3), *out_layers()], device=device,
+                           seed=16)
+        model.compile("adam", loss, metrics=metrics)
+        cbs = [_PredictAndEvaluateEachBatch(x, y)] if callbacks else []
+        history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=cbs, cuda_graph=cuda_graph).history
+        runs.append((history, model.get_weights()))
+    (h1, w1), (h2, w2) = runs
+    assert h1 == h2
+    for a, b in zip(w1, w2, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_predict_and_evaluate_between_steps_change_no_bit_of_training(case):
+    _fit_with_and_without_the_callback(case)
+
+
+def test_predict_and_evaluate_between_replayed_steps_change_no_bit_of_training(fake_cupy, monkeypatch):
+    # the same on the stand-in CuPy with cuda_graph=True: the replayed graph writes the buffers evaluate reuses
+    import _stand_in_cupy
+
+    from nnxp.ops import _cuda
+
+    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)
+    _fit_with_and_without_the_callback(CASES[3], device="cuda", cuda_graph=True)  # Activation(softmax) + CE
