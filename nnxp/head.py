@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import xp_of
+from .backend import is_cupy_array, xp_of
 from .losses import Loss
 from .ops import activation as A
 
@@ -31,7 +31,7 @@ class OutputHead:
     def __init__(self, loss: Loss, activation: str | None) -> None:
         self.loss = loss
         self.activation = activation  # the last layer's activation (None: the last layer has none, e.g. Dropout)
-        self._grads: dict[tuple, Any] = {}  # dL/d(outputs) buffers per (shape, dtype, array module)
+        self._grads: dict[tuple, Any] = {}  # reused buffers per (kind, shape, dtype, array module, device)
 
     def forward(self, layers: list[Any], x: Any, training: bool) -> Any:
         """The head's outputs for batch `x` (B, in): here the network's activations (B, out)."""
@@ -46,12 +46,16 @@ class OutputHead:
         """The arrays the head writes during a step (a captured CUDA graph keeps them alive)."""
         return list(self._grads.values())
 
-    def _grad_buffer(self, out: Any) -> Any:
+    def _grad_buffer(self, out: Any, kind: str = "grad") -> Any:
+        """A (B, out) buffer of `out`'s shape, dtype and array module that the head reuses: "grad" for
+        dL/d(outputs), "probs" for a fused head's probabilities."""
         xp = xp_of(out)
-        key = (out.shape, out.dtype.str, xp.__name__)
+        key = (kind, out.shape, out.dtype.str, xp.__name__, int(out.device.id) if is_cupy_array(out) else -1)
         buf = self._grads.get(key)
         if buf is None:
-            if len(self._grads) > 8:  # a few batch sizes at most (full, last, eval)
+            # a few batch sizes at most (full, last, eval), two kinds each, on one device: after model.to(...)
+            # the old device's buffers go (one made on cuda:0 must never reach cuda:1's kernels)
+            if len(self._grads) > 16 or any(k[3:] != key[3:] for k in self._grads):
                 self._grads.clear()
             buf = self._grads[key] = xp.empty(out.shape, out.dtype)
         return buf
@@ -67,21 +71,18 @@ class OutputHead:
             return fn(out, y, grad)
         return getattr(fn, "__wrapped__", fn)(out, y, grad, sample_weight=w)
 
-    def predictions(self, out: Any, inplace: bool = False) -> Any:
-        """What ``predict`` returns for outputs `out`: the network's activations (`inplace`: `out` may be
-        overwritten)."""
+    def predictions(self, out: Any) -> Any:
+        """What ``predict`` returns for outputs `out`: the network's activations."""
         return out
 
     def correct(self, out: Any, y: Any) -> Any:
-        """Per-row accuracy (B,): 1/0 per row, the fraction of right outputs for a binary loss."""
+        """Per-row accuracy (B,) of what ``predict`` returns: 1/0 per row, the fraction of right outputs for a
+        binary loss (outputs > 0.5)."""
+        pred = self.predictions(out)
         if self.loss.task == "binary":
-            return ((out > self._threshold()) == (y > 0.5)).mean(axis=1)
-        pred = out.argmax(axis=1)  # the activation is monotone per row for softmax: logits argmax the same
+            return ((pred > 0.5) == (y > 0.5)).mean(axis=1)
         true = y if self.loss.sparse else y.argmax(axis=1)
-        return pred == true
-
-    def _threshold(self) -> float:
-        return 0.5  # probabilities
+        return pred.argmax(axis=1) == true
 
 
 class FusedHead(OutputHead):
@@ -103,12 +104,12 @@ class FusedHead(OutputHead):
     def _fn(self) -> Any:
         return self.loss.fused_fn
 
-    def predictions(self, out: Any, inplace: bool = False) -> Any:
-        """Probabilities from logits `out`: the activation the last layer would have applied."""
-        return A.activation_forward(self.activation, out, out if inplace else None)
-
-    def _threshold(self) -> float:
-        return 0.0  # sigmoid(z) > 0.5 exactly when z > 0
+    def predictions(self, out: Any) -> Any:
+        """Probabilities from logits `out`: the activation the last layer would have applied, in a buffer the
+        head reuses. Accuracy reads these, not the logits: in floating point sigmoid(z) rounds to exactly 0.5
+        for a small z > 0 (float32: z < ~1.2e-7) and softmax can tie two close logits, so thresholding or
+        argmax of the logits would disagree with predict's outputs and with the same network's unfused head."""
+        return A.activation_forward(self.activation, out, self._grad_buffer(out, "probs"))
 
 
 def make_head(loss: Loss, last_layer: Any) -> OutputHead:
