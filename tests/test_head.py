@@ -357,8 +357,8 @@ def test_predict_and_evaluate_between_replayed_steps_change_no_bit_of_training(f
     # the same on the stand-in CuPy with cuda_graph=True: the replayed graph writes the buffers evaluate reuses
     import _stand_in_cupy
 
-    from nnxp.ops import _cuda
+    from nnxp.ops import _cublas
 
-    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
-    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)
+    monkeypatch.setattr(_cublas, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cublas, "_prepare_capture", lambda device_id: None)
     _fit_with_and_without_the_callback(CASES[3], device="cuda", cuda_graph=True)  # Activation(softmax) + CE
