@@ -107,7 +107,7 @@ class Tracer:
     """Records every device operation nnxp issues on the stand-in while active (a context manager).
 
     ``stand_in`` is the tests/_stand_in_cupy module, ``fake`` the module object it built, ``cuda_ops`` nnxp's
-    CUDA ops module (its ``_gemm`` seam is what a graph capture calls instead of CuPy's matmul)."""
+    cuBLAS module nnxp.ops._cublas (its ``_gemm`` seam is what a graph capture calls instead of CuPy's matmul)."""
 
     def __init__(self, stand_in: Any, fake: Any, cuda_ops: Any, compute_gemms: bool = True) -> None:
         self.si, self.fake, self.cuda_ops, self.compute_gemms = stand_in, fake, cuda_ops, compute_gemms
@@ -330,7 +330,7 @@ def stand_in(cache_dir: Path | None = None) -> Iterator[Any]:
     import _stand_in_cupy
 
     import nnxp.backend as backend
-    from nnxp.ops import _cuda
+    from nnxp.ops import _cublas, _cuda
 
     cache_dir = cache_dir or Path(tempfile.gettempdir()) / "nnxp_cuda_emu"
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -339,11 +339,11 @@ def stand_in(cache_dir: Path | None = None) -> Iterator[Any]:
         raise RuntimeError("no C++ compiler for the CUDA emulator (tests/_cuda_emu.py)")
     fake = _stand_in_cupy.stand_in_cupy(emulator)
     saved = [(backend, "_cupy", backend._cupy), (_cuda, "_KERNELS", _cuda._KERNELS),
-             (_cuda, "_prepare_capture", _cuda._prepare_capture)]
+             (_cublas, "_prepare_capture", _cublas._prepare_capture)]
     backend._cupy, _cuda._KERNELS = fake, _cuda.LazyKernels()
-    _cuda._prepare_capture = lambda device_id: None  # no cuBLAS handle to make on the stand-in
+    _cublas._prepare_capture = lambda device_id: None  # no cuBLAS handle to make on the stand-in
     try:
-        yield lambda: Tracer(_stand_in_cupy, fake, _cuda, compute_gemms=False)
+        yield lambda: Tracer(_stand_in_cupy, fake, _cublas, compute_gemms=False)
     finally:
         for owner, attr, value in saved:
             setattr(owner, attr, value)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import xp_of
+from .backend import is_cupy_array, xp_of
 from .losses import Loss
 from .ops import activation as A
 
@@ -33,8 +33,7 @@ class OutputHead:
     def __init__(self, loss: Loss, activation: str | None) -> None:
         self.loss = loss
         self.activation = activation  # the last layer's activation (None: the last layer has none, e.g. Dropout)
-        self._grads: dict[tuple, Any] = {}  # dL/d(outputs) buffers per (shape, dtype, array module)
-        self._metric_bufs: dict[tuple, Any] = {}  # the metrics' outputs per (name, shape, dtype, array module)
+        self._grads: dict[tuple, Any] = {}  # reused buffers per (kind, shape, dtype, array module, device)
 
     def forward(self, layers: list[Any], x: Any, training: bool) -> Any:
         """The head's outputs for batch `x` (B, in): here the network's activations (B, out)."""
@@ -47,27 +46,25 @@ class OutputHead:
 
     def buffers(self) -> list[Any]:
         """The arrays the head writes during a step (a captured CUDA graph keeps them alive)."""
-        return list(self._grads.values()) + list(self._metric_bufs.values())
+        return list(self._grads.values())
 
-    def buffer(self, name: str, xp: Any, shape: tuple, dtype: Any) -> Any:
-        """A metric's output array `name` of this shape and dtype, kept for the next batch of the same shape, so
-        a step allocates nothing for its metrics (ufuncs and reductions write into it with ``out=``)."""
-        key = (name, shape, xp.dtype(dtype).str, xp.__name__)
-        buf = self._metric_bufs.get(key)
-        if buf is None:
-            if len(self._metric_bufs) > 32:  # a few names x a few batch sizes (full, last, eval) at most
-                self._metric_bufs.clear()
-            buf = self._metric_bufs[key] = xp.empty(shape, dtype)
-        return buf
+    def _grad_buffer(self, out: Any, kind: str = "grad") -> Any:
+        """A (B, out) buffer of `out`'s shape, dtype and array module that the head reuses: "grad" for
+        dL/d(outputs), "probs" for a fused head's probabilities."""
+        return self.buffer(kind, out, out.shape, out.dtype)
 
-    def _grad_buffer(self, out: Any) -> Any:
-        xp = xp_of(out)
-        key = (out.shape, out.dtype.str, xp.__name__)
+    def buffer(self, kind: str, like: Any, shape: tuple, dtype: Any) -> Any:
+        """An array of `kind` (shape, dtype) in `like`'s array module and on its device, kept for the next batch
+        of the same shape, so a step allocates nothing here (the metrics write into theirs with ``out=``)."""
+        xp = xp_of(like)
+        key = (kind, shape, np.dtype(dtype).str, xp.__name__, int(like.device.id) if is_cupy_array(like) else -1)
         buf = self._grads.get(key)
         if buf is None:
-            if len(self._grads) > 8:  # a few batch sizes at most (full, last, eval)
+            # a few batch sizes at most (full, last, eval), a few kinds each, on one device: after model.to(...)
+            # the old device's buffers go (one made on cuda:0 must never reach cuda:1's kernels)
+            if len(self._grads) > 32 or any(k[3:] != key[3:] for k in self._grads):
                 self._grads.clear()
-            buf = self._grads[key] = xp.empty(out.shape, out.dtype)
+            buf = self._grads[key] = xp.empty(shape, dtype)
         return buf
 
     def loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
@@ -81,24 +78,21 @@ class OutputHead:
             return fn(out, y, grad)
         return getattr(fn, "__wrapped__", fn)(out, y, grad, sample_weight=w)
 
-    def predictions(self, out: Any, inplace: bool = False) -> Any:
-        """What ``predict`` returns for outputs `out`: the network's activations (`inplace`: `out` may be
-        overwritten)."""
+    def predictions(self, out: Any) -> Any:
+        """What ``predict`` returns for outputs `out`: the network's activations."""
         return out
 
     def correct(self, out: Any, y: Any) -> Any:
-        """Per-row accuracy (B,): 1/0 per row, the fraction of right outputs for a binary loss."""
+        """Per-row accuracy (B,) of what ``predict`` returns: 1/0 per row, the fraction of right outputs for a
+        binary loss (outputs > 0.5)."""
+        pred = self.predictions(out)
         if self.loss.task == "binary":
-            return ((out > self._threshold()) == (y > 0.5)).mean(axis=1)
-        # the activation is monotone per row for softmax: logits argmax the same. Into kept buffers (int64, as
-        # argmax's own output; bool as =='s): no allocation per step
+            return ((pred > 0.5) == (y > 0.5)).mean(axis=1)
+        # argmax (int64, its own output dtype) and == into kept buffers: no allocation per step
         xp, rows = xp_of(out), out.shape[0]
-        pred = out.argmax(axis=1, out=self.buffer("argmax", xp, (rows,), np.int64))
-        true = y if self.loss.sparse else y.argmax(axis=1, out=self.buffer("argmax y", xp, (rows,), np.int64))
-        return xp.equal(pred, true, out=self.buffer("correct", xp, (rows,), np.bool_))
-
-    def _threshold(self) -> float:
-        return 0.5  # probabilities
+        true = y if self.loss.sparse else y.argmax(axis=1, out=self.buffer("argmax y", y, (rows,), np.int64))
+        return xp.equal(pred.argmax(axis=1, out=self.buffer("argmax", out, (rows,), np.int64)), true,
+                        out=self.buffer("correct", out, (rows,), np.bool_))
 
 
 class FusedHead(OutputHead):
@@ -120,12 +114,12 @@ class FusedHead(OutputHead):
     def _fn(self) -> Any:
         return self.loss.fused_fn
 
-    def predictions(self, out: Any, inplace: bool = False) -> Any:
-        """Probabilities from logits `out`: the activation the last layer would have applied."""
-        return A.activation_forward(self.activation, out, out if inplace else None)
-
-    def _threshold(self) -> float:
-        return 0.0  # sigmoid(z) > 0.5 exactly when z > 0
+    def predictions(self, out: Any) -> Any:
+        """Probabilities from logits `out`: the activation the last layer would have applied, in a buffer the
+        head reuses. Accuracy reads these, not the logits: in floating point sigmoid(z) rounds to exactly 0.5
+        for a small z > 0 (float32: z < ~1.2e-7) and softmax can tie two close logits, so thresholding or
+        argmax of the logits would disagree with predict's outputs and with the same network's unfused head."""
+        return A.activation_forward(self.activation, out, self._grad_buffer(out, "probs"))
 
 
 def make_head(loss: Loss, last_layer: Any) -> OutputHead:

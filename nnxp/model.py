@@ -462,7 +462,7 @@ class Sequential:
                 per_sample = (diff * diff if kind == "mse" else xp.abs(diff)).mean(axis=1)
             if w is None:  # into a buffer kept per metric (of sum's own dtype): no allocation per step
                 dtype = np.int64 if per_sample.dtype == np.bool_ else per_sample.dtype
-                sums[name] = per_sample.sum(out=self._head.buffer(f"sum {name}", xp, (), dtype))
+                sums[name] = per_sample.sum(out=self._head.buffer(f"sum {name}", per_sample, (), dtype))
             else:
                 sums[name] = (per_sample * w).sum()
         return sums

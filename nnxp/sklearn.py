@@ -421,6 +421,7 @@ class _BaseMLP(BaseEstimator):
             state["_model_state"] = {
                 "device": model.device.name,
                 "seed": model.seed,
+                "epochs_trained": model.epochs_trained,  # with the seed, each later epoch's shuffle
                 "weights": model.get_weights(),
                 "optimizer": opt.get_state(),
                 "iterations": opt.iterations,
@@ -441,6 +442,7 @@ class _BaseMLP(BaseEstimator):
             device = get_device("cpu")
         units = [c.shape[0] for c in saved["weights"][0::2]] + [saved["weights"][-1].shape[0]]
         model = self._new_model(units, device, saved["seed"])
+        model.epochs_trained = saved.get("epochs_trained", 0)  # (pickles made before it travelled lack it)
         model.set_weights(saved["weights"])
         opt = model.optimizer
         if saved["optimizer"]:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from bench import gpu_model as M  # noqa: E402
 from bench import gpu_trace as T  # noqa: E402
 from bench.gpu_trace import Op  # noqa: E402
-from nnxp.ops import _cuda  # noqa: E402
+from nnxp.ops import _cublas  # noqa: E402
 
 H100, H200 = M.HARDWARE["H100 SXM"], M.HARDWARE["H200"]
 A = M.Assumptions()
@@ -138,7 +138,7 @@ def test_the_committed_trace_holds_every_modelled_case():
 
 @pytest.fixture
 def graph_seam(fake_cupy, monkeypatch):
-    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)  # as tests/test_graph.py
+    monkeypatch.setattr(_cublas, "_prepare_capture", lambda device_id: None)  # as tests/test_graph.py
     return fake_cupy
 
 
@@ -149,7 +149,7 @@ def _launched() -> int:
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])
 def test_the_traced_step_launches_what_the_stand_in_counted(graph_seam, cuda_graph):
     layers, batch = (20, 16, 8, 3), 32
-    factory = lambda: T.Tracer(_stand_in_cupy, graph_seam, _cuda, compute_gemms=True)  # noqa: E731
+    factory = lambda: T.Tracer(_stand_in_cupy, graph_seam, _cublas, compute_gemms=True)  # noqa: E731
     counted = []
     for batches in (3, 4):
         before = _launched()

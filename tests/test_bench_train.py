@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 from bench import conftest as C  # noqa: E402
 from bench import gpu_trace as T  # noqa: E402
 from bench import test_train as B  # noqa: E402
-from nnxp.ops import _cuda  # noqa: E402
+from nnxp.ops import _cublas  # noqa: E402
 
 
 def test_a_timed_training_call_is_one_epoch_of_a_fixed_number_of_batches():
@@ -33,8 +33,8 @@ def test_a_timed_training_call_is_one_epoch_of_a_fixed_number_of_batches():
 
 @pytest.fixture
 def graph_seam(fake_cupy, monkeypatch):
-    monkeypatch.setattr(_cuda, "_prepare_capture", lambda device_id: None)  # as tests/test_graph.py
-    monkeypatch.setattr(_cuda, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cublas, "_prepare_capture", lambda device_id: None)  # as tests/test_graph.py
+    monkeypatch.setattr(_cublas, "_gemm", _stand_in_cupy.captured_gemm)
     return fake_cupy
 
 
@@ -44,7 +44,7 @@ def test_the_cuda_cases_time_fit_eager_and_graphed(graph_seam, impl):
     C.MODELS["tiny"] = (12, 8, C.CLASSES)
     try:
         impl_ = B.BUILDERS[impl](case)
-        tracer = T.Tracer(_stand_in_cupy, graph_seam, _cuda, compute_gemms=True)
+        tracer = T.Tracer(_stand_in_cupy, graph_seam, _cublas, compute_gemms=True)
         with tracer:
             impl_.train()
             impl_.sync()

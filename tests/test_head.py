@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nnxp import Activation, Dense, Dropout, Sequential
+from nnxp.callbacks import Callback
 from nnxp.head import FusedHead, OutputHead, make_head
 from nnxp.losses import get as get_loss
 
@@ -224,7 +225,7 @@ def test_predict_equals_the_layers_run_by_hand(case):
 
 
 def test_metrics_of_a_fused_head_read_probabilities():
-    # accuracy on logits (argmax, or logit > 0) and mse on probabilities, as predict's outputs would give them
+    # accuracy and mse both on probabilities, as predict's outputs would give them (never on the logits)
     for act, loss in (("softmax", "categorical_crossentropy"), ("sigmoid", "binary_crossentropy")):
         model = Sequential([Dense(N_HID, "tanh", input_dim=N_IN), Dense(K, act)], dtype="float64", seed=10)
         model.compile("sgd", loss, metrics=["accuracy", "mse"])
@@ -260,3 +261,104 @@ def test_the_head_follows_the_last_layer_added_after_compile():
     assert not model._head.fused
     model.add(Dense(K, "softmax"))
     assert model._head.fused and model._head.activation == "softmax"
+
+
+@pytest.mark.parametrize("act, loss, bias, y", [
+    # float32 rounds sigmoid(1e-9) to exactly 0.5: predict's probability is not > 0.5, though the logit is > 0
+    ("sigmoid", "binary_crossentropy", [1e-9], np.ones((4, 1))),
+    # softmax of logits (0, 2e-8) rounds to (0.5, 0.5): argmax of the probabilities is class 0, of the logits 1
+    ("softmax", "sparse_categorical_crossentropy", [0.0, 2e-8], np.ones(4, dtype=np.int64)),
+], ids=["sigmoid", "softmax"])
+def test_fused_accuracy_scores_the_probabilities_predict_returns(act, loss, bias, y):
+    # the same network and weights must score the same whether or not its head fuses (a Dropout(0) after the
+    # output layer keeps the head unfused), and the same as thresholding / argmax of what predict returns
+    x = np.ones((4, 2), dtype=np.float32)
+    scores = {}
+    for tail in ([], [Dropout(0.0)]):
+        model = Sequential([Dense(len(bias), act, input_dim=2, kernel_initializer="zeros"), *tail], seed=0)
+        model.compile("sgd", loss, metrics=["accuracy"])
+        model.build(2)
+        model.set_weights([np.zeros((2, len(bias))), np.array(bias)])
+        p = model.predict(x)
+        expected = np.mean((p > 0.5) == (y > 0.5)) if act == "sigmoid" else np.mean(p.argmax(axis=1) == y)
+        scores[model._head.fused] = model.evaluate(x, y, verbose=0)[1]
+        assert scores[model._head.fused] == expected
+    assert scores[True] == scores[False] == 0.0
+
+
+@pytest.mark.parametrize("act, loss", [("softmax", "categorical_crossentropy"), ("tanh", "mse")],
+                         ids=["fused", "unfused"])
+def test_the_head_follows_the_model_to_another_gpu(fake_cupy, act, loss):
+    # the head's reused buffers (dL/d(outputs), probabilities) belong to one device: after model.to("cuda:1") a
+    # step must not write into the ones it made on cuda:0 (the stand-in refuses that, as CuPy without P2P)
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(16, N_IN)), np.eye(K)[rng.integers(0, K, 16)]
+    metrics = ["accuracy", "mse"] if act == "softmax" else ["mae"]
+    model = Sequential([Dense(N_HID, "tanh", input_dim=N_IN), Dense(K, act)], device="cuda:0", seed=13)
+    model.compile("sgd", loss, metrics=metrics)
+    cpu = Sequential([Dense(N_HID, "tanh", input_dim=N_IN), Dense(K, act)], seed=13)
+    cpu.compile("sgd", loss, metrics=metrics)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    cpu.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.to("cuda:1")
+    logs = model.fit(x, y, epochs=1, batch_size=8, verbose=0).history
+    expected = cpu.fit(x, y, epochs=1, batch_size=8, verbose=0).history
+    assert all(buf.device.id == 1 for buf in model._head.buffers())
+    for name in expected:
+        np.testing.assert_allclose(logs[name], expected[name], rtol=1e-5)
+    for a, b in zip(model.get_weights(), cpu.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _PredictAndEvaluateEachBatch(Callback):
+    """predict, evaluate and the last layer's own training forward between steps: they share the layers' and
+    the head's reused buffers (outputs, dL/d(outputs), probabilities) with the training step."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.predict(self.x[:8], batch_size=8)
+        self.model.evaluate(self.x[:8], self.y[:8], batch_size=8, verbose=0)
+        last = self.model.layers[-1]
+        last.forward(self.model.device.asarray(np.ones((8, last.input_dim), self.model.dtype)), training=True)
+
+
+def _fit_with_and_without_the_callback(case, device="cpu", cuda_graph=False):
+    _, out_layers, loss, _, _ = case
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(40, N_IN)), _targets(loss, np.random.default_rng(15), K)
+    y = np.concatenate([y] * 7)[:40]
+    metrics = ["accuracy"] if loss != "mean_squared_error" and loss != "mean_absolute_error" else []
+    if not loss.startswith("sparse"):
+        metrics.append("mse")
+    runs = []
+    for callbacks in ([], "callback"):
+        # (a Dropout draws from the model's generators: a predict or evaluate that drew too would show)
+        model = Sequential([Dense(N_HID, "tanh", input_dim=N_IN), Dropout(0.3), *out_layers()], device=device,
+                           seed=16)
+        model.compile("adam", loss, metrics=metrics)
+        cbs = [_PredictAndEvaluateEachBatch(x, y)] if callbacks else []
+        history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=cbs, cuda_graph=cuda_graph).history
+        runs.append((history, model.get_weights()))
+    (h1, w1), (h2, w2) = runs
+    assert h1 == h2
+    for a, b in zip(w1, w2, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_predict_and_evaluate_between_steps_change_no_bit_of_training(case):
+    _fit_with_and_without_the_callback(case)
+
+
+def test_predict_and_evaluate_between_replayed_steps_change_no_bit_of_training(fake_cupy, monkeypatch):
+    # the same on the stand-in CuPy with cuda_graph=True: the replayed graph writes the buffers evaluate reuses
+    import _stand_in_cupy
+
+    from nnxp.ops import _cublas
+
+    monkeypatch.setattr(_cublas, "_gemm", _stand_in_cupy.captured_gemm)
+    monkeypatch.setattr(_cublas, "_prepare_capture", lambda device_id: None)
+    _fit_with_and_without_the_callback(CASES[3], device="cuda", cuda_graph=True)  # Activation(softmax) + CE

@@ -324,6 +324,18 @@ def test_pickle_keeps_predictions_and_training_state(tmp_path):
     np.testing.assert_array_equal(back.coefs_[0], est.coefs_[0])
 
 
+def test_partial_fit_after_unpickling_shuffles_as_the_original_would():
+    # several batches per epoch, so the order of the rows matters: each epoch's shuffle follows the model's seed
+    # and its count of epochs trained, which must travel with the pickle (it came back as 0: another order)
+    x, y = _data("multiclass", 120)
+    est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=4, batch_size=16, random_state=0).fit(x, y)
+    back = pickle.loads(pickle.dumps(est))
+    assert back.model_.epochs_trained == est.model_.epochs_trained
+    back.partial_fit(x, y)
+    est.partial_fit(x, y)
+    np.testing.assert_array_equal(back.coefs_[0], est.coefs_[0])
+
+
 def test_a_network_from_a_missing_gpu_unpickles_onto_the_cpu():
     x, y = _data("binary", 80)
     est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(x, y)
