@@ -114,6 +114,13 @@ class FusedHead(OutputHead):
     def _fn(self) -> Any:
         return self.loss.fused_fn
 
+    def loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
+        """As :meth:`OutputHead.loss_and_grad`; unweighted, the loss goes into a 0-d buffer the head reuses (the
+        fused ops' `loss_out`), so a step allocates nothing for it."""
+        if w is not None:
+            return super().loss_and_grad(out, y, w)
+        return self._fn()(out, y, self._grad_buffer(out), loss_out=self.buffer("loss", out, (), out.dtype))
+
     def predictions(self, out: Any) -> Any:
         """Probabilities from logits `out`: the activation the last layer would have applied, in a buffer the
         head reuses. Accuracy reads these, not the logits: in floating point sigmoid(z) rounds to exactly 0.5

@@ -113,14 +113,14 @@ def test_graphed_step_copies_nothing_from_pageable_memory(counted):
 # --- eager steps ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="today 3 allocations per eager step: the loss's value, partials and "
-                                       "ticket counter, made per launch by design (was 10: also loss * nb, 3 bias "
-                                       "partials, argmax, ==, sum)")
 def test_eager_step_allocates_nothing_after_the_first(counted):
+    # (was 10: loss * nb, 3 bias partials, argmax, ==, sum, and the loss's value, partials and ticket counter,
+    # which the head's loss_out and the stream's kept scratch now hold; 5 for a while with the softmax of the
+    # metrics' probabilities by the reference)
     assert _each(counted, "eager", "allocations") == [0]
 
 
-@pytest.mark.xfail(strict=True, reason="today 24 launches per eager step, was 29 (bench/results/launch-list.md)")
+@pytest.mark.xfail(strict=True, reason="today 25 launches per eager step, was 29 (bench/results/launch-list.md)")
 def test_eager_step_launches_at_most_22_kernels(counted):
     assert max(_each(counted, "eager", "launches")) <= 22
 

@@ -155,10 +155,11 @@ def test_head_gradient_buffer_is_reused_across_steps():
     model = _model(CASES[0][1], "categorical_crossentropy")
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(B, N_IN)), _targets("categorical_crossentropy", rng)
-    _, g1 = model._loss_and_grad(model._forward(x, True), y)
-    _, g2 = model._loss_and_grad(model._forward(x, True), y)
+    l1, g1 = model._loss_and_grad(model._forward(x, True), y)
+    l2, g2 = model._loss_and_grad(model._forward(x, True), y)
     assert g1 is g2
-    assert len(model._head.buffers()) == 1
+    assert l1 is l2 and model._head.fused  # a fused head's loss goes into its own 0-d buffer too (loss_out)
+    assert len(model._head.buffers()) == 2
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -845,6 +845,36 @@ def test_each_loss_launch_takes_its_own_zeroed_ticket_counter(fake_cupy, monkeyp
     np.testing.assert_allclose(float(to_numpy(loss)), expected, rtol=1e-12)
 
 
+def test_loss_launches_into_loss_out_reuse_this_streams_partials_and_counter(fake_cupy):
+    # The training step's head passes its own 0-d loss_out: partials and the ticket counter are then this
+    # stream's (launches on one stream run in order), made once, the counter zeroed once and re-armed to 0 by
+    # each launch's last block; no memset, no allocation. Several launches of several sizes still give the mean.
+    rng = np.random.default_rng(5)
+    launch, seen = _cuda._launch, []
+
+    def spy(name, dtype, dev, grid, block, args):
+        if name == "nnxp_sparse_softmax_xent":
+            assert int(args[4][0]) == 0, "a loss launch started from a non-zero ticket counter"
+            seen.append((args[3], args[4]))
+        launch(name, dtype, dev, grid, block, args)
+
+    _cuda._launch = spy
+    try:
+        out = fake_cupy.empty((), dtype=np.float64)
+        for rows in (64, 64, 9, 64):
+            z, y = rng.normal(size=(rows, 10)), rng.integers(0, 10, rows)
+            want, want_g = L.sparse_softmax_cross_entropy_ref(z, y)
+            got, g = L.sparse_softmax_cross_entropy.fused(fake_cupy.asarray(z), fake_cupy.asarray(y),
+                                                           loss_out=out)
+            assert got is out
+            np.testing.assert_allclose(float(to_numpy(got)), want, rtol=1e-12)
+            np.testing.assert_allclose(to_numpy(g), want_g, rtol=1e-12, atol=1e-15)
+    finally:
+        _cuda._launch = launch
+    assert seen[0][0] is seen[1][0] and seen[0][1] is seen[1][1] and seen[0][1] is seen[3][1]  # kept, not remade
+    assert int(seen[0][1][0]) == 0  # re-armed by the last block
+
+
 @pytest.mark.parametrize("cols", [7, 40])
 def test_sparse_softmax_xent_may_overwrite_its_logits(fake_cupy, cols):
     # grad aliasing logits: every lane used to read lr[label] after the warp's last shuffle, while the lane

@@ -90,6 +90,24 @@ def test_grad_buffer_is_reused():
     assert g is buf and g.dtype == np.float32
 
 
+@pytest.mark.parametrize("use_numba", [False, True], ids=["reference", "compiled"])
+@pytest.mark.parametrize("name", ["softmax_ce", "sparse_softmax_ce", "sigmoid_bce"])
+def test_fused_losses_write_their_loss_into_loss_out(monkeypatch, name, use_numba):
+    # the training step's head passes a 0-d loss_out it reuses: same value, same dtype, that very array
+    if use_numba:
+        pytest.importorskip("numba")
+    monkeypatch.setattr(L._cpu, "numba_enabled", lambda: use_numba)
+    fn, make_z, make_t = CASES[name]
+    z, t = make_z().astype(np.float32), make_t()
+    t = t if t.dtype.kind in "iu" else t.astype(np.float32)
+    want, want_g = fn(z, t, np.empty_like(z))
+    out = np.full((), np.nan, np.float32)
+    got, g = fn(z, t, np.empty_like(z), loss_out=out)
+    assert got is out and got.dtype == np.float32
+    assert float(got) == float(want)  # bit for bit
+    np.testing.assert_array_equal(g, want_g)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_sparse_softmax_ce_wraps_negative_labels_once(dtype):
     """The documented contract below the model's validation: label -k is class C-k, in loss and gradient."""

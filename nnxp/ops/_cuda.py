@@ -340,16 +340,23 @@ _SCRATCH: dict[tuple, Any] = {}
 _SCRATCH_MAX = 64  # distinct shapes (batch sizes x layers x dtypes); beyond it the cache starts over
 
 
-def _scratch(what: str, shape: tuple, dtype: Any, dev: int) -> Any:
+def capturing() -> bool:
+    """True while this thread captures a CUDA graph (inside nnxp.ops._cublas.capturing())."""
+    return getattr(_cublas._capture, "active", False)
+
+
+def _scratch(what: str, shape: tuple, dtype: Any, dev: int, zero: bool = False) -> Any:
+    """The scratch array `what` of this stream (made zeroed when `zero`; fresh while a graph is captured)."""
     cp = cupy_module()
-    if getattr(_cublas._capture, "active", False):
-        return cp.empty(shape, dtype=dtype)
+    make = cp.zeros if zero else cp.empty
+    if capturing():
+        return make(shape, dtype=dtype)
     key = (what, dev, cp.cuda.get_current_stream().ptr, shape, np.dtype(dtype).str)
     buf = _SCRATCH.get(key)
     if buf is None:
         if len(_SCRATCH) >= _SCRATCH_MAX:
             _SCRATCH.clear()
-        buf = _SCRATCH[key] = cp.empty(shape, dtype=dtype)
+        buf = _SCRATCH[key] = make(shape, dtype=dtype)
     return buf
 
 

@@ -327,9 +327,10 @@ __device__ __forceinline__ T block_reduce(T v, Op op, T* shm) {
 }
 
 // Grid-level finish of a mean: each block leaves its partial sum, the last block to retire adds them in
-// block order and writes total / denom into loss[0]. `counter` belongs to this launch alone and is zeroed on
-// its stream before it (the wrapper's cupy.zeros): two launches in flight never share tickets. Re-arming it
-// at the end is a courtesy for callers that reuse one counter on one stream.
+// block order and writes total / denom into loss[0]. `counter` is 0 when the launch starts and is never shared
+// by two launches in flight: either made for this launch alone (cupy.zeros on its stream) or, when the caller
+// owns the loss (loss_out), kept per stream and re-armed to 0 here by the last block, which the next launch on
+// that stream (run after this one, in stream order) relies on.
 template <typename T>
 __device__ __forceinline__ void finish_mean(T block_total, T* partials, unsigned int* counter, T* loss, T denom,
                                             T* shm) {

@@ -35,13 +35,21 @@ def _weighted_sum(elementwise: Any, w: Any) -> Any:
     return elementwise.sum() if w is None else (elementwise.sum(axis=1) * w).sum()
 
 
+def _into(loss: Any, loss_out: Any) -> Any:
+    """`loss` written into the caller's 0-d `loss_out` (returned) when given, so a step allocates nothing for it."""
+    if loss_out is None:
+        return loss
+    loss_out[...] = loss
+    return loss_out
+
+
 def _weigh_rows(g: Any, w: Any) -> None:
     if w is not None:
         g *= w[:, None]  # row i of dL/d(output) scales with w_i
 
 
 def softmax_cross_entropy_ref(logits: Any, target: Any, grad: Any = None,
-                              sample_weight: Any = None) -> tuple[Any, Any]:
+                              sample_weight: Any = None, loss_out: Any = None) -> tuple[Any, Any]:
     """Softmax + categorical cross-entropy on logits (B, C) and one-hot (or soft) targets (B, C)."""
     xp = xp_of(logits)
     n = logits.shape[0]
@@ -61,11 +69,11 @@ def softmax_cross_entropy_ref(logits: Any, target: Any, grad: Any = None,
     g -= target
     g *= 1.0 / n
     _weigh_rows(g, sample_weight)
-    return loss, g
+    return _into(loss, loss_out), g
 
 
 def sparse_softmax_cross_entropy_ref(logits: Any, labels: Any, grad: Any = None,
-                                     sample_weight: Any = None) -> tuple[Any, Any]:
+                                     sample_weight: Any = None, loss_out: Any = None) -> tuple[Any, Any]:
     """Softmax + cross-entropy on logits (B, C) and integer labels (B,) in [-C, C).
 
     A negative label counts from the end, as NumPy indexing does (-1 is class C-1); the CUDA kernel wraps
@@ -87,11 +95,11 @@ def sparse_softmax_cross_entropy_ref(logits: Any, labels: Any, grad: Any = None,
     g[rows, labels] -= 1.0
     g *= 1.0 / n
     _weigh_rows(g, sample_weight)
-    return loss, g
+    return _into(loss, loss_out), g
 
 
 def sigmoid_binary_cross_entropy_ref(logits: Any, target: Any, grad: Any = None,
-                                     sample_weight: Any = None) -> tuple[Any, Any]:
+                                     sample_weight: Any = None, loss_out: Any = None) -> tuple[Any, Any]:
     """Sigmoid + binary cross-entropy on logits (B, k) and targets in [0, 1] (B, k)."""
     xp = xp_of(logits)
     size = logits.size
@@ -111,7 +119,7 @@ def sigmoid_binary_cross_entropy_ref(logits: Any, target: Any, grad: Any = None,
     g -= target
     g *= 1.0 / size
     _weigh_rows(g, sample_weight)
-    return loss, g
+    return _into(loss, loss_out), g
 
 
 def categorical_cross_entropy_ref(probs: Any, target: Any, grad: Any = None,
@@ -283,7 +291,8 @@ _LOSS_LOOPS = {"sparse_softmax_xent": _sparse_softmax_xent_loop, "softmax_xent":
                "sigmoid_bce": _sigmoid_bce_loop}
 
 
-def _fused_cpu(name: str, ref: Any, logits: Any, target: Any, grad: Any, sample_weight: Any, scale: int) -> Any:
+def _fused_cpu(name: str, ref: Any, logits: Any, target: Any, grad: Any, sample_weight: Any, scale: int,
+               loss_out: Any = None) -> Any:
     """(loss, grad) from the compiled loop `name`, or None where it cannot run (the caller runs `ref`)."""
     if not _cpu.numba_enabled() or type(logits) is not np.ndarray or logits.ndim != 2 or logits.size == 0:
         return None
@@ -309,25 +318,28 @@ def _fused_cpu(name: str, ref: Any, logits: Any, target: Any, grad: Any, sample_
                     logits.dtype.type(1.0 / scale), np.array([0.0, 1.0, 0.5], logits.dtype), result=out)
     if not ran or not out[0][1]:
         return None
-    return logits.dtype.type(out[0][0] / scale), g
+    return _into(logits.dtype.type(out[0][0] / scale), loss_out), g
 
 
-def _softmax_cross_entropy_cpu(logits: Any, target: Any, grad: Any = None, sample_weight: Any = None):
+def _softmax_cross_entropy_cpu(logits: Any, target: Any, grad: Any = None, sample_weight: Any = None,
+                               loss_out: Any = None):
     r = _fused_cpu("softmax_xent", softmax_cross_entropy_ref, logits, target, grad, sample_weight,
-                   logits.shape[0])
-    return softmax_cross_entropy_ref(logits, target, grad, sample_weight) if r is None else r
+                   logits.shape[0], loss_out)
+    return softmax_cross_entropy_ref(logits, target, grad, sample_weight, loss_out) if r is None else r
 
 
-def _sparse_softmax_cross_entropy_cpu(logits: Any, labels: Any, grad: Any = None, sample_weight: Any = None):
+def _sparse_softmax_cross_entropy_cpu(logits: Any, labels: Any, grad: Any = None, sample_weight: Any = None,
+                                      loss_out: Any = None):
     r = _fused_cpu("sparse_softmax_xent", sparse_softmax_cross_entropy_ref, logits, labels, grad, sample_weight,
-                   logits.shape[0])
-    return sparse_softmax_cross_entropy_ref(logits, labels, grad, sample_weight) if r is None else r
+                   logits.shape[0], loss_out)
+    return sparse_softmax_cross_entropy_ref(logits, labels, grad, sample_weight, loss_out) if r is None else r
 
 
-def _sigmoid_binary_cross_entropy_cpu(logits: Any, target: Any, grad: Any = None, sample_weight: Any = None):
+def _sigmoid_binary_cross_entropy_cpu(logits: Any, target: Any, grad: Any = None, sample_weight: Any = None,
+                                      loss_out: Any = None):
     r = _fused_cpu("sigmoid_bce", sigmoid_binary_cross_entropy_ref, logits, target, grad, sample_weight,
-                   logits.size)
-    return sigmoid_binary_cross_entropy_ref(logits, target, grad, sample_weight) if r is None else r
+                   logits.size, loss_out)
+    return sigmoid_binary_cross_entropy_ref(logits, target, grad, sample_weight, loss_out) if r is None else r
 
 
 # Public entry points. The fused logit losses run one CUDA kernel (below) on the CuPy arrays it
@@ -347,21 +359,30 @@ mean_absolute_error = mean_absolute_error_ref
 
 
 def _loss_launch(name: str, logits: Any, second: Any, grad: Any, rows_or_total: int, cols: int | None,
-                 count: int, grid: int, dev: int) -> tuple[Any, Any]:
+                 count: int, grid: int, dev: int, loss_out: Any = None) -> tuple[Any, Any]:
     cp = cupy_module()
     dtype = logits.dtype
     scalar = dtype.type
     with _cuda._current(dev):
         g = cp.empty_like(logits) if grad is None else grad
-        # loss, partials and counter are made per launch: the loss is returned, and two launches in flight
-        # must not share partials or tickets (tests/test_ops_cuda.py, the loss launches in flight)
-        loss = cp.empty((), dtype=dtype)
-        partials = cp.empty(grid, dtype=dtype)
-        # The last-block ticket counter: one per launch, zeroed by a memset on this launch's stream (cupy.zeros
-        # is memset_async on the current stream, cupy/_creation/basic.py), so a capture records it as a memset
-        # node and every replay starts from 0. A counter shared by launches on two streams would mix their
-        # tickets; one left non-zero by an aborted launch would poison every later call.
-        counter = cp.zeros(1, dtype=np.uint32)
+        if loss_out is None or _cuda.capturing():
+            # loss, partials and counter made for this launch alone (and while a graph is captured, from its
+            # pool: the graph's own loss, which only its replays write): the loss is returned, and two launches in
+            # flight must not share partials or tickets (tests/test_ops_cuda.py, the loss launches in flight).
+            # The last-block ticket counter is zeroed by a memset on this launch's stream (cupy.zeros is
+            # memset_async on the current stream, cupy/_creation/basic.py), so a capture records it as a memset
+            # node and every replay starts from 0.
+            loss = cp.empty((), dtype=dtype)
+            partials = cp.empty(grid, dtype=dtype)
+            counter = cp.zeros(1, dtype=np.uint32)
+        else:
+            # the caller owns the loss (a training step's head): partials and counter are this stream's, kept
+            # per shape (launches on one stream run in order, so never two at a time), the counter zeroed once
+            # when made and re-armed to 0 by each launch's last block (finish_mean in kernels.cu): no memset and
+            # no allocation per step.
+            loss = loss_out
+            partials = _cuda._scratch("loss partials", (grid,), dtype, dev)
+            counter = _cuda._scratch("loss counter", (1,), np.uint32, dev, zero=True)
     sizes = (np.int64(rows_or_total),) if cols is None else (np.int64(rows_or_total), np.int64(cols))
     # 1.0 / n in double, then cast (as `g *= 1.0 / n`); the mean divides by T(n) (as `.sum() / n`)
     args = (logits, second, g, partials, counter, loss, *sizes, scalar(1.0 / count), scalar(count))
@@ -382,7 +403,7 @@ def _loss_inputs_fit(logits: Any, grad: Any) -> np.dtype | None:
 
 
 @softmax_cross_entropy.override
-def _softmax_cross_entropy_cuda(logits: Any, target: Any, grad: Any = None) -> Any:
+def _softmax_cross_entropy_cuda(logits: Any, target: Any, grad: Any = None, loss_out: Any = None) -> Any:
     """Fused :func:`nnxp.ops.loss.softmax_cross_entropy_ref` (one warp per row, one launch)."""
     dtype = _loss_inputs_fit(logits, grad)
     if dtype is None or not _cuda._fits(target, dtype, logits.shape, logits.device.id):
@@ -390,11 +411,11 @@ def _softmax_cross_entropy_cuda(logits: Any, target: Any, grad: Any = None) -> A
     rows, cols = logits.shape
     dev = logits.device.id
     grid = _cuda._grid(rows, dev, _cuda._BLOCK // 32)
-    return _loss_launch("nnxp_softmax_xent", logits, target, grad, rows, cols, rows, grid, dev)
+    return _loss_launch("nnxp_softmax_xent", logits, target, grad, rows, cols, rows, grid, dev, loss_out)
 
 
 @sparse_softmax_cross_entropy.override
-def _sparse_softmax_cross_entropy_cuda(logits: Any, labels: Any, grad: Any = None) -> Any:
+def _sparse_softmax_cross_entropy_cuda(logits: Any, labels: Any, grad: Any = None, loss_out: Any = None) -> Any:
     """Fused :func:`nnxp.ops.loss.sparse_softmax_cross_entropy_ref` for int64 labels (B,)."""
     dtype = _loss_inputs_fit(logits, grad)
     if dtype is None:
@@ -404,15 +425,16 @@ def _sparse_softmax_cross_entropy_cuda(logits: Any, labels: Any, grad: Any = Non
     if not _cuda._fits(labels, np.dtype(np.int64), (rows,), dev):
         return NotImplemented
     grid = _cuda._grid(rows, dev, _cuda._BLOCK // 32)
-    return _loss_launch("nnxp_sparse_softmax_xent", logits, labels, grad, rows, cols, rows, grid, dev)
+    return _loss_launch("nnxp_sparse_softmax_xent", logits, labels, grad, rows, cols, rows, grid, dev, loss_out)
 
 
 @sigmoid_binary_cross_entropy.override
-def _sigmoid_binary_cross_entropy_cuda(logits: Any, target: Any, grad: Any = None) -> Any:
+def _sigmoid_binary_cross_entropy_cuda(logits: Any, target: Any, grad: Any = None, loss_out: Any = None) -> Any:
     """Fused :func:`nnxp.ops.loss.sigmoid_binary_cross_entropy_ref` (mean over all elements)."""
     dtype = _loss_inputs_fit(logits, grad)
     if dtype is None or not _cuda._fits(target, dtype, logits.shape, logits.device.id):
         return NotImplemented
     dev = logits.device.id
     total = logits.size
-    return _loss_launch("nnxp_sigmoid_bce", logits, target, grad, total, None, total, _cuda._grid(total, dev), dev)
+    return _loss_launch("nnxp_sigmoid_bce", logits, target, grad, total, None, total, _cuda._grid(total, dev), dev,
+                        loss_out)
