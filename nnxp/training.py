@@ -64,11 +64,16 @@ class Batches:
 
     ``share`` is this rank's part of the current global batch, ``[rows, lo, hi]``, updated before each batch is
     yielded (a data-parallel Dropout cuts its mask rows from it).
+
+    ``fixed=False`` (eager steps) lets ``"gather"`` permute the 1-D arrays (sparse labels, weights) once per
+    epoch into a buffer of their length and yield views of it: one gather per epoch instead of one per batch,
+    for a copy of N labels. A replayed CUDA graph reads every batch at fixed addresses, so it keeps the default.
     """
 
     MODES = ("gather", "copy", "view")
 
-    def __init__(self, data: tuple, batch_size: int, device: Any, seed: int, mode: str, comm: Any = None) -> None:
+    def __init__(self, data: tuple, batch_size: int, device: Any, seed: int, mode: str, comm: Any = None,
+                 fixed: bool = True) -> None:
         assert mode in self.MODES, mode
         self.x, self.y, self.w = data
         self.device, self.seed, self.mode = device, seed, mode
@@ -76,8 +81,12 @@ class Batches:
         self.plan = comm.batches(self.x.shape[0], batch_size)  # (lo, hi, global rows, this rank's first row)
         self.share = [0, 0, 0]
         self._bufs = (None, None, None)
+        xp, x, y, w = device.xp, self.x, self.y, self.w
+        # the 1-D arrays gathered once per epoch, whole (sparse labels, weights): y, w or None
+        self._once = tuple(a if mode == "gather" and not fixed and a is not None and a.ndim == 1 else None
+                           for a in (y, w))
+        self._whole = tuple(None if a is None else xp.empty(a.shape, a.dtype) for a in self._once)
         if mode != "view":
-            xp, x, y, w = device.xp, self.x, self.y, self.w
             rows = min(batch_size, x.shape[0])
             self._bufs = (xp.empty((rows, *x.shape[1:]), x.dtype), xp.empty((rows, *y.shape[1:]), y.dtype),
                           None if w is None else xp.empty(rows, w.dtype))
@@ -95,15 +104,26 @@ class Batches:
         bx, by, bw = self._bufs
         xp = self.device.xp
         perm = self.device.asarray(self.order(count)) if mode == "gather" else None
+        (y_once, w_once), (y_whole, w_whole) = self._once, self._whole
+        if y_once is not None:
+            xp.take(y_once, perm, axis=0, out=y_whole)
+        if w_once is not None:
+            xp.take(w_once, perm, axis=0, out=w_whole)
         wb = None
         for lo, hi, rows, first in self.plan:
             share[:] = rows, first, first + hi - lo  # with several ranks: this one's part; the others do the rest
             if mode == "gather":
                 idx, k = perm[lo:hi], hi - lo
-                xb, yb = bx[:k], by[:k]
+                xb = bx[:k]
                 xp.take(x, idx, axis=0, out=xb)
-                xp.take(y, idx, axis=0, out=yb)
-                if w is not None:
+                if y_once is not None:
+                    yb = y_whole[lo:hi]
+                else:
+                    yb = by[:k]
+                    xp.take(y, idx, axis=0, out=yb)
+                if w_once is not None:
+                    wb = w_whole[lo:hi]
+                elif w is not None:
                     wb = bw[:k]
                     xp.take(w, idx, axis=0, out=wb)
             elif mode == "copy":
@@ -271,7 +291,7 @@ class GracefulInterrupt:
 def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
     """The loop: per epoch, snapshot, train, validate and tell the callbacks; Ctrl-C rolls the epoch back."""
     mode = "gather" if plan.shuffle else "copy" if plan.cuda_graph else "view"
-    batches = Batches(plan.data, plan.batch_size, model.device, model.seed, mode, plan.comm)
+    batches = Batches(plan.data, plan.batch_size, model.device, model.seed, mode, plan.comm, fixed=plan.cuda_graph)
     step = plan.step = EagerStep(model, plan.comm, interrupt)
     if plan.cuda_graph:
         step = plan.step = GraphStep(step, plan.batch_size)

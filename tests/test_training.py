@@ -43,6 +43,23 @@ def test_gather_yields_every_row_once_per_epoch_in_the_seeded_order():
     assert not np.array_equal(first, other)
 
 
+def test_eager_gather_permutes_labels_and_weights_once_per_epoch_with_the_same_batches():
+    # fixed=False (eager steps): the 1-D arrays are gathered once per epoch and each batch views them; every
+    # batch equals the one gathered per batch (the graphed steps' fixed buffers), epoch after epoch
+    x, y, w = _data()
+    fixed = training.Batches((x, y, w), 4, CPU, seed=7, mode="gather")
+    loose = training.Batches((x, y, w), 4, CPU, seed=7, mode="gather", fixed=False)
+    for count in (0, 1):
+        want = [tuple(a.copy() for a in b[:3]) + (b[3],) for b in fixed.epoch(count)]
+        got = [(xb.copy(), yb, wb, rows) for xb, yb, wb, rows in loose.epoch(count)]  # x: one reused buffer
+        for (xa, ya, wa, ra), (xb, yb, wb, rb) in zip(want, got, strict=True):
+            assert ra == rb
+            for a, b in ((xa, xb), (ya, yb), (wa, wb)):
+                np.testing.assert_array_equal(a, b)
+        assert all(yb.base is got[0][1].base is not None and wb.base is got[0][2].base is not None
+                   for _, yb, wb, _ in got)  # views of one buffer each
+
+
 def test_gather_and_copy_reuse_one_buffer_and_view_copies_nothing():
     x, y, w = _data()
     for mode in ("gather", "copy"):
