@@ -448,9 +448,10 @@ class Sequential:
             dy = self.layers[i].backward(dy, need_dx=i > 0)
         return loss, out
 
-    def _metric_sums(self, out: Any, y: Any, w: Any = None) -> dict[str, Any]:
+    def _metric_sums(self, out: Any, y: Any, w: Any = None, into: dict | None = None) -> dict[str, Any]:
         """Per-batch sums (device scalars) for each metric; with weights, sums of w_i times row i's value
-        (Keras's weighted mean divides them by the sum of the weights)."""
+        (Keras's weighted mean divides them by the sum of the weights). `into` (name -> 0-d float64): where a
+        count (accuracy's) may go straight, exactly (the training loop's record of the batch)."""
         xp = xp_of(out)
         sums = {}
         for name in self.metrics:
@@ -460,7 +461,9 @@ class Sequential:
             else:
                 diff = self._head.predictions(out) - y
                 per_sample = (diff * diff if kind == "mse" else xp.abs(diff)).mean(axis=1)
-            if w is None:  # into a buffer kept per metric (of sum's own dtype): no allocation per step
+            if w is None and into is not None and per_sample.dtype == np.bool_:  # a count: exact in float64
+                sums[name] = per_sample.sum(out=into[name])
+            elif w is None:  # into a buffer kept per metric (of sum's own dtype): no allocation per step
                 dtype = np.int64 if per_sample.dtype == np.bool_ else per_sample.dtype
                 sums[name] = per_sample.sum(out=self._head.buffer(f"sum {name}", per_sample, (), dtype))
             else:

@@ -142,9 +142,11 @@ class Batches:
 class Step:
     """One training step: forward, loss, backward, (all-reduce,) optimizer update.
 
-    ``run`` returns the batch's loss and its metric sums, both still on the device (no host sync)."""
+    ``run`` returns the batch's loss and its metric sums, both still on the device (no host sync). `into`
+    (metric name -> a 0-d float64 array) is where the loop keeps this batch's sums: an eager step may write a
+    sum straight there (and returns that very array), a replayed one returns its own."""
 
-    def run(self, xb: Any, yb: Any, wb: Any, rows: int) -> tuple[Any, dict[str, Any]]:
+    def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
 
@@ -157,17 +159,17 @@ class EagerStep(Step):
         self.comm = comm if comm.size > 1 else None
         self.interrupt = interrupt if interrupt is not None else GracefulInterrupt()
 
-    def compute(self, xb: Any, yb: Any, wb: Any, rows: int) -> tuple[Any, dict[str, Any]]:
+    def compute(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         """Everything but the optimizer update: the loss, the gradients in ``model.grads`` and the metric sums."""
         model = self.model
         if self.comm is None:
             loss, out = model._train_step(xb, yb, wb)
         else:  # one all-reduce: the exactly weighted mean gradient, the batch loss, a Ctrl-C flag
             loss, out = distributed.train_step(self.comm, model, xb, yb, wb, rows, self.interrupt)
-        return loss, (model._metric_sums(out, yb, wb) if out is not None else {})
+        return loss, (model._metric_sums(out, yb, wb, into) if out is not None else {})
 
-    def run(self, xb: Any, yb: Any, wb: Any, rows: int) -> tuple[Any, dict[str, Any]]:
-        loss, sums = self.compute(xb, yb, wb, rows)
+    def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
+        loss, sums = self.compute(xb, yb, wb, rows, into)
         model = self.model
         model.optimizer.apply(model.params, model.grads)
         return loss, sums
@@ -193,9 +195,9 @@ class GraphStep(Step):
         return GraphedStep(xb, lambda: eager.compute(xb, yb, None, rows), model.optimizer, model.params,
                            model.grads, model.scratch_arrays)
 
-    def run(self, xb: Any, yb: Any, wb: Any, rows: int) -> tuple[Any, dict[str, Any]]:
+    def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         if rows != self.batch_size or not self.enabled or not self.warm:
-            result = self.eager.run(xb, yb, wb, rows)
+            result = self.eager.run(xb, yb, wb, rows, into)
             self.warm = self.warm or rows == self.batch_size
             return result
         graph = self.graph
@@ -208,7 +210,7 @@ class GraphStep(Step):
                 self.enabled, self.graph = False, None
                 warnings.warn(f"cuda_graph: capturing the training step failed ({type(exc).__name__}: {exc}); "
                               "this fit goes on without CUDA graphs", RuntimeWarning, stacklevel=2)
-                return self.eager.run(xb, yb, wb, rows)
+                return self.eager.run(xb, yb, wb, rows, into)
         return graph.run()
 
 
@@ -351,10 +353,13 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
     # initial_epoch on every call): a second fit, or a fit after load_model, continues the sequence
     count = model.epochs_trained
     seed_epoch(model, count, plan.comm, batches.share)
-    batch_losses = xp.empty(len(batches), dtype=np.float64)
+    # what each batch leaves, on the device, read once at the end of the epoch: row 0 its loss, row 1 + k the
+    # sum of metric k (0 where a rank had no rows of it)
+    names = list(model.metrics)
+    record = xp.zeros((1 + len(names), len(batches)), dtype=np.float64)
+    batch_losses = record[0]
     sizes: list[int] = []  # each batch's global rows: the epoch's loss is summed from batch_losses at its end
     loss_type: Any = None
-    metric_sums = {name: xp.zeros((), dtype=np.float64) for name in model.metrics}
     weight_sum = None if plan.data[2] is None else xp.zeros((), dtype=np.float64)  # weighted metrics' denominator
     seen = batch = 0
     cbs = plan.callbacks
@@ -364,12 +369,14 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
         type(cb).on_train_batch_end is not Callback.on_train_batch_end and not isinstance(cb, ProgbarLogger)
         for cb in cbs)
     for batch, (xb, yb, wb, rows) in enumerate(batches.epoch(count)):
-        loss, sums = step.run(xb, yb, wb, rows)
+        into = {name: record[1 + k, batch, ...] for k, name in enumerate(names)}  # 0-d views
+        loss, sums = step.run(xb, yb, wb, rows, into)
         batch_losses[batch] = loss
         sizes.append(rows)
         loss_type = loss.dtype.type if hasattr(loss, "dtype") else float
         for name, value in sums.items():
-            metric_sums[name] += value
+            if value is not into[name]:  # (a replayed step's, or a sum not made in float64)
+                into[name][...] = value
         seen += rows
         if weight_sum is not None:
             weight_sum += wb.sum()
@@ -378,17 +385,26 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
             cb.on_train_batch_end(batch, batch_logs)
         if interrupt.requested:
             return {}
+    host = to_numpy(record[:, : len(sizes)])  # one read of the epoch's record
+    losses = host[0]
+    # each metric's batch sums added in batch order in float64: what `metric_sums += sum` per batch gave
+    metric_sums = {name: _ordered_sum(host[1 + k]) for k, name in enumerate(names)}
     if plan.comm.size > 1:  # the metrics' sums (and weights) over every rank's rows
-        names = list(metric_sums)
-        totals = plan.comm.allreduce([float(metric_sums[k]) for k in names]
+        totals = plan.comm.allreduce([metric_sums[k] for k in names]
                                      + ([] if weight_sum is None else [float(weight_sum)]))
         metric_sums = dict(zip(names, totals[: len(names)]))
         weight_sum = None if weight_sum is None else totals[-1]
-    losses = to_numpy(batch_losses[: len(sizes)])  # one read of the epoch's batch losses
     logs = {"loss": epoch_loss_sum(losses, sizes, loss_type) / max(seen, 1)}
     logs.update({name: ratio(v, seen if weight_sum is None else weight_sum) for name, v in metric_sums.items()})
     guard.check(epoch, logs["loss"], losses)
     return logs
+
+
+def _ordered_sum(values: np.ndarray) -> float:
+    total = 0.0
+    for v in values.tolist():
+        total += v
+    return total
 
 
 def epoch_loss_sum(losses: np.ndarray, sizes: list[int], loss_type: Any) -> float:
