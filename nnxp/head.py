@@ -126,10 +126,13 @@ class FusedHead(OutputHead):
         head reuses. Accuracy reads these, not the logits: in floating point sigmoid(z) rounds to exactly 0.5
         for a small z > 0 (float32: z < ~1.2e-7) and softmax can tie two close logits, so thresholding or
         argmax of the logits would disagree with predict's outputs and with the same network's unfused head.
-        They come from the op predict's last Dense layer runs (bias_activation_forward, in place over a copy of the
-        logits): on a GPU its fused kernel, the same arithmetic as predict's (2 launches; the reference softmax
-        is 5 launches and 2 allocations), on the CPU the same reference numbers as activation_forward."""
+        They come from the kernel predict's last Dense layer runs on a GPU (softmax_forward, or
+        bias_activation_forward in place over a copy of the logits), the same arithmetic as predict's (1 launch
+        for softmax; the reference's is 5 launches and 2 allocations); on the CPU the reference numbers of
+        activation_forward."""
         probs = self._grad_buffer(out, "probs")
+        if self.activation == "softmax":
+            return D.softmax_forward(out, probs)
         probs[...] = out
         return D.bias_activation_forward(probs, None, self.activation)[0]
 

@@ -186,6 +186,21 @@ def _pair_bias_act(act: str, use_bias: bool) -> Pair:
     )
 
 
+def _pair_softmax_forward(in_place: bool) -> Pair:
+    def make(rng, shape, dtype, specials):
+        return (_normal(rng, shape, dtype, 3.0, specials), None if in_place else Out(shape, dtype))
+
+    def slack(args, ref_out, dtype):
+        return (_act_slack("softmax", args[0], to_numpy(ref_out[0]), None, dtype)[0],)
+
+    return Pair(
+        cuda=lambda z, out: (_fused(D.softmax_forward.fused(z, z if out is None else out)),),
+        ref=lambda z, out: (D.softmax_forward.ref(z, z if out is None else out),),
+        make=make,
+        slack=slack,
+    )
+
+
 def _backward_inputs(rng, shape, dtype, act, specials):
     """z (with specials), y = f(z) by the NumPy reference, dy (with specials)."""
     z = _normal(rng, shape, dtype, 3.0, specials)
@@ -454,13 +469,15 @@ for _name in OPTIMIZERS:
 PAIRS["dropout_forward/mask"] = _pair_dropout_forward(True)
 PAIRS["dropout_forward/nomask"] = _pair_dropout_forward(False)
 PAIRS["dropout_backward"] = _pair_dropout_backward()
+PAIRS["softmax_forward"] = _pair_softmax_forward(False)
+PAIRS["softmax_forward/in_place"] = _pair_softmax_forward(True)
 
 # the registered op (nnxp.ops._cuda.OPS) each pair checks, by the pair's first name part (optim/<rule>_...: <rule>)
 PAIR_OPS = {"bias_act": "bias_activation_forward", "act_backward": "activation_backward_bias",
             "dense_forward": "dense_forward", "dense_backward": "dense_backward",
             "softmax_xent": "softmax_cross_entropy", "sparse_softmax_xent": "sparse_softmax_cross_entropy",
             "sigmoid_bce": "sigmoid_binary_cross_entropy", "dropout_forward": "dropout_forward",
-            "dropout_backward": "dropout_backward"}
+            "dropout_backward": "dropout_backward", "softmax_forward": "softmax_forward"}
 
 
 def _pair_op(key: str) -> str:

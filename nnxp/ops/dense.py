@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import cupy_module, is_cupy_array, xp_of
 from . import _cpu, _cublas, _cuda
 from ._cuda import Op
-from .activation import _GELU_C, ACTIVATION_OPS, ELU_ALPHA, LEAKY_RELU_SLOPE
+from .activation import _GELU_C, ACTIVATION_OPS, ELU_ALPHA, LEAKY_RELU_SLOPE, activation_forward
 
 
 def dense_forward_ref(
@@ -46,6 +46,12 @@ def bias_activation_forward_ref(
     else:
         z_out[...] = z
     return op.forward(z_out, z), z_out
+
+
+def softmax_forward_ref(z: Any, out: Any = None) -> Any:
+    """Softmax of each row of `z` (B, N) into `out` (a new array when None; may be `z`): the output head's
+    probabilities from its logits, by the kernel predict's softmax Dense layer runs on a GPU."""
+    return activation_forward("softmax", z, out)
 
 
 def activation_backward_bias_ref(dy: Any, y: Any, z: Any | None, activation: str, db: Any | None = None) -> Any:
@@ -250,6 +256,7 @@ dense_backward = Op(dense_backward_ref, _dense_backward_cpu)
 # the epilogues on their own (the tail of dense_forward_ref after its matmul; the head of dense_backward_ref)
 bias_activation_forward = Op(bias_activation_forward_ref)
 activation_backward_bias = Op(activation_backward_bias_ref)
+softmax_forward = Op(softmax_forward_ref)
 
 
 # --- CUDA: the overrides (kernels.cu), each taking its reference's arguments --------------------------------
@@ -263,7 +270,7 @@ def _bias_activation(z: Any, b: Any | None, activation: str, z_keep: Any | None,
     bias = b if b is not None else z  # any valid pointer; never read
     if activation == "softmax":
         block = min(_cuda._BLOCK, max(32, _cuda._next_pow2(cols)))
-        args = (z, bias, np.int64(rows), np.int64(cols), has_bias)
+        args = (z, z, bias, np.int64(rows), np.int64(cols), has_bias)
         _cuda._launch("nnxp_softmax_forward", dtype, device_id, (_cuda._row_grid(rows, device_id),), (block,), args)
         return
     total = rows * cols
@@ -294,6 +301,25 @@ def _bias_activation_forward_cuda(z: Any, b: Any | None, activation: str, z_out:
         z_out = cupy_module().empty_like(z)
     _bias_activation(z, b, activation, z_out if needs_z else None, dev)
     return z, (z_out if needs_z else None)
+
+
+@softmax_forward.override
+def _softmax_forward_cuda(z: Any, out: Any = None) -> Any:
+    """Fused :func:`softmax_forward_ref`: one launch of nnxp_softmax_forward from `z` into `out`."""
+    dtype = _cuda._dtype_of(z)
+    if dtype is None or z.ndim != 2 or z.size == 0:
+        return NotImplemented
+    dev = z.device.id
+    if not _cuda._fits(z, dtype, z.shape, dev) or (out is not None and not _cuda._fits(out, dtype, z.shape, dev)):
+        return NotImplemented
+    if out is None:
+        with _cuda._current(dev):
+            out = cupy_module().empty_like(z)
+    rows, cols = z.shape
+    block = min(_cuda._BLOCK, max(32, _cuda._next_pow2(cols)))
+    args = (z, out, z, np.int64(rows), np.int64(cols), np.int32(0))
+    _cuda._launch("nnxp_softmax_forward", dtype, dev, (_cuda._row_grid(rows, dev),), (block,), args)
+    return out
 
 
 @dense_forward.override

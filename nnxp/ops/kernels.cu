@@ -377,13 +377,16 @@ __global__ void nnxp_bias_act_forward(T* y, const T* b, T* zbuf, long long total
     }
 }
 
-// Softmax over each row of y (after adding b): one block per row, three sweeps (max, sum of exp, write) that
-// re-read the row rather than store exp, so each element is written once. Blocks stride over rows.
+// Softmax over each row of x (after adding b) into y: one block per row, three sweeps (max, sum of exp,
+// write) that re-read the row rather than store exp, so each element is written once. y may be x (in place:
+// the dense forward's epilogue); each element is read and then written by the same thread, after the two
+// reductions. Blocks stride over rows.
 template <typename T>
-__global__ void nnxp_softmax_forward(T* y, const T* b, long long rows, long long cols, int has_bias) {
+__global__ void nnxp_softmax_forward(const T* x, T* y, const T* b, long long rows, long long cols, int has_bias) {
     __shared__ T shm[32];
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
-        T* row = y + r * cols;
+        const T* row = x + r * cols;
+        T* out = y + r * cols;
         // start from a real element (element 0 for idle threads): max is idempotent, and no -inf is needed
         long long j0 = threadIdx.x < cols ? threadIdx.x : 0;
         T m = has_bias ? row[j0] + b[j0] : row[j0];
@@ -397,7 +400,7 @@ __global__ void nnxp_softmax_forward(T* y, const T* b, long long rows, long long
         }
         s = block_reduce(s, SumOp(), shm);
         for (long long j = threadIdx.x; j < cols; j += blockDim.x) {
-            row[j] = nx_exp((has_bias ? row[j] + b[j] : row[j]) - m) / s;
+            out[j] = nx_exp((has_bias ? row[j] + b[j] : row[j]) - m) / s;
         }
     }
 }
@@ -731,7 +734,7 @@ __global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned 
 #ifdef NNXP_EXPLICIT_INSTANTIATION
 #define NNXP_INSTANTIATE(T)                                                                                        \
     template __global__ void nnxp_bias_act_forward<T>(T*, const T*, T*, long long, long long, int, int, int);      \
-    template __global__ void nnxp_softmax_forward<T>(T*, const T*, long long, long long, int);                     \
+    template __global__ void nnxp_softmax_forward<T>(const T*, T*, const T*, long long, long long, int);           \
     template __global__ void nnxp_act_backward_bias<T>(T*, const T*, const T*, T*, long long, long long, int, int, \
                                                        int);                                                       \
     template __global__ void nnxp_column_sum<T>(const T*, T*, long long, long long);                               \
