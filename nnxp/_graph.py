@@ -9,7 +9,9 @@ What a replay needs, and how it gets it:
   nothing else allocates from afterwards (a freed block reused by other code would be overwritten by the next
   replay). The graph keeps references to everything it touches.
 - Values that change per step (learning-rate schedules, Adam's bias correction, the step count) are not baked
-  in: the optimizer kernel reads them from a small device buffer that the host rewrites before each replay.
+  in: the optimizer kernel reads them from a small device buffer that the host rewrites before each replay,
+  by an asynchronous copy from pinned host memory (a copy from pageable memory may wait for the stream). The
+  host writes a ring of pinned slots, each reused only once the GPU has read it (an event per slot).
 - No host synchronisation inside the step: the loss and metric sums stay on the device, and matmuls go to
   cuBLAS directly (CuPy refuses cuBLAS calls while capturing).
 Replayed steps run the same kernels in the same order as eager ones, and the matmuls call the same cublasGemmEx
@@ -28,6 +30,7 @@ from .backend import xp_of
 from .ops import _cublas
 
 _HP_SIZE = 8  # room for the largest optimizer's scalars (RMSprop: 6)
+_RING = 4  # pinned staging slots for them: the host waits only when the GPU is this many replays behind
 
 
 class GraphedStep:
@@ -45,7 +48,18 @@ class GraphedStep:
         self.xb = xb  # the static batch buffer the graph reads
         self.optimizer, self.params, self.grads = optimizer, params, grads
         self.hp = cp.zeros(_HP_SIZE, dtype=params.dtype)
-        self._host = np.zeros(_HP_SIZE, dtype=params.dtype)  # staging for hp, reused every step
+        # staging for hp in page-locked memory (cupy/cuda/pinned_memory.pyx alloc_pinned_memory, viewed as
+        # cupyx.empty_pinned does), so ndarray.set is a true cudaMemcpyAsync (core.pyx set ->
+        # copy_from_host_async) that never waits for the stream; each slot's event (stream.pyx Event) marks
+        # when the GPU has read it
+        dtype = np.dtype(params.dtype)
+        self._slots = []
+        for _ in range(_RING):
+            slot = np.frombuffer(cp.cuda.alloc_pinned_memory(_HP_SIZE * dtype.itemsize), dtype, _HP_SIZE)
+            slot[...] = 0
+            self._slots.append(slot)
+        self._read: list[Any] = [None] * _RING
+        self._slot = 0
         self._pool = cp.cuda.MemoryPool()
         self._core = self._core_buffers()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
@@ -80,8 +94,17 @@ class GraphedStep:
     def run(self) -> tuple[Any, dict[str, Any]]:
         """Replay the step on the current stream for the batch now in the static buffers."""
         scalars = self.optimizer.graph_scalars(self.params)
-        self._host[: scalars.size] = scalars
-        self.hp.set(self._host)  # one small copy, ordered before the replay on the same stream
+        k = self._slot
+        self._slot = (k + 1) % _RING
+        read = self._read[k]
+        if read is not None and not read.done:  # the GPU is _RING replays behind: wait until it read slot k
+            read.synchronize()
+        slot = self._slots[k]
+        slot[: scalars.size] = scalars
+        self.hp.set(slot)  # one small asynchronous copy, ordered before the replay on the same stream
+        if read is None:
+            read = self._read[k] = xp_of(self.hp).cuda.Event(disable_timing=True)
+        read.record()  # after the copy: done once the GPU has read slot k
         self.graph.launch()
         self.replays += 1
         return self.loss, self.sums

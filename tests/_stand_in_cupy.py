@@ -341,6 +341,27 @@ def get_current_stream(device_id: int = -1) -> Stream:
     return _thread.streams.get(device_id, [Stream.null])[-1]
 
 
+class Event:
+    """cupy/cuda/stream.pyx Event: a point in a stream's work. Every launch here has run by the time it returns,
+    so an event is done at once (Event.done: eventQuery(ptr) == cudaSuccess, also before any record);
+    synchronize() is cudaEventSynchronize, a host wait, counted as a sync."""
+
+    def __init__(self, block: bool = False, disable_timing: bool = False, interprocess: bool = False) -> None:
+        if interprocess and not disable_timing:  # Event.__init__ (stream.pyx)
+            raise ValueError("Timing must be disabled for interprocess events")
+        self.ptr = id(self)
+
+    @property
+    def done(self) -> bool:
+        return True
+
+    def record(self, stream: Any = None) -> None:  # Event.record: eventRecord(ptr, stream or the current one)
+        pass
+
+    def synchronize(self) -> None:  # Event.synchronize: eventSynchronize(ptr), the host waits
+        COUNTS.syncs += 1
+
+
 class Graph:
     """cupy/cuda/graph.pyx class Graph: made only by Stream.end_capture; launch(stream=None) replays it on the
     current stream (cudaGraphLaunch). Launched into a capturing stream, it is recorded as one step."""
@@ -1163,13 +1184,13 @@ def stand_in_cupy(emulator: Emulator) -> Any:
         _core=SimpleNamespace(get_compute_type=get_compute_type, set_compute_type=set_compute_type,
                               _routines_linalg=routines_linalg),
         cuda=SimpleNamespace(
-            Device=Device, Stream=Stream, Graph=Graph, MemoryPool=MemoryPool,
+            Device=Device, Stream=Stream, Event=Event, Graph=Graph, MemoryPool=MemoryPool,
             PinnedMemoryPool=PinnedMemoryPool, using_allocator=using_allocator,
             get_current_stream=get_current_stream, get_device_id=get_device_id,
             runtime=SimpleNamespace(getDeviceCount=get_device_count, getDevice=get_device_id,
                                     CUDARuntimeError=CUDARuntimeError),
             device=SimpleNamespace(Device=Device, get_device_id=get_device_id),
-            stream=SimpleNamespace(Stream=Stream, get_current_stream=get_current_stream),
+            stream=SimpleNamespace(Stream=Stream, Event=Event, get_current_stream=get_current_stream),
             graph=SimpleNamespace(Graph=Graph),
             memory=SimpleNamespace(MemoryPool=MemoryPool, OutOfMemoryError=OutOfMemoryError),
             alloc_pinned_memory=alloc_pinned_memory,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import nnxp
-from nnxp import Dense, Sequential
+from nnxp import Dense, Sequential, _graph
 from nnxp.backend import tf32_active
 from nnxp.ops import _cublas
 
@@ -68,6 +68,23 @@ def test_replayed_steps_equal_eager_steps_on_the_stand_in(graph_seam, optimizer)
     assert graphed.optimizer.iterations == eager.optimizer.iterations
     for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_replays_wait_for_a_pinned_slot_only_while_the_gpu_has_not_read_it(graph_seam, monkeypatch):
+    # the optimizer's scalars go through a ring of pinned slots: a slot is rewritten only after the copy that
+    # last read it has run (its event is done), else the host waits for it (Event.synchronize). With events that
+    # never report done, every replay past the first lap of the ring waits once, and training is unchanged.
+    _, _, h_eager, _ = _fit_both("adam-cosine-clipnorm")
+    monkeypatch.setattr(_stand_in_cupy.Event, "done", property(lambda self: False))
+    waits = []
+    monkeypatch.setattr(_stand_in_cupy.Event, "synchronize", lambda self: waits.append(self.ptr))
+    x, y = _data()
+    model = _model(OPTIMIZERS["adam-cosine-clipnorm"]())
+    h = model.fit(x, y, epochs=2, batch_size=64, verbose=0, cuda_graph=True)
+    assert h.history == h_eager.history
+    replays = nnxp.training.graph_replays(model)
+    assert replays > _graph._RING and len(waits) == replays - _graph._RING
+    assert len(set(waits)) == _graph._RING  # one event per slot, reused
 
 
 def test_replays_compute_at_replay_not_at_capture(graph_seam):

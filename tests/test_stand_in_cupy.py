@@ -266,6 +266,11 @@ def test_counts_of_synchronisations(fake_cupy):
     # device.pyx Device.synchronize: setDevice(self.id), deviceSynchronize(), setDevice(previous)
     assert _counted(lambda: cuda.Device(0).synchronize()) == {"syncs": 1, "set_device": 2}
     assert _counted(lambda: a + a) == {"launches": 1, "allocations": 1, "names": ["ufunc:add"]}  # no sync
+    # stream.pyx Event: record and done (eventRecord, eventQuery) never wait; synchronize (eventSynchronize) does
+    event = cuda.Event(disable_timing=True)
+    assert _counted(lambda: (event.record(), event.done)) == {}
+    assert event.done
+    assert _counted(event.synchronize) == {"syncs": 1}
 
 
 def test_counts_of_host_to_device_copies_pageable_and_pinned(fake_cupy):
