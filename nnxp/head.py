@@ -56,15 +56,15 @@ class OutputHead:
     def buffer(self, kind: str, like: Any, shape: tuple, dtype: Any) -> Any:
         """An array of `kind` (shape, dtype) in `like`'s array module and on its device, kept for the next batch
         of the same shape, so a step allocates nothing here (the metrics write into theirs with ``out=``)."""
-        xp = xp_of(like)
-        key = (kind, shape, np.dtype(dtype).str, xp.__name__, int(like.device.id) if is_cupy_array(like) else -1)
+        cupy = is_cupy_array(like)
+        key = (kind, shape, dtype, cupy, int(like.device.id) if cupy else -1)  # (dtype as each caller passes it)
         buf = self._grads.get(key)
         if buf is None:
             # a few batch sizes at most (full, last, eval), a few kinds each, on one device: after model.to(...)
             # the old device's buffers go (one made on cuda:0 must never reach cuda:1's kernels)
             if len(self._grads) > 32 or any(k[3:] != key[3:] for k in self._grads):
                 self._grads.clear()
-            buf = self._grads[key] = xp.empty(shape, dtype)
+            buf = self._grads[key] = xp_of(like).empty(shape, dtype)
         return buf
 
     def loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:

@@ -30,7 +30,9 @@ class _Buffers:
         self._cache: dict[tuple, Any] = {}
 
     def get(self, key: str, xp: Any, shape: tuple, dtype: Any) -> Any:
-        full = (key, shape, xp.dtype(dtype).str, xp.__name__)
+        # keyed by the objects themselves (hashable, and each caller passes one form of its dtype): a step asks
+        # several times, and normalising the dtype each time was a measurable part of nnxp's Python per step
+        full = (key, shape, dtype, xp.__name__)
         buf = self._cache.get(full)
         if buf is None:
             if len(self._cache) > 8:  # a few distinct batch sizes at most (full, last, eval)
