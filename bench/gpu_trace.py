@@ -339,8 +339,8 @@ def stand_in(cache_dir: Path | None = None) -> Iterator[Any]:
         raise RuntimeError("no C++ compiler for the CUDA emulator (tests/_cuda_emu.py)")
     fake = _stand_in_cupy.stand_in_cupy(emulator)
     saved = [(backend, "_cupy", backend._cupy), (_cuda, "_KERNELS", _cuda._KERNELS),
-             (_cublas, "_prepare_capture", _cublas._prepare_capture)]
-    backend._cupy, _cuda._KERNELS = fake, _cuda.LazyKernels()
+             (_cuda, "_SCRATCH", _cuda._SCRATCH), (_cublas, "_prepare_capture", _cublas._prepare_capture)]
+    backend._cupy, _cuda._KERNELS, _cuda._SCRATCH = fake, _cuda.LazyKernels(), {}  # (the kept scratch: this fake's)
     _cublas._prepare_capture = lambda device_id: None  # no cuBLAS handle to make on the stand-in
     try:
         yield lambda: Tracer(_stand_in_cupy, fake, _cublas, compute_gemms=False)

@@ -116,7 +116,7 @@ MUTANTS = [
                                         "    if not weight_decay:\n        weight_decay_ref(p"),),
            ("tests/test_optimizers.py",), "weight decay applied exactly when it is off"),
     # --- the training loop (issue 16's two model-level survivors; nnxp/training.py since issue 14) ---------------
-    Mutant("M1", "nnxp/training.py", (("loss_sum += loss * rows", "loss_sum += loss * plan.batch_size"),),
+    Mutant("M1", "nnxp/training.py", (("        sizes.append(rows)", "        sizes.append(plan.batch_size)"),),
            ("tests/test_model.py",), "epoch loss: the partial last batch weighted as a full one (issue 16)"),
     Mutant("M2", "nnxp/training.py", (("SeedSequence([self.seed, 1, count])", "SeedSequence([self.seed, 1])"),),
            ("tests/test_model.py", "tests/test_training.py"),
