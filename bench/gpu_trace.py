@@ -342,8 +342,12 @@ def stand_in(cache_dir: Path | None = None) -> Iterator[Any]:
              (_cuda, "_SCRATCH", _cuda._SCRATCH), (_cublas, "_prepare_capture", _cublas._prepare_capture)]
     backend._cupy, _cuda._KERNELS, _cuda._SCRATCH = fake, _cuda.LazyKernels(), {}  # (the kept scratch: this fake's)
     _cublas._prepare_capture = lambda device_id: None  # no cuBLAS handle to make on the stand-in
+    def tracer() -> Tracer:
+        _cuda._SCRATCH.clear()  # each traced fit starts as a fresh process would: no scratch kept from the last
+        return Tracer(_stand_in_cupy, fake, _cublas, compute_gemms=False)
+
     try:
-        yield lambda: Tracer(_stand_in_cupy, fake, _cublas, compute_gemms=False)
+        yield tracer
     finally:
         for owner, attr, value in saved:
             setattr(owner, attr, value)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from bench import gpu_model as M  # noqa: E402
 from bench import gpu_trace as T  # noqa: E402
 from bench.gpu_trace import Op  # noqa: E402
-from nnxp.ops import _cublas  # noqa: E402
+from nnxp.ops import _cublas, _cuda  # noqa: E402
 
 H100, H200 = M.HARDWARE["H100 SXM"], M.HARDWARE["H200"]
 A = M.Assumptions()
@@ -149,7 +149,10 @@ def _launched() -> int:
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])
 def test_the_traced_step_launches_what_the_stand_in_counted(graph_seam, cuda_graph):
     layers, batch = (20, 16, 8, 3), 32
-    factory = lambda: T.Tracer(_stand_in_cupy, graph_seam, _cublas, compute_gemms=True)  # noqa: E731
+    def factory():  # each traced fit starts without the ops' kept scratch, as bench/gpu_trace.py's stand_in()
+        _cuda._SCRATCH.clear()
+        return T.Tracer(_stand_in_cupy, graph_seam, _cublas, compute_gemms=True)
+
     counted = []
     for batches in (3, 4):
         before = _launched()
