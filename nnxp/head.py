@@ -19,6 +19,7 @@ import numpy as np
 from .backend import is_cupy_array, xp_of
 from .losses import Loss
 from .ops import dense as D
+from .ops import loss as L
 
 
 class OutputHead:
@@ -95,6 +96,10 @@ class OutputHead:
                         out=self.buffer("correct", out, (rows,), np.bool_))
 
 
+# the fused losses that write into a caller's 0-d `loss_out`
+_TAKE_LOSS_OUT = (L.softmax_cross_entropy, L.sparse_softmax_cross_entropy, L.sigmoid_binary_cross_entropy)
+
+
 class FusedHead(OutputHead):
     """Softmax + (sparse) categorical cross-entropy or sigmoid + binary cross-entropy, fused on the logits.
 
@@ -117,9 +122,10 @@ class FusedHead(OutputHead):
     def loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
         """As :meth:`OutputHead.loss_and_grad`; unweighted, the loss goes into a 0-d buffer the head reuses (the
         fused ops' `loss_out`), so a step allocates nothing for it."""
-        if w is not None:
+        fn = self._fn()
+        if w is not None or fn not in _TAKE_LOSS_OUT:  # (a wrapped loss, e.g. nnxp.sklearn's, may not take it)
             return super().loss_and_grad(out, y, w)
-        return self._fn()(out, y, self._grad_buffer(out), loss_out=self.buffer("loss", out, (), out.dtype))
+        return fn(out, y, self._grad_buffer(out), loss_out=self.buffer("loss", out, (), out.dtype))
 
     def predictions(self, out: Any) -> Any:
         """Probabilities from logits `out`: the activation the last layer would have applied, in a buffer the
