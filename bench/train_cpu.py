@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import nnxp  # noqa: E402
 from bench._env import cpu_model  # noqa: E402
+from nnxp._validation import check_finite  # noqa: E402
 from nnxp.ops import optim as O  # noqa: E402
 
 LAYERS = (784, 512, 256, 10)
@@ -965,6 +966,10 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
         # fit(epochs=N) pays it once, so the per-epoch cost inside a longer fit is the epoch time less this
         fixed = partial(models["nnxp_numpy"].fit, x, y, epochs=1, initial_epoch=1, batch_size=batch, verbose=0)
         row["nnxp_fit_call_s"] = statistics.median(sampler.sample(fixed)[0] for _ in range(3))
+        # most of it is the finiteness check of x, one read pass over the data set (bad input gets a clear error
+        # before any weight moves); the careful MLP checks nothing
+        row["nnxp_input_check_s"] = statistics.median(
+            sampler.sample(partial(check_finite, x, "x", "float32"))[0] for _ in range(3))
         for impl in ("nnxp_numpy", "nnxp_fast"):
             if "careful_numpy" in row["epoch_s"]:
                 row["ratios"][f"{impl}_over_careful_numpy_within_a_longer_fit"] = (
@@ -1095,8 +1100,9 @@ def markdown(result: dict) -> str:
                                                                   "nnxp_fast_over_careful_numpy",
                                                                   "nnxp_fast_over_torch")) + " |")
     lines += ["", "Each timed epoch is one `fit` call, which also validates x and y once (a pass over x) and sets "
-              "up: " + ", ".join(f"{r['nnxp_fit_call_s'] * 1e3:.0f} ms at batch {r['batch']}"
-                                                 for r in result["batches"].values())
+              "up: " + ", ".join(f"{r['nnxp_fit_call_s'] * 1e3:.0f} ms at batch {r['batch']} (of which the "
+                                 f"finiteness check of x {r.get('nnxp_input_check_s', float('nan')) * 1e3:.0f} ms)"
+                                 for r in result["batches"].values())
               + ". Inside `fit(epochs=N)` that is paid once; per epoch there, NumPy alone / careful = "
               + ", ".join(f"{r['ratios'].get('nnxp_numpy_over_careful_numpy_within_a_longer_fit', float('nan')):.2f}x"
                           f" (batch {r['batch']})" for r in result["batches"].values()) + "."]
