@@ -8,7 +8,7 @@ whose ``Sequential.fit`` takes these arguments can be compared.
 
     git archive 648889d | tar -x -C /tmp/nnxp-648889d
     python bench/compare_trees.py --against /tmp/nnxp-648889d [--batches 128,1024] [--modes numpy,fast]
-                                  [--repeats 5] [--samples 60000] [--json OUT]
+                                  [--repeats 5] [--samples 60000] [--threads N] [--json OUT]
 
 Mode ``numpy`` sets NNXP_NUMBA=0 in both workers (NumPy alone), ``fast`` leaves the compiled loops on. Each
 sample also measures the CPUs other processes used meanwhile; a pair taken while they used more than
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parents[1]
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 # --- the worker: one tree's nnxp, driven over stdin/stdout in JSON lines ---------------------------------------
@@ -114,7 +115,7 @@ class Tree:
 
 
 def compare(this: Path, against: Path, batches: list[int], modes: list[str], repeats: int, samples: int,
-            max_foreign: float, max_retakes: int = 2) -> dict:
+            max_foreign: float, max_retakes: int = 2, threads: int | None = None) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(HERE))
@@ -123,13 +124,16 @@ def compare(this: Path, against: Path, batches: list[int], modes: list[str], rep
     x, y, source = load_data(samples)
     result: dict = {"benchmark": "compare_trees", "this": str(this), "against": str(against),
                     "data": {"source": source, "samples": int(x.shape[0])}, "repeats": repeats,
-                    "max_foreign_cpus": max_foreign, "load_average_at_start": os.getloadavg(), "modes": {}}
+                    "max_foreign_cpus": max_foreign, "threads": threads, "load_average_at_start": os.getloadavg(),
+                    "modes": {}}
     retaken = kept_noisy = 0
     with tempfile.TemporaryDirectory(prefix="nnxp-compare-") as data:
         np.save(Path(data) / "x.npy", x)
         np.save(Path(data) / "y.npy", y)
         for mode in modes:
             env = {"NNXP_NUMBA": "0"} if mode == "numpy" else {}
+            if threads is not None:  # both libraries' pools; one thread keeps a loaded machine's noise down
+                env.update({k: str(threads) for k in THREAD_VARIABLES})
             trees = {"this": Tree(this, Path(data), env), "against": Tree(against, Path(data), env)}
             try:
                 rows = {}
@@ -169,7 +173,8 @@ def compare(this: Path, against: Path, batches: list[int], modes: list[str], rep
 def markdown(result: dict) -> str:
     lines = [f"This tree ({result['this']}) against {result['against']}: one `fit` epoch of "
              f"{result['data']['samples']:,} samples ({result['data']['source']}), median of {result['repeats']}, "
-             f"interleaved. Load average {result['load_average_at_start']} at the start, "
+             f"interleaved, threads: {result['threads'] or 'default'}. Load average "
+             f"{result['load_average_at_start']} at the start, "
              f"{result['load_average_at_end']} at the end; pairs retaken for others' load: "
              f"{result['samples_retaken']} (kept noisy: {result['samples_kept_noisy']}).", "",
              "| mode | batch | this (s) | against (s) | this / against speed | pairwise ratios (min-max) |",
@@ -192,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=60000, help="training samples (Fashion-MNIST's train set)")
     ap.add_argument("--max-foreign", type=float, default=0.5,
                     help="retake a pair when other processes used more CPUs than this meanwhile")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS and Numba threads in both workers (default: their own choice)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if not modes or set(modes) - {"numpy", "fast"}:
         ap.error(f"--modes must name numpy and/or fast. Received: {args.modes}")
     result = compare(args.this, args.against, [int(b) for b in args.batches.split(",") if b.strip()], modes,
-                     max(1, args.repeats), args.samples, args.max_foreign)
+                     max(1, args.repeats), args.samples, args.max_foreign, threads=args.threads)
     print(markdown(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
