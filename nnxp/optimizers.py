@@ -9,29 +9,18 @@ buffers of the same size, so a step is a few whole-buffer operations
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import numpy as np
 
 from . import schedules
+from ._validation import number
 from .backend import device_of, to_numpy, xp_of
 from .errors import NnxpError, NnxpTypeError, did_you_mean, reject_unknown_arguments
 from .ops import optim as O
 from .schedules import LearningRateSchedule
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "AdamW", "get", "schedules"]
-
-
-def _number(name: str, value: Any, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
-    """`value` as a float checked to lie in [low, high] (or (low, high] when `low_open`)."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
-    if not ok or value < low or value > high or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        hi = "inf)" if high == math.inf else f"{high}]"
-        raise NnxpError(f"`{name}` must be a finite number in {bracket}{low}, {hi}. Received: {name}={value!r}")
-    return float(value)
 
 
 # optimizer arguments Keras itself removed or renamed, and what replaced them
@@ -71,17 +60,17 @@ class Optimizer:
         if isinstance(learning_rate, LearningRateSchedule):
             self.learning_rate: float | LearningRateSchedule = learning_rate
         else:
-            self.learning_rate = _number("learning_rate", learning_rate)
+            self.learning_rate = number("learning_rate", learning_rate, "[0.0, inf)")
         # Keras's meanings: clipnorm clips each weight's gradient by its own norm, global_clipnorm all of them
         # together (nnxp before 0.2 clipped globally under clipnorm; see the README's changelog)
-        self.clipnorm = None if clipnorm is None else _number("clipnorm", clipnorm, low_open=True)
+        self.clipnorm = None if clipnorm is None else number("clipnorm", clipnorm, "(0.0, inf)")
         self.global_clipnorm = (None if global_clipnorm is None
-                                else _number("global_clipnorm", global_clipnorm, low_open=True))
+                                else number("global_clipnorm", global_clipnorm, "(0.0, inf)"))
         if self.clipnorm is not None and self.global_clipnorm is not None:
             raise NnxpError("only one of `clipnorm` (each weight by its own norm) and `global_clipnorm` (all weights "
                             f"together) can be set. Received: clipnorm={clipnorm}, global_clipnorm={global_clipnorm}")
-        self.clipvalue = None if clipvalue is None else _number("clipvalue", clipvalue, low_open=True)
-        self.weight_decay = None if not weight_decay else _number("weight_decay", weight_decay)
+        self.clipvalue = None if clipvalue is None else number("clipvalue", clipvalue, "(0.0, inf)")
+        self.weight_decay = None if not weight_decay else number("weight_decay", weight_decay, "[0.0, inf)")
         self.iterations = 0
         self.state: dict[str, Any] = {}  # name -> flat array like the parameters
         self._tmp: Any = None
@@ -232,7 +221,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False, **kwargs) -> None:
         super().__init__(learning_rate, **kwargs)
-        self.momentum = _number("momentum", momentum, 0.0, 1.0)
+        self.momentum = number("momentum", momentum, "[0.0, 1.0]")
         self.nesterov = bool(nesterov)
 
     def _slots(self):
@@ -253,9 +242,9 @@ class RMSprop(Optimizer):
         self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7, centered=False, **kw
     ) -> None:
         super().__init__(learning_rate, **kw)
-        self.rho = _number("rho", rho, 0.0, 1.0)
-        self.momentum = _number("momentum", momentum, 0.0, 1.0)
-        self.epsilon = _number("epsilon", epsilon, low_open=True)
+        self.rho = number("rho", rho, "[0.0, 1.0]")
+        self.momentum = number("momentum", momentum, "[0.0, 1.0]")
+        self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
         self.centered = bool(centered)
 
     def _slots(self):
@@ -274,8 +263,8 @@ class Adagrad(Optimizer):
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
-        self.initial_accumulator_value = _number("initial_accumulator_value", initial_accumulator_value)
-        self.epsilon = _number("epsilon", epsilon, low_open=True)
+        self.initial_accumulator_value = number("initial_accumulator_value", initial_accumulator_value, "[0.0, inf)")
+        self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
 
     def _slots(self):
         return ["accumulator"]
@@ -296,8 +285,8 @@ class Adadelta(Optimizer):
 
     def __init__(self, learning_rate=0.001, rho: float = 0.95, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
-        self.rho = _number("rho", rho, 0.0, 1.0)
-        self.epsilon = _number("epsilon", epsilon, low_open=True)
+        self.rho = number("rho", rho, "[0.0, 1.0]")
+        self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
 
     def _slots(self):
         return ["accumulated_grad", "accumulated_delta"]
@@ -315,9 +304,9 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
-        self.beta_1 = _number("beta_1", beta_1, 0.0, 1.0)
-        self.beta_2 = _number("beta_2", beta_2, 0.0, 1.0)
-        self.epsilon = _number("epsilon", epsilon, low_open=True)
+        self.beta_1 = number("beta_1", beta_1, "[0.0, 1.0]")
+        self.beta_2 = number("beta_2", beta_2, "[0.0, 1.0]")
+        self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
         if self.beta_1 == 1.0 or self.beta_2 == 1.0:
             raise NnxpError(f"`beta_1` and `beta_2` must be < 1. Received: beta_1={beta_1}, beta_2={beta_2}")
 

@@ -106,8 +106,8 @@ MUTANTS = [
     Mutant("P9", "nnxp/ops/dense.py", (("        dz.sum(axis=0, out=db)", "        dz.mean(axis=0, out=db)"),),
            ("tests/test_ops_dense.py", "tests/test_layers.py"), "dense backward: bias gradient averaged"),
     # --- nnxp/optimizers.py ------------------------------------------------------------------------------------
-    Mutant("O1", "nnxp/optimizers.py", (('self.beta_2 = _number("beta_2", beta_2, 0.0, 1.0)',
-                                         'self.beta_2 = _number("beta_2", beta_1, 0.0, 1.0)'),),
+    Mutant("O1", "nnxp/optimizers.py", (('self.beta_2 = number("beta_2", beta_2, "[0.0, 1.0]")',
+                                         'self.beta_2 = number("beta_2", beta_1, "[0.0, 1.0]")'),),
            ("tests/test_optimizers.py",), "Adam: beta_1 stored as beta_2 (copy-paste)"),
     Mutant("O2", "nnxp/optimizers.py", (('named = {"lr": lr, "step": self.iterations}',
                                          'named = {"lr": lr, "step": self.iterations + 1}'),),

@@ -1051,6 +1051,13 @@ def test_the_model_name_is_kept():
     assert Sequential(name="mlp", dtype="float64").get_config()["name"] == "mlp"
 
 
+def test_the_model_name_shows_in_the_summary():
+    # issue 14: the dtype's name once overwrote `name`, so the summary (and the ONNX graph) said "float32"
+    model = Sequential([Dense(3, input_dim=2)], name="mynet")
+    assert model.name == "mynet"
+    assert model.summary(print_fn=None).splitlines()[0].startswith('Model: "mynet"')
+
+
 def test_layers_must_be_a_list():
     with pytest.raises(nnxp.errors.NnxpTypeError, match=r"`layers` must be a list of layers.*Sequential\(\[Dense"):
         Sequential(Dense(3, input_dim=2))
