@@ -347,6 +347,7 @@ OPTIMIZERS = {
     "adadelta": (["pos", "pos"], dict(lr=1.0, rho=0.95, epsilon=1e-7)),
     "adam": (["any", "pos"], dict(lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)),
     "adamax": (["any", "pos"], dict(lr=0.002, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)),
+    "lion": (["any"], dict(lr=0.001, beta_1=0.9, beta_2=0.99)),
 }
 
 

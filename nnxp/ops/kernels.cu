@@ -291,6 +291,24 @@ NX_HD void adamax_elem(T& p, T g, T& m, T& u, T one_minus_b1, T b2, T eps, T inv
     p = p - t;
 }
 
+// sign(c) as np.sign: +-1, +0 for +-0, NaN for NaN
+template <typename T>
+NX_HD T nx_sign(T c) { return c > T(0) ? T(1) : (c < T(0) ? T(-1) : (c == c ? T(0) : c)); }
+
+template <typename T>
+NX_HD void lion_elem(T& p, T g, T& m, T lr, T one_minus_b1, T one_minus_b2, T decay) {
+    p = p * decay;
+    T t = g - m;
+    t = t * one_minus_b1;
+    t = t + m;
+    t = nx_sign(t);
+    t = t * lr;
+    p = p - t;
+    t = g - m;
+    t = t * one_minus_b2;
+    m = m + t;
+}
+
 // --- dropout: a counter-based mask, so backward regenerates it instead of storing it -------------------------
 
 // splitmix64 output for state seed + (offset + 1) * golden gamma: a full-avalanche hash of (seed, offset)
@@ -717,6 +735,23 @@ __global__ void nnxp_adamax(T* p, const T* g, T* m, T* u, long long n, T one_min
     }
 }
 
+template <typename T>
+__global__ void nnxp_lion(T* p, const T* g, T* m, long long n, T lr, T one_minus_b1, T one_minus_b2, T decay,
+                          const T* hp) {
+    if (hp) {
+        lr = hp[0];
+        one_minus_b1 = hp[1];
+        one_minus_b2 = hp[2];
+        decay = hp[3];
+    }
+    NX_GRID_STRIDE(i, n) {
+        T pi = p[i], mi = m[i];
+        lion_elem(pi, g[i], mi, lr, one_minus_b1, one_minus_b2, decay);
+        p[i] = pi;
+        m[i] = mi;
+    }
+}
+
 // --- (e) dropout --------------------------------------------------------------------------------------------
 
 // y = x * mask with mask = scale where hash(seed, i) gives u >= rate, else 0; the mask is also stored when
@@ -768,6 +803,7 @@ __global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned 
     template __global__ void nnxp_adadelta<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);           \
     template __global__ void nnxp_adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);               \
     template __global__ void nnxp_adamax<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);             \
+    template __global__ void nnxp_lion<T>(T*, const T*, T*, long long, T, T, T, T, const T*);                     \
     template __global__ void nnxp_dropout_forward<T>(const T*, T*, T*, long long, unsigned long long, T, T, int,   \
                                                      const unsigned long long*);                                 \
     template __global__ void nnxp_dropout_backward<T>(const T*, T*, long long, unsigned long long, T, T,           \
