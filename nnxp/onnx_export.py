@@ -44,6 +44,8 @@ def _activation_nodes(onnx: Any, name: str, x: str, prefix: str, inits: list) ->
         return [h.make_node("Elu", [x], [out], alpha=ELU_ALPHA)], out
     if name == "softmax":
         return [h.make_node("Softmax", [x], [out], axis=-1)], out
+    if name == "silu":  # x * sigmoid(x)
+        return [h.make_node("Sigmoid", [x], [f"{prefix}_sig"]), h.make_node("Mul", [x, f"{prefix}_sig"], [out])], out
     if name == "gelu":
         # 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
         consts = {"half": 0.5, "one": 1.0, "c": math.sqrt(2 / math.pi), "k": 0.044715, "three": 3.0}

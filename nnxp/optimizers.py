@@ -1,4 +1,4 @@
-"""Optimizers: SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW.
+"""Optimizers: SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW, Lion.
 
 An optimizer sees arrays, never layers: one flat parameter buffer and its
 gradient. Its state (moments, accumulators) is allocated lazily as flat
@@ -20,7 +20,8 @@ from .errors import NnxpError, NnxpTypeError, did_you_mean, reject_unknown_argum
 from .ops import optim as O
 from .schedules import LearningRateSchedule
 
-__all__ = ["Optimizer", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "AdamW", "get", "schedules"]
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "AdamW", "Lion", "get",
+           "schedules"]
 
 
 # optimizer arguments Keras itself removed or renamed, and what replaced them
@@ -337,8 +338,31 @@ class AdamW(Adam):
         super().__init__(learning_rate, weight_decay=weight_decay, **kw)
 
 
+class Lion(Optimizer):
+    """Evolved sign momentum (Chen et al. 2023): each step moves every weight by exactly ``learning_rate``.
+
+    Keras's defaults; a rate 3-10x smaller than Adam's is the usual starting point.
+    """
+
+    name = "lion"
+    rule = O.lion
+    buffers = ("m",)  # state slots in the rule's order
+
+    def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.99, **kw):
+        super().__init__(learning_rate, **kw)
+        # as Keras: beta_1 = 0 would make the step sign(g) alone, which Keras refuses
+        self.beta_1 = number("beta_1", beta_1, "(0.0, 1.0]")
+        self.beta_2 = number("beta_2", beta_2, "[0.0, 1.0]")
+
+    def _slots(self):
+        return ["m"]
+
+    def _hyper(self):
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2}
+
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls for cls in (SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW)
+    cls.name: cls for cls in (SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW, Lion)
 }
 
 

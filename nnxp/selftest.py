@@ -165,6 +165,7 @@ def _op_cases(rng: np.random.Generator, dtype: np.dtype) -> dict[str, tuple[Call
         "adadelta": (lambda: (positive(n), positive(n)), (1.0, 0.95, 1e-7)),
         "adam": (lambda: (normal(n), positive(n)), (0.001, 0.9, 0.999, 1e-7, 3)),
         "adamax": (lambda: (normal(n), positive(n)), (0.002, 0.9, 0.999, 1e-7, 3)),
+        "lion": (lambda: (normal(n),), (0.001, 0.9, 0.99)),
     }
     for name, (states, hyper) in optimizers.items():
         def step(fn, hyper=hyper):

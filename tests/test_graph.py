@@ -47,6 +47,7 @@ OPTIMIZERS = {
     "adam-cosine-clipnorm": lambda: nnxp.optimizers.Adam(nnxp.schedules.CosineDecay(0.01, 40), clipnorm=1.0),
     "sgd-nesterov-wd": lambda: nnxp.optimizers.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
     "rmsprop-centered": lambda: nnxp.optimizers.RMSprop(0.002, centered=True),
+    "lion-decay-wd": lambda: nnxp.optimizers.Lion(nnxp.schedules.ExponentialDecay(0.003, 10, 0.9), weight_decay=0.01),
 }
 
 

@@ -169,6 +169,9 @@ extern "C" void adam_##S(T* p, const T* g, T* m, T* v, long n, T omb1, T omb2, T
 extern "C" void adamax_##S(T* p, const T* g, T* m, T* u, long n, T omb1, T b2, T eps, T inv_alpha, T decay) {   \
     for (long i = 0; i < n; ++i) adamax_elem(p[i], g[i], m[i], u[i], omb1, b2, eps, inv_alpha, decay);          \
 }                                                                                                                \
+extern "C" void lion_##S(T* p, const T* g, T* m, long n, T lr, T omb1, T omb2, T decay) {                      \
+    for (long i = 0; i < n; ++i) lion_elem(p[i], g[i], m[i], lr, omb1, omb2, decay);                            \
+}                                                                                                                \
 extern "C" void mask_##S(unsigned long long seed, long n, T rate, T scale, T* out) {                            \
     for (long i = 0; i < n; ++i) out[i] = dropout_mask(seed, (unsigned long long)i, rate, scale);              \
 }
@@ -284,6 +287,7 @@ OPTIMIZER_CASES = {
     "adadelta": {},
     "adam": {},
     "adamax": {},
+    "lion": {},
 }
 
 
@@ -300,6 +304,8 @@ def _optimizer_case(case, dtype, n, rng):
                   _state(rng, n, dtype) if hyper["centered"] else None]
     elif kind == "adagrad":
         states = [_state(rng, n, dtype, True)]
+    elif kind == "lion":
+        states = [_state(rng, n, dtype)]
     else:  # adadelta, adam, adamax: two state buffers, the second non-negative
         states = [_state(rng, n, dtype, kind == "adadelta"), _state(rng, n, dtype, True)]
     return kind, lr, hyper, p, g, states
@@ -344,6 +350,9 @@ def test_optimizer_element_math_matches_reference(harness, case, dtype, weight_d
             O.adam_ref(ref[0], g, ref[1], ref[2], tmp, lr, b1, b2, eps, step)
             _call(harness, "adam", dtype, got[0], g, got[1], got[2], n,
                   *O.adam_scalars(dtype, lr, b1, b2, eps, step, weight_decay))
+        elif kind == "lion":
+            O.lion_ref(ref[0], g, ref[1], tmp, lr, b1, 0.99)
+            _call(harness, "lion", dtype, got[0], g, got[1], n, *O.lion_scalars(dtype, lr, b1, 0.99, weight_decay))
         else:
             O.adamax_ref(ref[0], g, ref[1], ref[2], tmp, lr, b1, b2, eps, step)
             _call(harness, "adamax", dtype, got[0], g, got[1], got[2], n,

@@ -61,8 +61,8 @@ def test_cuda_selftest_passes_on_the_stand_in(gpu_box):
                                          "CUDA headers")} <= names
     assert ("kernels", "kernels.cu float32") in names and ("kernels", "kernels.cu float64") in names
     ops = {n for s, n in names if s == "ops"}
-    assert {"dense_forward/gelu", "dense_backward/softmax", "sparse_softmax_cross_entropy", "optim/adam",
-            "dropout_forward"} <= ops and len(ops) == 2 * len(_cuda.ACT_CODES) + 2 + 3 + 6 + 2
+    assert {"dense_forward/gelu", "dense_backward/softmax", "sparse_softmax_cross_entropy", "optim/adam", "optim/lion",
+            "dropout_forward"} <= ops and len(ops) == 2 * len(_cuda.ACT_CODES) + 2 + 3 + 7 + 2
     assert any(s == "cuda_graph" and c.status == "PASS" for c in checks for s in [c.section])
     assert set(_cuda.compile_seconds()) == {"cuda:0/float32", "cuda:0/float64"}
 

@@ -132,6 +132,7 @@ ACT_CODES = {
     "sigmoid": 5,
     "tanh": 6,
     "softplus": 7,
+    "silu": 8,
 }
 
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}

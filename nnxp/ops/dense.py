@@ -94,7 +94,9 @@ def dense_backward_ref(
 # than it saves and would contend with OpenBLAS's own spinning threads.
 
 # the activations the loops know, by code (softmax, a whole-row op, runs its reference)
-ACT_CODES = {"linear": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "sigmoid": 4, "tanh": 5, "softplus": 6, "gelu": 7}
+# (these are the Numba loops' own codes, numbered apart from the CUDA kernels' _cuda.ACT_CODES)
+ACT_CODES = {"linear": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "sigmoid": 4, "tanh": 5, "softplus": 6, "gelu": 7,
+             "silu": 8}
 # (B, n) sizes from here on would use the threaded loops: off, as measured (bench/results/train_cpu.json: with
 # them a step at batch 8192 took 189 ms against 131 ms serial, at 1024 19.8 against 19.0 ms, on 2 cores)
 PARALLEL_MIN_ELEMENTS = 1 << 62
@@ -154,6 +156,11 @@ def _bias_act_loop(z, b, use_bias, act, zkeep, c, chunk):  # pragma: no cover - 
                     zk[j] = v
                     t = np.tanh((v * v * k1 + k0) * v)
                     zr[j] = v * ((t + one) * half)
+            elif act == 8:  # silu: z (0.5 tanh(0.5 z) + 0.5), keeping z for backward
+                for j in range(n):
+                    v = zr[j]
+                    zk[j] = v
+                    zr[j] = v * (np.tanh(v * half) * half + half)
 
 
 def _act_grad_loop(dz, y, z, db, use_bias, act, c, chunk):  # pragma: no cover - runs compiled by Numba
@@ -197,6 +204,11 @@ def _act_grad_loop(dz, y, z, db, use_bias, act, c, chunk):  # pragma: no cover -
                     th = np.tanh((v2 * k1 + k0) * v)
                     du = ((v2 * k3 + k0) * v) * (one - th * th)
                     d[j] = d[j] * (((th + one) + du) * half)
+            elif act == 8:  # silu, from z: s (1 + z (1 - s)), s = sigmoid(z)
+                for j in range(w):
+                    v = zr[j]
+                    s = np.tanh(v * half) * half + half
+                    d[j] = d[j] * (((one - s) * v + one) * s)
             if use_bias:
                 for j in range(w):
                     dbc[j] += d[j]
@@ -373,9 +385,11 @@ def _activation_backward_bias_cuda(dy: Any, y: Any, z: Any | None, activation: s
 
 
 def _backward_inputs_fit(dy, y, z, activation, db, dtype, dev) -> bool:
-    if activation not in ("linear", "gelu") and not _cuda._fits(y, dtype, dy.shape, dev):
+    # backward reads z where the activation needs it (GELU, SiLU), else y (linear reads neither)
+    needs_z = ACTIVATION_OPS[activation].needs_z
+    if not needs_z and activation != "linear" and not _cuda._fits(y, dtype, dy.shape, dev):
         return False
-    if activation == "gelu" and not _cuda._fits(z, dtype, dy.shape, dev):
+    if needs_z and not _cuda._fits(z, dtype, dy.shape, dev):
         return False
     return db is None or _cuda._fits(db, dtype, (dy.shape[1],), dev)
 

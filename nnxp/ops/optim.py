@@ -154,6 +154,23 @@ def adamax_ref(
     p -= tmp
 
 
+def lion_ref(p: Any, g: Any, m: Any, tmp: Any, lr: float, beta_1: float, beta_2: float) -> None:
+    """Lion (Chen et al. 2023, Keras's ``Lion``): p -= lr sign(b1 m + (1-b1) g);  m = b2 m + (1-b2) g.
+
+    Both interpolations are written as Adam's ``m + (g - m)(1 - b)`` so no second scratch buffer is needed.
+    """
+    xp = xp_of(p)
+    xp.subtract(g, m, out=tmp)  # c = m + (g - m)(1 - b1)
+    tmp *= 1.0 - beta_1
+    tmp += m
+    xp.sign(tmp, out=tmp)  # NaN stays NaN, 0 moves nothing
+    tmp *= lr
+    p -= tmp
+    xp.subtract(g, m, out=tmp)  # m += (g - m)(1 - b2)
+    tmp *= 1.0 - beta_2
+    m += tmp
+
+
 def weight_decay_ref(p: Any, lr: float, weight_decay: float) -> None:
     """Decoupled weight decay: p -= lr wd p (as Keras's ``weight_decay`` and AdamW)."""
     p *= 1.0 - lr * weight_decay
@@ -437,6 +454,8 @@ adam = Update(adam_ref, _adam_cpu, ("m", "v"), ("lr", "beta_1", "beta_2", "epsil
 adamax = Update(adamax_ref, _adamax_cpu, ("m", "u"), ("lr", "beta_1", "beta_2", "epsilon", "step"),
                 lambda t, st, s, wd: adamax_scalars(t, s["lr"], s["beta_1"], s["beta_2"], s["epsilon"], s["step"],
                                                     wd))
+lion = Update(lion_ref, lion_ref, ("m",), ("lr", "beta_1", "beta_2"),
+              lambda t, st, s, wd: lion_scalars(t, s["lr"], s["beta_1"], s["beta_2"], wd))
 weight_decay = weight_decay_ref
 clip_by_value = clip_by_value_ref
 clip_by_global_norm = clip_by_global_norm_ref
@@ -483,6 +502,11 @@ def adamax_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -
     t = np.dtype(dtype).type
     alpha = lr / (1.0 - beta_1**step)  # exactly as adamax_ref
     return t(1.0 - beta_1), t(beta_2), t(epsilon), t(inverse_step_size(alpha)), t(1.0 - lr * weight_decay)
+
+
+def lion_scalars(dtype, lr, beta_1, beta_2, weight_decay=0.0) -> tuple:
+    t = np.dtype(dtype).type
+    return t(lr), t(1.0 - beta_1), t(1.0 - beta_2), t(1.0 - lr * weight_decay)
 
 
 def _flat_fit(p: Any, *others: Any) -> np.dtype | None:
@@ -594,4 +618,17 @@ def _adamax_cuda(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step, weight_deca
     if not _hp_fits(hp, p, scalars):
         return NotImplemented
     _step("nnxp_adamax", p, (p, g, m, u, np.int64(p.size), *scalars), hp)
+    return None
+
+
+@lion.override
+def _lion_cuda(p, g, m, tmp, lr, beta_1, beta_2, weight_decay: float = 0.0, hp: Any = None):
+    """Fused :func:`nnxp.ops.optim.lion_ref` (`tmp` is not needed)."""
+    dtype = _flat_fit(p, g, m)
+    if dtype is None or m is None:
+        return NotImplemented
+    scalars = lion_scalars(dtype, lr, beta_1, beta_2, weight_decay)
+    if not _hp_fits(hp, p, scalars):
+        return NotImplemented
+    _step("nnxp_lion", p, (p, g, m, np.int64(p.size), *scalars), hp)
     return None
