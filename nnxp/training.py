@@ -205,7 +205,12 @@ class Guard:
 
     def snapshot(self) -> None:
         model, opt = self.model, self.model.optimizer
-        self._snapshot = (model.params.copy(), {k: v.copy() for k, v in opt.state.items()}, opt.iterations)
+        state = opt.state
+        if any(v.shape != model.params.shape for v in state.values()):
+            # an optimizer shared with another model still holds that model's state: this model's first step
+            # allocates its own afresh, so the start of this epoch is "no state yet"
+            state = {}
+        self._snapshot = (model.params.copy(), {k: v.copy() for k, v in state.items()}, opt.iterations)
 
     def restore(self) -> None:
         """Put back the weights, optimizer state and step count of the last snapshot, in place."""

@@ -245,3 +245,35 @@ def test_ctrl_c_during_validation_rolls_that_epoch_back_too(monkeypatch):
     assert interrupted.optimizer.iterations == straight.optimizer.iterations
     for a, b in zip(interrupted.get_weights(), straight.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_rollback_of_a_model_whose_optimizer_was_last_stepped_by_another_model():
+    # one optimizer instance shared by two models of different sizes: at the start of b's epoch the optimizer
+    # still holds a's state. Rolling b back used to copy a's buffers into b's (ValueError: could not broadcast),
+    # hiding the callback's own error and leaving the iteration count advanced
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)), rng.normal(size=(32, 1))
+    opt = nnxp.optimizers.Adam(1e-3)
+    a = Sequential([Dense(8, input_dim=4), Dense(1)], dtype="float64", seed=0)
+    b = Sequential([Dense(3, input_dim=4), Dense(1)], dtype="float64", seed=1)
+    a.compile(opt, "mse")
+    b.compile(opt, "mse")
+    a.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    iterations, weights = opt.iterations, b.get_weights()
+
+    class Boom(nnxp.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        b.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[Boom()])
+    assert opt.iterations == iterations
+    for p, q in zip(b.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(p, q)
+    opt.learning_rate = 1e6  # and a diverged epoch of b: the NumericalError, b as it was
+    with pytest.raises(NumericalError, match="epoch 1"):
+        b.fit(x * 1e200, y, epochs=1, batch_size=8, verbose=0)
+    assert opt.iterations == iterations
+    for p, q in zip(b.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(p, q)
