@@ -637,6 +637,8 @@ class Sequential:
                 training.run_epochs(self, plan, interrupt)
             finally:  # close progress bars and the like even when training stops with an error
                 self._fit_step = plan.step  # kept without the plan: the model must not hold on to the data
+                for layer in self.layers:  # nor may its layers, through the last (unshuffled: a view) batch
+                    layer.forget_batch()
                 for cb in cbs:
                     cb.on_train_end()
         return history

@@ -277,3 +277,23 @@ def test_rollback_of_a_model_whose_optimizer_was_last_stepped_by_another_model()
     assert opt.iterations == iterations
     for p, q in zip(b.get_weights(), weights, strict=True):
         np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("first", ["dense", "gelu"])
+def test_an_unshuffled_fit_keeps_no_reference_to_the_training_data_either(first):
+    # unshuffled batches are views of the data: the first layer's input kept for backward (Dense's x, a gelu
+    # Activation's pre-activation) used to keep the whole data set alive after fit (on a GPU: its device copy)
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 3)).astype(np.float32), rng.normal(size=(64, 1)).astype(np.float32)
+    refs = [weakref.ref(x), weakref.ref(y)]
+    layers = [Dense(4, "relu", input_dim=3)] if first == "dense" else [nnxp.layers.Activation("gelu"), Dense(4)]
+    model = Sequential([*layers, Dense(1)], seed=0)
+    model.compile("sgd", "mse")
+    model.fit(x, y, epochs=2, batch_size=16, shuffle=False, validation_split=0.25, verbose=0)
+    del x, y
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True]
+    model.fit(rng.normal(size=(8, 3)), rng.normal(size=(8, 1)), epochs=1, verbose=0)  # and it trains on after
