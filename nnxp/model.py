@@ -232,13 +232,19 @@ class Sequential:
         model, which is built around it: for loaders that read a file straight into one buffer."""
         if self.built:
             raise NnxpError("set_flat_weights is for unbuilt models; use set_weights on a built one")
+        if self.input_dim is None:
+            raise NotCompiledError("the model's input size is not known yet: give the first layer `input_dim`")
+        sized = all(layer.built for layer in self.layers)
         specs = self._size_layers(self.input_dim)
         slices, offset = [], 0
         for layer, name, shape, _ in specs:
             slices.append((layer, name, offset, shape))
             offset += int(np.prod(shape))
-        if tuple(flat.shape) != (offset,):
-            raise NnxpError(f"`flat` must have shape ({offset},) for this model. Received: {tuple(flat.shape)}")
+        if tuple(np.shape(flat)) != (offset,):
+            if not sized:  # an error leaves the model as it was
+                for layer in self.layers:
+                    layer.input_dim = layer.output_dim = None
+            raise NnxpError(f"`flat` must have shape ({offset},) for this model. Received: {tuple(np.shape(flat))}")
         with self._use():
             self._slices = slices
             self._bind(self.device.asarray(flat, dtype=self.dtype))
@@ -757,8 +763,20 @@ class Sequential:
         first use (build, fit, get_weights), from the seed, or taken from a file by :func:`nnxp.load_model`."""
         from .layers import from_config as layer_from_config
 
+        if not isinstance(config, dict):
+            raise NnxpTypeError(f"`config` must be a dict from Sequential.get_config(). Received: {config!r:.80}")
+        entries = config.get("layers") or []
+        if not isinstance(entries, (list, tuple)):
+            raise NnxpTypeError(f"`layers` must be a list of layer configs. Received: layers={entries!r:.80}")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str) or not isinstance(
+                    entry.get("config"), dict):
+                raise NnxpError(f"`layers[{i}]` must be a dict with 'class_name' (a string) and 'config' (a dict). "
+                                f"Received: {entry!r:.80}")
+        if config.get("input_dim") is not None:
+            positive_int("input_dim", config["input_dim"])
         layers = []
-        for i, entry in enumerate(config.get("layers") or []):
+        for i, entry in enumerate(entries):
             try:
                 layers.append(layer_from_config(entry["class_name"], entry["config"]))
             except (NnxpError, TypeError) as exc:  # TypeError: a key the layer does not take

@@ -11,7 +11,7 @@ import pytest
 import nnxp
 from nnxp import Activation, Dense, Dropout, NnxpError, Sequential
 from nnxp.callbacks import Callback
-from nnxp.errors import NumericalError
+from nnxp.errors import NnxpTypeError, NotCompiledError, NumericalError
 from nnxp.layers import Layer
 from nnxp.ops.activation import ACTIVATION_OPS
 
@@ -1431,6 +1431,28 @@ def test_from_config_rebuilds_an_unbuilt_twin_with_the_same_initial_weights():
     with pytest.raises(NnxpError, match=r"`layers` do not fit `input_dim`=4"):
         Sequential.from_config({**model.get_config(), "input_dim": 4, "layers": [
             {"class_name": "Dense", "config": {"units": 2, "input_dim": 3}}]})
+
+
+def test_from_config_and_set_flat_weights_refuse_bad_input_with_nnxp_errors():
+    # the public state API (issue 14) met bad input with TypeError/KeyError/AttributeError, accepted a negative
+    # input_dim (sizing a (-1, 3) kernel), and a wrong-sized flat buffer left the unbuilt model's layers sized
+    dense = {"class_name": "Dense", "config": {"units": 3}}
+    bad = [("not a dict", NnxpTypeError, r"`config` must be a dict"),
+           ({"layers": "Dense"}, NnxpTypeError, r"`layers` must be a list"),
+           ({"layers": [{"config": {"units": 3}}]}, NnxpError, r"`layers\[0\]` must be a dict with 'class_name'"),
+           ({"layers": [dense], "input_dim": -1}, NnxpError, r"input_dim.*Received: input_dim=-1"),
+           ({"layers": [dense], "input_dim": 2.5}, NnxpError, r"input_dim")]
+    for config, error, match in bad:
+        with pytest.raises(error, match=match):
+            Sequential.from_config(config)
+    with pytest.raises(NotCompiledError, match="input size is not known"):
+        Sequential([Dense(3)]).set_flat_weights(np.zeros(3))
+    model = Sequential([Dense(3, input_dim=2)])
+    with pytest.raises(NnxpError, match=r"must have shape \(9,\)"):
+        model.set_flat_weights(np.zeros(5))
+    assert not model.built and [(layer.input_dim, layer.output_dim) for layer in model.layers] == [(None, None)]
+    model.set_flat_weights(np.arange(9.0))
+    np.testing.assert_array_equal(model.get_weights()[1], [6.0, 7.0, 8.0])
 
 
 def test_get_state_holds_what_a_file_holds_as_copies():
