@@ -1,10 +1,11 @@
 """Sequential: a stack of layers trained with mini-batch gradient descent.
 
 The model owns the device and one flat parameter buffer (and one flat
-gradient buffer) that its layers view into. ``fit`` moves the data to the
-device once, shuffles it once per epoch, and runs one matrix forward/backward
-per mini-batch; losses and metrics accumulate on the device and are read once
-per epoch.
+gradient buffer) that its layers view into. ``fit`` checks its arguments and
+moves the data to the device once; the epoch loop (batches gathered in a seeded
+order, one matrix forward/backward per mini-batch, rollback of a diverged or
+interrupted epoch) is :mod:`nnxp.training`. Losses and metrics accumulate on the
+device and are read once per epoch.
 """
 
 from __future__ import annotations
