@@ -235,16 +235,30 @@ class Guard:
             raise
 
     def check(self, epoch: int, loss: float, batch_losses: Any) -> None:
-        """Raise NumericalError (after restoring) when the epoch's loss or weights are not finite, naming the
-        first batch whose loss was not (`batch_losses`: each batch's loss, on the device until now)."""
-        params = self.model.params
-        if math.isfinite(loss) and bool(self.model.device.xp.isfinite(params).all()):
+        """Raise NumericalError (after restoring) when the epoch's loss, weights or optimizer state are not finite,
+        naming the first batch whose loss was not (`batch_losses`: each batch's loss, on the device until now).
+
+        The state counts too: Adam's `v` can overflow (g^2) while the loss and the weights stay finite, and an
+        epoch kept with it would make every later epoch diverge back to it, and its files unloadable."""
+        model, xp = self.model, self.model.device.xp
+        state = model.optimizer.state
+        finite = xp.isfinite(model.params).all()
+        for v in state.values():
+            finite &= xp.isfinite(v).all()
+        if math.isfinite(loss) and bool(finite):  # (one host read, once per epoch)
             return
         bad = np.flatnonzero(~np.isfinite(to_numpy(batch_losses)))
+        if not math.isfinite(loss) or bad.size:
+            what = "the loss"
+        elif bool(xp.isfinite(model.params).all()):
+            slots = [repr(k) for k, v in state.items() if not bool(xp.isfinite(v).all())]
+            what = "the optimizer state " + ", ".join(slots)
+        else:
+            what = "the weights"
         self.restore()
         where = f"epoch {epoch + 1}" + (f", batch {int(bad[0]) + 1}" if bad.size else "")
         raise NumericalError(
-            f"training diverged: the loss became NaN or infinite at {where}. The model is back at its weights and "
+            f"training diverged: {what} became NaN or infinite at {where}. The model is back at its weights and "
             f"optimizer state from the start of epoch {epoch + 1}. Try a smaller learning_rate, clipnorm=1.0 in "
             "the optimizer, or standardized inputs."
         )

@@ -297,3 +297,25 @@ def test_an_unshuffled_fit_keeps_no_reference_to_the_training_data_either(first)
     gc.collect()
     assert [r() is None for r in refs] == [True, True]
     model.fit(rng.normal(size=(8, 3)), rng.normal(size=(8, 1)), epochs=1, verbose=0)  # and it trains on after
+
+
+def test_an_epoch_that_leaves_the_optimizer_state_infinite_is_a_divergence_too(tmp_path):
+    # float32 Adam: one huge row makes g^2 overflow in `v` while the loss (1e34) and the weights stay finite.
+    # The epoch used to be accepted: the model then held an infinite state, every later epoch diverged back to
+    # it, and a file saved from it (ModelCheckpoint's) could not be loaded ("must be finite")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 3)).astype(np.float32), (rng.normal(size=(64, 1)) * 1e17).astype(np.float32)
+    x[5] *= 1e7
+    model = Sequential([Dense(1, input_dim=3)], seed=0)
+    model.compile(nnxp.optimizers.Adam(1e-3), "mse")
+    model.fit(x[:8] / 1e7, y[:8] / 1e17, epochs=1, batch_size=8, verbose=0)  # a healthy first epoch
+    weights, state = model.get_weights(), model.optimizer.get_state()
+    with pytest.raises(NumericalError, match=r"diverged: the optimizer state 'v' became NaN or infinite at epoch 2\."):
+        model.fit(x, y, epochs=2, initial_epoch=1, batch_size=64, verbose=0)
+    assert model.epochs_trained == 1 and model.optimizer.iterations == 1
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for k, v in state.items():
+        np.testing.assert_array_equal(model.optimizer.state[k], v)
+    model.save(tmp_path / "m.nnxp")
+    nnxp.load_model(tmp_path / "m.nnxp")  # loads: nothing infinite was kept
