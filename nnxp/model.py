@@ -110,7 +110,7 @@ class Sequential:
         self.epochs_trained = 0
         self.history: History | None = None
         self._fit_step: training.Step | None = None  # the latest fit's step (a graphed one counts its replays)
-        self._busy: tuple[int, str] | None = None  # (thread id, "fit" | "evaluate" | "predict") while one runs
+        self._busy: tuple[int, str] | None = None  # (thread id, "fit", "evaluate", "get_state", ...) while one runs
         for layer in layers or []:
             self.add(layer)
 

@@ -48,7 +48,7 @@ class FitPlan:
     history: History
     comm: Any  # the communicator (nnxp.distributed): a no-op one for a single process
     cuda_graph: bool = False
-    step: Step | None = None  # set by run_epochs (tests read a graphed step's replay count through it)
+    step: Step | None = None  # set by run_epochs; fit keeps it on the model (graph_replays reads its replays)
 
 
 class Batches:
