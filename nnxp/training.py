@@ -193,7 +193,7 @@ class GraphStep(Step):
 
 
 class Guard:
-    """The model's weights, optimizer state and step count at the start of an epoch, and the way back to them.
+    """The model's weights, optimizer state, step count and learning rate at the start of an epoch, and the way back.
 
     Used by the loop as ``with guard.watch():`` around an epoch: any exception escaping it (a second Ctrl-C, a
     callback's error) restores the snapshot, and :meth:`check` restores it and raises NumericalError when the
@@ -210,11 +210,12 @@ class Guard:
             # an optimizer shared with another model still holds that model's state: this model's first step
             # allocates its own afresh, so the start of this epoch is "no state yet"
             state = {}
-        self._snapshot = (model.params.copy(), {k: v.copy() for k, v in state.items()}, opt.iterations)
+        self._snapshot = (model.params.copy(), {k: v.copy() for k, v in state.items()}, opt.iterations,
+                          opt.learning_rate)
 
     def restore(self) -> None:
-        """Put back the weights, optimizer state and step count of the last snapshot, in place."""
-        params, state, iterations = self._snapshot
+        """Put back the weights, optimizer state, step count and learning rate of the last snapshot, in place."""
+        params, state, iterations, learning_rate = self._snapshot
         model, opt = self.model, self.model.optimizer
         model.params[...] = params
         if state:
@@ -222,7 +223,7 @@ class Guard:
                 opt.state[k][...] = v
         else:  # the state did not exist yet: the next step allocates it afresh
             opt.to(model.params, {})
-        opt.iterations = iterations
+        opt.iterations, opt.learning_rate = iterations, learning_rate
 
     @contextmanager
     def watch(self) -> Iterator[None]:
@@ -297,9 +298,11 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
     guard, cbs = Guard(model), plan.callbacks
     for epoch in range(plan.initial_epoch, plan.epochs):
         if not interrupt.requested:  # (a Ctrl-C during the last epoch's callbacks is seen here)
-            for cb in cbs:
-                cb.on_epoch_begin(epoch)
-            with guard.watch():  # a second Ctrl-C or a callback's error mid-epoch: back to the epoch's start
+            # a second Ctrl-C or a callback's error mid-epoch: back to the epoch's start, before on_epoch_begin
+            # (a LearningRateScheduler sets this epoch's rate there from the current one: a resumed epoch sets it again)
+            with guard.watch():
+                for cb in cbs:
+                    cb.on_epoch_begin(epoch)
                 logs = train_epoch(model, plan, batches, step, guard, epoch, interrupt)
                 if plan.val is not None and not interrupt.requested:
                     logs.update({f"val_{k}": v for k, v in evaluate_arrays(model, *plan.val, plan.batch_size).items()})

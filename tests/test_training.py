@@ -319,3 +319,40 @@ def test_an_epoch_that_leaves_the_optimizer_state_infinite_is_a_divergence_too(t
         np.testing.assert_array_equal(model.optimizer.state[k], v)
     model.save(tmp_path / "m.nnxp")
     nnxp.load_model(tmp_path / "m.nnxp")  # loads: nothing infinite was kept
+
+
+def test_ctrl_c_then_resume_with_a_rate_scheduler_equals_the_uninterrupted_run(tmp_path):
+    # LearningRateScheduler sets the rate in on_epoch_begin from the current one: the rolled-back epoch's rate
+    # used to stay, so the resumed epoch halved it a second time (and a file saved then recorded it)
+    import os
+    import signal
+
+    x, y, _ = _data(48)
+    x, y = x / 100, y / 48
+
+    def model():
+        m = Sequential([Dense(4, "relu", input_dim=3), Dense(1)], seed=2)
+        m.compile(nnxp.optimizers.Adam(0.01), "mse")
+        return m
+
+    def halve():
+        return nnxp.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+
+    class CtrlC(nnxp.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2 and self.model.epochs_trained == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, as Ctrl-C sends
+
+    straight = model()
+    h_straight = straight.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[halve()])
+    interrupted = model()
+    h = interrupted.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[halve(), CtrlC()])
+    assert h.interrupted and interrupted.epochs_trained == 2
+    assert interrupted.optimizer.learning_rate == 0.01 / 4  # the rates of the two epochs it kept
+    interrupted.save(tmp_path / "m.nnxp")
+    resumed = nnxp.load_model(tmp_path / "m.nnxp")
+    h_resumed = resumed.fit(x, y, epochs=4, initial_epoch=2, batch_size=8, verbose=0, callbacks=[halve()])
+    assert h.history["lr"] + h_resumed.history["lr"] == h_straight.history["lr"]
+    assert h.history["loss"] + h_resumed.history["loss"] == h_straight.history["loss"]
+    for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
