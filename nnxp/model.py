@@ -802,9 +802,16 @@ class Sequential:
                      "compile": None}
             if self.loss is not None:
                 opt = self.optimizer
+                opt_state = opt.get_state()
+                if any(v.shape != tuple(self.params.shape) for v in opt_state.values()):
+                    # an optimizer shared with another model holds that model's state; this model's next step
+                    # starts afresh (Optimizer.apply rebuilds it), so that is its state
+                    fresh = optimizers_mod.get(opt.get_config())
+                    fresh.build(self.params)
+                    opt_state = fresh.get_state()
                 state["compile"] = {"loss": self.loss.name, "metrics": list(self.metrics),
                                     "optimizer": opt.get_config(), "optimizer_iterations": opt.iterations,
-                                    "optimizer_state": opt.get_state()}
+                                    "optimizer_state": opt_state}
         return state
 
     def save(self, path: Any) -> None:

@@ -1433,6 +1433,30 @@ def test_from_config_rebuilds_an_unbuilt_twin_with_the_same_initial_weights():
             {"class_name": "Dense", "config": {"units": 2, "input_dim": 3}}]})
 
 
+def test_a_model_saved_after_its_shared_optimizer_stepped_another_model_loads(tmp_path):
+    # one optimizer instance, two models of different sizes: after b's fit the optimizer holds b's state, and
+    # get_state/save wrote it for a, a file load_model refused ("optimizer/m must have shape (49,)")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)), rng.normal(size=(32, 1))
+    opt = nnxp.optimizers.Adam(1e-3)
+    a = Sequential([Dense(8, input_dim=4), Dense(1)], seed=0)
+    b = Sequential([Dense(3, input_dim=4), Dense(1)], seed=1)
+    a.compile(opt, "mse")
+    b.compile(opt, "mse")
+    a.fit(x, y, epochs=1, verbose=0)
+    b.fit(x, y, epochs=1, verbose=0)
+    state = a.get_state()["compile"]["optimizer_state"]  # none of b's: the fresh state a's next step starts from
+    assert {k: (v.shape, np.abs(v).max()) for k, v in state.items()} == {"m": ((49,), 0.0), "v": ((49,), 0.0)}
+    assert b.get_state()["compile"]["optimizer_state"]["m"].shape == (19,)  # b's own state as it is
+    a.save(tmp_path / "a.nnxp")
+    loaded = nnxp.load_model(tmp_path / "a.nnxp")
+    assert loaded.optimizer.iterations == opt.iterations
+    loaded.fit(x, y, epochs=1, verbose=0)  # and the file trains on as the live model does
+    a.fit(x, y, epochs=1, verbose=0)
+    for p, q in zip(loaded.get_weights(), a.get_weights(), strict=True):
+        np.testing.assert_array_equal(p, q)
+
+
 def test_from_config_and_set_flat_weights_refuse_bad_input_with_nnxp_errors():
     # the public state API (issue 14) met bad input with TypeError/KeyError/AttributeError, accepted a negative
     # input_dim (sizing a (-1, 3) kernel), and a wrong-sized flat buffer left the unbuilt model's layers sized
