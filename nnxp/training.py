@@ -21,7 +21,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,8 +199,9 @@ class Guard:
     callback's error) restores the snapshot, and :meth:`check` restores it and raises NumericalError when the
     epoch diverged. The model (and a file saved from it) then holds whole epochs, so a resumed fit stays exact."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, interrupt: GracefulInterrupt | None = None) -> None:
         self.model = model
+        self.interrupt = interrupt  # fit's Ctrl-C handler: a second Ctrl-C waits for a rollback to finish
         self._snapshot: tuple | None = None
 
     def snapshot(self) -> None:
@@ -232,8 +233,13 @@ class Guard:
         try:
             yield
         except BaseException:
-            self.restore()
+            with self.whole():
+                self.restore()
             raise
+
+    def whole(self) -> Any:
+        """A block that a second Ctrl-C does not cut in half (it raises when the block ends)."""
+        return nullcontext() if self.interrupt is None else self.interrupt.hold()
 
     def check(self, epoch: int, loss: float, batch_losses: Any) -> None:
         """Raise NumericalError (after restoring) when the epoch's loss, weights or optimizer state are not finite,
@@ -271,6 +277,8 @@ class GracefulInterrupt:
     def __init__(self) -> None:
         self.requested = False
         self._previous = None
+        self._held = 0  # > 0 inside hold(): a second Ctrl-C is kept for its end
+        self._pending = False
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
@@ -279,9 +287,24 @@ class GracefulInterrupt:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
+        if self.requested:  # a second Ctrl-C stops at once, or as soon as a rollback is done
+            if self._held:
+                self._pending = True
+                return
             raise KeyboardInterrupt
         self.requested = True
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep a second Ctrl-C for the end of the block (a rollback half done would leave the model mid-epoch)."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if not self._held and self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
@@ -295,7 +318,7 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
     step = plan.step = EagerStep(model, plan.comm, interrupt)
     if plan.cuda_graph:
         step = plan.step = GraphStep(step, plan.batch_size)
-    guard, cbs = Guard(model), plan.callbacks
+    guard, cbs = Guard(model, interrupt), plan.callbacks
     for epoch in range(plan.initial_epoch, plan.epochs):
         if not interrupt.requested:  # (a Ctrl-C during the last epoch's callbacks is seen here)
             # a second Ctrl-C or a callback's error mid-epoch: back to the epoch's start, before on_epoch_begin
@@ -307,7 +330,8 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
                 if plan.val is not None and not interrupt.requested:
                     logs.update({f"val_{k}": v for k, v in evaluate_arrays(model, *plan.val, plan.batch_size).items()})
             if interrupt.requested:  # Ctrl-C in this epoch's batches or validation: the epoch never happened
-                guard.restore()
+                with guard.whole():
+                    guard.restore()
         if interrupt.requested:
             plan.history.interrupted = True
             print(f"Training interrupted during epoch {epoch + 1}; the model is back at its weights and "

@@ -356,3 +356,40 @@ def test_ctrl_c_then_resume_with_a_rate_scheduler_equals_the_uninterrupted_run(t
     assert h.history["loss"] + h_resumed.history["loss"] == h_straight.history["loss"]
     for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_second_ctrl_c_during_the_rollback_waits_for_it(monkeypatch):
+    # an impatient user presses Ctrl-C twice: the first stops the epoch, the second used to land inside the
+    # rollback itself (its KeyboardInterrupt cut the copy short), leaving the model mid-epoch
+    import os
+    import signal
+
+    x, y, _ = _data(48)
+    x, y = x / 100, y / 48
+
+    def model():
+        m = Sequential([Dense(4, "relu", input_dim=3), Dense(1)], seed=2)
+        m.compile(nnxp.optimizers.Adam(0.01), "mse")
+        return m
+
+    straight = model()
+    straight.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    original = training.Guard.restore
+
+    def restore_with_a_second_ctrl_c(guard):
+        os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT as the rollback starts
+        original(guard)
+
+    class CtrlC(nnxp.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2 and self.model.epochs_trained == 1:
+                monkeypatch.setattr(training.Guard, "restore", restore_with_a_second_ctrl_c)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted = model()
+    with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C still stops at once, after the rollback
+        interrupted.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[CtrlC()])
+    assert interrupted.epochs_trained == 1
+    assert interrupted.optimizer.iterations == straight.optimizer.iterations
+    for a, b in zip(interrupted.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
