@@ -306,20 +306,27 @@ class Sequential:
             return self
         if self.built:
             old_params = self.params
-            state = self.optimizer.get_state() if self.optimizer is not None else {}
+            # (an optimizer shared with another model that holds that model's state stays as it is)
+            opt = self.optimizer if self._owns_optimizer_state() else None
+            state = opt.get_state() if opt is not None else {}
             try:
                 with device.use():
                     self._bind(device.asarray(to_numpy(old_params)))
-                    if self.optimizer is not None:
-                        self.optimizer.to(self.params, state)
+                    if opt is not None:
+                        opt.to(self.params, state)
             except BaseException:  # e.g. out of memory on the new device: stay whole on the old one
                 with self.device.use():
                     self._bind(old_params)
-                    if self.optimizer is not None:
-                        self.optimizer.to(old_params, state)
+                    if opt is not None:
+                        opt.to(old_params, state)
                 raise
         self.device = device
         return self
+
+    def _owns_optimizer_state(self) -> bool:
+        """False when the optimizer, shared with another model of another size, holds that model's state."""
+        return self.optimizer is not None and all(
+            tuple(v.shape) == tuple(self.params.shape) for v in self.optimizer.state.values())
 
     # --- weights -------------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
@@ -802,10 +809,9 @@ class Sequential:
                      "compile": None}
             if self.loss is not None:
                 opt = self.optimizer
-                opt_state = opt.get_state()
-                if any(v.shape != tuple(self.params.shape) for v in opt_state.values()):
-                    # an optimizer shared with another model holds that model's state; this model's next step
-                    # starts afresh (Optimizer.apply rebuilds it), so that is its state
+                if self._owns_optimizer_state():
+                    opt_state = opt.get_state()
+                else:  # this model's next step starts afresh (Optimizer.apply rebuilds it): that is its state
                     fresh = optimizers_mod.get(opt.get_config())
                     fresh.build(self.params)
                     opt_state = fresh.get_state()

@@ -1457,6 +1457,30 @@ def test_a_model_saved_after_its_shared_optimizer_stepped_another_model_loads(tm
         np.testing.assert_array_equal(p, q)
 
 
+def test_moving_a_model_whose_shared_optimizer_holds_another_models_state(fake_cupy):
+    # the move used to reshape the other model's state onto this one: NnxpError ("optimizer state `m` must have
+    # shape (49,)"), and the way back rebuilt the optimizer, wiping the other model's moments
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)), rng.normal(size=(32, 1))
+    opt = nnxp.optimizers.Adam(1e-3)
+    a = Sequential([Dense(8, input_dim=4), Dense(1)], seed=0)
+    b = Sequential([Dense(3, input_dim=4), Dense(1)], seed=1)
+    a.compile(opt, "mse")
+    b.compile(opt, "mse")
+    a.fit(x, y, epochs=1, verbose=0)
+    b.fit(x, y, epochs=1, verbose=0)
+    b_state = opt.get_state()
+    weights, predictions = a.get_weights(), a.predict(x)
+    a.to("cuda")
+    assert a.device.is_cuda and a.device.xp is not np
+    for p, q in zip(a.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(p, q)
+    np.testing.assert_allclose(a.predict(x), predictions, rtol=1e-6, atol=1e-6)
+    assert sorted(opt.get_state()) == sorted(b_state)
+    for k, v in opt.get_state().items():  # b's moments untouched by a's move
+        np.testing.assert_array_equal(v, b_state[k])
+
+
 def test_from_config_and_set_flat_weights_refuse_bad_input_with_nnxp_errors():
     # the public state API (issue 14) met bad input with TypeError/KeyError/AttributeError, accepted a negative
     # input_dim (sizing a (-1, 3) kernel), and a wrong-sized flat buffer left the unbuilt model's layers sized
