@@ -247,9 +247,9 @@ def nnxp_step_parts(model: nnxp.Sequential, x: np.ndarray, y: np.ndarray, batch:
     for i in range(steps):
         xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
         t0 = time.perf_counter()
-        out = model._forward(xb, training=True)
+        out = model.forward(xb, training=True)
         t1 = time.perf_counter()
-        loss, dy = model._loss_and_grad(out, yb)
+        loss, dy = model.loss_and_grad(out, yb)
         float(loss)  # fit reads it each batch too
         t2 = time.perf_counter()
         for j in range(last, -1, -1):

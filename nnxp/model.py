@@ -64,6 +64,11 @@ class Sequential:
 
     >>> model = Sequential([Dense(64, "relu", input_dim=8), Dense(3, "softmax")], seed=0)
     >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    Besides the Keras methods, a compiled model has a small step interface, which nnxp's own loop
+    (nnxp/training.py), its MPI step and a hand-written loop use: :meth:`forward` (the output head's outputs),
+    :meth:`loss_and_grad`, :meth:`backprop` (forward, loss and backward into ``grads``, no optimizer step),
+    :meth:`metric_sums`, and the flat ``params`` / ``grads`` buffers the optimizer steps.
     """
 
     def __init__(
@@ -252,7 +257,7 @@ class Sequential:
 
     def _unbuild(self) -> None:
         """Back to the unbuilt state (no weights, input size free), for a fit that failed before training."""
-        self.params = self.grads = self._grad_buffer = None
+        self.params = self.grads = self.grad_buffer = None
         self._slices = []
         for layer in self.layers:
             layer.input_dim = layer.output_dim = None
@@ -265,8 +270,8 @@ class Sequential:
         self.params = params
         # two spare slots after the gradients: a distributed step sums its loss and Ctrl-C flag in the same
         # all-reduce as the gradients (nnxp.distributed); single-process training never touches them
-        self._grad_buffer = xp.zeros(params.size + 2, dtype=params.dtype)
-        self.grads = self._grad_buffer[: params.size]
+        self.grad_buffer = xp.zeros(params.size + 2, dtype=params.dtype)
+        self.grads = self.grad_buffer[: params.size]
         views: dict[int, tuple[dict, dict]] = {id(layer): ({}, {}) for layer in self.layers}
         for layer, name, offset, shape in self._slices:
             size = int(np.prod(shape))
@@ -437,7 +442,7 @@ class Sequential:
             raise NotCompiledError("the model must be compiled first: model.compile(optimizer, loss)")
 
     # --- forward / backward --------------------------------------------------------------------
-    def _forward(self, x: Any, training: bool) -> Any:
+    def forward(self, x: Any, training: bool) -> Any:
         """The output head's outputs for batch `x`: logits when it fuses the final activation with the loss,
         else the network's activations (also before compile, when there is no head)."""
         if self._head is not None:
@@ -446,7 +451,7 @@ class Sequential:
             x = layer.forward(x, training)
         return x
 
-    def _loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
+    def loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
         """Batch loss (with the regularizers' penalties) and dL/d(out) for the head's outputs `out`."""
         loss, grad = self._head.loss_and_grad(out, y, w)
         for layer in self.layers:
@@ -455,14 +460,16 @@ class Sequential:
                 loss = loss + penalty
         return loss, grad
 
-    def _train_step(self, x: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
-        out = self._forward(x, training=True)
-        loss, dy = self._loss_and_grad(out, y, w)
+    def backprop(self, x: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
+        """Forward, loss and backward for one batch: fills ``grads`` (no optimizer step); returns the batch loss
+        (a device scalar) and the head's outputs."""
+        out = self.forward(x, training=True)
+        loss, dy = self.loss_and_grad(out, y, w)
         for i in range(len(self.layers) - 1, -1, -1):
             dy = self.layers[i].backward(dy, need_dx=i > 0)
         return loss, out
 
-    def _metric_sums(self, out: Any, y: Any, w: Any = None) -> dict[str, Any]:
+    def metric_sums(self, out: Any, y: Any, w: Any = None) -> dict[str, Any]:
         """Per-batch sums (device scalars) for each metric; with weights, sums of w_i times row i's value
         (Keras's weighted mean divides them by the sum of the weights)."""
         xp = xp_of(out)
@@ -831,6 +838,7 @@ class Sequential:
         """Write the model as an ONNX graph (needs ``nnxp[onnx]``); returns the path."""
         from .onnx_export import export_onnx
 
+        self._require_built()
         return export_onnx(self, path)
 
     # --- methods Keras removed: an error that names the replacement instead of an AttributeError -------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NnxpError
+from .errors import NnxpError, NotCompiledError
 from .layers import Activation, Dense, Dropout, Flatten, InputLayer
 from .ops.activation import ELU_ALPHA, LEAKY_RELU_SLOPE
 
@@ -71,7 +71,8 @@ def export_onnx(model: Any, path: str | os.PathLike) -> str:
     and output ``y``; returns the path."""
     onnx = _onnx()
     h = onnx.helper
-    model._require_built()
+    if not model.get_weights():  # builds the weights when the input size is known (what Sequential.export_onnx checks)
+        raise NotCompiledError("the model has no weights yet: give the first layer `input_dim` or call fit")
     if model.dtype != np.float32:
         raise NnxpError(f"ONNX export supports float32 models. Received: dtype={model.dtype}")
     weights = model.get_weights()

@@ -9,9 +9,10 @@ Four parts, each replaceable on its own:
 - :class:`Guard`: the weights and optimizer state at the start of an epoch, put back when the epoch diverges or
   is left by Ctrl-C or an exception, so the model always holds whole epochs.
 
-This module is the model's own loop: it calls the model's step methods (``_train_step``, ``_metric_sums``,
-``_forward``, ``_loss_and_grad``) as model.py did before the move; other modules reach the loop only through
-``Sequential.fit`` / ``evaluate``.
+This module is the model's own loop. It drives the model through its step interface (``Sequential.forward``,
+``loss_and_grad``, ``backprop``, ``metric_sums``, ``grad_buffer``), the same public methods a custom loop or
+the MPI step (nnxp/distributed.py) uses; other modules reach the loop only through ``Sequential.fit`` /
+``evaluate``.
 """
 
 from __future__ import annotations
@@ -141,10 +142,10 @@ class EagerStep(Step):
         """Everything but the optimizer update: the loss, the gradients in ``model.grads`` and the metric sums."""
         model = self.model
         if self.comm is None:
-            loss, out = model._train_step(xb, yb, wb)
+            loss, out = model.backprop(xb, yb, wb)
         else:  # one all-reduce: the exactly weighted mean gradient, the batch loss, a Ctrl-C flag
             loss, out = distributed.train_step(self.comm, model, xb, yb, wb, rows, self.interrupt)
-        return loss, (model._metric_sums(out, yb, wb) if out is not None else {})
+        return loss, (model.metric_sums(out, yb, wb) if out is not None else {})
 
     def run(self, xb: Any, yb: Any, wb: Any, rows: int) -> tuple[Any, dict[str, Any]]:
         loss, sums = self.compute(xb, yb, wb, rows)
@@ -429,10 +430,10 @@ def evaluate_arrays(model: Any, x: Any, y: Any, w: Any, batch_size: int) -> dict
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         wb = None if w is None else w[start : start + batch_size]
-        out = model._forward(xb, training=False)
-        loss, _ = model._loss_and_grad(out, yb, wb)
+        out = model.forward(xb, training=False)
+        loss, _ = model.loss_and_grad(out, yb, wb)
         loss_sum += loss * xb.shape[0]
-        for name, value in model._metric_sums(out, yb, wb).items():
+        for name, value in model.metric_sums(out, yb, wb).items():
             sums[name] += value
     wsum = None if w is None else w.sum()
     if comm.size > 1:

@@ -108,8 +108,8 @@ def test_careful_numpy_mlp_learns_and_matches_nnxp_first_step():
     careful.h[0][:] = x[:128]
     careful.yb[:] = y[:128]
     first = careful.step(128)
-    out = model._forward(x[:128], training=False)
-    loss, _ = model._loss_and_grad(out, y[:128])
+    out = model.forward(x[:128], training=False)
+    loss, _ = model.loss_and_grad(out, y[:128])
     np.testing.assert_allclose(first, float(loss), rtol=1e-5)
     losses = [careful.epoch(x, y) for _ in range(3)]
     assert losses[-1] < 0.8 * first  # it learns

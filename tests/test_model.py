@@ -28,7 +28,7 @@ LOSS_SETUPS = {
 
 def _flat_numeric_gradient(model, x, y, eps=1e-6, w=None):
     def loss_at():
-        return float(model._loss_and_grad(model._forward(x, True), y, *([] if w is None else [w]))[0])
+        return float(model.loss_and_grad(model.forward(x, True), y, *([] if w is None else [w]))[0])
 
     num = np.zeros_like(model.params)
     for i in range(model.params.size):
@@ -43,7 +43,7 @@ def _flat_numeric_gradient(model, x, y, eps=1e-6, w=None):
 
 
 def _analytic_gradient(model, x, y):
-    model._train_step(x, y)
+    model.backprop(x, y)
     return model.grads.copy()
 
 
@@ -606,7 +606,7 @@ def _weighted_setup(case, n=6, seed=4):
 @pytest.mark.parametrize("case", sorted(WEIGHT_SETUPS))
 def test_weighted_loss_gradients_match_finite_differences(case):
     model, x, y, w = _weighted_setup(case)
-    model._train_step(x, y, w)
+    model.backprop(x, y, w)
     analytic = model.grads.copy()
     np.testing.assert_allclose(analytic, _flat_numeric_gradient(model, x, y, w=w), rtol=1e-5, atol=1e-8)
 
@@ -615,8 +615,8 @@ def test_weighted_loss_gradients_match_finite_differences(case):
 def test_weighted_loss_is_keras_sum_over_batch_size(case):
     # Keras: sum_i w_i l_i / batch_size, l_i the row's own loss
     model, x, y, w = _weighted_setup(case)
-    per_row = [float(model._loss_and_grad(model._forward(x[i : i + 1], False), y[i : i + 1])[0]) for i in range(6)]
-    loss = float(model._loss_and_grad(model._forward(x, False), y, w)[0])
+    per_row = [float(model.loss_and_grad(model.forward(x[i : i + 1], False), y[i : i + 1])[0]) for i in range(6)]
+    loss = float(model.loss_and_grad(model.forward(x, False), y, w)[0])
     np.testing.assert_allclose(loss, np.dot(w, per_row) / 6, rtol=1e-12)
     # evaluate over batches of 4 and 2: the same number
     logs = model.evaluate(x, y, batch_size=4, verbose=0, sample_weight=w, return_dict=True)
