@@ -81,6 +81,7 @@ class Op:
         self.ref = ref
         self.host = host if host is not None else ref
         self.fused: Callable | None = None  # the override: returns NotImplemented for what its kernel declines
+        self.examples: Callable | None = None  # (rng, dtype) -> {label: host args}: what `nnxp selftest` runs
         self.__name__ = self.__qualname__ = name or ref.__name__.removesuffix("_ref")
         self.__doc__, self.__module__ = ref.__doc__, ref.__module__
         # what runs when no override takes the inputs (as functools.wraps made it for override() before): the
@@ -92,6 +93,12 @@ class Op:
         self.fused = _fused(wrapper)
         OPS[self.__name__] = self
         return self.fused
+
+    def example(self, make: Callable) -> Callable:
+        """Register ``make(rng, dtype) -> {label: args}`` (a decorator): host inputs on which ``nnxp selftest``
+        compares the override with the reference on the user's GPU (every array argument and result)."""
+        self.examples = make
+        return make
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fused = self.fused

@@ -431,3 +431,40 @@ def _dense_backward_cuda(
         if not need_dx:
             return None
         return _cublas.matmul(dy, w.T, out=dx_out)  # (B, n_in)
+
+
+# --- inputs `nnxp selftest` runs each override on (against its reference, on the user's GPU) --------------------
+
+
+def _normal(rng: np.random.Generator, dtype: Any, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (rng.normal(size=shape) * scale).astype(dtype)
+
+
+@bias_activation_forward.example
+def _bias_act_examples(rng, dtype, rows=67, cols=33):
+    return {act: (_normal(rng, dtype, rows, cols, scale=3.0), _normal(rng, dtype, cols), act)
+            for act in sorted(ACTIVATION_OPS)}
+
+
+@activation_backward_bias.example
+def _act_backward_examples(rng, dtype, rows=67, cols=33):
+    def args(act):
+        z = _normal(rng, dtype, rows, cols, scale=3.0)
+        y = ACTIVATION_OPS[act].forward(z, np.empty_like(z))
+        return _normal(rng, dtype, rows, cols), y, z, act, np.zeros(cols, dtype)
+    return {act: args(act) for act in sorted(ACTIVATION_OPS)}
+
+
+@dense_forward.example
+def _dense_forward_examples(rng, dtype, rows=67, cols=33, k=19):
+    return {act: (_normal(rng, dtype, rows, k), _normal(rng, dtype, k, cols, scale=0.3), _normal(rng, dtype, cols), act)
+            for act in sorted(ACTIVATION_OPS)}
+
+
+@dense_backward.example
+def _dense_backward_examples(rng, dtype, rows=67, cols=33, k=19):
+    def args(act):
+        x, w = _normal(rng, dtype, rows, k), _normal(rng, dtype, k, cols, scale=0.3)
+        y, z = dense_forward_ref(x, w, None, act)  # the forward both backwards start from
+        return _normal(rng, dtype, rows, cols), x, w, y, z, act, np.zeros_like(w), np.zeros(cols, dtype)
+    return {act: args(act) for act in sorted(ACTIVATION_OPS)}
