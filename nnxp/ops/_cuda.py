@@ -128,18 +128,11 @@ KERNELS: tuple[str, ...] = tuple(re.findall(r"__global__\s+void\s+(nnxp_\w+)\s*\
 # (the kernels are memory-bound; the FMA would buy nothing measurable).
 NVRTC_OPTIONS = ("--fmad=false",)
 
-# Activation codes of nnxp_bias_act_forward / nnxp_act_backward_bias (the NX_* defines in kernels.cu).
-# Softmax has its own row kernels.
-ACT_CODES = {
-    "linear": 0,
-    "relu": 1,
-    "leaky_relu": 2,
-    "elu": 3,
-    "gelu": 4,
-    "sigmoid": 5,
-    "tanh": 6,
-    "softplus": 7,
-    "silu": 8,
+# Activation codes of nnxp_bias_act_forward / nnxp_act_backward_bias, read from kernels.cu's NX_* defines (the
+# block under "// Activation codes"), so a new activation's code is written once. Softmax has its own row kernels.
+ACT_CODES: dict[str, int] = {
+    name.lower(): int(code) for name, code in re.findall(
+        r"#define NX_(\w+) (\d+)\n", _source().split("// Activation codes", 1)[1].split("\n\n", 1)[0] + "\n")
 }
 
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
