@@ -43,9 +43,9 @@ class Optimizer:
     """Base class: learning rate (float or schedule), clipping, weight decay, lazy flat state."""
 
     name = "optimizer"
-    # the update (nnxp.ops.optim): it names its scalars once, read here from the same-named attributes
+    # the update (nnxp.ops.optim): it declares its state slots and named scalars once; the scalars are read
+    # here from the same-named attributes, an optional slot is kept when the attribute it names is set
     rule: O.Update | None = None
-    buffers: tuple[str, ...] = ()  # the state slots `rule` takes, in its order
 
     def __init__(
         self,
@@ -86,8 +86,12 @@ class Optimizer:
         return self.learning_rate
 
     def _slots(self) -> list[str]:
-        """Names of the state buffers this configuration needs."""
-        return []
+        """Names of the state buffers this configuration needs: the rule's slots, less the optional ones it has
+        turned off (these names are the model file's ``optimizer/<slot>`` entries)."""
+        if self.rule is None:
+            return []
+        return [slot for slot in self.rule.state
+                if slot not in self.rule.optional or getattr(self, self.rule.optional[slot])]
 
     def _initial_value(self, slot: str) -> float:
         return 0.0
@@ -131,7 +135,7 @@ class Optimizer:
 
     def _buffers(self) -> tuple:
         """The state buffers in the order `rule` takes them (None for a slot this configuration lacks)."""
-        return tuple(self.state.get(slot) for slot in self.buffers)
+        return tuple(self.state.get(slot) for slot in self.rule.state)
 
     def _update(self, params: Any, grads: Any, scalars: dict[str, Any], hp: Any = None) -> None:
         O.update(self.rule, params, grads, self._buffers(), self._tmp, scalars, self.weight_decay or 0.0, hp=hp)
@@ -218,15 +222,11 @@ class SGD(Optimizer):
 
     name = "sgd"
     rule = O.sgd
-    buffers = ("velocity",)  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False, **kwargs) -> None:
         super().__init__(learning_rate, **kwargs)
         self.momentum = number("momentum", momentum, "[0.0, 1.0]")
         self.nesterov = bool(nesterov)
-
-    def _slots(self):
-        return ["velocity"] if self.momentum else []
 
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -237,7 +237,6 @@ class RMSprop(Optimizer):
 
     name = "rmsprop"
     rule = O.rmsprop
-    buffers = ("avg_sq", "momentum", "avg_grad")  # state slots in the rule's order
 
     def __init__(
         self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7, centered=False, **kw
@@ -248,9 +247,6 @@ class RMSprop(Optimizer):
         self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
         self.centered = bool(centered)
 
-    def _slots(self):
-        return ["avg_sq"] + (["momentum"] if self.momentum else []) + (["avg_grad"] if self.centered else [])
-
     def _hyper(self):
         return {"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon, "centered": self.centered}
 
@@ -260,15 +256,11 @@ class Adagrad(Optimizer):
 
     name = "adagrad"
     rule = O.adagrad
-    buffers = ("accumulator",)  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
         self.initial_accumulator_value = number("initial_accumulator_value", initial_accumulator_value, "[0.0, inf)")
         self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
-
-    def _slots(self):
-        return ["accumulator"]
 
     def _initial_value(self, slot):
         return self.initial_accumulator_value
@@ -282,15 +274,11 @@ class Adadelta(Optimizer):
 
     name = "adadelta"
     rule = O.adadelta
-    buffers = ("accumulated_grad", "accumulated_delta")  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, rho: float = 0.95, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
         self.rho = number("rho", rho, "[0.0, 1.0]")
         self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
-
-    def _slots(self):
-        return ["accumulated_grad", "accumulated_delta"]
 
     def _hyper(self):
         return {"rho": self.rho, "epsilon": self.epsilon}
@@ -301,7 +289,6 @@ class Adam(Optimizer):
 
     name = "adam"
     rule = O.adam
-    buffers = ("m", "v")  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
@@ -310,9 +297,6 @@ class Adam(Optimizer):
         self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
         if self.beta_1 == 1.0 or self.beta_2 == 1.0:
             raise NnxpError(f"`beta_1` and `beta_2` must be < 1. Received: beta_1={beta_1}, beta_2={beta_2}")
-
-    def _slots(self):
-        return ["m", "v"]
 
     def _hyper(self):
         return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
@@ -323,10 +307,6 @@ class Adamax(Adam):
 
     name = "adamax"
     rule = O.adamax
-    buffers = ("m", "u")  # state slots in the rule's order
-
-    def _slots(self):
-        return ["m", "u"]
 
 
 class AdamW(Adam):
@@ -346,16 +326,12 @@ class Lion(Optimizer):
 
     name = "lion"
     rule = O.lion
-    buffers = ("m",)  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.99, **kw):
         super().__init__(learning_rate, **kw)
         # as Keras: beta_1 = 0 would make the step sign(g) alone, which Keras refuses
         self.beta_1 = number("beta_1", beta_1, "(0.0, 1.0]")
         self.beta_2 = number("beta_2", beta_2, "[0.0, 1.0]")
-
-    def _slots(self):
-        return ["m"]
 
     def _hyper(self):
         return {"beta_1": self.beta_1, "beta_2": self.beta_2}

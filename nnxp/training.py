@@ -340,6 +340,8 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
                   "later fit continues exactly as an uninterrupted run would.")
             break
         model.epochs_trained += 1
+        if any("lr" in getattr(cb, "log_keys", ()) for cb in cbs):  # declared (a scheduler): every callback sees
+            logs["lr"] = model.optimizer.current_learning_rate()  # it, whatever its place in the list
         for cb in cbs:
             cb.on_epoch_end(epoch, logs)
         if plan.comm.size > 1:  # a callback that stops one rank stops them all

@@ -85,8 +85,8 @@ MUTANTS = [
     Mutant("C1", "nnxp/ops/optim.py", (("(1.0 - beta_1**step)  # exactly as adam_ref, on the host",
                                         "(1.0 - beta_1 ** (step + 1))  # exactly as adam_ref, on the host"),),
            _emu("adam"), "adam scalars: bias correction one step ahead"),
-    Mutant("C2", "nnxp/ops/optim.py", (("return (t(lr), t(rho), t(1.0 - rho), t(momentum)",
-                                        "return (t(lr), t(rho), t(rho), t(momentum)"),),
+    Mutant("C2", "nnxp/ops/optim.py", (('"one_minus_rho": t(1.0 - rho), "momentum"',
+                                        '"one_minus_rho": t(rho), "momentum"'),),
            _emu("rmsprop"), "rmsprop scalars: rho where 1 - rho belongs"),
     # --- nnxp/ops/*.py: the references ---------------------------------------------------------------------------
     Mutant("P1", "nnxp/ops/optim.py", (("xp.multiply(velocity, momentum, out=tmp)",

@@ -257,6 +257,24 @@ def test_scheduler_logs_lr_into_the_epoch_logs():
     np.testing.assert_allclose([logs["lr"] for logs in logs_seen], [0.1, 0.05])
 
 
+def test_a_callback_listed_before_the_scheduler_sees_lr_too():
+    """The loop puts a declared `lr` into the epoch logs before any callback runs (no order trap); without a
+    scheduler the logs and the history keys are as before (no `lr`)."""
+    model = _model()
+    logs_seen = []
+
+    class Spy(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs_seen.append(dict(logs))
+
+    h = model.fit(X, Y, epochs=2, verbose=0, callbacks=[Spy(), LearningRateScheduler(lambda e, lr: 0.1 / (e + 1))])
+    np.testing.assert_allclose([logs["lr"] for logs in logs_seen], [0.1, 0.05])
+    np.testing.assert_allclose(h.history["lr"], [0.1, 0.05])
+    logs_seen.clear()
+    h = _model().fit(X, Y, epochs=1, verbose=0, callbacks=[Spy()])
+    assert "lr" not in logs_seen[0] and "lr" not in h.history
+
+
 def test_scheduler_lr_reaches_the_history():
     model = _model()
     h = model.fit(X, Y, epochs=3, verbose=0, callbacks=[LearningRateScheduler(lambda e, lr: 0.01 * (e + 1))])

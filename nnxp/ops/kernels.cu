@@ -34,7 +34,8 @@
 
 // --- element math (shared by kernels and the host harness) ---------------------------------------------------
 
-// Activation codes; must match ACT_CODES in nnxp/ops/_cuda.py. Softmax is a row kernel, not a code.
+// Activation codes (nnxp/ops/_cuda.py reads ACT_CODES from this block, up to its blank line). Softmax is a
+// row kernel, not a code.
 #define NX_LINEAR 0
 #define NX_RELU 1
 #define NX_LEAKY_RELU 2
