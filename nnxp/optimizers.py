@@ -85,7 +85,7 @@ class Optimizer:
             return float(self.learning_rate(self.iterations))
         return self.learning_rate
 
-    def _slots(self) -> list[str]:
+    def slot_names(self) -> list[str]:
         """Names of the state buffers this configuration needs: the rule's slots, less the optional ones it has
         turned off (these names are the model file's ``optimizer/<slot>`` entries)."""
         if self.rule is None:
@@ -106,7 +106,7 @@ class Optimizer:
         xp = xp_of(params)
         self.state = {}
         with device_of(params).use():  # CuPy allocates on the current device, not on that of `params`
-            for slot in self._slots():
+            for slot in self.slot_names():
                 buf = xp.zeros_like(params)
                 if self._initial_value(slot):
                     buf.fill(self._initial_value(slot))
@@ -194,7 +194,7 @@ class Optimizer:
     def set_state(self, state: dict[str, Any], like: Any) -> None:
         """Restore state saved by :meth:`get_state` onto the device of `like`."""
         self.build(like)
-        expected = set(self._slots())
+        expected = set(self.slot_names())
         if set(state) != expected:
             raise NnxpError(f"optimizer state must hold {sorted(expected)}. Received: {sorted(state)}")
         for k, v in state.items():

@@ -379,7 +379,7 @@ def test_each_optimizer_names_its_rule_scalars_and_state_once(make):
     assert tuple(scalars) == opt.rule.scalars
     assert scalars["lr"] == 0.25 and scalars.get("step", 4) == 4
     assert all(scalars[k] == getattr(opt, k) for k in scalars if k not in ("lr", "step"))
-    assert set(opt._slots()) == set(opt.rule.state)  # every slot on in these configurations
+    assert set(opt.slot_names()) == set(opt.rule.state)  # every slot on in these configurations
     opt.build(np.zeros(3))
     assert all(b is opt.state[k] for k, b in zip(opt.rule.state, opt._buffers(), strict=True))
 
