@@ -76,7 +76,7 @@ def build_nnxp(case: Case, cuda_graph: bool = False) -> Impl:
         model.fit(x, y, epochs=1, batch_size=case.batch, verbose=0, cuda_graph=cuda_graph)
 
     def infer() -> None:
-        model._forward(next(batches), training=False)  # logits: the fused softmax is left out
+        model.forward(next(batches), training=False)  # logits: the fused softmax is left out
 
     def check() -> bool:
         return all(np.isfinite(w).all() for w in model.get_weights())

@@ -156,11 +156,38 @@ def non_negative_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def _bounds(rule: str) -> tuple[float, float, bool, bool]:
+    """(low, high, low_open, high_open) of a rule written as the message shows it: "> 0", "[0, 1)"."""
+    if rule.startswith(">="):
+        return float(rule[2:]), math.inf, False, True
+    if rule.startswith(">"):
+        return float(rule[1:]), math.inf, True, True
+    low, high = rule[1:-1].split(",")
+    return float(low), float(high), rule[0] == "(", rule[-1] == ")"
+
+
+def number(name: str, value: Any, rule: str) -> float:
+    """`value` (any real number type, never a bool) as a finite float that meets `rule`.
+
+    `rule` is written as the error message shows it: ``"> 0"``, ``">= 0"`` or an interval such as ``"[0, 1)"``
+    or ``"(0.0, inf)"``. The message says "finite" unless the interval's own bounds already imply it.
+    """
+    low, high, low_open, high_open = _bounds(rule)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    try:
+        x = float(value) if ok else math.nan
+    except OverflowError:  # an int beyond float64's range
+        x = math.nan
+    ok = ok and math.isfinite(x) and (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
+    if not ok:
+        what = "a number" if math.isfinite(low) and math.isfinite(high) else "a finite number"
+        where = rule if rule.startswith(">") else f"in {rule}"
+        raise NnxpError(f"`{name}` must be {what} {where}. Received: {name}={value!r}")
+    return x
+
+
 def fraction(name: str, value: Any) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not 0.0 <= value < 1.0:
-        raise NnxpError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
-    return float(value)
+    return number(name, value, "[0, 1)")
 
 
 def check_sample_weight(w: Any, name: str, n_samples: int, dtype: Any = None) -> Any:

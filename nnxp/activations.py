@@ -10,7 +10,7 @@ from __future__ import annotations
 from .errors import NnxpError, NnxpTypeError, did_you_mean
 from .ops.activation import ACTIVATION_OPS
 
-_ALIASES = {"identity": "linear", "none": "linear", "leakyrelu": "leaky_relu"}
+_ALIASES = {"identity": "linear", "none": "linear", "leakyrelu": "leaky_relu", "swish": "silu"}
 
 
 def names() -> list[str]:

@@ -1,12 +1,14 @@
 """Callbacks: hooks that run around epochs and batches of ``fit``.
 
-History records per-epoch logs; ProgbarLogger prints progress; EarlyStopping,
-ModelCheckpoint and LearningRateScheduler act on the model between epochs.
+History records per-epoch logs; ProgbarLogger prints progress; CSVLogger writes
+them to a file; EarlyStopping, ModelCheckpoint and LearningRateScheduler act on
+the model between epochs.
 Logs are plain dicts of Python floats, read once per epoch.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import numbers
 import os
@@ -331,3 +333,65 @@ class LearningRateScheduler(Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["lr"] = self.model.optimizer.current_learning_rate()
+
+
+class CSVLogger(Callback):
+    """Write one CSV row per epoch: ``epoch`` (counted from 0, as Keras) and every value the epoch logs.
+
+    The columns are fixed when training begins, from ``params["metrics"]`` (the loss, the compiled metrics, their
+    ``val_`` twins and what other callbacks declare in `log_keys`, such as ``lr``); a value an epoch did not log
+    is written as ``NA``. With ``append=True`` a later fit adds rows to the same file (its header must match);
+    otherwise the file is replaced. Rows are flushed as they are written, so an interrupted run keeps its
+    finished epochs. Under MPI only the main rank writes.
+    """
+
+    def __init__(self, filename: str | os.PathLike, separator: str = ",", append: bool = False) -> None:
+        if not isinstance(filename, (str, bytes)) and not hasattr(filename, "__fspath__"):
+            raise NnxpTypeError(f"`filename` must be a path. Received: filename={filename!r}")
+        if not isinstance(separator, str) or len(separator) != 1 or separator in "\r\n\"":
+            raise NnxpError(f"`separator` must be one character other than a quote or a line break. "
+                            f"Received: separator={separator!r}")
+        self.filename = os.fsdecode(filename)
+        self.separator = separator
+        self.append = _check_flag("append", append)
+        self._file: Any = None
+        self._writer: Any = None
+        self._columns: list[str] = []
+
+    def on_train_begin(self, logs=None):
+        keys = (self.params or {}).get("metrics")
+        self._columns = ["epoch", *(keys if keys is not None else ["loss"])]
+        if not distributed.current().is_main:
+            return
+        folder = os.path.dirname(self.filename) or "."
+        if not os.path.isdir(folder):
+            raise NnxpError(f"`filename` must be in an existing folder. Received: filename={self.filename!r} "
+                            f"({folder!r} does not exist)")
+        header_needed = True
+        if self.append and os.path.isfile(self.filename) and os.path.getsize(self.filename) > 0:
+            with open(self.filename, newline="", encoding="utf-8") as f:
+                found = next(csv.reader(f, delimiter=self.separator), [])
+            if found != self._columns:  # rows under a different header would be misread later
+                raise NnxpError(f"`filename` holds columns {found}, but this fit logs {self._columns}; append to "
+                                f"a file of the same columns or use append=False. Received: filename={self.filename!r}")
+            header_needed = False
+        self._file = open(self.filename, "a" if self.append else "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._writer = csv.writer(self._file, delimiter=self.separator, lineterminator="\n")
+        if header_needed:
+            self._writer.writerow(self._columns)
+            self._file.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            return
+        values = dict(logs or {})
+        if "lr" in self._columns and "lr" not in values and self.model is not None:
+            values["lr"] = self.model.optimizer.current_learning_rate()  # the scheduler may run after this callback
+        values["epoch"] = epoch
+        self._writer.writerow([values.get(k, "NA") for k in self._columns])
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+        self._file = self._writer = None

@@ -366,7 +366,7 @@ def train_step(comm: Communicator, model: Any, xb: Any, yb: Any, wb: Any, rows: 
     ride in two spare slots after the gradients. Returns (the global batch loss, this rank's outputs or None).
     With ``comm.overlap`` (MPI on the CPU) the buffer goes as per-layer buckets instead (see _bucketed_step).
     """
-    buf, mine = model._grad_buffer, xb.shape[0]
+    buf, mine = model.grad_buffer, xb.shape[0]
     cuda = model.device.is_cuda
     if comm.overlap and not cuda:
         buf[-1] = 1.0 if interrupt.requested else 0.0
@@ -375,7 +375,7 @@ def train_step(comm: Communicator, model: Any, xb: Any, yb: Any, wb: Any, rows: 
         return buf[-2].copy(), out
     out = None
     if mine:
-        loss, out = model._train_step(xb, yb, wb)
+        loss, out = model.backprop(xb, yb, wb)
         scale = mine / rows
         if mine != rows:
             model.grads *= scale
@@ -398,15 +398,15 @@ def _bucketed_step(comm: MPICommunicator, model: Any, xb: Any, yb: Any, wb: Any,
     buffer starts a non-blocking all-reduce as soon as its backward is done (the first bucket also carries the
     loss and flag slots at the end of the buffer), MPI is nudged between layers, and the step waits for all.
     The same sums as the single all-reduce; a rank without rows posts the same buckets, of zeros."""
-    MPI, buf, mine = comm._MPI, model._grad_buffer, xb.shape[0]
+    MPI, buf, mine = comm._MPI, model.grad_buffer, xb.shape[0]
     spans: dict[str, tuple[int, int]] = {}  # layer name (unique in a model) -> its span of the flat buffer
     for layer, _, offset, shape in model.weight_layout():
         lo, hi = spans.get(layer, (offset, offset))
         spans[layer] = (min(lo, offset), max(hi, offset + int(np.prod(shape))))
     out = dy = None
     if mine:
-        out = model._forward(xb, training=True)
-        loss, dy = model._loss_and_grad(out, yb, wb)
+        out = model.forward(xb, training=True)
+        loss, dy = model.loss_and_grad(out, yb, wb)
         buf[-2] = loss * (mine / rows)
     else:
         buf[:-1] = 0

@@ -426,7 +426,7 @@ class _Plan:
             except NnxpError as exc:
                 raise ModelFileError(f"`compile` is invalid: {exc}") from None
             # the state exists once a step has run: all of its slots, or none
-            self.optional = {f"optimizer/{slot}": (self.size,) for slot in model.optimizer._slots()}
+            self.optional = {f"optimizer/{slot}": (self.size,) for slot in model.optimizer.slot_names()}
         self.model = model
 
     def max_npz_bytes(self) -> int:

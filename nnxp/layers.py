@@ -85,6 +85,10 @@ class Layer:
     def forward(self, x: Any, training: bool = False) -> Any:
         raise NotImplementedError
 
+    def forget_batch(self) -> None:
+        """Drop the arrays the last training forward kept for ``backward`` that are not this layer's own buffers:
+        fit calls it when it ends, as an unshuffled batch is a view of (and keeps alive) the whole data set."""
+
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         raise NotImplementedError
 
@@ -208,6 +212,9 @@ class Dense(Layer):
         if training:
             self._x, self._y, self._z, self._applied = x, y, z, act
         return y
+
+    def forget_batch(self) -> None:
+        self._x = self._y = self._z = None
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         """dL/dy (B, units) -> dL/dx (B, input_dim); fills grads["kernel"], grads["bias"].
@@ -362,6 +369,9 @@ class Activation(Layer):
             self._y = self._z = None
             self._applied = "linear"
         return x
+
+    def forget_batch(self) -> None:
+        self._y = self._z = None
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         if self._applied == "linear":

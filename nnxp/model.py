@@ -1,10 +1,11 @@
 """Sequential: a stack of layers trained with mini-batch gradient descent.
 
 The model owns the device and one flat parameter buffer (and one flat
-gradient buffer) that its layers view into. ``fit`` moves the data to the
-device once, shuffles it once per epoch, and runs one matrix forward/backward
-per mini-batch; losses and metrics accumulate on the device and are read once
-per epoch.
+gradient buffer) that its layers view into. ``fit`` checks its arguments and
+moves the data to the device once; the epoch loop (batches gathered in a seeded
+order, one matrix forward/backward per mini-batch, rollback of a diverged or
+interrupted epoch) is :mod:`nnxp.training`. Losses and metrics accumulate on the
+device and are read once per epoch.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class Sequential:
 
     >>> model = Sequential([Dense(64, "relu", input_dim=8), Dense(3, "softmax")], seed=0)
     >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    Besides the Keras methods, a compiled model has a small step interface, which nnxp's own loop
+    (nnxp/training.py), its MPI step and a hand-written loop use: :meth:`forward` (the output head's outputs),
+    :meth:`loss_and_grad`, :meth:`backprop` (forward, loss and backward into ``grads``, no optimizer step),
+    :meth:`metric_sums`, and the flat ``params`` / ``grads`` buffers the optimizer steps.
     """
 
     def __init__(
@@ -109,7 +115,7 @@ class Sequential:
         self.epochs_trained = 0
         self.history: History | None = None
         self._fit_step: training.Step | None = None  # the latest fit's step (a graphed one counts its replays)
-        self._busy: tuple[int, str] | None = None  # (thread id, "fit" | "evaluate" | "predict") while one runs
+        self._busy: tuple[int, str] | None = None  # (thread id, "fit", "evaluate", "get_state", ...) while one runs
         for layer in layers or []:
             self.add(layer)
 
@@ -232,20 +238,26 @@ class Sequential:
         model, which is built around it: for loaders that read a file straight into one buffer."""
         if self.built:
             raise NnxpError("set_flat_weights is for unbuilt models; use set_weights on a built one")
+        if self.input_dim is None:
+            raise NotCompiledError("the model's input size is not known yet: give the first layer `input_dim`")
+        sized = all(layer.built for layer in self.layers)
         specs = self._size_layers(self.input_dim)
         slices, offset = [], 0
         for layer, name, shape, _ in specs:
             slices.append((layer, name, offset, shape))
             offset += int(np.prod(shape))
-        if tuple(flat.shape) != (offset,):
-            raise NnxpError(f"`flat` must have shape ({offset},) for this model. Received: {tuple(flat.shape)}")
+        if tuple(np.shape(flat)) != (offset,):
+            if not sized:  # an error leaves the model as it was
+                for layer in self.layers:
+                    layer.input_dim = layer.output_dim = None
+            raise NnxpError(f"`flat` must have shape ({offset},) for this model. Received: {tuple(np.shape(flat))}")
         with self._use():
             self._slices = slices
             self._bind(self.device.asarray(flat, dtype=self.dtype))
 
     def _unbuild(self) -> None:
         """Back to the unbuilt state (no weights, input size free), for a fit that failed before training."""
-        self.params = self.grads = self._grad_buffer = None
+        self.params = self.grads = self.grad_buffer = None
         self._slices = []
         for layer in self.layers:
             layer.input_dim = layer.output_dim = None
@@ -258,8 +270,8 @@ class Sequential:
         self.params = params
         # two spare slots after the gradients: a distributed step sums its loss and Ctrl-C flag in the same
         # all-reduce as the gradients (nnxp.distributed); single-process training never touches them
-        self._grad_buffer = xp.zeros(params.size + 2, dtype=params.dtype)
-        self.grads = self._grad_buffer[: params.size]
+        self.grad_buffer = xp.zeros(params.size + 2, dtype=params.dtype)
+        self.grads = self.grad_buffer[: params.size]
         views: dict[int, tuple[dict, dict]] = {id(layer): ({}, {}) for layer in self.layers}
         for layer, name, offset, shape in self._slices:
             size = int(np.prod(shape))
@@ -299,20 +311,27 @@ class Sequential:
             return self
         if self.built:
             old_params = self.params
-            state = self.optimizer.get_state() if self.optimizer is not None else {}
+            # (an optimizer shared with another model that holds that model's state stays as it is)
+            opt = self.optimizer if self._owns_optimizer_state() else None
+            state = opt.get_state() if opt is not None else {}
             try:
                 with device.use():
                     self._bind(device.asarray(to_numpy(old_params)))
-                    if self.optimizer is not None:
-                        self.optimizer.to(self.params, state)
+                    if opt is not None:
+                        opt.to(self.params, state)
             except BaseException:  # e.g. out of memory on the new device: stay whole on the old one
                 with self.device.use():
                     self._bind(old_params)
-                    if self.optimizer is not None:
-                        self.optimizer.to(old_params, state)
+                    if opt is not None:
+                        opt.to(old_params, state)
                 raise
         self.device = device
         return self
+
+    def _owns_optimizer_state(self) -> bool:
+        """False when the optimizer, shared with another model of another size, holds that model's state."""
+        return self.optimizer is not None and all(
+            tuple(v.shape) == tuple(self.params.shape) for v in self.optimizer.state.values())
 
     # --- weights -------------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
@@ -423,7 +442,7 @@ class Sequential:
             raise NotCompiledError("the model must be compiled first: model.compile(optimizer, loss)")
 
     # --- forward / backward --------------------------------------------------------------------
-    def _forward(self, x: Any, training: bool) -> Any:
+    def forward(self, x: Any, training: bool) -> Any:
         """The output head's outputs for batch `x`: logits when it fuses the final activation with the loss,
         else the network's activations (also before compile, when there is no head)."""
         if self._head is not None:
@@ -432,7 +451,7 @@ class Sequential:
             x = layer.forward(x, training)
         return x
 
-    def _loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
+    def loss_and_grad(self, out: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
         """Batch loss (with the regularizers' penalties) and dL/d(out) for the head's outputs `out`."""
         loss, grad = self._head.loss_and_grad(out, y, w)
         for layer in self.layers:
@@ -441,14 +460,16 @@ class Sequential:
                 loss = loss + penalty
         return loss, grad
 
-    def _train_step(self, x: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
-        out = self._forward(x, training=True)
-        loss, dy = self._loss_and_grad(out, y, w)
+    def backprop(self, x: Any, y: Any, w: Any = None) -> tuple[Any, Any]:
+        """Forward, loss and backward for one batch: fills ``grads`` (no optimizer step); returns the batch loss
+        (a device scalar) and the head's outputs."""
+        out = self.forward(x, training=True)
+        loss, dy = self.loss_and_grad(out, y, w)
         for i in range(len(self.layers) - 1, -1, -1):
             dy = self.layers[i].backward(dy, need_dx=i > 0)
         return loss, out
 
-    def _metric_sums(self, out: Any, y: Any, w: Any = None, into: dict | None = None) -> dict[str, Any]:
+    def metric_sums(self, out: Any, y: Any, w: Any = None, into: dict | None = None) -> dict[str, Any]:
         """Per-batch sums (device scalars) for each metric; with weights, sums of w_i times row i's value
         (Keras's weighted mean divides them by the sum of the weights). `into` (name -> 0-d float64): where a
         count (accuracy's) may go straight, exactly (the training loop's record of the batch)."""
@@ -644,6 +665,8 @@ class Sequential:
                 training.run_epochs(self, plan, interrupt)
             finally:  # close progress bars and the like even when training stops with an error
                 self._fit_step = plan.step  # kept without the plan: the model must not hold on to the data
+                for layer in self.layers:  # nor may its layers, through the last (unshuffled: a view) batch
+                    layer.forget_batch()
                 for cb in cbs:
                     cb.on_train_end()
         return history
@@ -762,8 +785,20 @@ class Sequential:
         first use (build, fit, get_weights), from the seed, or taken from a file by :func:`nnxp.load_model`."""
         from .layers import from_config as layer_from_config
 
+        if not isinstance(config, dict):
+            raise NnxpTypeError(f"`config` must be a dict from Sequential.get_config(). Received: {config!r:.80}")
+        entries = config.get("layers") or []
+        if not isinstance(entries, (list, tuple)):
+            raise NnxpTypeError(f"`layers` must be a list of layer configs. Received: layers={entries!r:.80}")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str) or not isinstance(
+                    entry.get("config"), dict):
+                raise NnxpError(f"`layers[{i}]` must be a dict with 'class_name' (a string) and 'config' (a dict). "
+                                f"Received: {entry!r:.80}")
+        if config.get("input_dim") is not None:
+            positive_int("input_dim", config["input_dim"])
         layers = []
-        for i, entry in enumerate(config.get("layers") or []):
+        for i, entry in enumerate(entries):
             try:
                 layers.append(layer_from_config(entry["class_name"], entry["config"]))
             except (NnxpError, TypeError) as exc:  # TypeError: a key the layer does not take
@@ -788,9 +823,15 @@ class Sequential:
                      "compile": None}
             if self.loss is not None:
                 opt = self.optimizer
+                if self._owns_optimizer_state():
+                    opt_state = opt.get_state()
+                else:  # this model's next step starts afresh (Optimizer.apply rebuilds it): that is its state
+                    fresh = optimizers_mod.get(opt.get_config())
+                    fresh.build(self.params)
+                    opt_state = fresh.get_state()
                 state["compile"] = {"loss": self.loss.name, "metrics": list(self.metrics),
                                     "optimizer": opt.get_config(), "optimizer_iterations": opt.iterations,
-                                    "optimizer_state": opt.get_state()}
+                                    "optimizer_state": opt_state}
         return state
 
     def save(self, path: Any) -> None:
@@ -804,6 +845,7 @@ class Sequential:
         """Write the model as an ONNX graph (needs ``nnxp[onnx]``); returns the path."""
         from .onnx_export import export_onnx
 
+        self._require_built()
         return export_onnx(self, path)
 
     # --- methods Keras removed: an error that names the replacement instead of an AttributeError -------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NnxpError
+from .errors import NnxpError, NotCompiledError
 from .layers import Activation, Dense, Dropout, Flatten, InputLayer
 from .ops.activation import ELU_ALPHA, LEAKY_RELU_SLOPE
 
@@ -44,6 +44,8 @@ def _activation_nodes(onnx: Any, name: str, x: str, prefix: str, inits: list) ->
         return [h.make_node("Elu", [x], [out], alpha=ELU_ALPHA)], out
     if name == "softmax":
         return [h.make_node("Softmax", [x], [out], axis=-1)], out
+    if name == "silu":  # x * sigmoid(x)
+        return [h.make_node("Sigmoid", [x], [f"{prefix}_sig"]), h.make_node("Mul", [x, f"{prefix}_sig"], [out])], out
     if name == "gelu":
         # 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
         consts = {"half": 0.5, "one": 1.0, "c": math.sqrt(2 / math.pi), "k": 0.044715, "three": 3.0}
@@ -69,7 +71,8 @@ def export_onnx(model: Any, path: str | os.PathLike) -> str:
     and output ``y``; returns the path."""
     onnx = _onnx()
     h = onnx.helper
-    model._require_built()
+    if not model.get_weights():  # builds the weights when the input size is known (what Sequential.export_onnx checks)
+        raise NotCompiledError("the model has no weights yet: give the first layer `input_dim` or call fit")
     if model.dtype != np.float32:
         raise NnxpError(f"ONNX export supports float32 models. Received: dtype={model.dtype}")
     weights = model.get_weights()

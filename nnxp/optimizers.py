@@ -1,4 +1,4 @@
-"""Optimizers: SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW.
+"""Optimizers: SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW, Lion.
 
 An optimizer sees arrays, never layers: one flat parameter buffer and its
 gradient. Its state (moments, accumulators) is allocated lazily as flat
@@ -9,29 +9,19 @@ buffers of the same size, so a step is a few whole-buffer operations
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import numpy as np
 
 from . import schedules
+from ._validation import number
 from .backend import device_of, to_numpy, xp_of
 from .errors import NnxpError, NnxpTypeError, did_you_mean, reject_unknown_arguments
 from .ops import optim as O
 from .schedules import LearningRateSchedule
 
-__all__ = ["Optimizer", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "AdamW", "get", "schedules"]
-
-
-def _number(name: str, value: Any, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
-    """`value` as a float checked to lie in [low, high] (or (low, high] when `low_open`)."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
-    if not ok or value < low or value > high or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        hi = "inf)" if high == math.inf else f"{high}]"
-        raise NnxpError(f"`{name}` must be a finite number in {bracket}{low}, {hi}. Received: {name}={value!r}")
-    return float(value)
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "AdamW", "Lion", "get",
+           "schedules"]
 
 
 # optimizer arguments Keras itself removed or renamed, and what replaced them
@@ -53,9 +43,9 @@ class Optimizer:
     """Base class: learning rate (float or schedule), clipping, weight decay, lazy flat state."""
 
     name = "optimizer"
-    # the update (nnxp.ops.optim): it names its scalars once, read here from the same-named attributes
+    # the update (nnxp.ops.optim): it declares its state slots and named scalars once; the scalars are read
+    # here from the same-named attributes, an optional slot is kept when the attribute it names is set
     rule: O.Update | None = None
-    buffers: tuple[str, ...] = ()  # the state slots `rule` takes, in its order
 
     def __init__(
         self,
@@ -71,17 +61,17 @@ class Optimizer:
         if isinstance(learning_rate, LearningRateSchedule):
             self.learning_rate: float | LearningRateSchedule = learning_rate
         else:
-            self.learning_rate = _number("learning_rate", learning_rate)
+            self.learning_rate = number("learning_rate", learning_rate, "[0.0, inf)")
         # Keras's meanings: clipnorm clips each weight's gradient by its own norm, global_clipnorm all of them
         # together (nnxp before 0.2 clipped globally under clipnorm; see the README's changelog)
-        self.clipnorm = None if clipnorm is None else _number("clipnorm", clipnorm, low_open=True)
+        self.clipnorm = None if clipnorm is None else number("clipnorm", clipnorm, "(0.0, inf)")
         self.global_clipnorm = (None if global_clipnorm is None
-                                else _number("global_clipnorm", global_clipnorm, low_open=True))
+                                else number("global_clipnorm", global_clipnorm, "(0.0, inf)"))
         if self.clipnorm is not None and self.global_clipnorm is not None:
             raise NnxpError("only one of `clipnorm` (each weight by its own norm) and `global_clipnorm` (all weights "
                             f"together) can be set. Received: clipnorm={clipnorm}, global_clipnorm={global_clipnorm}")
-        self.clipvalue = None if clipvalue is None else _number("clipvalue", clipvalue, low_open=True)
-        self.weight_decay = None if not weight_decay else _number("weight_decay", weight_decay)
+        self.clipvalue = None if clipvalue is None else number("clipvalue", clipvalue, "(0.0, inf)")
+        self.weight_decay = None if not weight_decay else number("weight_decay", weight_decay, "[0.0, inf)")
         self.iterations = 0
         self.state: dict[str, Any] = {}  # name -> flat array like the parameters
         self._tmp: Any = None
@@ -95,9 +85,13 @@ class Optimizer:
             return float(self.learning_rate(self.iterations))
         return self.learning_rate
 
-    def _slots(self) -> list[str]:
-        """Names of the state buffers this configuration needs."""
-        return []
+    def slot_names(self) -> list[str]:
+        """Names of the state buffers this configuration needs: the rule's slots, less the optional ones it has
+        turned off (these names are the model file's ``optimizer/<slot>`` entries)."""
+        if self.rule is None:
+            return []
+        return [slot for slot in self.rule.state
+                if slot not in self.rule.optional or getattr(self, self.rule.optional[slot])]
 
     def _initial_value(self, slot: str) -> float:
         return 0.0
@@ -112,7 +106,7 @@ class Optimizer:
         xp = xp_of(params)
         self.state = {}
         with device_of(params).use():  # CuPy allocates on the current device, not on that of `params`
-            for slot in self._slots():
+            for slot in self.slot_names():
                 buf = xp.zeros_like(params)
                 if self._initial_value(slot):
                     buf.fill(self._initial_value(slot))
@@ -141,7 +135,7 @@ class Optimizer:
 
     def _buffers(self) -> tuple:
         """The state buffers in the order `rule` takes them (None for a slot this configuration lacks)."""
-        return tuple(self.state.get(slot) for slot in self.buffers)
+        return tuple(self.state.get(slot) for slot in self.rule.state)
 
     def _update(self, params: Any, grads: Any, scalars: dict[str, Any], hp: Any = None) -> None:
         O.update(self.rule, params, grads, self._buffers(), self._tmp, scalars, self.weight_decay or 0.0, hp=hp)
@@ -200,7 +194,7 @@ class Optimizer:
     def set_state(self, state: dict[str, Any], like: Any) -> None:
         """Restore state saved by :meth:`get_state` onto the device of `like`."""
         self.build(like)
-        expected = set(self._slots())
+        expected = set(self.slot_names())
         if set(state) != expected:
             raise NnxpError(f"optimizer state must hold {sorted(expected)}. Received: {sorted(state)}")
         for k, v in state.items():
@@ -228,15 +222,11 @@ class SGD(Optimizer):
 
     name = "sgd"
     rule = O.sgd
-    buffers = ("velocity",)  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False, **kwargs) -> None:
         super().__init__(learning_rate, **kwargs)
-        self.momentum = _number("momentum", momentum, 0.0, 1.0)
+        self.momentum = number("momentum", momentum, "[0.0, 1.0]")
         self.nesterov = bool(nesterov)
-
-    def _slots(self):
-        return ["velocity"] if self.momentum else []
 
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -247,19 +237,15 @@ class RMSprop(Optimizer):
 
     name = "rmsprop"
     rule = O.rmsprop
-    buffers = ("avg_sq", "momentum", "avg_grad")  # state slots in the rule's order
 
     def __init__(
         self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7, centered=False, **kw
     ) -> None:
         super().__init__(learning_rate, **kw)
-        self.rho = _number("rho", rho, 0.0, 1.0)
-        self.momentum = _number("momentum", momentum, 0.0, 1.0)
-        self.epsilon = _number("epsilon", epsilon, low_open=True)
+        self.rho = number("rho", rho, "[0.0, 1.0]")
+        self.momentum = number("momentum", momentum, "[0.0, 1.0]")
+        self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
         self.centered = bool(centered)
-
-    def _slots(self):
-        return ["avg_sq"] + (["momentum"] if self.momentum else []) + (["avg_grad"] if self.centered else [])
 
     def _hyper(self):
         return {"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon, "centered": self.centered}
@@ -270,15 +256,11 @@ class Adagrad(Optimizer):
 
     name = "adagrad"
     rule = O.adagrad
-    buffers = ("accumulator",)  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
-        self.initial_accumulator_value = _number("initial_accumulator_value", initial_accumulator_value)
-        self.epsilon = _number("epsilon", epsilon, low_open=True)
-
-    def _slots(self):
-        return ["accumulator"]
+        self.initial_accumulator_value = number("initial_accumulator_value", initial_accumulator_value, "[0.0, inf)")
+        self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
 
     def _initial_value(self, slot):
         return self.initial_accumulator_value
@@ -292,15 +274,11 @@ class Adadelta(Optimizer):
 
     name = "adadelta"
     rule = O.adadelta
-    buffers = ("accumulated_grad", "accumulated_delta")  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, rho: float = 0.95, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
-        self.rho = _number("rho", rho, 0.0, 1.0)
-        self.epsilon = _number("epsilon", epsilon, low_open=True)
-
-    def _slots(self):
-        return ["accumulated_grad", "accumulated_delta"]
+        self.rho = number("rho", rho, "[0.0, 1.0]")
+        self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
 
     def _hyper(self):
         return {"rho": self.rho, "epsilon": self.epsilon}
@@ -311,18 +289,14 @@ class Adam(Optimizer):
 
     name = "adam"
     rule = O.adam
-    buffers = ("m", "v")  # state slots in the rule's order
 
     def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, **kw):
         super().__init__(learning_rate, **kw)
-        self.beta_1 = _number("beta_1", beta_1, 0.0, 1.0)
-        self.beta_2 = _number("beta_2", beta_2, 0.0, 1.0)
-        self.epsilon = _number("epsilon", epsilon, low_open=True)
+        self.beta_1 = number("beta_1", beta_1, "[0.0, 1.0]")
+        self.beta_2 = number("beta_2", beta_2, "[0.0, 1.0]")
+        self.epsilon = number("epsilon", epsilon, "(0.0, inf)")
         if self.beta_1 == 1.0 or self.beta_2 == 1.0:
             raise NnxpError(f"`beta_1` and `beta_2` must be < 1. Received: beta_1={beta_1}, beta_2={beta_2}")
-
-    def _slots(self):
-        return ["m", "v"]
 
     def _hyper(self):
         return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
@@ -333,10 +307,6 @@ class Adamax(Adam):
 
     name = "adamax"
     rule = O.adamax
-    buffers = ("m", "u")  # state slots in the rule's order
-
-    def _slots(self):
-        return ["m", "u"]
 
 
 class AdamW(Adam):
@@ -348,8 +318,27 @@ class AdamW(Adam):
         super().__init__(learning_rate, weight_decay=weight_decay, **kw)
 
 
+class Lion(Optimizer):
+    """Evolved sign momentum (Chen et al. 2023): each step moves every weight by exactly ``learning_rate``.
+
+    Keras's defaults; a rate 3-10x smaller than Adam's is the usual starting point.
+    """
+
+    name = "lion"
+    rule = O.lion
+
+    def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.99, **kw):
+        super().__init__(learning_rate, **kw)
+        # as Keras: beta_1 = 0 would make the step sign(g) alone, which Keras refuses
+        self.beta_1 = number("beta_1", beta_1, "(0.0, 1.0]")
+        self.beta_2 = number("beta_2", beta_2, "[0.0, 1.0]")
+
+    def _hyper(self):
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2}
+
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls for cls in (SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW)
+    cls.name: cls for cls in (SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax, AdamW, Lion)
 }
 
 

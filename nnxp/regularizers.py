@@ -6,26 +6,20 @@ weight gradient, in place, inside the layer's backward.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
+from ._validation import number
 from .backend import xp_of
 from .errors import NnxpError, NnxpTypeError, did_you_mean
 from .ops.reduce import sum_of_squares
-
-
-def _check_factor(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or value == float("inf"):
-        raise NnxpError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
-    return float(value)
 
 
 class L1L2:
     """``l1 * sum(|w|) + l2 * sum(w^2)``."""
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0) -> None:
-        self.l1 = _check_factor("l1", l1)
-        self.l2 = _check_factor("l2", l2)
+        self.l1 = number("l1", l1, ">= 0")
+        self.l2 = number("l2", l2, ">= 0")
 
     def penalty(self, w: Any) -> Any:
         xp = xp_of(w)

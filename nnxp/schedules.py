@@ -11,16 +11,8 @@ import math
 import numbers
 from typing import Any
 
+from ._validation import number
 from .errors import NnxpError, NnxpTypeError
-
-
-def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    # any real number type (int, float, np.float32, ...), never a bool
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise NnxpError(f"`{name}` must be a finite number {rule}. Received: {name}={value!r}")
-    return float(value)
 
 
 def _positive_int(name: str, value: int) -> int:
@@ -67,9 +59,9 @@ class ExponentialDecay(LearningRateSchedule):
     """``initial * decay_rate ** (step / decay_steps)`` (floored ratio when `staircase`)."""
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False):
-        self.initial_learning_rate = _positive("initial_learning_rate", initial_learning_rate, allow_zero=True)
+        self.initial_learning_rate = number("initial_learning_rate", initial_learning_rate, ">= 0")
         self.decay_steps = _positive_int("decay_steps", decay_steps)
-        self.decay_rate = _positive("decay_rate", decay_rate)
+        self.decay_rate = number("decay_rate", decay_rate, "> 0")
         self.staircase = _flag("staircase", staircase)
 
     def _rate(self, step: int) -> float:
@@ -83,9 +75,9 @@ class StepDecay(LearningRateSchedule):
     """Multiply the rate by `gamma` every `step_size` steps."""
 
     def __init__(self, initial_learning_rate: float, step_size: int, gamma: float = 0.1):
-        self.initial_learning_rate = _positive("initial_learning_rate", initial_learning_rate, allow_zero=True)
+        self.initial_learning_rate = number("initial_learning_rate", initial_learning_rate, ">= 0")
         self.step_size = _positive_int("step_size", step_size)
-        self.gamma = _positive("gamma", gamma)
+        self.gamma = number("gamma", gamma, "> 0")
 
     def _rate(self, step: int) -> float:
         return self.initial_learning_rate * self.gamma ** (step // self.step_size)
@@ -95,9 +87,9 @@ class CosineDecay(LearningRateSchedule):
     """Cosine from `initial_learning_rate` down to ``alpha * initial`` over `decay_steps`, then flat."""
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float = 0.0):
-        self.initial_learning_rate = _positive("initial_learning_rate", initial_learning_rate, allow_zero=True)
+        self.initial_learning_rate = number("initial_learning_rate", initial_learning_rate, ">= 0")
         self.decay_steps = _positive_int("decay_steps", decay_steps)
-        self.alpha = _positive("alpha", alpha, allow_zero=True)
+        self.alpha = number("alpha", alpha, ">= 0")
 
     def _rate(self, step: int) -> float:
         t = min(step, self.decay_steps) / self.decay_steps

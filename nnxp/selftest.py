@@ -22,12 +22,8 @@ import numpy as np
 
 from . import backend, training
 from ._version import __version__
-from .ops import _cuda
-from .ops import dense as D
-from .ops import dropout as DR
-from .ops import loss as L
+from .ops import _cuda, dense, dropout, loss  # noqa: F401 - importing dense, dropout, loss registers their ops
 from .ops import optim as O
-from .ops.activation import ACTIVATION_OPS
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 DTYPES = (np.float32, np.float64)
@@ -118,73 +114,74 @@ def _kernels(index: int) -> list[Check]:
 # --- fused ops against their references, on the device ----------------------------------------------------------
 
 
-def _op_cases(rng: np.random.Generator, dtype: np.dtype) -> dict[str, tuple[Callable, Callable, Callable]]:
-    """name -> (make host inputs, fused op, reference): each op returns the arrays to compare."""
-    rows, cols, k = 67, 33, 19
+def update_examples(rule: O.Update, variants: bool = False) -> dict[str, tuple[dict[str, Any], tuple[bool, ...]]]:
+    """label -> (named scalars, which state slots are present) for an optimizer rule, from its declaration.
 
-    def normal(*shape, scale=1.0):
-        return (rng.normal(size=shape) * scale).astype(dtype)
+    The scalars are the defaults of the public optimizer class that uses `rule` (nnxp.optimizers.OPTIMIZERS) at
+    step 3, with every feature a default turns off turned on (0.0 -> 0.5, False -> True), so each branch of the
+    kernel runs; every state slot is present. With `variants`: instead every subset of the optional slots with
+    both values of each flag (what the element-math test of tests/test_ops_cuda_compile.py runs).
+    """
+    from .optimizers import OPTIMIZERS
 
-    def positive(*shape):
-        return rng.uniform(0.5, 1.5, size=shape).astype(dtype)
-
-    cases: dict[str, tuple[Callable, Callable, Callable]] = {}
-    for act in sorted(ACTIVATION_OPS):
-        def fwd(fn, act=act):
-            return lambda x, w, b: [a for a in fn(x, w, b, act) if a is not None]
-
-        cases[f"dense_forward/{act}"] = (lambda: (normal(rows, k), normal(k, cols, scale=0.3), normal(cols)),
-                                         fwd(D.dense_forward.fused), fwd(D.dense_forward_ref))
-
-        def bwd(fn, act=act):
-            def call(dy, x, w):
-                xp = backend.xp_of(dy)
-                y, z = D.dense_forward_ref(x, w, None, act)  # the forward both backwards start from
-                dw, db = xp.empty_like(w), xp.empty((w.shape[1],), dtype=w.dtype)
-                dx = fn(dy, x, w, y, z, act, dw, db)
-                return [dx, dw, db, dy]
-            return call
-
-        cases[f"dense_backward/{act}"] = (lambda: (normal(rows, cols), normal(rows, k), normal(k, cols, scale=0.3)),
-                                          bwd(D.dense_backward.fused), bwd(D.dense_backward_ref))
-    onehot = lambda: np.eye(cols, dtype=dtype)[rng.integers(0, cols, rows)]  # noqa: E731
-    for name, fused, ref, target in (
-        ("softmax_cross_entropy", L.softmax_cross_entropy.fused, L.softmax_cross_entropy_ref, onehot),
-        ("sparse_softmax_cross_entropy", L.sparse_softmax_cross_entropy.fused, L.sparse_softmax_cross_entropy_ref,
-         lambda: rng.integers(0, cols, rows).astype(np.int64)),
-        ("sigmoid_binary_cross_entropy", L.sigmoid_binary_cross_entropy.fused, L.sigmoid_binary_cross_entropy_ref,
-         lambda: rng.integers(0, 2, (rows, cols)).astype(dtype)),
-    ):
-        cases[name] = (lambda target=target: (normal(rows, cols, scale=3.0), target()),
-                       lambda z, t, fn=fused: list(fn(z, t)), lambda z, t, fn=ref: list(fn(z, t)))
-    n = 1031
-    optimizers = {
-        "sgd": (lambda: (normal(n),), (0.01, 0.9, True)),
-        "rmsprop": (lambda: (positive(n), normal(n), normal(n, scale=0.1)), (0.001, 0.9, 0.5, 1e-7)),
-        "adagrad": (lambda: (positive(n),), (0.01, 1e-7)),
-        "adadelta": (lambda: (positive(n), positive(n)), (1.0, 0.95, 1e-7)),
-        "adam": (lambda: (normal(n), positive(n)), (0.001, 0.9, 0.999, 1e-7, 3)),
-        "adamax": (lambda: (normal(n), positive(n)), (0.002, 0.9, 0.999, 1e-7, 3)),
-    }
-    for name, (states, hyper) in optimizers.items():
-        def step(fn, hyper=hyper):
-            def call(p, g, *s):
-                result = fn(p, g, *s, backend.xp_of(p).empty_like(p), *hyper)
-                if result is NotImplemented:
-                    raise RuntimeError("the fused op declined its inputs")
-                return [p, *s]
-            return call
-
-        cases[f"optim/{name}"] = (lambda states=states: (normal(n), normal(n), *states()),
-                                  step(getattr(O, name).fused), step(getattr(O, f"{name}_ref")))
-    state = np.array([20_261_201, 7], dtype=np.uint64)
-    cases["dropout_forward"] = (lambda: (normal(rows, cols), state),
-                                lambda x, s: [DR.dropout_forward.fused(x, 0.3, s)[0]],
-                                lambda x, s: [DR.dropout_forward_ref(x, 0.3, s)[0]])
-    cases["dropout_backward"] = (lambda: (normal(rows, cols), state),
-                                 lambda dy, s: [DR.dropout_backward.fused(dy, 0.3, s)],
-                                 lambda dy, s: [DR.dropout_backward_ref(dy, 0.3, s)])
+    cls = next((c for c in OPTIMIZERS.values() if c.rule is rule), None)
+    if cls is None:
+        raise LookupError(f"no optimizer in nnxp.optimizers.OPTIMIZERS uses the rule {rule.__name__!r}")
+    opt = cls()
+    opt.iterations = 3
+    base = opt._scalars(opt.current_learning_rate())
+    base = {k: (True if v is False else 0.5 if v == 0.0 and not isinstance(v, bool) else v) for k, v in base.items()}
+    if not variants:
+        return {"": (base, (True,) * len(rule.state))}
+    cases = {}
+    optional = [i for i, slot in enumerate(rule.state) if slot in rule.optional]
+    flags = [k for k, v in base.items() if isinstance(v, bool)]
+    for mask in range(1 << len(optional)):
+        present = tuple(i not in optional or bool(mask >> optional.index(i) & 1) for i in range(len(rule.state)))
+        for bits in range(1 << len(flags)):
+            scalars = {**base, **{f: bool(bits >> j & 1) for j, f in enumerate(flags)}}
+            label = ",".join([s for s, on in zip(rule.state, present, strict=True) if s in rule.optional and on]
+                             + [f"{f}={scalars[f]}" for f in flags])
+            cases[label or "plain"] = (scalars, present)
     return cases
+
+
+def update_state(rng: np.random.Generator, dtype: np.dtype, n: int, present: tuple[bool, ...]) -> list:
+    """State buffers for a rule step: slot i uniform in [0.5, 1.5] / 2^i (positive, as running means of squares
+    must be, and each smaller than the one before, so centered RMSprop's avg_sq - avg_g^2 stays positive)."""
+    return [rng.uniform(0.5, 1.5, n).astype(dtype) / dtype.type(2**i) if on else None
+            for i, on in enumerate(present)]
+
+
+def _op_cases(rng: np.random.Generator, dtype: np.dtype) -> dict[str, tuple[Callable, Callable, tuple, int | None]]:
+    """name -> (fused op, reference, host args, the scratch argument not to compare) for every op with a CUDA
+    override (nnxp.ops._cuda.OPS): an optimizer rule's from its declaration (:func:`update_examples`), any other
+    op's from the inputs it declares (``@op.example`` beside its override)."""
+    cases: dict[str, tuple[Callable, Callable, tuple, int | None]] = {}
+    n = 1031
+    for name, op in sorted(_cuda.OPS.items()):
+        if isinstance(op, O.Update):
+            for label, (scalars, present) in update_examples(op).items():
+                args = (rng.normal(size=n).astype(dtype), rng.normal(size=n).astype(dtype),
+                        *update_state(rng, dtype, n, present), np.empty(n, dtype),
+                        *(scalars[k] for k in op.scalars))
+                cases["/".join(filter(None, ("optim", name, label)))] = (op.fused, op.ref, args, 2 + len(present))
+            continue
+        if op.examples is None:
+            raise LookupError(f"the fused op {name!r} declares no examples (@{name}.example beside its override)")
+        for label, args in op.examples(rng, dtype).items():
+            cases["/".join(filter(None, (name, label)))] = (op.fused, op.ref, args, None)
+    return cases
+
+
+def _outputs(result: Any, args: list, scratch: int | None) -> list:
+    """What an op produced: the arrays it returned, then every array argument but its scratch (outputs and state
+    it wrote, inputs it must not have changed)."""
+    if result is NotImplemented:
+        raise RuntimeError("the fused op declined its inputs")
+    returned = result if isinstance(result, tuple) else (result,)
+    kept = [a for i, a in enumerate(args) if i != scratch]
+    return [a for a in (*returned, *kept) if a is not None and hasattr(a, "shape")]
 
 
 def _ops(dev: backend.Device) -> list[Check]:
@@ -194,14 +191,13 @@ def _ops(dev: backend.Device) -> list[Check]:
     failed: dict[str, str] = {}
     for dtype in map(np.dtype, DTYPES):
         rng = np.random.default_rng(0)
-        for name, (make, fused, ref) in _op_cases(rng, dtype).items():
-            host = make()
+        for name, (fused, ref, host, scratch) in _op_cases(rng, dtype).items():
             try:
                 with dev.use(tf32=False):
-                    got = fused(*[dev.asarray(a) for a in host])
-                    if got is NotImplemented or any(a is NotImplemented for a in got):
-                        raise RuntimeError("the fused op declined its inputs")
-                    want = ref(*[dev.asarray(a) for a in host])
+                    fused_args = [dev.asarray(a) if isinstance(a, np.ndarray) else a for a in host]
+                    got = _outputs(fused(*fused_args), fused_args, scratch)
+                    ref_args = [dev.asarray(a) if isinstance(a, np.ndarray) else a for a in host]
+                    want = _outputs(ref(*ref_args), ref_args, scratch)
                 err = max(_rel_error(backend.to_numpy(a), backend.to_numpy(b)) for a, b in zip(got, want, strict=True))
             except Exception as exc:
                 failed[name] = f"{dtype.name}: {type(exc).__name__}: {exc}"

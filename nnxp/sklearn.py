@@ -285,12 +285,35 @@ class _BaseMLP(BaseEstimator):
     def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False) -> _BaseMLP:
         # bad input or a failed run leaves the estimator exactly as it was
         before = dict(self.__dict__)
+        network = self._network_state()  # model_ trains in place: fit rolls back only a diverging epoch
         try:
             return self._fit_unguarded(X, y, sample_weight, incremental)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)
+            if network is not None:
+                self._restore_network(network)
             raise
+
+    def _network_state(self) -> tuple | None:
+        """What a fit call may change in an existing model_: weights, epoch count, shuffle seed, and the optimizer
+        (a warm start compiles a new one; partial_fit steps it and the callbacks change its rate)."""
+        model = self.__dict__.get("model_")
+        if model is None:
+            return None
+        opt = model.optimizer
+        return (model.get_weights(), model.epochs_trained, model.seed, model.loss, opt, opt.get_state(),
+                opt.iterations, opt.learning_rate)
+
+    def _restore_network(self, saved: tuple) -> None:
+        weights, epochs_trained, seed, loss, opt, state, iterations, learning_rate = saved
+        model = self.model_
+        if model.optimizer is not opt:
+            model.compile(opt, loss)
+        model.set_weights(weights)
+        model.epochs_trained, model.seed = epochs_trained, seed
+        opt.to(model.params, state)
+        opt.iterations, opt.learning_rate = iterations, learning_rate
 
     def _fit_unguarded(self, X: Any, y: Any, sample_weight: Any, incremental: bool) -> _BaseMLP:
         self._check_solver()

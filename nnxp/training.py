@@ -9,9 +9,10 @@ Four parts, each replaceable on its own:
 - :class:`Guard`: the weights and optimizer state at the start of an epoch, put back when the epoch diverges or
   is left by Ctrl-C or an exception, so the model always holds whole epochs.
 
-This module is the model's own loop: it calls the model's step methods (``_train_step``, ``_metric_sums``,
-``_forward``, ``_loss_and_grad``) as model.py did before the move; other modules reach the loop only through
-``Sequential.fit`` / ``evaluate``.
+This module is the model's own loop. It drives the model through its step interface (``Sequential.forward``,
+``loss_and_grad``, ``backprop``, ``metric_sums``, ``grad_buffer``), the same public methods a custom loop or
+the MPI step (nnxp/distributed.py) uses; other modules reach the loop only through ``Sequential.fit`` /
+``evaluate``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,7 @@ class FitPlan:
     history: History
     comm: Any  # the communicator (nnxp.distributed): a no-op one for a single process
     cuda_graph: bool = False
-    step: Step | None = None  # set by run_epochs (tests read a graphed step's replay count through it)
+    step: Step | None = None  # set by run_epochs; fit keeps it on the model (graph_replays reads its replays)
 
 
 class Batches:
@@ -163,10 +164,10 @@ class EagerStep(Step):
         """Everything but the optimizer update: the loss, the gradients in ``model.grads`` and the metric sums."""
         model = self.model
         if self.comm is None:
-            loss, out = model._train_step(xb, yb, wb)
+            loss, out = model.backprop(xb, yb, wb)
         else:  # one all-reduce: the exactly weighted mean gradient, the batch loss, a Ctrl-C flag
             loss, out = distributed.train_step(self.comm, model, xb, yb, wb, rows, self.interrupt)
-        return loss, (model._metric_sums(out, yb, wb, into) if out is not None else {})
+        return loss, (model.metric_sums(out, yb, wb, into) if out is not None else {})
 
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         loss, sums = self.compute(xb, yb, wb, rows, into)
@@ -215,23 +216,30 @@ class GraphStep(Step):
 
 
 class Guard:
-    """The model's weights, optimizer state and step count at the start of an epoch, and the way back to them.
+    """The model's weights, optimizer state, step count and learning rate at the start of an epoch, and the way back.
 
     Used by the loop as ``with guard.watch():`` around an epoch: any exception escaping it (a second Ctrl-C, a
     callback's error) restores the snapshot, and :meth:`check` restores it and raises NumericalError when the
     epoch diverged. The model (and a file saved from it) then holds whole epochs, so a resumed fit stays exact."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, interrupt: GracefulInterrupt | None = None) -> None:
         self.model = model
+        self.interrupt = interrupt  # fit's Ctrl-C handler: a second Ctrl-C waits for a rollback to finish
         self._snapshot: tuple | None = None
 
     def snapshot(self) -> None:
         model, opt = self.model, self.model.optimizer
-        self._snapshot = (model.params.copy(), {k: v.copy() for k, v in opt.state.items()}, opt.iterations)
+        state = opt.state
+        if any(v.shape != model.params.shape for v in state.values()):
+            # an optimizer shared with another model still holds that model's state: this model's first step
+            # allocates its own afresh, so the start of this epoch is "no state yet"
+            state = {}
+        self._snapshot = (model.params.copy(), {k: v.copy() for k, v in state.items()}, opt.iterations,
+                          opt.learning_rate)
 
     def restore(self) -> None:
-        """Put back the weights, optimizer state and step count of the last snapshot, in place."""
-        params, state, iterations = self._snapshot
+        """Put back the weights, optimizer state, step count and learning rate of the last snapshot, in place."""
+        params, state, iterations, learning_rate = self._snapshot
         model, opt = self.model, self.model.optimizer
         model.params[...] = params
         if state:
@@ -239,7 +247,7 @@ class Guard:
                 opt.state[k][...] = v
         else:  # the state did not exist yet: the next step allocates it afresh
             opt.to(model.params, {})
-        opt.iterations = iterations
+        opt.iterations, opt.learning_rate = iterations, learning_rate
 
     @contextmanager
     def watch(self) -> Iterator[None]:
@@ -248,20 +256,39 @@ class Guard:
         try:
             yield
         except BaseException:
-            self.restore()
+            with self.whole():
+                self.restore()
             raise
 
+    def whole(self) -> Any:
+        """A block that a second Ctrl-C does not cut in half (it raises when the block ends)."""
+        return nullcontext() if self.interrupt is None else self.interrupt.hold()
+
     def check(self, epoch: int, loss: float, batch_losses: Any) -> None:
-        """Raise NumericalError (after restoring) when the epoch's loss or weights are not finite, naming the
-        first batch whose loss was not (`batch_losses`: each batch's loss, on the device until now)."""
-        params = self.model.params
-        if math.isfinite(loss) and bool(self.model.device.xp.isfinite(params).all()):
+        """Raise NumericalError (after restoring) when the epoch's loss, weights or optimizer state are not finite,
+        naming the first batch whose loss was not (`batch_losses`: each batch's loss, on the device until now).
+
+        The state counts too: Adam's `v` can overflow (g^2) while the loss and the weights stay finite, and an
+        epoch kept with it would make every later epoch diverge back to it, and its files unloadable."""
+        model, xp = self.model, self.model.device.xp
+        state = model.optimizer.state
+        finite = xp.isfinite(model.params).all()
+        for v in state.values():
+            finite &= xp.isfinite(v).all()
+        if math.isfinite(loss) and bool(finite):  # (one host read, once per epoch)
             return
         bad = np.flatnonzero(~np.isfinite(to_numpy(batch_losses)))
+        if not math.isfinite(loss) or bad.size:
+            what = "the loss"
+        elif bool(xp.isfinite(model.params).all()):
+            slots = [repr(k) for k, v in state.items() if not bool(xp.isfinite(v).all())]
+            what = "the optimizer state " + ", ".join(slots)
+        else:
+            what = "the weights"
         self.restore()
         where = f"epoch {epoch + 1}" + (f", batch {int(bad[0]) + 1}" if bad.size else "")
         raise NumericalError(
-            f"training diverged: the loss became NaN or infinite at {where}. The model is back at its weights and "
+            f"training diverged: {what} became NaN or infinite at {where}. The model is back at its weights and "
             f"optimizer state from the start of epoch {epoch + 1}. Try a smaller learning_rate, clipnorm=1.0 in "
             "the optimizer, or standardized inputs."
         )
@@ -273,6 +300,8 @@ class GracefulInterrupt:
     def __init__(self) -> None:
         self.requested = False
         self._previous = None
+        self._held = 0  # > 0 inside hold(): a second Ctrl-C is kept for its end
+        self._pending = False
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
@@ -281,9 +310,24 @@ class GracefulInterrupt:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
+        if self.requested:  # a second Ctrl-C stops at once, or as soon as a rollback is done
+            if self._held:
+                self._pending = True
+                return
             raise KeyboardInterrupt
         self.requested = True
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep a second Ctrl-C for the end of the block (a rollback half done would leave the model mid-epoch)."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if not self._held and self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
@@ -297,17 +341,20 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
     step = plan.step = EagerStep(model, plan.comm, interrupt)
     if plan.cuda_graph:
         step = plan.step = GraphStep(step, plan.batch_size)
-    guard, cbs = Guard(model), plan.callbacks
+    guard, cbs = Guard(model, interrupt), plan.callbacks
     for epoch in range(plan.initial_epoch, plan.epochs):
         if not interrupt.requested:  # (a Ctrl-C during the last epoch's callbacks is seen here)
-            for cb in cbs:
-                cb.on_epoch_begin(epoch)
-            with guard.watch():  # a second Ctrl-C or a callback's error mid-epoch: back to the epoch's start
+            # a second Ctrl-C or a callback's error mid-epoch: back to the epoch's start, before on_epoch_begin
+            # (a LearningRateScheduler sets this epoch's rate there from the current one: a resumed epoch sets it again)
+            with guard.watch():
+                for cb in cbs:
+                    cb.on_epoch_begin(epoch)
                 logs = train_epoch(model, plan, batches, step, guard, epoch, interrupt)
                 if plan.val is not None and not interrupt.requested:
                     logs.update({f"val_{k}": v for k, v in evaluate_arrays(model, *plan.val, plan.batch_size).items()})
             if interrupt.requested:  # Ctrl-C in this epoch's batches or validation: the epoch never happened
-                guard.restore()
+                with guard.whole():
+                    guard.restore()
         if interrupt.requested:
             plan.history.interrupted = True
             print(f"Training interrupted during epoch {epoch + 1}; the model is back at its weights and "
@@ -315,6 +362,8 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
                   "later fit continues exactly as an uninterrupted run would.")
             break
         model.epochs_trained += 1
+        if any("lr" in getattr(cb, "log_keys", ()) for cb in cbs):  # declared (a scheduler): every callback sees
+            logs["lr"] = model.optimizer.current_learning_rate()  # it, whatever its place in the list
         for cb in cbs:
             cb.on_epoch_end(epoch, logs)
         if plan.comm.size > 1:  # a callback that stops one rank stops them all
@@ -432,10 +481,10 @@ def evaluate_arrays(model: Any, x: Any, y: Any, w: Any, batch_size: int) -> dict
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         wb = None if w is None else w[start : start + batch_size]
-        out = model._forward(xb, training=False)
-        loss, _ = model._loss_and_grad(out, yb, wb)
+        out = model.forward(xb, training=False)
+        loss, _ = model.loss_and_grad(out, yb, wb)
         loss_sum += loss * xb.shape[0]
-        for name, value in model._metric_sums(out, yb, wb).items():
+        for name, value in model.metric_sums(out, yb, wb).items():
             sums[name] += value
     wsum = None if w is None else w.sum()
     if comm.size > 1:

@@ -26,6 +26,8 @@ def test_every_canonical_name_resolves_to_itself(name):
         ("none", "linear"),
         ("None", "linear"),
         ("leakyrelu", "leaky_relu"),
+        ("swish", "silu"),
+        ("SiLU", "silu"),
         ("LeakyReLU", "leaky_relu"),
         ("ReLU", "relu"),
         (" Sigmoid ", "sigmoid"),

@@ -29,6 +29,72 @@ def test_quick_run_writes_positive_throughputs(tmp_path):
         m = data["memory"][impl]
         assert m["peak_rss_training_mib"] >= m["rss_after_data_mib"] > 10
     assert "environment" in data and "| 128 |" in proc.stdout
+    # the optimizer's floor: Adam's 28 bytes a parameter, streamed in a plausible time, and the bound it sets
+    floor = data["adam_step"]["memory_floor"]
+    assert floor["bytes"] == 28 * floor["params"] == 28 * 535_818
+    assert 0 < floor["floor_ms"] < 1000 and 0 < floor["floor_cold_ms"] < 1000
+    for batch in data["batches"].values():
+        o, g = batch["optimizer_floor"], batch["gemms_numpy"]["ms"]
+        assert o["gemms_plus_floor_over_gemms"] == (g + o["floor_ms"]) / g
+        assert o["optimizer_pass_ms"]["nnxp_numpy"] == batch["step_ms"]["nnxp_numpy"]["optimizer"] > 0
+        assert 0 < batch["nnxp_input_check_s"] < batch["nnxp_fit_call_s"] * 10
+    assert "optimizer floor" in proc.stdout
+    # the fast extra's fixed memory, measured in fresh processes without the data set
+    fixed = data["memory_fixed_cost"]
+    runs = fixed["runs"]
+    assert runs["numba_import"]["numba_loaded"] and not runs["numpy_fit"]["numba_loaded"]
+    assert fixed["numba_import_mib"] > 1 and fixed["fixed_mib"] > fixed["numba_import_mib"] / 2
+    assert set(runs["fast_fit"]["loops_first_call_s"]) >= {"bias_act", "act_grad", "adam"}  # the loops did load
+
+
+def test_fixed_cost_arithmetic(monkeypatch):
+    """The net ratio and the data-set size at which the 10% holds follow from the measured RSS."""
+    from bench import train_cpu as T
+
+    start = {"rss_before_mib": 70.0}
+    fake = {"nnxp": {**start, "peak_rss_mib": 70.0}, "numba_import": {**start, "peak_rss_mib": 120.0},
+            "numpy_fit": {**start, "peak_rss_mib": 86.0}, "fast_fit": {**start, "peak_rss_mib": 200.0}}
+    monkeypatch.setattr(T, "run_child", lambda kind, mode: dict(fake[mode]))
+    memory = {"nnxp_fast": {"peak_rss_training_mib": 380.0}, "careful_numpy": {"peak_rss_training_mib": 265.0,
+                                                                              "samples": 60000}}
+    out = T.numba_fixed_cost(memory)
+    assert out["numba_import_mib"] == 50.0 and out["fixed_mib"] == 114.0
+    assert out["peak_over_careful"] == 380 / 265 and out["peak_net_of_fixed_over_careful"] == 266 / 265
+    n = out["samples_for_10_percent"]
+    per_sample = (784 * 4 + 8) / 2**20
+    careful_at = lambda k: 265.0 + (k - 60000) * per_sample  # noqa: E731
+    assert careful_at(n) >= 115.0 / 0.10 - 1e-9 > careful_at(n - 1)  # the smallest size where 115 MiB is 10%
+    assert out["samples_for_10_percent_fixed_only"] < n
+
+
+def test_compare_trees_runs_two_trees_interleaved(tmp_path):
+    """Each worker imports its own tree's nnxp; both train on the same data; the ratios are sane numbers."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(ROOT / "nnxp", other / "nnxp", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "compare.json"
+    proc = subprocess.run([sys.executable, "bench/compare_trees.py", "--against", str(other), "--samples", "1024",
+                           "--repeats", "2", "--batches", "256", "--max-foreign", "100", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    mode = data["modes"]["numpy"]
+    assert mode["workers"]["this"]["nnxp"].startswith(str(ROOT / "nnxp"))
+    assert mode["workers"]["against"]["nnxp"].startswith(str(other / "nnxp"))
+    assert mode["workers"]["this"]["NNXP_NUMBA"] == "0"
+    row = mode["batches"]["256"]
+    assert len(row["epoch_s"]["this"]) == len(row["epoch_s"]["against"]) == 2
+    assert 0.1 < row["this_over_against_speed"] < 10
+    # the same code, weights, data and shuffling seed: the same training
+    assert row["last_loss"]["this"] == row["last_loss"]["against"]
+    assert "| numpy | 256 |" in proc.stdout
+
+
+def test_compare_trees_refuses_a_path_without_nnxp(tmp_path):
+    proc = subprocess.run([sys.executable, "bench/compare_trees.py", "--against", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "--against must be a source tree holding nnxp/__init__.py" in proc.stderr
 
 
 def test_careful_numpy_mlp_learns_and_matches_nnxp_first_step():
@@ -42,8 +108,8 @@ def test_careful_numpy_mlp_learns_and_matches_nnxp_first_step():
     careful.h[0][:] = x[:128]
     careful.yb[:] = y[:128]
     first = careful.step(128)
-    out = model._forward(x[:128], training=False)
-    loss, _ = model._loss_and_grad(out, y[:128])
+    out = model.forward(x[:128], training=False)
+    loss, _ = model.loss_and_grad(out, y[:128])
     np.testing.assert_allclose(first, float(loss), rtol=1e-5)
     losses = [careful.epoch(x, y) for _ in range(3)]
     assert losses[-1] < 0.8 * first  # it learns

@@ -1,5 +1,6 @@
-"""Callbacks: History, EarlyStopping, ModelCheckpoint, LearningRateScheduler and the progress logger."""
+"""Callbacks: History, EarlyStopping, ModelCheckpoint, LearningRateScheduler, CSVLogger and the progress logger."""
 
+import csv
 import io
 import math
 
@@ -10,6 +11,7 @@ import nnxp
 from nnxp import Dense, Sequential
 from nnxp.callbacks import (
     Callback,
+    CSVLogger,
     EarlyStopping,
     History,
     LearningRateScheduler,
@@ -253,6 +255,24 @@ def test_scheduler_logs_lr_into_the_epoch_logs():
 
     model.fit(X, Y, epochs=2, verbose=0, callbacks=[LearningRateScheduler(lambda e, lr: 0.1 / (e + 1)), Spy()])
     np.testing.assert_allclose([logs["lr"] for logs in logs_seen], [0.1, 0.05])
+
+
+def test_a_callback_listed_before_the_scheduler_sees_lr_too():
+    """The loop puts a declared `lr` into the epoch logs before any callback runs (no order trap); without a
+    scheduler the logs and the history keys are as before (no `lr`)."""
+    model = _model()
+    logs_seen = []
+
+    class Spy(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs_seen.append(dict(logs))
+
+    h = model.fit(X, Y, epochs=2, verbose=0, callbacks=[Spy(), LearningRateScheduler(lambda e, lr: 0.1 / (e + 1))])
+    np.testing.assert_allclose([logs["lr"] for logs in logs_seen], [0.1, 0.05])
+    np.testing.assert_allclose(h.history["lr"], [0.1, 0.05])
+    logs_seen.clear()
+    h = _model().fit(X, Y, epochs=1, verbose=0, callbacks=[Spy()])
+    assert "lr" not in logs_seen[0] and "lr" not in h.history
 
 
 def test_scheduler_lr_reaches_the_history():
@@ -526,3 +546,106 @@ def test_fit_tells_callbacks_the_model_and_the_run_through_set_model_and_set_par
     bar.on_epoch_begin(0)
     bar.on_epoch_end(0, {"loss": 0.25})
     assert out.getvalue().startswith("Epoch 1/7 - ") and out.getvalue().rstrip().endswith("loss: 0.2500")
+
+
+# --- CSVLogger ------------------------------------------------------------------------------------------------
+
+
+def _rows(path, separator=","):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f, delimiter=separator))
+
+
+def _classifier():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(120, 4))
+    y = (x[:, 0] - x[:, 1] > 0).astype(np.int64)
+    model = Sequential([Dense(8, "relu", input_dim=4), Dense(2, "softmax")], seed=1)
+    model.compile(SGD(0.1), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, x, y
+
+
+def test_csv_logger_writes_the_history_of_a_real_fit(tmp_path):
+    model, x, y = _classifier()
+    path = tmp_path / "log.csv"
+    history = model.fit(x, y, epochs=4, batch_size=16, validation_split=0.25, verbose=0, callbacks=[CSVLogger(path)])
+    header, *rows = _rows(path)
+    assert header == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3]  # counted from 0, as Keras writes it
+    for j, key in enumerate(header[1:], start=1):
+        assert [float(r[j]) for r in rows] == history.history[key]  # written exactly (repr round-trips)
+    assert history.history["loss"][-1] < history.history["loss"][0]  # it trained: the rows are not constant
+
+
+def test_csv_logger_takes_lr_from_a_scheduler_that_runs_after_it(tmp_path):
+    path = tmp_path / "lr.csv"
+    model = _model()
+    model.fit(X, Y, epochs=3, verbose=0, callbacks=[CSVLogger(path, separator=";"),
+                                                    LearningRateScheduler(lambda e, lr: 0.01 * (e + 1))])
+    header, *rows = _rows(path, ";")
+    assert header == ["epoch", "loss", "lr"]
+    np.testing.assert_allclose([float(r[2]) for r in rows], [0.01, 0.02, 0.03])
+
+
+def test_csv_logger_appends_a_resumed_run_under_one_header(tmp_path):
+    path = tmp_path / "run.csv"
+    model = _model()
+    first = model.fit(X, Y, epochs=2, verbose=0, callbacks=[CSVLogger(path, append=True)])
+    second = model.fit(X, Y, epochs=4, initial_epoch=2, verbose=0, callbacks=[CSVLogger(path, append=True)])
+    header, *rows = _rows(path)
+    assert header == ["epoch", "loss"]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3]
+    assert [float(r[1]) for r in rows] == first.history["loss"] + second.history["loss"]
+    model.fit(X, Y, epochs=1, verbose=0, callbacks=[CSVLogger(path)])  # append=False: a new file
+    assert len(_rows(path)) == 2
+
+
+def test_csv_logger_refuses_to_append_under_another_header_before_training(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("epoch,loss,accuracy\n0,1.0,0.5\n")
+    model = _model()
+    with pytest.raises(NnxpError, match=r"holds columns \['epoch', 'loss', 'accuracy'\].*logs \['epoch', 'loss'\]"):
+        model.fit(X, Y, epochs=2, verbose=0, callbacks=[CSVLogger(path, append=True)])
+    assert path.read_text() == "epoch,loss,accuracy\n0,1.0,0.5\n"  # untouched
+    assert model.epochs_trained == 0 and not model.built  # nothing trained; fit's build undone
+
+
+def test_csv_logger_keeps_finished_epochs_when_training_stops_with_an_error(tmp_path):
+    class Boom(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("stop here")
+
+    path = tmp_path / "partial.csv"
+    model = _model()
+    logger = CSVLogger(path)
+    with pytest.raises(RuntimeError, match="stop here"):
+        model.fit(X, Y, epochs=5, verbose=0, callbacks=[logger, Boom()])
+    header, *rows = _rows(path)
+    assert [int(r[0]) for r in rows] == [0, 1, 2]  # the logger ran before Boom in epoch 2
+    assert logger._file is None  # closed by on_train_end
+
+
+def test_csv_logger_stops_with_early_stopping(tmp_path):
+    path = tmp_path / "early.csv"
+    model = _model(lr=0.0)  # nothing improves: patience 1 stops after the second epoch
+    model.fit(X, Y, epochs=10, verbose=0, callbacks=[EarlyStopping("loss", patience=1), CSVLogger(path)])
+    assert [r[0] for r in _rows(path)[1:]] == ["0", "1"]
+
+
+def test_csv_logger_needs_an_existing_folder_before_any_epoch_trains(tmp_path):
+    model = _model()
+    with pytest.raises(NnxpError, match="must be in an existing folder"):
+        model.fit(X, Y, epochs=1, verbose=0, callbacks=[CSVLogger(tmp_path / "missing" / "log.csv")])
+    assert model.epochs_trained == 0
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    (dict(filename=3), NnxpTypeError, "Received: filename=3"),
+    (dict(filename="a.csv", separator=",,"), NnxpError, "Received: separator=',,'"),
+    (dict(filename="a.csv", separator="\n"), NnxpError, "separator"),
+    (dict(filename="a.csv", append="yes"), NnxpTypeError, "Received: append='yes'"),
+])
+def test_csv_logger_argument_errors(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        CSVLogger(**kwargs)

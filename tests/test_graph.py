@@ -47,6 +47,7 @@ OPTIMIZERS = {
     "adam-cosine-clipnorm": lambda: nnxp.optimizers.Adam(nnxp.schedules.CosineDecay(0.01, 40), clipnorm=1.0),
     "sgd-nesterov-wd": lambda: nnxp.optimizers.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
     "rmsprop-centered": lambda: nnxp.optimizers.RMSprop(0.002, centered=True),
+    "lion-decay-wd": lambda: nnxp.optimizers.Lion(nnxp.schedules.ExponentialDecay(0.003, 10, 0.9), weight_decay=0.01),
 }
 
 
@@ -115,3 +116,33 @@ def test_tf32_replays_equal_tf32_eager_and_differ_from_highest(graph_seam):
     highest.fit(x, y, epochs=2, batch_size=64, verbose=0)
     diffs = [np.abs(a - b).max() for a, b in zip(highest.get_weights(), eager.get_weights(), strict=True)]
     assert 0 < max(diffs) < 1e-2  # TF32 rounds matmul inputs to 10 mantissa bits: close, not equal
+
+
+WEIGHT_DECAY = {  # every optimizer with weight decay (and each clipping mode once): one update function, both paths
+    "sgd": lambda: nnxp.optimizers.SGD(0.05, weight_decay=0.01),
+    "sgd-momentum": lambda: nnxp.optimizers.SGD(0.05, momentum=0.9, weight_decay=0.01, clipvalue=0.5),
+    "rmsprop": lambda: nnxp.optimizers.RMSprop(0.002, momentum=0.5, centered=True, weight_decay=0.01),
+    "adagrad": lambda: nnxp.optimizers.Adagrad(0.01, weight_decay=0.01),
+    "adadelta": lambda: nnxp.optimizers.Adadelta(0.5, weight_decay=0.01),
+    "adam": lambda: nnxp.optimizers.Adam(0.01, weight_decay=0.01, global_clipnorm=1.0),
+    "adamax": lambda: nnxp.optimizers.Adamax(0.01, weight_decay=0.01),
+    "adamw": lambda: nnxp.optimizers.AdamW(0.01),
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(WEIGHT_DECAY))
+def test_weight_decay_replays_equal_eager_steps_for_every_optimizer(graph_seam, optimizer):
+    x, y = _data(200)
+    eager, graphed = _model(WEIGHT_DECAY[optimizer]()), _model(WEIGHT_DECAY[optimizer]())
+    h_eager = eager.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h_graph = graphed.fit(x, y, epochs=2, batch_size=32, verbose=0, cuda_graph=True)
+    assert nnxp.training.graph_replays(graphed) == 2 * (200 // 32) - 1
+    assert h_graph.history == h_eager.history and graphed.optimizer.iterations == eager.optimizer.iterations
+    for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    state = eager.optimizer.get_state()
+    assert graphed.optimizer.get_state().keys() == state.keys()
+    for k, v in graphed.optimizer.get_state().items():
+        np.testing.assert_array_equal(v, state[k])

@@ -115,8 +115,8 @@ def test_head_loss_and_weight_gradients_equal_the_unfused_reference(case, weight
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(B, N_IN)), _targets(loss, rng)
     w = rng.uniform(0.0, 3.0, B) if weighted else None
-    out = model._forward(x, training=True)
-    value, dy = model._loss_and_grad(out, y, w)
+    out = model.forward(x, training=True)
+    value, dy = model.loss_and_grad(out, y, w)
     for i in range(len(model.layers) - 1, -1, -1):
         dy = model.layers[i].backward(dy, need_dx=i > 0)
     grads = model.grads.copy()
@@ -155,8 +155,8 @@ def test_head_gradient_buffer_is_reused_across_steps():
     model = _model(CASES[0][1], "categorical_crossentropy")
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(B, N_IN)), _targets("categorical_crossentropy", rng)
-    l1, g1 = model._loss_and_grad(model._forward(x, True), y)
-    l2, g2 = model._loss_and_grad(model._forward(x, True), y)
+    l1, g1 = model.loss_and_grad(model.forward(x, True), y)
+    l2, g2 = model.loss_and_grad(model.forward(x, True), y)
     assert g1 is g2
     assert l1 is l2 and model._head.fused  # a fused head's loss goes into its own 0-d buffer too (loss_out)
     assert len(model._head.buffers()) == 2
@@ -179,7 +179,7 @@ def test_a_layer_returns_the_same_before_and_after_compile_and_training_steps(ca
 
     before = each_layer()
     model.compile("sgd", loss)
-    model._loss_and_grad(model._forward(x, training=True), y)  # a training forward: logits where the head fuses
+    model.loss_and_grad(model.forward(x, training=True), y)  # a training forward: logits where the head fuses
     after = each_layer()
     for a, b in zip(after, before, strict=True):
         np.testing.assert_array_equal(a, b)

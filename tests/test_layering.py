@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nnxp"
 LEVEL = {
     "errors": 0, "_version": 0,
     "backend": 1, "distributed": 2,
-    "ops": 2,
-    "activations": 3, "initializers": 3, "losses": 3, "regularizers": 3, "schedules": 3, "_validation": 3,
+    "ops": 2, "_validation": 2,  # input checks over backend and errors only; schedules and regularizers use them
+    "activations": 3, "initializers": 3, "losses": 3, "regularizers": 3, "schedules": 3,
     "optimizers": 4, "layers": 4, "head": 4,
     "callbacks": 5, "_graph": 5, "training": 5.5,
     "model": 6, "io": 5, "models": 8,  # io below model: model.save delegates to it, load_model asks a registry

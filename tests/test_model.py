@@ -11,7 +11,7 @@ import pytest
 import nnxp
 from nnxp import Activation, Dense, Dropout, NnxpError, Sequential
 from nnxp.callbacks import Callback
-from nnxp.errors import NumericalError
+from nnxp.errors import NnxpTypeError, NotCompiledError, NumericalError
 from nnxp.layers import Layer
 from nnxp.ops.activation import ACTIVATION_OPS
 
@@ -28,7 +28,7 @@ LOSS_SETUPS = {
 
 def _flat_numeric_gradient(model, x, y, eps=1e-6, w=None):
     def loss_at():
-        return float(model._loss_and_grad(model._forward(x, True), y, *([] if w is None else [w]))[0])
+        return float(model.loss_and_grad(model.forward(x, True), y, *([] if w is None else [w]))[0])
 
     num = np.zeros_like(model.params)
     for i in range(model.params.size):
@@ -43,7 +43,7 @@ def _flat_numeric_gradient(model, x, y, eps=1e-6, w=None):
 
 
 def _analytic_gradient(model, x, y):
-    model._train_step(x, y)
+    model.backprop(x, y)
     return model.grads.copy()
 
 
@@ -606,7 +606,7 @@ def _weighted_setup(case, n=6, seed=4):
 @pytest.mark.parametrize("case", sorted(WEIGHT_SETUPS))
 def test_weighted_loss_gradients_match_finite_differences(case):
     model, x, y, w = _weighted_setup(case)
-    model._train_step(x, y, w)
+    model.backprop(x, y, w)
     analytic = model.grads.copy()
     np.testing.assert_allclose(analytic, _flat_numeric_gradient(model, x, y, w=w), rtol=1e-5, atol=1e-8)
 
@@ -615,8 +615,8 @@ def test_weighted_loss_gradients_match_finite_differences(case):
 def test_weighted_loss_is_keras_sum_over_batch_size(case):
     # Keras: sum_i w_i l_i / batch_size, l_i the row's own loss
     model, x, y, w = _weighted_setup(case)
-    per_row = [float(model._loss_and_grad(model._forward(x[i : i + 1], False), y[i : i + 1])[0]) for i in range(6)]
-    loss = float(model._loss_and_grad(model._forward(x, False), y, w)[0])
+    per_row = [float(model.loss_and_grad(model.forward(x[i : i + 1], False), y[i : i + 1])[0]) for i in range(6)]
+    loss = float(model.loss_and_grad(model.forward(x, False), y, w)[0])
     np.testing.assert_allclose(loss, np.dot(w, per_row) / 6, rtol=1e-12)
     # evaluate over batches of 4 and 2: the same number
     logs = model.evaluate(x, y, batch_size=4, verbose=0, sample_weight=w, return_dict=True)
@@ -1051,6 +1051,13 @@ def test_the_model_name_is_kept():
     assert Sequential(name="mlp", dtype="float64").get_config()["name"] == "mlp"
 
 
+def test_the_model_name_shows_in_the_summary():
+    # issue 14: the dtype's name once overwrote `name`, so the summary (and the ONNX graph) said "float32"
+    model = Sequential([Dense(3, input_dim=2)], name="mynet")
+    assert model.name == "mynet"
+    assert model.summary(print_fn=None).splitlines()[0].startswith('Model: "mynet"')
+
+
 def test_layers_must_be_a_list():
     with pytest.raises(nnxp.errors.NnxpTypeError, match=r"`layers` must be a list of layers.*Sequential\(\[Dense"):
         Sequential(Dense(3, input_dim=2))
@@ -1431,6 +1438,76 @@ def test_from_config_rebuilds_an_unbuilt_twin_with_the_same_initial_weights():
     with pytest.raises(NnxpError, match=r"`layers` do not fit `input_dim`=4"):
         Sequential.from_config({**model.get_config(), "input_dim": 4, "layers": [
             {"class_name": "Dense", "config": {"units": 2, "input_dim": 3}}]})
+
+
+def test_a_model_saved_after_its_shared_optimizer_stepped_another_model_loads(tmp_path):
+    # one optimizer instance, two models of different sizes: after b's fit the optimizer holds b's state, and
+    # get_state/save wrote it for a, a file load_model refused ("optimizer/m must have shape (49,)")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)), rng.normal(size=(32, 1))
+    opt = nnxp.optimizers.Adam(1e-3)
+    a = Sequential([Dense(8, input_dim=4), Dense(1)], seed=0)
+    b = Sequential([Dense(3, input_dim=4), Dense(1)], seed=1)
+    a.compile(opt, "mse")
+    b.compile(opt, "mse")
+    a.fit(x, y, epochs=1, verbose=0)
+    b.fit(x, y, epochs=1, verbose=0)
+    state = a.get_state()["compile"]["optimizer_state"]  # none of b's: the fresh state a's next step starts from
+    assert {k: (v.shape, np.abs(v).max()) for k, v in state.items()} == {"m": ((49,), 0.0), "v": ((49,), 0.0)}
+    assert b.get_state()["compile"]["optimizer_state"]["m"].shape == (19,)  # b's own state as it is
+    a.save(tmp_path / "a.nnxp")
+    loaded = nnxp.load_model(tmp_path / "a.nnxp")
+    assert loaded.optimizer.iterations == opt.iterations
+    loaded.fit(x, y, epochs=1, verbose=0)  # and the file trains on as the live model does
+    a.fit(x, y, epochs=1, verbose=0)
+    for p, q in zip(loaded.get_weights(), a.get_weights(), strict=True):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_moving_a_model_whose_shared_optimizer_holds_another_models_state(fake_cupy):
+    # the move used to reshape the other model's state onto this one: NnxpError ("optimizer state `m` must have
+    # shape (49,)"), and the way back rebuilt the optimizer, wiping the other model's moments
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)), rng.normal(size=(32, 1))
+    opt = nnxp.optimizers.Adam(1e-3)
+    a = Sequential([Dense(8, input_dim=4), Dense(1)], seed=0)
+    b = Sequential([Dense(3, input_dim=4), Dense(1)], seed=1)
+    a.compile(opt, "mse")
+    b.compile(opt, "mse")
+    a.fit(x, y, epochs=1, verbose=0)
+    b.fit(x, y, epochs=1, verbose=0)
+    b_state = opt.get_state()
+    weights, predictions = a.get_weights(), a.predict(x)
+    a.to("cuda")
+    assert a.device.is_cuda and a.device.xp is not np
+    for p, q in zip(a.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(p, q)
+    np.testing.assert_allclose(a.predict(x), predictions, rtol=1e-6, atol=1e-6)
+    assert sorted(opt.get_state()) == sorted(b_state)
+    for k, v in opt.get_state().items():  # b's moments untouched by a's move
+        np.testing.assert_array_equal(v, b_state[k])
+
+
+def test_from_config_and_set_flat_weights_refuse_bad_input_with_nnxp_errors():
+    # the public state API (issue 14) met bad input with TypeError/KeyError/AttributeError, accepted a negative
+    # input_dim (sizing a (-1, 3) kernel), and a wrong-sized flat buffer left the unbuilt model's layers sized
+    dense = {"class_name": "Dense", "config": {"units": 3}}
+    bad = [("not a dict", NnxpTypeError, r"`config` must be a dict"),
+           ({"layers": "Dense"}, NnxpTypeError, r"`layers` must be a list"),
+           ({"layers": [{"config": {"units": 3}}]}, NnxpError, r"`layers\[0\]` must be a dict with 'class_name'"),
+           ({"layers": [dense], "input_dim": -1}, NnxpError, r"input_dim.*Received: input_dim=-1"),
+           ({"layers": [dense], "input_dim": 2.5}, NnxpError, r"input_dim")]
+    for config, error, match in bad:
+        with pytest.raises(error, match=match):
+            Sequential.from_config(config)
+    with pytest.raises(NotCompiledError, match="input size is not known"):
+        Sequential([Dense(3)]).set_flat_weights(np.zeros(3))
+    model = Sequential([Dense(3, input_dim=2)])
+    with pytest.raises(NnxpError, match=r"must have shape \(9,\)"):
+        model.set_flat_weights(np.zeros(5))
+    assert not model.built and [(layer.input_dim, layer.output_dim) for layer in model.layers] == [(None, None)]
+    model.set_flat_weights(np.arange(9.0))
+    np.testing.assert_array_equal(model.get_weights()[1], [6.0, 7.0, 8.0])
 
 
 def test_get_state_holds_what_a_file_holds_as_copies():

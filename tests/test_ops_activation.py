@@ -24,6 +24,8 @@ def _plain(name, z):
         return np.log(1 + np.exp(z))
     if name == "gelu":
         return 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+    if name == "silu":
+        return z / (1 + np.exp(-z))
     if name == "softmax":
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)

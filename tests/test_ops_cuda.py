@@ -362,6 +362,7 @@ OPTIMIZERS = {
     "adadelta": (["pos", "pos"], dict(lr=1.0, rho=0.95, epsilon=1e-7)),
     "adam": (["any", "pos"], dict(lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)),
     "adamax": (["any", "pos"], dict(lr=0.002, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)),
+    "lion": (["any"], dict(lr=0.001, beta_1=0.9, beta_2=0.99)),
 }
 
 
@@ -615,6 +616,7 @@ MODEL_CASES = {
     "float32/categorical": ("float32", ["tanh", "gelu"], "softmax", "categorical_crossentropy", _SGD),
     "float32/sparse": ("float32", ["sigmoid", "softplus"], "softmax", "sparse_categorical_crossentropy", _SGD),
     "float32/binary": ("float32", ["gelu", "tanh"], "sigmoid", "binary_crossentropy", _SGD),
+    "float32/silu": ("float32", ["silu", "elu"], "softmax", "categorical_crossentropy", _SGD),
 }
 # after 3 epochs of 8 steps: parameters and per-epoch losses, CPU vs CUDA
 MODEL_TOL = {"float64": dict(rtol=1e-9, atol=1e-11), "float32": dict(rtol=2e-3, atol=2e-4)}

@@ -22,6 +22,7 @@ from nnxp.ops import _cuda
 from nnxp.ops import dropout as DR
 from nnxp.ops import optim as O
 from nnxp.ops.activation import ACTIVATION_OPS
+from nnxp.selftest import update_examples, update_state
 
 KERNELS_CU = Path(str(importlib.resources.files("nnxp.ops").joinpath("kernels.cu")))
 CUDA_PY = Path(_cuda.__file__)
@@ -149,26 +150,6 @@ extern "C" void act_fwd_##S(int code, const T* z, T* y, long n) {               
 extern "C" void act_bwd_##S(int code, const T* dy, const T* y, const T* z, T* out, long n) {                    \
     for (long i = 0; i < n; ++i) out[i] = act_backward(code, dy[i], y[i], z[i]);                                \
 }                                                                                                                \
-extern "C" void sgd_##S(T* p, const T* g, T* v, long n, T lr, T mom, T decay, int mode) {                       \
-    for (long i = 0; i < n; ++i) sgd_elem(p[i], g[i], v[i], lr, mom, decay, mode);                              \
-}                                                                                                                \
-extern "C" void rmsprop_##S(T* p, const T* g, T* s, T* m, T* a, long n, T lr, T rho, T omr, T mom, T eps,       \
-                            T decay, int has_mom, int centered) {                                               \
-    for (long i = 0; i < n; ++i)                                                                                 \
-        rmsprop_elem(p[i], g[i], s[i], m[i], a[i], lr, rho, omr, mom, eps, decay, has_mom, centered);           \
-}                                                                                                                \
-extern "C" void adagrad_##S(T* p, const T* g, T* acc, long n, T lr, T eps, T decay) {                           \
-    for (long i = 0; i < n; ++i) adagrad_elem(p[i], g[i], acc[i], lr, eps, decay);                              \
-}                                                                                                                \
-extern "C" void adadelta_##S(T* p, const T* g, T* ag, T* ad, long n, T lr, T rho, T omr, T eps, T decay) {      \
-    for (long i = 0; i < n; ++i) adadelta_elem(p[i], g[i], ag[i], ad[i], lr, rho, omr, eps, decay);             \
-}                                                                                                                \
-extern "C" void adam_##S(T* p, const T* g, T* m, T* v, long n, T omb1, T omb2, T eps, T inv_alpha, T decay) {   \
-    for (long i = 0; i < n; ++i) adam_elem(p[i], g[i], m[i], v[i], omb1, omb2, eps, inv_alpha, decay);          \
-}                                                                                                                \
-extern "C" void adamax_##S(T* p, const T* g, T* m, T* u, long n, T omb1, T b2, T eps, T inv_alpha, T decay) {   \
-    for (long i = 0; i < n; ++i) adamax_elem(p[i], g[i], m[i], u[i], omb1, b2, eps, inv_alpha, decay);          \
-}                                                                                                                \
 extern "C" void mask_##S(unsigned long long seed, long n, T rate, T scale, T* out) {                            \
     for (long i = 0; i < n; ++i) out[i] = dropout_mask(seed, (unsigned long long)i, rate, scale);              \
 }
@@ -177,6 +158,39 @@ NX_EXPORT(float, f)
 NX_EXPORT(double, d)
 """
 
+RULES = {name: op for name, op in _cuda.OPS.items() if isinstance(op, O.Update)}
+
+
+def _kernel_signature(name: str) -> list[tuple[str, str]]:
+    """(type, name) of each parameter of the kernel template ``name`` in kernels.cu."""
+    match = re.search(rf"__global__\s+void\s+{name}\s*\(([^)]*)\)", SOURCE)
+    assert match, f"kernel {name} not found in kernels.cu"
+    params = [" ".join(p.split()) for p in match.group(1).split(",")]
+    return [tuple(p.rsplit(" ", 1)) for p in params]
+
+
+def _kernel_body(name: str) -> str:
+    start = re.search(rf"__global__\s+void\s+{name}\s*\(", SOURCE).end()
+    return SOURCE[start:SOURCE.index("\n}\n", start)]
+
+
+def _rule_wrappers() -> str:
+    """One host loop per optimizer kernel, generated from its signature in kernels.cu: every pointer before `n`
+    is a buffer passed element by element, every parameter after it (but `hp`) a scalar, to ``<rule>_elem`` in
+    that order (as the kernel calls it; test_each_rule_kernel_calls_its_element_function checks)."""
+    out = []
+    for rule in sorted(RULES):
+        params = _kernel_signature(f"nnxp_{rule}")
+        names = [n for _, n in params]
+        arrays, scalars = params[:names.index("n")], [p for p in params[names.index("n") + 1:] if p[1] != "hp"]
+        for ctype, suffix in (("float", "f"), ("double", "d")):
+            decl = ", ".join([f"{t.replace('T', ctype)} {n}" for t, n in arrays] + ["long long n"]
+                             + [f"{t.replace('T', ctype)} {n}" for t, n in scalars])
+            call = ", ".join([f"{n}[i]" for _, n in arrays] + [n for _, n in scalars])
+            out.append(f'extern "C" void {rule}_{suffix}({decl}) {{\n'
+                       f"    for (long long i = 0; i < n; ++i) {rule}_elem<{ctype}>({call});\n}}\n")
+    return "\n".join(out)
+
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
@@ -184,7 +198,7 @@ def harness(tmp_path_factory):
         pytest.skip("no host C++ compiler (g++ / c++)")
     build = tmp_path_factory.mktemp("harness")
     src = build / "harness.cpp"
-    src.write_text(_HARNESS)
+    src.write_text(_HARNESS + _rule_wrappers())
     lib = build / "libnx_harness.so"
     cmd = [CXX, "-std=c++14", "-O2", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Werror",
            "-shared", "-fPIC", "-DNNXP_HOST_HARNESS", f"-I{KERNELS_CU.parent}", str(src), "-o", str(lib)]
@@ -267,90 +281,71 @@ def test_activation_element_math_matches_reference(harness, act, dtype):
         _assert_same(dz, dz_ref, dtype, slack_bwd)
 
 
-def _state(rng, n, dtype, positive=False):
-    a = rng.normal(size=n)
-    return (np.abs(a) if positive else a).astype(dtype)
-
-
-OPTIMIZER_CASES = {
-    "sgd": dict(momentum=0.0, nesterov=False),
-    "sgd_momentum": dict(momentum=0.9, nesterov=False),
-    "sgd_nesterov": dict(momentum=0.9, nesterov=True),
-    "rmsprop": dict(momentum=0.0, centered=False),
-    "rmsprop_momentum": dict(momentum=0.9, centered=False),
-    "rmsprop_centered": dict(momentum=0.0, centered=True),
-    "rmsprop_momentum_centered": dict(momentum=0.5, centered=True),
-    "adagrad": {},
-    "adadelta": {},
-    "adam": {},
-    "adamax": {},
-}
-
-
-def _optimizer_case(case, dtype, n, rng):
-    """(kind, lr, hyper-parameters, p, g, state buffers) for one update from random inputs with specials in g."""
-    hyper = OPTIMIZER_CASES[case]
-    p, g = _state(rng, n, dtype), _inputs(rng, n, dtype, 1.0)
-    kind = case.split("_")[0]
-    lr = 1.0 if kind == "adadelta" else 0.01  # Keras's defaults
-    if kind == "sgd":
-        states = [_state(rng, n, dtype)] if hyper["momentum"] else []
-    elif kind == "rmsprop":
-        states = [_state(rng, n, dtype, True), _state(rng, n, dtype) if hyper["momentum"] else None,
-                  _state(rng, n, dtype) if hyper["centered"] else None]
-    elif kind == "adagrad":
-        states = [_state(rng, n, dtype, True)]
-    else:  # adadelta, adam, adamax: two state buffers, the second non-negative
-        states = [_state(rng, n, dtype, kind == "adadelta"), _state(rng, n, dtype, True)]
-    return kind, lr, hyper, p, g, states
+# every optimizer rule with a kernel, in every configuration its declaration allows (selftest.update_examples)
+RULE_CASES = [(rule, label) for rule in sorted(RULES) for label in update_examples(RULES[rule], variants=True)]
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", sorted(OPTIMIZER_CASES))
-def test_optimizer_element_math_matches_reference(harness, case, dtype, weight_decay):
+@pytest.mark.parametrize("rule, label", RULE_CASES, ids=[f"{r}[{c}]" for r, c in RULE_CASES])
+def test_optimizer_element_math_matches_reference(harness, rule, label, dtype, weight_decay):
+    """Weight decay then the rule's reference, against the kernel's element function, for its declared scalars."""
+    op = RULES[rule]
+    scalars, present = update_examples(op, variants=True)[label]
     rng = np.random.default_rng(2)
     n = 1031
-    kind, lr, hyper, p, g, states = _optimizer_case(case, dtype, n, rng)
+    dtype = np.dtype(dtype)
+    p, g = (rng.normal(size=n)).astype(dtype), _inputs(rng, n, dtype, 1.0)
+    states = update_state(rng, dtype, n, present)
     ref = [p.copy(), *[None if s is None else s.copy() for s in states]]
-    got = [p.copy(), *[None if s is None else s.copy() for s in states]]
-    tmp = np.empty_like(p)
-    step, rho, eps, b1, b2 = 3, 0.9, 1e-7, 0.9, 0.999
-    dummy = np.zeros_like(p)
+    got = [p.copy(), *[np.zeros_like(p) if s is None else s.copy() for s in states]]
     with np.errstate(all="ignore"):
         if weight_decay:
-            O.weight_decay_ref(ref[0], lr, weight_decay)
-        if kind == "sgd":
-            velocity = ref[1] if len(ref) > 1 else None
-            O.sgd_ref(ref[0], g, velocity, tmp, lr, hyper["momentum"], hyper["nesterov"])
-            scalars = O.sgd_scalars(dtype, lr, hyper["momentum"], hyper["nesterov"], velocity is not None,
-                                        weight_decay)
-            _call(harness, "sgd", dtype, got[0], g, got[1] if len(got) > 1 else dummy, n, *scalars)
-        elif kind == "rmsprop":
-            O.rmsprop_ref(ref[0], g, ref[1], ref[2], ref[3], tmp, lr, rho, hyper["momentum"], eps)
-            scalars = O.rmsprop_scalars(dtype, lr, rho, hyper["momentum"], eps, got[2] is not None,
-                                            got[3] is not None, weight_decay)
-            _call(harness, "rmsprop", dtype, got[0], g, got[1], dummy if got[2] is None else got[2],
-                  dummy.copy() if got[3] is None else got[3], n, *scalars)
-        elif kind == "adagrad":
-            O.adagrad_ref(ref[0], g, ref[1], tmp, lr, eps)
-            _call(harness, "adagrad", dtype, got[0], g, got[1], n, *O.adagrad_scalars(dtype, lr, eps,
-                                                                                          weight_decay))
-        elif kind == "adadelta":
-            O.adadelta_ref(ref[0], g, ref[1], ref[2], tmp, lr, 0.95, eps)
-            _call(harness, "adadelta", dtype, got[0], g, got[1], got[2], n,
-                  *O.adadelta_scalars(dtype, lr, 0.95, eps, weight_decay))
-        elif kind == "adam":
-            O.adam_ref(ref[0], g, ref[1], ref[2], tmp, lr, b1, b2, eps, step)
-            _call(harness, "adam", dtype, got[0], g, got[1], got[2], n,
-                  *O.adam_scalars(dtype, lr, b1, b2, eps, step, weight_decay))
-        else:
-            O.adamax_ref(ref[0], g, ref[1], ref[2], tmp, lr, b1, b2, eps, step)
-            _call(harness, "adamax", dtype, got[0], g, got[1], got[2], n,
-                  *O.adamax_scalars(dtype, lr, b1, b2, eps, step, weight_decay))
+            O.weight_decay_ref(ref[0], scalars["lr"], weight_decay)
+        op.ref(ref[0], g, *ref[1:], np.empty_like(p), *(scalars[k] for k in op.scalars))
+        _call(harness, rule, dtype, got[0], g, *got[1:], np.int64(n),
+              *op.kernel_scalars(dtype, tuple(states), scalars, weight_decay))
     for a, e in zip(got, ref, strict=True):
         if e is not None:
             _assert_same(a, e, dtype)
+
+
+# --- the scalars' order: Update declaration, *_scalars and kernels.cu agree by name ------------------------------
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_rule_kernel_scalars_match_the_kernel_parameters_by_name(rule):
+    """*_scalars returns the kernel's parameters (after `n`, but `hp`) by name and in order; the floating-point
+    ones are what a captured step writes to `hp`, and the kernel must read hp[i] into the i-th of them."""
+    op = RULES[rule]
+    params = _kernel_signature(f"nnxp_{rule}")
+    names = [n for _, n in params]
+    after_n = [p for p in params[names.index("n") + 1:] if p[1] != "hp"]
+    scalars, present = update_examples(op)[""]
+    state = tuple(np.zeros(1) if on else None for on in present)
+    given = op.kernel_arguments(np.float32, state, scalars, 0.004)
+    assert list(given) == [n for _, n in after_n], f"{rule}: *_scalars names/order differ from kernels.cu"
+    floats = [k for k, v in given.items() if isinstance(v, np.floating)]
+    assert floats == [n for t, n in after_n if t == "T"], f"{rule}: a T parameter is not a float scalar (or back)"
+    hp_reads = re.findall(r"(\w+) = hp\[(\d+)\];", _kernel_body(f"nnxp_{rule}"))
+    assert [(n, int(i)) for n, i in hp_reads] == [(n, i) for i, n in enumerate(floats)], (
+        f"{rule}: the kernel reads hp in another order than *_scalars writes it: {hp_reads} vs {floats}")
+    assert op.device_scalars(np.float32, state, scalars, 0.004) == tuple(given[k] for k in floats)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_each_rule_kernel_calls_its_element_function(rule):
+    """What the generated harness assumes: nnxp_<rule> calls <rule>_elem with its buffers' elements, then its
+    scalar parameters by name in signature order, and <rule>_elem takes as many arguments."""
+    params = _kernel_signature(f"nnxp_{rule}")
+    names = [n for _, n in params]
+    arrays, scalars = names[:names.index("n")], [n for n in names[names.index("n") + 1:] if n != "hp"]
+    call = re.search(rf"{rule}_elem\(([^;]*)\);", _kernel_body(f"nnxp_{rule}"))
+    assert call, f"nnxp_{rule} does not call {rule}_elem"
+    args = [a.strip() for a in call.group(1).split(",")]
+    assert args[len(arrays):] == scalars
+    elem = re.search(rf"NX_HD void {rule}_elem\(([^)]*)\)", SOURCE)
+    assert elem and len(elem.group(1).split(",")) == len(arrays) + len(scalars)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -153,3 +153,20 @@ def test_compiled_paths_take_only_what_they_handle(monkeypatch):
     monkeypatch.setattr(_cpu, "_enabled", False)  # as without Numba
     y, _ = D.dense_forward(x, w, b, "tanh")
     np.testing.assert_array_equal(y, D.dense_forward_ref(x, w, b, "tanh")[0])
+
+
+def test_cpu_loop_codes_cover_the_kernel_activations_and_match_the_loops():
+    """The Numba loops' LOOP_ACT_CODES (numbered apart from kernels.cu's _cuda.ACT_CODES) name the same
+    activations, and each labelled case in the loops tests the code the table gives its activation."""
+    import inspect
+    import re
+
+    from nnxp.ops import _cuda
+    from nnxp.ops import dense as D
+
+    assert set(D.LOOP_ACT_CODES) == set(_cuda.ACT_CODES)
+    for loop in (D._bias_act_loop, D._act_grad_loop):
+        cases = re.findall(r"act == (\d+):  # ([a-z ]+?)[:,(]", inspect.getsource(loop))
+        assert len(cases) >= 7, loop.__name__
+        for code, label in cases:
+            assert D.LOOP_ACT_CODES[label.strip().replace(" ", "_")] == int(code), (loop.__name__, label)

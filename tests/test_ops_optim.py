@@ -98,6 +98,15 @@ def adamax_rule(lr, beta_1, beta_2, epsilon):
     return rule
 
 
+def lion_rule(lr, beta_1, beta_2):
+    def rule(p, g, s, t):
+        c = beta_1 * s["m"] + (1.0 - beta_1) * g
+        s["m"] = beta_2 * s["m"] + (1.0 - beta_2) * g
+        return p - lr * math.copysign(1.0, c) if c else p
+
+    return rule
+
+
 def scalar_trajectory(rule, p0, grads, init):
     """[(params, {slot: values})] after each step, element by element."""
     params = list(p0)
@@ -183,6 +192,12 @@ CASES = [
         adamax_rule(0.02, beta_1=0.8, beta_2=0.95, epsilon=1e-2),
         {"m": 0.0, "u": 0.0},
         lambda p, g, s, tmp, t: O.adamax(p, g, s["m"], s["u"], tmp, 0.02, 0.8, 0.95, 1e-2, t),
+    ),
+    Case(
+        "lion",
+        lion_rule(0.05, beta_1=0.7, beta_2=0.8),
+        {"m": 0.0},
+        lambda p, g, s, tmp, t: O.lion(p, g, s["m"], tmp, 0.05, 0.7, 0.8),
     ),
 ]
 IDS = [c.name for c in CASES]

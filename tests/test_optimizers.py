@@ -19,7 +19,7 @@ from conftest import tol
 
 import nnxp
 from nnxp import NnxpError, optimizers
-from nnxp.optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Optimizer, RMSprop
+from nnxp.optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Optimizer, RMSprop
 from nnxp.schedules import CosineDecay, ExponentialDecay, LearningRateSchedule, StepDecay
 
 P0 = [0.5, -1.25, 2.0, 0.0, -0.3]
@@ -114,6 +114,17 @@ def _adamax(h):
     return rule, {"m": 0.0, "u": 0.0}
 
 
+def _lion(h):
+    b1, b2 = h.get("beta_1", 0.9), h.get("beta_2", 0.99)
+
+    def rule(p, g, s, t, lr):  # Keras's Lion, as written there
+        c = b1 * s["m"] + (1 - b1) * g
+        s["m"] = b2 * s["m"] + (1 - b2) * g
+        return p - lr * ((c > 0) - (c < 0))
+
+    return rule, {"m": 0.0}
+
+
 RULES = {
     "sgd": _sgd,
     "rmsprop": _rmsprop,
@@ -122,6 +133,7 @@ RULES = {
     "adam": _adam,
     "adamax": _adamax,
     "adamw": _adam,
+    "lion": _lion,
 }
 DEFAULT_LR = {"sgd": 0.01}
 
@@ -193,6 +205,8 @@ GOLDEN = [
     ("adam", Adam, dict(learning_rate=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-2)),
     ("adamax", Adamax, dict(learning_rate=0.02, beta_1=0.8, beta_2=0.95, epsilon=1e-2)),
     ("adamw", AdamW, dict(learning_rate=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-2, weight_decay=0.1)),
+    ("lion", Lion, dict(learning_rate=0.05, beta_1=0.5, beta_2=0.8)),
+    ("lion", Lion, dict(learning_rate=0.05, weight_decay=0.2, clipvalue=0.5)),
     # Keras defaults
     ("sgd", SGD, {}),
     ("rmsprop", RMSprop, {}),
@@ -201,6 +215,7 @@ GOLDEN = [
     ("adam", Adam, {}),
     ("adamax", Adamax, {}),
     ("adamw", AdamW, {}),
+    ("lion", Lion, {}),
 ]
 
 
@@ -364,9 +379,9 @@ def test_each_optimizer_names_its_rule_scalars_and_state_once(make):
     assert tuple(scalars) == opt.rule.scalars
     assert scalars["lr"] == 0.25 and scalars.get("step", 4) == 4
     assert all(scalars[k] == getattr(opt, k) for k in scalars if k not in ("lr", "step"))
-    assert len(opt.buffers) == len(opt.rule.state) and set(opt._slots()) == set(opt.buffers)
+    assert set(opt.slot_names()) == set(opt.rule.state)  # every slot on in these configurations
     opt.build(np.zeros(3))
-    assert all(b is opt.state[k] for k, b in zip(opt.buffers, opt._buffers(), strict=True))
+    assert all(b is opt.state[k] for k, b in zip(opt.rule.state, opt._buffers(), strict=True))
 
 
 @pytest.mark.parametrize("old, new", [("lr", "use learning_rate instead"), ("decay", "use a learning-rate schedule"),
@@ -473,6 +488,7 @@ def test_adamw_equals_adam_with_weight_decay_and_zero_decay_equals_adam():
         ("adam", Adam),
         ("adamax", Adamax),
         ("adamw", AdamW),
+        ("lion", Lion),
         ("Adam", Adam),
         (" RMSprop ", RMSprop),
     ],
@@ -667,6 +683,7 @@ def test_state_slots_and_lazy_allocation():
         "adam": ["m", "v"],
         "adamax": ["m", "u"],
         "adamw": ["m", "v"],
+        "lion": ["m"],
     }
     made = {
         "sgd": SGD(),
@@ -678,6 +695,7 @@ def test_state_slots_and_lazy_allocation():
         "adam": Adam(),
         "adamax": Adamax(),
         "adamw": AdamW(),
+        "lion": Lion(),
     }
     for key, opt in made.items():
         assert opt.get_state() == {}  # nothing before the first step
@@ -741,6 +759,7 @@ GRAPH_CASES = [
     ("adam-global-clipnorm", lambda: _segmented(Adam(0.01, global_clipnorm=0.5))),
     ("adamax", lambda: Adamax(0.02)),
     ("adamw", lambda: AdamW(0.01)),
+    ("lion-decay-wd", lambda: Lion(ExponentialDecay(0.01, 1, 0.5), weight_decay=0.1)),
 ]
 
 
@@ -844,3 +863,67 @@ def test_clipping_survives_save_and_load(tmp_path, clip):
     loaded = nnxp.load_model(tmp_path / "m.nnxp")
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
     assert loaded.optimizer.segments == model.optimizer.segments == ((0, 12), (12, 16), (16, 24), (24, 26))
+
+
+# --- Lion: worked by hand, validation, training --------------------------------------------------------------
+
+
+def test_lion_two_steps_worked_by_hand():
+    # step 1: c = 0.9*0 + 0.1*0.1 = 0.01 > 0, so p = 0.5 - 0.1 = 0.4; m = 0.99*0 + 0.01*0.1 = 0.001
+    # step 2: c = 0.9*0.001 + 0.1*(-0.3) = -0.0291 < 0, so p = 0.4 + 0.1 = 0.5; m = 0.00099 - 0.003 = -0.00201
+    # (the 0 entry: c = 0 at both steps, sign 0, p stays)
+    opt, p = Lion(0.1), np.array([0.5, 1.0])
+    opt.apply(p, np.array([0.1, 0.0]))
+    np.testing.assert_allclose(p, [0.4, 1.0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(opt.state["m"], [0.001, 0.0], rtol=0, atol=1e-15)
+    opt.apply(p, np.array([-0.3, 0.0]))
+    np.testing.assert_allclose(p, [0.5, 1.0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(opt.state["m"], [-0.00201, 0.0], rtol=0, atol=1e-15)
+
+
+def test_lion_moves_every_weight_by_exactly_the_learning_rate():
+    rng = np.random.default_rng(3)
+    p = rng.normal(size=64)
+    opt = Lion(0.01)
+    for _ in range(3):
+        before = p.copy()
+        opt.apply(p, rng.normal(size=64))
+        np.testing.assert_allclose(np.abs(p - before), 0.01, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(beta_1=0.0), "Received: beta_1=0.0"),
+    (dict(beta_1=1.5), "Received: beta_1=1.5"),
+    (dict(beta_2=-0.1), "Received: beta_2=-0.1"),
+    (dict(beta_2=float("nan")), "Received: beta_2=nan"),
+    (dict(epsilon=1e-7), "epsilon"),  # Lion has none: an unknown argument, named
+])
+def test_lion_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(NnxpError, match=message):
+        Lion(**kwargs)
+
+
+def test_lion_config_round_trips_through_get_and_a_model_file(tmp_path):
+    opt = Lion(0.003, beta_1=0.8, beta_2=0.95, weight_decay=0.01)
+    again = optimizers.get(json.loads(json.dumps(opt.get_config())))
+    assert type(again) is Lion and again.get_config() == opt.get_config()
+    model = nnxp.Sequential([nnxp.Dense(4, "relu", input_dim=3), nnxp.Dense(2)], seed=0)
+    model.compile(opt, "mse")
+    model.fit(np.ones((8, 3)), np.zeros((8, 2)), epochs=1, verbose=0)
+    model.save(tmp_path / "m.nnxp")
+    loaded = nnxp.load_model(tmp_path / "m.nnxp")
+    assert loaded.optimizer.get_config() == opt.get_config()
+    np.testing.assert_array_equal(loaded.optimizer.get_state()["m"], model.optimizer.get_state()["m"])
+
+
+def test_lion_trains_a_classifier():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 8))
+    y = (x[:, 0] + x[:, 1] * x[:, 2] - x[:, 3] > 0).astype(np.int64)
+    model = nnxp.Sequential([nnxp.Dense(32, "relu", input_dim=8), nnxp.Dense(2, "softmax")], seed=2)
+    model.compile(Lion(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    before = model.evaluate(x, y, verbose=0)
+    history = model.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    loss, acc = model.evaluate(x, y, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    assert acc > 0.9 > before[1]

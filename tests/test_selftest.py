@@ -10,6 +10,7 @@ import pytest
 
 from nnxp import cli, selftest
 from nnxp.ops import _cublas, _cuda
+from nnxp.ops.activation import ACTIVATION_OPS
 
 
 def test_cpu_selftest_passes_and_prints_json(capsys):
@@ -61,8 +62,12 @@ def test_cuda_selftest_passes_on_the_stand_in(gpu_box):
                                          "CUDA headers")} <= names
     assert ("kernels", "kernels.cu float32") in names and ("kernels", "kernels.cu float64") in names
     ops = {n for s, n in names if s == "ops"}
-    assert {"dense_forward/gelu", "dense_backward/softmax", "sparse_softmax_cross_entropy", "optim/adam",
-            "dropout_forward"} <= ops and len(ops) == 2 * len(_cuda.ACT_CODES) + 2 + 3 + 6 + 2
+    assert {"dense_forward/gelu", "dense_backward/softmax", "sparse_softmax_cross_entropy", "optim/adam", "optim/lion",
+            "dropout_forward"} <= ops
+    # every registered override is checked, named by its op (and case): derived from nnxp.ops._cuda.OPS, no count
+    assert {n.removeprefix("optim/").split("/")[0] for n in ops} == set(_cuda.OPS)
+    acts = {n.split("/", 1)[1] for n in ops if n.startswith("dense_forward/")}
+    assert acts == set(ACTIVATION_OPS)
     assert any(s == "cuda_graph" and c.status == "PASS" for c in checks for s in [c.section])
     assert set(_cuda.compile_seconds()) == {"cuda:0/float32", "cuda:0/float64"}
 
@@ -87,3 +92,20 @@ def test_a_missing_cublas_fails_its_line(gpu_box, monkeypatch):
     checks = {c.name: c for c in selftest.run("cuda") if c.section == "environment"}
     assert checks["cuBLAS"].status == "FAIL" and "libcublasLt" in checks["cuBLAS"].detail
     assert checks["NVRTC"].status == "PASS"
+
+
+def test_a_fused_op_with_wrong_numbers_fails_its_line(gpu_box, monkeypatch):
+    """The derived cases compare real outputs: a kernel off by a little in one state buffer is caught by name."""
+    from nnxp.ops import optim as O
+
+    real = O.lion.fused
+
+    def off(p, g, m, *rest, **kw):
+        result = real(p, g, m, *rest, **kw)
+        m += 1e-3  # the momentum written slightly wrong; p itself is right
+        return result
+
+    monkeypatch.setattr(O.lion, "fused", off)
+    ops = {c.name: c for c in selftest.run("cuda") if c.section == "ops"}
+    assert ops["optim/lion"].status == "FAIL" and "relative error" in ops["optim/lion"].detail
+    assert ops["optim/adam"].status == "PASS"

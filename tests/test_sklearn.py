@@ -430,6 +430,42 @@ def test_bad_input_leaves_a_fitted_estimator_as_it_was():
         np.testing.assert_array_equal(est.predict_proba(x), proba)
 
 
+def test_a_warm_start_that_fails_after_some_epochs_leaves_the_network_as_it_was(monkeypatch):
+    # fit rolls back only the diverging epoch; the epochs before it had trained model_ in place, so the
+    # estimator's attributes were restored but its network was not (predict changed after the ValueError)
+    import nnxp.sklearn as nnxp_sklearn
+
+    x, y = _data("regression", 100)
+    est = MLPRegressor(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=0.001, momentum=0.5, batch_size=10,
+                       max_iter=5, random_state=0, warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(x, y)
+    model, opt = est.model_, est.model_.optimizer
+    pred, weights, epochs, seed = est.predict(x), model.get_weights(), model.epochs_trained, model.seed
+    state, iterations, lr = opt.get_state(), opt.iterations, opt.learning_rate
+    assert state and iterations == 50
+    end_of_epoch = nnxp_sklearn._Epochs.on_epoch_end
+
+    def blow_up_after_two_epochs(self, epoch, logs=None):  # a real NumericalError from the loop in epoch 3
+        end_of_epoch(self, epoch, logs)
+        if epoch == 1:
+            self.model.optimizer.learning_rate = 1e30
+
+    monkeypatch.setattr(nnxp_sklearn._Epochs, "on_epoch_end", blow_up_after_two_epochs)
+    est.set_params(max_iter=20)
+    with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+        est.fit(x, y)
+    assert est.model_ is model and model.optimizer is opt and est.n_iter_ == 5
+    assert (model.epochs_trained, model.seed, opt.iterations, opt.learning_rate) == (epochs, seed, iterations, lr)
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert opt.get_state().keys() == state.keys()
+    for k, v in state.items():
+        np.testing.assert_array_equal(opt.get_state()[k], v)
+    np.testing.assert_array_equal(est.predict(x), pred)
+
+
 def test_parameters_are_scikit_learns_plus_device_and_dtype():
     for ours, ref in ((MLPClassifier(), sk_nn.MLPClassifier()), (MLPRegressor(), sk_nn.MLPRegressor())):
         mine, theirs = ours.get_params(), ref.get_params()

@@ -262,3 +262,151 @@ def test_ctrl_c_during_validation_rolls_that_epoch_back_too(monkeypatch):
     assert interrupted.optimizer.iterations == straight.optimizer.iterations
     for a, b in zip(interrupted.get_weights(), straight.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_rollback_of_a_model_whose_optimizer_was_last_stepped_by_another_model():
+    # one optimizer instance shared by two models of different sizes: at the start of b's epoch the optimizer
+    # still holds a's state. Rolling b back used to copy a's buffers into b's (ValueError: could not broadcast),
+    # hiding the callback's own error and leaving the iteration count advanced
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)), rng.normal(size=(32, 1))
+    opt = nnxp.optimizers.Adam(1e-3)
+    a = Sequential([Dense(8, input_dim=4), Dense(1)], dtype="float64", seed=0)
+    b = Sequential([Dense(3, input_dim=4), Dense(1)], dtype="float64", seed=1)
+    a.compile(opt, "mse")
+    b.compile(opt, "mse")
+    a.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    iterations, weights = opt.iterations, b.get_weights()
+
+    class Boom(nnxp.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        b.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[Boom()])
+    assert opt.iterations == iterations
+    for p, q in zip(b.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(p, q)
+    opt.learning_rate = 1e6  # and a diverged epoch of b: the NumericalError, b as it was
+    with pytest.raises(NumericalError, match="epoch 1"):
+        b.fit(x * 1e200, y, epochs=1, batch_size=8, verbose=0)
+    assert opt.iterations == iterations
+    for p, q in zip(b.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("first", ["dense", "gelu"])
+def test_an_unshuffled_fit_keeps_no_reference_to_the_training_data_either(first):
+    # unshuffled batches are views of the data: the first layer's input kept for backward (Dense's x, a gelu
+    # Activation's pre-activation) used to keep the whole data set alive after fit (on a GPU: its device copy)
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 3)).astype(np.float32), rng.normal(size=(64, 1)).astype(np.float32)
+    refs = [weakref.ref(x), weakref.ref(y)]
+    layers = [Dense(4, "relu", input_dim=3)] if first == "dense" else [nnxp.layers.Activation("gelu"), Dense(4)]
+    model = Sequential([*layers, Dense(1)], seed=0)
+    model.compile("sgd", "mse")
+    model.fit(x, y, epochs=2, batch_size=16, shuffle=False, validation_split=0.25, verbose=0)
+    del x, y
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True]
+    model.fit(rng.normal(size=(8, 3)), rng.normal(size=(8, 1)), epochs=1, verbose=0)  # and it trains on after
+
+
+def test_an_epoch_that_leaves_the_optimizer_state_infinite_is_a_divergence_too(tmp_path):
+    # float32 Adam: one huge row makes g^2 overflow in `v` while the loss (1e34) and the weights stay finite.
+    # The epoch used to be accepted: the model then held an infinite state, every later epoch diverged back to
+    # it, and a file saved from it (ModelCheckpoint's) could not be loaded ("must be finite")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 3)).astype(np.float32), (rng.normal(size=(64, 1)) * 1e17).astype(np.float32)
+    x[5] *= 1e7
+    model = Sequential([Dense(1, input_dim=3)], seed=0)
+    model.compile(nnxp.optimizers.Adam(1e-3), "mse")
+    model.fit(x[:8] / 1e7, y[:8] / 1e17, epochs=1, batch_size=8, verbose=0)  # a healthy first epoch
+    weights, state = model.get_weights(), model.optimizer.get_state()
+    with pytest.raises(NumericalError, match=r"diverged: the optimizer state 'v' became NaN or infinite at epoch 2\."):
+        model.fit(x, y, epochs=2, initial_epoch=1, batch_size=64, verbose=0)
+    assert model.epochs_trained == 1 and model.optimizer.iterations == 1
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for k, v in state.items():
+        np.testing.assert_array_equal(model.optimizer.state[k], v)
+    model.save(tmp_path / "m.nnxp")
+    nnxp.load_model(tmp_path / "m.nnxp")  # loads: nothing infinite was kept
+
+
+def test_ctrl_c_then_resume_with_a_rate_scheduler_equals_the_uninterrupted_run(tmp_path):
+    # LearningRateScheduler sets the rate in on_epoch_begin from the current one: the rolled-back epoch's rate
+    # used to stay, so the resumed epoch halved it a second time (and a file saved then recorded it)
+    import os
+    import signal
+
+    x, y, _ = _data(48)
+    x, y = x / 100, y / 48
+
+    def model():
+        m = Sequential([Dense(4, "relu", input_dim=3), Dense(1)], seed=2)
+        m.compile(nnxp.optimizers.Adam(0.01), "mse")
+        return m
+
+    def halve():
+        return nnxp.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+
+    class CtrlC(nnxp.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2 and self.model.epochs_trained == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, as Ctrl-C sends
+
+    straight = model()
+    h_straight = straight.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[halve()])
+    interrupted = model()
+    h = interrupted.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[halve(), CtrlC()])
+    assert h.interrupted and interrupted.epochs_trained == 2
+    assert interrupted.optimizer.learning_rate == 0.01 / 4  # the rates of the two epochs it kept
+    interrupted.save(tmp_path / "m.nnxp")
+    resumed = nnxp.load_model(tmp_path / "m.nnxp")
+    h_resumed = resumed.fit(x, y, epochs=4, initial_epoch=2, batch_size=8, verbose=0, callbacks=[halve()])
+    assert h.history["lr"] + h_resumed.history["lr"] == h_straight.history["lr"]
+    assert h.history["loss"] + h_resumed.history["loss"] == h_straight.history["loss"]
+    for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_second_ctrl_c_during_the_rollback_waits_for_it(monkeypatch):
+    # an impatient user presses Ctrl-C twice: the first stops the epoch, the second used to land inside the
+    # rollback itself (its KeyboardInterrupt cut the copy short), leaving the model mid-epoch
+    import os
+    import signal
+
+    x, y, _ = _data(48)
+    x, y = x / 100, y / 48
+
+    def model():
+        m = Sequential([Dense(4, "relu", input_dim=3), Dense(1)], seed=2)
+        m.compile(nnxp.optimizers.Adam(0.01), "mse")
+        return m
+
+    straight = model()
+    straight.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    original = training.Guard.restore
+
+    def restore_with_a_second_ctrl_c(guard):
+        os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT as the rollback starts
+        original(guard)
+
+    class CtrlC(nnxp.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2 and self.model.epochs_trained == 1:
+                monkeypatch.setattr(training.Guard, "restore", restore_with_a_second_ctrl_c)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted = model()
+    with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C still stops at once, after the rollback
+        interrupted.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[CtrlC()])
+    assert interrupted.epochs_trained == 1
+    assert interrupted.optimizer.iterations == straight.optimizer.iterations
+    for a, b in zip(interrupted.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

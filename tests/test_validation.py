@@ -1,5 +1,7 @@
 """Input checks in nnxp/_validation.py: each names the argument, the rule and what it received."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from nnxp._validation import (
     check_targets,
     fraction,
     non_negative_int,
+    number,
     positive_int,
 )
 from nnxp.errors import NnxpError, NnxpTypeError
@@ -189,6 +192,34 @@ def test_fraction():
 
 def test_fraction_accepts_numpy_floats():
     assert fraction("validation_split", np.float32(0.25)) == 0.25
+
+
+@pytest.mark.parametrize("rule, good, bad", [
+    ("> 0", [1e-12, 3, np.float32(2.5), np.int64(7)], [0, -1.0]),
+    (">= 0", [0, 0.0, 1e300], [-1e-12, -3]),
+    ("[0.0, 1.0]", [0.0, 1.0, 0.5], [-0.1, 1.0000001]),
+    ("(0.0, inf)", [1e-30, 10**300], [0.0, -2]),
+    ("[0, 1)", [0, 0.999], [1, 1.0, -0.0001]),
+])
+def test_number_checks_its_rule(rule, good, bad):
+    for value in good:
+        result = number("x", value, rule)
+        assert type(result) is float and result == float(value)
+    for value in [*bad, math.nan, math.inf, -math.inf, True, np.bool_(False), "1", None, 10**400]:
+        with pytest.raises(NnxpError, match=r"`x` must be a (finite )?number .*Received: x="):
+            number("x", value, rule)
+
+
+@pytest.mark.parametrize("rule, said", [
+    ("> 0", "a finite number > 0"),
+    (">= 0", "a finite number >= 0"),
+    ("(0.0, inf)", "a finite number in (0.0, inf)"),
+    ("[0, 1)", "a number in [0, 1)"),  # bounds on both sides already imply finite
+])
+def test_number_says_the_rule_as_written(rule, said):
+    with pytest.raises(NnxpError) as info:
+        number("rate", -5, rule)
+    assert str(info.value) == f"`rate` must be {said}. Received: rate=-5"
 
 
 # --- finite after the cast to the model's dtype; masked arrays ------------------------------------

@@ -83,6 +83,7 @@ class Op:
         self.ref = ref
         self.host = host if host is not None else ref
         self.fused: Callable | None = None  # the override: returns NotImplemented for what its kernel declines
+        self.examples: Callable | None = None  # (rng, dtype) -> {label: host args}: what `nnxp selftest` runs
         self.__name__ = self.__qualname__ = name or ref.__name__.removesuffix("_ref")
         self.__doc__, self.__module__ = ref.__doc__, ref.__module__
         # what runs when no override takes the inputs (as functools.wraps made it for override() before): the
@@ -94,6 +95,12 @@ class Op:
         self.fused = _fused(wrapper)
         OPS[self.__name__] = self
         return self.fused
+
+    def example(self, make: Callable) -> Callable:
+        """Register ``make(rng, dtype) -> {label: args}`` (a decorator): host inputs on which ``nnxp selftest``
+        compares the override with the reference on the user's GPU (every array argument and result)."""
+        self.examples = make
+        return make
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fused = self.fused
@@ -123,17 +130,11 @@ KERNELS: tuple[str, ...] = tuple(re.findall(r"__global__\s+void\s+(nnxp_\w+)\s*\
 # (the kernels are memory-bound; the FMA would buy nothing measurable).
 NVRTC_OPTIONS = ("--fmad=false",)
 
-# Activation codes of nnxp_bias_act_forward / nnxp_act_backward_bias (the NX_* defines in kernels.cu).
-# Softmax has its own row kernels.
-ACT_CODES = {
-    "linear": 0,
-    "relu": 1,
-    "leaky_relu": 2,
-    "elu": 3,
-    "gelu": 4,
-    "sigmoid": 5,
-    "tanh": 6,
-    "softplus": 7,
+# Activation codes of nnxp_bias_act_forward / nnxp_act_backward_bias, read from kernels.cu's NX_* defines (the
+# block under "// Activation codes"), so a new activation's code is written once. Softmax has its own row kernels.
+ACT_CODES: dict[str, int] = {
+    name.lower(): int(code) for name, code in re.findall(
+        r"#define NX_(\w+) (\d+)\n", _source().split("// Activation codes", 1)[1].split("\n\n", 1)[0] + "\n")
 }
 
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}

@@ -4,7 +4,7 @@ Each activation is a pair of functions that write into a caller-owned ``out``
 (which may alias the input) so the training loop allocates nothing per batch.
 Backward works from the layer output ``y`` where the derivative can be written
 in terms of it (ReLU, sigmoid, tanh, ...), which saves keeping the
-pre-activation ``z``; only GELU needs ``z``.
+pre-activation ``z``; only GELU and SiLU need ``z`` (``needs_z``).
 """
 
 from __future__ import annotations
@@ -90,6 +90,16 @@ def _gelu_fwd(z, out):
     return xp.multiply(z, t, out=out)
 
 
+def _silu_fwd(z, out):
+    xp = xp_of(z)
+    # z * sigmoid(z), the sigmoid as 0.5 * (1 + tanh(z/2)) so it cannot overflow; out may alias z
+    s = xp.multiply(z, 0.5)
+    xp.tanh(s, out=s)
+    s *= 0.5
+    s += 0.5
+    return xp.multiply(z, s, out=out)
+
+
 def _softmax_fwd(z, out):
     xp = xp_of(z)
     # subtract the row max so exp cannot overflow
@@ -168,6 +178,20 @@ def _gelu_bwd(dy, y, z, out):
     return xp.multiply(dy, th, out=out)
 
 
+def _silu_bwd(dy, y, z, out):
+    xp = xp_of(dy)
+    # f'(z) = s (1 + z (1 - s)) with s = sigmoid(z): not a function of y alone, so backward needs z
+    s = xp.multiply(z, 0.5)  # (B, n)
+    xp.tanh(s, out=s)
+    s *= 0.5
+    s += 0.5
+    t = xp.subtract(1.0, s)
+    t *= z
+    t += 1.0
+    t *= s
+    return xp.multiply(dy, t, out=out)
+
+
 def _softmax_bwd(dy, y, z, out):
     xp = xp_of(dy)
     # full Jacobian-vector product: dz = y * (dy - sum(dy * y, axis=-1))
@@ -198,6 +222,7 @@ ACTIVATION_OPS: dict[str, ActivationOps] = {
         ActivationOps("sigmoid", _sigmoid_fwd, _sigmoid_bwd),
         ActivationOps("tanh", _tanh_fwd, _tanh_bwd),
         ActivationOps("softplus", _softplus_fwd, _softplus_bwd),
+        ActivationOps("silu", _silu_fwd, _silu_bwd, needs_z=True),
         ActivationOps("softmax", _softmax_fwd, _softmax_bwd),
     )
 }

@@ -100,7 +100,10 @@ def dense_backward_ref(
 # than it saves and would contend with OpenBLAS's own spinning threads.
 
 # the activations the loops know, by code (softmax, a whole-row op, runs its reference)
-ACT_CODES = {"linear": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "sigmoid": 4, "tanh": 5, "softplus": 6, "gelu": 7}
+# (the Numba loops' own codes, in the literals of the loops below; numbered apart from the CUDA kernels'
+# _cuda.ACT_CODES, and kept apart: renumbering would mean editing every loop)
+LOOP_ACT_CODES = {"linear": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "sigmoid": 4, "tanh": 5, "softplus": 6,
+                  "gelu": 7, "silu": 8}
 # (B, n) sizes from here on would use the threaded loops: off, as measured (bench/results/train_cpu.json: with
 # them a step at batch 8192 took 189 ms against 131 ms serial, at 1024 19.8 against 19.0 ms, on 2 cores)
 PARALLEL_MIN_ELEMENTS = 1 << 62
@@ -160,6 +163,11 @@ def _bias_act_loop(z, b, use_bias, act, zkeep, c, chunk):  # pragma: no cover - 
                     zk[j] = v
                     t = np.tanh((v * v * k1 + k0) * v)
                     zr[j] = v * ((t + one) * half)
+            elif act == 8:  # silu: z (0.5 tanh(0.5 z) + 0.5), keeping z for backward
+                for j in range(n):
+                    v = zr[j]
+                    zk[j] = v
+                    zr[j] = v * (np.tanh(v * half) * half + half)
 
 
 def _act_grad_loop(dz, y, z, db, use_bias, act, c, chunk):  # pragma: no cover - runs compiled by Numba
@@ -203,6 +211,11 @@ def _act_grad_loop(dz, y, z, db, use_bias, act, c, chunk):  # pragma: no cover -
                     th = np.tanh((v2 * k1 + k0) * v)
                     du = ((v2 * k3 + k0) * v) * (one - th * th)
                     d[j] = d[j] * (((th + one) + du) * half)
+            elif act == 8:  # silu, from z: s (1 + z (1 - s)), s = sigmoid(z)
+                for j in range(w):
+                    v = zr[j]
+                    s = np.tanh(v * half) * half + half
+                    d[j] = d[j] * (((one - s) * v + one) * s)
             if use_bias:
                 for j in range(w):
                     dbc[j] += d[j]
@@ -212,7 +225,7 @@ prange = range  # Numba compiles the loops with numba.prange in its place (nnxp.
 
 
 def _fusable(activation: str, *arrays: Any) -> bool:
-    return activation in ACT_CODES and _cpu.host_float(*arrays)
+    return activation in LOOP_ACT_CODES and _cpu.host_float(*arrays)
 
 
 def _dense_forward_cpu(
@@ -225,8 +238,8 @@ def _dense_forward_cpu(
     z = np.matmul(x, w, out=out)  # (B, n_out)
     if needs_z and z_out is None:
         z_out = np.empty_like(z)
-    if not _cpu.call("bias_act", _bias_act_loop, z, z[0] if b is None else b, b is not None, ACT_CODES[activation],
-                     z_out if needs_z else z, _constants(z.dtype), PARALLEL_CHUNK,
+    if not _cpu.call("bias_act", _bias_act_loop, z, z[0] if b is None else b, b is not None,
+                     LOOP_ACT_CODES[activation], z_out if needs_z else z, _constants(z.dtype), PARALLEL_CHUNK,
                      parallel=_threaded(z)):
         return bias_activation_forward_ref(z, b, activation, z_out)
     return z, (z_out if needs_z else None)
@@ -240,7 +253,7 @@ def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx
     """dense_backward_ref, with the activation gradient and the bias gradient as one compiled pass."""
     if not (_cpu.numba_enabled() and type(dy) is np.ndarray and _fusable(activation, dy, x, w, y, z, dw, db)
             and _cpu.call("act_grad", _act_grad_loop, dy, y, dy if z is None else z, dy[0] if db is None else db,
-                          db is not None, ACT_CODES[activation], _constants(dy.dtype),
+                          db is not None, LOOP_ACT_CODES[activation], _constants(dy.dtype),
                           PARALLEL_CHUNK if _threaded(dy) else max(dy.shape[1], 1), parallel=_threaded(dy))):
         return dense_backward_ref(dy, x, w, y, z, activation, dw, db, dx_out, need_dx)
     np.matmul(x.T, dy, out=dw)  # (n_in, n_out)
@@ -408,9 +421,11 @@ def _activation_backward_bias_cuda(dy: Any, y: Any, z: Any | None, activation: s
 
 
 def _backward_inputs_fit(dy, y, z, activation, db, dtype, dev) -> bool:
-    if activation not in ("linear", "gelu") and not _cuda._fits(y, dtype, dy.shape, dev):
+    # backward reads z where the activation needs it (GELU, SiLU), else y (linear reads neither)
+    needs_z = ACTIVATION_OPS[activation].needs_z
+    if not needs_z and activation != "linear" and not _cuda._fits(y, dtype, dy.shape, dev):
         return False
-    if activation == "gelu" and not _cuda._fits(z, dtype, dy.shape, dev):
+    if needs_z and not _cuda._fits(z, dtype, dy.shape, dev):
         return False
     return db is None or _cuda._fits(db, dtype, (dy.shape[1],), dev)
 
@@ -451,3 +466,45 @@ def _dense_backward_cuda(
         if not need_dx:
             return None
         return _cublas.matmul(dy, w.T, out=dx_out)  # (B, n_in)
+
+
+# --- inputs `nnxp selftest` runs each override on (against its reference, on the user's GPU) --------------------
+
+
+def _normal(rng: np.random.Generator, dtype: Any, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (rng.normal(size=shape) * scale).astype(dtype)
+
+
+@bias_activation_forward.example
+def _bias_act_examples(rng, dtype, rows=67, cols=33):
+    return {act: (_normal(rng, dtype, rows, cols, scale=3.0), _normal(rng, dtype, cols), act)
+            for act in sorted(ACTIVATION_OPS)}
+
+
+@activation_backward_bias.example
+def _act_backward_examples(rng, dtype, rows=67, cols=33):
+    def args(act):
+        z = _normal(rng, dtype, rows, cols, scale=3.0)
+        y = ACTIVATION_OPS[act].forward(z, np.empty_like(z))
+        return _normal(rng, dtype, rows, cols), y, z, act, np.zeros(cols, dtype)
+    return {act: args(act) for act in sorted(ACTIVATION_OPS)}
+
+
+@dense_forward.example
+def _dense_forward_examples(rng, dtype, rows=67, cols=33, k=19):
+    return {act: (_normal(rng, dtype, rows, k), _normal(rng, dtype, k, cols, scale=0.3), _normal(rng, dtype, cols), act)
+            for act in sorted(ACTIVATION_OPS)}
+
+
+@dense_backward.example
+def _dense_backward_examples(rng, dtype, rows=67, cols=33, k=19):
+    def args(act):
+        x, w = _normal(rng, dtype, rows, k), _normal(rng, dtype, k, cols, scale=0.3)
+        y, z = dense_forward_ref(x, w, None, act)  # the forward both backwards start from
+        return _normal(rng, dtype, rows, cols), x, w, y, z, act, np.zeros_like(w), np.zeros(cols, dtype)
+    return {act: args(act) for act in sorted(ACTIVATION_OPS)}
+
+
+@softmax_forward.example
+def _softmax_forward_examples(rng, dtype, rows=67, cols=33):
+    return {"": (_normal(rng, dtype, rows, cols, scale=3.0), np.zeros((rows, cols), dtype))}

@@ -141,3 +141,12 @@ def _dropout_backward_cuda(dy: Any, rate: float, seed: Any, out: Any = None) -> 
     args = (dy, dx, np.int64(dy.size), value, t(rate), t(1.0 / (1.0 - rate)), state)
     _cuda._launch("nnxp_dropout_backward", dtype, dev, (_cuda._grid(dy.size, dev),), (_cuda._BLOCK,), args)
     return dx
+
+
+# --- inputs `nnxp selftest` runs each override on (against its reference, on the user's GPU) --------------------
+# the seed as a graph step passes it: device state (the layer's seed, its step count)
+dropout_forward.example(lambda rng, dtype: {"": (  # with an out and a mask buffer: both are compared
+    rng.normal(size=(67, 33)).astype(dtype), 0.3, np.array([20_261_201, 7], dtype=np.uint64),
+    np.zeros((67, 33), dtype), np.zeros((67, 33), dtype))})
+dropout_backward.example(lambda rng, dtype: {"": (
+    rng.normal(size=(67, 33)).astype(dtype), 0.3, np.array([20_261_201, 7], dtype=np.uint64))})

@@ -34,7 +34,8 @@
 
 // --- element math (shared by kernels and the host harness) ---------------------------------------------------
 
-// Activation codes; must match ACT_CODES in nnxp/ops/_cuda.py. Softmax is a row kernel, not a code.
+// Activation codes (nnxp/ops/_cuda.py reads ACT_CODES from this block, up to its blank line). Softmax is a
+// row kernel, not a code.
 #define NX_LINEAR 0
 #define NX_RELU 1
 #define NX_LEAKY_RELU 2
@@ -43,6 +44,7 @@
 #define NX_SIGMOID 5
 #define NX_TANH 6
 #define NX_SOFTPLUS 7
+#define NX_SILU 8
 
 #define NX_LEAKY_SLOPE 0.01                  // LEAKY_RELU_SLOPE
 #define NX_ELU_ALPHA 1.0                     // ELU_ALPHA
@@ -105,12 +107,21 @@ NX_HD T act_forward(int code, T z) {
             T t = nx_log1p(nx_exp(-nx_abs(z)));  // max(z, 0) + log1p(e^-|z|)
             return nx_max(z, T(0)) + t;
         }
+        case NX_SILU: {
+            T s = nx_tanh(z * T(0.5));  // z sigmoid(z), the sigmoid as in NX_SIGMOID
+            s = s * T(0.5);
+            s = s + T(0.5);
+            return z * s;
+        }
         default:  // NX_LINEAR
             return z;
     }
 }
 
-// dz = dy * f'(.) for one element, from y = f(z) (and z, for GELU only).
+// The activations whose backward reads z rather than y (needs_z in nnxp/ops/activation.py's ACTIVATION_OPS).
+NX_HD bool act_needs_z(int code) { return code == NX_GELU || code == NX_SILU; }
+
+// dz = dy * f'(.) for one element, from y = f(z) (and z, for GELU and SiLU: ACTIVATION_OPS' needs_z).
 template <typename T>
 NX_HD T act_backward(int code, T dy, T y, T z) {
     switch (code) {
@@ -150,6 +161,16 @@ NX_HD T act_backward(int code, T dy, T y, T z) {
         case NX_SOFTPLUS: {
             T t = nx_expm1(-y);  // sigmoid(z) = 1 - e^-y
             t = -t;
+            return dy * t;
+        }
+        case NX_SILU: {
+            T s = nx_tanh(z * T(0.5));  // f'(z) = s (1 + z (1 - s)), s = sigmoid(z): needs z, not y
+            s = s * T(0.5);
+            s = s + T(0.5);
+            T t = T(1) - s;
+            t = t * z;
+            t = t + T(1);
+            t = t * s;
             return dy * t;
         }
         default:  // NX_LINEAR
@@ -269,6 +290,24 @@ NX_HD void adamax_elem(T& p, T g, T& m, T& u, T one_minus_b1, T b2, T eps, T inv
     t = t * inv_alpha;
     t = m / t;
     p = p - t;
+}
+
+// sign(c) as np.sign: +-1, +0 for +-0, NaN for NaN
+template <typename T>
+NX_HD T nx_sign(T c) { return c > T(0) ? T(1) : (c < T(0) ? T(-1) : (c == c ? T(0) : c)); }
+
+template <typename T>
+NX_HD void lion_elem(T& p, T g, T& m, T lr, T one_minus_b1, T one_minus_b2, T decay) {
+    p = p * decay;
+    T t = g - m;
+    t = t * one_minus_b1;
+    t = t + m;
+    t = nx_sign(t);
+    t = t * lr;
+    p = p - t;
+    t = g - m;
+    t = t * one_minus_b2;
+    m = m + t;
 }
 
 // --- dropout: a counter-based mask, so backward regenerates it instead of storing it -------------------------
@@ -418,12 +457,13 @@ __global__ void nnxp_act_backward_bias(T* dy, const T* y, const T* z, T* out, lo
     __shared__ T shm[256];
     const int tx = threadIdx.x, ty = threadIdx.y, bx = blockDim.x, by = blockDim.y;
     const long long col = (long long)blockIdx.x * bx + tx;
-    const bool need_y = !(code == NX_LINEAR || code == NX_GELU);
+    const bool need_z = act_needs_z(code);  // the wrapper passes a valid z only for these
+    const bool need_y = !(code == NX_LINEAR || need_z);
     T acc = T(0);
     if (col < cols) {
         for (long long r = (long long)blockIdx.y * by + ty; r < rows; r += (long long)gridDim.y * by) {
             const long long i = r * cols + col;
-            const T d = act_backward(code, dy[i], need_y ? y[i] : T(0), code == NX_GELU ? z[i] : T(0));
+            const T d = act_backward(code, dy[i], need_y ? y[i] : T(0), need_z ? z[i] : T(0));
             if (write_dz) dy[i] = d;
             acc = acc + d;
         }
@@ -700,6 +740,23 @@ __global__ void nnxp_adamax(T* p, const T* g, T* m, T* u, long long n, T one_min
     }
 }
 
+template <typename T>
+__global__ void nnxp_lion(T* p, const T* g, T* m, long long n, T lr, T one_minus_b1, T one_minus_b2, T decay,
+                          const T* hp) {
+    if (hp) {
+        lr = hp[0];
+        one_minus_b1 = hp[1];
+        one_minus_b2 = hp[2];
+        decay = hp[3];
+    }
+    NX_GRID_STRIDE(i, n) {
+        T pi = p[i], mi = m[i];
+        lion_elem(pi, g[i], mi, lr, one_minus_b1, one_minus_b2, decay);
+        p[i] = pi;
+        m[i] = mi;
+    }
+}
+
 // --- (e) dropout --------------------------------------------------------------------------------------------
 
 // y = x * mask with mask = scale where hash(seed, i) gives u >= rate, else 0; the mask is also stored when
@@ -751,6 +808,7 @@ __global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned 
     template __global__ void nnxp_adadelta<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);           \
     template __global__ void nnxp_adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);               \
     template __global__ void nnxp_adamax<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, const T*);             \
+    template __global__ void nnxp_lion<T>(T*, const T*, T*, long long, T, T, T, T, const T*);                     \
     template __global__ void nnxp_dropout_forward<T>(const T*, T*, T*, long long, unsigned long long, T, T, int,   \
                                                      const unsigned long long*);                                 \
     template __global__ void nnxp_dropout_backward<T>(const T*, T*, long long, unsigned long long, T, T,           \

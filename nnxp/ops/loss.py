@@ -438,3 +438,18 @@ def _sigmoid_binary_cross_entropy_cuda(logits: Any, target: Any, grad: Any = Non
     total = logits.size
     return _loss_launch("nnxp_sigmoid_bce", logits, target, grad, total, None, total, _cuda._grid(total, dev), dev,
                         loss_out)
+
+
+# --- inputs `nnxp selftest` runs each override on (against its reference, on the user's GPU) --------------------
+
+
+def _logits(rng: np.random.Generator, dtype: Any, rows: int = 67, cols: int = 33) -> np.ndarray:
+    return (rng.normal(size=(rows, cols)) * 3.0).astype(dtype)
+
+
+softmax_cross_entropy.example(lambda rng, dtype: {"": (
+    _logits(rng, dtype), np.eye(33, dtype=dtype)[rng.integers(0, 33, 67)])})
+sparse_softmax_cross_entropy.example(lambda rng, dtype: {"": (
+    _logits(rng, dtype), rng.integers(0, 33, 67).astype(np.int64))})
+sigmoid_binary_cross_entropy.example(lambda rng, dtype: {"": (
+    _logits(rng, dtype), rng.integers(0, 2, (67, 33)).astype(dtype))})

@@ -154,6 +154,23 @@ def adamax_ref(
     p -= tmp
 
 
+def lion_ref(p: Any, g: Any, m: Any, tmp: Any, lr: float, beta_1: float, beta_2: float) -> None:
+    """Lion (Chen et al. 2023, Keras's ``Lion``): p -= lr sign(b1 m + (1-b1) g);  m = b2 m + (1-b2) g.
+
+    Both interpolations are written as Adam's ``m + (g - m)(1 - b)`` so no second scratch buffer is needed.
+    """
+    xp = xp_of(p)
+    xp.subtract(g, m, out=tmp)  # c = m + (g - m)(1 - b1)
+    tmp *= 1.0 - beta_1
+    tmp += m
+    xp.sign(tmp, out=tmp)  # NaN stays NaN, 0 moves nothing
+    tmp *= lr
+    p -= tmp
+    xp.subtract(g, m, out=tmp)  # m += (g - m)(1 - b2)
+    tmp *= 1.0 - beta_2
+    m += tmp
+
+
 def weight_decay_ref(p: Any, lr: float, weight_decay: float) -> None:
     """Decoupled weight decay: p -= lr wd p (as Keras's ``weight_decay`` and AdamW)."""
     p *= 1.0 - lr * weight_decay
@@ -382,19 +399,66 @@ def _adam_cpu(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step) -> None:
 class Update(Op):
     """An optimizer's rule as an op over one flat buffer: ``rule(p, g, *state, tmp, *scalars)``.
 
-    `state` names its state buffers (None where a configuration has none) and `scalars` its named scalars, both
-    in the reference's order; `kernel_scalars` turns them into its kernel's T scalars. :func:`update` is the one
-    way a step runs, eager or replayed in a CUDA graph.
+    The one declaration of a rule, read by its optimizer class (nnxp/optimizers.py), the CUDA graph and the tests:
+
+    - `state`: its state buffers' names, in the reference's order. They are the optimizer's slot names, which
+      model files store (``optimizer/<slot>``), so they never change.
+    - `optional`: the slots a configuration may lack (passed as None), each with the optimizer attribute that
+      turns it on (``{"velocity": "momentum"}``: SGD keeps a velocity only with momentum).
+    - `scalars`: its named scalars, in the reference's order; the optimizer supplies each from its same-named
+      attribute (``lr`` and ``step`` from the schedule and the step count).
+    - `kernel_scalars`: the kernel's scalars, called by keyword with the named scalars, ``has_<slot>`` for each
+      optional slot and ``weight_decay``; it returns them by the kernel's parameter names, in its order
+      (tests/test_ops_cuda_compile.py checks the names against kernels.cu).
+    - `host`: the CPU path (a compiled loop); the reference itself when omitted.
+
+    :func:`update` is the one way a step runs, eager or replayed in a CUDA graph.
     """
 
-    def __init__(self, ref: Callable, host: Callable, state: tuple[str, ...], scalars: tuple[str, ...],
-                 kernel_scalars: Callable) -> None:
+    def __init__(self, ref: Callable, host: Callable | None = None, *, state: tuple[str, ...],
+                 scalars: tuple[str, ...], kernel_scalars: Callable[..., dict[str, Any]],
+                 optional: Mapping[str, str] | None = None) -> None:
         super().__init__(ref, host)
-        self.state, self.scalars, self._kernel_scalars = state, scalars, kernel_scalars
+        self.state, self.scalars, self._kernel_scalars = tuple(state), tuple(scalars), kernel_scalars
+        self.optional: dict[str, str] = dict(optional or {})
+        unknown = set(self.optional) - set(self.state)
+        if unknown:
+            raise ValueError(f"{self.__name__}: optional slots {sorted(unknown)} are not in state {self.state}")
+        self.override(self._cuda_step)  # one CUDA wrapper for every rule: its kernel is nnxp_<name>
+
+    def _cuda_step(self, p: Any, g: Any, *args: Any, weight_decay: float = 0.0, hp: Any = None) -> Any:
+        """The override of every rule: kernel ``nnxp_<name>`` over (p, g, *state, n, *kernel scalars, hp).
+
+        Takes the reference's arguments (`tmp` unused) plus the decay to fold in and `hp`: None, or the device
+        array the kernel reads its floating-point scalars from (a step replayed in a CUDA graph). A missing
+        optional slot is passed as `p`, which the kernel never touches then; NotImplemented for what it declines.
+        """
+        n_state = len(self.state)
+        state, values = args[:n_state], args[n_state + 1:]
+        dtype = _flat_fit(p, g, *state)
+        missing = any(buf is None and slot not in self.optional for slot, buf in zip(self.state, state, strict=True))
+        if dtype is None or missing:
+            return NotImplemented
+        scalars = self.kernel_scalars(dtype, state, dict(zip(self.scalars, values, strict=True)), weight_decay)
+        if not _hp_fits(hp, p, scalars):
+            return NotImplemented
+        dev = p.device.id
+        buffers = (p if buf is None else buf for buf in state)
+        _cuda._launch(f"nnxp_{self.__name__}", p.dtype, dev, (_cuda._grid(p.size, dev),), (_cuda._BLOCK,),
+                      (p, g, *buffers, np.int64(p.size), *scalars, hp))
+        return None
+
+    def kernel_arguments(self, dtype: Any, state: tuple, scalars: Mapping[str, Any],
+                         weight_decay: float = 0.0) -> dict[str, Any]:
+        """The kernel's scalars by its parameter names, in its order (floating point, then int flags)."""
+        has = {f"has_{slot}": buf is not None for slot, buf in zip(self.state, state, strict=True)
+               if slot in self.optional}
+        named = {name: scalars[name] for name in self.scalars}
+        return self._kernel_scalars(np.dtype(dtype), **named, **has, weight_decay=weight_decay)
 
     def kernel_scalars(self, dtype: Any, state: tuple, scalars: Mapping[str, Any], weight_decay: float = 0.0) -> tuple:
         """The kernel's scalars (floating point, then int flags) for these named scalars and state buffers."""
-        return self._kernel_scalars(np.dtype(dtype), state, scalars, weight_decay)
+        return tuple(self.kernel_arguments(dtype, state, scalars, weight_decay).values())
 
     def device_scalars(self, dtype: Any, state: tuple, scalars: Mapping[str, Any], weight_decay: float = 0.0) -> tuple:
         """What the kernel reads from `hp` (its floating-point scalars, in order) when a graph replays it."""
@@ -421,68 +485,83 @@ def update(rule: Update, p: Any, g: Any, state: tuple, tmp: Any, scalars: Mappin
     rule.host(p, g, *state, tmp, *values)
 
 
-# --- the public entry points: one fused CUDA kernel for the CuPy buffers it handles, else the CPU path -------
-
-sgd = Update(sgd_ref, _sgd_cpu, ("velocity",), ("lr", "momentum", "nesterov"),
-             lambda t, st, s, wd: sgd_scalars(t, s["lr"], s["momentum"], s["nesterov"], st[0] is not None, wd))
-rmsprop = Update(rmsprop_ref, _rmsprop_cpu, ("avg_sq", "mom", "avg_g"), ("lr", "rho", "momentum", "epsilon"),
-                 lambda t, st, s, wd: rmsprop_scalars(t, s["lr"], s["rho"], s["momentum"], s["epsilon"],
-                                                      st[1] is not None, st[2] is not None, wd))
-adagrad = Update(adagrad_ref, _adagrad_cpu, ("acc",), ("lr", "epsilon"),
-                 lambda t, st, s, wd: adagrad_scalars(t, s["lr"], s["epsilon"], wd))
-adadelta = Update(adadelta_ref, _adadelta_cpu, ("acc_g", "acc_dx"), ("lr", "rho", "epsilon"),
-                  lambda t, st, s, wd: adadelta_scalars(t, s["lr"], s["rho"], s["epsilon"], wd))
-adam = Update(adam_ref, _adam_cpu, ("m", "v"), ("lr", "beta_1", "beta_2", "epsilon", "step"),
-              lambda t, st, s, wd: adam_scalars(t, s["lr"], s["beta_1"], s["beta_2"], s["epsilon"], s["step"], wd))
-adamax = Update(adamax_ref, _adamax_cpu, ("m", "u"), ("lr", "beta_1", "beta_2", "epsilon", "step"),
-                lambda t, st, s, wd: adamax_scalars(t, s["lr"], s["beta_1"], s["beta_2"], s["epsilon"], s["step"],
-                                                    wd))
-weight_decay = weight_decay_ref
-clip_by_value = clip_by_value_ref
-clip_by_global_norm = clip_by_global_norm_ref
-clip_by_norm_per_segment = clip_by_norm_per_segment_ref
-
-
 # --- CUDA: one kernel per step, the references' arguments plus the decoupled weight decay, folded in --------
 #
 # Hyper-parameters reach the kernels as T scalars computed in double exactly as the references compute the
 # Python floats they multiply by (`tmp *= 1.0 - rho` is T(1.0 - rho)); `decay` = 1 - lr * weight_decay is
-# weight_decay_ref's factor (1.0, an exact no-op, without decay). The *_scalars functions are shared with the
-# host check of the element math in tests/test_ops_cuda_compile.py.
+# weight_decay_ref's factor (1.0, an exact no-op, without decay). Each *_scalars function takes its rule's named
+# scalars (and ``has_<slot>`` for its optional slots) by keyword and returns the kernel's scalars by the kernel's
+# parameter names in kernels.cu, in its order: floating point (what `hp` holds, hp[0], hp[1], ...), then int flags.
+# tests/test_ops_cuda_compile.py checks those names and that order against kernels.cu, and runs the element
+# math through them.
 
 
-def sgd_scalars(dtype, lr, momentum, nesterov, has_velocity, weight_decay=0.0) -> tuple:
+def sgd_scalars(dtype, *, lr, momentum, nesterov, has_velocity, weight_decay=0.0) -> dict[str, Any]:
     t = np.dtype(dtype).type
     mode = 0 if not has_velocity else (2 if nesterov else 1)
-    return t(lr), t(momentum), t(1.0 - lr * weight_decay), np.int32(mode)
+    return {"lr": t(lr), "momentum": t(momentum), "decay": t(1.0 - lr * weight_decay), "mode": np.int32(mode)}
 
 
-def rmsprop_scalars(dtype, lr, rho, momentum, epsilon, has_mom, centered, weight_decay=0.0) -> tuple:
+def rmsprop_scalars(dtype, *, lr, rho, momentum, epsilon, has_momentum, has_avg_grad,
+                    weight_decay=0.0) -> dict[str, Any]:
     t = np.dtype(dtype).type
-    return (t(lr), t(rho), t(1.0 - rho), t(momentum), t(epsilon), t(1.0 - lr * weight_decay), np.int32(has_mom),
-            np.int32(centered))
+    return {"lr": t(lr), "rho": t(rho), "one_minus_rho": t(1.0 - rho), "momentum": t(momentum), "eps": t(epsilon),
+            "decay": t(1.0 - lr * weight_decay), "has_mom": np.int32(has_momentum),
+            "centered": np.int32(has_avg_grad)}
 
 
-def adagrad_scalars(dtype, lr, epsilon, weight_decay=0.0) -> tuple:
+def adagrad_scalars(dtype, *, lr, epsilon, weight_decay=0.0) -> dict[str, Any]:
     t = np.dtype(dtype).type
-    return t(lr), t(epsilon), t(1.0 - lr * weight_decay)
+    return {"lr": t(lr), "eps": t(epsilon), "decay": t(1.0 - lr * weight_decay)}
 
 
-def adadelta_scalars(dtype, lr, rho, epsilon, weight_decay=0.0) -> tuple:
+def adadelta_scalars(dtype, *, lr, rho, epsilon, weight_decay=0.0) -> dict[str, Any]:
     t = np.dtype(dtype).type
-    return t(lr), t(rho), t(1.0 - rho), t(epsilon), t(1.0 - lr * weight_decay)
+    return {"lr": t(lr), "rho": t(rho), "one_minus_rho": t(1.0 - rho), "eps": t(epsilon),
+            "decay": t(1.0 - lr * weight_decay)}
 
 
-def adam_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -> tuple:
+def adam_scalars(dtype, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -> dict[str, Any]:
     t = np.dtype(dtype).type
     alpha = lr * (1.0 - beta_2**step) ** 0.5 / (1.0 - beta_1**step)  # exactly as adam_ref, on the host
-    return t(1.0 - beta_1), t(1.0 - beta_2), t(epsilon), t(inverse_step_size(alpha)), t(1.0 - lr * weight_decay)
+    return {"one_minus_b1": t(1.0 - beta_1), "one_minus_b2": t(1.0 - beta_2), "eps": t(epsilon),
+            "inv_alpha": t(inverse_step_size(alpha)), "decay": t(1.0 - lr * weight_decay)}
 
 
-def adamax_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -> tuple:
+def adamax_scalars(dtype, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0) -> dict[str, Any]:
     t = np.dtype(dtype).type
     alpha = lr / (1.0 - beta_1**step)  # exactly as adamax_ref
-    return t(1.0 - beta_1), t(beta_2), t(epsilon), t(inverse_step_size(alpha)), t(1.0 - lr * weight_decay)
+    return {"one_minus_b1": t(1.0 - beta_1), "b2": t(beta_2), "eps": t(epsilon),
+            "inv_alpha": t(inverse_step_size(alpha)), "decay": t(1.0 - lr * weight_decay)}
+
+
+def lion_scalars(dtype, *, lr, beta_1, beta_2, weight_decay=0.0) -> dict[str, Any]:
+    t = np.dtype(dtype).type
+    return {"lr": t(lr), "one_minus_b1": t(1.0 - beta_1), "one_minus_b2": t(1.0 - beta_2),
+            "decay": t(1.0 - lr * weight_decay)}
+
+
+# --- the public entry points: one fused CUDA kernel for the CuPy buffers it handles, else the CPU path -------
+
+sgd = Update(sgd_ref, _sgd_cpu, state=("velocity",), optional={"velocity": "momentum"},
+             scalars=("lr", "momentum", "nesterov"), kernel_scalars=sgd_scalars)
+rmsprop = Update(rmsprop_ref, _rmsprop_cpu, state=("avg_sq", "momentum", "avg_grad"),
+                 optional={"momentum": "momentum", "avg_grad": "centered"},
+                 scalars=("lr", "rho", "momentum", "epsilon"), kernel_scalars=rmsprop_scalars)
+adagrad = Update(adagrad_ref, _adagrad_cpu, state=("accumulator",), scalars=("lr", "epsilon"),
+                 kernel_scalars=adagrad_scalars)
+adadelta = Update(adadelta_ref, _adadelta_cpu, state=("accumulated_grad", "accumulated_delta"),
+                  scalars=("lr", "rho", "epsilon"), kernel_scalars=adadelta_scalars)
+adam = Update(adam_ref, _adam_cpu, state=("m", "v"), scalars=("lr", "beta_1", "beta_2", "epsilon", "step"),
+              kernel_scalars=adam_scalars)
+adamax = Update(adamax_ref, _adamax_cpu, state=("m", "u"), scalars=("lr", "beta_1", "beta_2", "epsilon", "step"),
+                kernel_scalars=adamax_scalars)
+lion = Update(lion_ref, state=("m",), scalars=("lr", "beta_1", "beta_2"),
+              kernel_scalars=lion_scalars)
+weight_decay = weight_decay_ref
+clip_by_value = clip_by_value_ref
+clip_by_global_norm = clip_by_global_norm_ref
+clip_by_norm_per_segment = clip_by_norm_per_segment_ref
 
 
 def _flat_fit(p: Any, *others: Any) -> np.dtype | None:
@@ -508,90 +587,3 @@ def _hp_fits(hp: Any, p: Any, scalars: tuple) -> bool:
         and hp.flags.c_contiguous and hp.device.id == p.device.id
     )
 
-
-def _step(name: str, p: Any, args: tuple, hp: Any) -> None:
-    dev = p.device.id
-    _cuda._launch(name, p.dtype, dev, (_cuda._grid(p.size, dev),), (_cuda._BLOCK,), (*args, hp))
-
-
-# Each takes `hp`: None, or a device array the kernel reads its floating-point scalars from (see kernels.cu;
-# Update.kernel_scalars gives the values), for steps replayed in a CUDA graph.
-
-
-@sgd.override
-def _sgd_cuda(p, g, velocity, tmp, lr, momentum, nesterov, weight_decay: float = 0.0, hp: Any = None):
-    """Fused :func:`nnxp.ops.optim.sgd_ref` (`tmp` is not needed); returns None, or NotImplemented."""
-    dtype = _flat_fit(p, g, velocity)
-    scalars = None if dtype is None else sgd_scalars(dtype, lr, momentum, nesterov, velocity is not None, weight_decay)
-    if dtype is None or not _hp_fits(hp, p, scalars):
-        return NotImplemented
-    v = velocity if velocity is not None else p  # never read without momentum
-    _step("nnxp_sgd", p, (p, g, v, np.int64(p.size), *scalars), hp)
-    return None
-
-
-@rmsprop.override
-def _rmsprop_cuda(p, g, avg_sq, mom, avg_g, tmp, lr, rho, momentum, epsilon, weight_decay: float = 0.0, hp: Any = None):
-    """Fused :func:`nnxp.ops.optim.rmsprop_ref` (plain, momentum, centered, or both)."""
-    dtype = _flat_fit(p, g, avg_sq, mom, avg_g)
-    if dtype is None or avg_sq is None:
-        return NotImplemented
-    scalars = rmsprop_scalars(dtype, lr, rho, momentum, epsilon, mom is not None, avg_g is not None, weight_decay)
-    if not _hp_fits(hp, p, scalars):
-        return NotImplemented
-    m = mom if mom is not None else p
-    a = avg_g if avg_g is not None else p
-    _step("nnxp_rmsprop", p, (p, g, avg_sq, m, a, np.int64(p.size), *scalars), hp)
-    return None
-
-
-@adagrad.override
-def _adagrad_cuda(p, g, acc, tmp, lr, epsilon, weight_decay: float = 0.0, hp: Any = None):
-    """Fused :func:`nnxp.ops.optim.adagrad_ref`."""
-    dtype = _flat_fit(p, g, acc)
-    if dtype is None or acc is None:
-        return NotImplemented
-    scalars = adagrad_scalars(dtype, lr, epsilon, weight_decay)
-    if not _hp_fits(hp, p, scalars):
-        return NotImplemented
-    _step("nnxp_adagrad", p, (p, g, acc, np.int64(p.size), *scalars), hp)
-    return None
-
-
-@adadelta.override
-def _adadelta_cuda(p, g, acc_g, acc_dx, tmp, lr, rho, epsilon, weight_decay: float = 0.0, hp: Any = None):
-    """Fused :func:`nnxp.ops.optim.adadelta_ref`."""
-    dtype = _flat_fit(p, g, acc_g, acc_dx)
-    if dtype is None or acc_g is None or acc_dx is None:
-        return NotImplemented
-    scalars = adadelta_scalars(dtype, lr, rho, epsilon, weight_decay)
-    if not _hp_fits(hp, p, scalars):
-        return NotImplemented
-    _step("nnxp_adadelta", p, (p, g, acc_g, acc_dx, np.int64(p.size), *scalars), hp)
-    return None
-
-
-@adam.override
-def _adam_cuda(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
-    """Fused :func:`nnxp.ops.optim.adam_ref` (bias correction folded into one host-side factor)."""
-    dtype = _flat_fit(p, g, m, v)
-    if dtype is None or m is None or v is None:
-        return NotImplemented
-    scalars = adam_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay)
-    if not _hp_fits(hp, p, scalars):
-        return NotImplemented
-    _step("nnxp_adam", p, (p, g, m, v, np.int64(p.size), *scalars), hp)
-    return None
-
-
-@adamax.override
-def _adamax_cuda(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step, weight_decay: float = 0.0, hp: Any = None):
-    """Fused :func:`nnxp.ops.optim.adamax_ref`."""
-    dtype = _flat_fit(p, g, m, u)
-    if dtype is None or m is None or u is None:
-        return NotImplemented
-    scalars = adamax_scalars(dtype, lr, beta_1, beta_2, epsilon, step, weight_decay)
-    if not _hp_fits(hp, p, scalars):
-        return NotImplemented
-    _step("nnxp_adamax", p, (p, g, m, u, np.int64(p.size), *scalars), hp)
-    return None
