@@ -89,8 +89,10 @@ class Batches:
         self._whole = tuple(None if a is None else xp.empty(a.shape, a.dtype) for a in self._once)
         if mode != "view":
             rows = min(batch_size, x.shape[0])
-            self._bufs = (xp.empty((rows, *x.shape[1:]), x.dtype), xp.empty((rows, *y.shape[1:]), y.dtype),
-                          None if w is None else xp.empty(rows, w.dtype))
+            # (no batch buffer for an array gathered once per epoch: its batches are views of the whole)
+            self._bufs = (xp.empty((rows, *x.shape[1:]), x.dtype),
+                          None if self._once[0] is not None else xp.empty((rows, *y.shape[1:]), y.dtype),
+                          None if w is None or self._once[1] is not None else xp.empty(rows, w.dtype))
 
     def __len__(self) -> int:
         return len(self.plan)
