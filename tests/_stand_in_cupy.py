@@ -627,6 +627,12 @@ def _arrays_in(values: Any) -> list[FakeArray]:
     return found
 
 
+def _advanced(key: Any) -> bool:
+    """Whether an index takes _scatter_op's advanced-indexing branch (an integer or boolean array, a list)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, (np.ndarray, list)) for k in parts)
+
+
 class FakeArray(np.ndarray):
     """A device array: NumPy memory that remembers the device it was allocated on.
 
@@ -782,6 +788,10 @@ class FakeArray(np.ndarray):
             _check_peer_access(value, dev)
         # _routines_indexing.pyx _scatter_op (l.1086-1103): fill for a scalar, a memcpy for a same-layout
         # contiguous array, elementwise_copy otherwise: one operation on the stream in each case
+        if not isinstance(value, FakeArray) and not _advanced(key) and np.ndim(value) != 0:
+            # _scatter_op l.1088-1093: a value that is not a device array goes to fill, which refuses a
+            # non-scalar (core.pyx fill l.1016-1019; "Refuse assignment from CPU arrays, see gh-2079")
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
         _count_launch("setitem")
         recording = _recording()
         if recording is None:  # (plain views: NumPy would read a 0-d device value through float(), a host read)
@@ -793,6 +803,9 @@ class FakeArray(np.ndarray):
         recording.steps.append(lambda: target.__setitem__(index, source))
 
     def fill(self, value: Any) -> None:  # core.pyx fill (l.1000-1030): a memset or an elementwise kernel
+        if np.ndim(value) != 0:  # (l.1011-1019)
+            kind = "cupy" if isinstance(value, FakeArray) else "numpy"
+            raise ValueError(f"non-scalar {kind}.ndarray cannot be used for fill")
         _count_launch("memset" if np.all(np.asarray(_plain(value)) == 0) and self.flags.c_contiguous else "fill")
         target = self.view(np.ndarray)
         _enqueue(lambda: target.fill(value))

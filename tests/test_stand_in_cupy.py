@@ -163,7 +163,7 @@ def test_capture_refuses_what_cuda_and_cupy_refuse(fake_cupy):
             stream.end_capture()
         stream.begin_capture()
         with pytest.raises(CUDARuntimeError, match="StreamCaptureUnsupported"):
-            a[...] = np.zeros((2, 2))  # pageable host memory
+            a.set(np.zeros((2, 2)))  # pageable host memory
         with pytest.raises(CUDARuntimeError, match="StreamCaptureInvalidated"):
             stream.end_capture()
     with fake_cupy.cuda.Device(1), pytest.raises(RuntimeError, match="does not match with the current device"):
@@ -171,6 +171,22 @@ def test_capture_refuses_what_cuda_and_cupy_refuse(fake_cupy):
             pass
     with pytest.raises(NotImplementedError, match="stream capture"):
         cuda.Graph()
+
+
+def test_setitem_refuses_a_host_array_as_cupy_does(fake_cupy):
+    # _routines_indexing.pyx _scatter_op: a value that is not a device array goes to fill (gh-2079), which takes
+    # only scalars (core.pyx fill); a scalar, a 0-d host array and a device array are fine
+    a = fake_cupy.zeros((2, 2))
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray cannot be used for fill"):
+        a[...] = np.ones((2, 2))
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray cannot be used for fill"):
+        a[0] = [1.0, 2.0]
+    with pytest.raises(ValueError, match="non-scalar cupy.ndarray cannot be used for fill"):
+        a.fill(fake_cupy.ones(2))
+    a[...] = 3.0
+    a[0, 0] = np.float64(1.0)
+    a[1] = fake_cupy.ones(2)
+    assert a.get().tolist() == [[1.0, 3.0], [1.0, 1.0]]
 
 
 def test_allocations_go_through_the_thread_local_allocator(fake_cupy):
