@@ -857,6 +857,38 @@ for _name in ("argmax", "argmin", "cumsum", "cumprod", "dot", "clip", "round", "
     setattr(FakeArray, _name, _kernel_method(_name))
 
 
+def _mean(self: FakeArray, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False) -> Any:
+    """ndarray.mean as CuPy 14.2 runs it (_routines_statistics.pyx _ndarray_mean), two kernels either way:
+    - an integer or bool input (or an integer dtype) sums in float64 by the one-kernel reduction cupy_mean
+      (cub.pyx cub_reduction gives up when a dtype is given), then ``result.astype(dtype_out)`` copies it;
+    - a float input goes to CUB first (CUPY_ACCELERATORS defaults to 'cub', _accelerator.pyx): one segmented or
+      device reduction into the result (its temporary storage one more pool allocation, cub.pyx), then
+      ``true_divide(result, n, out=result)``. (CUB's device-wide reduce may run two kernels; counted as one.)"""
+    if _recording() is not None:
+        return _numpy_function(lambda a, *args, **kw: a.mean(*args, **kw))(self, axis, dtype, out, keepdims)
+    plain = self.view(np.ndarray)
+    result = _on_device(np.ndarray.mean(plain, axis, dtype, None if out is None else _plain(out), keepdims))
+    result = out if out is not None else result
+    whole = np.asarray(result)
+    integer = (dtype is None and self.dtype.kind in "iub") or (dtype is not None and np.dtype(dtype).kind in "iub")
+    if integer:
+        _count_launch("reduce:cupy_mean")
+        if out is None:
+            _count_alloc(whole.nbytes)
+            _count_launch("copy")  # astype(dtype_out): a new array
+            _count_alloc(whole.nbytes)
+    else:
+        _count_launch("cub:sum")
+        if out is None:
+            _count_alloc(whole.nbytes)
+        _count_alloc(max(whole.nbytes, 1))  # CUB's temporary storage
+        _count_launch("ufunc:true_divide")
+    return result
+
+
+FakeArray.mean = _mean
+
+
 def _count_kernel(name: str, result: Any, inputs: list[FakeArray], out: Any) -> None:
     """Count what running a CuPy function or method eagerly costs: a kernel and an allocation per new array,
     nothing for a view (reshape, a contiguous ravel, diagonal) or a host value of host inputs (numpy.ndim)."""
