@@ -1219,6 +1219,7 @@ def stand_in_cupy(emulator: Emulator) -> Any:
     routines_linalg = SimpleNamespace(**COMPUTE_TYPES, get_compute_type=get_compute_type,
                                       set_compute_type=set_compute_type)
     return _FakeCupy(
+        __name__="cupy",  # the module's name, as nnxp keys caches by it (layers.py, sklearn.py)
         ndarray=FakeArray,
         float16=np.float16, float32=np.float32, float64=np.float64, int32=np.int32,
         empty=empty, zeros=zeros, empty_like=empty_like, zeros_like=zeros_like, asarray=asarray, asnumpy=asnumpy,
