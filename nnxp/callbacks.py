@@ -92,10 +92,13 @@ class ProgbarLogger(Callback):
         self.verbose = verbose
         self.stream = stream or sys.stdout
         self._bar = None
+        self.epochs: int | None = None  # unknown until set_params (fit calls it): the line then leaves them out
+        self.samples: int | None = None
+        self._t0 = time.perf_counter()
 
     def on_train_begin(self, logs=None):
-        self.epochs = self.params["epochs"]
-        self.samples = self.params["samples"]
+        params = self.params or {}
+        self.epochs, self.samples = params.get("epochs"), params.get("samples")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -105,7 +108,7 @@ class ProgbarLogger(Callback):
                 from tqdm.auto import tqdm
             except ImportError:
                 return
-            self._bar = tqdm(total=self.samples, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="sample",
+            self._bar = tqdm(total=self.samples, desc=self._epoch_name(epoch), unit="sample",
                              unit_scale=True, leave=False, file=self.stream, dynamic_ncols=True,
                              disable=None)  # None: no bar when the stream is not a terminal
 
@@ -118,10 +121,15 @@ class ProgbarLogger(Callback):
         if self._bar is not None:
             self._bar.close()
         if self.verbose:
-            rate = self.samples / seconds if seconds > 0 else float("inf")
-            head = f"Epoch {epoch + 1}/{self.epochs} - {seconds:.2f}s - {rate:,.0f} samples/s"
+            head = f"{self._epoch_name(epoch)} - {seconds:.2f}s"
+            if self.samples is not None:
+                rate = self.samples / seconds if seconds > 0 else float("inf")
+                head += f" - {rate:,.0f} samples/s"
             line = f"{head} - {_format_logs(logs or {})}"
             print(line, file=self.stream, flush=True)
+
+    def _epoch_name(self, epoch: int) -> str:
+        return f"Epoch {epoch + 1}" + ("" if self.epochs is None else f"/{self.epochs}")
 
 
 def _real(name: str, value: Any, low: float = -math.inf) -> float:

@@ -546,6 +546,22 @@ def test_fit_tells_callbacks_the_model_and_the_run_through_set_model_and_set_par
     bar.on_epoch_begin(0)
     bar.on_epoch_end(0, {"loss": 0.25})
     assert out.getvalue().startswith("Epoch 1/7 - ") and out.getvalue().rstrip().endswith("loss: 0.2500")
+    assert "samples/s" in out.getvalue()
+
+
+def test_progbar_without_set_params_prints_what_it_knows():
+    # (driven by hand without set_params it raised TypeError on None["epochs"]; Keras's bar runs without a target)
+    out = io.StringIO()
+    bar = ProgbarLogger(verbose=2, stream=out)
+    bar.on_train_begin()
+    bar.on_epoch_begin(2)
+    bar.on_epoch_end(2, {"loss": 0.5})
+    line = out.getvalue().strip()
+    assert line.startswith("Epoch 3 - ") and "/" not in line.split(" - ")[0] and "samples/s" not in line
+    assert line.endswith("loss: 0.5000")
+    out2 = io.StringIO()
+    ProgbarLogger(verbose=2, stream=out2).on_epoch_end(0, {"loss": 1.0})  # not even on_epoch_begin
+    assert out2.getvalue().startswith("Epoch 1 - ")
 
 
 # --- CSVLogger ------------------------------------------------------------------------------------------------
