@@ -91,7 +91,6 @@ class Op:
         # model's weighted loss calls it directly, since the fused loss kernels take no weights
         self.__wrapped__ = self.host
         self.plans: dict[int, LaunchPlan] | None = None  # see plan(); None: every call runs the override in full
-        self._plans_of: Any = None  # the LazyKernels the plans' kernels came from (a new one drops them)
         self._per_call: tuple[int, ...] = ()
 
     def override(self, wrapper: Callable) -> Callable:
@@ -116,40 +115,35 @@ class Op:
         self.plans, self._per_call = {}, per_call
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        plans = self.plans
+        if plans and args:  # (empty until a CUDA call left a plan: a NumPy call pays one dict look-up)
+            plan = plans.get(id(args[0]))  # (its plan holds args[0], so that id is not reused while it lives)
+            if plan is not None:
+                result = plan.run(args, kwargs)
+                if result is not _MISS:
+                    return result
         fused = self.fused
         if fused is not None and args and is_cupy_array(args[0]):
-            if self.plans is not None:
-                return self._planned(args, kwargs)
-            result = fused(*args, **kwargs)
+            result = fused(*args, **kwargs) if plans is None else self._record(args, kwargs)
             if result is not NotImplemented:
                 return result
         return self.host(*args, **kwargs)
 
-    def _planned(self, args: tuple, kwargs: dict) -> Any:
-        """__call__ for an op with plans: the kept launches when they fit, else the override, recorded."""
+    def _record(self, args: tuple, kwargs: dict) -> Any:
+        """The override, run in full; what it launched is kept as a plan when a later call can repeat it."""
         plans = self.plans
-        if self._plans_of is not _KERNELS:  # the kernels were reloaded (tests install a new CuPy): start over
-            plans.clear()
-            self._plans_of = _KERNELS
-        plan = plans.get(id(args[0]))  # (its plan holds args[0], so that id is not reused while it lives)
-        if plan is not None and _mode == "fused":
-            result = plan.run(args, kwargs)
-            if result is not _MISS:
-                return result
         _RECORD.calls, _RECORD.stream, _RECORD.ok = [], None, not capturing()
         try:
             result = self.fused(*args, **kwargs)
             if _RECORD.ok and result is not NotImplemented and _made_of(result, args, kwargs, self._per_call):
-                if len(plans) >= _PLANS_MAX:
-                    plans.clear()
+                if len(plans) >= _PLANS_MAX or any(p.kernels is not _KERNELS for p in plans.values()):
+                    plans.clear()  # (or the kernels were reloaded: tests install a new CuPy)
                 plan = LaunchPlan(args, kwargs, self._per_call, _RECORD.calls, result, _RECORD.stream)
                 if plan.usable():
                     plans[id(args[0])] = plan
         finally:
             _RECORD.calls = None
-        if result is not NotImplemented:
-            return result
-        return self.host(*args, **kwargs)
+        return result
 
     def __repr__(self) -> str:
         return f"<nnxp op {self.__name__}>"
@@ -174,6 +168,7 @@ class _Recorder(threading.local):
 
 _RECORD = _Recorder()
 _MISS = object()
+_LAUNCH: dict = {}  # the keyword arguments of a recorded kernel launch (none): what tells it from a matmul
 _PLAIN = (str, bool, int, float, type(None))  # arguments compared by value (activation names, flags)
 _PLANS_MAX = 32  # per op: a few layers x a few batch sizes (full, last, eval); beyond it they start over
 
@@ -194,21 +189,24 @@ def _made_of(result: Any, args: tuple, kwargs: dict, per_call: tuple) -> bool:
 class LaunchPlan:
     """The launches (kernel or matmul, its arguments) of one override call, for these arguments."""
 
-    __slots__ = ("args", "keys", "values", "per_call", "calls", "slots", "result", "device", "stream")
+    __slots__ = ("args", "keys", "values", "per_call", "calls", "slots", "result", "device", "stream", "kernels",
+                 "cupy")
 
     def __init__(self, args: tuple, kwargs: dict, per_call: tuple, calls: list, result: Any,
                  stream: int | None) -> None:
         self.args, self.keys, self.values = args, tuple(kwargs), tuple(kwargs.values())
         self.per_call, self.calls, self.result, self.stream = per_call, tuple(calls), result, stream
-        self.device = cupy_module().cuda.runtime.getDevice()  # every launch was made on this device
+        self.cupy = cupy_module()
+        self.device = self.cupy.cuda.runtime.getDevice()  # every launch was made on this device
+        self.kernels = _KERNELS  # and its kernels came from this loader
         # where each per-call argument went: (call, place among that kernel's arguments, argument position)
-        self.slots = tuple((c, j, i) for c, (fn, fn_args, _) in enumerate(calls) if fn is not _cublas.matmul
+        self.slots = tuple((c, j, i) for c, (fn, fn_args, fn_kwargs) in enumerate(calls) if fn_kwargs is _LAUNCH
                            for j, a in enumerate(fn_args[2]) for i in per_call if a is args[i])
 
     def usable(self) -> bool:
         """Each per-call argument reaches the kernels directly, where a new one can take its place."""
         return all(any(i == slot[2] for slot in self.slots) and not any(
-            self.args[i] is a for fn, fn_args, _ in self.calls if fn is _cublas.matmul for a in fn_args)
+            self.args[i] is a for fn, fn_args, fn_kwargs in self.calls if fn_kwargs is not _LAUNCH for a in fn_args)
             for i in self.per_call)
 
     def run(self, args: tuple, kwargs: dict) -> Any:
@@ -218,9 +216,11 @@ class LaunchPlan:
             return _MISS
         if tuple(kwargs) != self.keys or not all(map(operator.is_, kwargs.values(), self.values)):
             return _MISS
-        cp = cupy_module()
-        if cp.cuda.runtime.getDevice() != self.device or capturing():
-            return _MISS  # (another device current: the override switches to the arrays'; a capture: its pool)
+        if self.kernels is not _KERNELS or _mode != "fused" or getattr(_cublas._capture, "active", False):
+            return _MISS  # (kernels reloaded, or switched to the references; a capture makes its own buffers)
+        cp = self.cupy
+        if cp.cuda.runtime.getDevice() != self.device:
+            return _MISS  # another device is current: the override switches to the arrays' device
         if self.stream is not None and cp.cuda.get_current_stream().ptr != self.stream:
             return _MISS  # scratch buffers are per stream
         calls = self.calls
@@ -500,15 +500,17 @@ def _scratch(what: str, shape: tuple, dtype: Any, dev: int, zero: bool = False) 
     return buf
 
 
-def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> None:
+def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> tuple:
+    """Launch kernel `name` on `device_id` (made current if it is not); returns the kernel and the grid used."""
     kernel = _KERNELS.function(name, dtype, device_id)
     if len(grid) == 1:  # every 1-D kernel loops over its work: no more blocks than the SMs hold at once
         grid = (max(1, min(grid[0], _KERNELS.resident_blocks(name, dtype, device_id, block[0])
                            * _KERNELS.sm_count(device_id))),)
     if _RECORD.calls is not None:
-        _RECORD.calls.append((kernel, (grid, block, args), {}))
+        _RECORD.calls.append((kernel, (grid, block, args), _LAUNCH))
     with _current(device_id):
         kernel(grid, block, args)
+    return kernel, grid
 
 
 def matmul(a: Any, b: Any, out: Any = None) -> Any:
@@ -516,5 +518,6 @@ def matmul(a: Any, b: Any, out: Any = None) -> Any:
     if _RECORD.calls is not None:
         if out is None:
             unplanned()  # a new array each call
-        _RECORD.calls.append((_cublas.matmul, (a, b), {"out": out}))
+        # CuPy's matmul itself, which _cublas.matmul calls outside a capture (a plan never runs inside one)
+        _RECORD.calls.append((cupy_module().matmul, (a, b), {"out": out}))
     return _cublas.matmul(a, b, out=out)
