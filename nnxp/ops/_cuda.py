@@ -114,6 +114,11 @@ class Op:
         layout and device takes the old one's place in the kept launches."""
         self.plans, self._per_call = {}, per_call
 
+    def forget(self) -> None:
+        """Drop the kept launches (a benchmark or test that replaces CuPy's functions makes them again)."""
+        if self.plans is not None:
+            self.plans.clear()
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         plans = self.plans
         if plans and args:  # (empty until a CUDA call left a plan: a NumPy call pays one dict look-up)
@@ -190,14 +195,15 @@ class LaunchPlan:
     """The launches (kernel or matmul, its arguments) of one override call, for these arguments."""
 
     __slots__ = ("args", "keys", "values", "per_call", "calls", "slots", "result", "device", "stream", "kernels",
-                 "cupy")
+                 "cupy", "get_device")
 
     def __init__(self, args: tuple, kwargs: dict, per_call: tuple, calls: list, result: Any,
                  stream: int | None) -> None:
         self.args, self.keys, self.values = args, tuple(kwargs), tuple(kwargs.values())
         self.per_call, self.calls, self.result, self.stream = per_call, tuple(calls), result, stream
         self.cupy = cupy_module()
-        self.device = self.cupy.cuda.runtime.getDevice()  # every launch was made on this device
+        self.get_device = self.cupy.cuda.runtime.getDevice
+        self.device = self.get_device()  # every launch was made on this device
         self.kernels = _KERNELS  # and its kernels came from this loader
         # where each per-call argument went: (call, place among that kernel's arguments, argument position)
         self.slots = tuple((c, j, i) for c, (fn, fn_args, fn_kwargs) in enumerate(calls) if fn_kwargs is _LAUNCH
@@ -214,24 +220,27 @@ class LaunchPlan:
         same = len(args) == len(self.args) and all(map(operator.is_, args, self.args))
         if not same and not self._fits(args):
             return _MISS
-        if tuple(kwargs) != self.keys or not all(map(operator.is_, kwargs.values(), self.values)):
+        if (kwargs or self.keys) and (tuple(kwargs) != self.keys
+                                      or not all(map(operator.is_, kwargs.values(), self.values))):
             return _MISS
-        if self.kernels is not _KERNELS or _mode != "fused" or getattr(_cublas._capture, "active", False):
+        if self.kernels is not _KERNELS or _mode != "fused" or _cublas._capture.__dict__.get("active"):
             return _MISS  # (kernels reloaded, or switched to the references; a capture makes its own buffers)
-        cp = self.cupy
-        if cp.cuda.runtime.getDevice() != self.device:
+        if self.get_device() != self.device:
             return _MISS  # another device is current: the override switches to the arrays' device
-        if self.stream is not None and cp.cuda.get_current_stream().ptr != self.stream:
+        if self.stream is not None and self.cupy.cuda.get_current_stream().ptr != self.stream:
             return _MISS  # scratch buffers are per stream
-        calls = self.calls
-        if not same:  # the new per-call arrays in the old ones' places
-            calls = [list(call) for call in calls]
-            for c, j, i in self.slots:
-                grid, block, kernel_args = calls[c][1]
-                calls[c][1] = (grid, block, (*kernel_args[:j], args[i], *kernel_args[j + 1:]))
+        calls = self.calls if same else self._swapped(args)
         for fn, fn_args, fn_kwargs in calls:
             fn(*fn_args, **fn_kwargs)
         return self.result
+
+    def _swapped(self, args: tuple) -> list:
+        """The calls with the new per-call arrays of `args` in the old ones' places."""
+        calls = [list(call) for call in self.calls]
+        for c, j, i in self.slots:
+            grid, block, kernel_args = calls[c][1]
+            calls[c][1] = (grid, block, (*kernel_args[:j], args[i], *kernel_args[j + 1:]))
+        return calls
 
     def _fits(self, args: tuple) -> bool:
         """Whether args differ from the plan's only in per-call arrays of the very same kind."""
@@ -249,6 +258,12 @@ def _same_layout(new: Any, old: Any) -> bool:
     """`new` passes every check `old` passed: a CuPy array of its dtype and shape, C-contiguous, on its device."""
     return (type(new) is type(old) and new.dtype == old.dtype and new.shape == old.shape
             and new.flags.c_contiguous and old.flags.c_contiguous and new.device.id == old.device.id)
+
+
+def forget_plans() -> None:
+    """Drop every op's kept launches (see Op.forget)."""
+    for op in OPS.values():
+        op.forget()
 
 
 # name -> Op: every op with a CUDA override (filled as nnxp.ops.dense, loss, optim and dropout import)

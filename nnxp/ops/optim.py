@@ -430,6 +430,10 @@ class Update(Op):
             raise ValueError(f"{self.__name__}: optional slots {sorted(unknown)} are not in state {self.state}")
         self.override(self._cuda_step)  # one CUDA wrapper for every rule: its kernel is nnxp_<name>
 
+    def forget(self) -> None:
+        super().forget()
+        self._kept = None
+
     def _cuda_step(self, p: Any, g: Any, *args: Any, weight_decay: float = 0.0, hp: Any = None) -> Any:
         """The override of every rule: kernel ``nnxp_<name>`` over (p, g, *state, n, *kernel scalars, hp).
 
