@@ -49,6 +49,7 @@ from .errors import (
 )
 from .head import OutputHead, make_head
 from .layers import Dense, Layer, as_rows
+from .ops._cuda import forget_plans
 
 _DTYPES = ("float32", "float64")
 _PRECISIONS = ("highest", "tf32")
@@ -431,6 +432,9 @@ class Sequential:
             if not nested:
                 with _BUSY_LOCK:
                     self._busy = None
+                # the CUDA ops' launch plans hold the arrays they ran on (nnxp.ops._cuda.LaunchPlan): dropped when a
+                # fit, evaluate or predict ends, so none keeps a model's GPU memory alive after it
+                forget_plans()
 
     def _use(self) -> Any:
         """The model's device made current, with its matmul precision."""

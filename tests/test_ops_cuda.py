@@ -1351,6 +1351,8 @@ def test_a_fit_with_kept_plans_equals_one_that_runs_every_override_in_full(fake_
         histories.append(model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=callbacks).history)
         weights.append([to_numpy(w) for w in model.get_weights()])
         runs.append(full_runs[0])
+        # none kept once the fit is over: a plan holds the model's arrays (its GPU memory)
+        assert not D.dense_forward.plans and not L.sparse_softmax_cross_entropy.plans and O.adam._kept is None
     assert runs == [2, 2 * 9]  # kept after the first step; without plans, each of the 9 steps' 2 layers
     assert histories[0] == histories[1]
     for kept, full in zip(*weights, strict=True):

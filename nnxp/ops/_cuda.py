@@ -141,8 +141,8 @@ class Op:
         try:
             result = self.fused(*args, **kwargs)
             if _RECORD.ok and result is not NotImplemented and _made_of(result, args, kwargs, self._per_call):
-                if len(plans) >= _PLANS_MAX or any(p.kernels is not _KERNELS for p in plans.values()):
-                    plans.clear()  # (or the kernels were reloaded: tests install a new CuPy)
+                if len(plans) >= _PLANS_MAX:
+                    plans.clear()
                 plan = LaunchPlan(args, kwargs, self._per_call, _RECORD.calls, result, _RECORD.stream)
                 if plan.usable():
                     plans[id(args[0])] = plan
@@ -261,7 +261,7 @@ def _same_layout(new: Any, old: Any) -> bool:
 
 
 def forget_plans() -> None:
-    """Drop every op's kept launches (see Op.forget)."""
+    """Drop every op's kept launches (see Op.forget): a model does when its fit, evaluate or predict ends."""
     for op in OPS.values():
         op.forget()
 
