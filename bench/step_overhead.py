@@ -136,6 +136,10 @@ def _stand_in_methods() -> dict[type, tuple[str, ...]]:
     return found
 
 
+_INHERITED = object()  # (what an instrumented attribute was before: inherited, so deleted again)
+_NDARRAY_METHODS = ("sum", "mean", "max", "min", "any", "all", "reshape", "transpose", "squeeze")
+
+
 def _stub_kernels() -> None:
     """RawKernel launches and GEMMs count themselves and do nothing else."""
 
@@ -153,7 +157,7 @@ def _instrument(fake: Any, clock: _StandInClock) -> Any:
     undo: list[tuple[Any, str, Any]] = []
 
     def replace(owner: Any, name: str, value: Any) -> None:
-        undo.append((owner, name, owner.__dict__[name] if isinstance(owner, type) else vars(owner)[name]))
+        undo.append((owner, name, vars(owner).get(name, _INHERITED)))
         setattr(owner, name, value)
 
     for cls, names in _stand_in_methods().items():
@@ -167,17 +171,25 @@ def _instrument(fake: Any, clock: _StandInClock) -> Any:
         for name, value in list(vars(ns).items()):
             if callable(value) and not isinstance(value, type):
                 replace(ns, name, clock.wrap(value))
+    # the methods device arrays inherit from NumPy's (in CuPy its own, Cython): NumPy's Python wrappers around
+    # them (numpy/_core/_methods.py) are the stand-in's, not nnxp's
+    for name in _NDARRAY_METHODS:
+        replace(sic.FakeArray, name, clock.wrap(getattr(np.ndarray, name)))
     numpy_names = type(fake).__dict__["__getattr__"]  # the NumPy functions CuPy offers under the same names
 
     def getattr_timed(self: Any, name: str) -> Any:  # (in CuPy a module attribute: a dict look-up)
+        # ufuncs too: NumPy's dispatch to FakeArray.__array_ufunc__ is the stand-in's (CuPy's ufuncs are its own)
         attr = numpy_names(self, name)
-        return clock.wrap(attr) if callable(attr) and not isinstance(attr, (np.ufunc, type)) else attr
+        return clock.wrap(attr) if callable(attr) and not isinstance(attr, type) else attr
 
     replace(type(fake), "__getattr__", clock.wrap(getattr_timed, replay=numpy_names))
 
     def restore() -> None:
         for owner, name, value in reversed(undo):
-            setattr(owner, name, value)
+            if value is _INHERITED:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
 
     return restore
 
