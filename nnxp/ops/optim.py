@@ -450,7 +450,7 @@ class Update(Op):
             _, _, kernel, grid, has, _ = kept  # the same buffers as the last step: only the scalars are new
             scalars = self._kernel_scalars(p.dtype, **dict(zip(self.scalars, values)), **has,
                                            weight_decay=weight_decay).values()
-            kernel(grid, (_cuda._BLOCK,), (p, g, *(p if buf is None else buf for buf in state), np.int64(p.size),
+            kernel(grid, (_cuda._BLOCK,), (p, g, *[p if buf is None else buf for buf in state], np.int64(p.size),
                                            *scalars, None))
             return None
         dtype = _flat_fit(p, g, *state)
@@ -495,7 +495,7 @@ def update(rule: Update, p: Any, g: Any, state: tuple, tmp: Any, scalars: Mappin
     pass); elsewhere :func:`weight_decay_ref` runs first, then the rule's host path. `hp` (a step captured in a
     CUDA graph) is the device buffer the kernel reads its floating-point scalars from; then the kernel must run.
     """
-    values = tuple(scalars[name] for name in rule.scalars)
+    values = [scalars[name] for name in rule.scalars]
     if rule.fused is not None and is_cupy_array(p):
         if rule.fused(p, g, *state, tmp, *values, weight_decay=weight_decay, hp=hp) is not NotImplemented:
             return
