@@ -210,10 +210,14 @@ class LaunchPlan:
                            for j, a in enumerate(fn_args[2]) for i in per_call if a is args[i])
 
     def usable(self) -> bool:
-        """Each per-call argument reaches the kernels directly, where a new one can take its place."""
-        return all(any(i == slot[2] for slot in self.slots) and not any(
-            self.args[i] is a for fn, fn_args, fn_kwargs in self.calls if fn_kwargs is not _LAUNCH for a in fn_args)
-            for i in self.per_call)
+        """Whether each per-call argument went only straight into kernels (where run() can put a new one)."""
+        for i in self.per_call:
+            in_kernels = any(slot[2] == i for slot in self.slots)
+            in_matmuls = any(a is self.args[i] for fn, fn_args, fn_kwargs in self.calls if fn_kwargs is not _LAUNCH
+                             for a in fn_args)
+            if not in_kernels or in_matmuls:
+                return False
+        return True
 
     def run(self, args: tuple, kwargs: dict) -> Any:
         """Launch again and return the first call's result; _MISS (nothing launched) when the arguments differ."""
