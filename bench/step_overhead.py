@@ -23,10 +23,13 @@ The figure depends on this machine's CPU (the empty-loop time printed scales it)
 twice and quote the lower. CuPy's own per-launch cost on a GPU comes on top (the launch list says how many); the
 stand-in's functions are Python, CuPy's are Cython, so the replay's share says nothing about CuPy's cost.
 
-Where it stands (issue 11): 297-450 us per step (343 nnxp calls) before the launch plans of nnxp/ops/_cuda.py,
-~100-110 us (94 calls) after, on this 2-core shared machine with a 1M-iteration empty loop of 14-27 ms. The 40 us
-goal is NOT reached: what is left is spread over the training loop, the layers, the head, the metrics and the
-optimizer's per-step scalars (about 1 us per Python call here).
+Where it stands (issue 11), four interleaved runs of each tree on this 2-core machine shared with two other
+sessions (the empty loop took 15-29 ms, so the figures move by +-40% from run to run): before the launch plans of
+nnxp/ops/_cuda.py (cff83b5) 234-492 us per step, lowest 234.5 us (old method in that run 400.9 us, its control
+110.2 us), 343 Python calls in nnxp per step; after, 134-184 us, lowest 134.3 us (old method 157.6 us, control
+49.8 us), 89 calls per step (a quieter run earlier gave 109.8 us). The 40 us goal is NOT reached: what is left
+is spread over the training loop, the layers, the head, the metrics and the optimizer's per-step scalars, at
+about 1-1.5 us per Python call on this CPU.
 
 --launch-list writes the launches of one steady eager step (and the counts of eager and graphed steps) as
 counted by the stand-in, with the real kernels run by the CPU emulator of CUDA (tests/_cuda_emu.py).
