@@ -35,6 +35,8 @@ class OutputHead:
         self.loss = loss
         self.activation = activation  # the last layer's activation (None: the last layer has none, e.g. Dropout)
         self._grads: dict[tuple, Any] = {}  # reused buffers per (kind, shape, dtype, array module, device)
+        self._like: Any = None  # the last array buffer() was given, and (is CuPy, its device) (an array keeps both)
+        self._where: tuple = (False, -1)
 
     def forward(self, layers: list[Any], x: Any, training: bool) -> Any:
         """The head's outputs for batch `x` (B, in): here the network's activations (B, out)."""
@@ -57,8 +59,13 @@ class OutputHead:
     def buffer(self, kind: str, like: Any, shape: tuple, dtype: Any) -> Any:
         """An array of `kind` (shape, dtype) in `like`'s array module and on its device, kept for the next batch
         of the same shape, so a step allocates nothing here (the metrics write into theirs with ``out=``)."""
-        cupy = is_cupy_array(like)
-        key = (kind, shape, dtype, cupy, int(like.device.id) if cupy else -1)  # (dtype as each caller passes it)
+        if like is self._like:  # the same logits buffer every step: where it lives is known
+            cupy, device = self._where
+        else:
+            cupy = is_cupy_array(like)
+            device = int(like.device.id) if cupy else -1
+            self._like, self._where = like, (cupy, device)
+        key = (kind, shape, dtype, cupy, device)  # (dtype as each caller passes it)
         buf = self._grads.get(key)
         if buf is None:
             # a few batch sizes at most (full, last, eval), a few kinds each, on one device: after model.to(...)

@@ -29,15 +29,17 @@ class _Buffers:
     def __init__(self) -> None:
         self._cache: dict[tuple, Any] = {}
 
-    def get(self, key: str, xp: Any, shape: tuple, dtype: Any) -> Any:
-        # keyed by the objects themselves (hashable, and each caller passes one form of its dtype): a step asks
-        # several times, and normalising the dtype each time was a measurable part of nnxp's Python per step
-        full = (key, shape, dtype, xp.__name__)
+    def get(self, key: str, like: Any, shape: tuple, dtype: Any) -> Any:
+        """The buffer `key` of this shape and dtype in the array module of array `like` (NumPy or CuPy)."""
+        # keyed by the objects themselves (hashable, and each caller passes one form of its dtype) and by the type
+        # of `like`, which tells NumPy's arrays from CuPy's: a step asks several times, and normalising the dtype
+        # or finding the array module each time was a measurable part of nnxp's Python per step
+        full = (key, shape, dtype, type(like))
         buf = self._cache.get(full)
         if buf is None:
             if len(self._cache) > 8:  # a few distinct batch sizes at most (full, last, eval)
                 self._cache.clear()
-            buf = self._cache[full] = xp.empty(shape, dtype)
+            buf = self._cache[full] = xp_of(like).empty(shape, dtype)
         return buf
 
     def clear(self) -> None:
@@ -205,9 +207,8 @@ class Dense(Layer):
         return self._forward(x, training, "linear")
 
     def _forward(self, x: Any, training: bool, act: str) -> Any:
-        xp = xp_of(x)
-        out = self._buffers.get("y", xp, (x.shape[0], self.units), x.dtype)
-        z_buf = self._buffers.get("z", xp, out.shape, x.dtype) if A.ACTIVATION_OPS[act].needs_z else None
+        out = self._buffers.get("y", x, (x.shape[0], self.units), x.dtype)
+        z_buf = self._buffers.get("z", x, out.shape, x.dtype) if A.ACTIVATION_OPS[act].needs_z else None
         y, z = D.dense_forward(x, self.params["kernel"], self.params.get("bias"), act, out, z_buf)
         if training:
             self._x, self._y, self._z, self._applied = x, y, z, act
@@ -221,9 +222,8 @@ class Dense(Layer):
 
         `dy` is the gradient of what the last training forward returned: the activations after ``forward``,
         the pre-activation after ``forward_linear``."""
-        xp = xp_of(dy)
         act = self._applied
-        dx_buf = self._buffers.get("dx", xp, self._x.shape, dy.dtype) if need_dx else None
+        dx_buf = self._buffers.get("dx", dy, self._x.shape, dy.dtype) if need_dx else None
         dx = D.dense_backward(
             dy, self._x, self.params["kernel"], self._y, self._z, act,
             self.grads["kernel"], self.grads.get("bias"), dx_buf, need_dx,
@@ -235,6 +235,8 @@ class Dense(Layer):
         return dx
 
     def regularization_penalty(self):
+        if self.kernel_regularizer is None and self.bias_regularizer is None:
+            return None  # (asked every step)
         total = None
         for reg, key in ((self.kernel_regularizer, "kernel"), (self.bias_regularizer, "bias")):
             if reg is not None and key in self.params:
@@ -319,14 +321,14 @@ class Dropout(Layer):
             self._mask = None
             return x
         xp = xp_of(x)
-        out = self._buffers.get("y", xp, x.shape, x.dtype)
+        out = self._buffers.get("y", x, x.shape, x.dtype)
         if is_cupy_array(x):
             state = self._device_state(x)
             with device_of(x).use():
                 xp.add(state[1:], np.uint64(1), out=state[1:])  # next step, on the device (replays too)
             self._mask = state
             return _dropout.dropout_forward(x, self.rate, state, out)[0]
-        mask = self._buffers.get("mask", xp, x.shape, x.dtype)
+        mask = self._buffers.get("mask", x, x.shape, x.dtype)
         self.rng.random(out=mask, dtype=mask.dtype)  # uniform [0, 1)
         # keep where u >= rate, scaled so the expected activation is unchanged
         xp.greater_equal(mask, self.rate, out=mask)
@@ -356,7 +358,7 @@ class Activation(Layer):
         self._applied = self.activation  # the activation the last training forward applied (backward undoes it)
 
     def forward(self, x: Any, training: bool = False) -> Any:
-        y = A.activation_forward(self.activation, x, self._buffers.get("y", xp_of(x), x.shape, x.dtype))
+        y = A.activation_forward(self.activation, x, self._buffers.get("y", x, x.shape, x.dtype))
         if training:
             self._y, self._applied = y, self.activation
             self._z = x if A.ACTIVATION_OPS[self.activation].needs_z else None

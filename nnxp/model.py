@@ -49,6 +49,7 @@ from .errors import (
 )
 from .head import OutputHead, make_head
 from .layers import Dense, Layer, as_rows
+from .ops._cuda import forget_plans
 
 _DTYPES = ("float32", "float64")
 _PRECISIONS = ("highest", "tf32")
@@ -431,6 +432,9 @@ class Sequential:
             if not nested:
                 with _BUSY_LOCK:
                     self._busy = None
+                # the CUDA ops' launch plans hold the arrays they ran on (nnxp.ops._cuda.LaunchPlan): dropped when a
+                # fit, evaluate or predict ends, so none keeps a model's GPU memory alive after it
+                forget_plans()
 
     def _use(self) -> Any:
         """The model's device made current, with its matmul precision."""
@@ -473,13 +477,13 @@ class Sequential:
         """Per-batch sums (device scalars) for each metric; with weights, sums of w_i times row i's value
         (Keras's weighted mean divides them by the sum of the weights). `into` (name -> 0-d float64): where a
         count (accuracy's) may go straight, exactly (the training loop's record of the batch)."""
-        xp = xp_of(out)
         sums = {}
         for name in self.metrics:
             kind = _METRIC_ALIASES[name.lower()]
             if kind == "accuracy":
                 per_sample = self._correct(out, y)
             else:
+                xp = xp_of(out)
                 diff = self._head.predictions(out) - y
                 per_sample = (diff * diff if kind == "mse" else xp.abs(diff)).mean(axis=1)
             if w is None and into is not None and per_sample.dtype == np.bool_:  # a count: exact in float64

@@ -117,12 +117,14 @@ class Batches:
             share[:] = rows, first, first + hi - lo  # with several ranks: this one's part; the others do the rest
             if mode == "gather":
                 idx, k = perm[lo:hi], hi - lo
-                xb = bx[:k]
+                # a full batch is the buffer itself, the same object every step: the CUDA ops keep their launches
+                # for the arrays they are given (nnxp.ops._cuda.LaunchPlan), and a new view would miss them
+                xb = bx if k == len(bx) else bx[:k]
                 xp.take(x, idx, axis=0, out=xb)
                 if y_once is not None:
                     yb = y_whole[lo:hi]
                 else:
-                    yb = by[:k]
+                    yb = by if k == len(by) else by[:k]
                     xp.take(y, idx, axis=0, out=yb)
                 if w_once is not None:
                     wb = w_whole[lo:hi]

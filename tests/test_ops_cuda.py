@@ -1238,3 +1238,122 @@ def test_two_loss_launches_in_flight_each_finish_their_own_mean(fake_cupy, emula
             else:
                 np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=f"{schedule} {seed}")
     assert mixed == len(schedules)  # the shared counter goes wrong every time: the test can tell them apart
+
+
+# --- launch plans: a repeated call with the same arrays makes the same launches without the checks ---------------
+
+
+def _dense_case(cp, rng, rows=9, n_in=5, n_out=7):
+    x = cp.asarray(rng.normal(size=(rows, n_in)).astype(np.float32))
+    w = cp.asarray(rng.normal(size=(n_in, n_out)).astype(np.float32))
+    b = cp.asarray(rng.normal(size=n_out).astype(np.float32))
+    return x, w, b, cp.empty((rows, n_out), np.float32)
+
+
+def test_a_kept_plan_launches_what_the_full_override_launched(fake_cupy):
+    import _stand_in_cupy as sic
+
+    rng = np.random.default_rng(0)
+    x, w, b, out = _dense_case(fake_cupy, rng)
+    D.dense_forward(x, w, b, "relu", out, None)  # the first call runs every check, and keeps its launches
+    assert D.dense_forward.plans[id(x)].args[0] is x
+    for _ in range(2):  # new contents in the same arrays: the kept launches, with the same bits as the full path
+        x[...] = fake_cupy.asarray(rng.normal(size=x.shape).astype(np.float32))
+        with sic.count_step() as planned:
+            y, _ = D.dense_forward(x, w, b, "relu", out, None)
+        assert y is out and planned.names == ["gemm", "nnxp_bias_act_forward<float>"]
+        kept = to_numpy(out).copy()
+        with sic.count_step() as full:
+            D.dense_forward.fused(x, w, b, "relu", out, None)
+        assert full.names == planned.names and full.set_device == planned.set_device == 0
+        np.testing.assert_array_equal(to_numpy(out), kept)
+        np.testing.assert_array_equal(kept, np.maximum(to_numpy(x) @ to_numpy(w) + to_numpy(b), 0))
+
+
+def test_a_plan_is_not_used_for_other_arrays_arguments_or_kernels(fake_cupy, monkeypatch):
+    rng = np.random.default_rng(1)
+    x, w, b, out = _dense_case(fake_cupy, rng)
+    D.dense_forward(x, w, b, "relu", out, None)
+    plan = D.dense_forward.plans[id(x)]
+    assert plan.run((x, w, b, "tanh", out, None), {}) is _cuda._MISS  # another activation
+    assert plan.run((x, w, b, "relu", fake_cupy.empty_like(out), None), {}) is _cuda._MISS  # another array
+    y, _ = D.dense_forward(x, w, b, "tanh", out, None)  # runs in full: tanh, not the kept relu
+    np.testing.assert_allclose(to_numpy(y), np.tanh(to_numpy(x) @ to_numpy(w) + to_numpy(b)), rtol=1e-5, atol=1e-6)
+    # a new array of another layout is checked in full again: a strided input takes the reference
+    wide = fake_cupy.asarray(rng.normal(size=(9, 10)).astype(np.float32))
+    strided = wide[:, ::2]
+    y, _ = D.dense_forward(strided, w, b, "relu", out, None)
+    np.testing.assert_allclose(to_numpy(y), np.maximum(to_numpy(strided) @ to_numpy(w) + to_numpy(b), 0),
+                               rtol=1e-5, atol=1e-6)
+    # NNXP_KERNELS=reference after a plan was kept: the references run, not the kept kernels
+    D.dense_forward(x, w, b, "relu", out, None)
+    monkeypatch.setenv("NNXP_KERNELS", "reference")
+    monkeypatch.setattr(_cuda, "_mode", None)
+    import _stand_in_cupy as sic
+
+    with sic.count_step() as c:
+        D.dense_forward(x, w, b, "relu", out, None)
+    assert "nnxp_bias_act_forward<float>" not in c.names
+    # another device current: the kept launches would go there, so the override runs (and switches devices)
+    monkeypatch.setattr(_cuda, "_mode", "fused")
+    D.dense_forward(x, w, b, "relu", out, None)
+    with fake_cupy.cuda.Device(1):
+        assert D.dense_forward.plans[id(x)].run((x, w, b, "relu", out, None), {}) is _cuda._MISS
+        y, _ = D.dense_forward(x, w, b, "relu", out, None)
+    np.testing.assert_allclose(to_numpy(y), np.maximum(to_numpy(x) @ to_numpy(w) + to_numpy(b), 0), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_loss_plan_takes_each_batch_s_new_labels(fake_cupy):
+    cp = fake_cupy
+    rng = np.random.default_rng(2)
+    logits = cp.asarray(rng.normal(size=(33, 10)).astype(np.float32))
+    grad, loss_out = cp.empty_like(logits), cp.empty((), np.float32)
+    L.sparse_softmax_cross_entropy(logits, cp.asarray(rng.integers(0, 10, 33)), grad, loss_out=loss_out)
+    for _ in range(3):
+        labels = cp.asarray(rng.integers(0, 10, 33))  # a new array each batch, as the training loop gives
+        loss, g = L.sparse_softmax_cross_entropy(logits, labels, grad, loss_out=loss_out)
+        assert loss is loss_out and g is grad and len(L.sparse_softmax_cross_entropy.plans) == 1
+        ref_loss, ref_g = L.sparse_softmax_cross_entropy_ref(logits, labels)
+        np.testing.assert_allclose(to_numpy(g), to_numpy(ref_g), rtol=1e-5, atol=1e-7)
+        assert abs(float(loss) - float(ref_loss)) <= 1e-5 * abs(float(ref_loss))
+    # labels of another dtype are not taken in the old ones' place: the override declines, the reference runs
+    labels32 = cp.asarray(rng.integers(0, 10, 33).astype(np.int32))
+    loss, g = L.sparse_softmax_cross_entropy(logits, labels32, grad, loss_out=loss_out)
+    ref_loss, ref_g = L.sparse_softmax_cross_entropy_ref(logits, labels32)
+    np.testing.assert_allclose(to_numpy(g), to_numpy(ref_g), rtol=1e-5, atol=1e-7)
+
+
+def test_a_fit_with_kept_plans_equals_one_that_runs_every_override_in_full(fake_cupy, monkeypatch):
+    from nnxp import Dense, Sequential
+    from nnxp.callbacks import Callback
+
+    class Forget(Callback):  # every step runs each override in full (the path before plans)
+        def on_train_batch_end(self, batch, logs=None):
+            _cuda.forget_plans()
+
+    full_runs = [0]
+    override = D.dense_backward.fused
+
+    def counted(*args, **kwargs):
+        full_runs[0] += 1
+        return override(*args, **kwargs)
+
+    monkeypatch.setattr(D.dense_backward, "fused", counted)
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(96, 12)).astype(np.float32), rng.integers(0, 3, 96)
+    weights, histories, runs = [], [], []
+    for callbacks in ([], [Forget()]):
+        _cuda.forget_plans()
+        full_runs[0] = 0
+        model = Sequential([Dense(16, "relu", input_dim=12), Dense(3, "softmax")], device="cuda", seed=3)
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        histories.append(model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=callbacks).history)
+        weights.append([to_numpy(w) for w in model.get_weights()])
+        runs.append(full_runs[0])
+        # none kept once the fit is over: a plan holds the model's arrays (its GPU memory)
+        assert not D.dense_forward.plans and not L.sparse_softmax_cross_entropy.plans and O.adam._kept is None
+    assert runs == [2, 2 * 9]  # kept after the first step; without plans, each of the 9 steps' 2 layers
+    assert histories[0] == histories[1]
+    for kept, full in zip(*weights, strict=True):
+        np.testing.assert_array_equal(kept, full)

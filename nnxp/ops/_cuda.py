@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.resources
+import operator
 import re
 import threading
 import time
@@ -89,6 +90,8 @@ class Op:
         # what runs when no override takes the inputs (as functools.wraps made it for override() before): the
         # model's weighted loss calls it directly, since the fused loss kernels take no weights
         self.__wrapped__ = self.host
+        self.plans: dict[int, LaunchPlan] | None = None  # see plan(); None: every call runs the override in full
+        self._per_call: tuple[int, ...] = ()
 
     def override(self, wrapper: Callable) -> Callable:
         """Register `wrapper` as this op's CUDA override (a decorator); it returns NotImplemented to decline."""
@@ -102,16 +105,169 @@ class Op:
         self.examples = make
         return make
 
+    def plan(self, per_call: tuple[int, ...] = ()) -> None:
+        """Keep the launches of this op's override per set of arrays and make them again (see LaunchPlan).
+
+        For overrides whose only device work is :func:`_launch` and :func:`matmul` into arrays the caller passed
+        (anything else calls :func:`unplanned`). `per_call`: positions of arguments that may be a new array on
+        each call (a batch's labels) and go straight into the kernels: a new one of the same dtype, shape,
+        layout and device takes the old one's place in the kept launches."""
+        self.plans, self._per_call = {}, per_call
+
+    def forget(self) -> None:
+        """Drop the kept launches (a benchmark or test that replaces CuPy's functions makes them again)."""
+        if self.plans is not None:
+            self.plans.clear()
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        plans = self.plans
+        if plans and args:  # (empty until a CUDA call left a plan: a NumPy call pays one dict look-up)
+            plan = plans.get(id(args[0]))  # (its plan holds args[0], so that id is not reused while it lives)
+            if plan is not None:
+                result = plan.run(args, kwargs)
+                if result is not _MISS:
+                    return result
         fused = self.fused
         if fused is not None and args and is_cupy_array(args[0]):
-            result = fused(*args, **kwargs)
+            result = fused(*args, **kwargs) if plans is None else self._record(args, kwargs)
             if result is not NotImplemented:
                 return result
         return self.host(*args, **kwargs)
 
+    def _record(self, args: tuple, kwargs: dict) -> Any:
+        """The override, run in full; what it launched is kept as a plan when a later call can repeat it."""
+        plans = self.plans
+        _RECORD.calls, _RECORD.stream, _RECORD.ok = [], None, not capturing()
+        try:
+            result = self.fused(*args, **kwargs)
+            if _RECORD.ok and result is not NotImplemented and _made_of(result, args, kwargs, self._per_call):
+                if len(plans) >= _PLANS_MAX:
+                    plans.clear()
+                plan = LaunchPlan(args, kwargs, self._per_call, _RECORD.calls, result, _RECORD.stream)
+                if plan.usable():
+                    plans[id(args[0])] = plan
+        finally:
+            _RECORD.calls = None
+        return result
+
     def __repr__(self) -> str:
         return f"<nnxp op {self.__name__}>"
+
+
+# --- launch plans: a steady training step's launches, made again without re-deriving them -----------------------
+#
+# An override spends most of its Python on what depends only on its arrays' dtype, shape, layout and device: the
+# argument checks, grid sizes, the kernel look-up, the device and the argument tuple (issue 11: nnxp's own Python
+# per step). A training step passes the same arrays every step (the layers' buffers, the parameter views), so an
+# Op with plans (Op.plan) keeps what its override launched the first time, holding those arrays, and when the
+# very same objects come back (compared with `is`: an id alone could be a freed array's, reused) it launches the
+# same kernels with the same arguments again. The first call with any new array, or a new plain argument, runs
+# the override in full, with all its checks (and records a plan again).
+
+
+class _Recorder(threading.local):
+    calls: list | None = None  # the launches of the override being recorded (None: not recording)
+    stream: int | None = None  # the stream a recorded scratch buffer belongs to
+    ok = False  # False once the override did device work a plan cannot repeat (see unplanned())
+
+
+_RECORD = _Recorder()
+_MISS = object()
+_LAUNCH: dict = {}  # the keyword arguments of a recorded kernel launch (none): what tells it from a matmul
+_PLAIN = (str, bool, int, float, type(None))  # arguments compared by value (activation names, flags)
+_PLANS_MAX = 32  # per op: a few layers x a few batch sizes (full, last, eval); beyond it they start over
+
+
+def unplanned() -> None:
+    """Tell a recording Op that this call did device work other than _launch and matmul (an allocation, a
+    CuPy reduction): it must run in full every time."""
+    _RECORD.ok = False
+
+
+def _made_of(result: Any, args: tuple, kwargs: dict, per_call: tuple) -> bool:
+    """Whether every array `result` holds is one of the caller's arrays (so returning it again is right)."""
+    kept = [a for i, a in enumerate(args) if i not in per_call] + list(kwargs.values())
+    items = result if isinstance(result, tuple) else (result,)
+    return all(r is None or any(r is a for a in kept) for r in items)
+
+
+class LaunchPlan:
+    """The launches (kernel or matmul, its arguments) of one override call, for these arguments."""
+
+    __slots__ = ("args", "keys", "values", "per_call", "calls", "slots", "result", "device", "stream", "kernels",
+                 "cupy", "get_device")
+
+    def __init__(self, args: tuple, kwargs: dict, per_call: tuple, calls: list, result: Any,
+                 stream: int | None) -> None:
+        self.args, self.keys, self.values = args, tuple(kwargs), tuple(kwargs.values())
+        self.per_call, self.calls, self.result, self.stream = per_call, tuple(calls), result, stream
+        self.cupy = cupy_module()
+        self.get_device = self.cupy.cuda.runtime.getDevice
+        self.device = self.get_device()  # every launch was made on this device
+        self.kernels = _KERNELS  # and its kernels came from this loader
+        # where each per-call argument went: (call, place among that kernel's arguments, argument position)
+        self.slots = tuple((c, j, i) for c, (fn, fn_args, fn_kwargs) in enumerate(calls) if fn_kwargs is _LAUNCH
+                           for j, a in enumerate(fn_args[2]) for i in per_call if a is args[i])
+
+    def usable(self) -> bool:
+        """Whether each per-call argument went only straight into kernels (where run() can put a new one)."""
+        for i in self.per_call:
+            in_kernels = any(slot[2] == i for slot in self.slots)
+            in_matmuls = any(a is self.args[i] for fn, fn_args, fn_kwargs in self.calls if fn_kwargs is not _LAUNCH
+                             for a in fn_args)
+            if not in_kernels or in_matmuls:
+                return False
+        return True
+
+    def run(self, args: tuple, kwargs: dict) -> Any:
+        """Launch again and return the first call's result; _MISS (nothing launched) when the arguments differ."""
+        same = len(args) == len(self.args) and all(map(operator.is_, args, self.args))
+        if not same and not self._fits(args):
+            return _MISS
+        if (kwargs or self.keys) and (tuple(kwargs) != self.keys
+                                      or not all(map(operator.is_, kwargs.values(), self.values))):
+            return _MISS
+        if self.kernels is not _KERNELS or _mode != "fused" or _cublas._capture.__dict__.get("active"):
+            return _MISS  # (kernels reloaded, or switched to the references; a capture makes its own buffers)
+        if self.get_device() != self.device:
+            return _MISS  # another device is current: the override switches to the arrays' device
+        if self.stream is not None and self.cupy.cuda.get_current_stream().ptr != self.stream:
+            return _MISS  # scratch buffers are per stream
+        calls = self.calls if same else self._swapped(args)
+        for fn, fn_args, fn_kwargs in calls:
+            fn(*fn_args, **fn_kwargs)
+        return self.result
+
+    def _swapped(self, args: tuple) -> list:
+        """The calls with the new per-call arrays of `args` in the old ones' places."""
+        calls = [list(call) for call in self.calls]
+        for c, j, i in self.slots:
+            grid, block, kernel_args = calls[c][1]
+            calls[c][1] = (grid, block, (*kernel_args[:j], args[i], *kernel_args[j + 1:]))
+        return calls
+
+    def _fits(self, args: tuple) -> bool:
+        """Whether args differ from the plan's only in per-call arrays of the very same kind."""
+        if len(args) != len(self.args):
+            return False
+        for i, (new, old) in enumerate(zip(args, self.args)):
+            if new is old or (type(new) in _PLAIN and type(new) is type(old) and new == old):
+                continue
+            if i not in self.per_call or not _same_layout(new, old):
+                return False
+        return True
+
+
+def _same_layout(new: Any, old: Any) -> bool:
+    """`new` passes every check `old` passed: a CuPy array of its dtype and shape, C-contiguous, on its device."""
+    return (type(new) is type(old) and new.dtype == old.dtype and new.shape == old.shape
+            and new.flags.c_contiguous and old.flags.c_contiguous and new.device.id == old.device.id)
+
+
+def forget_plans() -> None:
+    """Drop every op's kept launches (see Op.forget): a model does when its fit, evaluate or predict ends."""
+    for op in OPS.values():
+        op.forget()
 
 
 # name -> Op: every op with a CUDA override (filled as nnxp.ops.dense, loss, optim and dropout import)
@@ -358,13 +514,29 @@ def _scratch(what: str, shape: tuple, dtype: Any, dev: int, zero: bool = False) 
         if len(_SCRATCH) >= _SCRATCH_MAX:
             _SCRATCH.clear()
         buf = _SCRATCH[key] = make(shape, dtype=dtype)
+    if _RECORD.calls is not None:
+        _RECORD.stream = key[2]
     return buf
 
 
-def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> None:
+def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tuple, args: tuple) -> tuple:
+    """Launch kernel `name` on `device_id` (made current if it is not); returns the kernel and the grid used."""
     kernel = _KERNELS.function(name, dtype, device_id)
     if len(grid) == 1:  # every 1-D kernel loops over its work: no more blocks than the SMs hold at once
         grid = (max(1, min(grid[0], _KERNELS.resident_blocks(name, dtype, device_id, block[0])
                            * _KERNELS.sm_count(device_id))),)
+    if _RECORD.calls is not None:
+        _RECORD.calls.append((kernel, (grid, block, args), _LAUNCH))
     with _current(device_id):
         kernel(grid, block, args)
+    return kernel, grid
+
+
+def matmul(a: Any, b: Any, out: Any = None) -> Any:
+    """:func:`nnxp.ops._cublas.matmul`, recorded into a plan being made."""
+    if _RECORD.calls is not None:
+        if out is None:
+            unplanned()  # a new array each call
+        # CuPy's matmul itself, which _cublas.matmul calls outside a capture (a plan never runs inside one)
+        _RECORD.calls.append((cupy_module().matmul, (a, b), {"out": out}))
+    return _cublas.matmul(a, b, out=out)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import cupy_module, is_cupy_array, xp_of
-from . import _cpu, _cublas, _cuda
+from . import _cpu, _cuda
 from ._cuda import Op
 from .activation import _GELU_C, ACTIVATION_OPS, ELU_ALPHA, LEAKY_RELU_SLOPE, activation_forward
 
@@ -270,6 +270,9 @@ dense_backward = Op(dense_backward_ref, _dense_backward_cpu)
 bias_activation_forward = Op(bias_activation_forward_ref)
 activation_backward_bias = Op(activation_backward_bias_ref)
 softmax_forward = Op(softmax_forward_ref)
+# their CUDA launches are kept per set of arrays and made again (nnxp.ops._cuda.LaunchPlan): a step's Python
+for _op in (dense_forward, dense_backward, bias_activation_forward, activation_backward_bias, softmax_forward):
+    _op.plan()
 
 
 # --- CUDA: the overrides (kernels.cu), each taking its reference's arguments --------------------------------
@@ -311,6 +314,7 @@ def _bias_activation_forward_cuda(z: Any, b: Any | None, activation: str, z_out:
     if needs_z and z_out is not None and not _cuda._fits(z_out, dtype, z.shape, dev):
         return NotImplemented
     if needs_z and z_out is None:
+        _cuda.unplanned()
         z_out = cupy_module().empty_like(z)
     _bias_activation(z, b, activation, z_out if needs_z else None, dev)
     return z, (z_out if needs_z else None)
@@ -326,6 +330,7 @@ def _softmax_forward_cuda(z: Any, out: Any = None) -> Any:
     if not _cuda._fits(z, dtype, z.shape, dev) or (out is not None and not _cuda._fits(out, dtype, z.shape, dev)):
         return NotImplemented
     if out is None:
+        _cuda.unplanned()
         with _cuda._current(dev):
             out = cupy_module().empty_like(z)
     rows, cols = z.shape
@@ -356,8 +361,9 @@ def _dense_forward_cuda(x: Any, w: Any, b: Any | None, activation: str, out: Any
         return NotImplemented
     cp = cupy_module()
     with _cuda._current(dev):
-        z = _cublas.matmul(x, w, out=out)  # (B, n_out)
+        z = _cuda.matmul(x, w, out=out)  # (B, n_out)
         if needs_z and z_out is None:
+            _cuda.unplanned()
             z_out = cp.empty_like(z)
     _bias_activation(z, b, activation, z_out if needs_z else None, dev)
     return z, (z_out if needs_z else None)
@@ -378,6 +384,7 @@ def _activation_backward_bias(dy: Any, y: Any, z: Any | None, activation: str, d
         args = (dy, y, np.int64(rows), np.int64(cols))
         _cuda._launch("nnxp_softmax_backward", dtype, dev, (_cuda._row_grid(rows, dev),), (block,), args)
         if db is not None:
+            _cuda.unplanned()  # a CuPy reduction, not a launch a plan keeps
             with _cuda._current(dev):
                 dy.sum(axis=0, out=db)
         return
@@ -462,10 +469,10 @@ def _dense_backward_cuda(
         return NotImplemented
     _activation_backward_bias(dy, y, z, activation, db, dev)
     with _cuda._current(dev):
-        _cublas.matmul(x.T, dy, out=dw)  # (n_in, n_out)
+        _cuda.matmul(x.T, dy, out=dw)  # (n_in, n_out)
         if not need_dx:
             return None
-        return _cublas.matmul(dy, w.T, out=dx_out)  # (B, n_in)
+        return _cuda.matmul(dy, w.T, out=dx_out)  # (B, n_in)
 
 
 # --- inputs `nnxp selftest` runs each override on (against its reference, on the user's GPU) --------------------

@@ -348,6 +348,10 @@ def _sigmoid_binary_cross_entropy_cpu(logits: Any, target: Any, grad: Any = None
 softmax_cross_entropy = Op(softmax_cross_entropy_ref, _softmax_cross_entropy_cpu)
 sparse_softmax_cross_entropy = Op(sparse_softmax_cross_entropy_ref, _sparse_softmax_cross_entropy_cpu)
 sigmoid_binary_cross_entropy = Op(sigmoid_binary_cross_entropy_ref, _sigmoid_binary_cross_entropy_cpu)
+# their CUDA launches are kept per set of arrays (nnxp.ops._cuda.LaunchPlan); the targets (argument 1) are a new
+# array each batch, checked for the same dtype, shape and layout and passed in the old one's place
+for _op in (softmax_cross_entropy, sparse_softmax_cross_entropy, sigmoid_binary_cross_entropy):
+    _op.plan(per_call=(1,))
 categorical_cross_entropy = categorical_cross_entropy_ref
 sparse_categorical_cross_entropy = sparse_categorical_cross_entropy_ref
 binary_cross_entropy = binary_cross_entropy_ref
@@ -372,6 +376,7 @@ def _loss_launch(name: str, logits: Any, second: Any, grad: Any, rows_or_total: 
             # The last-block ticket counter is zeroed by a memset on this launch's stream (cupy.zeros is
             # memset_async on the current stream, cupy/_creation/basic.py), so a capture records it as a memset
             # node and every replay starts from 0.
+            _cuda.unplanned()
             loss = cp.empty((), dtype=dtype)
             partials = cp.empty(grid, dtype=dtype)
             counter = cp.zeros(1, dtype=np.uint32)

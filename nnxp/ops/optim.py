@@ -13,12 +13,13 @@ see the end of this module).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ..backend import is_cupy_array, xp_of
+from ..backend import cupy_module, is_cupy_array, xp_of
 from ..errors import NnxpError
 from . import _cpu, _cuda
 from ._cuda import Op
@@ -420,11 +421,18 @@ class Update(Op):
                  optional: Mapping[str, str] | None = None) -> None:
         super().__init__(ref, host)
         self.state, self.scalars, self._kernel_scalars = tuple(state), tuple(scalars), kernel_scalars
+        # the last eager launch, kept for the same buffers as nnxp.ops._cuda.LaunchPlan keeps an op's (the scalars
+        # change every step, so only they are computed again): (buffers, kernels, kernel, grid, flags, device)
+        self._kept: tuple | None = None
         self.optional: dict[str, str] = dict(optional or {})
         unknown = set(self.optional) - set(self.state)
         if unknown:
             raise ValueError(f"{self.__name__}: optional slots {sorted(unknown)} are not in state {self.state}")
         self.override(self._cuda_step)  # one CUDA wrapper for every rule: its kernel is nnxp_<name>
+
+    def forget(self) -> None:
+        super().forget()
+        self._kept = None
 
     def _cuda_step(self, p: Any, g: Any, *args: Any, weight_decay: float = 0.0, hp: Any = None) -> Any:
         """The override of every rule: kernel ``nnxp_<name>`` over (p, g, *state, n, *kernel scalars, hp).
@@ -435,6 +443,16 @@ class Update(Op):
         """
         n_state = len(self.state)
         state, values = args[:n_state], args[n_state + 1:]
+        kept = self._kept
+        if (hp is None and kept is not None and kept[1] is _cuda._KERNELS and len(args) == len(self.state) + 1
+                + len(self.scalars) and all(map(operator.is_, (p, g, *state), kept[0]))
+                and cupy_module().cuda.runtime.getDevice() == kept[5]):
+            _, _, kernel, grid, has, _ = kept  # the same buffers as the last step: only the scalars are new
+            scalars = self._kernel_scalars(p.dtype, **dict(zip(self.scalars, values)), **has,
+                                           weight_decay=weight_decay).values()
+            kernel(grid, (_cuda._BLOCK,), (p, g, *[p if buf is None else buf for buf in state], np.int64(p.size),
+                                           *scalars, None))
+            return None
         dtype = _flat_fit(p, g, *state)
         missing = any(buf is None and slot not in self.optional for slot, buf in zip(self.state, state, strict=True))
         if dtype is None or missing:
@@ -444,8 +462,12 @@ class Update(Op):
             return NotImplemented
         dev = p.device.id
         buffers = (p if buf is None else buf for buf in state)
-        _cuda._launch(f"nnxp_{self.__name__}", p.dtype, dev, (_cuda._grid(p.size, dev),), (_cuda._BLOCK,),
-                      (p, g, *buffers, np.int64(p.size), *scalars, hp))
+        kernel, grid = _cuda._launch(f"nnxp_{self.__name__}", p.dtype, dev, (_cuda._grid(p.size, dev),),
+                                     (_cuda._BLOCK,), (p, g, *buffers, np.int64(p.size), *scalars, hp))
+        if hp is None:
+            has = {f"has_{slot}": buf is not None for slot, buf in zip(self.state, state, strict=True)
+                   if slot in self.optional}
+            self._kept = ((p, g, *state), _cuda._KERNELS, kernel, grid, has, dev)
         return None
 
     def kernel_arguments(self, dtype: Any, state: tuple, scalars: Mapping[str, Any],
@@ -473,7 +495,7 @@ def update(rule: Update, p: Any, g: Any, state: tuple, tmp: Any, scalars: Mappin
     pass); elsewhere :func:`weight_decay_ref` runs first, then the rule's host path. `hp` (a step captured in a
     CUDA graph) is the device buffer the kernel reads its floating-point scalars from; then the kernel must run.
     """
-    values = tuple(scalars[name] for name in rule.scalars)
+    values = [scalars[name] for name in rule.scalars]
     if rule.fused is not None and is_cupy_array(p):
         if rule.fused(p, g, *state, tmp, *values, weight_decay=weight_decay, hp=hp) is not NotImplemented:
             return
