@@ -230,10 +230,11 @@ class GraphStep(Step):
     The first full batch runs eagerly (it builds kernels, scratch buffers and optimizer state), the second is
     captured and every later one replayed. Partial batches run eagerly. If the capture fails (other than for
     memory), the fit warns once and goes on eagerly. `batches` (``"graph"`` mode) yields unfilled batch buffers:
-    a replay gathers its batch on the device, an eager step has it gathered first (:meth:`Batches.fill`). A
+    a replay gathers its batch on the device, an eager step has it gathered first (:meth:`Batches.fill`); without
+    `batches` (a step driven by hand) the eager steps' batches come filled and a capture is refused. A
     replay writes its loss and sums into the epoch's record itself (one buffer for the fit, :meth:`epoch_record`)."""
 
-    def __init__(self, eager: EagerStep, batch_size: int, batches: Batches) -> None:
+    def __init__(self, eager: EagerStep, batch_size: int, batches: Batches | None = None) -> None:
         self.eager, self.batch_size, self.batches = eager, batch_size, batches
         self.graph: GraphedStep | None = None
         self.feed: StepFeed | None = None
@@ -251,6 +252,8 @@ class GraphStep(Step):
     def capture(self, xb: Any, yb: Any, wb: Any = None) -> GraphedStep:
         """Capture the step for full batches in the fixed buffers `xb`, `yb` (`wb`: the weights' or None)."""
         eager, model = self.eager, self.eager.model
+        if self.batches is None:
+            raise RuntimeError("a GraphStep without its Batches cannot capture: the graph gathers each batch itself")
         rows, names = self.batch_size, list(model.metrics)
         if self._record is None:
             self.epoch_record(model.device.xp, (1 + len(names) + (wb is not None), len(self.batches)))
@@ -265,7 +268,7 @@ class GraphStep(Step):
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         self.recorded = False
         if rows != self.batch_size or not self.enabled or not self.warm:
-            self.batches.fill()
+            self._fill()
             result = self.eager.run(xb, yb, wb, rows, into)
             self.warm = self.warm or rows == self.batch_size
             return result
@@ -279,10 +282,14 @@ class GraphStep(Step):
                 self.enabled, self.graph = False, None
                 warnings.warn(f"cuda_graph: capturing the training step failed ({type(exc).__name__}: {exc}); "
                               "this fit goes on without CUDA graphs", RuntimeWarning, stacklevel=2)
-                self.batches.fill()
+                self._fill()
                 return self.eager.run(xb, yb, wb, rows, into)
         self.recorded = True
         return graph.run(self.batches.index)
+
+    def _fill(self) -> None:
+        if self.batches is not None:
+            self.batches.fill()
 
 
 class Guard:

@@ -115,7 +115,7 @@ def test_graph_step_whose_capture_fails_warns_once_and_trains_like_eager_steps()
     class FailingCapture(training.GraphStep):
         tries = 0
 
-        def capture(self, xb, yb):
+        def capture(self, xb, yb, wb=None):
             FailingCapture.tries += 1
             raise RuntimeError("no graphs here")
 
