@@ -104,7 +104,8 @@ class Batches:
             self.perm = xp.empty(x.shape[0], dtype=np.int64)
             self.starts = xp.empty(max(len(self.plan), 1), dtype=np.int64)
             self._perm = PinnedUpload(self.perm)
-            PinnedUpload(self.starts).write(np.array([lo for lo, *_ in self.plan] or [0], dtype=np.int64))
+            self._starts = PinnedUpload(self.starts)  # (kept: its pinned memory must outlive the copy)
+            self._starts.write(np.array([lo for lo, *_ in self.plan] or [0], dtype=np.int64))
             self._in_order = False  # perm holds the identity already (an unshuffled fit uploads it once)
 
     def __len__(self) -> int:

@@ -27,12 +27,15 @@ BATCH, BATCHES, EPOCHS = 128, 3, 2
 SMS = 132  # an H100 SXM's multiprocessors: how many blocks nnxp launches (and so the launch count) depend on it
 
 
-def _fit_counting(graph: bool) -> list[tuple[int, int, _stand_in_cupy.Counts]]:
-    """(epoch, batch, counts of that step) for each step after the first of its epoch."""
+def _fit_counting(graph: bool, dropout: bool = False) -> list[tuple[int, int, _stand_in_cupy.Counts]]:
+    """(epoch, batch, counts of that step) for each step after the first of its epoch (`dropout`: with a Dropout
+    after each hidden layer)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH * BATCHES, 784)).astype(np.float32)
     y = rng.integers(0, 10, BATCH * BATCHES)
-    model = nnxp.Sequential([nnxp.Dense(512, "relu", input_dim=784), nnxp.Dense(256, "relu"),
+    drop = [nnxp.Dropout(0.2)] if dropout else []
+    drop2 = [nnxp.Dropout(0.1)] if dropout else []
+    model = nnxp.Sequential([nnxp.Dense(512, "relu", input_dim=784), *drop, nnxp.Dense(256, "relu"), *drop2,
                              nnxp.Dense(10, "softmax")], device="cuda", seed=0)
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     steps: list[tuple[int, int, _stand_in_cupy.Counts]] = []
@@ -72,8 +75,10 @@ def counted(emulator):
         mp.setattr(_cublas, "_prepare_capture", lambda device_id: None)
         eager = _fit_counting(graph=False)
         graph = _fit_counting(graph=True)
+        dropout = _fit_counting(graph=True, dropout=True)
     # the graph fit's first epoch holds the eager warm-up and the capture: only later epochs are steady replays
-    return {"eager": [c for _, _, c in eager], "graph": [c for epoch, _, c in graph if epoch > 0]}
+    return {"eager": [c for _, _, c in eager], "graph": [c for epoch, _, c in graph if epoch > 0],
+            "graph_dropout": [c for epoch, _, c in dropout if epoch > 0]}
 
 
 def _each(counted, kind, field):
@@ -115,6 +120,13 @@ def test_graphed_step_copies_nothing_from_pageable_memory(counted):
     # the epoch's scalars are one table, uploaded at the epoch's first replay, read on the device per step)
     assert _each(counted, "graph", "h2d_pageable") == [0]
     assert _each(counted, "graph", "h2d_pinned") == [0]
+
+
+@pytest.mark.parametrize("field", ["launches", "allocations", "syncs", "h2d_pageable", "h2d_pinned", "set_device"])
+def test_graphed_step_with_dropout_is_one_graph_launch_and_nothing_else(counted, field):
+    # Dropout's mask comes from its (seed, step) device state, bumped by a node of the graph (nnxp/layers.py)
+    assert _each(counted, "graph_dropout", "graph_launches") == [1]
+    assert _each(counted, "graph_dropout", field) == [0]
 
 
 # --- eager steps ------------------------------------------------------------------------------------------------
