@@ -53,8 +53,9 @@ class PinnedUpload:
 
     The twin is page-locked memory (cupy/cuda/pinned_memory.pyx alloc_pinned_memory, viewed as cupyx.empty_pinned
     does), so ndarray.set is a true cudaMemcpyAsync on the current stream (core.pyx set -> copy_from_host_async)
-    that never waits for the stream (it writes a contiguous slice: set refuses others, core.pyx l.2233); an event (stream.pyx Event) marks when the GPU has read it, and the host
-    waits for it only before it rewrites the twin while the last copy is still pending."""
+    that never waits for the stream (always of a contiguous slice: set refuses others, core.pyx l.2233). An event
+    (stream.pyx Event) marks when the GPU has read it; the host waits for it only before it rewrites the twin
+    while the last copy is still pending."""
 
     def __init__(self, target: Any) -> None:
         cp = xp_of(target)

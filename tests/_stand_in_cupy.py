@@ -775,9 +775,9 @@ class FakeArray(np.ndarray):
             integer = all(not (isinstance(k, np.ndarray) and k.dtype == np.bool_) for k in keys)
             if recording is not None and integer:
                 # integer array indices only: _ndarray_getitem -> a.take(s, axis) (one index array) or
-                # _getitem_multiple (several), a gather kernel on the stream that reads the indices on the device,
-                # so a capture records it and its values exist only after a replay. (A boolean mask needs its count on the host first,
-                # _getitem_mask_single -> nonzero, and still runs at once here, as before.)
+                # _getitem_multiple (several), a gather kernel on the stream that reads the indices on the
+                # device, so a capture records it and its values exist only after a replay. (A boolean mask
+                # needs its count on the host first, _getitem_mask_single -> nonzero: still run at once here.)
                 buf = _new_buffer(result)
                 target, source, index = buf.view(np.ndarray), self.view(np.ndarray), _plain(key)
                 recording.steps.append(lambda: np.copyto(target, source[index]))
