@@ -173,7 +173,7 @@ class Optimizer:
             rows = [self.graph_scalars(params) for _ in range(steps)]
         finally:
             self.iterations = iterations
-        return np.array(rows, dtype=params.dtype).reshape(steps, -1)
+        return np.array(rows, dtype=params.dtype) if rows else np.zeros((0, 0), dtype=params.dtype)
 
     def graph_apply(self, params: Any, grads: Any, hp: Any) -> None:
         """The device half of :meth:`apply` for capture: clipping, then the one update, its kernel reading its
