@@ -127,14 +127,14 @@ class GraphedStep:
     straight into `into` (name -> a 0-d float64 view of the feed's staged sums); `extra()` returns more sums to
     record after the metrics' (the batch's weight sum), or []. The optimizer then updates `params` from `grads`.
     `scratch()` lists the arrays made before the capture that the graph reads or writes (the layers' scratch
-    buffers): they are kept alive as long as the graph.
+    buffers): they are kept alive as long as the graph. `rows`: how many rows of each batch it gathers.
     """
 
     def __init__(self, feed: StepFeed, names: list[str], gather: Callable[[Any], None],
                  compute: Callable[[dict], tuple[Any, dict]], extra: Callable[[], list], optimizer: Any, params: Any,
-                 grads: Any, scratch: Callable[[], list]) -> None:
+                 grads: Any, scratch: Callable[[], list], rows: int = 0) -> None:
         cp = xp_of(params)
-        self.feed, self.names = feed, list(names)
+        self.feed, self.names, self.rows = feed, list(names), rows
         self.optimizer, self.params, self.grads = optimizer, params, grads
         self._pool = cp.cuda.MemoryPool()
         self._core = self._core_buffers()

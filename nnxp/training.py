@@ -60,8 +60,7 @@ class Batches:
     - ``"gather"`` (shuffled): each batch is gathered by its rows' indices into one batch-sized buffer per array,
       so there is no shuffled copy of the data set and the batch is still in cache for the first layer's GEMMs;
       the order depends only on (seed, epoch count), so a resumed run shuffles exactly like an uninterrupted one
-    - ``"copy"`` (in order, CUDA graphs): slices copied into the same buffers, as a replayed graph reads its
-      batch from fixed addresses
+    - ``"copy"`` (in order): slices copied into the same buffers (fixed addresses)
     - ``"view"`` (in order): slices of the data themselves, nothing copied
     - ``"graph"`` (CUDA graphs, shuffled or not): the batch buffers are yielded unfilled; a replayed graph gathers
       each batch itself on the device (:meth:`gather`, from the epoch's row order `perm` and each batch's first
@@ -264,16 +263,19 @@ class GraphStep(Step):
         return GraphedStep(self.feed, names, lambda cursor: self.batches.gather(cursor, k),
                            lambda into: eager.compute(xb, yb, wb, rows, into),
                            (lambda: [wb.sum()]) if wb is not None else list,
-                           model.optimizer, model.params, model.grads, model.scratch_arrays)
+                           model.optimizer, model.params, model.grads, model.scratch_arrays, rows=k)
 
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         self.recorded = False
-        if rows != self.batch_size or not self.enabled or not self.warm:
+        graph, model = self.graph, self.eager.model
+        # (a rank whose share of this full batch differs from the captured one's, with unevenly sharded data:
+        # the graph gathers and computes a fixed number of rows)
+        if (rows != self.batch_size or not self.enabled or not self.warm
+                or (graph is not None and xb.shape[0] != graph.rows)):
             self._fill()
             result = self.eager.run(xb, yb, wb, rows, into)
             self.warm = self.warm or rows == self.batch_size
             return result
-        graph, model = self.graph, self.eager.model
         if graph is None or not graph.still_bound(model.params, model.grads):
             try:
                 graph = self.graph = self.capture(xb, yb, wb)
@@ -289,7 +291,7 @@ class GraphStep(Step):
         return graph.run(self.batches.index)
 
     def _fill(self) -> None:
-        if self.batches is not None:
+        if self.batches is not None and self.batches.mode == "graph":
             self.batches.fill()
 
 
