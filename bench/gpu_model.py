@@ -344,11 +344,12 @@ _ARGUMENT = """How to read it (numbers from the tables above, H100 SXM; the H200
   CuPy's ufuncs and reductions at ~10 µs each) and 226 µs for PyTorch (31 ATen ops). So nnxp eager is predicted
   at ~0.7x PyTorch eager. The eager goals of issue 11 (<= 22 launches, <= 40 µs of Python) bring nnxp's host
   time to roughly PyTorch's: parity, not a lead, is what eager can reach here.
-- **`cuda_graph=True` at batch 128: predicted 2.2x PyTorch eager (target >= 1.5x).** The 21 captured nodes cost
-  one launch (5 µs); what is left on the host is 7 eager ops outside the graph (the pageable copy of the step
-  scalars, 4 bookkeeping ops, the 2 gathers: 68 µs) and the loop's Python (30 µs, assumed). With all of them inside
-  the graph (issue 11's goal) the host drops to ~35 µs and the step becomes device-bound at ~93 µs: 28 nodes of
-  ~2.5 µs, so from then on fewer, fused kernels are what speeds it up, not fewer launches.
+- **`cuda_graph=True` at batch 128: predicted 2.75x PyTorch eager (target >= 1.5x).** The step is one launch
+  (5 µs) and nothing else: its 25 captured nodes include the gathers, the row of the optimizer's scalars and the
+  record of the loss and metric sums, read at a device step counter (nnxp/_graph.py). With the loop's Python
+  (30 µs, assumed) the host needs ~35 µs, so the step is device-bound at ~82 µs (25 nodes of 2-3 µs): from here
+  fewer, fused kernels are what speeds it up, not fewer launches. (Before: 6 host ops, a pinned copy of the step's
+  scalars, 2 gathers and 2 record copies beside the graph, 81 µs of host time, 2.6x.)
 - **Small MLP at batch 8192 and big MLP at batch 4096: FLOPs.** Both frameworks run the same 8 GEMMs, so nnxp
   and PyTorch eager are predicted equal (1.00x; target >= 1.0x holds if nnxp's cuBLAS calls are as fast as
   PyTorch's, which the GEMM-floor column of the benchmark checks). In FP32 (the default) the step is 1.07x its

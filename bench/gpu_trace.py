@@ -87,8 +87,27 @@ def kernel_signatures(source: str | None = None) -> dict[str, list[str]]:
     return sigs
 
 
+def _gather_rows_bytes(args: tuple) -> int:
+    # nnxp_gather_rows(src, out, perm, starts, cursor, rows, cols, src_rows): it reads only the batch's rows of src
+    # and of perm, and writes out (the whole-array rule would charge all of src and perm, and out twice)
+    out, rows = args[1], int(args[5])
+    return 2 * int(out.nbytes) + 8 * rows + 16
+
+
+def _record_step_bytes(args: tuple) -> int:
+    # nnxp_record_step(loss, sums, n_sums, record, cols, cursor): one column of the record, a few scalars
+    n_sums = int(args[2])
+    return 8 * (1 + n_sums) * 2 + int(args[0].nbytes) + 16
+
+
+_KERNEL_BYTES = {"nnxp_gather_rows": _gather_rows_bytes, "nnxp_record_step": _record_step_bytes}
+
+
 def kernel_bytes(name: str, args: tuple) -> int:
-    """Bytes an nnxp kernel moves: each array argument once if const, twice (read + write) otherwise."""
+    """Bytes an nnxp kernel moves: each array argument once if const, twice (read + write) otherwise (the kernels
+    that touch a few rows of large arrays are counted by what they touch, _KERNEL_BYTES)."""
+    if name in _KERNEL_BYTES:
+        return _KERNEL_BYTES[name](args)
     sig = kernel_signatures().get(name, [])
     total = 0
     for i, a in enumerate(args):
@@ -197,7 +216,8 @@ class Tracer:
         self._wrap(si.FakeArray, "__setitem__", setitem)
         self._wrap(si.FakeArray, "fill", lambda r, self_, v: Op("memset", "fill", _nbytes(self_)))
         self._wrap(si.FakeArray, "_copy_kernel", lambda r, self_, fn: Op("copy", "copy", _nbytes(self_, r)))
-        self._wrap(si.FakeArray, "set", lambda r, self_, arr, **kw: Op("h2d", "ndarray.set (pageable)", _nbytes(arr)))
+        self._wrap(si.FakeArray, "set", lambda r, self_, arr, **kw: Op(
+            "h2d", f"ndarray.set ({'pinned' if si._is_pinned(arr) else 'pageable'})", _nbytes(arr)))
         self._wrap(si.FakeArray, "get", lambda r, self_, *a, **kw: Op("d2h", "ndarray.get", _nbytes(self_)))
         for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
             self._wrap(si.FakeArray, name, lambda r, self_, *a, _n=name, **kw: Op("d2h", _n, _nbytes(self_)))
@@ -278,6 +298,17 @@ def executed(ops: list[Op]) -> list[Op]:
     return out
 
 
+def _most_repeats(keys: list, block: list) -> int:
+    """The longest run of `block` repeated back to back in `keys`."""
+    size, best = len(block), 0
+    for i in range(len(keys) - size + 1):
+        n = 0
+        while keys[i + n * size : i + (n + 1) * size] == block:
+            n += 1
+        best = max(best, n)
+    return best
+
+
 def step_window(shorter: list[Op], longer: list[Op]) -> list[Op]:
     """The ops of one steady-state step: ``longer`` is ``shorter``'s run with one more full batch.
 
@@ -285,9 +316,13 @@ def step_window(shorter: list[Op], longer: list[Op]) -> list[Op]:
     right after it (the earlier batches may differ: the first one warms up or captures). The prologue and
     epilogue (data upload, metric reads) differ in size between the runs, so they cannot be subtracted."""
     size = len(longer) - len(shorter)
-    keys = [op.key() for op in longer]
+    keys, fewer = [op.key() for op in longer], [op.key() for op in shorter]
     for start in range(len(keys) - 2 * size + 1):
-        if size > 0 and keys[start : start + size] == keys[start + size : start + 2 * size]:
+        block = keys[start : start + size]
+        # (and `longer` repeats it once more than `shorter` does: a step of one op, a replayed graph, must not be
+        # taken for two equal set-up ops that both runs have)
+        if (size > 0 and block == keys[start + size : start + 2 * size]
+                and _most_repeats(keys, block) > _most_repeats(fewer, block)):
             return longer[start + size : start + 2 * size]
     raise RuntimeError(f"the step is not a repeated block of ops ({len(shorter)} -> {len(longer)} ops)")
 

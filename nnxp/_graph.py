@@ -1,19 +1,34 @@
-"""Training steps replayed from a CUDA graph: forward, loss, backward, metrics and the optimizer step.
+"""Training steps replayed from a CUDA graph: gather, forward, loss, backward, metrics, optimizer, bookkeeping.
 
 Small batches on a GPU are bound by kernel launches, not by math: a step of a 784-512-256-10 MLP is about
-twenty launches of a few microseconds each. Capturing the step once and replaying it costs one launch.
+twenty launches of a few microseconds each. Capturing the step once and replaying it costs one launch, and a
+replayed full batch asks nothing else of CUDA: no other launch, allocation, copy, sync or cudaSetDevice.
 
 What a replay needs, and how it gets it:
-- Fixed addresses: the batch is gathered into the fit's static batch buffers, the layers' scratch buffers
-  persist per batch shape, and every array made during the capture comes from a private memory pool that
-  nothing else allocates from afterwards (a freed block reused by other code would be overwritten by the next
-  replay). The graph keeps references to everything it touches.
-- Values that change per step (learning-rate schedules, Adam's bias correction, the step count) are not baked
-  in: the optimizer kernel reads them from a small device buffer that the host rewrites before each replay,
-  by an asynchronous copy from pinned host memory (a copy from pageable memory may wait for the stream). The
-  host writes a ring of pinned slots, each reused only once the GPU has read it (an event per slot).
-- No host synchronisation inside the step: the loss and metric sums stay on the device, and matmuls go to
-  cuBLAS directly (CuPy refuses cuBLAS calls while capturing).
+- Fixed addresses: the batch buffers, the layers' scratch buffers (persistent per batch shape), and every array
+  made during the capture, which comes from a private memory pool that nothing else allocates from afterwards
+  (a freed block reused by other code would be overwritten by the next replay). The graph keeps references to
+  everything it touches.
+- What changes from step to step is read on the device at a step counter, `cursor` (one int64: the batch's
+  index in its epoch), which the graph's last node advances (nnxp/ops/batch.py):
+  - the gather: the graph's first nodes copy the batch's rows of x, y (and the sample weights) into the batch
+    buffers, at ``perm[starts[cursor]:][:rows]``; `perm` is the epoch's row order (the shuffle
+    nnxp.training.Batches draws, identity when not shuffled) and `starts` each batch's first row in it (this
+    rank's share under data parallelism), both uploaded once per epoch or fit;
+  - the optimizer's scalars (learning-rate schedules, Adam's bias correction, ...): the host computes every
+    step's scalars of the epoch with the optimizer's own host code (Optimizer.graph_scalars) and uploads the
+    table once; a node copies row `cursor` into the buffer the optimizer kernel reads (`hp`). Before each
+    replay the host still computes this step's scalars (advancing ``optimizer.iterations`` as an eager step
+    does) and compares them with the table's row: when a callback changed the learning rate (or anything
+    else they depend on) mid-epoch, the rest of the table is computed again and uploaded, so a replay always
+    uses exactly what an eager step would;
+  - the record: the batch's loss, metric sums (and weight sum) go into column `cursor` of the epoch's record
+    (float64, one fixed buffer for the fit), which the training loop reads once at the end of the epoch;
+  - Dropout's mask: the layer's (seed, step) device state, bumped by a node of the graph (nnxp/layers.py).
+  Uploads come from page-locked host memory, as true asynchronous copies (a copy from pageable memory may wait
+  for the stream); each pinned buffer is rewritten only after the GPU has read it (an event per buffer).
+- No host synchronisation inside the step, and matmuls go to cuBLAS directly (CuPy refuses cuBLAS calls while
+  capturing).
 Replayed steps run the same kernels in the same order as eager ones, and the matmuls call the same cublasGemmEx
 with the compute type and algorithm CuPy's eager matmul picks (nnxp/ops/_cublas.py), on a workspace set before
 the capture.
@@ -28,46 +43,119 @@ import numpy as np
 
 from .backend import xp_of
 from .ops import _cublas
+from .ops import batch as B
 
 _HP_SIZE = 8  # room for the largest optimizer's scalars (RMSprop: 6)
-_RING = 4  # pinned staging slots for them: the host waits only when the GPU is this many replays behind
+
+
+class PinnedUpload:
+    """A device array the host rewrites by asynchronous copies from a page-locked twin of it.
+
+    The twin is page-locked memory (cupy/cuda/pinned_memory.pyx alloc_pinned_memory, viewed as cupyx.empty_pinned
+    does), so ndarray.set is a true cudaMemcpyAsync on the current stream (core.pyx set -> copy_from_host_async)
+    that never waits for the stream (always of a contiguous slice: set refuses others, core.pyx l.2233). An event
+    (stream.pyx Event) marks when the GPU has read it; the host waits for it only before it rewrites the twin
+    while the last copy is still pending."""
+
+    def __init__(self, target: Any) -> None:
+        cp = xp_of(target)
+        self.target = target
+        mem = cp.cuda.alloc_pinned_memory(max(target.nbytes, 1))
+        self.host = np.frombuffer(mem, target.dtype, target.size).reshape(target.shape)
+        self.host[...] = 0
+        self._read = cp.cuda.Event(disable_timing=True)
+        self._pending = False
+
+    def write(self, values: Any, start: int = 0) -> None:
+        """Set ``target[start : start + len(values)]`` to `values`, ordered before later work on the stream."""
+        if self._pending and not self._read.done:  # the GPU has not read the previous upload yet
+            self._read.synchronize()
+        stop = start + len(values)
+        self.host[start:stop] = values
+        self.target[start:stop].set(self.host[start:stop])
+        self._read.record()
+        self._pending = True
+
+
+class StepFeed:
+    """The device memory a replayed step reads and writes besides the model's, fixed for one fit: the step
+    counter `cursor`, the table of the optimizer's scalars per step (`table`, its row at the cursor copied into
+    `hp`), the step's sums staged in float64 (`sums`) and the epoch's record (`record`, 1 + len(sums) rows of one
+    column per batch; nnxp.training.train_epoch reads it once per epoch)."""
+
+    def __init__(self, record: Any, n_sums: int, dtype: Any) -> None:
+        cp = xp_of(record)
+        batches = record.shape[1]
+        self.record = record
+        self.cursor = cp.zeros(1, dtype=np.int64)
+        self.table = cp.zeros((batches, _HP_SIZE), dtype=dtype)
+        self.hp = cp.zeros(_HP_SIZE, dtype=dtype)
+        self.sums = cp.zeros(max(n_sums, 1), dtype=np.float64)[:n_sums]
+        self._cursor = PinnedUpload(self.cursor)
+        self._table = PinnedUpload(self.table)
+        self.at: int | None = None  # the cursor's value on the device once the work queued so far has run
+
+    def move_to(self, index: int) -> None:
+        """Make the cursor `index` for the next replay (an upload only when the replays did not leave it there:
+        at an epoch's first replay)."""
+        if self.at != index:
+            self._cursor.write([index])
+            self.at = index
+
+    def scalars(self, index: int, row: np.ndarray, later: Callable[[int], np.ndarray]) -> None:
+        """Make the table's row `index` hold `row` (this step's scalars, from the host): when it does not, rows
+        index.. are computed again (`later(k)`: the next k steps' rows) and uploaded, once per epoch or after a
+        callback changed what they depend on."""
+        held = self._table.host[index, : row.size]
+        if np.array_equal(held, row, equal_nan=True):
+            return
+        rest = self.table.shape[0] - index - 1
+        rows = np.zeros((rest + 1, _HP_SIZE), dtype=self.table.dtype)
+        rows[0, : row.size] = row
+        if rest:
+            ahead = later(rest)
+            rows[1:, : ahead.shape[1]] = ahead
+        self._table.write(rows, index)
 
 
 class GraphedStep:
     """One captured training step for batches of one shape, bound to the buffers it was captured with.
 
-    `compute()` runs everything but the optimizer update (forward, loss, backward, an all-reduce under data
-    parallelism; nnxp.training.EagerStep.compute) and returns (loss, metric sums) as device arrays; the optimizer
-    then updates `params` from `grads`. `scratch()` lists the arrays made before the capture that the graph
-    reads or writes (the layers' scratch buffers): they are kept alive as long as the graph.
+    `gather(cursor)` issues the batch's gather into the batch buffers; `compute(into)` runs everything but the
+    optimizer update (forward, loss, backward, an all-reduce under data parallelism;
+    nnxp.training.EagerStep.compute) and returns (loss, metric sums) as device arrays, a sum possibly written
+    straight into `into` (name -> a 0-d float64 view of the feed's staged sums); `extra()` returns more sums to
+    record after the metrics' (the batch's weight sum), or []. The optimizer then updates `params` from `grads`.
+    `scratch()` lists the arrays made before the capture that the graph reads or writes (the layers' scratch
+    buffers): they are kept alive as long as the graph. `rows`: how many rows of each batch it gathers.
     """
 
-    def __init__(self, xb: Any, compute: Callable[[], tuple[Any, dict]], optimizer: Any, params: Any, grads: Any,
-                 scratch: Callable[[], list]) -> None:
+    def __init__(self, feed: StepFeed, names: list[str], gather: Callable[[Any], None],
+                 compute: Callable[[dict], tuple[Any, dict]], extra: Callable[[], list], optimizer: Any, params: Any,
+                 grads: Any, scratch: Callable[[], list], rows: int = 0) -> None:
         cp = xp_of(params)
-        self.xb = xb  # the static batch buffer the graph reads
+        self.feed, self.names, self.rows = feed, list(names), rows
         self.optimizer, self.params, self.grads = optimizer, params, grads
-        self.hp = cp.zeros(_HP_SIZE, dtype=params.dtype)
-        # staging for hp in page-locked memory (cupy/cuda/pinned_memory.pyx alloc_pinned_memory, viewed as
-        # cupyx.empty_pinned does), so ndarray.set is a true cudaMemcpyAsync (core.pyx set ->
-        # copy_from_host_async) that never waits for the stream; each slot's event (stream.pyx Event) marks
-        # when the GPU has read it
-        dtype = np.dtype(params.dtype)
-        self._slots = []
-        for _ in range(_RING):
-            slot = np.frombuffer(cp.cuda.alloc_pinned_memory(_HP_SIZE * dtype.itemsize), dtype, _HP_SIZE)
-            slot[...] = 0
-            self._slots.append(slot)
-        self._read: list[Any] = [None] * _RING
-        self._slot = 0
         self._pool = cp.cuda.MemoryPool()
         self._core = self._core_buffers()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
+        into = {name: feed.sums[k, ...] for k, name in enumerate(self.names)}
         with stream, cp.cuda.using_allocator(self._pool.malloc), _cublas.capturing():
             stream.begin_capture()
             try:
-                loss, sums = compute()
-                optimizer.graph_apply(params, grads, self.hp)
+                gather(feed.cursor)
+                B.gather_rows(feed.table, None, None, feed.cursor, feed.hp.reshape(1, _HP_SIZE))
+                loss, sums = compute(into)
+                optimizer.graph_apply(params, grads, feed.hp)
+                for name, view in into.items():
+                    value = sums.get(name)
+                    if value is None:  # (a rank without rows of this batch)
+                        view.fill(0)
+                    elif value is not view:
+                        view[...] = value
+                for k, value in enumerate(extra(), start=len(self.names)):
+                    feed.sums[k, ...] = value
+                B.record_step(loss, feed.sums, feed.record, feed.cursor)
             except BaseException:
                 try:
                     stream.end_capture()  # leave the stream usable; the capture is void either way
@@ -84,27 +172,18 @@ class GraphedStep:
         return [self.params if params is None else params, self.grads if grads is None else grads,
                 *self.optimizer.step_buffers()]
 
-    def still_bound(self, xb: Any, params: Any, grads: Any) -> bool:
+    def still_bound(self, params: Any, grads: Any) -> bool:
         """False once the model or optimizer replaced a buffer the graph writes (`params`, `grads`: the model's
-        now), or the batch lives elsewhere: then capture again."""
+        now): then capture again."""
         current = self._core_buffers(params, grads)
-        return (xb.data.ptr == self.xb.data.ptr and len(current) == len(self._core)
-                and all(a is b for a, b in zip(current, self._core, strict=True)))
+        return len(current) == len(self._core) and all(a is b for a, b in zip(current, self._core, strict=True))
 
-    def run(self) -> tuple[Any, dict[str, Any]]:
-        """Replay the step on the current stream for the batch now in the static buffers."""
-        scalars = self.optimizer.graph_scalars(self.params)
-        k = self._slot
-        self._slot = (k + 1) % _RING
-        read = self._read[k]
-        if read is not None and not read.done:  # the GPU is _RING replays behind: wait until it read slot k
-            read.synchronize()
-        slot = self._slots[k]
-        slot[: scalars.size] = scalars
-        self.hp.set(slot)  # one small asynchronous copy, ordered before the replay on the same stream
-        if read is None:
-            read = self._read[k] = xp_of(self.hp).cuda.Event(disable_timing=True)
-        read.record()  # after the copy: done once the GPU has read slot k
+    def run(self, index: int) -> tuple[Any, dict[str, Any]]:
+        """Replay the step for batch `index` of the epoch on the current stream (the graph gathers it itself)."""
+        optimizer, params, feed = self.optimizer, self.params, self.feed
+        feed.scalars(index, optimizer.graph_scalars(params), lambda k: optimizer.graph_table(params, k))
+        feed.move_to(index)
         self.graph.launch()
+        feed.at = index + 1  # the graph's last node
         self.replays += 1
         return self.loss, self.sums

@@ -598,9 +598,6 @@ class Sequential:
                                                self.dtype)
             cw = cw.astype(self.dtype)
             w = cw if sw is None else sw * cw
-        if cuda_graph and w is not None:
-            raise NnxpError("`cuda_graph=True` does not support `sample_weight` or `class_weight` yet; "
-                            "use cuda_graph=False for weighted training")
         # everything is checked before the model is built: an error leaves an unbuilt model unbuilt
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):

@@ -165,6 +165,16 @@ class Optimizer:
         floats = self.rule.device_scalars(params.dtype, self._buffers(), scalars, self.weight_decay or 0.0)
         return np.array(floats, dtype=params.dtype)
 
+    def graph_table(self, params: Any, steps: int) -> np.ndarray:
+        """The scalars :meth:`graph_scalars` would return for each of the next `steps` steps, as rows, without
+        counting a step (a replayed epoch uploads them at once; nnxp._graph.StepFeed)."""
+        iterations = self.iterations
+        try:
+            rows = [self.graph_scalars(params) for _ in range(steps)]
+        finally:
+            self.iterations = iterations
+        return np.array(rows, dtype=params.dtype) if rows else np.zeros((0, 0), dtype=params.dtype)
+
     def graph_apply(self, params: Any, grads: Any, hp: Any) -> None:
         """The device half of :meth:`apply` for capture: clipping, then the one update, its kernel reading its
         scalars from `hp`. Needs built state (a step ran before) and CuPy buffers; counts no step."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import backend, training
 from ._version import __version__
-from .ops import _cuda, dense, dropout, loss  # noqa: F401 - importing dense, dropout, loss registers their ops
+from .ops import _cuda, batch, dense, dropout, loss  # noqa: F401 - importing them registers their ops
 from .ops import optim as O
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"

@@ -2,8 +2,8 @@
 
 Four parts, each replaceable on its own:
 - :class:`FitPlan`: what one fit call decided (data on the device, epochs, batch size, callbacks, communicator).
-- :class:`Batches`: one epoch's batches, gathered one way chosen once per fit (shuffled gather, in-order copy for
-  a replayed CUDA graph, or plain views), and this rank's share of each under data parallelism.
+- :class:`Batches`: one epoch's batches, gathered one way chosen once per fit (shuffled gather, plain views, or
+  on the device by a replayed CUDA graph), and this rank's share of each under data parallelism.
 - :class:`Step`: one training step, ``run(xb, yb, wb, rows) -> (loss, metric sums)``, eager (:class:`EagerStep`)
   or replayed from a captured CUDA graph (:class:`GraphStep`).
 - :class:`Guard`: the weights and optimizer state at the start of an epoch, put back when the epoch diverges or
@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from . import distributed
-from ._graph import GraphedStep
+from ._graph import GraphedStep, PinnedUpload, StepFeed
 from .backend import is_out_of_memory, to_numpy
 from .callbacks import Callback, History, ProgbarLogger
 from .errors import NumericalError
+from .ops import batch as B
 
 
 @dataclass
@@ -59,9 +60,11 @@ class Batches:
     - ``"gather"`` (shuffled): each batch is gathered by its rows' indices into one batch-sized buffer per array,
       so there is no shuffled copy of the data set and the batch is still in cache for the first layer's GEMMs;
       the order depends only on (seed, epoch count), so a resumed run shuffles exactly like an uninterrupted one
-    - ``"copy"`` (in order, CUDA graphs): slices copied into the same buffers, as a replayed graph reads its
-      batch from fixed addresses
+    - ``"copy"`` (in order): slices copied into the same buffers (fixed addresses)
     - ``"view"`` (in order): slices of the data themselves, nothing copied
+    - ``"graph"`` (CUDA graphs, shuffled or not): the batch buffers are yielded unfilled; a replayed graph gathers
+      each batch itself on the device (:meth:`gather`, from the epoch's row order `perm` and each batch's first
+      row `starts`, device arrays at fixed addresses), and :meth:`fill` gathers the current batch for an eager step
 
     ``share`` is this rank's part of the current global batch, ``[rows, lo, hi]``, updated before each batch is
     yielded (a data-parallel Dropout cuts its mask rows from it).
@@ -71,16 +74,18 @@ class Batches:
     for a copy of N labels. A replayed CUDA graph reads every batch at fixed addresses, so it keeps the default.
     """
 
-    MODES = ("gather", "copy", "view")
+    MODES = ("gather", "copy", "view", "graph")
 
     def __init__(self, data: tuple, batch_size: int, device: Any, seed: int, mode: str, comm: Any = None,
-                 fixed: bool = True) -> None:
+                 fixed: bool = True, shuffle: bool = True) -> None:
         assert mode in self.MODES, mode
         self.x, self.y, self.w = data
         self.device, self.seed, self.mode = device, seed, mode
         comm = distributed.current() if comm is None else comm
         self.plan = comm.batches(self.x.shape[0], batch_size)  # (lo, hi, global rows, this rank's first row)
         self.share = [0, 0, 0]
+        self.index = 0  # the batch being yielded: its index in the epoch
+        self._span = (0, 0)  # its rows in the epoch's order (this rank's)
         self._bufs = (None, None, None)
         xp, x, y, w = device.xp, self.x, self.y, self.w
         # the 1-D arrays gathered once per epoch, whole (sparse labels, weights): y, w or None
@@ -93,6 +98,14 @@ class Batches:
             self._bufs = (xp.empty((rows, *x.shape[1:]), x.dtype),
                           None if self._once[0] is not None else xp.empty((rows, *y.shape[1:]), y.dtype),
                           None if w is None or self._once[1] is not None else xp.empty(rows, w.dtype))
+        if mode == "graph":  # what a replayed graph reads: the epoch's row order and each batch's first row in it
+            self.shuffle = shuffle
+            self.perm = xp.empty(x.shape[0], dtype=np.int64)
+            self.starts = xp.empty(max(len(self.plan), 1), dtype=np.int64)
+            self._perm = PinnedUpload(self.perm)
+            self._starts = PinnedUpload(self.starts)  # (kept: its pinned memory must outlive the copy)
+            self._starts.write(np.array([lo for lo, *_ in self.plan] or [0], dtype=np.int64))
+            self._in_order = False  # perm holds the identity already (an unshuffled fit uploads it once)
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -106,6 +119,17 @@ class Batches:
         x, y, w, share, mode = self.x, self.y, self.w, self.share, self.mode
         bx, by, bw = self._bufs
         xp = self.device.xp
+        if mode == "graph":
+            if self.shuffle:  # one upload of the epoch's order (from pinned memory), the same order "gather" uses
+                self._perm.write(self.order(count))
+            elif not self._in_order:
+                self._perm.write(np.arange(x.shape[0], dtype=np.int64))
+                self._in_order = True
+            for b, (lo, hi, rows, first) in enumerate(self.plan):
+                share[:] = rows, first, first + hi - lo
+                self.index, self._span = b, (lo, hi)
+                yield bx[: hi - lo], by[: hi - lo], None if w is None else bw[: hi - lo], rows
+            return
         perm = self.device.asarray(self.order(count)) if mode == "gather" else None
         (y_once, w_once), (y_whole, w_whole) = self._once, self._whole
         if y_once is not None:
@@ -143,13 +167,35 @@ class Batches:
                 wb = None if w is None else w[lo:hi]
             yield xb, yb, wb, rows
 
+    def fill(self) -> None:
+        """``"graph"`` mode: gather the batch being yielded into its buffers now (for a step that runs eagerly)."""
+        lo, hi = self._span
+        idx, xp = self.perm[lo:hi], self.device.xp
+        for src, buf in zip((self.x, self.y, self.w), self._bufs, strict=True):
+            if src is not None:
+                xp.take(src, idx, axis=0, out=buf[: hi - lo])
+
+    def gather(self, cursor: Any, rows: int) -> None:
+        """``"graph"`` mode: issue the gather of batch ``cursor`` (a (1,) device int64) into the first `rows` rows
+        of the buffers, read on the device (for a captured step: it runs at each replay)."""
+        for src, buf in zip((self.x, self.y, self.w), self._bufs, strict=True):
+            if src is not None:
+                B.gather_rows(src, self.perm, self.starts, cursor, buf[:rows])
+
 
 class Step:
     """One training step: forward, loss, backward, (all-reduce,) optimizer update.
 
     ``run`` returns the batch's loss and its metric sums, both still on the device (no host sync). `into`
     (metric name -> a 0-d float64 array) is where the loop keeps this batch's sums: an eager step may write a
-    sum straight there (and returns that very array), a replayed one returns its own."""
+    sum straight there (and returns that very array), a replayed one returns its own. ``recorded`` is True when
+    the last ``run`` already wrote its loss and sums (and weight sum) into the epoch's record itself."""
+
+    recorded = False
+
+    def epoch_record(self, xp: Any, shape: tuple[int, int]) -> Any:
+        """The epoch's record, zeroed: float64, rows loss / each metric's sum (/ the weight sum), a column per batch."""
+        return xp.zeros(shape, dtype=np.float64)
 
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
@@ -185,38 +231,70 @@ class GraphStep(Step):
 
     The first full batch runs eagerly (it builds kernels, scratch buffers and optimizer state), the second is
     captured and every later one replayed. Partial batches run eagerly. If the capture fails (other than for
-    memory), the fit warns once and goes on eagerly."""
+    memory), the fit warns once and goes on eagerly. `batches` (``"graph"`` mode) yields unfilled batch buffers:
+    a replay gathers its batch on the device, an eager step has it gathered first (:meth:`Batches.fill`); without
+    `batches` (a step driven by hand) the eager steps' batches come filled and a capture is refused. A
+    replay writes its loss and sums into the epoch's record itself (one buffer for the fit, :meth:`epoch_record`)."""
 
-    def __init__(self, eager: EagerStep, batch_size: int) -> None:
-        self.eager, self.batch_size = eager, batch_size
+    def __init__(self, eager: EagerStep, batch_size: int, batches: Batches | None = None) -> None:
+        self.eager, self.batch_size, self.batches = eager, batch_size, batches
         self.graph: GraphedStep | None = None
+        self.feed: StepFeed | None = None
         self.warm = False  # a full batch ran eagerly: capture the next one
         self.enabled = True
+        self._record: Any = None
 
-    def capture(self, xb: Any, yb: Any) -> GraphedStep:
-        """Capture the step for batches in the fixed buffers `xb`, `yb` (full batches, no weights)."""
+    def epoch_record(self, xp: Any, shape: tuple[int, int]) -> Any:
+        if self._record is None or self._record.shape != shape:  # once per fit: the graph writes at its address
+            self._record, self.feed, self.graph = xp.zeros(shape, dtype=np.float64), None, None
+        else:
+            self._record.fill(0)
+        return self._record
+
+    def capture(self, xb: Any, yb: Any, wb: Any = None) -> GraphedStep:
+        """Capture the step for full batches in the fixed buffers `xb`, `yb` (`wb`: the weights' or None)."""
         eager, model = self.eager, self.eager.model
-        rows = self.batch_size
-        return GraphedStep(xb, lambda: eager.compute(xb, yb, None, rows), model.optimizer, model.params,
-                           model.grads, model.scratch_arrays)
+        if self.batches is None:
+            raise RuntimeError("a GraphStep without its Batches cannot capture: the graph gathers each batch itself")
+        rows, names = self.batch_size, list(model.metrics)
+        if self._record is None:
+            self.epoch_record(model.device.xp, (1 + len(names) + (wb is not None), len(self.batches)))
+        if self.feed is None:
+            self.feed = StepFeed(self._record, self._record.shape[0] - 1, model.params.dtype)
+        k = xb.shape[0]
+        return GraphedStep(self.feed, names, lambda cursor: self.batches.gather(cursor, k),
+                           lambda into: eager.compute(xb, yb, wb, rows, into),
+                           (lambda: [wb.sum()]) if wb is not None else list,
+                           model.optimizer, model.params, model.grads, model.scratch_arrays, rows=k)
 
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
-        if rows != self.batch_size or not self.enabled or not self.warm:
+        self.recorded = False
+        graph, model = self.graph, self.eager.model
+        # (a rank whose share of this full batch differs from the captured one's, with unevenly sharded data:
+        # the graph gathers and computes a fixed number of rows)
+        if (rows != self.batch_size or not self.enabled or not self.warm
+                or (graph is not None and xb.shape[0] != graph.rows)):
+            self._fill()
             result = self.eager.run(xb, yb, wb, rows, into)
             self.warm = self.warm or rows == self.batch_size
             return result
-        graph = self.graph
-        if graph is None or not graph.still_bound(xb, self.eager.model.params, self.eager.model.grads):
+        if graph is None or not graph.still_bound(model.params, model.grads):
             try:
-                graph = self.graph = self.capture(xb, yb)
+                graph = self.graph = self.capture(xb, yb, wb)
             except Exception as exc:
                 if is_out_of_memory(exc):
                     raise
                 self.enabled, self.graph = False, None
                 warnings.warn(f"cuda_graph: capturing the training step failed ({type(exc).__name__}: {exc}); "
                               "this fit goes on without CUDA graphs", RuntimeWarning, stacklevel=2)
+                self._fill()
                 return self.eager.run(xb, yb, wb, rows, into)
-        return graph.run()
+        self.recorded = True
+        return graph.run(self.batches.index)
+
+    def _fill(self) -> None:
+        if self.batches is not None and self.batches.mode == "graph":
+            self.batches.fill()
 
 
 class Guard:
@@ -340,11 +418,12 @@ class GracefulInterrupt:
 
 def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
     """The loop: per epoch, snapshot, train, validate and tell the callbacks; Ctrl-C rolls the epoch back."""
-    mode = "gather" if plan.shuffle else "copy" if plan.cuda_graph else "view"
-    batches = Batches(plan.data, plan.batch_size, model.device, model.seed, mode, plan.comm, fixed=plan.cuda_graph)
+    mode = "graph" if plan.cuda_graph else "gather" if plan.shuffle else "view"
+    batches = Batches(plan.data, plan.batch_size, model.device, model.seed, mode, plan.comm, fixed=plan.cuda_graph,
+                      shuffle=plan.shuffle)
     step = plan.step = EagerStep(model, plan.comm, interrupt)
     if plan.cuda_graph:
-        step = plan.step = GraphStep(step, plan.batch_size)
+        step = plan.step = GraphStep(step, plan.batch_size, batches)
     guard, cbs = Guard(model, interrupt), plan.callbacks
     for epoch in range(plan.initial_epoch, plan.epochs):
         if not interrupt.requested:  # (a Ctrl-C during the last epoch's callbacks is seen here)
@@ -407,13 +486,14 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
     count = model.epochs_trained
     seed_epoch(model, count, plan.comm, batches.share)
     # what each batch leaves, on the device, read once at the end of the epoch: row 0 its loss, row 1 + k the
-    # sum of metric k (0 where a rank had no rows of it)
+    # sum of metric k (0 where a rank had no rows of it), with weights a last row: the sum of its weights (the
+    # weighted metrics' denominator). A replayed step writes its column itself (step.recorded)
     names = list(model.metrics)
-    record = xp.zeros((1 + len(names), len(batches)), dtype=np.float64)
+    weighted = plan.data[2] is not None
+    record = step.epoch_record(xp, (1 + len(names) + weighted, len(batches)))
     batch_losses = record[0]
     sizes: list[int] = []  # each batch's global rows: the epoch's loss is summed from batch_losses at its end
     loss_type: Any = None
-    weight_sum = None if plan.data[2] is None else xp.zeros((), dtype=np.float64)  # weighted metrics' denominator
     seen = batch = 0
     cbs = plan.callbacks
     # Keras passes the batch's loss to on_train_batch_end. On the CPU it is a float already; on a GPU reading it
@@ -424,15 +504,16 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
     for batch, (xb, yb, wb, rows) in enumerate(batches.epoch(count)):
         into = {name: record[1 + k, batch, ...] for k, name in enumerate(names)}  # 0-d views
         loss, sums = step.run(xb, yb, wb, rows, into)
-        batch_losses[batch] = loss
+        if not step.recorded:
+            batch_losses[batch] = loss
+            for name, value in sums.items():
+                if value is not into[name]:  # (a sum not made in float64)
+                    into[name][...] = value
+            if weighted:
+                record[-1, batch, ...] = wb.sum()
         sizes.append(rows)
         loss_type = loss.dtype.type if hasattr(loss, "dtype") else float
-        for name, value in sums.items():
-            if value is not into[name]:  # (a replayed step's, or a sum not made in float64)
-                into[name][...] = value
         seen += rows
-        if weight_sum is not None:
-            weight_sum += wb.sum()
         batch_logs = {"size": rows, "loss": float(loss)} if batch_loss_wanted else {"size": rows}
         for cb in cbs:
             cb.on_train_batch_end(batch, batch_logs)
@@ -442,6 +523,8 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
     losses = host[0]
     # each metric's batch sums added in batch order in float64: what `metric_sums += sum` per batch gave
     metric_sums = {name: _ordered_sum(host[1 + k]) for k, name in enumerate(names)}
+    # (in batch order in float64: what `weight_sum += wb.sum()` per batch gave)
+    weight_sum = _ordered_sum(host[-1]) if weighted else None
     if plan.comm.size > 1:  # the metrics' sums (and weights) over every rank's rows
         totals = plan.comm.allreduce([metric_sums[k] for k in names]
                                      + ([] if weight_sum is None else [float(weight_sum)]))

@@ -771,12 +771,23 @@ class FakeArray(np.ndarray):
 
     def __getitem__(self, key: Any) -> Any:
         # core.pyx _ndarray_base.__getitem__ -> _routines_indexing.pyx _ndarray_getitem: basic indexing is a
-        # view; an integer or boolean array index gathers into a new array (a kernel; while capturing it runs at
-        # once here, as the other methods NumPy runs without a ufunc)
+        # view; an integer or boolean array index gathers into a new array (a kernel)
         result = super().__getitem__(key)
         if isinstance(result, np.ndarray) and not np.may_share_memory(result, self):
             _count_launch("take")
             _count_alloc(result.nbytes)
+            recording = _recording()
+            keys = key if isinstance(key, tuple) else (key,)
+            integer = all(not (isinstance(k, np.ndarray) and k.dtype == np.bool_) for k in keys)
+            if recording is not None and integer:
+                # integer array indices only: _ndarray_getitem -> a.take(s, axis) (one index array) or
+                # _getitem_multiple (several), a gather kernel on the stream that reads the indices on the
+                # device, so a capture records it and its values exist only after a replay. (A boolean mask
+                # needs its count on the host first, _getitem_mask_single -> nonzero: still run at once here.)
+                buf = _new_buffer(result)
+                target, source, index = buf.view(np.ndarray), self.view(np.ndarray), _plain(key)
+                recording.steps.append(lambda: np.copyto(target, source[index]))
+                return buf
         return result
 
     def __setitem__(self, key: Any, value: Any) -> None:

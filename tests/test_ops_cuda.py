@@ -25,6 +25,7 @@ from conftest import require_tool, tol
 
 from nnxp.backend import cupy_module, to_numpy
 from nnxp.ops import _cublas, _cuda
+from nnxp.ops import batch as B
 from nnxp.ops import dense as D
 from nnxp.ops import dropout as DR
 from nnxp.ops import loss as L
@@ -449,6 +450,37 @@ def _pair_dropout_backward() -> Pair:
     )
 
 
+def _pair_gather_rows(kind: str) -> Pair:
+    """A replayed step's gather (nnxp/ops/batch.py): rows of x, int64 labels, or one row of a table."""
+
+    def make(rng, shape, dtype, specials):
+        rows, cols = shape
+        n = rows + 5
+        cursor = np.array([2], dtype=np.int64)
+        if kind == "table":  # the optimizer's scalars: row `cursor` of a (batches, width) table
+            return _normal(rng, (n, cols), dtype, 1.0, specials), None, None, cursor, Out((1, cols), dtype)
+        starts = np.sort(rng.integers(0, 6, 3)).astype(np.int64)  # each batch's first row: starts + rows <= n
+        perm = rng.permutation(n).astype(np.int64)
+        if kind == "labels":
+            return rng.integers(-9, 10, n).astype(np.int64), perm, starts, cursor, np.zeros(rows, np.int64)
+        return _normal(rng, (n, cols), dtype, 1.0, specials), perm, starts, cursor, Out(shape, dtype)
+
+    return Pair(cuda=lambda *a: (_fused(B.gather_rows.fused(*a)),), ref=lambda *a: (B.gather_rows_ref(*a),),
+                make=make, specials=kind != "labels")
+
+
+def _pair_record_step() -> Pair:
+    """A replayed step's entry in the epoch's record: loss and sums into column `cursor`, then cursor + 1."""
+
+    def make(rng, shape, dtype, specials):
+        k, cols = min(shape[1], 4), shape[0]
+        return (np.asarray(rng.normal(), dtype=dtype), rng.normal(size=k), rng.normal(size=(1 + k, cols)),
+                np.array([cols - 1], dtype=np.int64))
+
+    return Pair(cuda=lambda *a: _fused(B.record_step.fused(*a)), ref=lambda *a: B.record_step_ref(*a), make=make,
+                specials=False)
+
+
 PAIRS: dict[str, Pair] = {}
 for _act in sorted(ACTIVATION_OPS):
     for _bias in (True, False):
@@ -472,13 +504,17 @@ PAIRS["dropout_forward/nomask"] = _pair_dropout_forward(False)
 PAIRS["dropout_backward"] = _pair_dropout_backward()
 PAIRS["softmax_forward"] = _pair_softmax_forward(False)
 PAIRS["softmax_forward/in_place"] = _pair_softmax_forward(True)
+for _kind in ("rows", "labels", "table"):
+    PAIRS[f"gather_rows/{_kind}"] = _pair_gather_rows(_kind)
+PAIRS["record_step"] = _pair_record_step()
 
 # the registered op (nnxp.ops._cuda.OPS) each pair checks, by the pair's first name part (optim/<rule>_...: <rule>)
 PAIR_OPS = {"bias_act": "bias_activation_forward", "act_backward": "activation_backward_bias",
             "dense_forward": "dense_forward", "dense_backward": "dense_backward",
             "softmax_xent": "softmax_cross_entropy", "sparse_softmax_xent": "sparse_softmax_cross_entropy",
             "sigmoid_bce": "sigmoid_binary_cross_entropy", "dropout_forward": "dropout_forward",
-            "dropout_backward": "dropout_backward", "softmax_forward": "softmax_forward"}
+            "dropout_backward": "dropout_backward", "softmax_forward": "softmax_forward",
+            "gather_rows": "gather_rows", "record_step": "record_step"}
 
 
 def _pair_op(key: str) -> str:

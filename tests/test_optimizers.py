@@ -790,6 +790,22 @@ def test_graph_split_steps_equal_apply(fake_cupy, make, dtype):
             np.testing.assert_allclose(np.asarray(split.state[k]), v, **tol(dtype), err_msg=k)
 
 
+@pytest.mark.parametrize("make", [m for _, m in GRAPH_CASES], ids=[n for n, _ in GRAPH_CASES])
+def test_graph_table_is_the_next_steps_graph_scalars_without_counting_them(make):
+    # a replayed epoch uploads every step's scalars at once (nnxp._graph.StepFeed): row k must be exactly what
+    # graph_scalars returns k steps later (schedules, bias corrections), and the step count must not move
+    p = np.zeros(50, dtype=np.float32)
+    opt = make()
+    opt.apply(p, np.ones(50, dtype=np.float32))
+    before = opt.iterations
+    table = opt.graph_table(p, 5)
+    assert opt.iterations == before and table.shape[0] == 5 and table.dtype == np.float32
+    for row in table:
+        np.testing.assert_array_equal(opt.graph_scalars(p), row)
+    assert opt.iterations == before + 5
+    assert opt.graph_table(p, 0).shape[0] == 0
+
+
 def test_graph_apply_refuses_buffers_its_kernel_cannot_take(fake_cupy):
     opt = Adam(0.01)
     p = fake_cupy.asarray(np.zeros(6))

@@ -75,6 +75,32 @@ def test_gather_and_copy_reuse_one_buffer_and_view_copies_nothing():
     np.testing.assert_array_equal(np.concatenate([c[1] for c in copies]), w)
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_graph_mode_yields_the_batches_gather_and_copy_give_filled_on_demand(fake_cupy, shuffle):
+    # cuda_graph=True: the buffers come unfilled (a replay gathers on the device); fill() (an eager step) and the
+    # device gather through the step counter give exactly the rows of "gather" (shuffled: the same seeded order,
+    # so histories stay what they were) or "copy" (in order)
+    x, y, w = _data()
+    cuda = get_device("cuda")
+    graph = training.Batches(tuple(cuda.asarray(a) for a in (x, y, w)), 4, cuda, seed=7, mode="graph",
+                             shuffle=shuffle)
+    host = training.Batches((x, y, w), 4, CPU, seed=7, mode="gather" if shuffle else "copy")
+    cursor = fake_cupy.zeros(1, dtype=np.int64)
+    for count in (0, 3):
+        want = [tuple(a.copy() for a in b[:3]) for b in host.epoch(count)]
+        for k, (xb, yb, wb, rows) in enumerate(graph.epoch(count)):
+            assert graph.index == k and rows == len(want[k][0])
+            graph.fill()
+            for got, expected in zip((xb, yb, wb), want[k], strict=True):
+                np.testing.assert_array_equal(nnxp.backend.to_numpy(got), expected)
+            for buf in (xb, yb, wb):
+                buf.fill(-1)
+            cursor[...] = k
+            graph.gather(cursor, rows)
+            for got, expected in zip((xb, yb, wb), want[k], strict=True):
+                np.testing.assert_array_equal(nnxp.backend.to_numpy(got), expected)
+
+
 def test_batches_share_is_this_ranks_part_of_each_batch():
     class TwoRanks(nnxp.distributed.Communicator):
         rank, size = 1, 2
@@ -115,7 +141,7 @@ def test_graph_step_whose_capture_fails_warns_once_and_trains_like_eager_steps()
     class FailingCapture(training.GraphStep):
         tries = 0
 
-        def capture(self, xb, yb):
+        def capture(self, xb, yb, wb=None):
             FailingCapture.tries += 1
             raise RuntimeError("no graphs here")
 

@@ -786,6 +786,42 @@ __global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned 
     NX_GRID_STRIDE(i, n) { dx[i] = dy[i] * dropout_mask(seed, (unsigned long long)i, rate, scale); }
 }
 
+// --- (f) a replayed training step's bookkeeping (nnxp/ops/batch.py, nnxp/_graph.py) ------------------------
+//
+// A CUDA graph replays the same launches every step, so what differs between steps is read from device memory
+// at a device step counter `cursor` (one long long, the batch's index in the epoch): which rows to gather, which
+// row of the optimizer's per-step scalars to use, which column of the epoch's record to write. The host uploads
+// the tables once per epoch; the step's last node advances the cursor.
+
+// out (rows, cols) = src rows perm[first + r] for r < rows, first = starts[*cursor] (starts null: *cursor itself;
+// perm null: the identity). A row index outside [0, src_rows) copies nothing (its out row keeps its value).
+// Elements are copied as T, bit for bit: a caller copies other 4- or 8-byte types through a same-size view.
+template <typename T>
+__global__ void nnxp_gather_rows(const T* src, T* out, const long long* perm, const long long* starts,
+                                 const long long* cursor, long long rows, long long cols, long long src_rows) {
+    const long long c = *cursor;
+    const long long first = starts ? starts[c] : c;
+    NX_GRID_STRIDE(i, rows * cols) {
+        const long long r = i / cols;
+        const long long k = first + r;
+        const long long row = perm ? perm[k] : k;
+        if (row >= 0 && row < src_rows) out[i] = src[row * cols + (i - r * cols)];
+    }
+}
+
+// The step's entry in the epoch's record (float64, 1 + n_sums rows of `cols` columns): record[0, c] = *loss,
+// record[1 + k, c] = sums[k] at c = *cursor, then *cursor = c + 1 (the step's last node). One thread: a few values.
+template <typename T>
+__global__ void nnxp_record_step(const T* loss, const double* sums, long long n_sums, double* record, long long cols,
+                                 long long* cursor) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const long long c = *cursor;
+        record[c] = (double)*loss;
+        for (long long k = 0; k < n_sums; ++k) record[(k + 1) * cols + c] = sums[k];
+        *cursor = c + 1;
+    }
+}
+
 // --- explicit instantiations for nvcc (NVRTC instantiates through name_expressions instead) -----------------
 
 #ifdef NNXP_EXPLICIT_INSTANTIATION
@@ -812,7 +848,11 @@ __global__ void nnxp_dropout_backward(const T* dy, T* dx, long long n, unsigned 
     template __global__ void nnxp_dropout_forward<T>(const T*, T*, T*, long long, unsigned long long, T, T, int,   \
                                                      const unsigned long long*);                                 \
     template __global__ void nnxp_dropout_backward<T>(const T*, T*, long long, unsigned long long, T, T,           \
-                                                      const unsigned long long*);
+                                                      const unsigned long long*);                                 \
+    template __global__ void nnxp_gather_rows<T>(const T*, T*, const long long*, const long long*,               \
+                                                 const long long*, long long, long long, long long);             \
+    template __global__ void nnxp_record_step<T>(const T*, const double*, long long, double*, long long,         \
+                                                 long long*);
 NNXP_INSTANTIATE(float)
 NNXP_INSTANTIATE(double)
 #endif
