@@ -207,6 +207,11 @@ class Sampler:
         return best
 
 
+def _sampled(sampler: Sampler, fn: Callable[[], Any]) -> tuple[float, float]:
+    """(seconds, foreign CPUs) of one clean sample of `fn`."""
+    return sampler.sample(fn)[:2]
+
+
 def median_call_s(sampler: Sampler, fn: Callable[[], Any], repeats: int, inner: int) -> float:
     """Median over `repeats` clean samples of the mean seconds per call of `fn` (after a warm-up call).
 
@@ -1043,18 +1048,23 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
             row["torch_adam"] = row["torch_adam_choice"]["best"]
         epochs: dict[str, list] = {k: [] for k in IMPLS}
         foreign: list[float] = []
+        runners: dict[str, Callable[[], tuple[float, float]]] = {
+            impl: partial(_sampled, sampler, in_mode(impl == "nnxp_fast", partial(nnxp_epoch, models[impl], x, y,
+                                                                                  batch)))
+            for impl in ("nnxp_numpy", "nnxp_fast")}
+        runners["careful_numpy"] = partial(_sampled, sampler, partial(careful.epoch, x, y))
+        if peer.ok:
+            runners["torch"] = partial(peer.call, "epoch", batch)
+        if skl is not None:
+            runners["sklearn"] = partial(_sampled, sampler, skl.epoch)
+        names = list(runners)
         for r in range(repeats):  # interleaved, so slow spells hit every implementation alike
-            for impl in ("nnxp_numpy", "nnxp_fast"):
-                t, f, _ = sampler.sample(in_mode(impl == "nnxp_fast", partial(nnxp_epoch, models[impl], x, y, batch)))
+            # and rotated, so no implementation always runs right after the same one (whose threads may still spin)
+            for impl in names[r % len(names):] + names[: r % len(names)]:
+                if impl == "sklearn" and r >= sk_repeats:
+                    continue
+                t, f = runners[impl]()
                 epochs[impl].append(t), foreign.append(f)
-            t, f, _ = sampler.sample(partial(careful.epoch, x, y))
-            epochs["careful_numpy"].append(t), foreign.append(f)
-            if peer.ok:
-                t, f = peer.call("epoch", batch)
-                epochs["torch"].append(t), foreign.append(f)
-            if skl is not None and r < sk_repeats:
-                t, f, _ = sampler.sample(skl.epoch)
-                epochs["sklearn"].append(t), foreign.append(f)
         row["epoch_s"] = {k: v for k, v in epochs.items() if v}
         row["samples_per_s"] = {k: x.shape[0] / statistics.median(v) for k, v in row["epoch_s"].items()}
         row["ms_per_step"] = {k: 1e3 * statistics.median(v) / row["steps_per_epoch"]
@@ -1268,8 +1278,9 @@ def markdown(result: dict) -> str:
               "bytes streamed by three in-place ufuncs set the least an optimizer pass can cost here, alone (warm, "
               "and after a 64 MB stream: cold) and inside the step right after the backward GEMMs (alternate steps "
               "time the floor and the optimizer there), and the GEMMs plus that floor the least a step can cost:", "",
-              "| batch | GEMMs warm / cold | floor alone warm / cold | floor in the step | optimizer in the step: "
-              "NumPy alone / fast | optimizer pass (phase timing): NumPy alone / fast / fast threaded "
+              "| batch | GEMMs warm / cold | optimizer floor alone warm / cold | floor in the step "
+              "| optimizer in the step: NumPy alone / fast "
+              "| optimizer pass (phase timing): NumPy alone / fast / fast threaded "
               "| (GEMMs + floor) / GEMMs: warm / cold / in the step | fast step / GEMMs (warm; cold) |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["batches"].values():
