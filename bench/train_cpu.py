@@ -495,7 +495,7 @@ def gemm_flops(batch: int) -> int:
     return 3 * sum(per) - per[0]  # forward + dW for all, dX for layers 2 and 3
 
 
-def time_gemms(sampler: Sampler, calls: list, batch: int, repeats: int) -> dict:
+def time_gemms(sampler: Sampler, calls: list, batch: int, repeats: int, cold_calls: int = 15) -> dict:
     def all_gemms() -> None:
         for _, f in calls:
             f()
@@ -505,7 +505,7 @@ def time_gemms(sampler: Sampler, calls: list, batch: int, repeats: int) -> dict:
     each = {name: 1e3 * median_call_s(sampler, f, repeats, inner) for name, f in calls}
     # the same 8 GEMMs right after a 64 MB stream (weights and activations out of cache), as a step's forward
     # meets its weights after the optimizer streamed its 15 MB: the other bound for the GEMMs inside a step
-    cold = _cold_ms(sampler, all_gemms, repeats)
+    cold = _cold_ms(sampler, all_gemms, repeats, cold_calls) if cold_calls else None
     return {"count": len(calls), "ms": 1e3 * total, "ms_cold": cold, "gflops": gemm_flops(batch) / total / 1e9,
             "each_ms": each}
 
@@ -701,7 +701,7 @@ def _torch_worker(conn: Any, n: int, threads: int, max_foreign: float, max_retak
             elif cmd == "epoch":  # (batch,)
                 out = sampler.sample(partial(trainers[args[0]].epoch, args[0]))[:2]
             elif cmd == "gemms":  # (batch, repeats)
-                out = time_gemms(sampler, gemm_calls_torch(torch, args[0]), *args)
+                out = time_gemms(sampler, gemm_calls_torch(torch, args[0]), *args, cold_calls=0)
             else:
                 raise ValueError(f"unknown command {cmd!r}")
             conn.send(("ok", out))
@@ -1089,7 +1089,7 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
                 row["ratios"][f"{impl}_over_careful_numpy_within_a_longer_fit"] = (
                     statistics.median(row["epoch_s"]["careful_numpy"])
                     / (statistics.median(row["epoch_s"][impl]) - row["nnxp_fit_call_s"]))
-        steps = max(1, min(60, x.shape[0] // batch))
+        steps = max(1, min(8 if quick else 60, x.shape[0] // batch))
         # nnxp's step phase by phase in each mode and the careful MLP's, interleaved round by round (one sample
         # each per round, the median over rounds), so slow spells hit them alike; the threaded row forces the
         # threaded loops on (they are off by default: threaded_by_default says so), measured beside the serial
@@ -1114,7 +1114,7 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
             got = [sampler.sample(in_mode(fast, partial(optimizer_in_step, model, x, y, batch, 2 * steps),
                                           threaded))[2] for _ in range(max(1, repeats))]
             in_step[name] = {k: statistics.median(d[k] for d in got) for k in got[0]}
-        row["gemms_numpy"] = time_gemms(sampler, gemm_calls_numpy(batch), batch, micro)
+        row["gemms_numpy"] = time_gemms(sampler, gemm_calls_numpy(batch), batch, micro, 4 if quick else 15)
         if peer.ok:
             row["gemms_torch"] = peer.call("gemms", batch, micro)
         g = row["gemms_numpy"]["ms"]
