@@ -155,3 +155,15 @@ def test_careful_phases_are_its_step():
     assert all(parts[k] > 0 for k in T.PHASES)
     for pa, pb in zip(a.params, b.params):
         np.testing.assert_array_equal(pa, pb)
+
+
+def test_epilogues_bench_times_the_loops_and_their_references(tmp_path):
+    """bench/epilogues_cpu.py runs nnxp's compiled epilogue loops and the references and writes positive times."""
+    pytest.importorskip("numba")
+    out = tmp_path / "epilogues.json"
+    proc = subprocess.run([sys.executable, "bench/epilogues_cpu.py", "--batches", "8", "--calls", "3", "--json",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    row = json.loads(out.read_text())["batches"]["8"]["this"]
+    assert set(row) == {"bias_act", "act_grad", "bias_act_ref", "act_grad_ref"}
+    assert all(v["total"] > 0 for v in row.values()) and "| 8 |" in proc.stdout
