@@ -11,7 +11,8 @@ Fashion-MNIST (60,000 images) at batch 32, 128, 1024 and 8192 with
 - scikit-learn's ``MLPClassifier.partial_fit`` (Adam, float32 data).
 
 Epochs of all of them are interleaved, so slow spells hit each alike. The run also times the 8 GEMMs one step
-needs, alone (preallocated outputs, nnxp's layouts), nnxp's step phase by phase (threaded and serial loops), one
+needs, alone (preallocated outputs, nnxp's layouts), nnxp's step phase by phase (default loops and
+threaded ones forced on) beside the careful MLP's, the optimizer pass and Adam's memory floor inside the step, one
 Adam update alone, the peak RSS of one training epoch per implementation (each in a fresh process), and the
 compile latency of the fast extra (first and second epoch in fresh processes with a cold, then a warm Numba
 cache). Targets and ratios come from this one run.
@@ -206,6 +207,11 @@ class Sampler:
         return best
 
 
+def _sampled(sampler: Sampler, fn: Callable[[], Any]) -> tuple[float, float]:
+    """(seconds, foreign CPUs) of one clean sample of `fn`."""
+    return sampler.sample(fn)[:2]
+
+
 def median_call_s(sampler: Sampler, fn: Callable[[], Any], repeats: int, inner: int) -> float:
     """Median over `repeats` clean samples of the mean seconds per call of `fn` (after a warm-up call).
 
@@ -240,26 +246,74 @@ def nnxp_epoch(model: nnxp.Sequential, x: np.ndarray, y: np.ndarray, batch: int)
     model.fit(x, y, epochs=1, batch_size=batch, shuffle=True, verbose=0)
 
 
-def nnxp_step_parts(model: nnxp.Sequential, x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> dict:
-    """Median ms per full batch of forward / loss / backward / optimizer, through the internals fit calls."""
-    parts: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "optimizer": [], "step": []}
+def nnxp_step_parts(model: nnxp.Sequential, x: np.ndarray, y: np.ndarray, batch: int, steps: int,
+                    seed: int = 0) -> dict:
+    """Median ms per full batch of gather / forward / loss / backward / optimizer, through the internals fit calls.
+
+    The batch is gathered from a permutation into one buffer (np.take, as fit's Batches does); "step" is the sum
+    of the phases after the gather (what the GEMMs alone are compared with).
+    """
+    parts: dict[str, list[float]] = {k: [] for k in PHASES}
     last = len(model.layers) - 1
+    perm = np.random.default_rng(seed).permutation(x.shape[0])
+    xb = np.empty((batch, x.shape[1]), x.dtype)
     for i in range(steps):
-        xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
         t0 = time.perf_counter()
-        out = model.forward(xb, training=True)
+        idx = perm[i * batch : (i + 1) * batch]
+        np.take(x, idx, axis=0, out=xb)
+        yb = y[idx]
         t1 = time.perf_counter()
+        out = model.forward(xb, training=True)
+        t2 = time.perf_counter()
         loss, dy = model.loss_and_grad(out, yb)
         float(loss)  # fit reads it each batch too
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         for j in range(last, -1, -1):
             dy = model.layers[j].backward(dy, need_dx=j > 0)
-        t3 = time.perf_counter()
-        model.optimizer.apply(model.params, model.grads)
         t4 = time.perf_counter()
-        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+        model.optimizer.apply(model.params, model.grads)
+        t5 = time.perf_counter()
+        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t1)):
             parts[key].append(1e3 * dt)
     return {k: statistics.median(v) for k, v in parts.items()}
+
+
+PHASES = ("gather", "forward", "loss", "backward", "optimizer", "step")
+
+
+def optimizer_in_step(model: nnxp.Sequential, x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> dict:
+    """The optimizer pass where a step meets it, against Adam's memory floor met at the same point.
+
+    Every step runs forward, loss and backward; then even steps time the optimizer pass, odd steps time the
+    floor's three in-place ufuncs (Adam's 28 bytes a parameter, on arrays of the parameters' size that only they
+    touch, so as cold as Adam's state is after a step's other traffic) and then run the optimizer untimed. The
+    floor in the step shows whether Adam's state is still in cache there (floor near the warm one) or not (near
+    the cold one): the least any optimizer pass after the backward GEMMs can cost, measured, not assumed.
+    """
+    rng = np.random.default_rng(4)
+    n = N_PARAMS
+    fp, fg, fm, fv = (rng.standard_normal(n, dtype=np.float32) for _ in range(4))
+    last = len(model.layers) - 1
+    opt_ms, floor_ms = [], []
+    for i in range(steps):
+        k = i % max(1, x.shape[0] // batch)
+        xb, yb = x[k * batch : (k + 1) * batch], y[k * batch : (k + 1) * batch]
+        out = model.forward(xb, training=True)
+        loss, dy = model.loss_and_grad(out, yb)
+        float(loss)
+        for j in range(last, -1, -1):
+            dy = model.layers[j].backward(dy, need_dx=j > 0)
+        t0 = time.perf_counter()
+        if i % 2:
+            np.add(fp, fg, out=fp)
+            np.negative(fm, out=fm)
+            np.negative(fv, out=fv)
+            floor_ms.append(1e3 * (time.perf_counter() - t0))
+            model.optimizer.apply(model.params, model.grads)
+        else:
+            model.optimizer.apply(model.params, model.grads)
+            opt_ms.append(1e3 * (time.perf_counter() - t0))
+    return {"optimizer_ms": statistics.median(opt_ms), "floor_ms": statistics.median(floor_ms)}
 
 
 # --- a careful hand-written NumPy MLP (the peer nnxp must beat with NumPy alone) ------------------------
@@ -290,15 +344,24 @@ class CarefulNumpyMLP:
         self.yb = np.empty(batch, np.int64)
 
     def step(self, nb: int) -> float:
-        W, g = self.params, self.grads
-        h = [a[:nb] for a in self.h]
-        y = self.yb[:nb]
+        self.forward(nb)
+        loss = self.loss(nb)
+        self.backward(nb)
+        self.adam()
+        return loss
+
+    def forward(self, nb: int) -> None:
+        W, h = self.params, self.h
         for i in range(3):
-            np.matmul(h[i], W[2 * i], out=h[i + 1])
-            h[i + 1] += W[2 * i + 1]
+            hi, ho = h[i][:nb], h[i + 1][:nb]
+            np.matmul(hi, W[2 * i], out=ho)
+            ho += W[2 * i + 1]
             if i < 2:
-                np.maximum(h[i + 1], 0, out=h[i + 1])
-        z, rows = h[3], np.arange(nb)
+                np.maximum(ho, 0, out=ho)
+
+    def loss(self, nb: int) -> float:
+        """Softmax cross-entropy in place on the logits: they become dL/dz."""
+        z, y, rows = self.h[3][:nb], self.yb[:nb], np.arange(nb)
         z -= z.max(axis=1, keepdims=True)
         picked = z[rows, y]
         np.exp(z, out=z)
@@ -307,7 +370,11 @@ class CarefulNumpyMLP:
         z /= s
         z[rows, y] -= 1.0
         z *= 1.0 / nb
-        dz = z
+        return loss
+
+    def backward(self, nb: int) -> None:
+        W, g, h = self.params, self.grads, [a[:nb] for a in self.h]
+        dz = h[3]
         for i in (2, 1, 0):
             np.matmul(h[i].T, dz, out=g[2 * i])
             dz.sum(axis=0, out=g[2 * i + 1])
@@ -316,8 +383,12 @@ class CarefulNumpyMLP:
                 np.matmul(dz, W[2 * i].T, out=dh)
                 np.multiply(dh, h[i] > 0, out=dh)
                 dz = dh
-        self.adam()
-        return loss
+
+    def gather(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> int:
+        nb = idx.shape[0]
+        np.take(x, idx, axis=0, out=self.h[0][:nb])
+        np.take(y, idx, axis=0, out=self.yb[:nb])
+        return nb
 
     def adam(self) -> None:
         self.t += 1
@@ -341,12 +412,31 @@ class CarefulNumpyMLP:
         perm = self.rng.permutation(n)
         total = 0.0
         for start in range(0, n, self.batch):
-            idx = perm[start : start + self.batch]
-            nb = idx.shape[0]
-            np.take(x, idx, axis=0, out=self.h[0][:nb])
-            np.take(y, idx, axis=0, out=self.yb[:nb])
+            nb = self.gather(x, y, perm[start : start + self.batch])
             total += self.step(nb) * nb
         return total / n
+
+
+def careful_step_parts(mlp: CarefulNumpyMLP, x: np.ndarray, y: np.ndarray, batch: int, steps: int,
+                       seed: int = 0) -> dict:
+    """The careful MLP's step phase by phase, as nnxp_step_parts times nnxp's (the same gather and phases)."""
+    parts: dict[str, list[float]] = {k: [] for k in PHASES}
+    perm = np.random.default_rng(seed).permutation(x.shape[0])
+    for i in range(steps):
+        t0 = time.perf_counter()
+        nb = mlp.gather(x, y, perm[i * batch : (i + 1) * batch])
+        t1 = time.perf_counter()
+        mlp.forward(nb)
+        t2 = time.perf_counter()
+        mlp.loss(nb)
+        t3 = time.perf_counter()
+        mlp.backward(nb)
+        t4 = time.perf_counter()
+        mlp.adam()
+        t5 = time.perf_counter()
+        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t1)):
+            parts[key].append(1e3 * dt)
+    return {k: statistics.median(v) for k, v in parts.items()}
 
 
 def careful_mlp(batch: int) -> CarefulNumpyMLP:
@@ -405,7 +495,7 @@ def gemm_flops(batch: int) -> int:
     return 3 * sum(per) - per[0]  # forward + dW for all, dX for layers 2 and 3
 
 
-def time_gemms(sampler: Sampler, calls: list, batch: int, repeats: int) -> dict:
+def time_gemms(sampler: Sampler, calls: list, batch: int, repeats: int, cold_calls: int = 15) -> dict:
     def all_gemms() -> None:
         for _, f in calls:
             f()
@@ -413,7 +503,11 @@ def time_gemms(sampler: Sampler, calls: list, batch: int, repeats: int) -> dict:
     inner = max(2, 8192 // batch)
     total = median_call_s(sampler, all_gemms, repeats, inner)
     each = {name: 1e3 * median_call_s(sampler, f, repeats, inner) for name, f in calls}
-    return {"count": len(calls), "ms": 1e3 * total, "gflops": gemm_flops(batch) / total / 1e9, "each_ms": each}
+    # the same 8 GEMMs right after a 64 MB stream (weights and activations out of cache), as a step's forward
+    # meets its weights after the optimizer streamed its 15 MB: the other bound for the GEMMs inside a step
+    cold = _cold_ms(sampler, all_gemms, repeats, cold_calls) if cold_calls else None
+    return {"count": len(calls), "ms": 1e3 * total, "ms_cold": cold, "gflops": gemm_flops(batch) / total / 1e9,
+            "each_ms": each}
 
 
 # --- PyTorch ------------------------------------------------------------------------------------
@@ -607,7 +701,7 @@ def _torch_worker(conn: Any, n: int, threads: int, max_foreign: float, max_retak
             elif cmd == "epoch":  # (batch,)
                 out = sampler.sample(partial(trainers[args[0]].epoch, args[0]))[:2]
             elif cmd == "gemms":  # (batch, repeats)
-                out = time_gemms(sampler, gemm_calls_torch(torch, args[0]), *args)
+                out = time_gemms(sampler, gemm_calls_torch(torch, args[0]), *args, cold_calls=0)
             else:
                 raise ValueError(f"unknown command {cmd!r}")
             conn.send(("ok", out))
@@ -671,11 +765,17 @@ class SklearnTrainer:
 # --- NumPy alone vs the fast extra -------------------------------------------------------------------
 
 
+# the thresholds the threaded loops had before they were switched off by default (c6bb02e), forced by
+# numba_mode(threaded=True) so each run measures them again against the serial default
+THREADED_MIN = {"dense": 1 << 19, "optim": 1 << 19}
+
+
 class numba_mode:
     """Within the block, nnxp's compiled CPU loops are on (`fast`) or off (NumPy alone), as with and without the
-    ``fast`` extra installed; `threaded` False keeps every loop serial."""
+    ``fast`` extra installed. `threaded`: None keeps nnxp's defaults, False keeps every loop serial, True turns the
+    threaded loops on from THREADED_MIN's sizes (and with them Numba's thread pool)."""
 
-    def __init__(self, fast: bool, threaded: bool = True) -> None:
+    def __init__(self, fast: bool, threaded: bool | None = None) -> None:
         self.fast, self.threaded = fast, threaded
 
     def __enter__(self) -> numba_mode:
@@ -683,8 +783,10 @@ class numba_mode:
         from nnxp.ops import dense as D
 
         self._saved = (D.PARALLEL_MIN_ELEMENTS, O.PARALLEL_MIN_SIZE)
-        if not self.threaded:
+        if self.threaded is False:
             D.PARALLEL_MIN_ELEMENTS = O.PARALLEL_MIN_SIZE = 1 << 62
+        elif self.threaded:
+            D.PARALLEL_MIN_ELEMENTS, O.PARALLEL_MIN_SIZE = THREADED_MIN["dense"], THREADED_MIN["optim"]
         _cpu.set_numba(self.fast)
         return self
 
@@ -696,7 +798,14 @@ class numba_mode:
         _cpu.set_numba(None)
 
 
-def in_mode(fast: bool, fn: Callable[[], Any], threaded: bool = True) -> Callable[[], Any]:
+def threaded_by_default() -> bool:
+    """Whether nnxp's defaults run any threaded loop at the benchmark's sizes (batch 8192 x 512 is the largest)."""
+    from nnxp.ops import dense as D
+
+    return D.PARALLEL_MIN_ELEMENTS <= 8192 * 512 or O.PARALLEL_MIN_SIZE <= N_PARAMS
+
+
+def in_mode(fast: bool, fn: Callable[[], Any], threaded: bool | None = None) -> Callable[[], Any]:
     def call() -> Any:
         with numba_mode(fast, threaded):
             return fn()
@@ -939,18 +1048,23 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
             row["torch_adam"] = row["torch_adam_choice"]["best"]
         epochs: dict[str, list] = {k: [] for k in IMPLS}
         foreign: list[float] = []
+        runners: dict[str, Callable[[], tuple[float, float]]] = {
+            impl: partial(_sampled, sampler, in_mode(impl == "nnxp_fast", partial(nnxp_epoch, models[impl], x, y,
+                                                                                  batch)))
+            for impl in ("nnxp_numpy", "nnxp_fast")}
+        runners["careful_numpy"] = partial(_sampled, sampler, partial(careful.epoch, x, y))
+        if peer.ok:
+            runners["torch"] = partial(peer.call, "epoch", batch)
+        if skl is not None:
+            runners["sklearn"] = partial(_sampled, sampler, skl.epoch)
+        names = list(runners)
         for r in range(repeats):  # interleaved, so slow spells hit every implementation alike
-            for impl in ("nnxp_numpy", "nnxp_fast"):
-                t, f, _ = sampler.sample(in_mode(impl == "nnxp_fast", partial(nnxp_epoch, models[impl], x, y, batch)))
+            # and rotated, so no implementation always runs right after the same one (whose threads may still spin)
+            for impl in names[r % len(names):] + names[: r % len(names)]:
+                if impl == "sklearn" and r >= sk_repeats:
+                    continue
+                t, f = runners[impl]()
                 epochs[impl].append(t), foreign.append(f)
-            t, f, _ = sampler.sample(partial(careful.epoch, x, y))
-            epochs["careful_numpy"].append(t), foreign.append(f)
-            if peer.ok:
-                t, f = peer.call("epoch", batch)
-                epochs["torch"].append(t), foreign.append(f)
-            if skl is not None and r < sk_repeats:
-                t, f, _ = sampler.sample(skl.epoch)
-                epochs["sklearn"].append(t), foreign.append(f)
         row["epoch_s"] = {k: v for k, v in epochs.items() if v}
         row["samples_per_s"] = {k: x.shape[0] / statistics.median(v) for k, v in row["epoch_s"].items()}
         row["ms_per_step"] = {k: 1e3 * statistics.median(v) / row["steps_per_epoch"]
@@ -975,18 +1089,37 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
                 row["ratios"][f"{impl}_over_careful_numpy_within_a_longer_fit"] = (
                     statistics.median(row["epoch_s"]["careful_numpy"])
                     / (statistics.median(row["epoch_s"][impl]) - row["nnxp_fit_call_s"]))
-        steps = max(1, min(60, x.shape[0] // batch))
-        row["step_ms"] = {}
-        for name, fast, threaded in (("nnxp_numpy", False, True), ("nnxp_fast", True, True),
-                                     ("nnxp_fast_serial", True, False)):
+        steps = max(1, min(8 if quick else 60, x.shape[0] // batch))
+        # nnxp's step phase by phase in each mode and the careful MLP's, interleaved round by round (one sample
+        # each per round, the median over rounds), so slow spells hit them alike; the threaded row forces the
+        # threaded loops on (they are off by default: threaded_by_default says so), measured beside the serial
+        modes = {"nnxp_numpy": (False, None), "nnxp_fast": (True, None), "nnxp_fast_threaded": (True, True)}
+        rounds: dict[str, list[dict]] = {k: [] for k in (*modes, "careful_numpy")}
+        for r in range(repeats):
+            for name, (fast, threaded) in modes.items():
+                model = models["nnxp_fast" if fast else "nnxp_numpy"]
+                rounds[name].append(sampler.sample(in_mode(fast, partial(nnxp_step_parts, model, x, y, batch, steps,
+                                                                         r), threaded))[2])
+            rounds["careful_numpy"].append(sampler.sample(partial(careful_step_parts, careful, x, y, batch, steps,
+                                                                  r))[2])
+        row["step_ms"] = {k: {p: statistics.median(d[p] for d in v) for p in PHASES} for k, v in rounds.items()
+                          if k != "careful_numpy"}
+        row["careful_step_ms"] = {p: statistics.median(d[p] for d in rounds["careful_numpy"]) for p in PHASES}
+        # NumPy alone against the careful MLP, phase by phase (ms more than the careful MLP's; < 0: less)
+        row["nnxp_numpy_minus_careful_ms"] = {p: row["step_ms"]["nnxp_numpy"][p] - row["careful_step_ms"][p]
+                                              for p in PHASES}
+        in_step = {}
+        for name, (fast, threaded) in (("nnxp_numpy", (False, None)), ("nnxp_fast", (True, None))):
             model = models["nnxp_fast" if fast else "nnxp_numpy"]
-            row["step_ms"][name] = sampler.sample(in_mode(fast, partial(nnxp_step_parts, model, x, y, batch, steps),
-                                                          threaded))[2]
-        row["gemms_numpy"] = time_gemms(sampler, gemm_calls_numpy(batch), batch, micro)
+            got = [sampler.sample(in_mode(fast, partial(optimizer_in_step, model, x, y, batch, 2 * steps),
+                                          threaded))[2] for _ in range(max(1, repeats))]
+            in_step[name] = {k: statistics.median(d[k] for d in got) for k in got[0]}
+        row["gemms_numpy"] = time_gemms(sampler, gemm_calls_numpy(batch), batch, micro, 4 if quick else 15)
         if peer.ok:
             row["gemms_torch"] = peer.call("gemms", batch, micro)
         g = row["gemms_numpy"]["ms"]
         row["step_over_gemms"] = {k: v["step"] / g for k, v in row["step_ms"].items()}
+        row["step_over_cold_gemms"] = {k: v["step"] / row["gemms_numpy"]["ms_cold"] for k, v in row["step_ms"].items()}
         each = row["gemms_numpy"]["each_ms"]
         fwd_g = sum(t for name, t in each.items() if name.startswith("fwd"))
         # what each phase spends beyond its GEMMs (timed alone, so with warm caches: a lower bound for the GEMMs)
@@ -1006,6 +1139,10 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
             "optimizer_pass_ms": {k: v["optimizer"] for k, v in row["step_ms"].items()},
             "gemms_plus_floor_over_gemms": (g + floor["floor_ms"]) / g,
             "gemms_plus_cold_floor_over_gemms": (g + floor["floor_cold_ms"]) / g,
+            # measured inside the step, right after the backward GEMMs (optimizer_in_step)
+            "in_step": in_step,
+            "floor_in_step_ms": in_step["nnxp_fast"]["floor_ms"],
+            "gemms_plus_in_step_floor_over_gemms": (g + in_step["nnxp_fast"]["floor_ms"]) / g,
         }
         result["batches"][str(batch)] = row
     peer_counts = peer.close()
@@ -1030,16 +1167,26 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
 
 
 def numba_threading() -> dict | None:
-    """Numba's thread pool as the fast extra's threaded loops used it (None where Numba is not importable)."""
+    """Numba's thread pool as the fast extra's threaded loops used it (None where Numba is not importable).
+
+    Asks without starting a pool: numba.get_num_threads() launches the default layer (OpenMP where available)
+    when none runs yet, which once made this report "omp" for a run whose loops were all serial.
+    """
     try:
         import numba
     except ImportError:
         return None
-    out = {"num_threads": numba.get_num_threads(), "NUMBA_NUM_THREADS": numba.config.NUMBA_NUM_THREADS}
+    from nnxp.ops import dense as D
+
+    out = {"NUMBA_NUM_THREADS": numba.config.NUMBA_NUM_THREADS,
+           "threaded_loops_by_default": threaded_by_default(),
+           "parallel_min": {"dense_elements": D.PARALLEL_MIN_ELEMENTS, "optimizer_size": O.PARALLEL_MIN_SIZE},
+           "forced_threaded_min": THREADED_MIN}
     try:
-        out["layer"] = numba.threading_layer()
-    except ValueError:  # no threaded loop ran
-        out["layer"] = None
+        out["layer"] = numba.threading_layer()  # started by the forced threaded row (nnxp_fast_threaded)
+        out["num_threads"] = numba.get_num_threads()
+    except ValueError:  # no threaded loop ran: no pool was started
+        out["layer"] = out["num_threads"] = None
     return out
 
 
@@ -1106,28 +1253,47 @@ def markdown(result: dict) -> str:
               + ". Inside `fit(epochs=N)` that is paid once; per epoch there, NumPy alone / careful = "
               + ", ".join(f"{r['ratios'].get('nnxp_numpy_over_careful_numpy_within_a_longer_fit', float('nan')):.2f}x"
                           f" (batch {r['batch']})" for r in result["batches"].values()) + "."]
-    lines += ["", "One step (median over full batches, ms) against its GEMMs alone:", "",
-              "| batch | GEMMs alone | NumPy alone | fast | fast, serial loops | NumPy alone / GEMMs | fast / GEMMs "
-              "| fast serial / GEMMs | fast beyond its GEMMs: forward / loss / backward / optimizer |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|:--|"]
+    lines += ["", "One step (ms: median over full batches, then over interleaved rounds) against its GEMMs alone; "
+              "the step is forward + loss + backward + optimizer (the gather apart). Threaded loops by default: "
+              f"{(env.get('numba_threading') or {}).get('threaded_loops_by_default')}; the threaded column forces "
+              "them on:", "",
+              "| batch | GEMMs alone | NumPy alone | fast | fast, threaded loops | careful MLP | NumPy alone / GEMMs "
+              "| fast / GEMMs | fast threaded / GEMMs | fast beyond its GEMMs: forward / loss / backward / optimizer |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|"]
     for row in result["batches"].values():
         s, q = row["step_ms"], row["step_over_gemms"]
         f = row["beyond_gemms_ms"]["nnxp_fast"]
         lines.append(f"| {row['batch']} | {row['gemms_numpy']['ms']:.2f} | {s['nnxp_numpy']['step']:.2f} | "
-                     f"{s['nnxp_fast']['step']:.2f} | {s['nnxp_fast_serial']['step']:.2f} | {q['nnxp_numpy']:.3f} | "
-                     f"{q['nnxp_fast']:.3f} | {q['nnxp_fast_serial']:.3f} | {f['forward']:.2f} / {f['loss']:.2f} / "
+                     f"{s['nnxp_fast']['step']:.2f} | {s['nnxp_fast_threaded']['step']:.2f} | "
+                     f"{row['careful_step_ms']['step']:.2f} | {q['nnxp_numpy']:.3f} | "
+                     f"{q['nnxp_fast']:.3f} | {q['nnxp_fast_threaded']:.3f} | {f['forward']:.2f} / {f['loss']:.2f} / "
                      f"{f['backward']:.2f} / {f['optimizer']:.2f} |")
-    lines += ["", "The optimizer's floor: Adam streams p, g, m, v in and p, m, v out (28 bytes a parameter); the same "
-              "bytes streamed by three in-place ufuncs set the least an optimizer pass can cost here, and the "
-              "GEMMs plus that floor the least a step can cost:", "",
-              "| batch | GEMMs | optimizer floor (warm / cold) | optimizer pass: NumPy alone / fast / fast serial "
-              "| (GEMMs + floor) / GEMMs, warm / cold | fast step / GEMMs |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "NumPy alone against the careful MLP, phase by phase in the same rounds (ms per step, nnxp / "
+              "careful):",
+              "", "| batch | " + " | ".join(PHASES) + " |", "|---:|" + "---:|" * len(PHASES)]
     for row in result["batches"].values():
-        o, op = row["optimizer_floor"], row["optimizer_floor"]["optimizer_pass_ms"]
-        lines.append(f"| {row['batch']} | {row['gemms_numpy']['ms']:.2f} | {o['floor_ms']:.3f} / "
-                     f"{o['floor_cold_ms']:.3f} | {op['nnxp_numpy']:.3f} / {op['nnxp_fast']:.3f} / "
-                     f"{op['nnxp_fast_serial']:.3f} | {o['gemms_plus_floor_over_gemms']:.3f} / "
-                     f"{o['gemms_plus_cold_floor_over_gemms']:.3f} | {row['step_over_gemms']['nnxp_fast']:.3f} |")
+        s, c = row["step_ms"]["nnxp_numpy"], row["careful_step_ms"]
+        lines.append(f"| {row['batch']} | " + " | ".join(f"{s[p]:.2f} / {c[p]:.2f}" for p in PHASES) + " |")
+    lines += ["", "The optimizer's floor: Adam streams p, g, m, v in and p, m, v out (28 bytes a parameter); the same "
+              "bytes streamed by three in-place ufuncs set the least an optimizer pass can cost here, alone (warm, "
+              "and after a 64 MB stream: cold) and inside the step right after the backward GEMMs (alternate steps "
+              "time the floor and the optimizer there), and the GEMMs plus that floor the least a step can cost:", "",
+              "| batch | GEMMs warm / cold | optimizer floor alone warm / cold | floor in the step "
+              "| optimizer in the step: NumPy alone / fast "
+              "| optimizer pass (phase timing): NumPy alone / fast / fast threaded "
+              "| (GEMMs + floor) / GEMMs: warm / cold / in the step | fast step / GEMMs (warm; cold) |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in result["batches"].values():
+        o = row["optimizer_floor"]
+        op, ins = o["optimizer_pass_ms"], o["in_step"]
+        lines.append(f"| {row['batch']} | {row['gemms_numpy']['ms']:.2f} / {row['gemms_numpy']['ms_cold']:.2f} | "
+                     f"{o['floor_ms']:.3f} / "
+                     f"{o['floor_cold_ms']:.3f} | {o['floor_in_step_ms']:.3f} | {ins['nnxp_numpy']['optimizer_ms']:.3f}"
+                     f" / {ins['nnxp_fast']['optimizer_ms']:.3f} | {op['nnxp_numpy']:.3f} / {op['nnxp_fast']:.3f} / "
+                     f"{op['nnxp_fast_threaded']:.3f} | {o['gemms_plus_floor_over_gemms']:.3f} / "
+                     f"{o['gemms_plus_cold_floor_over_gemms']:.3f} / {o['gemms_plus_in_step_floor_over_gemms']:.3f} | "
+                     f"{row['step_over_gemms']['nnxp_fast']:.3f} (cold GEMMs: "
+                     f"{row['step_over_cold_gemms']['nnxp_fast']:.3f}) |")
     a = result["adam_step"]
     lines += ["", f"Adam step alone, {a['params']:,} float32 parameters (ms, warm / cold cache): nnxp "
               f"({env.get('nnxp_adam_cpu_path')}) {a['nnxp_ms']:.3f} / {a['nnxp_cold_ms']:.3f}; NumPy reference "

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,7 +39,20 @@ def test_quick_run_writes_positive_throughputs(tmp_path):
         assert o["gemms_plus_floor_over_gemms"] == (g + o["floor_ms"]) / g
         assert o["optimizer_pass_ms"]["nnxp_numpy"] == batch["step_ms"]["nnxp_numpy"]["optimizer"] > 0
         assert 0 < batch["nnxp_input_check_s"] < batch["nnxp_fit_call_s"] * 10
-    assert "optimizer floor" in proc.stdout
+        # the floor and the optimizer pass timed where a step meets them (after the backward GEMMs)
+        assert o["floor_in_step_ms"] == o["in_step"]["nnxp_fast"]["floor_ms"] > 0
+        assert o["gemms_plus_in_step_floor_over_gemms"] == (g + o["floor_in_step_ms"]) / g
+        assert all(v["optimizer_ms"] > 0 for v in o["in_step"].values())
+        assert batch["gemms_numpy"]["ms_cold"] > 0
+        # the careful MLP's phases, timed in the same rounds as nnxp's
+        assert set(batch["step_ms"]) == {"nnxp_numpy", "nnxp_fast", "nnxp_fast_threaded"}
+        c = batch["careful_step_ms"]
+        assert c["step"] == pytest.approx(c["forward"] + c["loss"] + c["backward"] + c["optimizer"], rel=0.5)
+        assert batch["nnxp_numpy_minus_careful_ms"]["step"] == batch["step_ms"]["nnxp_numpy"]["step"] - c["step"]
+    assert "optimizer floor" in proc.stdout and "phase by phase" in proc.stdout
+    # the forced threaded row started Numba's pool with nnxp's choice of layer; by default no loop is threaded
+    threading = data["environment"]["numba_threading"]
+    assert threading["threaded_loops_by_default"] is False and threading["layer"] == "workqueue"
     # the fast extra's fixed memory, measured in fresh processes without the data set
     fixed = data["memory_fixed_cost"]
     runs = fixed["runs"]
@@ -113,3 +127,43 @@ def test_careful_numpy_mlp_learns_and_matches_nnxp_first_step():
     np.testing.assert_allclose(first, float(loss), rtol=1e-5)
     losses = [careful.epoch(x, y) for _ in range(3)]
     assert losses[-1] < 0.8 * first  # it learns
+
+
+def test_threading_report_starts_no_pool():
+    """Reporting Numba's threading must not launch a layer: numba.get_num_threads() once started OpenMP's at the end
+    of a run whose loops were all serial, and the report then read "omp" (issue 15)."""
+    pytest.importorskip("numba")
+    code = ("import json, numba; from bench import train_cpu as T; r = T.numba_threading()\n"
+            "try:\n    numba.threading_layer(); started = True\nexcept ValueError:\n    started = False\n"
+            "print(json.dumps([r['layer'], r['num_threads'], started, r['threaded_loops_by_default']]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [None, None, False, False]
+
+
+def test_careful_phases_are_its_step():
+    """careful_step_parts runs the careful MLP's own step, phase by phase: the same weights after it."""
+    from bench import train_cpu as T
+
+    x, y, _ = T.load_data(1024)
+    a, b = T.careful_mlp(128), T.careful_mlp(128)
+    perm = np.random.default_rng(5).permutation(x.shape[0])
+    for i in range(3):
+        b.step(b.gather(x, y, perm[i * 128 : (i + 1) * 128]))
+    parts = T.careful_step_parts(a, x, y, 128, 3, seed=5)
+    assert all(parts[k] > 0 for k in T.PHASES)
+    for pa, pb in zip(a.params, b.params):
+        np.testing.assert_array_equal(pa, pb)
+
+
+def test_epilogues_bench_times_the_loops_and_their_references(tmp_path):
+    """bench/epilogues_cpu.py runs nnxp's compiled epilogue loops and the references and writes positive times."""
+    pytest.importorskip("numba")
+    out = tmp_path / "epilogues.json"
+    proc = subprocess.run([sys.executable, "bench/epilogues_cpu.py", "--batches", "8", "--calls", "3", "--json",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    row = json.loads(out.read_text())["batches"]["8"]["this"]
+    assert set(row) == {"bias_act", "act_grad", "bias_act_ref", "act_grad_ref"}
+    assert all(v["total"] > 0 for v in row.values()) and "| 8 |" in proc.stdout
