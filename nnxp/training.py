@@ -270,6 +270,11 @@ class GraphStep(Step):
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         self.recorded = False
         graph, model = self.graph, self.eager.model
+        if graph is not None and not graph.still_bound(model.params, model.grads, model.optimizer):
+            # the model or its optimizer changed under the graph (a buffer, the optimizer, its clipping): this step
+            # runs eagerly (and builds what a new optimizer lacks), the next full one is captured again
+            graph = self.graph = None
+            self.warm = False
         # (a rank whose share of this full batch differs from the captured one's, with unevenly sharded data:
         # the graph gathers and computes a fixed number of rows)
         if (rows != self.batch_size or not self.enabled or not self.warm
@@ -278,7 +283,7 @@ class GraphStep(Step):
             result = self.eager.run(xb, yb, wb, rows, into)
             self.warm = self.warm or rows == self.batch_size
             return result
-        if graph is None or not graph.still_bound(model.params, model.grads):
+        if graph is None:
             try:
                 graph = self.graph = self.capture(xb, yb, wb)
             except Exception as exc:
