@@ -287,3 +287,34 @@ def test_a_change_to_what_the_graph_holds_fixed_is_captured_again(graph_seam, ca
     assert graphed.optimizer.iterations == eager.optimizer.iterations
     for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _arrays_reachable(root, shape):
+    """The arrays of `shape` (or views of one) that can be reached from `root` through references."""
+    import gc
+    import types
+
+    seen, stack, found = set(), [root], []
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            if shape in (obj.shape, getattr(obj.base, "shape", None)):
+                found.append(obj)
+            continue
+        stack.extend(gc.get_referents(obj))
+    return found
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_the_model_holds_no_data_and_no_graph_after_a_fit(graph_seam, cuda_graph):
+    # the model keeps its last fit's step (for graph_replays), but not the data on the device through it, nor
+    # the graph and its captured memory
+    x, y = _data(203)
+    model = _model(nnxp.optimizers.Adam(0.01))
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, cuda_graph=cuda_graph)
+    assert nnxp.training.graph_replays(model) == (2 * 6 - 1 if cuda_graph else 0)
+    assert _arrays_reachable(model, (203, 20)) == [] and _arrays_reachable(model, (203,)) == []
+    assert not any(isinstance(obj, _graph.GraphedStep) for obj in vars(model._fit_step).values())
