@@ -138,6 +138,7 @@ class GraphedStep:
         self.optimizer, self.params, self.grads = optimizer, params, grads
         self._pool = cp.cuda.MemoryPool()
         self._core = self._core_buffers()
+        self._constants = optimizer.graph_constants()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
         into = {name: feed.sums[k, ...] for k, name in enumerate(self.names)}
         with stream, cp.cuda.using_allocator(self._pool.malloc), _cublas.capturing():
@@ -172,9 +173,12 @@ class GraphedStep:
         return [self.params if params is None else params, self.grads if grads is None else grads,
                 *self.optimizer.step_buffers()]
 
-    def still_bound(self, params: Any, grads: Any) -> bool:
-        """False once the model or optimizer replaced a buffer the graph writes (`params`, `grads`: the model's
-        now): then capture again."""
+    def still_bound(self, params: Any, grads: Any, optimizer: Any) -> bool:
+        """False once the model or optimizer replaced a buffer the graph writes, the model has another optimizer,
+        or the optimizer changed what the graph holds fixed (its clipping: Optimizer.graph_constants) (`params`,
+        `grads`, `optimizer`: the model's now): then capture again."""
+        if optimizer is not self.optimizer or optimizer.graph_constants() != self._constants:
+            return False
         current = self._core_buffers(params, grads)
         return len(current) == len(self._core) and all(a is b for a, b in zip(current, self._core, strict=True))
 

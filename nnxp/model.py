@@ -666,6 +666,8 @@ class Sequential:
                 training.run_epochs(self, plan, interrupt)
             finally:  # close progress bars and the like even when training stops with an error
                 self._fit_step = plan.step  # kept without the plan: the model must not hold on to the data
+                if plan.step is not None:  # nor through the step (a graphed one's batches and graph)
+                    plan.step.release()
                 for layer in self.layers:  # nor may its layers, through the last (unshuffled: a view) batch
                     layer.forget_batch()
                 for cb in cbs:

@@ -175,6 +175,14 @@ class Optimizer:
             self.iterations = iterations
         return np.array(rows, dtype=params.dtype) if rows else np.zeros((0, 0), dtype=params.dtype)
 
+    def graph_constants(self) -> tuple:
+        """What a captured step holds fixed instead of reading it from its scalars' buffer: the clipping settings
+        and the rule's other named arguments that are not floats (SGD's `nesterov`). A step captured under other
+        values must be captured again (nnxp._graph.GraphedStep.still_bound)."""
+        named = self._scalars(0.0)
+        flags = tuple((k, v) for k, v in named.items() if k not in ("lr", "step") and not isinstance(v, float))
+        return (self.clipvalue, self.clipnorm, self.global_clipnorm, self.segments, *flags)
+
     def graph_apply(self, params: Any, grads: Any, hp: Any) -> None:
         """The device half of :meth:`apply` for capture: clipping, then the one update, its kernel reading its
         scalars from `hp`. Needs built state (a step ran before) and CuPy buffers; counts no step."""

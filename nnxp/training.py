@@ -200,6 +200,9 @@ class Step:
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Let go of what only the fit needed (fit keeps the step on the model when it ends)."""
+
 
 class EagerStep(Step):
     """The step as ordinary calls, one kernel (or NumPy call) at a time."""
@@ -242,6 +245,7 @@ class GraphStep(Step):
         self.feed: StepFeed | None = None
         self.warm = False  # a full batch ran eagerly: capture the next one
         self.enabled = True
+        self.replays = 0  # steps replayed in this fit, over every capture
         self._record: Any = None
 
     def epoch_record(self, xp: Any, shape: tuple[int, int]) -> Any:
@@ -270,6 +274,11 @@ class GraphStep(Step):
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         self.recorded = False
         graph, model = self.graph, self.eager.model
+        if graph is not None and not graph.still_bound(model.params, model.grads, model.optimizer):
+            # the model or its optimizer changed under the graph (a buffer, the optimizer, its clipping): this step
+            # runs eagerly (and builds what a new optimizer lacks), the next full one is captured again
+            graph = self.graph = None
+            self.warm = False
         # (a rank whose share of this full batch differs from the captured one's, with unevenly sharded data:
         # the graph gathers and computes a fixed number of rows)
         if (rows != self.batch_size or not self.enabled or not self.warm
@@ -278,7 +287,7 @@ class GraphStep(Step):
             result = self.eager.run(xb, yb, wb, rows, into)
             self.warm = self.warm or rows == self.batch_size
             return result
-        if graph is None or not graph.still_bound(model.params, model.grads):
+        if graph is None:
             try:
                 graph = self.graph = self.capture(xb, yb, wb)
             except Exception as exc:
@@ -290,7 +299,13 @@ class GraphStep(Step):
                 self._fill()
                 return self.eager.run(xb, yb, wb, rows, into)
         self.recorded = True
+        self.replays += 1
         return graph.run(self.batches.index)
+
+    def release(self) -> None:
+        """The data (through `batches`), the batch buffers, the graph and the memory it was captured in are the
+        fit's alone: dropped when it ends, so the model kept after it holds none of them (the count stays)."""
+        self.batches = self.graph = self.feed = self._record = None
 
     def _fill(self) -> None:
         if self.batches is not None and self.batches.mode == "graph":
@@ -457,8 +472,7 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
 
 def graph_replays(model: Any) -> int:
     """How many steps the model's latest fit replayed from a captured CUDA graph (0 when none was captured)."""
-    graph = getattr(getattr(model, "_fit_step", None), "graph", None)
-    return 0 if graph is None else graph.replays
+    return getattr(getattr(model, "_fit_step", None), "replays", 0)
 
 
 def seed_epoch(model: Any, count: int, comm: Any, share: list) -> None:

@@ -239,3 +239,82 @@ def test_weight_decay_replays_equal_eager_steps_for_every_optimizer(graph_seam, 
     assert graphed.optimizer.get_state().keys() == state.keys()
     for k, v in graphed.optimizer.get_state().items():
         np.testing.assert_array_equal(v, state[k])
+
+
+class _ChangeAfter(nnxp.callbacks.Callback):
+    """Calls `change(optimizer, model)` once, after the model's 4th batch (mid-epoch, between replays)."""
+
+    def __init__(self, change):
+        self.change, self.batches = change, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        if self.batches == 4:
+            self.change(self.model.optimizer, self.model)
+
+
+def _replace_optimizer(optimizer, model):
+    model.optimizer = nnxp.optimizers.SGD(0.1, momentum=0.5)
+
+
+CAPTURED_CONSTANTS = {  # what a captured step took as constants, changed by a callback mid-epoch
+    "clipnorm": (lambda: nnxp.optimizers.Adam(0.01), lambda opt, model: setattr(opt, "clipnorm", 1e-3)),
+    "clipvalue": (lambda: nnxp.optimizers.SGD(0.05), lambda opt, model: setattr(opt, "clipvalue", 1e-4)),
+    "global_clipnorm-off": (lambda: nnxp.optimizers.Adam(0.01, global_clipnorm=1e-3),
+                            lambda opt, model: setattr(opt, "global_clipnorm", None)),
+    "nesterov": (lambda: nnxp.optimizers.SGD(0.05, momentum=0.9), lambda opt, model: setattr(opt, "nesterov", True)),
+    "another-optimizer": (lambda: nnxp.optimizers.Adam(0.01), _replace_optimizer),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CAPTURED_CONSTANTS))
+def test_a_change_to_what_the_graph_holds_fixed_is_captured_again(graph_seam, case):
+    # clipping settings, SGD's nesterov flag and the optimizer object itself are not among the per-step scalars
+    # a replay reads from its table: changed mid-epoch, the step must be captured again, not replayed as it was
+    make, change = CAPTURED_CONSTANTS[case]
+    x, y = _data(200)
+    runs = []
+    for cuda_graph in (False, True):
+        model = _model(make())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no failed capture either (the new optimizer has no state yet)
+            history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, cuda_graph=cuda_graph,
+                                callbacks=[_ChangeAfter(change)])
+        runs.append((model, history))
+    (eager, h_eager), (graphed, h_graph) = runs
+    assert nnxp.training.graph_replays(graphed) > 6  # replayed again after the change (6 full batches an epoch)
+    assert h_graph.history == h_eager.history
+    assert graphed.optimizer.iterations == eager.optimizer.iterations
+    for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _arrays_reachable(root, shape):
+    """The arrays of `shape` (or views of one) that can be reached from `root` through references."""
+    import gc
+    import types
+
+    seen, stack, found = set(), [root], []
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            if shape in (obj.shape, getattr(obj.base, "shape", None)):
+                found.append(obj)
+            continue
+        stack.extend(gc.get_referents(obj))
+    return found
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_the_model_holds_no_data_and_no_graph_after_a_fit(graph_seam, cuda_graph):
+    # the model keeps its last fit's step (for graph_replays), but not the data on the device through it, nor
+    # the graph and its captured memory
+    x, y = _data(203)
+    model = _model(nnxp.optimizers.Adam(0.01))
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, cuda_graph=cuda_graph)
+    assert nnxp.training.graph_replays(model) == (2 * 6 - 1 if cuda_graph else 0)
+    assert _arrays_reachable(model, (203, 20)) == [] and _arrays_reachable(model, (203,)) == []
+    assert not any(isinstance(obj, _graph.GraphedStep) for obj in vars(model._fit_step).values())

@@ -1393,3 +1393,29 @@ def test_a_fit_with_kept_plans_equals_one_that_runs_every_override_in_full(fake_
     assert histories[0] == histories[1]
     for kept, full in zip(*weights, strict=True):
         np.testing.assert_array_equal(kept, full)
+
+
+def test_threads_on_one_stream_do_not_share_the_bias_gradient_s_partials(fake_cupy):
+    # the bias gradient of more than _ONE_PASS_ROWS rows is two launches, partial column sums into a kept scratch
+    # buffer and their sum; two threads (a model each) on CuPy's default stream must not write each other's
+    # partials between them (on the stand-in the two threads' kernels even run at the same time)
+    import threading
+
+    cp, rows, cols = fake_cupy, 600, 48
+    inputs = [np.random.default_rng(k).normal(size=(20, rows, cols)).astype(np.float32) * (k + 1) for k in range(2)]
+    wrong, start = [], threading.Barrier(2)
+
+    def train(k):
+        db = cp.empty(cols, dtype=np.float32)
+        start.wait()
+        for i, host in enumerate(inputs[k]):
+            D.activation_backward_bias(cp.asarray(host), cp.asarray(np.abs(host)), None, "relu", db)
+            if not np.allclose(to_numpy(db), host.sum(axis=0), rtol=1e-4, atol=1e-3):
+                wrong.append((k, i))
+
+    threads = [threading.Thread(target=train, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []

@@ -167,7 +167,7 @@ class Op:
 
 class _Recorder(threading.local):
     calls: list | None = None  # the launches of the override being recorded (None: not recording)
-    stream: int | None = None  # the stream a recorded scratch buffer belongs to
+    stream: tuple | None = None  # the (stream, thread) a recorded scratch buffer belongs to
     ok = False  # False once the override did device work a plan cannot repeat (see unplanned())
 
 
@@ -198,7 +198,7 @@ class LaunchPlan:
                  "cupy", "get_device")
 
     def __init__(self, args: tuple, kwargs: dict, per_call: tuple, calls: list, result: Any,
-                 stream: int | None) -> None:
+                 stream: tuple | None) -> None:
         self.args, self.keys, self.values = args, tuple(kwargs), tuple(kwargs.values())
         self.per_call, self.calls, self.result, self.stream = per_call, tuple(calls), result, stream
         self.cupy = cupy_module()
@@ -231,8 +231,8 @@ class LaunchPlan:
             return _MISS  # (kernels reloaded, or switched to the references; a capture makes its own buffers)
         if self.get_device() != self.device:
             return _MISS  # another device is current: the override switches to the arrays' device
-        if self.stream is not None and self.cupy.cuda.get_current_stream().ptr != self.stream:
-            return _MISS  # scratch buffers are per stream
+        if self.stream is not None and (self.cupy.cuda.get_current_stream().ptr, threading.get_ident()) != self.stream:
+            return _MISS  # scratch buffers are per stream and thread
         calls = self.calls if same else self._swapped(args)
         for fn, fn_args, fn_kwargs in calls:
             fn(*fn_args, **fn_kwargs)
@@ -489,10 +489,10 @@ def _current(device_id: int) -> Any:
 
 
 # Scratch arrays of the fused kernels (the bias gradient's partial sums), kept per
-# (device, stream, shape, dtype) so a step of fixed shape allocates them once; launches on one stream run in
-# order, so one set per stream is never in use twice at a time. While a graph is captured they are made fresh
-# instead (from the capture's private pool, which the graph keeps): a cached buffer could be reused by eager work
-# after the capture's stream is gone and its handle reused.
+# (device, stream, thread, shape, dtype) so a step of fixed shape allocates them once; one thread's launches on
+# one stream run in order, so one set per stream and thread is never in use twice at a time. While a graph is
+# captured they are made fresh instead (from the capture's private pool, which the graph keeps): a cached buffer
+# could be reused by eager work after the capture's stream is gone and its handle reused.
 _SCRATCH: dict[tuple, Any] = {}
 _SCRATCH_MAX = 64  # distinct shapes (batch sizes x layers x dtypes); beyond it the cache starts over
 
@@ -508,14 +508,16 @@ def _scratch(what: str, shape: tuple, dtype: Any, dev: int, zero: bool = False) 
     make = cp.zeros if zero else cp.empty
     if capturing():
         return make(shape, dtype=dtype)
-    key = (what, dev, cp.cuda.get_current_stream().ptr, shape, np.dtype(dtype).str)
+    # per thread too: threads share a stream (CuPy's default one), and another thread's launch between the two
+    # that write and read the partials would take them over
+    key = (what, dev, cp.cuda.get_current_stream().ptr, threading.get_ident(), shape, np.dtype(dtype).str)
     buf = _SCRATCH.get(key)
     if buf is None:
         if len(_SCRATCH) >= _SCRATCH_MAX:
             _SCRATCH.clear()
         buf = _SCRATCH[key] = make(shape, dtype=dtype)
     if _RECORD.calls is not None:
-        _RECORD.stream = key[2]
+        _RECORD.stream = key[2:4]
     return buf
 
 
