@@ -500,6 +500,7 @@ def test_every_compiled_optimizer_loop_is_bit_identical_to_its_reference(monkeyp
 
 
 @pytest.mark.parametrize("case", sorted(CPU_CASES))
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")  # step 5: inf, nan
 def test_without_numba_the_reference_runs(monkeypatch, case):
     from nnxp.ops import _cpu
 
