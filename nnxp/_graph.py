@@ -36,13 +36,15 @@ the capture.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .backend import xp_of
-from .ops import _cublas
+from .layers import settings_version
+from .ops import _cublas, _cuda
 from .ops import batch as B
 
 _HP_SIZE = 8  # room for the largest optimizer's scalars (RMSprop: 6)
@@ -94,6 +96,8 @@ class StepFeed:
         self._cursor = PinnedUpload(self.cursor)
         self._table = PinnedUpload(self.table)
         self.at: int | None = None  # the cursor's value on the device once the work queued so far has run
+        self._key: Any = None  # the optimizer's scalars key and step count at batch 0 the table was made under
+        self._start: int | None = None
 
     def move_to(self, index: int) -> None:
         """Make the cursor `index` for the next replay (an upload only when the replays did not leave it there:
@@ -102,20 +106,53 @@ class StepFeed:
             self._cursor.write([index])
             self.at = index
 
-    def scalars(self, index: int, row: np.ndarray, later: Callable[[int], np.ndarray]) -> None:
-        """Make the table's row `index` hold `row` (this step's scalars, from the host): when it does not, rows
-        index.. are computed again (`later(k)`: the next k steps' rows) and uploaded, once per epoch or after a
-        callback changed what they depend on."""
-        held = self._table.host[index, : row.size]
-        if np.array_equal(held, row, equal_nan=True):
-            return
-        rest = self.table.shape[0] - index - 1
-        rows = np.zeros((rest + 1, _HP_SIZE), dtype=self.table.dtype)
-        rows[0, : row.size] = row
-        if rest:
-            ahead = later(rest)
-            rows[1:, : ahead.shape[1]] = ahead
-        self._table.write(rows, index)
+    def advance(self, index: int, optimizer: Any, params: Any) -> None:
+        """Count the step for batch `index` on the host (``optimizer.iterations``, as an eager step does) and make
+        sure the table's row `index` holds its scalars: the table is valid while the optimizer's scalars key
+        (Optimizer.scalars_key) and its step count at the epoch's first batch are those it was made under;
+        otherwise rows index.. are computed again with the optimizer's own host code and uploaded (at the first
+        replay of an epoch, or after a callback changed the learning rate or another scalar)."""
+        key, start = optimizer.scalars_key(), optimizer.iterations - index
+        if start != self._start or not _same(key, self._key):
+            rows = np.zeros((self.table.shape[0] - index, _HP_SIZE), dtype=self.table.dtype)
+            ahead = optimizer.graph_table(params, rows.shape[0])
+            rows[:, : ahead.shape[1]] = ahead
+            self._table.write(rows, index)
+            self._key, self._start = key, start
+        optimizer.iterations += 1
+
+
+def _same(a: tuple, b: Any) -> bool:
+    """``a == b``, False where the comparison itself fails (a schedule attribute that is an array)."""
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - any failure to compare means "not known to be equal"
+        return False
+
+
+def _step_body(feed: StepFeed, names: list[str], gather: Callable[[Any], None],
+               compute: Callable[[dict], tuple[Any, dict]], extra: Callable[[], list], optimizer: Any, params: Any,
+               grads: Any) -> tuple[Any, dict]:
+    """The step as a replay runs it, issued once (into a capture or a recording): gather at the cursor, this
+    step's scalars from the table, forward / loss / backward / metrics, the update, the record's column."""
+    into = {name: feed.sums[k, ...] for k, name in enumerate(names)}
+    gather(feed.cursor)
+    B.gather_rows(feed.table, None, None, feed.cursor, feed.hp.reshape(1, _HP_SIZE))
+    loss, sums = compute(into)
+    optimizer.graph_apply(params, grads, feed.hp)
+    for name, view in into.items():
+        value = sums.get(name)
+        if value is None:  # (a rank without rows of this batch)
+            _cuda.unplanned()  # (CuPy calls a step's launch list does not repeat)
+            view.fill(0)
+        elif value is not view:
+            _cuda.unplanned()
+            view[...] = value
+    for k, value in enumerate(extra(), start=len(names)):
+        _cuda.unplanned()
+        feed.sums[k, ...] = value
+    B.record_step(loss, feed.sums, feed.record, feed.cursor)
+    return loss, sums
 
 
 class GraphedStep:
@@ -139,24 +176,12 @@ class GraphedStep:
         self._pool = cp.cuda.MemoryPool()
         self._core = self._core_buffers()
         self._constants = optimizer.graph_constants()
+        self._settings = settings_version()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
-        into = {name: feed.sums[k, ...] for k, name in enumerate(self.names)}
         with stream, cp.cuda.using_allocator(self._pool.malloc), _cublas.capturing():
             stream.begin_capture()
             try:
-                gather(feed.cursor)
-                B.gather_rows(feed.table, None, None, feed.cursor, feed.hp.reshape(1, _HP_SIZE))
-                loss, sums = compute(into)
-                optimizer.graph_apply(params, grads, feed.hp)
-                for name, view in into.items():
-                    value = sums.get(name)
-                    if value is None:  # (a rank without rows of this batch)
-                        view.fill(0)
-                    elif value is not view:
-                        view[...] = value
-                for k, value in enumerate(extra(), start=len(self.names)):
-                    feed.sums[k, ...] = value
-                B.record_step(loss, feed.sums, feed.record, feed.cursor)
+                loss, sums = _step_body(feed, self.names, gather, compute, extra, optimizer, params, grads)
             except BaseException:
                 try:
                     stream.end_capture()  # leave the stream usable; the capture is void either way
@@ -179,15 +204,77 @@ class GraphedStep:
         `grads`, `optimizer`: the model's now): then capture again."""
         if optimizer is not self.optimizer or optimizer.graph_constants() != self._constants:
             return False
+        if settings_version() != self._settings:  # a layer's setting changed (held in the kernels' arguments)
+            return False
         current = self._core_buffers(params, grads)
         return len(current) == len(self._core) and all(a is b for a, b in zip(current, self._core, strict=True))
 
+    def runs_here(self) -> bool:
+        """Whether this step can run on the current stream and thread (a graph can run on any)."""
+        return True
+
     def run(self, index: int) -> tuple[Any, dict[str, Any]]:
         """Replay the step for batch `index` of the epoch on the current stream (the graph gathers it itself)."""
-        optimizer, params, feed = self.optimizer, self.params, self.feed
-        feed.scalars(index, optimizer.graph_scalars(params), lambda k: optimizer.graph_table(params, k))
+        feed = self.feed
+        feed.advance(index, self.optimizer, self.params)
         feed.move_to(index)
         self.graph.launch()
         feed.at = index + 1  # the graph's last node
         self.replays += 1
         return self.loss, self.sums
+
+
+class StepNotRecorded(Exception):
+    """The step did device work its launch list cannot repeat (nnxp.ops._cuda.unplanned): run it eagerly."""
+
+
+class LaunchedStep(GraphedStep):
+    """The eager twin of :class:`GraphedStep`: the same step (the same kernels, buffers, cursor, scalars table
+    and record) kept as its list of launches (nnxp.ops._cuda.recording_step) and launched again for every full
+    batch, one launch at a time, with no graph. What an eager step spends deciding what to launch (the layers, the
+    head, the ops' checks) is spent once per fit; each later step is a loop over about twenty launches.
+    It needs no CUDA-graph support, and a step that records its launches asks nothing else of CUDA either."""
+
+    def __init__(self, feed: StepFeed, names: list[str], gather: Callable[[Any], None],
+                 compute: Callable[[dict], tuple[Any, dict]], extra: Callable[[], list], optimizer: Any, params: Any,
+                 grads: Any, scratch: Callable[[], list], rows: int = 0) -> None:
+        self.feed, self.names, self.rows = feed, list(names), rows
+        self.optimizer, self.params, self.grads = optimizer, params, grads
+        self._core = self._core_buffers()
+        self._constants = optimizer.graph_constants()
+        self._settings = settings_version()
+        cp = xp_of(params)
+        self._get_device = cp.cuda.runtime.getDevice
+        self.device = self._get_device()  # the kernels in the list are this device's
+        self._stream = cp.cuda.get_current_stream
+        # (its scratch buffers are this stream's and thread's, shared with the eager ops made there)
+        self.where = (self._stream().ptr, threading.get_ident())
+        with _cuda.recording_step() as (calls, whole):
+            loss, sums = _step_body(feed, self.names, gather, compute, extra, optimizer, params, grads)
+        if not whole():
+            raise StepNotRecorded
+        self.calls, self.loss, self.sums = tuple(calls), loss, sums
+        self._kept = list(scratch())
+        self.replays = 0
+
+    def runs_here(self) -> bool:
+        """Whether the current stream and thread are those the step was recorded on (else it is run eagerly)."""
+        return self._stream().ptr == self.where[0] and threading.get_ident() == self.where[1]
+
+    def run(self, index: int) -> tuple[Any, dict[str, Any]]:
+        """Launch the step for batch `index` of the epoch on the current stream (it gathers the batch itself)."""
+        feed = self.feed
+        feed.advance(index, self.optimizer, self.params)
+        feed.move_to(index)
+        if self._get_device() != self.device:  # (a callback made another device current)
+            with xp_of(self.params).cuda.Device(self.device):
+                self._launch()
+        else:
+            self._launch()
+        feed.at = index + 1  # its last launch moved the cursor
+        self.replays += 1
+        return self.loss, self.sums
+
+    def _launch(self) -> None:
+        for fn, args, kwargs in self.calls:
+            fn(*args, **kwargs)

@@ -20,6 +20,8 @@ from .backend import is_cupy_array, xp_of
 from .losses import Loss
 from .ops import dense as D
 from .ops import loss as L
+from .ops import reduce as R
+from .ops._cuda import recorded
 
 
 class OutputHead:
@@ -90,21 +92,30 @@ class OutputHead:
         """What ``predict`` returns for outputs `out`: the network's activations."""
         return out
 
+    def count_correct(self, out: Any, y: Any, into: Any) -> Any:
+        """How many rows of the batch are right, written into `into` (0-d float64) and returned; None for a
+        binary loss (its accuracy is not an argmax: :meth:`correct`)."""
+        if self.loss.task == "binary":
+            return None
+        return R.count_correct(self.predictions(out), y, into)
+
     def correct(self, out: Any, y: Any) -> Any:
         """Per-row accuracy (B,) of what ``predict`` returns: 1/0 per row, the fraction of right outputs for a
         binary loss (outputs > 0.5)."""
         pred = self.predictions(out)
         if self.loss.task == "binary":
             return ((pred > 0.5) == (y > 0.5)).mean(axis=1)
-        # argmax (int64, its own output dtype) and == into kept buffers: no allocation per step
+        # argmax (int64, its own output dtype) and == into kept buffers: no allocation per step (and calls a
+        # recorded training step can repeat: nnxp.ops._cuda.recorded)
         xp, rows = xp_of(out), out.shape[0]
-        true = y if self.loss.sparse else y.argmax(axis=1, out=self.buffer("argmax y", y, (rows,), np.int64))
-        return xp.equal(pred.argmax(axis=1, out=self.buffer("argmax", out, (rows,), np.int64)), true,
-                        out=self.buffer("correct", out, (rows,), np.bool_))
+        true = y if self.loss.sparse else recorded(y.argmax, axis=1,
+                                                   out=self.buffer("argmax y", y, (rows,), np.int64))
+        guess = recorded(pred.argmax, axis=1, out=self.buffer("argmax", out, (rows,), np.int64))
+        return recorded(xp.equal, guess, true, out=self.buffer("correct", out, (rows,), np.bool_))
 
 
 # the fused losses that write into a caller's 0-d `loss_out`
-_TAKE_LOSS_OUT = (L.softmax_cross_entropy, L.sparse_softmax_cross_entropy, L.sigmoid_binary_cross_entropy)
+TAKE_LOSS_OUT = (L.softmax_cross_entropy, L.sparse_softmax_cross_entropy, L.sigmoid_binary_cross_entropy)
 
 
 class FusedHead(OutputHead):
@@ -130,7 +141,7 @@ class FusedHead(OutputHead):
         """As :meth:`OutputHead.loss_and_grad`; unweighted, the loss goes into a 0-d buffer the head reuses (the
         fused ops' `loss_out`), so a step allocates nothing for it."""
         fn = self._fn()
-        if w is not None or fn not in _TAKE_LOSS_OUT:  # (a wrapped loss, e.g. nnxp.sklearn's, may not take it)
+        if w is not None or fn not in TAKE_LOSS_OUT:  # (a wrapped loss, e.g. nnxp.sklearn's, may not take it)
             return super().loss_and_grad(out, y, w)
         return fn(out, y, self._grad_buffer(out), loss_out=self.buffer("loss", out, (), out.dtype))
 

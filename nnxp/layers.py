@@ -21,6 +21,7 @@ from .errors import NnxpError, NnxpTypeError, reject_unknown_arguments
 from .ops import activation as A
 from .ops import dense as D
 from .ops import dropout as _dropout
+from .ops._cuda import recorded
 
 
 class _Buffers:
@@ -49,8 +50,27 @@ class _Buffers:
         return list(self._cache.values())
 
 
+_SETTINGS = [0]  # bumped whenever any layer's public attribute is set (Layer.__setattr__)
+
+
+def settings_version() -> int:
+    """A number that changes whenever any layer's public attribute is set: a kept step compares it."""
+    return _SETTINGS[0]
+
+
 class Layer:
     """Base class. Subclasses set ``params``/``grads`` (name -> array view) when bound."""
+
+    # True where the layer's CUDA forward and backward reach the device only through nnxp's ops and
+    # nnxp.ops._cuda.recorded, so an eager training step can be kept as its launch list (nnxp._graph.LaunchedStep)
+    launch_list = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a public setting changed (an activation, a Dropout rate, ...): a step kept whole (a CUDA graph or a
+        # launch list) holds the old one in its kernels' arguments, and is made again (settings_version)
+        if name[0] != "_" and name != "rng":  # (Dropout's generator: new each epoch, read on the device)
+            _SETTINGS[0] += 1
+        object.__setattr__(self, name, value)
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name
@@ -139,6 +159,8 @@ _DENSE_REMOVED = {"init": "kernel_initializer", "output_dim": "units", "W_regula
 
 class Dense(Layer):
     """``y = activation(x @ kernel + bias)``; kernel is (input_dim, units)."""
+
+    launch_list = True
 
     def __init__(
         self,
@@ -272,6 +294,8 @@ class Dropout(Layer):
     value and broadcasts it into `out`, cupy/random/_generator_api.pyx.)
     """
 
+    launch_list = True
+
     def __init__(self, rate: float, name: str | None = None) -> None:
         super().__init__(name)
         ok = isinstance(rate, numbers.Real) and not isinstance(rate, bool) and 0.0 <= rate < 1.0
@@ -324,8 +348,8 @@ class Dropout(Layer):
         out = self._buffers.get("y", x, x.shape, x.dtype)
         if is_cupy_array(x):
             state = self._device_state(x)
-            with device_of(x).use():
-                xp.add(state[1:], np.uint64(1), out=state[1:])  # next step, on the device (replays too)
+            with device_of(x).use():  # next step, on the device (replays too)
+                recorded(xp.add, state[1:], np.uint64(1), out=state[1:])
             self._mask = state
             return _dropout.dropout_forward(x, self.rate, state, out)[0]
         mask = self._buffers.get("mask", x, x.shape, x.dtype)
@@ -394,6 +418,8 @@ class Flatten(Layer):
     sees rows; on rows (B, features) Flatten is the identity.
     """
 
+    launch_list = True
+
     def __init__(self, input_shape: tuple | None = None, name: str | None = None) -> None:
         super().__init__(name)
         self.input_shape = None if input_shape is None else sample_shape("input_shape", input_shape)
@@ -421,6 +447,8 @@ class Flatten(Layer):
 
 class InputLayer(Layer):
     """What ``nnxp.Input(shape=...)`` makes: declares the model's per-sample input shape; the identity."""
+
+    launch_list = True
 
     def __init__(self, shape: tuple, name: str | None = None) -> None:
         super().__init__(name)

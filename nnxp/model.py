@@ -49,7 +49,7 @@ from .errors import (
 )
 from .head import OutputHead, make_head
 from .layers import Dense, Layer, as_rows
-from .ops._cuda import forget_plans
+from .ops._cuda import forget_plans, recorded
 
 _DTYPES = ("float32", "float64")
 _PRECISIONS = ("highest", "tf32")
@@ -473,6 +473,10 @@ class Sequential:
             dy = self.layers[i].backward(dy, need_dx=i > 0)
         return loss, out
 
+    def metric_kinds(self) -> list[str]:
+        """What each compiled metric computes ("accuracy", "mse", "mae"), in the order of ``metrics``."""
+        return [_METRIC_ALIASES[name.lower()] for name in self.metrics]
+
     def metric_sums(self, out: Any, y: Any, w: Any = None, into: dict | None = None) -> dict[str, Any]:
         """Per-batch sums (device scalars) for each metric; with weights, sums of w_i times row i's value
         (Keras's weighted mean divides them by the sum of the weights). `into` (name -> 0-d float64): where a
@@ -480,6 +484,11 @@ class Sequential:
         sums = {}
         for name in self.metrics:
             kind = _METRIC_ALIASES[name.lower()]
+            if kind == "accuracy" and w is None and into is not None:  # a count, straight into the record (exact)
+                count = self._head.count_correct(out, y, into[name])
+                if count is not None:
+                    sums[name] = count
+                    continue
             if kind == "accuracy":
                 per_sample = self._correct(out, y)
             else:
@@ -487,7 +496,7 @@ class Sequential:
                 diff = self._head.predictions(out) - y
                 per_sample = (diff * diff if kind == "mse" else xp.abs(diff)).mean(axis=1)
             if w is None and into is not None and per_sample.dtype == np.bool_:  # a count: exact in float64
-                sums[name] = per_sample.sum(out=into[name])
+                sums[name] = recorded(per_sample.sum, out=into[name])
             elif w is None:  # into a buffer kept per metric (of sum's own dtype): no allocation per step
                 dtype = np.int64 if per_sample.dtype == np.bool_ else per_sample.dtype
                 sums[name] = per_sample.sum(out=self._head.buffer(f"sum {name}", per_sample, (), dtype))

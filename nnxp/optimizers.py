@@ -165,15 +165,34 @@ class Optimizer:
         floats = self.rule.device_scalars(params.dtype, self._buffers(), scalars, self.weight_decay or 0.0)
         return np.array(floats, dtype=params.dtype)
 
+    def scalars_key(self) -> tuple:
+        """Everything :meth:`graph_scalars` depends on besides ``iterations``: the learning rate (a schedule's
+        attributes: a schedule is a function of the step alone, as in Keras) and the rule's other scalars. A
+        replayed step compares it with the key its table of scalars was made under (nnxp._graph.StepFeed)."""
+        lr = self.learning_rate
+        rate = (type(lr), id(lr), tuple(vars(lr).values())) if isinstance(lr, LearningRateSchedule) else lr
+        return (rate, self.weight_decay, *[getattr(self, name) for name in self.rule.scalars
+                                            if name != "lr" and name != "step"])
+
     def graph_table(self, params: Any, steps: int) -> np.ndarray:
         """The scalars :meth:`graph_scalars` would return for each of the next `steps` steps, as rows, without
-        counting a step (a replayed epoch uploads them at once; nnxp._graph.StepFeed)."""
-        iterations = self.iterations
-        try:
-            rows = [self.graph_scalars(params) for _ in range(steps)]
-        finally:
-            self.iterations = iterations
-        return np.array(rows, dtype=params.dtype) if rows else np.zeros((0, 0), dtype=params.dtype)
+        counting a step (a replayed epoch uploads them at once; nnxp._graph.StepFeed): the same arithmetic, with
+        what does not change from step to step worked out once."""
+        rule, dtype = self.rule, np.dtype(params.dtype)
+        if steps <= 0 or rule is None:
+            return np.zeros((0, 0), dtype=dtype)
+        schedule = self.learning_rate if isinstance(self.learning_rate, LearningRateSchedule) else None
+        named = self._scalars(self.learning_rate if schedule is None else 0.0)
+        flags = rule.optional_flags(self._buffers())
+        decay = self.weight_decay or 0.0
+        rows = []
+        for iterations in range(self.iterations, self.iterations + steps):  # each step's count before it runs
+            if schedule is not None and "lr" in named:
+                named["lr"] = float(schedule(iterations))
+            if "step" in named:
+                named["step"] = iterations + 1
+            rows.append(rule.floats_of(dtype, named, flags, decay))
+        return np.array(rows, dtype=dtype)
 
     def graph_constants(self) -> tuple:
         """What a captured step holds fixed instead of reading it from its scalars' buffer: the clipping settings

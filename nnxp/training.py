@@ -21,7 +21,7 @@ import math
 import signal
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from . import distributed
-from ._graph import GraphedStep, PinnedUpload, StepFeed
+from ._graph import GraphedStep, LaunchedStep, PinnedUpload, StepFeed, StepNotRecorded
 from .backend import is_out_of_memory, to_numpy
 from .callbacks import Callback, History, ProgbarLogger
 from .errors import NumericalError
+from .head import TAKE_LOSS_OUT
 from .ops import batch as B
 
 
@@ -239,8 +240,12 @@ class GraphStep(Step):
     `batches` (a step driven by hand) the eager steps' batches come filled and a capture is refused. A
     replay writes its loss and sums into the epoch's record itself (one buffer for the fit, :meth:`epoch_record`)."""
 
-    def __init__(self, eager: EagerStep, batch_size: int, batches: Batches | None = None) -> None:
+    def __init__(self, eager: EagerStep, batch_size: int, batches: Batches | None = None,
+                 launched: Callable[[], bool] | None = None) -> None:
         self.eager, self.batch_size, self.batches = eager, batch_size, batches
+        # the step kept as its launch list (LaunchedStep), not captured in a graph, as long as `launched()` says
+        # the model's step can be (asked again before each recording: a callback may have added clipping)
+        self.launched, self._can_launch = launched is not None, launched
         self.graph: GraphedStep | None = None
         self.feed: StepFeed | None = None
         self.warm = False  # a full batch ran eagerly: capture the next one
@@ -266,10 +271,11 @@ class GraphStep(Step):
         if self.feed is None:
             self.feed = StepFeed(self._record, self._record.shape[0] - 1, model.params.dtype)
         k = xb.shape[0]
-        return GraphedStep(self.feed, names, lambda cursor: self.batches.gather(cursor, k),
-                           lambda into: eager.compute(xb, yb, wb, rows, into),
-                           (lambda: [wb.sum()]) if wb is not None else list,
-                           model.optimizer, model.params, model.grads, model.scratch_arrays, rows=k)
+        kind = LaunchedStep if self.launched else GraphedStep
+        return kind(self.feed, names, lambda cursor: self.batches.gather(cursor, k),
+                    lambda into: eager.compute(xb, yb, wb, rows, into),
+                    (lambda: [wb.sum()]) if wb is not None else list,
+                    model.optimizer, model.params, model.grads, model.scratch_arrays, rows=k)
 
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         self.recorded = False
@@ -282,20 +288,27 @@ class GraphStep(Step):
         # (a rank whose share of this full batch differs from the captured one's, with unevenly sharded data:
         # the graph gathers and computes a fixed number of rows)
         if (rows != self.batch_size or not self.enabled or not self.warm
-                or (graph is not None and xb.shape[0] != graph.rows)):
+                or (graph is not None and (xb.shape[0] != graph.rows or not graph.runs_here()))):
             self._fill()
             result = self.eager.run(xb, yb, wb, rows, into)
             self.warm = self.warm or rows == self.batch_size
             return result
         if graph is None:
+            if self.launched and not self._can_launch():
+                self.enabled = False
+                self._fill()
+                return self.eager.run(xb, yb, wb, rows, into)
             try:
                 graph = self.graph = self.capture(xb, yb, wb)
             except Exception as exc:
                 if is_out_of_memory(exc):
                     raise
                 self.enabled, self.graph = False, None
-                warnings.warn(f"cuda_graph: capturing the training step failed ({type(exc).__name__}: {exc}); "
-                              "this fit goes on without CUDA graphs", RuntimeWarning, stacklevel=2)
+                if not isinstance(exc, StepNotRecorded):  # (that one: a step to run eagerly, said by its ops)
+                    what = ("recording the training step's launches" if self.launched
+                            else "cuda_graph: capturing the training step")
+                    warnings.warn(f"{what} failed ({type(exc).__name__}: {exc}); this fit goes on with eager steps",
+                                  RuntimeWarning, stacklevel=2)
                 self._fill()
                 return self.eager.run(xb, yb, wb, rows, into)
         self.recorded = True
@@ -433,12 +446,15 @@ class GracefulInterrupt:
 
 def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
     """The loop: per epoch, snapshot, train, validate and tell the callbacks; Ctrl-C rolls the epoch back."""
-    mode = "graph" if plan.cuda_graph else "gather" if plan.shuffle else "view"
-    batches = Batches(plan.data, plan.batch_size, model.device, model.seed, mode, plan.comm, fixed=plan.cuda_graph,
+    launched = not plan.cuda_graph and step_replayable(model, plan)
+    kept = plan.cuda_graph or launched  # the step kept whole (a graph, or its launch list)
+    mode = "graph" if kept else "gather" if plan.shuffle else "view"
+    batches = Batches(plan.data, plan.batch_size, model.device, model.seed, mode, plan.comm, fixed=kept,
                       shuffle=plan.shuffle)
     step = plan.step = EagerStep(model, plan.comm, interrupt)
-    if plan.cuda_graph:
-        step = plan.step = GraphStep(step, plan.batch_size, batches)
+    if kept:
+        step = plan.step = GraphStep(step, plan.batch_size, batches,
+                                     launched=(lambda: step_replayable(model, plan)) if launched else None)
     guard, cbs = Guard(model, interrupt), plan.callbacks
     for epoch in range(plan.initial_epoch, plan.epochs):
         if not interrupt.requested:  # (a Ctrl-C during the last epoch's callbacks is seen here)
@@ -472,7 +488,40 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
 
 def graph_replays(model: Any) -> int:
     """How many steps the model's latest fit replayed from a captured CUDA graph (0 when none was captured)."""
-    return getattr(getattr(model, "_fit_step", None), "replays", 0)
+    step = getattr(model, "_fit_step", None)
+    return 0 if getattr(step, "launched", False) else getattr(step, "replays", 0)
+
+
+def launched_steps(model: Any) -> int:
+    """How many steps the model's latest fit ran from its kept launch list (nnxp._graph.LaunchedStep)."""
+    step = getattr(model, "_fit_step", None)
+    return getattr(step, "replays", 0) if getattr(step, "launched", False) else 0
+
+
+# Eager CUDA fits keep their step as a launch list where step_replayable allows (tests and benchmarks turn it
+# off to compare with a step made call by call)
+LAUNCH_LISTS = True
+
+
+def step_replayable(model: Any, plan: FitPlan) -> bool:
+    """Whether this fit's eager CUDA step can be kept as its launch list (nnxp._graph.LaunchedStep): every
+    device call of its step then goes through nnxp's ops or nnxp.ops._cuda.recorded. That holds for the layers
+    that say so (Layer.launch_list) without regularizers, a fused softmax / sigmoid cross-entropy head, the
+    accuracy metric of a categorical loss, an optimizer with one fused kernel and no clipping, unweighted rows
+    and one process. Anything else keeps the call-by-call eager step."""
+    head, optimizer = model._head, model.optimizer
+    if not (LAUNCH_LISTS and model.device.is_cuda and plan.comm.size == 1 and plan.data[2] is None):
+        return False
+    if not getattr(head, "fused", False) or head._fn() not in TAKE_LOSS_OUT:
+        return False
+    if any(kind != "accuracy" for kind in model.metric_kinds()) or (model.metrics and head.loss.task == "binary"):
+        return False
+    for layer in model.layers:
+        if not layer.launch_list or any(getattr(layer, name, None) is not None
+                                        for name in ("kernel_regularizer", "bias_regularizer")):
+            return False
+    return (getattr(optimizer.rule, "fused", None) is not None and optimizer.clipvalue is None
+            and optimizer.clipnorm is None and optimizer.global_clipnorm is None)
 
 
 def seed_epoch(model: Any, count: int, comm: Any, share: list) -> None:

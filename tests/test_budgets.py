@@ -27,9 +27,11 @@ BATCH, BATCHES, EPOCHS = 128, 3, 2
 SMS = 132  # an H100 SXM's multiprocessors: how many blocks nnxp launches (and so the launch count) depend on it
 
 
-def _fit_counting(graph: bool, dropout: bool = False) -> list[tuple[int, int, _stand_in_cupy.Counts]]:
+def _fit_counting(graph: bool, dropout: bool = False,
+                  launch_lists: bool = True) -> list[tuple[int, int, _stand_in_cupy.Counts]]:
     """(epoch, batch, counts of that step) for each step after the first of its epoch (`dropout`: with a Dropout
-    after each hidden layer)."""
+    after each hidden layer; `launch_lists`: an eager fit keeps its step as a launch list, else every step is
+    made call by call)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH * BATCHES, 784)).astype(np.float32)
     y = rng.integers(0, 10, BATCH * BATCHES)
@@ -55,9 +57,11 @@ def _fit_counting(graph: bool, dropout: bool = False) -> list[tuple[int, int, _s
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Callback, "on_epoch_begin", on_epoch_begin)
         mp.setattr(Callback, "on_train_batch_end", on_train_batch_end)
+        mp.setattr(nnxp.training, "LAUNCH_LISTS", launch_lists)
         model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0, cuda_graph=graph)
-    if graph:
-        assert nnxp.training.graph_replays(model) == EPOCHS * BATCHES - 1  # all but the eager warm-up
+    kept = EPOCHS * BATCHES - 1  # all but the eager warm-up
+    assert nnxp.training.graph_replays(model) == (kept if graph else 0)
+    assert nnxp.training.launched_steps(model) == (kept if launch_lists and not graph else 0)
     return steps
 
 
@@ -73,12 +77,17 @@ def counted(emulator):
         mp.setattr(_cuda, "_SCRATCH", {})
         mp.setattr(_cublas, "_gemm", _stand_in_cupy.captured_gemm)  # the graph seam of tests/test_graph.py
         mp.setattr(_cublas, "_prepare_capture", lambda device_id: None)
-        eager = _fit_counting(graph=False)
+        eager = _fit_counting(graph=False, launch_lists=False)
+        launched = _fit_counting(graph=False)
+        launched_dropout = _fit_counting(graph=False, dropout=True)
         graph = _fit_counting(graph=True)
         dropout = _fit_counting(graph=True, dropout=True)
-    # the graph fit's first epoch holds the eager warm-up and the capture: only later epochs are steady replays
+    # a kept step's first epoch holds the eager warm-up and the capture (or recording): only later epochs are
+    # steady replays
     return {"eager": [c for _, _, c in eager], "graph": [c for epoch, _, c in graph if epoch > 0],
-            "graph_dropout": [c for epoch, _, c in dropout if epoch > 0]}
+            "graph_dropout": [c for epoch, _, c in dropout if epoch > 0],
+            "launched": [c for epoch, _, c in launched if epoch > 0],
+            "launched_dropout": [c for epoch, _, c in launched_dropout if epoch > 0]}
 
 
 def _each(counted, kind, field):
@@ -132,31 +141,52 @@ def test_graphed_step_with_dropout_is_one_graph_launch_and_nothing_else(counted,
 # --- eager steps ------------------------------------------------------------------------------------------------
 
 
-def test_eager_step_allocates_nothing_after_the_first(counted):
+EAGER = ["eager", "launched", "launched_dropout"]  # made call by call; kept as a launch list (nnxp._graph)
+
+
+@pytest.mark.parametrize("kind", EAGER)
+def test_eager_step_allocates_nothing_after_the_first(counted, kind):
     # (was 10: loss * nb, 3 bias partials, argmax, ==, sum, and the loss's value, partials and ticket counter,
     # which the head's loss_out and the stream's kept scratch now hold; 5 for a while with the softmax of the
     # metrics' probabilities by the reference)
-    assert _each(counted, "eager", "allocations") == [0]
+    assert _each(counted, kind, "allocations") == [0]
 
 
 def test_eager_step_launches_at_most_22_kernels(counted):
-    # (was 29; 22 now: the list is in bench/results/launch-list.md)
-    assert max(_each(counted, "eager", "launches")) <= 22
+    # (was 29; 22, then 20 with accuracy's count in one launch (nnxp_count_correct): bench/results/launch-list.md)
+    assert max(_each(counted, "eager", "launches")) == 20
+    # kept as a launch list, the step gathers x and y and copies its scalars on the device and writes its record
+    # column (4 launches) where the call-by-call step gathers x (the labels once per epoch) and sets the record
+    assert _each(counted, "launched", "launches") == [22]
+    assert _each(counted, "launched_dropout", "launches") == [22 + 2 * 3]  # each Dropout: step, forward, backward
 
 
-def test_eager_step_sets_no_device_when_it_is_current(counted):
+@pytest.mark.parametrize("kind", EAGER)
+def test_eager_step_sets_no_device_when_it_is_current(counted, kind):
     # (was 17 per step: a `with Device(dev)` around each launch, whose __exit__ always calls cudaSetDevice)
-    assert _each(counted, "eager", "set_device") == [0]
+    assert _each(counted, kind, "set_device") == [0]
 
 
-def test_eager_step_never_waits_for_the_device(counted):
-    assert _each(counted, "eager", "syncs") == [0]
-    assert _each(counted, "eager", "h2d_pageable") == [0] and _each(counted, "eager", "h2d_pinned") == [0]
+@pytest.mark.parametrize("kind", EAGER)
+def test_eager_step_never_waits_for_the_device(counted, kind):
+    assert _each(counted, kind, "syncs") == [0]
+    assert _each(counted, kind, "h2d_pageable") == [0] and _each(counted, kind, "h2d_pinned") == [0]
 
 
 def test_the_steps_are_counted_at_all(counted):
     # the counters see the step: guards the budgets above against a counter that stopped counting
-    names = counted["eager"][0].names
-    assert names.count("gemm") == 8  # 3 forward + 5 backward GEMMs (no dx for the first layer)
-    assert names.count("nnxp_adam<float>") == 1
-    assert all(c.names == names for c in counted["eager"])  # every steady step launches the same list
+    for kind in EAGER:
+        names = counted[kind][0].names
+        assert names.count("gemm") == 8  # 3 forward + 5 backward GEMMs (no dx for the first layer)
+        assert names.count("nnxp_adam<float>") == 1 and names.count("nnxp_count_correct<float>") == 1
+        assert all(c.names == names for c in counted[kind])  # every steady step launches the same list
+
+
+def test_a_launch_list_step_launches_what_the_eager_step_launches(counted):
+    # the same kernels in the same order; only the batch's bookkeeping differs (the gather and the record,
+    # read on the device at the step's cursor, and the optimizer's scalars read from the epoch's table)
+    eager, launched = counted["eager"][0].names, counted["launched"][0].names
+    assert eager[0] == "ndarray.take" and eager[-1] == "setitem"
+    assert launched[:3] == ["nnxp_gather_rows<float>", "nnxp_gather_rows<double>", "nnxp_gather_rows<float>"]
+    assert launched[-1] == "nnxp_record_step<float>"
+    assert launched[3:-1] == eager[1:-1]

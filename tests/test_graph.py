@@ -6,6 +6,9 @@ training here. The one seam: nnxp.ops._cublas._gemm calls cuBLAS through ctypes 
 load without a GPU; _stand_in_cupy.captured_gemm replaces it (a gemm on the current stream, recorded while
 capturing). Eager and replayed steps then use the same NumPy matmul, so they must agree bit for bit; on a GPU
 they may differ in the last bits (cuBLAS gemm vs CuPy's GemmEx, see test_model.py's GPU tests).
+
+The same step kept as its launch list (nnxp._graph.LaunchedStep: what an eager CUDA fit does where it can) is
+held to the same tests: mode "launched" here, against "eager", steps made call by call (LAUNCH_LISTS off).
 """
 
 from __future__ import annotations
@@ -51,20 +54,43 @@ OPTIMIZERS = {
 }
 
 
-def _fit_both(optimizer, precision="highest", epochs=2, batch_size=64):
+MODES = ("graph", "launched")  # a step kept whole: captured in a CUDA graph, or kept as its launch list
+
+
+def _fit(model, x, y, mode, **kw):
+    """fit in `mode`: "eager" (every step made call by call), "launched" (an eager fit, which keeps its step as
+    a launch list where nnxp.training.step_replayable allows) or "graph" (cuda_graph=True)."""
+    kept = nnxp.training.LAUNCH_LISTS
+    nnxp.training.LAUNCH_LISTS = mode != "eager"
+    try:
+        return model.fit(x, y, cuda_graph=mode == "graph", **kw)
+    finally:
+        nnxp.training.LAUNCH_LISTS = kept
+
+
+def _kept_steps(model, mode):
+    """How many steps of the model's last fit were replayed (graph) or launched from its list (launched)."""
+    return nnxp.training.graph_replays(model) if mode == "graph" else nnxp.training.launched_steps(model)
+
+
+def _fit_both(optimizer, precision="highest", epochs=2, batch_size=64, mode="graph", kept=True):
     x, y = _data()
     eager, graphed = _model(OPTIMIZERS[optimizer](), precision), _model(OPTIMIZERS[optimizer](), precision)
-    h_eager = eager.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
+    h_eager = _fit(eager, x, y, "eager", epochs=epochs, batch_size=batch_size, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a failed capture falls back to eager steps with a warning: not here
-        h_graph = graphed.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, cuda_graph=True)
-    assert nnxp.training.graph_replays(graphed) == epochs * (len(x) // batch_size) - 1  # all but the warm-up batch
+        h_graph = _fit(graphed, x, y, mode, epochs=epochs, batch_size=batch_size, verbose=0)
+    full = epochs * (len(x) // batch_size) - 1  # all but the warm-up batch
+    assert _kept_steps(graphed, mode) == (full if kept else 0)
     return eager, graphed, h_eager, h_graph
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-def test_replayed_steps_equal_eager_steps_on_the_stand_in(graph_seam, optimizer):
-    eager, graphed, h_eager, h_graph = _fit_both(optimizer)
+def test_replayed_steps_equal_eager_steps_on_the_stand_in(graph_seam, optimizer, mode):
+    # (a clipping optimizer's step is not kept as a launch list: its norms are CuPy reductions)
+    eager, graphed, h_eager, h_graph = _fit_both(optimizer, mode=mode,
+                                                 kept=mode == "graph" or "clipnorm" not in optimizer)
     assert h_graph.history == h_eager.history
     assert graphed.optimizer.iterations == eager.optimizer.iterations
     for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
@@ -154,14 +180,15 @@ FITS = {  # name -> (model maker, fit keywords): each trained eagerly and replay
 }
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", sorted(FITS))
-def test_replayed_fits_equal_eager_fits(graph_seam, case):
+def test_replayed_fits_equal_eager_fits(graph_seam, case, mode):
     # the same kernels in the same order, eager or replayed (the replay gathers, reads its scalars and records
     # its loss and sums on the device): on the stand-in the histories and weights agree bit for bit
     make, keywords = FITS[case]
     x, y = _data()
     runs = []
-    for cuda_graph in (False, True):
+    for run_mode in ("eager", mode):
         kw = {"epochs": 3, "batch_size": 40, "verbose": 0, **keywords}
         if kw.pop("sample_weight", False):
             kw["sample_weight"] = np.random.default_rng(1).uniform(0.2, 2.0, len(x)).astype(np.float32)
@@ -170,11 +197,13 @@ def test_replayed_fits_equal_eager_fits(graph_seam, case):
         model = make()
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a failed capture falls back to eager steps with a warning: not here
-            history = model.fit(x, y, cuda_graph=cuda_graph, **kw)
+            history = _fit(model, x, y, run_mode, **kw)
         runs.append((model, history))
     (eager, h_eager), (graphed, h_graph) = runs
     full = len(x) // kw["batch_size"]
-    assert nnxp.training.graph_replays(graphed) == 3 * full - 1  # every full batch but the warm-up
+    # every full batch but the warm-up; a weighted step is not kept as a launch list (its loss is the reference's)
+    weighted = "weight" in case
+    assert _kept_steps(graphed, mode) == (0 if weighted and mode == "launched" else 3 * full - 1)
     assert h_graph.history == h_eager.history
     assert graphed.optimizer.iterations == eager.optimizer.iterations
     assert graphed.optimizer.current_learning_rate() == eager.optimizer.current_learning_rate()
@@ -187,19 +216,20 @@ def test_a_replayed_fit_that_diverges_names_the_batch_an_eager_one_names(graph_s
     x[130:140] *= 1e30  # batch 4 of 40 rows (rows 120..159, unshuffled): its step leaves weights that make the
     # next batch's loss NaN, batch 5 (a replayed one: the eager warm-up is batch 1, the capture batch 2)
     messages = []
-    for cuda_graph in (False, True):
+    for mode in ("eager", *MODES):
         model = _model(nnxp.optimizers.SGD(0.01))
         before = model.get_weights()
         with pytest.raises(nnxp.errors.NumericalError) as caught:
-            model.fit(x, y, epochs=1, batch_size=40, verbose=0, shuffle=False, cuda_graph=cuda_graph)
+            _fit(model, x, y, mode, epochs=1, batch_size=40, verbose=0, shuffle=False)
         messages.append(str(caught.value))
         for a, b in zip(model.get_weights(), before, strict=True):  # rolled back to the epoch's start
             np.testing.assert_array_equal(a, b)
-    assert "epoch 1, batch 5." in messages[0] and messages[1] == messages[0]
+    assert "epoch 1, batch 5." in messages[0] and messages[1] == messages[0] and messages[2] == messages[0]
 
 
-def test_tf32_replays_equal_tf32_eager_and_differ_from_highest(graph_seam):
-    eager, graphed, h_eager, h_graph = _fit_both("sgd-nesterov-wd", precision="tf32")
+@pytest.mark.parametrize("mode", MODES)
+def test_tf32_replays_equal_tf32_eager_and_differ_from_highest(graph_seam, mode):
+    eager, graphed, h_eager, h_graph = _fit_both("sgd-nesterov-wd", precision="tf32", mode=mode)
     assert not tf32_active()  # the model's scope restored CuPy's setting
     assert h_graph.history == h_eager.history
     for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
@@ -223,15 +253,17 @@ WEIGHT_DECAY = {  # every optimizer with weight decay (and each clipping mode on
 }
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("optimizer", sorted(WEIGHT_DECAY))
-def test_weight_decay_replays_equal_eager_steps_for_every_optimizer(graph_seam, optimizer):
+def test_weight_decay_replays_equal_eager_steps_for_every_optimizer(graph_seam, optimizer, mode):
     x, y = _data(200)
     eager, graphed = _model(WEIGHT_DECAY[optimizer]()), _model(WEIGHT_DECAY[optimizer]())
-    h_eager = eager.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    h_eager = _fit(eager, x, y, "eager", epochs=2, batch_size=32, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        h_graph = graphed.fit(x, y, epochs=2, batch_size=32, verbose=0, cuda_graph=True)
-    assert nnxp.training.graph_replays(graphed) == 2 * (200 // 32) - 1
+        h_graph = _fit(graphed, x, y, mode, epochs=2, batch_size=32, verbose=0)
+    clipped = optimizer in ("sgd-momentum", "adam")  # (clipping: no launch list)
+    assert _kept_steps(graphed, mode) == (0 if clipped and mode == "launched" else 2 * (200 // 32) - 1)
     assert h_graph.history == h_eager.history and graphed.optimizer.iterations == eager.optimizer.iterations
     for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -267,22 +299,37 @@ CAPTURED_CONSTANTS = {  # what a captured step took as constants, changed by a c
 }
 
 
+def _set_activation(optimizer, model):
+    model.layers[1].activation = "tanh"
+
+
+CAPTURED_CONSTANTS["hidden-activation"] = (lambda: nnxp.optimizers.Adam(0.01), _set_activation)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", sorted(CAPTURED_CONSTANTS))
-def test_a_change_to_what_the_graph_holds_fixed_is_captured_again(graph_seam, case):
-    # clipping settings, SGD's nesterov flag and the optimizer object itself are not among the per-step scalars
-    # a replay reads from its table: changed mid-epoch, the step must be captured again, not replayed as it was
+def test_a_change_to_what_the_graph_holds_fixed_is_captured_again(graph_seam, case, mode):
+    # clipping settings, SGD's nesterov flag, the optimizer object itself and the layers' settings (an
+    # activation) are not among the per-step scalars a replay reads from its table: changed mid-epoch, the step
+    # must be captured (or recorded) again, not replayed as it was
     make, change = CAPTURED_CONSTANTS[case]
     x, y = _data(200)
     runs = []
-    for cuda_graph in (False, True):
+    for run_mode in ("eager", mode):
         model = _model(make())
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no failed capture either (the new optimizer has no state yet)
-            history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, cuda_graph=cuda_graph,
-                                callbacks=[_ChangeAfter(change)])
+            history = _fit(model, x, y, run_mode, epochs=2, batch_size=32, verbose=0,
+                           callbacks=[_ChangeAfter(change)])
         runs.append((model, history))
     (eager, h_eager), (graphed, h_graph) = runs
-    assert nnxp.training.graph_replays(graphed) > 6  # replayed again after the change (6 full batches an epoch)
+    kept = _kept_steps(graphed, mode)
+    if mode == "launched" and case == "global_clipnorm-off":
+        assert kept == 0  # clipping from the start: call by call throughout
+    elif mode == "launched" and case in ("clipnorm", "clipvalue"):
+        assert kept == 3  # batches 2-4 from the list; clipping added after batch 4: call by call from then on
+    else:
+        assert kept > 6  # replayed again after the change (6 full batches an epoch)
     assert h_graph.history == h_eager.history
     assert graphed.optimizer.iterations == eager.optimizer.iterations
     for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
@@ -308,13 +355,14 @@ def _arrays_reachable(root, shape):
     return found
 
 
-@pytest.mark.parametrize("cuda_graph", [False, True])
-def test_the_model_holds_no_data_and_no_graph_after_a_fit(graph_seam, cuda_graph):
+@pytest.mark.parametrize("mode", ["eager", *MODES])
+def test_the_model_holds_no_data_and_no_graph_after_a_fit(graph_seam, mode):
     # the model keeps its last fit's step (for graph_replays), but not the data on the device through it, nor
-    # the graph and its captured memory
+    # the graph (or launch list) and its captured memory
     x, y = _data(203)
     model = _model(nnxp.optimizers.Adam(0.01))
-    model.fit(x, y, epochs=2, batch_size=32, verbose=0, cuda_graph=cuda_graph)
-    assert nnxp.training.graph_replays(model) == (2 * 6 - 1 if cuda_graph else 0)
+    _fit(model, x, y, mode, epochs=2, batch_size=32, verbose=0)
+    assert nnxp.training.graph_replays(model) == (2 * 6 - 1 if mode == "graph" else 0)
+    assert nnxp.training.launched_steps(model) == (2 * 6 - 1 if mode == "launched" else 0)
     assert _arrays_reachable(model, (203, 20)) == [] and _arrays_reachable(model, (203,)) == []
     assert not any(isinstance(obj, _graph.GraphedStep) for obj in vars(model._fit_step).values())

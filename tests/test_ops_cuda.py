@@ -30,6 +30,7 @@ from nnxp.ops import dense as D
 from nnxp.ops import dropout as DR
 from nnxp.ops import loss as L
 from nnxp.ops import optim as O
+from nnxp.ops import reduce as R
 from nnxp.ops.activation import ACTIVATION_OPS
 
 gpu = pytest.mark.gpu
@@ -481,6 +482,23 @@ def _pair_record_step() -> Pair:
                 specials=False)
 
 
+def _pair_count_correct(sparse: bool) -> Pair:
+    """Accuracy's count (nnxp/ops/reduce.py): argmax of each row against its label, into a 0-d float64."""
+
+    def make(rng, shape, dtype, specials):
+        pred = _normal(rng, shape, dtype, 1.0, specials)
+        if shape[1] > 1:  # ties: a row whose maximum appears twice (the first one counts)
+            pred[0, -1] = pred[0, 0] = np.abs(pred[0]).max() + 1
+        labels = rng.integers(0, shape[1], shape[0]).astype(np.int64)
+        pred[1::3, :] = 0  # a third of the rows all ties: argmax 0
+        if not sparse:
+            labels = np.eye(shape[1], dtype=dtype)[labels]
+        return pred, labels, Out((), np.float64)
+
+    return Pair(cuda=lambda *a: (_fused(R.count_correct.fused(*a)),), ref=lambda *a: (R.count_correct_ref(*a),),
+                make=make)
+
+
 PAIRS: dict[str, Pair] = {}
 for _act in sorted(ACTIVATION_OPS):
     for _bias in (True, False):
@@ -507,6 +525,8 @@ PAIRS["softmax_forward/in_place"] = _pair_softmax_forward(True)
 for _kind in ("rows", "labels", "table"):
     PAIRS[f"gather_rows/{_kind}"] = _pair_gather_rows(_kind)
 PAIRS["record_step"] = _pair_record_step()
+PAIRS["count_correct/sparse"] = _pair_count_correct(True)
+PAIRS["count_correct/onehot"] = _pair_count_correct(False)
 
 # the registered op (nnxp.ops._cuda.OPS) each pair checks, by the pair's first name part (optim/<rule>_...: <rule>)
 PAIR_OPS = {"bias_act": "bias_activation_forward", "act_backward": "activation_backward_bias",
@@ -514,7 +534,7 @@ PAIR_OPS = {"bias_act": "bias_activation_forward", "act_backward": "activation_b
             "softmax_xent": "softmax_cross_entropy", "sparse_softmax_xent": "sparse_softmax_cross_entropy",
             "sigmoid_bce": "sigmoid_binary_cross_entropy", "dropout_forward": "dropout_forward",
             "dropout_backward": "dropout_backward", "softmax_forward": "softmax_forward",
-            "gather_rows": "gather_rows", "record_step": "record_step"}
+            "gather_rows": "gather_rows", "record_step": "record_step", "count_correct": "count_correct"}
 
 
 def _pair_op(key: str) -> str:

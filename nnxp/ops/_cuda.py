@@ -137,7 +137,7 @@ class Op:
     def _record(self, args: tuple, kwargs: dict) -> Any:
         """The override, run in full; what it launched is kept as a plan when a later call can repeat it."""
         plans = self.plans
-        _RECORD.calls, _RECORD.stream, _RECORD.ok = [], None, not capturing()
+        _RECORD.calls, _RECORD.stream, _RECORD.ok = [], None, not (capturing() or recording())
         try:
             result = self.fused(*args, **kwargs)
             if _RECORD.ok and result is not NotImplemented and _made_of(result, args, kwargs, self._per_call):
@@ -178,10 +178,57 @@ _PLAIN = (str, bool, int, float, type(None))  # arguments compared by value (act
 _PLANS_MAX = 32  # per op: a few layers x a few batch sizes (full, last, eval); beyond it they start over
 
 
-def unplanned() -> None:
+def unplanned(allocation: bool = False) -> None:
     """Tell a recording Op that this call did device work other than _launch and matmul (an allocation, a
-    CuPy reduction): it must run in full every time."""
+    CuPy reduction): it must run in full every time. A step being recorded (:func:`recording_step`) is void,
+    unless the work was only an `allocation` (the step's list keeps the array, and its launches write it)."""
     _RECORD.ok = False
+    if not allocation:
+        _STEP.ok = False
+
+
+# --- a whole training step kept as its launches (nnxp._graph.LaunchedStep): the eager twin of a CUDA graph -----
+#
+# While a step is recorded, nothing runs: every kernel launch (_launch), matmul and CuPy call made through
+# recorded() is appended to a list instead, as a stream capture would record it, and the step is then made by
+# launching that list again, one launch at a time. Unlike a capture, it uses the eager step's buffers (the
+# stream's scratch, the head's loss): so it allocates nothing, and its launches must run on the stream and thread
+# it was recorded on, as an eager step's would (LaunchedStep checks). Device work done any other way would run
+# once, at recording, and never again: the ops that do it call unplanned(), which voids the recording, and the
+# training loop records only the layers, losses and metrics whose every launch goes through here
+# (nnxp.training.step_replayable).
+
+
+class _StepRecorder(threading.local):
+    calls: list | None = None  # (function, args, kwargs) of each launch of the step being recorded
+    ok = True  # False once the step did device work the list cannot repeat
+
+
+_STEP = _StepRecorder()
+
+
+@contextlib.contextmanager
+def recording_step() -> Any:
+    """Record this thread's launches instead of running them; yields ``(calls, ok)`` where ``ok()`` tells,
+    after the block, whether the list is the whole step."""
+    if _STEP.calls is not None:
+        raise RuntimeError("a step is already being recorded on this thread")
+    calls: list = []
+    _STEP.calls, _STEP.ok = calls, True
+    try:
+        yield calls, lambda: _STEP.ok
+    finally:
+        _STEP.calls = None
+
+
+def recorded(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, a CuPy (or NumPy) call that writes only into its ``out=`` and allocates nothing;
+    while a step is recorded, it is kept for the step's launches instead, and ``out`` returned."""
+    calls = _STEP.calls
+    if calls is None:
+        return fn(*args, **kwargs)
+    calls.append((fn, args, kwargs))
+    return kwargs["out"]
 
 
 def _made_of(result: Any, args: tuple, kwargs: dict, per_call: tuple) -> bool:
@@ -227,7 +274,7 @@ class LaunchPlan:
         if (kwargs or self.keys) and (tuple(kwargs) != self.keys
                                       or not all(map(operator.is_, kwargs.values(), self.values))):
             return _MISS
-        if self.kernels is not _KERNELS or _mode != "fused" or _cublas._capture.__dict__.get("active"):
+        if self.kernels is not _KERNELS or _mode != "fused" or capturing() or recording():
             return _MISS  # (kernels reloaded, or switched to the references; a capture makes its own buffers)
         if self.get_device() != self.device:
             return _MISS  # another device is current: the override switches to the arrays' device
@@ -502,6 +549,11 @@ def capturing() -> bool:
     return getattr(_cublas._capture, "active", False)
 
 
+def recording() -> bool:
+    """True while this thread records a step's launches (:func:`recording_step`)."""
+    return _STEP.calls is not None
+
+
 def _scratch(what: str, shape: tuple, dtype: Any, dev: int, zero: bool = False) -> Any:
     """The scratch array `what` of this stream (made zeroed when `zero`; fresh while a graph is captured)."""
     cp = cupy_module()
@@ -529,6 +581,9 @@ def _launch(name: str, dtype: np.dtype, device_id: int, grid: tuple, block: tupl
                            * _KERNELS.sm_count(device_id))),)
     if _RECORD.calls is not None:
         _RECORD.calls.append((kernel, (grid, block, args), _LAUNCH))
+    if _STEP.calls is not None:  # kept for the step's list, not run now
+        _STEP.calls.append((kernel, (grid, block, args), _LAUNCH))
+        return kernel, grid
     with _current(device_id):
         kernel(grid, block, args)
     return kernel, grid
@@ -541,4 +596,9 @@ def matmul(a: Any, b: Any, out: Any = None) -> Any:
             unplanned()  # a new array each call
         # CuPy's matmul itself, which _cublas.matmul calls outside a capture (a plan never runs inside one)
         _RECORD.calls.append((cupy_module().matmul, (a, b), {"out": out}))
+    if _STEP.calls is not None and out is not None:  # kept for the step's list (CuPy's eager matmul), not run
+        _STEP.calls.append((cupy_module().matmul, (a, b), {"out": out}))
+        return out
+    if _STEP.calls is not None:
+        unplanned()  # (no buffer to keep the product in: the step's list cannot hold it)
     return _cublas.matmul(a, b, out=out)

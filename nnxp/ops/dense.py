@@ -320,7 +320,7 @@ def _bias_activation_forward_cuda(z: Any, b: Any | None, activation: str, z_out:
     if needs_z and z_out is not None and not _cuda._fits(z_out, dtype, z.shape, dev):
         return NotImplemented
     if needs_z and z_out is None:
-        _cuda.unplanned()
+        _cuda.unplanned(allocation=True)
         z_out = cupy_module().empty_like(z)
     _bias_activation(z, b, activation, z_out if needs_z else None, dev)
     return z, (z_out if needs_z else None)
@@ -336,7 +336,7 @@ def _softmax_forward_cuda(z: Any, out: Any = None) -> Any:
     if not _cuda._fits(z, dtype, z.shape, dev) or (out is not None and not _cuda._fits(out, dtype, z.shape, dev)):
         return NotImplemented
     if out is None:
-        _cuda.unplanned()
+        _cuda.unplanned(allocation=True)
         with _cuda._current(dev):
             out = cupy_module().empty_like(z)
     rows, cols = z.shape
@@ -369,7 +369,7 @@ def _dense_forward_cuda(x: Any, w: Any, b: Any | None, activation: str, out: Any
     with _cuda._current(dev):
         z = _cuda.matmul(x, w, out=out)  # (B, n_out)
         if needs_z and z_out is None:
-            _cuda.unplanned()
+            _cuda.unplanned(allocation=True)
             z_out = cp.empty_like(z)
     _bias_activation(z, b, activation, z_out if needs_z else None, dev)
     return z, (z_out if needs_z else None)

@@ -822,6 +822,44 @@ __global__ void nnxp_record_step(const T* loss, const double* sums, long long n_
     }
 }
 
+// Accuracy's count for a batch: out[0] = how many rows r have argmax(pred[r, :]) == their label, the label being
+// labels[r] (sparse) or argmax(onehot[r, :]). argmax is NumPy's and CuPy's (my_argmax_float,
+// cupy/_core/_routines_statistics.pyx): the first maximum, a NaN counting as the maximum (the first NaN).
+// One block (the wrapper launches 1 x 256): each thread counts its rows, then a tree sum in shared memory, in a
+// fixed order, written as a double (exact: a count below 2^53).
+template <typename T>
+__device__ long long row_argmax(const T* row, long long cols) {
+    long long best = 0;
+    T top = row[0];
+    for (long long j = 1; j < cols; ++j) {
+        const T v = row[j];
+        if (top == top && (v != v || v > top)) {  // (x != x: x is NaN)
+            top = v;
+            best = j;
+        }
+    }
+    return best;
+}
+
+template <typename T>
+__global__ void nnxp_count_correct(const T* pred, const long long* labels, const T* onehot, long long rows,
+                                   long long cols, int sparse, double* out) {
+    __shared__ long long counts[256];
+    const int t = threadIdx.x;
+    long long n = 0;
+    for (long long r = t; r < rows; r += blockDim.x) {
+        const long long truth = sparse ? labels[r] : row_argmax(onehot + r * cols, cols);
+        n += row_argmax(pred + r * cols, cols) == truth;
+    }
+    counts[t] = n;
+    __syncthreads();
+    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
+        if (t < s) counts[t] += counts[t + s];
+        __syncthreads();
+    }
+    if (t == 0) out[0] = (double)counts[0];
+}
+
 // --- explicit instantiations for nvcc (NVRTC instantiates through name_expressions instead) -----------------
 
 #ifdef NNXP_EXPLICIT_INSTANTIATION
@@ -852,7 +890,9 @@ __global__ void nnxp_record_step(const T* loss, const double* sums, long long n_
     template __global__ void nnxp_gather_rows<T>(const T*, T*, const long long*, const long long*,               \
                                                  const long long*, long long, long long, long long);             \
     template __global__ void nnxp_record_step<T>(const T*, const double*, long long, double*, long long,         \
-                                                 long long*);
+                                                 long long*);                                                   \
+    template __global__ void nnxp_count_correct<T>(const T*, const long long*, const T*, long long, long long,   \
+                                                   int, double*);
 NNXP_INSTANTIATE(float)
 NNXP_INSTANTIATE(double)
 #endif

@@ -376,7 +376,7 @@ def _loss_launch(name: str, logits: Any, second: Any, grad: Any, rows_or_total: 
             # The last-block ticket counter is zeroed by a memset on this launch's stream (cupy.zeros is
             # memset_async on the current stream, cupy/_creation/basic.py), so a capture records it as a memset
             # node and every replay starts from 0.
-            _cuda.unplanned()
+            _cuda.unplanned(allocation=True)  # (the counter's memset runs once: each launch re-arms it)
             loss = cp.empty((), dtype=dtype)
             partials = cp.empty(grid, dtype=dtype)
             counter = cp.zeros(1, dtype=np.uint32)

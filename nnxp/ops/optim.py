@@ -444,8 +444,9 @@ class Update(Op):
         n_state = len(self.state)
         state, values = args[:n_state], args[n_state + 1:]
         kept = self._kept
-        if (hp is None and kept is not None and kept[1] is _cuda._KERNELS and len(args) == len(self.state) + 1
-                + len(self.scalars) and all(map(operator.is_, (p, g, *state), kept[0]))
+        if (hp is None and kept is not None and kept[1] is _cuda._KERNELS and not _cuda.recording()
+                and len(args) == len(self.state) + 1 + len(self.scalars)
+                and all(map(operator.is_, (p, g, *state), kept[0]))
                 and cupy_module().cuda.runtime.getDevice() == kept[5]):
             _, _, kernel, grid, has, _ = kept  # the same buffers as the last step: only the scalars are new
             scalars = self._kernel_scalars(p.dtype, **dict(zip(self.scalars, values)), **has,
@@ -473,10 +474,20 @@ class Update(Op):
     def kernel_arguments(self, dtype: Any, state: tuple, scalars: Mapping[str, Any],
                          weight_decay: float = 0.0) -> dict[str, Any]:
         """The kernel's scalars by its parameter names, in its order (floating point, then int flags)."""
-        has = {f"has_{slot}": buf is not None for slot, buf in zip(self.state, state, strict=True)
-               if slot in self.optional}
         named = {name: scalars[name] for name in self.scalars}
-        return self._kernel_scalars(np.dtype(dtype), **named, **has, weight_decay=weight_decay)
+        return self._kernel_scalars(np.dtype(dtype), **named, **self.optional_flags(state), weight_decay=weight_decay)
+
+    def optional_flags(self, state: tuple) -> dict[str, bool]:
+        """``has_<slot>`` for each optional slot: whether its buffer is in `state` (the kernel's int flags)."""
+        return {f"has_{slot}": buf is not None for slot, buf in zip(self.state, state, strict=True)
+                if slot in self.optional}
+
+    def floats_of(self, dtype: np.dtype, named: Mapping[str, Any], flags: dict[str, bool],
+                  weight_decay: float) -> list:
+        """:meth:`device_scalars` from the named scalars (exactly `self.scalars`) and :meth:`optional_flags`, as a
+        list: one row of a replayed epoch's table (nnxp.optimizers.Optimizer.graph_table)."""
+        values = self._kernel_scalars(dtype, **named, **flags, weight_decay=weight_decay).values()
+        return [x for x in values if isinstance(x, np.floating)]
 
     def kernel_scalars(self, dtype: Any, state: tuple, scalars: Mapping[str, Any], weight_decay: float = 0.0) -> tuple:
         """The kernel's scalars (floating point, then int flags) for these named scalars and state buffers."""
