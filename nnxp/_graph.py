@@ -36,6 +36,7 @@ the capture.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from .backend import xp_of
-from .layers import settings_version
+from .layers import SETTINGS
 from .ops import _cublas, _cuda
 from .ops import batch as B
 
@@ -106,14 +107,14 @@ class StepFeed:
             self._cursor.write([index])
             self.at = index
 
-    def advance(self, index: int, optimizer: Any, params: Any) -> None:
+    def advance(self, index: int, optimizer: Any, params: Any, key: tuple) -> None:
         """Count the step for batch `index` on the host (``optimizer.iterations``, as an eager step does) and make
         sure the table's row `index` holds its scalars: the table is valid while the optimizer's scalars key
-        (Optimizer.scalars_key) and its step count at the epoch's first batch are those it was made under;
+        (`key`, Optimizer.scalars_key) and its step count at the epoch's first batch are those it was made under;
         otherwise rows index.. are computed again with the optimizer's own host code and uploaded (at the first
         replay of an epoch, or after a callback changed the learning rate or another scalar)."""
-        key, start = optimizer.scalars_key(), optimizer.iterations - index
-        if start != self._start or not _same(key, self._key):
+        start = optimizer.iterations - index
+        if start != self._start or (key is not self._key and not _same(key, self._key)):
             rows = np.zeros((self.table.shape[0] - index, _HP_SIZE), dtype=self.table.dtype)
             ahead = optimizer.graph_table(params, rows.shape[0])
             rows[:, : ahead.shape[1]] = ahead
@@ -174,9 +175,9 @@ class GraphedStep:
         self.feed, self.names, self.rows = feed, list(names), rows
         self.optimizer, self.params, self.grads = optimizer, params, grads
         self._pool = cp.cuda.MemoryPool()
-        self._core = self._core_buffers()
+        self._buffers = tuple(optimizer.step_buffers())
         self._constants = optimizer.graph_constants()
-        self._settings = settings_version()
+        self._settings, self._key_seen = SETTINGS[0], optimizer.scalars_key()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
         with stream, cp.cuda.using_allocator(self._pool.malloc), _cublas.capturing():
             stream.begin_capture()
@@ -194,29 +195,28 @@ class GraphedStep:
         self._kept = list(scratch())
         self.replays = 0
 
-    def _core_buffers(self, params: Any = None, grads: Any = None) -> list[Any]:
-        return [self.params if params is None else params, self.grads if grads is None else grads,
-                *self.optimizer.step_buffers()]
-
-    def still_bound(self, params: Any, grads: Any, optimizer: Any) -> bool:
+    def still_bound(self, params: Any, grads: Any, optimizer: Any, key: tuple) -> bool:
         """False once the model or optimizer replaced a buffer the graph writes, the model has another optimizer,
-        or the optimizer changed what the graph holds fixed (its clipping: Optimizer.graph_constants) (`params`,
-        `grads`, `optimizer`: the model's now): then capture again."""
-        if optimizer is not self.optimizer or optimizer.graph_constants() != self._constants:
+        the optimizer changed what the graph holds fixed (its clipping: Optimizer.graph_constants) or a layer a
+        setting (Layer.__setattr__) (`params`, `grads`, `optimizer`: the model's now; `key`: its scalars key):
+        then capture again. Asked before every step: the constants are compared only when the key changed."""
+        if optimizer is not self.optimizer or SETTINGS[0] != self._settings:
             return False
-        if settings_version() != self._settings:  # a layer's setting changed (held in the kernels' arguments)
-            return False
-        current = self._core_buffers(params, grads)
-        return len(current) == len(self._core) and all(a is b for a, b in zip(current, self._core, strict=True))
-
-    def runs_here(self) -> bool:
-        """Whether this step can run on the current stream and thread (a graph can run on any)."""
-        return True
+        try:  # (inline _same: asked every step)
+            same = key == self._key_seen
+        except Exception:  # noqa: BLE001
+            same = False
+        if not same:
+            if optimizer.graph_constants() != self._constants:
+                return False
+            self._key_seen = key
+        return params is self.params and grads is self.grads and all(
+            map(operator.is_, optimizer.step_buffers(), self._buffers))
 
     def run(self, index: int) -> tuple[Any, dict[str, Any]]:
         """Replay the step for batch `index` of the epoch on the current stream (the graph gathers it itself)."""
         feed = self.feed
-        feed.advance(index, self.optimizer, self.params)
+        feed.advance(index, self.optimizer, self.params, self._key_seen)
         feed.move_to(index)
         self.graph.launch()
         feed.at = index + 1  # the graph's last node
@@ -240,9 +240,9 @@ class LaunchedStep(GraphedStep):
                  grads: Any, scratch: Callable[[], list], rows: int = 0) -> None:
         self.feed, self.names, self.rows = feed, list(names), rows
         self.optimizer, self.params, self.grads = optimizer, params, grads
-        self._core = self._core_buffers()
+        self._buffers = tuple(optimizer.step_buffers())
         self._constants = optimizer.graph_constants()
-        self._settings = settings_version()
+        self._settings, self._key_seen = SETTINGS[0], optimizer.scalars_key()
         cp = xp_of(params)
         self._get_device = cp.cuda.runtime.getDevice
         self.device = self._get_device()  # the kernels in the list are this device's
@@ -257,24 +257,25 @@ class LaunchedStep(GraphedStep):
         self._kept = list(scratch())
         self.replays = 0
 
-    def runs_here(self) -> bool:
-        """Whether the current stream and thread are those the step was recorded on (else it is run eagerly)."""
-        return self._stream().ptr == self.where[0] and threading.get_ident() == self.where[1]
+    def still_bound(self, params: Any, grads: Any, optimizer: Any, key: tuple) -> bool:
+        """As :meth:`GraphedStep.still_bound`, and on the stream and thread the step was recorded on (its
+        scratch buffers are theirs): elsewhere it is recorded again."""
+        return (self._stream().ptr == self.where[0] and threading.get_ident() == self.where[1]
+                and super().still_bound(params, grads, optimizer, key))
 
     def run(self, index: int) -> tuple[Any, dict[str, Any]]:
         """Launch the step for batch `index` of the epoch on the current stream (it gathers the batch itself)."""
         feed = self.feed
-        feed.advance(index, self.optimizer, self.params)
-        feed.move_to(index)
+        feed.advance(index, self.optimizer, self.params, self._key_seen)
+        if feed.at != index:
+            feed.move_to(index)
         if self._get_device() != self.device:  # (a callback made another device current)
             with xp_of(self.params).cuda.Device(self.device):
-                self._launch()
+                for fn, args, kwargs in self.calls:
+                    fn(*args, **kwargs)
         else:
-            self._launch()
+            for fn, args, kwargs in self.calls:
+                fn(*args, **kwargs)
         feed.at = index + 1  # its last launch moved the cursor
         self.replays += 1
         return self.loss, self.sums
-
-    def _launch(self) -> None:
-        for fn, args, kwargs in self.calls:
-            fn(*args, **kwargs)

@@ -50,12 +50,9 @@ class _Buffers:
         return list(self._cache.values())
 
 
-_SETTINGS = [0]  # bumped whenever any layer's public attribute is set (Layer.__setattr__)
-
-
-def settings_version() -> int:
-    """A number that changes whenever any layer's public attribute is set: a kept step compares it."""
-    return _SETTINGS[0]
+# [version]: bumped whenever any layer's public attribute is set (Layer.__setattr__); a step kept whole
+# (nnxp._graph) compares it before each run
+SETTINGS = [0]
 
 
 class Layer:
@@ -67,9 +64,9 @@ class Layer:
 
     def __setattr__(self, name: str, value: Any) -> None:
         # a public setting changed (an activation, a Dropout rate, ...): a step kept whole (a CUDA graph or a
-        # launch list) holds the old one in its kernels' arguments, and is made again (settings_version)
+        # launch list) holds the old one in its kernels' arguments, and is made again (SETTINGS)
         if name[0] != "_" and name != "rng":  # (Dropout's generator: new each epoch, read on the device)
-            _SETTINGS[0] += 1
+            SETTINGS[0] += 1
         object.__setattr__(self, name, value)
 
     def __init__(self, name: str | None = None) -> None:

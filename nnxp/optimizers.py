@@ -9,6 +9,7 @@ buffers of the same size, so a step is a few whole-buffer operations
 from __future__ import annotations
 
 import inspect
+import operator
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,9 @@ def _keywords(cls: type) -> list[str]:
     names = {p for c in cls.__mro__ if c is not object and "__init__" in vars(c)
              for p in inspect.signature(c.__init__).parameters}
     return sorted(names - {"self", "kw", "kwargs"})
+
+
+_KEY_GETTERS: dict = {}  # update rule -> the getter of Optimizer.scalars_key
 
 
 class Optimizer:
@@ -166,13 +170,19 @@ class Optimizer:
         return np.array(floats, dtype=params.dtype)
 
     def scalars_key(self) -> tuple:
-        """Everything :meth:`graph_scalars` depends on besides ``iterations``: the learning rate (a schedule's
-        attributes: a schedule is a function of the step alone, as in Keras) and the rule's other scalars. A
-        replayed step compares it with the key its table of scalars was made under (nnxp._graph.StepFeed)."""
-        lr = self.learning_rate
-        rate = (type(lr), id(lr), tuple(vars(lr).values())) if isinstance(lr, LearningRateSchedule) else lr
-        return (rate, self.weight_decay, *[getattr(self, name) for name in self.rule.scalars
-                                            if name != "lr" and name != "step"])
+        """Everything :meth:`graph_scalars` and :meth:`graph_constants` depend on besides ``iterations``: the
+        learning rate (and a schedule's attributes: a schedule is a function of the step alone, as in Keras), the
+        decay, the rule's other scalars and the clipping settings. A step kept whole (nnxp._graph) compares it
+        with the key it last saw, once per step, so it is read with one C-level getter."""
+        getter = _KEY_GETTERS.get(self.rule)
+        if getter is None:
+            names = [name for name in self.rule.scalars if name != "lr" and name != "step"]
+            getter = _KEY_GETTERS[self.rule] = operator.attrgetter(
+                "learning_rate", "weight_decay", "clipvalue", "clipnorm", "global_clipnorm", "segments", *names)
+        key = getter(self)
+        if isinstance(key[0], LearningRateSchedule):
+            return (*key, tuple(vars(key[0]).values()))
+        return key
 
     def graph_table(self, params: Any, steps: int) -> np.ndarray:
         """The scalars :meth:`graph_scalars` would return for each of the next `steps` steps, as rows, without

@@ -129,7 +129,10 @@ class Batches:
             for b, (lo, hi, rows, first) in enumerate(self.plan):
                 share[:] = rows, first, first + hi - lo
                 self.index, self._span = b, (lo, hi)
-                yield bx[: hi - lo], by[: hi - lo], None if w is None else bw[: hi - lo], rows
+                if hi - lo == len(bx):  # a full batch: the buffers themselves (a CuPy view costs a microsecond)
+                    yield bx, by, bw, rows
+                else:
+                    yield bx[: hi - lo], by[: hi - lo], None if w is None else bw[: hi - lo], rows
             return
         perm = self.device.asarray(self.order(count)) if mode == "gather" else None
         (y_once, w_once), (y_whole, w_whole) = self._once, self._whole
@@ -280,7 +283,8 @@ class GraphStep(Step):
     def run(self, xb: Any, yb: Any, wb: Any, rows: int, into: dict | None = None) -> tuple[Any, dict[str, Any]]:
         self.recorded = False
         graph, model = self.graph, self.eager.model
-        if graph is not None and not graph.still_bound(model.params, model.grads, model.optimizer):
+        if graph is not None and not graph.still_bound(model.params, model.grads, model.optimizer,
+                                                       model.optimizer.scalars_key()):
             # the model or its optimizer changed under the graph (a buffer, the optimizer, its clipping): this step
             # runs eagerly (and builds what a new optimizer lacks), the next full one is captured again
             graph = self.graph = None
@@ -288,7 +292,7 @@ class GraphStep(Step):
         # (a rank whose share of this full batch differs from the captured one's, with unevenly sharded data:
         # the graph gathers and computes a fixed number of rows)
         if (rows != self.batch_size or not self.enabled or not self.warm
-                or (graph is not None and (xb.shape[0] != graph.rows or not graph.runs_here()))):
+                or (graph is not None and xb.shape[0] != graph.rows)):
             self._fill()
             result = self.eager.run(xb, yb, wb, rows, into)
             self.warm = self.warm or rows == self.batch_size
@@ -305,9 +309,10 @@ class GraphStep(Step):
                     raise
                 self.enabled, self.graph = False, None
                 if not isinstance(exc, StepNotRecorded):  # (that one: a step to run eagerly, said by its ops)
-                    what = ("recording the training step's launches" if self.launched
-                            else "cuda_graph: capturing the training step")
-                    warnings.warn(f"{what} failed ({type(exc).__name__}: {exc}); this fit goes on with eager steps",
+                    what, then = (("recording the training step's launches", "with steps made call by call")
+                                  if self.launched else ("cuda_graph: capturing the training step",
+                                                         "without CUDA graphs"))
+                    warnings.warn(f"{what} failed ({type(exc).__name__}: {exc}); this fit goes on {then}",
                                   RuntimeWarning, stacklevel=2)
                 self._fill()
                 return self.eager.run(xb, yb, wb, rows, into)
@@ -536,6 +541,27 @@ def seed_epoch(model: Any, count: int, comm: Any, share: list) -> None:
                 layer.rng = distributed.ShardedGenerator(layer.rng, share, comm.rank)
 
 
+_NO_BATCH_HOOK = Callback.on_train_batch_end
+
+
+class RecordColumn(dict):
+    """Metric name -> its 0-d float64 place in the epoch's record for the current batch (``record[1 + k,
+    batch]``), made on first use: a step replayed or launched from its list writes its column itself and never
+    asks, so it costs no view (a CuPy view costs about a microsecond)."""
+
+    def __init__(self, record: Any, names: list[str]) -> None:
+        super().__init__()
+        self.record, self.rows, self.batch = record, {name: 1 + k for k, name in enumerate(names)}, 0
+
+    def move(self, batch: int) -> None:
+        self.clear()
+        self.batch = batch
+
+    def __missing__(self, name: str) -> Any:
+        view = self[name] = self.record[self.rows[name], self.batch, ...]
+        return view
+
+
 def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: Guard, epoch: int,
                 interrupt: GracefulInterrupt) -> dict[str, float]:
     """One pass over the batches; the epoch's logs, or {} when Ctrl-C stopped it (the caller rolls back).
@@ -564,8 +590,11 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
     batch_loss_wanted = not model.device.is_cuda or any(
         type(cb).on_train_batch_end is not Callback.on_train_batch_end and not isinstance(cb, ProgbarLogger)
         for cb in cbs)
+    # the hooks that do something (a callback inheriting the base class's no-op is not called per batch)
+    batch_cbs = [cb for cb in cbs if type(cb).on_train_batch_end is not _NO_BATCH_HOOK]
+    into = RecordColumn(record, names)
     for batch, (xb, yb, wb, rows) in enumerate(batches.epoch(count)):
-        into = {name: record[1 + k, batch, ...] for k, name in enumerate(names)}  # 0-d views
+        into.move(batch)  # the batch's metric sums' places in the record (0-d views, made when first asked for)
         loss, sums = step.run(xb, yb, wb, rows, into)
         if not step.recorded:
             batch_losses[batch] = loss
@@ -578,7 +607,7 @@ def train_epoch(model: Any, plan: FitPlan, batches: Batches, step: Step, guard: 
         loss_type = loss.dtype.type if hasattr(loss, "dtype") else float
         seen += rows
         batch_logs = {"size": rows, "loss": float(loss)} if batch_loss_wanted else {"size": rows}
-        for cb in cbs:
+        for cb in batch_cbs:
             cb.on_train_batch_end(batch, batch_logs)
         if interrupt.requested:
             return {}

@@ -386,3 +386,19 @@ def test_flatten_without_input_shape_learns_the_width_from_the_data(tmp_path):
     np.testing.assert_array_equal(nnxp.load_model(tmp_path / "m.nnxp").predict(x), model.predict(x))
     with pytest.raises(NnxpError, match="must have 12 features"):
         model.predict(np.ones((2, 5, 5)))
+
+
+def test_setting_a_public_layer_attribute_bumps_the_settings_version():
+    # a step kept whole (a CUDA graph, a launch list) holds the layers' settings in its kernels' arguments and is
+    # made again when this number moves (nnxp._graph.GraphedStep.still_bound); per-batch state must not move it
+    from nnxp.layers import SETTINGS
+
+    layer, drop = Dense(4, "relu", input_dim=3), Dropout(0.5)
+    before = SETTINGS[0]
+    layer._x = np.zeros(3)  # what forward keeps for backward
+    drop.rng = np.random.default_rng(0)  # a new generator each epoch (read on the device, not a setting)
+    assert SETTINGS[0] == before
+    layer.activation = "tanh"
+    assert SETTINGS[0] == before + 1
+    drop.rate = 0.2
+    assert SETTINGS[0] == before + 2

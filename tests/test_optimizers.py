@@ -943,3 +943,20 @@ def test_lion_trains_a_classifier():
     loss, acc = model.evaluate(x, y, verbose=0)
     assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
     assert acc > 0.9 > before[1]
+
+
+@pytest.mark.parametrize("change", ["learning_rate", "schedule attribute", "beta", "clipnorm", "weight_decay"])
+def test_scalars_key_changes_with_everything_the_scalars_depend_on(change):
+    # a step kept whole re-reads its scalars table only when this key changes (nnxp._graph.StepFeed.advance)
+    opt = Adam(nnxp.schedules.ExponentialDecay(0.01, 10, 0.9)) if change == "schedule attribute" else Adam(0.01)
+    key = opt.scalars_key()
+    assert opt.scalars_key() == key  # a new tuple, equal while nothing changed
+    opt.iterations += 3
+    assert opt.scalars_key() == key  # (the step count is not in it: the table has a row per step)
+    if change == "schedule attribute":
+        opt.learning_rate.decay_rate = 0.5
+    elif change == "beta":
+        opt.beta_1 = 0.8
+    else:
+        setattr(opt, change, 0.5)
+    assert opt.scalars_key() != key
