@@ -196,8 +196,9 @@ class Dense(Layer):
         self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
         self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer")
         self.bias_regularizer = regularizers.get(bias_regularizer, "bias_regularizer")
-        self._x = self._y = self._z = None
-        self._applied = self.activation  # the activation the last training forward applied (backward undoes it)
+        # what the last training forward keeps for backward: (x, y, z, the activation it applied), one attribute
+        # (set every step: Layer.__setattr__ is Python)
+        self._batch: tuple = (None, None, None, self.activation)
 
     def build(self, input_dim: int) -> int:
         if self.declared_input_dim is not None and input_dim != self.declared_input_dim:
@@ -230,21 +231,21 @@ class Dense(Layer):
         z_buf = self._buffers.get("z", x, out.shape, x.dtype) if A.ACTIVATION_OPS[act].needs_z else None
         y, z = D.dense_forward(x, self.params["kernel"], self.params.get("bias"), act, out, z_buf)
         if training:
-            self._x, self._y, self._z, self._applied = x, y, z, act
+            self._batch = (x, y, z, act)
         return y
 
     def forget_batch(self) -> None:
-        self._x = self._y = self._z = None
+        self._batch = (None, None, None, self._batch[3])
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         """dL/dy (B, units) -> dL/dx (B, input_dim); fills grads["kernel"], grads["bias"].
 
         `dy` is the gradient of what the last training forward returned: the activations after ``forward``,
         the pre-activation after ``forward_linear``."""
-        act = self._applied
-        dx_buf = self._buffers.get("dx", dy, self._x.shape, dy.dtype) if need_dx else None
+        x, y, z, act = self._batch
+        dx_buf = self._buffers.get("dx", dy, x.shape, dy.dtype) if need_dx else None
         dx = D.dense_backward(
-            dy, self._x, self.params["kernel"], self._y, self._z, act,
+            dy, x, self.params["kernel"], y, z, act,
             self.grads["kernel"], self.grads.get("bias"), dx_buf, need_dx,
         )
         if self.kernel_regularizer is not None:

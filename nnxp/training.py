@@ -35,6 +35,7 @@ from .callbacks import Callback, History, ProgbarLogger
 from .errors import NumericalError
 from .head import TAKE_LOSS_OUT
 from .ops import batch as B
+from .ops._cuda import kernel_failures, kernel_mode
 
 
 @dataclass
@@ -516,6 +517,8 @@ def step_replayable(model: Any, plan: FitPlan) -> bool:
     and one process. Anything else keeps the call-by-call eager step."""
     head, optimizer = model._head, model.optimizer
     if not (LAUNCH_LISTS and model.device.is_cuda and plan.comm.size == 1 and plan.data[2] is None):
+        return False
+    if kernel_mode() != "fused" or kernel_failures():  # (the CuPy references run: by choice, or after a failed build)
         return False
     if not getattr(head, "fused", False) or head._fn() not in TAKE_LOSS_OUT:
         return False

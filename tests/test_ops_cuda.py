@@ -1396,6 +1396,9 @@ def test_a_fit_with_kept_plans_equals_one_that_runs_every_override_in_full(fake_
         return override(*args, **kwargs)
 
     monkeypatch.setattr(D.dense_backward, "fused", counted)
+    import nnxp.training
+
+    monkeypatch.setattr(nnxp.training, "LAUNCH_LISTS", False)  # every step made call by call, through the plans
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(96, 12)).astype(np.float32), rng.integers(0, 3, 96)
     weights, histories, runs = [], [], []

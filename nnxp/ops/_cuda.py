@@ -52,6 +52,11 @@ def kernel_mode() -> str:
     return _mode
 
 
+def kernel_failures() -> dict[str, str]:
+    """What failed to build (LazyKernels.failures): where the CuPy references run in the kernels' place."""
+    return _KERNELS.failures()
+
+
 def _fused(wrapper: Callable) -> Callable:
     """A CUDA wrapper that returns NotImplemented (so its caller runs the reference) when the kernels cannot run.
 
@@ -274,7 +279,8 @@ class LaunchPlan:
         if (kwargs or self.keys) and (tuple(kwargs) != self.keys
                                       or not all(map(operator.is_, kwargs.values(), self.values))):
             return _MISS
-        if self.kernels is not _KERNELS or _mode != "fused" or capturing() or recording():
+        if (self.kernels is not _KERNELS or _mode != "fused" or _STEP.calls is not None
+                or _cublas._capture.__dict__.get("active")):  # (capturing() or recording(), inline: every step)
             return _MISS  # (kernels reloaded, or switched to the references; a capture makes its own buffers)
         if self.get_device() != self.device:
             return _MISS  # another device is current: the override switches to the arrays' device

@@ -44,7 +44,8 @@ def count_correct_ref(pred: Any, labels: Any, out: Any) -> Any:
 
 
 count_correct = Op(count_correct_ref)
-count_correct.plan(per_call=(1,))  # (an eager step's labels: a new view of the epoch's labels each batch)
+# (per call: an eager step's labels, a new view of the epoch's labels each batch, and its place in the record)
+count_correct.plan(per_call=(1, 2))
 
 
 @count_correct.override
