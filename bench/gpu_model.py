@@ -66,7 +66,9 @@ class Assumptions:
 
     nnxp_host: dict = field(default_factory=lambda: dict(NNXP_HOST))
     torch_host: dict = field(default_factory=lambda: dict(TORCH_HOST))
-    nnxp_python_eager: float = 85e-6  # nnxp's own Python per eager step (issue 11, measured on the stand-in)
+    # nnxp's own Python per eager step, the step launched from its list (issue 11: bench/step_overhead.py on the
+    # stand-in, upper bound, on a CPU about half as fast as a current desktop; 85e-6 made call by call before)
+    nnxp_python_eager: float = 20e-6
     nnxp_python_graph: float = 30e-6  # per graphed step: the loop, the scalars' copy, the graph launch call
     torch_python: float = 40e-6  # per step: nn.Module calls, autograd engine, Optimizer.step bookkeeping
     gap_eager: float = 1.0e-6  # device idle between two back-to-back launched kernels
@@ -339,17 +341,18 @@ def render(trace: dict, a: Assumptions | None = None, plot: Path | None = None) 
 
 _ARGUMENT = """How to read it (numbers from the tables above, H100 SXM; the H200 differs only where bytes matter).
 
-- **Small MLP, batch 32 to 2048: launches bound every eager case.** The device needs ~100 µs per step (27-31
-  short kernels at 2-3 µs each); the host needs 313 µs for nnxp eager (85 µs of nnxp's Python, then 27 launches,
-  CuPy's ufuncs and reductions at ~10 µs each) and 226 µs for PyTorch (31 ATen ops). So nnxp eager is predicted
-  at ~0.7x PyTorch eager. The eager goals of issue 11 (<= 22 launches, <= 40 µs of Python) bring nnxp's host
-  time to roughly PyTorch's: parity, not a lead, is what eager can reach here.
-- **`cuda_graph=True` at batch 128: predicted 2.75x PyTorch eager (target >= 1.5x).** The step is one launch
-  (5 µs) and nothing else: its 25 captured nodes include the gathers, the row of the optimizer's scalars and the
-  record of the loss and metric sums, read at a device step counter (nnxp/_graph.py). With the loop's Python
-  (30 µs, assumed) the host needs ~35 µs, so the step is device-bound at ~82 µs (25 nodes of 2-3 µs): from here
-  fewer, fused kernels are what speeds it up, not fewer launches. (Before: 6 host ops, a pinned copy of the step's
-  scalars, 2 gathers and 2 record copies beside the graph, 81 µs of host time, 2.6x.)
+- **Small MLP, batch 32 to 512: launches bound every eager case.** The device needs ~85-100 µs per step (22-23
+  short kernels at 2-3 µs each); the host needs 170 µs for nnxp eager (20 µs of nnxp's Python, the step launched
+  from its kept list, then 22 launches: nnxp's kernels at ~5 µs, cuBLAS GEMMs and CuPy's calls at ~10 µs) and
+  226 µs for PyTorch (31 ATen ops). So nnxp eager is predicted at 1.33x PyTorch eager at batch 128. (Before
+  issue 11's launch lists: 313 µs, 85 µs of it nnxp's Python made call by call, 27 launches: ~0.7x.) What is
+  left on the host is CuPy's own cost per launch, which only a graph removes.
+- **`cuda_graph=True` at batch 128: predicted 2.93x PyTorch eager (target >= 1.5x).** The step is one launch
+  (5 µs) and nothing else: its 23 captured nodes include the gathers, the row of the optimizer's scalars, the
+  accuracy count and the record of the loss and metric sums, read at a device step counter (nnxp/_graph.py).
+  With the loop's Python (30 µs, assumed) the host needs ~35 µs, so the step is device-bound at ~77 µs (23
+  nodes of 2-3 µs): from here fewer, fused kernels are what speeds it up, not fewer launches. (Before: 6 host
+  ops beside the graph, 81 µs of host time, 2.6x.)
 - **Small MLP at batch 8192 and big MLP at batch 4096: FLOPs.** Both frameworks run the same 8 GEMMs, so nnxp
   and PyTorch eager are predicted equal (1.00x; target >= 1.0x holds if nnxp's cuBLAS calls are as fast as
   PyTorch's, which the GEMM-floor column of the benchmark checks). In FP32 (the default) the step is 1.07x its
