@@ -1442,3 +1442,44 @@ def test_threads_on_one_stream_do_not_share_the_bias_gradient_s_partials(fake_cu
     for t in threads:
         t.join()
     assert wrong == []
+
+
+# --- a step recorded as its launch list (nnxp.ops._cuda.recording_step; nnxp._graph.LaunchedStep) ---------------
+
+
+def test_a_recorded_step_runs_nothing_until_its_list_is_launched(fake_cupy):
+    import _stand_in_cupy as sic
+
+    cp = fake_cupy
+    x = cp.asarray(np.arange(12, dtype=np.float32).reshape(3, 4) - 5)
+    w = cp.asarray(np.eye(4, dtype=np.float32) * 2)
+    out, mask = cp.empty((3, 4), dtype=np.float32), cp.empty((3, 4), dtype=np.bool_)
+    out.fill(np.nan)
+    launches = sic.COUNTS.launches
+    with _cuda.recording_step() as (calls, whole):
+        assert _cuda.recording() and _cuda.capturing() is False
+        y, _ = D.dense_forward(x, w, None, "relu", out)  # a matmul and a bias + activation kernel
+        assert _cuda.recorded(cp.greater, y, 0, out=mask) is mask
+        _cuda.unplanned(allocation=True)  # an allocation alone: the list still holds the step
+        with pytest.raises(RuntimeError, match="already being recorded"):
+            with _cuda.recording_step():
+                pass
+    assert whole() and not _cuda.recording() and len(calls) == 3
+    assert sic.COUNTS.launches == launches  # nothing ran
+    assert np.isnan(to_numpy(out)).all()
+    for fn, args, kwargs in calls:
+        fn(*args, **kwargs)
+    expected = np.maximum(2 * (np.arange(12, dtype=np.float32).reshape(3, 4) - 5), 0)
+    np.testing.assert_array_equal(to_numpy(out), expected)
+    np.testing.assert_array_equal(to_numpy(mask), expected > 0)
+
+
+def test_device_work_a_list_cannot_repeat_voids_the_recording(fake_cupy):
+    x = fake_cupy.ones((2, 3), dtype=np.float32)
+    with _cuda.recording_step() as (_, whole):
+        _cuda.matmul(x, x.T)  # no buffer to keep the product in
+    assert not whole()
+    with _cuda.recording_step() as (_, whole):
+        _cuda.unplanned()  # (an op's CuPy reduction)
+    assert not whole()
+    assert _cuda.recorded(np.add, np.ones(2), 1.0, out=np.zeros(2)).tolist() == [2.0, 2.0]  # outside: it runs
