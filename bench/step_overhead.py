@@ -238,7 +238,7 @@ def _timed(fn: Any, *args: Any) -> float:
         gc.enable()
 
 
-def _nnxp_calls(model: Any, x: np.ndarray, y: np.ndarray) -> int:
+def _nnxp_calls(model: Any, x: np.ndarray, y: np.ndarray, cuda_graph: bool = False) -> int:
     """Python function calls made in nnxp's own files during one fit (sys.setprofile: exact, and independent of
     the CPU's speed)."""
     import nnxp as package
@@ -252,13 +252,14 @@ def _nnxp_calls(model: Any, x: np.ndarray, y: np.ndarray) -> int:
 
     sys.setprofile(profile)
     try:
-        model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0)
+        model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, cuda_graph=cuda_graph)
     finally:
         sys.setprofile(None)
     return count[0]
 
 
-def step_overhead(emulator: Any, steps: int, repeats: int = 7, launch_lists: bool = True) -> dict[str, float]:
+def step_overhead(emulator: Any, steps: int, repeats: int = 7, launch_lists: bool = True,
+                  cuda_graph: bool = False) -> dict[str, float]:
     """nnxp's own Python per step of an eager fit with the launches stubbed out, two ways (see the docstring).
 
     Old (subtraction): the fit's time minus the time measured inside the stand-in's outermost calls minus a
@@ -278,16 +279,17 @@ def step_overhead(emulator: Any, steps: int, repeats: int = 7, launch_lists: boo
     # later fit slower, as the stand-in keeps each allocation for its guard checks)
     x, y = fake.asarray(data(steps)[0]), fake.asarray(data(steps)[1])
     model = build_model()
-    model.fit(x[: 2 * BATCH], y[: 2 * BATCH], epochs=1, batch_size=BATCH, verbose=0)  # kernels, buffers, state
+    # kernels, buffers, state
+    model.fit(x[: 2 * BATCH], y[: 2 * BATCH], epochs=1, batch_size=BATCH, verbose=0, cuda_graph=cuda_graph)
 
     def fit() -> None:
-        model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0)
+        model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, cuda_graph=cuda_graph)
 
     def warm() -> None:
         """Launch plans made again, so that the functions they hold are the stand-in's as they are now
         (instrumented or not): a plan made before would call around the instrumentation, or through it."""
         getattr(_cuda, "forget_plans", lambda: None)()  # (a tree from before the plans, for before/after runs)
-        model.fit(x[: 2 * BATCH], y[: 2 * BATCH], epochs=1, batch_size=BATCH, verbose=0)
+        model.fit(x[: 2 * BATCH], y[: 2 * BATCH], epochs=1, batch_size=BATCH, verbose=0, cuda_graph=cuda_graph)
 
     clock = _StandInClock()
     restore = _instrument(fake, clock)
@@ -331,7 +333,7 @@ def step_overhead(emulator: Any, steps: int, repeats: int = 7, launch_lists: boo
     best.update({"nnxp_us": 1e6 * (own + loop) / steps, "nnxp_low_us": 1e6 * own / steps,
                  "total_us": 1e6 * total / steps, "replay_us": 1e6 * replay / steps,
                  "replay_loop_us": 1e6 * loop / steps, "loop_ms": loop_ms,
-                 "nnxp_calls": _nnxp_calls(model, x, y) / steps})
+                 "nnxp_calls": _nnxp_calls(model, x, y, cuda_graph) / steps})
     return best
 
 
@@ -450,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         r = step_overhead(emulator, args.steps)
         call_by_call = step_overhead(emulator, args.steps, launch_lists=False)
         nnxp.training.LAUNCH_LISTS = True
+        graphed = step_overhead(emulator, args.steps, cuda_graph=True)
+    print(f"cuda_graph=True, each full batch replayed: {graphed['nnxp_us']:.1f} us per step (at least "
+          f"{graphed['nnxp_low_us']:.1f} us), {graphed['nnxp_calls']:.0f} Python calls in nnxp per step")
     print(f"each step made call by call (LAUNCH_LISTS off, as before issue 11's launch lists, and for models "
           f"whose step cannot be kept as one): {call_by_call['nnxp_us']:.1f} us per step (at least "
           f"{call_by_call['nnxp_low_us']:.1f} us), {call_by_call['nnxp_calls']:.0f} Python calls in nnxp per step")
