@@ -261,85 +261,48 @@ def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx
             and _cpu.call("act_grad", _act_grad_loop, dy, y, dy if z is None else z, dy[0] if db is None else db,
                           db is not None, LOOP_ACT_CODES[activation], _constants(dy.dtype),
                           PARALLEL_CHUNK if _threaded(dy) else max(dy.shape[1], 1), parallel=_threaded(dy))):
-        return _dense_backward_numpy(dy, x, w, y, z, activation, dw, db, dx_out, need_dx)
+        return dense_backward_ref(dy, x, w, y, z, activation, dw, db, dx_out, need_dx)
     np.matmul(x.T, dy, out=dw)  # (n_in, n_out)
     if not need_dx:
         return None
     return np.matmul(dy, w.T, out=dx_out)  # (B, n_in)
 
 
-# --- CPU with NumPy alone (no Numba): the references' operations, laid out and dispatched for speed -------------
-# Two measured NumPy/OpenBLAS behaviours (bench/train_cpu.py, 784-512-256-10, float32, 2-core EPYC, NumPy 2.4,
-# OpenBLAS 0.3.31), used where the compiled loops do not run:
-# - ReLU as ``np.maximum(z, zeros)`` against a zero array of z's shape: 4-6x faster than the reference's
-#   ``np.maximum(z, 0)`` (0.06 vs 0.36 ms at (1024, 512)), whose scalar operand takes a slow loop; the same
-#   numbers bit for bit (NaN kept, -0.0 as the scalar form gives it).
-# - At small batches OpenBLAS computes ``x @ w`` (and ``dz @ w.T``) faster into a column-major (B, n) output:
-#   0.74 vs 0.87 ms for 128x784 @ 784x512, 0.25 vs 0.33 ms for 128x512 @ 512x256 (min of 10, warm), none at
-#   1024 rows (slower there). So up to F_ORDER_MAX_ROWS rows a hidden layer's output is a column-major view of
-#   the layer's own (B, n) buffer, and the input gradient the layer gives back follows its input's layout: the
-#   memory is the same buffer, only its strides change, and everything after it (bias, activation and its
-#   gradient, the next GEMMs) is elementwise or a GEMM, which take either layout. Narrow outputs (the logits)
-#   stay row-major: their GEMMs are tiny and the loss reads rows.
-# The GEMMs and the bias-gradient sums of a column-major array round in another order than the row-major
-# reference's (within the float tolerance tests/test_ops_dense.py checks); ReLU, bias and activations do not.
-F_ORDER_MAX_ROWS = 256
-F_ORDER_MIN_COLS = 64
-_ZEROS: dict = {}  # dtype -> a flat zero array, grown as needed (never written: views of it are read-only)
+# --- CPU with NumPy alone (no Numba): the references' operations, dispatched for speed ----------------------------
+# ReLU as ``np.maximum(z, zeros)`` against a zero array of z's shape is 4-6x faster than the reference's
+# ``np.maximum(z, 0)``, whose scalar operand takes a slow loop in NumPy 2.4 (0.06 vs 0.36 ms at (1024, 512)
+# float32, 0.010 vs 0.050 ms at (128, 512), on a 2-core EPYC); the same numbers bit for bit (NaN kept, -0.0 as
+# the scalar form gives it), tested in tests/test_ops_dense.py. (Measured and not taken: the ReLU gradient as
+# integer masks instead of ``dy * (y > 0)``, 0.18 vs 0.20 ms at (1024, 512), and not bit for bit at NaN; column-
+# major activations, whose faster GEMMs at batch 128 with two BLAS threads, 0.74 vs 0.87 ms for 128x784 @ 784x512
+# timed alone, did not show in a training step.)
+_ZEROS: dict = {}  # dtype -> a flat zero array, grown as needed (read-only: only ever read through views)
 
 
 def _zeros_like(z: np.ndarray) -> np.ndarray:
-    """A read-only zero array with z's shape, dtype and (C or F) layout, from one shared buffer."""
+    """A read-only zero array with z's shape and dtype (C order), a view of one shared buffer."""
     flat = _ZEROS.get(z.dtype)
     if flat is None or flat.size < z.size:
         flat = np.zeros(max(z.size, 1 << 16), dtype=z.dtype)
         flat.flags.writeable = False
         _ZEROS[z.dtype] = flat
-    order = "F" if z.flags.f_contiguous and not z.flags.c_contiguous else "C"
-    return flat[: z.size].reshape(z.shape, order=order)
-
-
-def _column_major(buf: Any, shape: tuple) -> Any:
-    """A column-major (rows, cols) view of the row-major buffer `buf` (the same memory), or `buf` itself where
-    it is not a plain C-contiguous host array of that shape."""
-    if type(buf) is not np.ndarray or buf.shape != shape or not buf.flags.c_contiguous or buf.ndim != 2:
-        return buf
-    return buf.reshape(shape[1], shape[0]).T
-
-
-def _f_order_output(x: Any, w: Any, out: Any) -> bool:
-    return (out is not None and x.shape[0] <= F_ORDER_MAX_ROWS and w.shape[1] >= F_ORDER_MIN_COLS
-            and _cpu.host_float(w, out) and x.dtype == w.dtype and type(x) is np.ndarray)
+    return flat[: z.size].reshape(z.shape)
 
 
 def _dense_forward_numpy(
     x: Any, w: Any, b: Any | None, activation: str, out: Any = None, z_out: Any = None
 ) -> tuple[Any, Any | None]:
-    """dense_forward_ref on host arrays without Numba: ReLU against a zero array, small batches column-major."""
-    op = ACTIVATION_OPS.get(activation)
-    if (type(x) is not np.ndarray or type(w) is not np.ndarray or op is None or op.needs_z
-            or activation == "softmax" or x.ndim != 2):
+    """dense_forward_ref on host arrays without Numba, ReLU against a zero array."""
+    if activation != "relu" or type(x) is not np.ndarray or type(w) is not np.ndarray:
         return dense_forward_ref(x, w, b, activation, out, z_out)
-    if _f_order_output(x, w, out):
-        out = _column_major(out, (x.shape[0], w.shape[1]))
     z = np.matmul(x, w, out=out)
     if b is not None:
         z += b
-    if activation == "relu" and z.dtype.kind == "f":
+    if z.dtype.kind == "f":
         np.maximum(z, _zeros_like(z), out=z)
     else:
-        op.forward(z, z)
+        np.maximum(z, 0, out=z)
     return z, None
-
-
-def _dense_backward_numpy(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx=True):
-    """dense_backward_ref on host arrays without Numba; the input gradient in its input's layout (row- or
-    column-major, see above) when it goes into the layer's own buffer."""
-    if not need_dx or dx_out is None or type(x) is not np.ndarray or x.flags.c_contiguous or not x.flags.f_contiguous:
-        return dense_backward_ref(dy, x, w, y, z, activation, dw, db, dx_out, need_dx)
-    dz = activation_backward_bias_ref(dy, y, z, activation, db)  # (B, n_out), in place
-    np.matmul(x.T, dz, out=dw)  # (n_in, n_out)
-    return np.matmul(dz, w.T, out=_column_major(dx_out, x.shape))  # (B, n_in)
 
 
 # The public entry points: the fused CUDA kernels (below) for the CuPy arrays they handle, the compiled CPU loops
