@@ -185,5 +185,6 @@ def test_epilogues_bench_times_the_loops_and_their_references(tmp_path):
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     row = json.loads(out.read_text())["batches"]["8"]["this"]
-    assert set(row) == {"bias_act", "act_grad", "bias_act_ref", "act_grad_ref"}
+    assert set(row) == {"bias_act", "act_grad", "bias_act_ref", "act_grad_ref", "bias_act_numpy"}
     assert all(v["total"] > 0 for v in row.values()) and "| 8 |" in proc.stdout
+    assert "this: bias_act_numpy" in proc.stdout

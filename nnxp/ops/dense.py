@@ -295,14 +295,16 @@ def _dense_forward_numpy(
     """dense_forward_ref on host arrays without Numba, ReLU against a zero array."""
     if activation != "relu" or type(x) is not np.ndarray or type(w) is not np.ndarray:
         return dense_forward_ref(x, w, b, activation, out, z_out)
-    z = np.matmul(x, w, out=out)
+    return bias_relu_numpy(np.matmul(x, w, out=out), b), None
+
+
+def bias_relu_numpy(z: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """``max(z + b, 0)`` in place on `z`: bias_activation_forward_ref's ReLU, the zero an array (bit for bit)."""
     if b is not None:
         z += b
     if z.dtype.kind == "f":
-        np.maximum(z, _zeros_like(z), out=z)
-    else:
-        np.maximum(z, 0, out=z)
-    return z, None
+        return np.maximum(z, _zeros_like(z), out=z)
+    return np.maximum(z, 0, out=z)
 
 
 # The public entry points: the fused CUDA kernels (below) for the CuPy arrays they handle, the compiled CPU loops
