@@ -1200,12 +1200,13 @@ def numpy_only(quick: bool, repeats: int, batches: list[int], max_foreign: float
                 t, f = _sampled(sampler, runners[impl])
                 epochs[impl].append(t), foreign.append(f)
         steps = max(1, min(8 if quick else 60, x.shape[0] // batch))
-        rounds: dict[str, list[dict]] = {"nnxp_numpy": [], "careful_numpy": []}
+        parts = {"nnxp_numpy": partial(nnxp_step_parts, model, x, y, batch, steps),
+                 "careful_numpy": partial(careful_step_parts, careful, x, y, batch, steps)}
+        rounds: dict[str, list[dict]] = {k: [] for k in parts}
         for r in range(max(3, repeats)):
-            rounds["nnxp_numpy"].append(sampler.sample(in_mode(False, partial(nnxp_step_parts, model, x, y, batch,
-                                                                              steps, r)))[2])
-            rounds["careful_numpy"].append(sampler.sample(partial(careful_step_parts, careful, x, y, batch, steps,
-                                                                  r))[2])
+            for impl in (list(parts) if r % 2 == 0 else list(parts)[::-1]):  # neither always runs first
+                fn = partial(parts[impl], seed=r)
+                rounds[impl].append(sampler.sample(in_mode(False, fn) if impl == "nnxp_numpy" else fn)[2])
         step_ms = {k: {p: statistics.median(d[p] for d in v) for p in PHASES} for k, v in rounds.items()}
         speed = {k: x.shape[0] / statistics.median(v) for k, v in epochs.items()}
         result["batches"][str(batch)] = {

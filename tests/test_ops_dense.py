@@ -173,7 +173,7 @@ def test_cpu_loop_codes_cover_the_kernel_activations_and_match_the_loops():
 
 
 # --- the CPU path with NumPy alone (no Numba) against the references ----------------------------------------------
-# ReLU runs against a zero array instead of the scalar 0 (a faster NumPy loop): the same numbers bit for bit.
+# ReLU runs against a zero row instead of the scalar 0 (a faster NumPy loop): the same numbers bit for bit.
 
 
 def _numba_off(monkeypatch):
@@ -216,5 +216,5 @@ def test_numpy_relu_keeps_nan_and_gives_the_references_signed_zeros(monkeypatch)
         y_ref, _ = D.dense_forward_ref(x, w, b, "relu", np.empty((3, 8), np.float32))
         np.testing.assert_array_equal(y.view(np.int32), y_ref.view(np.int32))
         assert np.isnan(y[0, :2]).all()
-    zeros = D._zeros_like(y)
-    assert zeros.flags.writeable is False and not zeros.any() and zeros.shape == y.shape
+    zeros = D._zero_row(y)
+    assert zeros.flags.writeable is False and not zeros.any() and zeros.shape == (8,) and zeros.dtype == y.dtype

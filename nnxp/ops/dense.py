@@ -269,41 +269,46 @@ def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx
 
 
 # --- CPU with NumPy alone (no Numba): the references' operations, dispatched for speed ----------------------------
-# ReLU as ``np.maximum(z, zeros)`` against a zero array of z's shape is 4-6x faster than the reference's
-# ``np.maximum(z, 0)``, whose scalar operand takes a slow loop in NumPy 2.4 (0.06 vs 0.36 ms at (1024, 512)
-# float32, 0.010 vs 0.050 ms at (128, 512), on a 2-core EPYC); the same numbers bit for bit (NaN kept, -0.0 as
-# the scalar form gives it), tested in tests/test_ops_dense.py. (Measured and not taken: the ReLU gradient as
-# integer masks instead of ``dy * (y > 0)``, 0.18 vs 0.20 ms at (1024, 512), and not bit for bit at NaN; column-
-# major activations, whose faster GEMMs at batch 128 with two BLAS threads, 0.74 vs 0.87 ms for 128x784 @ 784x512
-# timed alone, did not show in a training step.)
-_ZEROS: dict = {}  # dtype -> a flat zero array, grown as needed (read-only: only ever read through views)
+# ReLU as ``np.maximum(z, zero_row)`` against a zero row broadcast over z's rows is faster than the reference's
+# ``np.maximum(z, 0)``, whose scalar operand takes a slow loop in NumPy 2.4; the same numbers bit for bit (NaN
+# kept, -0.0 as the scalar form gives it), tested in tests/test_ops_dense.py. Bias + ReLU over the benchmark MLP's
+# two hidden layers, timed inside training steps (thread CPU time, 2-core EPYC): 0.13 vs 0.18 ms at batch 128,
+# 0.44 vs 0.84 ms at 1024; a zero array of z's whole shape is faster alone (0.06 vs 0.36 ms at (1024, 512)) but
+# slower in a step (0.53-0.65 ms at 1024: its bytes compete for the cache). (Measured and not taken: the ReLU
+# gradient as integer masks instead of ``dy * (y > 0)``, 0.18 vs 0.20 ms at (1024, 512) and not bit for bit at NaN;
+# column-major activations, whose GEMMs at batch 128 with two BLAS threads are faster timed alone, 0.74 vs 0.87 ms
+# for 128x784 @ 784x512, which did not show in a training step.)
+_ZERO_ROWS: dict = {}  # (dtype, width) -> a read-only zero row
 
 
-def _zeros_like(z: np.ndarray) -> np.ndarray:
-    """A read-only zero array with z's shape and dtype (C order), a view of one shared buffer."""
-    flat = _ZEROS.get(z.dtype)
-    if flat is None or flat.size < z.size:
-        flat = np.zeros(max(z.size, 1 << 16), dtype=z.dtype)
-        flat.flags.writeable = False
-        _ZEROS[z.dtype] = flat
-    return flat[: z.size].reshape(z.shape)
+def _zero_row(z: np.ndarray) -> np.ndarray:
+    """A read-only zero row as wide as z's last axis, in z's dtype (broadcast over its rows)."""
+    key = (z.dtype, z.shape[-1])
+    row = _ZERO_ROWS.get(key)
+    if row is None:
+        if len(_ZERO_ROWS) > 64:  # (a few layer widths at most)
+            _ZERO_ROWS.clear()
+        row = np.zeros(z.shape[-1], dtype=z.dtype)
+        row.flags.writeable = False
+        _ZERO_ROWS[key] = row
+    return row
 
 
 def _dense_forward_numpy(
     x: Any, w: Any, b: Any | None, activation: str, out: Any = None, z_out: Any = None
 ) -> tuple[Any, Any | None]:
-    """dense_forward_ref on host arrays without Numba, ReLU against a zero array."""
+    """dense_forward_ref on host arrays without Numba, ReLU against a zero row."""
     if activation != "relu" or type(x) is not np.ndarray or type(w) is not np.ndarray:
         return dense_forward_ref(x, w, b, activation, out, z_out)
     return bias_relu_numpy(np.matmul(x, w, out=out), b), None
 
 
 def bias_relu_numpy(z: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """``max(z + b, 0)`` in place on `z`: bias_activation_forward_ref's ReLU, the zero an array (bit for bit)."""
+    """``max(z + b, 0)`` in place on `z`: bias_activation_forward_ref's ReLU, the zero a row (bit for bit)."""
     if b is not None:
         z += b
-    if z.dtype.kind == "f":
-        return np.maximum(z, _zeros_like(z), out=z)
+    if z.dtype.kind == "f" and z.ndim >= 1:
+        return np.maximum(z, _zero_row(z), out=z)
     return np.maximum(z, 0, out=z)
 
 
