@@ -2,7 +2,9 @@
 
 Times nnxp's compiled forward epilogue (bias + activation in place on a GEMM's output, ``bias_act``) and backward
 epilogue (activation gradient + bias gradient, ``act_grad``) on (B, 512) and (B, 256) float32 arrays, beside the
-NumPy references, as the median of many calls. The clock is the calling thread's CPU time (``time.thread_time``):
+NumPy references, as the median of many calls; and NumPy alone's own forward epilogue (``bias_act_numpy``: the
+reference's bias + ReLU with the ReLU against a zero row, nnxp.ops.dense.bias_relu_numpy) where the tree has
+it. The clock is the calling thread's CPU time (``time.thread_time``):
 the loops are serial, so on a shared machine a call that waits for a core is not charged the wait. With
 ``--against TREE`` the same loops from another source tree (say, ``git archive`` of an earlier commit) are timed in
 the same process, call for call interleaved with this tree's.
@@ -72,8 +74,11 @@ def calls_for(dense: Any, cpu: Any, batch: int, width: int, rng: np.random.Gener
         np.copyto(z, z0)
         np.copyto(dy, dy0)
 
-    return {"bias_act": bias_act, "act_grad": act_grad, "bias_act_ref": bias_act_ref,
-            "act_grad_ref": act_grad_ref, "_reset": reset}
+    out = {"bias_act": bias_act, "act_grad": act_grad, "bias_act_ref": bias_act_ref, "act_grad_ref": act_grad_ref,
+           "_reset": reset}
+    if hasattr(dense, "bias_relu_numpy"):  # NumPy alone's forward epilogue (trees from issue 15's session 6 on)
+        out["bias_act_numpy"] = lambda: dense.bias_relu_numpy(z, b)
+    return out
 
 
 def run(trees: dict[str, Path], batches: list[int], calls: int) -> dict:
@@ -110,15 +115,15 @@ def run(trees: dict[str, Path], batches: list[int], calls: int) -> dict:
 
 def markdown(result: dict) -> str:
     names = list(result["trees"])
+    first = next(iter(result["batches"].values()), {})
+    cols = [(n, k) for n in names for k in ("bias_act", "act_grad", "bias_act_ref", "act_grad_ref", "bias_act_numpy")
+            if k in first.get(n, {})]
     lines = [f"Epilogue loops alone, ms ({result['clock']}, {result['calls']} calls), ReLU, float32, widths "
-             f"{' + '.join(map(str, WIDTHS))}; trees: " + ", ".join(f"{k} = {v}" for k, v in result["trees"].items()),
-             "", "| batch | " + " | ".join(f"{n}: {k}" for n in names for k in ("bias_act", "act_grad",
-                                                                                 "bias_act_ref", "act_grad_ref"))
-             + " |", "|---:|" + "---:|" * (4 * len(names))]
+             f"{' + '.join(map(str, WIDTHS))}; trees: " + ", ".join(f"{k} = {v}" for k, v in result["trees"].items())
+             + " (bias_act_numpy: NumPy alone's bias + ReLU, where the tree has it)",
+             "", "| batch | " + " | ".join(f"{n}: {k}" for n, k in cols) + " |", "|---:|" + "---:|" * len(cols)]
     for batch, row in result["batches"].items():
-        lines.append(f"| {batch} | " + " | ".join(f"{row[n][k]['total']:.3f}" for n in names
-                                                   for k in ("bias_act", "act_grad", "bias_act_ref", "act_grad_ref"))
-                     + " |")
+        lines.append(f"| {batch} | " + " | ".join(f"{row[n][k]['total']:.3f}" for n, k in cols) + " |")
     return "\n".join(lines)
 
 

@@ -1166,6 +1166,81 @@ def run(quick: bool, repeats: int, batches: list[int], max_foreign: float, memor
     return result
 
 
+def numpy_only(quick: bool, repeats: int, batches: list[int], max_foreign: float, samples: int | None = None) -> dict:
+    """Issue 15's first target alone, quickly: nnxp with NumPy alone against the careful NumPy MLP, nothing else.
+
+    Per batch size: `repeats` epochs of each, interleaved (the order alternating each round), then the step phase by
+    phase in the same way (``max(3, repeats)`` rounds of up to 60 steps each, median over rounds). No PyTorch,
+    scikit-learn, fast extra, GEMM, memory or compile runs: ``run`` does those.
+    """
+    n = 4096 if quick else min(samples or 60000, 60000)
+    x, y, source = load_data(n)
+    sampler = Sampler(max_foreign, 0 if quick else 6)
+    result: dict = {
+        "benchmark": "train_cpu --numpy-only",
+        "model": "784-512-256-10 ReLU MLP, softmax cross-entropy, Adam lr 1e-3 (eps 1e-7), float32",
+        "data": {"source": source, "samples": int(x.shape[0])},
+        "quick": quick, "repeats": repeats, "max_foreign_cpus": max_foreign,
+        "environment": environment(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "batches": {},
+    }
+    for batch in batches:
+        model = nnxp_model()
+        with numba_mode(False):  # allocates its buffers
+            model.fit(x[: 4 * batch], y[: 4 * batch], epochs=1, batch_size=batch, verbose=0)
+        careful = careful_mlp(batch)
+        careful.epoch(x[: 4 * batch], y[: 4 * batch])
+        runners = {"nnxp_numpy": in_mode(False, partial(nnxp_epoch, model, x, y, batch)),
+                   "careful_numpy": partial(careful.epoch, x, y)}
+        epochs: dict[str, list[float]] = {k: [] for k in runners}
+        foreign: list[float] = []
+        for r in range(repeats):
+            for impl in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+                t, f = _sampled(sampler, runners[impl])
+                epochs[impl].append(t), foreign.append(f)
+        steps = max(1, min(8 if quick else 60, x.shape[0] // batch))
+        parts = {"nnxp_numpy": partial(nnxp_step_parts, model, x, y, batch, steps),
+                 "careful_numpy": partial(careful_step_parts, careful, x, y, batch, steps)}
+        rounds: dict[str, list[dict]] = {k: [] for k in parts}
+        for r in range(max(3, repeats)):
+            for impl in (list(parts) if r % 2 == 0 else list(parts)[::-1]):  # neither always runs first
+                fn = partial(parts[impl], seed=r)
+                rounds[impl].append(sampler.sample(in_mode(False, fn) if impl == "nnxp_numpy" else fn)[2])
+        step_ms = {k: {p: statistics.median(d[p] for d in v) for p in PHASES} for k, v in rounds.items()}
+        speed = {k: x.shape[0] / statistics.median(v) for k, v in epochs.items()}
+        result["batches"][str(batch)] = {
+            "batch": batch, "steps_per_epoch": -(-x.shape[0] // batch), "epoch_s": epochs, "samples_per_s": speed,
+            "nnxp_numpy_over_careful_numpy": speed["nnxp_numpy"] / speed["careful_numpy"],
+            "step_ms": step_ms,
+            # > 1: nnxp's step is the faster
+            "careful_over_nnxp_step_time": step_ms["careful_numpy"]["step"] / step_ms["nnxp_numpy"]["step"],
+            "foreign_cpus_max": max(foreign),
+        }
+    result["samples_retaken"], result["samples_kept_noisy"] = sampler.retaken, sampler.kept_dirty
+    result["environment"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return result
+
+
+def numpy_only_markdown(result: dict) -> str:
+    lines = [f"nnxp with NumPy alone against the careful NumPy MLP: {result['data']['samples']:,} samples, median of "
+             f"{result['repeats']} interleaved epochs; step phases median of interleaved rounds. Samples retaken "
+             f"for other processes' load: {result['samples_retaken']} (kept noisy: {result['samples_kept_noisy']}).",
+             "", "| batch | NumPy alone (samples/s) | careful (samples/s) | epoch ratio | step ms NumPy alone / "
+             "careful | step ratio |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in result["batches"].values():
+        sp, st = row["samples_per_s"], row["step_ms"]
+        lines.append(f"| {row['batch']} | {sp['nnxp_numpy']:,.0f} | {sp['careful_numpy']:,.0f} | "
+                     f"{row['nnxp_numpy_over_careful_numpy']:.3f}x | {st['nnxp_numpy']['step']:.3f} / "
+                     f"{st['careful_numpy']['step']:.3f} | {row['careful_over_nnxp_step_time']:.3f}x |")
+    lines += ["", "Phases, ms (NumPy alone / careful):", "", "| batch | " + " | ".join(PHASES) + " |",
+              "|---:|" + "---:|" * len(PHASES)]
+    for row in result["batches"].values():
+        a, c = row["step_ms"]["nnxp_numpy"], row["step_ms"]["careful_numpy"]
+        lines.append(f"| {row['batch']} | " + " | ".join(f"{a[p]:.3f} / {c[p]:.3f}" for p in PHASES) + " |")
+    return "\n".join(lines)
+
+
 def numba_threading() -> dict | None:
     """Numba's thread pool as the fast extra's threaded loops used it (None where Numba is not importable).
 
@@ -1347,6 +1422,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="retake a sample when other processes used more CPUs than this meanwhile")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs (one process per library)")
     ap.add_argument("--no-jit", action="store_true", help="skip the compile-latency runs (three processes)")
+    ap.add_argument("--numpy-only", action="store_true",
+                    help="only nnxp with NumPy alone against the careful NumPy MLP (epochs and step phases; quick)")
+    ap.add_argument("--samples", type=int, default=None, help="with --numpy-only: train on the first N samples")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--jit-child", help=argparse.SUPPRESS)
     ap.add_argument("--numba-rss-child", help=argparse.SUPPRESS)
@@ -1357,9 +1435,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(fn(*json.loads(child_args))))
             return 0
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    result = run(args.quick, max(1, args.repeats), batches, args.max_foreign, memory=not args.no_memory,
-                 jit=not (args.no_jit or args.quick))
-    print(markdown(result))
+    if args.numpy_only:
+        result = numpy_only(args.quick, 1 if args.quick else max(1, args.repeats), batches, args.max_foreign,
+                            args.samples)
+        print(numpy_only_markdown(result))
+    else:
+        result = run(args.quick, max(1, args.repeats), batches, args.max_foreign, memory=not args.no_memory,
+                     jit=not (args.no_jit or args.quick))
+        print(markdown(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -61,6 +61,26 @@ def test_quick_run_writes_positive_throughputs(tmp_path):
     assert set(runs["fast_fit"]["loops_first_call_s"]) >= {"bias_act", "act_grad", "adam"}  # the loops did load
 
 
+def test_numpy_only_run_times_nnxp_and_the_careful_mlp_alone(tmp_path):
+    """--numpy-only: nnxp with NumPy alone and the careful MLP, epochs and step phases, and nothing else."""
+    out = tmp_path / "numpy_only.json"
+    proc = subprocess.run([sys.executable, "bench/train_cpu.py", "--numpy-only", "--quick", "--batches", "64",
+                           "--max-foreign", "100", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "train_cpu --numpy-only" and data["data"]["samples"] == 4096
+    row = data["batches"]["64"]
+    assert set(row["samples_per_s"]) == set(row["step_ms"]) == {"nnxp_numpy", "careful_numpy"}  # no other library
+    assert row["nnxp_numpy_over_careful_numpy"] == row["samples_per_s"]["nnxp_numpy"] / row["samples_per_s"][
+        "careful_numpy"]
+    for parts in row["step_ms"].values():
+        assert 0 < parts["forward"] < parts["step"] and parts["optimizer"] > 0
+    assert row["careful_over_nnxp_step_time"] == row["step_ms"]["careful_numpy"]["step"] / row["step_ms"][
+        "nnxp_numpy"]["step"]
+    assert "| 64 |" in proc.stdout and "memory" not in data and "adam_step" not in data
+
+
 def test_fixed_cost_arithmetic(monkeypatch):
     """The net ratio and the data-set size at which the 10% holds follow from the measured RSS."""
     from bench import train_cpu as T
@@ -165,5 +185,6 @@ def test_epilogues_bench_times_the_loops_and_their_references(tmp_path):
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     row = json.loads(out.read_text())["batches"]["8"]["this"]
-    assert set(row) == {"bias_act", "act_grad", "bias_act_ref", "act_grad_ref"}
+    assert set(row) == {"bias_act", "act_grad", "bias_act_ref", "act_grad_ref", "bias_act_numpy"}
     assert all(v["total"] > 0 for v in row.values()) and "| 8 |" in proc.stdout
+    assert "this: bias_act_numpy" in proc.stdout

@@ -170,3 +170,51 @@ def test_cpu_loop_codes_cover_the_kernel_activations_and_match_the_loops():
         assert len(cases) >= 7, loop.__name__
         for code, label in cases:
             assert D.LOOP_ACT_CODES[label.strip().replace(" ", "_")] == int(code), (loop.__name__, label)
+
+
+# --- the CPU path with NumPy alone (no Numba) against the references ----------------------------------------------
+# ReLU runs against a zero row instead of the scalar 0 (a faster NumPy loop): the same numbers bit for bit.
+
+
+def _numba_off(monkeypatch):
+    from nnxp.ops import _cpu
+    from nnxp.ops import dense as D
+
+    monkeypatch.setattr(_cpu, "_enabled", False)
+    return D
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 7, 300])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("act", sorted(ACTIVATION_OPS))
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_numpy_path_is_the_reference_bit_for_bit(monkeypatch, act, use_bias, rows, dtype):
+    D = _numba_off(monkeypatch)
+    x, w, b = _inputs(rows, dtype)
+    b = b if use_bias else None
+    out = np.empty((rows, 9), dtype)
+    y_ref, z_ref = D.dense_forward_ref(x, w, b, act, np.empty((rows, 9), dtype), np.empty((rows, 9), dtype))
+    y, z = D.dense_forward(x, w, b, act, out, np.empty((rows, 9), dtype))
+    assert y is out and y.dtype == dtype
+    np.testing.assert_array_equal(y.view(np.uint8), y_ref.view(np.uint8))  # NaN payloads and signed zeros too
+    assert (z is None) == (z_ref is None)
+    if z is not None:
+        np.testing.assert_array_equal(z, z_ref)
+    y_new, _ = D.dense_forward(x, w, b, act)  # no buffer given: a new array, the same numbers
+    np.testing.assert_array_equal(y_new.view(np.uint8), y_ref.view(np.uint8))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # (inf * 0 in the GEMM: NaN on purpose)
+def test_numpy_relu_keeps_nan_and_gives_the_references_signed_zeros(monkeypatch):
+    D = _numba_off(monkeypatch)
+    x = np.eye(3, 2, dtype=np.float32)  # row 0 picks w's row 0, row 1 w's row 1, row 2 nothing (zeros)
+    w = np.array([[np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, -1.0, 2.0],
+                  [-3e-45, 3e-45, -1e38, 1e38, 0.5, -0.5, -0.0, 1.0]], np.float32)
+    for b in (None, np.array([0.0, -0.0, 1.0, -1.0, -0.0, -0.0, 0.0, -2.0], np.float32)):
+        y, _ = D.dense_forward(x, w, b, "relu", np.empty((3, 8), np.float32))
+        y_ref, _ = D.dense_forward_ref(x, w, b, "relu", np.empty((3, 8), np.float32))
+        np.testing.assert_array_equal(y.view(np.int32), y_ref.view(np.int32))
+        assert np.isnan(y[0, :2]).all()
+    zeros = D._zero_row(y)
+    assert zeros.flags.writeable is False and not zeros.any() and zeros.shape == (8,) and zeros.dtype == y.dtype
