@@ -99,6 +99,9 @@ class StepFeed:
         self.at: int | None = None  # the cursor's value on the device once the work queued so far has run
         self._key: Any = None  # the optimizer's scalars key and step count at batch 0 the table was made under
         self._start: int | None = None
+        # a schedule's rate for each row from `_first` on, as the table was made (None: a float rate, in the key)
+        self._rates: list | None = None
+        self._first = 0
 
     def move_to(self, index: int) -> None:
         """Make the cursor `index` for the next replay (an upload only when the replays did not leave it there:
@@ -112,14 +115,23 @@ class StepFeed:
         sure the table's row `index` holds its scalars: the table is valid while the optimizer's scalars key
         (`key`, Optimizer.scalars_key) and its step count at the epoch's first batch are those it was made under;
         otherwise rows index.. are computed again with the optimizer's own host code and uploaded (at the first
-        replay of an epoch, or after a callback changed the learning rate or another scalar)."""
-        start = optimizer.iterations - index
-        if start != self._start or (key is not self._key and not _same(key, self._key)):
+        replay of an epoch, or after a callback changed the learning rate or another scalar).
+
+        A schedule's rate is checked itself, step by step, against the one its row was made with: the key holds
+        the schedule's attributes, and a callback may change what one of them holds in place (a list of rates, an
+        object the schedule reads) without setting any (an eager step calls the schedule every step as well)."""
+        start, rates = optimizer.iterations - index, self._rates
+        if (start != self._start or (key is not self._key and not _same(key, self._key))
+                or (rates is not None and key[0](optimizer.iterations) != rates[index - self._first])):
             rows = np.zeros((self.table.shape[0] - index, _HP_SIZE), dtype=self.table.dtype)
             ahead = optimizer.graph_table(params, rows.shape[0])
             rows[:, : ahead.shape[1]] = ahead
             self._table.write(rows, index)
             self._key, self._start = key, start
+            schedule = key[0] if callable(key[0]) else None  # (key[0]: the learning rate, Optimizer.scalars_key)
+            self._rates = None if schedule is None else [
+                schedule(step) for step in range(optimizer.iterations, optimizer.iterations + rows.shape[0])]
+            self._first = index
         optimizer.iterations += 1
 
 

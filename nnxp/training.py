@@ -357,12 +357,14 @@ class Guard:
         """Put back the weights, optimizer state, step count and learning rate of the last snapshot, in place."""
         params, state, iterations, learning_rate = self._snapshot
         model, opt = self.model, self.model.optimizer
-        model.params[...] = params
-        if state:
-            for k, v in state.items():
-                opt.state[k][...] = v
-        else:  # the state did not exist yet: the next step allocates it afresh
-            opt.to(model.params, {})
+        # on the model's device: the error being rolled back may be that another one was left current (a callback)
+        with model.device.use():
+            model.params[...] = params
+            if state:
+                for k, v in state.items():
+                    opt.state[k][...] = v
+            else:  # the state did not exist yet: the next step allocates it afresh
+                opt.to(model.params, {})
         opt.iterations, opt.learning_rate = iterations, learning_rate
 
     @contextmanager

@@ -454,3 +454,44 @@ def test_a_launch_list_moved_to_another_stream_is_recorded_again(graph_seam):
     for a, b in zip(launched.get_weights(), eager.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert step.launched
+
+
+class _TwoRates(nnxp.schedules.LearningRateSchedule):
+    """A user's schedule whose rates live in a list (or another object) it holds: a callback that changes one in
+    place changes the rate of the next step, though no attribute of the schedule itself was set."""
+
+    def __init__(self):
+        self.rates = [0.01, 0.002]
+
+    def _rate(self, step):
+        return self.rates[0] if step < 9 else self.rates[1]
+
+
+class _SetRateInPlace(nnxp.callbacks.Callback):
+    def __init__(self, at, which, value):
+        self.at, self.which, self.value, self.batches = at, which, value, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        if self.batches == self.at:
+            self.model.optimizer.learning_rate.rates[self.which] = self.value
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("at", "which"), [(4, 0), (8, 1)])  # the rate of the next step, or of the one after it
+def test_a_schedule_changed_in_place_mid_epoch_is_used_from_the_next_step(graph_seam, mode, at, which):
+    # the scalars key sees a schedule's attributes, not what they hold: the rate a step uses is checked itself
+    # against the table's, so a replay or a launch uses the rate an eager step would (the 8th batch is epoch 2's
+    # first, which made the epoch's table: the changed rates[1] is first used by the step after next, step 9)
+    x, y = _data(200)
+    runs = []
+    for run_mode in ("eager", mode):
+        model = _model(nnxp.optimizers.Adam(_TwoRates()))
+        history = _fit(model, x, y, run_mode, epochs=2, batch_size=32, verbose=0,
+                       callbacks=[_SetRateInPlace(at, which, 0.05)])
+        runs.append((model, history))
+    (eager, h_eager), (kept, h_kept) = runs
+    assert _kept_steps(kept, mode) == 2 * 6 - 1
+    assert h_kept.history == h_eager.history
+    for a, b in zip(kept.get_weights(), eager.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

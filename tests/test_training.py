@@ -192,6 +192,40 @@ def test_guard_restores_bit_for_bit_after_a_real_exception_mid_epoch():
     assert model.optimizer.iterations == iterations
 
 
+class _LeavesDevice1Current(nnxp.callbacks.Callback):
+    """After the model's 4th batch, makes CUDA device 1 current and leaves it so (a callback's bug)."""
+
+    def __init__(self, cupy):
+        self.cupy, self.batches, self.device = cupy, 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        if self.batches == 4:
+            self.device = self.cupy.cuda.Device(1)
+            self.device.__enter__()
+
+    def on_train_end(self, logs=None):
+        if self.device is not None:
+            self.device.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("launch_lists", [False, True])
+def test_a_fit_that_fails_on_another_current_device_still_rolls_back(fake_cupy, monkeypatch, launch_lists):
+    # a callback that leaves another device current makes the next step fail (the model's arrays live on device
+    # 0); the rollback itself must not fail the same way: it runs on the model's device, and the model is whole
+    monkeypatch.setattr(training, "LAUNCH_LISTS", launch_lists)
+    x, y, _ = _data(200)
+    model = Sequential([Dense(16, "relu", input_dim=x.shape[1]), Dense(3, "softmax")], device="cuda", seed=3)
+    model.compile(nnxp.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="different from the current device"):
+        model.fit(x, y % 3, epochs=1, batch_size=32, verbose=0, callbacks=[_LeavesDevice1Current(fake_cupy)])
+    assert fake_cupy.cuda.runtime.getDevice() == 0
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.iterations == 0
+
+
 def test_guard_restores_a_fresh_optimizer_and_training_then_equals_an_untouched_run():
     x, y, _ = _data(16)
     x, y = x / 50, y[:, None] / 16
