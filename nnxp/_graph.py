@@ -36,6 +36,7 @@ the capture.
 
 from __future__ import annotations
 
+import functools
 import operator
 import threading
 from collections.abc import Callable
@@ -265,7 +266,9 @@ class LaunchedStep(GraphedStep):
             loss, sums = _step_body(feed, self.names, gather, compute, extra, optimizer, params, grads)
         if not whole():
             raise StepNotRecorded
-        self.calls, self.loss, self.sums = tuple(calls), loss, sums
+        # each launch as one C-level callable (functools.partial): the loop below pays no argument unpacking
+        self.calls = tuple(functools.partial(fn, *args, **kwargs) for fn, args, kwargs in calls)
+        self.loss, self.sums = loss, sums
         self._kept = list(scratch())
         self.replays = 0
 
@@ -283,11 +286,11 @@ class LaunchedStep(GraphedStep):
             feed.move_to(index)
         if self._get_device() != self.device:  # (a callback made another device current)
             with xp_of(self.params).cuda.Device(self.device):
-                for fn, args, kwargs in self.calls:
-                    fn(*args, **kwargs)
+                for launch in self.calls:
+                    launch()
         else:
-            for fn, args, kwargs in self.calls:
-                fn(*args, **kwargs)
+            for launch in self.calls:
+                launch()
         feed.at = index + 1  # its last launch moved the cursor
         self.replays += 1
         return self.loss, self.sums
