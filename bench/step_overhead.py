@@ -23,13 +23,15 @@ The figure depends on this machine's CPU (the empty-loop time printed scales it)
 twice and quote the lower. CuPy's own per-launch cost on a GPU comes on top (the launch list says how many); the
 stand-in's functions are Python, CuPy's are Cython, so the replay's share says nothing about CuPy's cost.
 
-Where it stands (issue 11), four interleaved runs of each tree on this 2-core machine shared with two other
-sessions (the empty loop took 15-29 ms, so the figures move by +-40% from run to run): before the launch plans of
-nnxp/ops/_cuda.py (cff83b5) 234-492 us per step, lowest 234.5 us (old method in that run 400.9 us, its control
-110.2 us), 343 Python calls in nnxp per step; after, 134-184 us, lowest 134.3 us (old method 157.6 us, control
-49.8 us), 89 calls per step (a quieter run earlier gave 109.8 us). The 40 us goal is NOT reached: what is left
-is spread over the training loop, the layers, the head, the metrics and the optimizer's per-step scalars, at
-about 1-1.5 us per Python call on this CPU.
+Where it stands (issue 11). Session 5: each step made call by call, after the launch plans of nnxp/ops/_cuda.py,
+116-184 us per step (89 Python calls in nnxp per step; 234-492 us and 343 calls before those plans). Session 6:
+an eager fit keeps its step as a launch list (nnxp/_graph.py LaunchedStep) where nnxp.training.step_replayable
+allows, which the issue's model does: three runs on this shared 2-CPU machine gave 31.9, 60.7 and 24.2 us per
+step (lower bounds 23.6, 50.0, 18.3), 16 Python calls in nnxp per step, under the 40 us goal in two of three and
+at the lowest; the call-by-call step measured 103-176 us in the same runs and a replayed CUDA graph step 16-26 us.
+The figures are differences of two large numbers on a shared machine and move by +-50% from run to run: quote
+the lowest of several. A fit of --steps batches also pays per-fit work (the warm-up step, the recording, each
+epoch's scalar table), spread over its steps here.
 
 --launch-list writes the launches of one steady eager step (and the counts of eager and graphed steps) as
 counted by the stand-in, with the real kernels run by the CPU emulator of CUDA (tests/_cuda_emu.py).

@@ -5,7 +5,8 @@ Four parts, each replaceable on its own:
 - :class:`Batches`: one epoch's batches, gathered one way chosen once per fit (shuffled gather, plain views, or
   on the device by a replayed CUDA graph), and this rank's share of each under data parallelism.
 - :class:`Step`: one training step, ``run(xb, yb, wb, rows) -> (loss, metric sums)``, eager (:class:`EagerStep`)
-  or replayed from a captured CUDA graph (:class:`GraphStep`).
+  or kept whole (:class:`GraphStep`): replayed from a captured CUDA graph, or, for an eager CUDA fit whose step
+  allows it (:func:`step_replayable`), launched again from its recorded launch list.
 - :class:`Guard`: the weights and optimizer state at the start of an epoch, put back when the epoch diverges or
   is left by Ctrl-C or an exception, so the model always holds whole epochs.
 
@@ -235,7 +236,8 @@ class EagerStep(Step):
 
 
 class GraphStep(Step):
-    """Full batches replayed from a captured CUDA graph (:mod:`nnxp._graph`); the rest run eagerly.
+    """Full batches replayed from a captured CUDA graph (:mod:`nnxp._graph`), or with `launched` from the step's
+    recorded launch list (nnxp._graph.LaunchedStep, the same flow: "capture" then records); the rest run eagerly.
 
     The first full batch runs eagerly (it builds kernels, scratch buffers and optimizer state), the second is
     captured and every later one replayed. Partial batches run eagerly. If the capture fails (other than for
