@@ -24,10 +24,12 @@ twice and quote the lower. CuPy's own per-launch cost on a GPU comes on top (the
 stand-in's functions are Python, CuPy's are Cython, so the replay's share says nothing about CuPy's cost.
 
 Where it stands (issue 11). Session 5: each step made call by call, after the launch plans of nnxp/ops/_cuda.py,
-116-184 us per step (89 Python calls in nnxp per step; 234-492 us and 343 calls before those plans). Session 6:
+116-184 us per step (89 Python calls in nnxp per step; 234-492 us and 343 calls before those plans; 114 since
+accuracy's count became one planned kernel, whose label and record arguments are swapped each step). Session 6:
 an eager fit keeps its step as a launch list (nnxp/_graph.py LaunchedStep) where nnxp.training.step_replayable
-allows, which the issue's model does: three runs on this shared 2-CPU machine gave 31.9, 60.7 and 24.2 us per
-step (lower bounds 23.6, 50.0, 18.3), 16 Python calls in nnxp per step, under the 40 us goal in two of three and
+allows, which the issue's model does: three runs (--steps 400) on this shared 2-CPU machine gave 31.9, 60.7 and
+24.2 us per step (lower bounds 23.6, 50.0, 18.3), 16 Python calls in nnxp per step (19 at --steps 200: the per-fit
+work is spread over fewer steps), under the 40 us goal in two of three and
 at the lowest; the call-by-call step measured 103-176 us in the same runs and a replayed CUDA graph step 16-26 us.
 The figures are differences of two large numbers on a shared machine and move by +-50% from run to run: quote
 the lowest of several. A fit of --steps batches also pays per-fit work (the warm-up step, the recording, each

@@ -497,7 +497,8 @@ def run_epochs(model: Any, plan: FitPlan, interrupt: GracefulInterrupt) -> None:
 
 
 def graph_replays(model: Any) -> int:
-    """How many steps the model's latest fit replayed from a captured CUDA graph (0 when none was captured)."""
+    """How many steps the model's latest fit replayed from a captured CUDA graph (0 when none was captured, and
+    for an eager fit launched from its list: :func:`launched_steps`)."""
     step = getattr(model, "_fit_step", None)
     return 0 if getattr(step, "launched", False) else getattr(step, "replays", 0)
 
@@ -508,17 +509,18 @@ def launched_steps(model: Any) -> int:
     return getattr(step, "replays", 0) if getattr(step, "launched", False) else 0
 
 
-# Eager CUDA fits keep their step as a launch list where step_replayable allows (tests and benchmarks turn it
-# off to compare with a step made call by call)
+# Eager CUDA fits keep their step as a launch list where step_replayable allows; False makes every eager step
+# call by call (the README says so; tests and benchmarks compare the two)
 LAUNCH_LISTS = True
 
 
 def step_replayable(model: Any, plan: FitPlan) -> bool:
     """Whether this fit's eager CUDA step can be kept as its launch list (nnxp._graph.LaunchedStep): every
     device call of its step then goes through nnxp's ops or nnxp.ops._cuda.recorded. That holds for the layers
-    that say so (Layer.launch_list) without regularizers, a fused softmax / sigmoid cross-entropy head, the
-    accuracy metric of a categorical loss, an optimizer with one fused kernel and no clipping, unweighted rows
-    and one process. Anything else keeps the call-by-call eager step."""
+    that say so (Layer.launch_list: Dense, Dropout, Flatten, Input) without regularizers, a fused softmax /
+    sigmoid cross-entropy head, the accuracy metric of a categorical loss, an optimizer whose update is one fused
+    kernel (all seven) without clipping, unweighted rows, one process, and the fused kernels in use (not
+    NNXP_KERNELS=reference, none failed to build). Anything else keeps the call-by-call eager step."""
     head, optimizer = model._head, model.optimizer
     if not (LAUNCH_LISTS and model.device.is_cuda and plan.comm.size == 1 and plan.data[2] is None):
         return False

@@ -214,8 +214,9 @@ _STEP = _StepRecorder()
 
 @contextlib.contextmanager
 def recording_step() -> Any:
-    """Record this thread's launches instead of running them; yields ``(calls, ok)`` where ``ok()`` tells,
-    after the block, whether the list is the whole step."""
+    """Record this thread's launches instead of running them (nothing runs inside the block: launching the list
+    later does the work); yields ``(calls, ok)`` where ``ok()`` tells, after the block, whether the list is the
+    whole step. Raises RuntimeError when this thread is already recording one."""
     if _STEP.calls is not None:
         raise RuntimeError("a step is already being recorded on this thread")
     calls: list = []
@@ -227,8 +228,9 @@ def recording_step() -> Any:
 
 
 def recorded(fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, a CuPy (or NumPy) call that writes only into its ``out=`` and allocates nothing;
-    while a step is recorded, it is kept for the step's launches instead, and ``out`` returned."""
+    """``fn(*args, **kwargs)``, a CuPy (or NumPy) call that writes only into its ``out=`` (passed by keyword)
+    and allocates nothing; while a step is recorded, it is kept for the step's launches instead, and ``out``
+    returned."""
     calls = _STEP.calls
     if calls is None:
         return fn(*args, **kwargs)
