@@ -55,13 +55,14 @@ def test_prediction_and_measurement_side_by_side():
     from bench import gpu_model
     from bench.gpu_trace import Op
 
-    # 30 tiny kernels: launch-bound, 85 + 30 x 5 = 235 µs per eager step; the graph: 30 + 5 = 35 µs of host,
+    # 30 tiny kernels: launch-bound, 20 + 30 x 5 = 170 µs per eager step (20: nnxp's Python, the step launched
+    # from its list); the graph: 30 + 5 = 35 µs of host,
     # 30 x (2 + 0.5) = 75 µs of device
     tiny = [Op("kernel", "k", bytes=64)] * 30
     trace = {"small": {"layers": [784, 512, 256, 10],
                        "batches": {128: {"eager": tiny, "graph": [Op("graph", "cudaGraphLaunch", nodes=tiny)]}}}}
     bench = {"benchmarks": [
-        _record("nnxp", 128, 16 * 470e-6, 16),  # 470 µs per step: 2.00x the prediction
+        _record("nnxp", 128, 16 * 340e-6, 16),  # 340 µs per step: 2.00x the prediction
         _record("nnxp_cudagraph", 128, 16 * 75e-6, 16),  # exactly as predicted
         _record("torch_cudagraph", 128, 1e-3, 16),  # no model: left out
         _record("nnxp", 512, 16 * 1e-3, 16),  # no trace at this batch
@@ -69,7 +70,7 @@ def test_prediction_and_measurement_side_by_side():
     ]}
     lines = gpu_check.side_by_side(bench, trace, "NVIDIA H100 80GB HBM3")
     assert lines[0] == "Predicted (model: H100 SXM) and measured time per training step:"
-    assert "| small | 128 | nnxp | 235.0 | 470.0 | 2.00x | launches (host) |" in lines
+    assert "| small | 128 | nnxp | 170.0 | 340.0 | 2.00x | launches (host) |" in lines
     assert "| small | 128 | nnxp_cudagraph | 75.0 | 75.0 | 1.00x | kernel latency |" in lines
     assert "| small | 512 | nnxp | — | 1,000.0 | — | not modelled |" in lines
     assert len(lines) == 4 + 3
