@@ -81,7 +81,7 @@ def _kept_steps(model, mode):
     return nnxp.training.graph_replays(model) if mode == "graph" else nnxp.training.launched_steps(model)
 
 
-def _fit_both(optimizer, precision="highest", epochs=2, batch_size=64, mode="graph", kept=True):
+def _fit_both(optimizer, precision="highest", epochs=2, batch_size=64, mode="graph"):
     x, y = _data()
     eager, graphed = _model(OPTIMIZERS[optimizer](), precision), _model(OPTIMIZERS[optimizer](), precision)
     h_eager = _fit(eager, x, y, "eager", epochs=epochs, batch_size=batch_size, verbose=0)
@@ -89,15 +89,14 @@ def _fit_both(optimizer, precision="highest", epochs=2, batch_size=64, mode="gra
         warnings.simplefilter("error")  # a failed capture falls back to eager steps with a warning: not here
         h_graph = _fit(graphed, x, y, mode, epochs=epochs, batch_size=batch_size, verbose=0)
     full = epochs * (len(x) // batch_size) - 1  # all but the warm-up batch
-    assert _kept_steps(graphed, mode) == (full if kept else 0)
+    assert _kept_steps(graphed, mode) == full
     return eager, graphed, h_eager, h_graph
 
 
 @pytest.mark.parametrize(("optimizer", "mode"), _modes(OPTIMIZERS, call_by_call=("adam-cosine-clipnorm",)))
 def test_replayed_steps_equal_eager_steps_on_the_stand_in(graph_seam, optimizer, mode):
-    # (a clipping optimizer's step is not kept as a launch list: its norms are CuPy reductions)
-    eager, graphed, h_eager, h_graph = _fit_both(optimizer, mode=mode,
-                                                 kept=mode == "graph" or "clipnorm" not in optimizer)
+    # (a clipping optimizer's step is not kept as a launch list, its norms being CuPy reductions: graph mode only)
+    eager, graphed, h_eager, h_graph = _fit_both(optimizer, mode=mode)
     assert h_graph.history == h_eager.history
     assert graphed.optimizer.iterations == eager.optimizer.iterations
     for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
@@ -212,9 +211,7 @@ def test_replayed_fits_equal_eager_fits(graph_seam, case, mode):
         runs.append((model, history))
     (eager, h_eager), (graphed, h_graph) = runs
     full = len(x) // kw["batch_size"]
-    # every full batch but the warm-up; a weighted step is not kept as a launch list (its loss is the reference's)
-    weighted = "weight" in case
-    assert _kept_steps(graphed, mode) == (0 if weighted and mode == "launched" else 2 * full - 1)
+    assert _kept_steps(graphed, mode) == 2 * full - 1  # every full batch but the warm-up
     assert h_graph.history == h_eager.history
     assert graphed.optimizer.iterations == eager.optimizer.iterations
     assert graphed.optimizer.current_learning_rate() == eager.optimizer.current_learning_rate()
@@ -272,8 +269,7 @@ def test_weight_decay_replays_equal_eager_steps_for_every_optimizer(graph_seam, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         h_graph = _fit(graphed, x, y, mode, epochs=2, batch_size=32, verbose=0)
-    clipped = optimizer in ("sgd-momentum", "adam")  # (clipping: no launch list)
-    assert _kept_steps(graphed, mode) == (0 if clipped and mode == "launched" else 2 * (200 // 32) - 1)
+    assert _kept_steps(graphed, mode) == 2 * (200 // 32) - 1
     assert h_graph.history == h_eager.history and graphed.optimizer.iterations == eager.optimizer.iterations
     for a, b in zip(graphed.get_weights(), eager.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -333,9 +329,7 @@ def test_a_change_to_what_the_graph_holds_fixed_is_captured_again(graph_seam, ca
         runs.append((model, history))
     (eager, h_eager), (graphed, h_graph) = runs
     kept = _kept_steps(graphed, mode)
-    if mode == "launched" and case == "global_clipnorm-off":
-        assert kept == 0  # clipping from the start: call by call throughout
-    elif mode == "launched" and case in ("clipnorm", "clipvalue"):
+    if mode == "launched" and case in ("clipnorm", "clipvalue"):
         assert kept == 3  # batches 2-4 from the list; clipping added after batch 4: call by call from then on
     else:
         assert kept > 6  # replayed again after the change (6 full batches an epoch)
