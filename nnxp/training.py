@@ -139,9 +139,9 @@ class Batches:
         perm = self.device.asarray(self.order(count)) if mode == "gather" else None
         (y_once, w_once), (y_whole, w_whole) = self._once, self._whole
         if y_once is not None:
-            xp.take(y_once, perm, axis=0, out=y_whole)
+            take_rows(xp, y_once, perm, y_whole)
         if w_once is not None:
-            xp.take(w_once, perm, axis=0, out=w_whole)
+            take_rows(xp, w_once, perm, w_whole)
         wb = None
         for lo, hi, rows, first in self.plan:
             share[:] = rows, first, first + hi - lo  # with several ranks: this one's part; the others do the rest
@@ -150,17 +150,17 @@ class Batches:
                 # a full batch is the buffer itself, the same object every step: the CUDA ops keep their launches
                 # for the arrays they are given (nnxp.ops._cuda.LaunchPlan), and a new view would miss them
                 xb = bx if k == len(bx) else bx[:k]
-                xp.take(x, idx, axis=0, out=xb)
+                take_rows(xp, x, idx, xb)
                 if y_once is not None:
                     yb = y_whole[lo:hi]
                 else:
                     yb = by if k == len(by) else by[:k]
-                    xp.take(y, idx, axis=0, out=yb)
+                    take_rows(xp, y, idx, yb)
                 if w_once is not None:
                     wb = w_whole[lo:hi]
                 elif w is not None:
                     wb = bw[:k]
-                    xp.take(w, idx, axis=0, out=wb)
+                    take_rows(xp, w, idx, wb)
             elif mode == "copy":
                 xb, yb = bx[: hi - lo], by[: hi - lo]
                 xb[...] = x[lo:hi]
@@ -187,6 +187,16 @@ class Batches:
         for src, buf in zip((self.x, self.y, self.w), self._bufs, strict=True):
             if src is not None:
                 B.gather_rows(src, self.perm, self.starts, cursor, buf[:rows])
+
+
+def take_rows(xp: Any, src: Any, idx: Any, out: Any) -> Any:
+    """``xp.take(src, idx, axis=0, out=out)``: rows `idx` of `src` into `out`. On NumPy in ``mode="clip"``: the
+    rows come from the fit's own permutation, always in range, and in its default mode NumPy gathers into a
+    temporary and then copies that into `out` (as its documentation says): 0.43 against 0.66 ms for a 1024-row
+    batch of Fashion-MNIST (bench/train_cpu.py's data, 2-core EPYC). CuPy's take has no mode and no such copy."""
+    if xp is np:
+        return np.take(src, idx, axis=0, out=out, mode="clip")
+    return xp.take(src, idx, axis=0, out=out)
 
 
 class Step:

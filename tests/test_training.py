@@ -470,3 +470,35 @@ def test_a_second_ctrl_c_during_the_rollback_waits_for_it(monkeypatch):
     assert interrupted.optimizer.iterations == straight.optimizer.iterations
     for a, b in zip(interrupted.get_weights(), straight.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(37, 5), (37,), (37, 2, 3)])
+def test_take_rows_gathers_what_take_gathers_into_out(shape):
+    rng = np.random.default_rng(0)
+    src = rng.standard_normal(shape).astype(np.float32)
+    idx = rng.permutation(shape[0])[:11]
+    out = np.full((11, *shape[1:]), np.nan, np.float32)
+    got = training.take_rows(np, src, idx, out)
+    assert got is out  # written in place, no new array
+    np.testing.assert_array_equal(out, src[idx])
+
+
+def test_fit_batches_are_the_shuffled_rows(monkeypatch):
+    """Every row of an epoch reaches a step exactly once, through take_rows (NumPy's clip mode)."""
+    seen = []
+    real = training.take_rows
+
+    def spy(xp, src, idx, out):
+        got = real(xp, src, idx, out)
+        if src.ndim == 2 and src.shape[1] == 3:  # x (y is a column too, for mse)
+            seen.append(got[:, 0].copy())
+        return got
+
+    monkeypatch.setattr(training, "take_rows", spy)
+    x = np.arange(50, dtype=np.float32)[:, None].repeat(3, axis=1)
+    y = np.zeros(50, dtype=np.float32)
+    model = Sequential([Dense(1, input_dim=3)], seed=0)
+    model.compile("sgd", "mse")
+    model.fit(x, y, epochs=1, batch_size=16, shuffle=True, verbose=0)
+    rows = np.concatenate(seen)
+    assert sorted(rows.tolist()) == list(range(50)) and rows.tolist() != list(range(50))
