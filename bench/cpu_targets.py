@@ -2,8 +2,9 @@
 
 One quiet run of ``bench/train_cpu.py`` gives one number per target, and on a shared machine epochs move by
 5-10% between runs, more than some targets' margins. This run repeats the judged measurements in rounds; within a
-round the compared things run back to back (order rotated between rounds), so a slow spell hits both members of
-a pair alike, and each target is judged on the per-round *ratios*: their median and a distribution-free interval
+round the compared things alternate in short parts (an epoch in 4 slices of the data, the step-sized blocks in 4
+blocks of 15 steps; order rotated), so a slow spell hits both members of a pair alike, and each target is judged
+on the per-round *ratios*: their median and a distribution-free interval
 for that median (order statistics of the binomial(n, 1/2), no normality assumed). A verdict reads
 
 - ``met`` / ``missed``: the whole interval is on one side of the target;
@@ -49,7 +50,7 @@ from bench import train_cpu as T  # noqa: E402
 STEP_TARGETS = {128: 1.15, 1024: 1.05}  # fast step / its GEMMs, at most
 NUMPY_TARGET = 1.0  # NumPy alone / careful MLP (speed), at least
 FAST_TARGET = (128, 1.15)  # fast / careful MLP (speed) at this batch, at least
-SPLITS = 4  # blocks of each step-sized measurement per round
+SPLITS = 4  # parts of each epoch and blocks of each step-sized measurement per round
 
 
 def median_interval(xs: list[float], confidence: float = 0.90) -> dict:
@@ -145,10 +146,14 @@ def measure_batch(batch: int, x: np.ndarray, y: np.ndarray, sampler: T.Sampler, 
     careful.epoch(x[: 4 * batch], y[: 4 * batch])
     floor = FloorStep(batch)
     steps = max(1, min(8 if quick else 60, x.shape[0] // batch))
+    # an epoch is timed in SPLITS parts (consecutive slices of the data, each part of each implementation
+    # interleaved with the others'), so the two members of a pair are never more than a part apart
+    cuts = np.linspace(0, x.shape[0], SPLITS + 1).astype(int)
+    parts = [(x[a:b], y[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
     epochs = {
-        "nnxp_numpy": T.in_mode(False, partial(T.nnxp_epoch, models["nnxp_numpy"], x, y, batch)),
-        "nnxp_fast": T.in_mode(True, partial(T.nnxp_epoch, models["nnxp_fast"], x, y, batch)),
-        "careful_numpy": partial(careful.epoch, x, y),
+        "nnxp_numpy": lambda xs, ys: T.in_mode(False, partial(T.nnxp_epoch, models["nnxp_numpy"], xs, ys, batch))(),
+        "nnxp_fast": lambda xs, ys: T.in_mode(True, partial(T.nnxp_epoch, models["nnxp_fast"], xs, ys, batch))(),
+        "careful_numpy": careful.epoch,
     }
 
     def fast_step(seed: int) -> float:
@@ -164,10 +169,14 @@ def measure_batch(batch: int, x: np.ndarray, y: np.ndarray, sampler: T.Sampler, 
     times: dict[str, list[float]] = {k: [] for k in (*epochs, *blocks)}
     foreign: list[float] = []
     for r in range(rounds):
-        names = list(epochs)  # rotated, so no member always goes first
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            t, f, _ = sampler.sample(epochs[name])
-            times[name].append(t), foreign.append(f)
+        names, spent = list(epochs), dict.fromkeys(epochs, 0.0)
+        for k, (xs, ys) in enumerate(parts):  # rotated, so no member always goes first
+            for name in names[(r + k) % len(names):] + names[: (r + k) % len(names)]:
+                t, f, _ = sampler.sample(partial(epochs[name], xs, ys))
+                spent[name] += t
+                foreign.append(f)
+        for name, t in spent.items():
+            times[name].append(t)
         names, got = list(blocks), {k: [] for k in blocks}
         for k in range(SPLITS):
             for name in names[(r + k) % len(names):] + names[: (r + k) % len(names)]:
