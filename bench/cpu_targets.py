@@ -11,7 +11,8 @@ for that median (order statistics of the binomial(n, 1/2), no normality assumed)
 - ``met within noise`` / ``missed within noise``: the median is on that side, the interval straddles the target;
 - ``out of reach here``: a step target whose *floor* step is itself above the target (interval and all);
 - ``at its floor, which misses the target within noise``: the floor step's median is above the target (its
-  interval straddles it) and the step is not measurably slower than its floor (fast / floor interval reaches 1).
+  interval straddles it) and the step is not measurably slower than its floor (fast / floor interval reaches 1);
+- ``missed, and its floor misses it too within noise``: the same floor, and the step measurably above it.
 
 The floor step (:class:`FloorStep`) is the least a training step of this MLP can cost with BLAS GEMMs, which
 take no epilogue: the step's 8 GEMMs in the step's order, on the step's shapes and layouts (weights views into one
@@ -241,8 +242,9 @@ def targets(result: dict) -> dict:
             floor_v = verdict(fl, limit, at_least=False)
             if not v.startswith("met") and floor_v == "missed":
                 v = "out of reach here"
-            elif not v.startswith("met") and floor_v == "missed within noise" and gap["low"] <= 1.0:
-                v = "at its floor, which misses the target within noise"
+            elif not v.startswith("met") and floor_v == "missed within noise":
+                v = ("at its floor, which misses the target within noise" if gap["low"] <= 1.0
+                     else "missed, and its floor misses it too within noise")
             out[f"batch {batch}: fast step <= {limit}x its GEMMs"] = {**s, "target": limit, "verdict": v,
                                                                       "floor": fl, "over_floor": gap}
     batch, limit = FAST_TARGET

@@ -75,6 +75,8 @@ def test_a_step_target_below_its_floor_is_out_of_reach_and_one_near_it_is_at_its
     out = C.targets(_result((1.08, 1.06, 1.11), (1.07, 1.04, 1.10), (1.01, 0.98, 1.03)))
     assert out[name]["verdict"] == "at its floor, which misses the target within noise"
     out = C.targets(_result((1.12, 1.09, 1.15), (1.07, 1.04, 1.10), (1.05, 1.02, 1.08)))  # measurably above it
+    assert out[name]["verdict"] == "missed, and its floor misses it too within noise"
+    out = C.targets(_result((1.12, 1.09, 1.15), (1.03, 1.01, 1.06), (1.09, 1.05, 1.12)))  # a floor that meets it
     assert out[name]["verdict"] == "missed"
     out = C.targets(_result((1.04, 1.02, 1.05), (1.03, 1.01, 1.04), (1.01, 1.0, 1.02)))
     assert out[name]["verdict"] == "met"
