@@ -101,6 +101,20 @@ def test_floor_step_runs_the_steps_gemms_and_streams_adams_bytes():
     assert all(np.isfinite(a).all() for a in (*f.h, *f.d, f.g)) and np.abs(f.h[3]).max() < 1e3
 
 
+def test_numpy_floor_step_runs_numpys_adam_and_barely_moves_a_weight():
+    f = C.FloorStep(8)
+    p = f.p.copy()
+    f.step(numpy_adam=True)
+    m, v = f.m.copy(), f.v.copy()
+    assert np.abs(f.p - p).max() < 1e-10  # a 1e-12 rate: every pass ran, no weight moved more than that
+    g = f.g.copy()
+    np.testing.assert_allclose(m, (1 - C.T.BETA_1) * g, rtol=1e-6)  # Adam's first moment, from zero
+    np.testing.assert_allclose(v, (1 - C.T.BETA_2) * g * g, rtol=1e-5)
+    for _ in range(20):
+        f.step(numpy_adam=True)
+    assert np.abs(f.p - p).max() < 1e-9 and np.isfinite(f.m).all() and np.isfinite(f.v).all()
+
+
 def test_quick_run_writes_paired_ratios_and_their_summaries(tmp_path):
     out = tmp_path / "targets.json"
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
@@ -116,6 +130,9 @@ def test_quick_run_writes_paired_ratios_and_their_summaries(tmp_path):
     r, e, b = row["ratios"], row["epoch_s"], row["block_ms"]
     assert r["nnxp_numpy_over_careful_numpy"] == [c / a for a, c in zip(e["nnxp_numpy"], e["careful_numpy"])]
     assert r["fast_step_over_gemms"] == pytest.approx([s / g for s, g in zip(b["fast_step"], b["gemms"])])
+    assert r["careful_step_over_numpy_floor"] == pytest.approx(
+        [c / f for c, f in zip(b["careful_step"], b["numpy_floor_step"])])
+    assert set(b) == {"fast_step", "floor_step", "gemms", "numpy_step", "careful_step", "numpy_floor_step"}
     for key, values in r.items():
         assert row["summaries"][key]["median"] == pytest.approx(float(np.median(values)))
     assert "| 64 |" in proc.stdout
