@@ -130,9 +130,9 @@ class Layer:
         if model is not None:
             model._set_layer_weights(self, weights)
         elif self.param_specs() or not isinstance(weights, (list, tuple)) or len(weights):
+            got = f"{len(weights)} arrays" if isinstance(weights, (list, tuple)) else type(weights).__name__
             raise NnxpError(f"layer {self.name!r} is in no model: its weights live in a model's flat buffer, so add it "
-                            "to a Sequential (with `input_dim` on the first layer) before set_weights. Received: "
-                            f"{type(weights).__name__} of {len(weights) if isinstance(weights, (list, tuple)) else '?'}")
+                            f"to a Sequential (with `input_dim` on the first layer) first. Received: {got}")
 
     def count_params(self) -> int:
         return sum(int(_prod(shape)) for _, shape, _ in self.param_specs())
