@@ -519,3 +519,22 @@ def test_layer_weights_survive_save_and_load(tmp_path):
     loaded = nnxp.load_model(tmp_path / "m.nnxp")
     np.testing.assert_array_equal(loaded.get_layer("dense_1").get_weights()[0], np.arange(8.0).reshape(4, 2))
     np.testing.assert_array_equal(loaded.layers[2].get_weights()[1], [0.5, -0.5])
+
+
+def test_layer_weights_on_the_second_emulated_gpu_stay_there(fake_cupy):
+    # CuPy refuses a host array in setitem and another device's array without peer access (the stand-in too)
+    model = _mlp(device="cuda:1")
+    model.build(3)
+    buffer = model.params
+    rng = np.random.default_rng(5)
+    k, b = rng.normal(size=(4, 2)), rng.normal(size=2)
+    model.layers[2].set_weights([k, b])
+    assert model.params is buffer and buffer.device.id == 1
+    assert all(v.device.id == 1 for v in model.layers[2].params.values())
+    got = model.layers[2].get_weights()
+    assert all(isinstance(a, np.ndarray) for a in got)
+    np.testing.assert_array_equal(got[0], k)
+    np.testing.assert_array_equal(model.get_weights()[3], b)
+    x = rng.normal(size=(3, 3))
+    z = np.tanh(x @ model.get_weights()[0] + model.get_weights()[1]) @ k + b
+    np.testing.assert_allclose(model.predict(x), np.exp(z) / np.exp(z).sum(1, keepdims=True), rtol=1e-12)
