@@ -114,6 +114,26 @@ class Layer:
     def regularization_penalty(self) -> Any | None:
         return None
 
+    def get_weights(self) -> list[np.ndarray]:
+        """This layer's weights as host NumPy copies, in Keras's order (kernel, bias); [] for a layer without
+        weights, or while its model cannot make them yet (input size unknown). As ``Sequential.get_weights``, it
+        builds the model when the input size is known."""
+        model = None if self._owner is None else self._owner()
+        if model is not None:
+            return model._layer_weights(self)
+        return [np.array(to_numpy(v), copy=True) for v in self.params.values()]
+
+    def set_weights(self, weights: list[Any]) -> None:
+        """Replace this layer's weights (a list shaped as :meth:`get_weights` returns), in place in its model's flat
+        buffer. Lengths, shapes and finiteness are checked first: on an error nothing changes."""
+        model = None if self._owner is None else self._owner()
+        if model is not None:
+            model._set_layer_weights(self, weights)
+        elif self.param_specs() or not isinstance(weights, (list, tuple)) or len(weights):
+            got = f"{len(weights)} arrays" if isinstance(weights, (list, tuple)) else type(weights).__name__
+            raise NnxpError(f"layer {self.name!r} is in no model: its weights live in a model's flat buffer, so add it "
+                            f"to a Sequential (with `input_dim` on the first layer) first. Received: {got}")
+
     def count_params(self) -> int:
         return sum(int(_prod(shape)) for _, shape, _ in self.param_specs())
 

@@ -168,6 +168,34 @@ class Sequential:
                 return layer.units
         return self.input_dim
 
+    @property
+    def metrics_names(self) -> list[str]:
+        """``["loss", *metrics]`` once compiled (the names of :meth:`evaluate`'s list, in its order, as the metrics
+        were spelt in ``compile``); [] before."""
+        return [] if self.loss is None else ["loss", *self.metrics]
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        """The layer called `name`, or at position `index` (negative counts from the end), as Keras's get_layer."""
+        if name is not None and index is not None:
+            raise NnxpError(f"Provide only a layer name or a layer index. Received: index={index!r}, name={name!r}")
+        names = [layer.name for layer in self.layers]
+        if index is not None:
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                raise NnxpTypeError(f"`index` must be an integer. Received: index={index!r}")
+            if not -len(self.layers) <= index < len(self.layers):
+                raise NnxpError(f"`index` must be within the model's {len(self.layers)} layers "
+                                f"({-len(self.layers)} to {len(self.layers) - 1}). Received: index={index}")
+            return self.layers[int(index)]
+        if name is not None:
+            if not isinstance(name, str):
+                raise NnxpTypeError(f"`name` must be a string. Received: name={name!r}")
+            for layer in self.layers:
+                if layer.name == name:
+                    return layer
+            raise NnxpError(f"No such layer: {name!r}. Existing layers are: {names}.{did_you_mean(name, names)} "
+                            f"Received: name={name!r}")
+        raise NnxpError("Provide either a layer name or layer index at `get_layer`. Received: name=None, index=None")
+
     def _require_layers(self) -> None:
         if not self.layers:
             raise NotCompiledError("the model has no layers; add some with model.add(Dense(...)) first")
@@ -351,20 +379,46 @@ class Sequential:
 
     def _set_weights(self, weights: list[Any]) -> None:
         self._require_built()
-        if not isinstance(weights, (list, tuple)) or len(weights) != len(self._slices):
-            got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
-            raise NnxpError(f"`weights` must be a list of {len(self._slices)} arrays. Received: {got}")
+        checked = _checked_weights(weights, [(f"{layer.name}.{name}", shape) for layer, name, _, shape in self._slices],
+                                   self.dtype)
         host = np.empty(self.params.size, dtype=self.dtype)
-        for i, ((layer, name, offset, shape), w) in enumerate(zip(self._slices, weights)):
-            w = to_numpy(as_array(w, f"weights[{i}]"))
-            if tuple(w.shape) != tuple(shape):
-                raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must have shape {shape}. Received: {w.shape}")
-            if w.dtype.kind == "f" and not np.isfinite(w).all():
-                raise NnxpError(f"`weights[{i}]` ({layer.name}.{name}) must be finite. Received NaN or inf values")
-            check_finite(w, f"weights[{i}]", self.dtype)
+        for (_, _, offset, _), w in zip(self._slices, checked, strict=True):
             host[offset : offset + w.size] = w.ravel()
         with self.device.use():  # the copy runs on the params' device (CuPy refuses it elsewhere without P2P)
             self.params[...] = self.device.asarray(host)
+
+    def _layer_weights(self, layer: Layer) -> list[np.ndarray]:
+        """`layer`'s weights as host copies (:meth:`Layer.get_weights`); builds the model when its input size is
+        known, as :meth:`get_weights` does."""
+        if not self.built and self.input_dim is not None:
+            self.build(self.input_dim)
+        return [np.array(to_numpy(v), copy=True) for v in layer.params.values()]
+
+    def _set_layer_weights(self, layer: Layer, weights: list[Any]) -> None:
+        """Write `weights` into `layer`'s views of the flat buffer (:meth:`Layer.set_weights`). Everything is
+        checked before anything is built or written: an error leaves the model as it was."""
+        with self._exclusive("set_weights"):
+            sized = all(each.built for each in self.layers)
+            if not self.built and self.input_dim is not None:
+                self._size_layers(self.input_dim)  # the weights' shapes, nothing allocated yet
+            specs = layer.param_specs()
+            try:
+                if specs and not layer.built:
+                    raise NotCompiledError(f"layer {layer.name!r} has no weights yet (its model's input size is not "
+                                           "known): give the first layer `input_dim` or call fit first")
+                checked = _checked_weights(weights, [(f"{layer.name}.{name}", shape) for name, shape, _ in specs],
+                                           self.dtype)
+            except NnxpError:
+                if not sized and not self.built:  # as it was: unsized
+                    for each in self.layers:
+                        each.input_dim = each.output_dim = None
+                raise
+            if not checked:
+                return
+            self._require_built()
+            with self.device.use():
+                for (name, _, _), w in zip(specs, checked, strict=True):
+                    layer.params[name][...] = self.device.asarray(w, dtype=self.dtype)
 
     # --- compile -------------------------------------------------------------------------------
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: list[str] | None = None) -> None:
@@ -877,6 +931,26 @@ class Sequential:
 
     def __repr__(self) -> str:
         return f"Sequential(layers={len(self.layers)}, params={self.count_params():,}, device={self.device.name!r})"
+
+
+def _checked_weights(weights: Any, expected: list[tuple[str, tuple]], dtype: np.dtype) -> list[np.ndarray]:
+    """`weights` as host arrays after checking them against `expected` ((label, shape) per weight): a list of
+    that length, each of that shape, finite in `dtype`. Raises before returning anything, so nothing is half set."""
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(expected):
+        got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+        names = ", ".join(f"{label} {tuple(shape)}" for label, shape in expected) or "none"
+        raise NnxpError(f"`weights` must be a list of {len(expected)} arrays. Received: {got}; expected, in order: "
+                        f"{names}")
+    checked = []
+    for i, ((label, shape), w) in enumerate(zip(expected, weights, strict=True)):
+        w = to_numpy(as_array(w, f"weights[{i}]"))
+        if tuple(w.shape) != tuple(shape):
+            raise NnxpError(f"`weights[{i}]` ({label}) must have shape {tuple(shape)}. Received: {tuple(w.shape)}")
+        if w.dtype.kind == "f" and not np.isfinite(w).all():
+            raise NnxpError(f"`weights[{i}]` ({label}) must be finite. Received NaN or inf values")
+        check_finite(w, f"weights[{i}]", dtype)
+        checked.append(w)
+    return checked
 
 
 def _memory_limit() -> int | None:

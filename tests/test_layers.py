@@ -402,3 +402,139 @@ def test_setting_a_public_layer_attribute_bumps_the_settings_version():
     assert SETTINGS[0] == before + 1
     drop.rate = 0.2
     assert SETTINGS[0] == before + 2
+
+
+# --- Keras's per-layer get_weights / set_weights -------------------------------------------------------------
+def _mlp(seed=0, dtype="float64", device="cpu"):
+    return Sequential([Dense(4, "tanh", input_dim=3), Dropout(0.5), Dense(2, "softmax")], seed=seed, dtype=dtype,
+                      device=device)
+
+
+def test_layer_get_weights_are_host_copies_of_the_models_weights_in_keras_order():
+    model = _mlp()
+    assert not model.built
+    kernel, bias = model.layers[0].get_weights()  # the input size is known: builds, as model.get_weights does
+    assert model.built and kernel.shape == (3, 4) and bias.shape == (4,)
+    w = model.get_weights()
+    np.testing.assert_array_equal(kernel, w[0])
+    np.testing.assert_array_equal(bias, w[1])
+    assert model.layers[1].get_weights() == []
+    assert [a.shape for a in model.layers[2].get_weights()] == [(4, 2), (2,)]
+    kernel += 1.0  # a copy: the model is untouched
+    np.testing.assert_array_equal(model.get_weights()[0], w[0])
+    # ... and read afresh each time: after a training step it shows the trained weights
+    model.compile("sgd", "categorical_crossentropy")
+    x = np.random.default_rng(1).normal(size=(16, 3))
+    model.fit(x, np.eye(2)[np.arange(16) % 2], epochs=1, batch_size=16, verbose=0)
+    assert not np.allclose(model.layers[0].get_weights()[0], w[0])
+    np.testing.assert_array_equal(model.layers[2].get_weights()[1], model.get_weights()[3])
+
+
+def test_layer_set_weights_writes_in_place_into_the_flat_buffer_and_predict_uses_it(device):
+    model = _mlp(device=device)
+    model.build(3)
+    buffer = model.params
+    rng = np.random.default_rng(2)
+    k0, b0, k1, b1 = rng.normal(size=(3, 4)), rng.normal(size=4), rng.normal(size=(4, 2)), rng.normal(size=2)
+    model.layers[0].set_weights([k0, b0])
+    model.layers[2].set_weights((k1.tolist(), b1))  # a tuple, lists: anything array-like, as Keras
+    model.layers[1].set_weights([])  # Dropout has no weights
+    assert model.params is buffer  # the same flat buffer, written in place; the layers still view it
+    if device == "cpu":
+        assert all(np.shares_memory(v, buffer) for v in model.layers[0].params.values())
+    np.testing.assert_array_equal(model.get_weights()[0], k0)
+    x = rng.normal(size=(5, 3))
+    z = np.tanh(x @ k0 + b0) @ k1 + b1
+    expected = np.exp(z - z.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-12)
+
+
+def test_layer_weights_copy_one_model_into_another_layer_by_layer():
+    a, b = _mlp(seed=1, dtype="float32"), _mlp(seed=2, dtype="float32")
+    x = np.random.default_rng(3).normal(size=(7, 3)).astype("float32")
+    assert not np.allclose(a.predict(x), b.predict(x))
+    for src, dst in zip(a.layers, b.layers, strict=True):
+        dst.set_weights(src.get_weights())
+    np.testing.assert_array_equal(a.predict(x), b.predict(x))
+
+
+def test_layer_set_weights_before_build_builds_the_model_then_trains_from_them():
+    model = _mlp()
+    model.compile("sgd", "categorical_crossentropy")
+    k = np.full((3, 4), 0.25)
+    model.layers[0].set_weights([k, np.zeros(4)])  # unbuilt, input size known: built around them
+    assert model.built
+    np.testing.assert_array_equal(model.get_weights()[0], k)
+    x = np.random.default_rng(4).normal(size=(8, 3))
+    model.fit(x, np.eye(2)[np.arange(8) % 2], epochs=1, batch_size=8, verbose=0)
+    assert not np.allclose(model.layers[0].get_weights()[0], k)  # the optimizer stepped the written weights
+
+
+@pytest.mark.parametrize("weights, match", [
+    ([np.ones((3, 4))], r"`weights` must be a list of 2 arrays\. Received: 1; expected, in order: "
+                        r"dense\.kernel \(3, 4\), dense\.bias \(4,\)"),
+    ([np.ones((4, 3)), np.ones(4)], r"`weights\[0\]` \(dense\.kernel\) must have shape \(3, 4\)\. Received: \(4, 3\)"),
+    ([np.ones((3, 4)), np.ones(5)], r"`weights\[1\]` \(dense\.bias\) must have shape \(4,\)\. Received: \(5,\)"),
+    ([np.ones((3, 4)), np.array([0.0, np.nan, 0.0, 0.0])], r"`weights\[1\]` \(dense\.bias\) must be finite"),
+    ([np.full((3, 4), 1e39), np.ones(4)], r"`weights\[0\]` must be finite in float32"),
+    (np.ones((3, 4)), r"`weights` must be a list of 2 arrays\. Received: ndarray"),
+    ([np.ones((3, 4)), None], r"`weights\[1\]` must be an array"),
+])
+@pytest.mark.parametrize("built", [True, False])
+def test_layer_set_weights_refuses_bad_weights_and_leaves_the_model_as_it_was(weights, match, built):
+    model = Sequential([Dense(4, "relu", input_dim=3), Dense(2)], seed=0)  # float32
+    if built:
+        model.build(3)
+        before = model.get_weights()
+    with pytest.raises(NnxpError, match=match):
+        model.layers[0].set_weights(weights)
+    if built:
+        for old, new in zip(before, model.get_weights(), strict=True):
+            np.testing.assert_array_equal(old, new)
+    else:
+        assert not model.built and all(layer.input_dim is None for layer in model.layers)
+    model.layers[0].set_weights([np.ones((3, 4)), np.zeros(4)])  # and still takes good weights
+    np.testing.assert_array_equal(model.get_weights()[0], np.ones((3, 4)))
+
+
+def test_layer_weights_without_a_model_or_an_input_size():
+    assert Dense(3).get_weights() == []  # unbuilt, as in Keras
+    with pytest.raises(NnxpError, match=r"layer None is in no model: .*add it to a Sequential"):
+        Dense(3).set_weights([np.ones((2, 3)), np.zeros(3)])
+    Dropout(0.5).set_weights([])  # nothing to set, nothing wrong
+    with pytest.raises(NnxpError, match="in no model"):
+        Dropout(0.5).set_weights([np.ones(2)])
+    model = Sequential([Dense(3), Dense(2)])  # no input_dim: no weights until fit sees the data
+    assert model.layers[0].get_weights() == [] and not model.built
+    with pytest.raises(nnxp.errors.NotCompiledError, match=r"layer 'dense' has no weights yet"):
+        model.layers[0].set_weights([np.ones((4, 3)), np.zeros(3)])
+    assert not model.built and model.layers[0].input_dim is None
+
+
+def test_layer_weights_survive_save_and_load(tmp_path):
+    model = _mlp()
+    model.layers[2].set_weights([np.arange(8.0).reshape(4, 2), np.array([0.5, -0.5])])
+    model.save(tmp_path / "m.nnxp")
+    loaded = nnxp.load_model(tmp_path / "m.nnxp")
+    np.testing.assert_array_equal(loaded.get_layer("dense_1").get_weights()[0], np.arange(8.0).reshape(4, 2))
+    np.testing.assert_array_equal(loaded.layers[2].get_weights()[1], [0.5, -0.5])
+
+
+def test_layer_weights_on_the_second_emulated_gpu_stay_there(fake_cupy):
+    # CuPy refuses a host array in setitem and another device's array without peer access (the stand-in too)
+    model = _mlp(device="cuda:1")
+    model.build(3)
+    buffer = model.params
+    rng = np.random.default_rng(5)
+    k, b = rng.normal(size=(4, 2)), rng.normal(size=2)
+    model.layers[2].set_weights([k, b])
+    assert model.params is buffer and buffer.device.id == 1
+    assert all(v.device.id == 1 for v in model.layers[2].params.values())
+    got = model.layers[2].get_weights()
+    assert all(isinstance(a, np.ndarray) for a in got)
+    np.testing.assert_array_equal(got[0], k)
+    np.testing.assert_array_equal(model.get_weights()[3], b)
+    x = rng.normal(size=(3, 3))
+    z = np.tanh(x @ model.get_weights()[0] + model.get_weights()[1]) @ k + b
+    np.testing.assert_allclose(model.predict(x), np.exp(z) / np.exp(z).sum(1, keepdims=True), rtol=1e-12)

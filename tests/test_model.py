@@ -1528,3 +1528,60 @@ def test_get_state_holds_what_a_file_holds_as_copies():
     c["optimizer_state"]["m"][...] = 0
     assert np.abs(model.get_weights()[0]).sum() > 0 and np.abs(model.optimizer.state["m"]).sum() > 0
     assert Sequential([Dense(1, input_dim=2)]).get_state()["compile"] is None
+
+
+# --- Keras's metrics_names, get_layer and fit's History ---------------------------------------------------------
+@pytest.mark.parametrize("metrics", [None, ["accuracy"], ["acc", "mse"]])
+def test_metrics_names_name_evaluates_list_in_its_order(metrics):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 3)), np.eye(2)[rng.integers(0, 2, 24)]
+    model = Sequential([Dense(5, "relu", input_dim=3), Dense(2, "softmax")], seed=0)
+    assert model.metrics_names == []  # before compile, as Keras
+    model.compile("adam", "categorical_crossentropy", metrics=metrics)
+    assert model.metrics_names == ["loss", *(metrics or [])]
+    result = model.evaluate(x, y, verbose=0)
+    values = [result] if not metrics else result
+    assert dict(zip(model.metrics_names, values, strict=True)) == model.evaluate(x, y, verbose=0, return_dict=True)
+    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert list(history.history) == model.metrics_names  # the history's keys are the same names
+    model.metrics_names.append("x")  # a new list each time: the model's own is untouched
+    assert model.metrics_names == ["loss", *(metrics or [])]
+
+
+def test_get_layer_by_name_or_index_as_keras():
+    model = Sequential([Dense(4, "relu", input_dim=3, name="hidden"), Dropout(0.2), Dense(2, name="out")])
+    assert model.get_layer("hidden") is model.layers[0] and model.get_layer(name="out") is model.layers[2]
+    assert model.get_layer(index=1) is model.layers[1] and model.get_layer(index=np.int64(1)).name == "dropout"
+    assert model.get_layer(index=-1) is model.layers[2]
+    assert [layer.name for layer in model.layers] == ["hidden", "dropout", "out"]
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({}, NnxpError, r"Provide either a layer name or layer index at `get_layer`"),
+    ({"name": "out", "index": 0}, NnxpError, r"Provide only a layer name or a layer index\. Received: index=0, "
+                                             r"name='out'"),
+    ({"name": "hiden"}, NnxpError, r"No such layer: 'hiden'\. Existing layers are: \['hidden', 'dropout', 'out'\]\. "
+                                   r"Did you mean \"hidden\"\?"),
+    ({"index": 3}, NnxpError, r"`index` must be within the model's 3 layers \(-3 to 2\)\. Received: index=3"),
+    ({"index": -4}, NnxpError, r"Received: index=-4"),
+    ({"index": 1.0}, NnxpTypeError, r"`index` must be an integer\. Received: index=1\.0"),
+    ({"index": True}, NnxpTypeError, r"`index` must be an integer"),
+    ({"name": 0}, NnxpTypeError, r"`name` must be a string\. Received: name=0"),
+])
+def test_get_layer_errors_name_the_argument(kwargs, error, match):
+    model = Sequential([Dense(4, "relu", input_dim=3, name="hidden"), Dropout(0.2), Dense(2, name="out")])
+    with pytest.raises(error, match=match):
+        model.get_layer(**kwargs)
+
+
+def test_model_history_after_fit_holds_the_logs_and_the_runs_params():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(20, 3)), rng.integers(0, 2, 20)
+    model = Sequential([Dense(2, "softmax", input_dim=3)], seed=0)
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    assert model.history is None
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert model.history is history and history.epoch == [0, 1] and len(history.history["accuracy"]) == 2
+    # Keras's History.params: 20 rows in batches of 8 are 3 steps per epoch
+    assert {k: history.params[k] for k in ("epochs", "steps", "verbose")} == {"epochs": 2, "steps": 3, "verbose": 0}
+    assert history.model is model
