@@ -523,6 +523,7 @@ def _fit_kinds(tmp_path):
     wide = np.zeros((53, 12), np.float32)
     wide[:, ::2] = x
     sw = rng.uniform(0.5, 2.0, 53)
+    strided_3d = wide.reshape(53, 2, 6)[:, :, ::2]
     return [
         ("int64", x, labels, {}, "sparse_categorical_crossentropy"),
         ("int32", x, labels.astype(np.int32), {}, "sparse_categorical_crossentropy"),
@@ -539,7 +540,7 @@ def _fit_kinds(tmp_path):
         ("memmap", mm, labels, {}, "sparse_categorical_crossentropy"),
         ("np.load mmap", np.load(path, mmap_mode="r"), labels, {}, "sparse_categorical_crossentropy"),
         ("3-D", x.reshape(53, 2, 3), labels, {"flatten": True}, "sparse_categorical_crossentropy"),
-        ("3-D strided", wide.reshape(53, 2, 6)[:, :, ::2], labels, {"flatten": True}, "sparse_categorical_crossentropy"),
+        ("3-D strided", strided_3d, labels, {"flatten": True}, "sparse_categorical_crossentropy"),
     ]
 
 
