@@ -12,7 +12,8 @@ for that median (order statistics of the binomial(n, 1/2), no normality assumed)
 - ``out of reach here``: a step target whose *floor* step is itself above the target (interval and all);
 - ``at its floor, which misses the target within noise``: the floor step's median is above the target (its
   interval straddles it) and the step is not measurably slower than its floor (fast / floor interval reaches 1);
-- ``missed, and its floor misses it too within noise``: the same floor, and the step measurably above it.
+- ``missed, and its floor misses it too within noise``: the same floor, and the step measurably above it;
+- ``not judged: ...``: fewer than 5 rounds, whose interval covers less than 90% (1 round: a point).
 
 The floor step (:class:`FloorStep`) is the least a training step of this MLP can cost with BLAS GEMMs, which
 take no epilogue: the step's 8 GEMMs in the step's order, on the step's shapes and layouts (weights views into one
@@ -54,12 +55,16 @@ NUMPY_TARGET = 1.0  # NumPy alone / careful MLP (speed), at least
 FAST_TARGET = (128, 1.15)  # fast / careful MLP (speed) at this batch, at least
 NO_STEP_LR = 1e-12  # NumPy's Adam in the NumPy floor step: every pass runs, the weights stay where they are
 SPLITS = 4  # parts of each epoch and blocks of each step-sized measurement per round
+CONFIDENCE = 0.90  # a verdict needs an interval of at least this coverage (5 rounds and more give one)
+QUICK_SAMPLES, FULL_SAMPLES = 4096, 60000
 
 
-def median_interval(xs: list[float], confidence: float = 0.90) -> dict:
+def median_interval(xs: list[float], confidence: float = CONFIDENCE) -> dict:
     """The median of `xs` and a distribution-free interval for it: order statistics ``[x(j), x(n+1-j)]`` with the
     largest j whose coverage ``1 - 2 P(Binomial(n, 1/2) <= j - 1)`` is still at least `confidence`. Too few
     samples for that (n < 5 at 90%): the whole range, with the smaller coverage it has."""
+    if any(math.isnan(v) for v in xs):  # (sorted() would leave it anywhere: an arbitrary median and interval)
+        raise ValueError(f"median_interval needs numbers; got NaN among {list(xs)}")
     s = sorted(xs)
     n = len(s)
     if n == 0:
@@ -74,7 +79,13 @@ def median_interval(xs: list[float], confidence: float = 0.90) -> dict:
 
 
 def verdict(summary: dict, target: float, at_least: bool) -> str:
-    """Where a median-and-interval summary stands against `target` (see the module docstring)."""
+    """Where a median-and-interval summary stands against `target` (see the module docstring); not judged where
+    the summary's interval covers less than CONFIDENCE (fewer than 5 rounds: 1 round is a point, 2 a 50% range)."""
+    coverage = summary.get("coverage")
+    if coverage is not None and coverage < CONFIDENCE - 1e-12:
+        n = summary["n"]
+        return (f"not judged: {n} round{' gives' if n == 1 else 's give'} a {coverage:.0%} interval "
+                f"(a verdict needs {CONFIDENCE:.0%}: 5 rounds or more)")
     good = (lambda v: v >= target) if at_least else (lambda v: v <= target)
     low, high = (summary["low"], summary["high"]) if at_least else (summary["high"], summary["low"])
     if good(low):  # the interval's worst end meets it
@@ -151,6 +162,8 @@ def measure_batch(batch: int, x: np.ndarray, y: np.ndarray, sampler: T.Sampler, 
             model.fit(x[: 4 * batch], y[: 4 * batch], epochs=1, batch_size=batch, verbose=0)
     careful = T.careful_mlp(batch)
     careful.epoch(x[: 4 * batch], y[: 4 * batch])
+    if batch > x.shape[0]:  # (a step gathers one whole batch from the data)
+        raise ValueError(f"batch {batch} is larger than the {x.shape[0]:,} samples loaded")
     floor = FloorStep(batch)
     steps = max(1, min(8 if quick else 60, x.shape[0] // batch))
     # an epoch is timed in SPLITS parts (consecutive slices of the data, each part of each implementation
@@ -222,7 +235,7 @@ def measure_batch(batch: int, x: np.ndarray, y: np.ndarray, sampler: T.Sampler, 
 
 def judge(rounds: int, batches: list[int], max_foreign: float, quick: bool = False) -> dict:
     """Every target's per-round ratios, their summaries and verdicts (quick: a 4,096-sample smoke run)."""
-    n = 4096 if quick else 60000
+    n = QUICK_SAMPLES if quick else FULL_SAMPLES
     x, y, source = T.load_data(n)
     sampler = T.Sampler(max_foreign, 0 if quick else 6)
     result: dict = {
@@ -306,10 +319,23 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _batch_sizes(text: str) -> list[int]:
+    """``--batches``: comma-separated positive integers."""
+    sizes = []
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            if not part.isdigit() or int(part) < 1:
+                raise argparse.ArgumentTypeError(f"{part!r} is not a positive integer")
+            sizes.append(int(part))
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"no batch size given in {text!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=9, help="paired rounds (9 gives a 96%% interval for the median)")
-    ap.add_argument("--batches", type=str, default="128,1024", help="comma-separated batch sizes")
+    ap.add_argument("--batches", type=_batch_sizes, default=[128, 1024], help="comma-separated batch sizes")
     ap.add_argument("--max-foreign", type=float, default=0.5,
                     help="retake a sample when other processes used more CPUs than this meanwhile")
     ap.add_argument("--quick", action="store_true", help="a 4,096-sample smoke run (judges nothing)")
@@ -317,8 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error(f"--rounds must be at least 1; got {args.rounds}")
-    result = judge(args.rounds, [int(b) for b in args.batches.split(",") if b.strip()], args.max_foreign,
-                   args.quick)
+    samples, run = (QUICK_SAMPLES, "a --quick run") if args.quick else (FULL_SAMPLES, "the data set")
+    for b in args.batches:
+        if b > samples:  # (a step gathers one whole batch from the data)
+            ap.error(f"--batches: {b} is larger than the {samples:,} samples of {run}")
+    result = judge(args.rounds, args.batches, args.max_foreign, args.quick)
     print(markdown(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -142,3 +142,36 @@ def test_rounds_must_be_positive():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_targets.py"), "--rounds", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--rounds must be at least 1; got 0" in proc.stderr
+
+
+def test_a_verdict_from_too_few_rounds_for_its_interval_is_not_judged():
+    """1 or 2 rounds give an 'interval' of 0% or 50% coverage: a verdict of met or missed would claim what the
+    run cannot tell; 5 rounds are the fewest with a 90% interval (94%)."""
+    one = C.median_interval([1.2])
+    assert C.verdict(one, 1.0, at_least=True).startswith("not judged: 1 round gives")
+    two = C.median_interval([0.8, 0.9])
+    assert C.verdict(two, 1.0, at_least=True).startswith("not judged: 2 rounds give a 50% interval")
+    assert C.verdict(C.median_interval([1.1, 1.2, 1.3, 1.4, 1.5]), 1.0, at_least=True) == "met"  # 94%
+    result = _result((1.12, 1.08, 1.15), (1.09, 1.06, 1.12), (1.03, 1.01, 1.05))
+    for s in result["batches"]["1024"]["summaries"].values():
+        s["n"], s["coverage"] = 2, 0.5
+    out = C.targets(result)
+    assert out and all(t["verdict"].startswith("not judged") for t in out.values())  # the floor's rules too
+
+
+def test_median_interval_refuses_nan():
+    """sorted() leaves a NaN wherever it falls, so the median and its interval would be arbitrary numbers."""
+    with pytest.raises(ValueError, match="NaN"):
+        C.median_interval([1.0, float("nan"), 2.0, 3.0, 4.0])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quick", "--batches", "abc"], "--batches: 'abc' is not a positive integer"),
+    (["--quick", "--batches", "64,0"], "--batches: '0' is not a positive integer"),
+    (["--quick", "--batches", ","], "--batches: no batch size given"),
+    (["--quick", "--batches", "8192"], "--batches: 8192 is larger than the 4,096 samples of a --quick run"),
+])
+def test_bad_batches_are_refused_before_anything_runs(args, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_targets.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]

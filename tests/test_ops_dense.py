@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from nnxp import Dense, Sequential
 from nnxp.ops.activation import ACTIVATION_OPS, activation_forward
 from nnxp.ops.dense import dense_backward_ref, dense_forward_ref
 
@@ -73,8 +74,8 @@ def _numba_on(monkeypatch, threaded):
     ran = []  # (loop, threaded) of every compiled loop that ran
     real = _cpu.call
 
-    def call(name, fn, *args, parallel=False):
-        ok = real(name, fn, *args, parallel=parallel)
+    def call(name, fn, *args, parallel=False, result=None):
+        ok = real(name, fn, *args, parallel=parallel, result=result)
         if ok:
             ran.append((name, parallel))
         return ok
@@ -218,3 +219,106 @@ def test_numpy_relu_keeps_nan_and_gives_the_references_signed_zeros(monkeypatch)
         assert np.isnan(y[0, :2]).all()
     zeros = D._zero_row(y)
     assert zeros.flags.writeable is False and not zeros.any() and zeros.shape == (8,) and zeros.dtype == y.dtype
+
+
+# --- the compiled backward epilogue alone: activation gradient and bias sum in one pass ------------------------------
+# Its gradients are the reference's bit for bit (signed zeros too) for every activation whose gradient needs no
+# transcendental of its own (GELU and SiLU call Numba's tanh, within a few ulps of NumPy's); its bias sums are,
+# for every activation, the row-order sums of the gradients it made (what ``dz.sum(axis=0, out=db)`` gives).
+# (NaN's sign bit is left out: which NaN an addition keeps depends on its operands' order, and inf * 0 makes
+# x86's negative default NaN; no consumer of a gradient reads it.)
+TANH_BACKWARD = {"gelu", "silu"}
+
+
+def _same_bits(a, b):
+    """Equal bit for bit, signed zeros included, NaN wherever the other is NaN (any sign or payload)."""
+    assert a.dtype == b.dtype and a.shape == b.shape
+    nan = np.isnan(a)
+    np.testing.assert_array_equal(nan, np.isnan(b))
+    ints = np.int32 if a.dtype == np.float32 else np.int64
+    np.testing.assert_array_equal(a[~nan].view(ints), b[~nan].view(ints))
+
+
+def _epilogue_case(rows, cols, dtype, act, seed):
+    """A forward state and dy of shape (rows, cols), with NaN, +-inf, +-0.0 among dy, y and z."""
+    from nnxp.ops import dense as D
+
+    r = np.random.default_rng(seed)
+    x, w = r.normal(size=(rows, 5)).astype(dtype), r.normal(size=(5, cols)).astype(dtype)
+    b = r.normal(size=cols).astype(dtype)
+    y, z = D.dense_forward_ref(x, w, b, act, np.empty((rows, cols), dtype), np.empty((rows, cols), dtype))
+    dy = r.normal(size=(rows, cols)).astype(dtype)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, -0.0], dtype)
+    for a in (dy, y) if z is None else (dy, y, z):
+        flat = a.reshape(-1)
+        if flat.size:
+            k = min(len(special), flat.size)
+            flat[r.choice(flat.size, k, replace=False)] = special[:k]
+    if rows:  # a column of dead units under negative gradients: ReLU's products are all -0.0 there
+        dy[:, 0], y[:, 0] = -1.0 - r.random(rows), 0.0
+    return x, w, y, z, dy
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["serial", "threaded"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", sorted(set(ACTIVATION_OPS) - {"softmax"}))
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_compiled_backward_epilogue_is_the_reference_bit_for_bit(monkeypatch, act, dtype, threaded):
+    D, _cpu = _numba_on(monkeypatch, threaded)
+    assert act in D.LOOP_ACT_CODES
+    for rows in (0, 1, 2, 33):
+        for cols in (1, 7, 8, 9, 17, 65):
+            x, w, y, z, dy = _epilogue_case(rows, cols, dtype, act, seed=rows * 100 + cols)
+            for use_bias in (True, False):
+                got = {}
+                for name, fn in (("ref", D.dense_backward_ref), ("fast", D.dense_backward)):
+                    D._ran.clear()
+                    dz, db = dy.copy(), (np.full(cols, np.nan, dtype) if use_bias else None)
+                    fn(dz, x, w, y, z, act, np.empty_like(w), db, np.empty_like(x))
+                    got[name] = dz, db
+                assert D._ran == [("act_grad", threaded)], (rows, cols)  # the loop ran, not the reference
+                (dz, db), (dz_ref, db_ref) = got["fast"], got["ref"]
+                if act in TANH_BACKWARD:
+                    np.testing.assert_allclose(dz, dz_ref, equal_nan=True, **TOL[dtype])
+                    if use_bias:
+                        np.testing.assert_allclose(db, db_ref, equal_nan=True, **TOL[dtype])
+                else:
+                    _same_bits(dz, dz_ref)
+                    if use_bias:
+                        _same_bits(db, db_ref)
+                if use_bias:  # the fused sum is the row-order sum of the loop's own gradients
+                    _same_bits(db, dz.sum(axis=0, out=np.empty(cols, dtype)))
+                    if rows and act == "relu":  # all -0.0 gradients: their sum from +0.0 is +0.0, as NumPy's
+                        assert (dz[:, 0] == 0).all() and np.signbit(dz[:, 0]).all() and not np.signbit(db[0])
+
+
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])  # 4 classes; one output unit (binary)
+@pytest.mark.parametrize("act", ["relu", "sigmoid"])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_fit_with_bias_free_layers_trains_as_with_the_reference_epilogue(monkeypatch, act, head):
+    """A whole fit (Adam, shuffled, a partial last batch) with layers without a bias, whose bias sums go to
+    scratch: bit for bit the fit whose backward epilogue is the NumPy reference (everything else compiled).
+    With one output unit the head's bias gradient is a one-column sum (NumPy sums it pairwise)."""
+    from nnxp.ops import _cpu
+
+    D, _ = _numba_on(monkeypatch, False)
+    ran = D._ran
+    rng = np.random.default_rng(0)
+    units, loss = (4, "sparse_categorical_crossentropy") if head == "softmax" else (1, "binary_crossentropy")
+    x, y = rng.standard_normal((203, 13)).astype(np.float32), rng.integers(0, max(units, 2), 203)
+    compiled = _cpu.call
+    for biases in ((False, False, False), (False, True, False), (True, True, True)):
+        got = []
+        for epilogue in (True, False):
+            monkeypatch.setattr(_cpu, "call", (lambda name, *a, **k: (name != "act_grad" and compiled(name, *a, **k)))
+                                if not epilogue else compiled)
+            ran.clear()
+            model = Sequential([Dense(17, activation=act, use_bias=biases[0], input_dim=13),
+                                Dense(9, activation=act, use_bias=biases[1]),
+                                Dense(units, activation=head, use_bias=biases[2])], seed=3)
+            model.compile("adam", loss)
+            model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+            assert (("act_grad", False) in ran) == epilogue
+            got.append(model.get_weights())
+        for a, b in zip(*got, strict=True):
+            np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32), err_msg=str(biases))

@@ -502,3 +502,130 @@ def test_fit_batches_are_the_shuffled_rows(monkeypatch):
     model.fit(x, y, epochs=1, batch_size=16, shuffle=True, verbose=0)
     rows = np.concatenate(seen)
     assert sorted(rows.tolist()) == list(range(50)) and rows.tolist() != list(range(50))
+
+
+def _default_take(xp, src, idx, out):
+    return np.take(src, idx, axis=0, out=out)  # NumPy's default mode ("raise"): what take_rows replaced
+
+
+def _fit_kinds(tmp_path):
+    """(name, x, y, fit kwargs, loss, first layers): the data kinds a fit's gather meets."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((53, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, 53)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    mm = np.memmap(tmp_path / "x.mm", dtype=np.float32, mode="w+", shape=x.shape)
+    mm[...] = x
+    mm.flush()
+    ro = x.copy()
+    ro.flags.writeable = False
+    wide = np.zeros((53, 12), np.float32)
+    wide[:, ::2] = x
+    sw = rng.uniform(0.5, 2.0, 53)
+    strided_3d = wide.reshape(53, 2, 6)[:, :, ::2]
+    return [
+        ("int64", x, labels, {}, "sparse_categorical_crossentropy"),
+        ("int32", x, labels.astype(np.int32), {}, "sparse_categorical_crossentropy"),
+        ("uint8", x, labels.astype(np.uint8), {}, "sparse_categorical_crossentropy"),
+        ("bool", x, labels == 1, {}, "binary_crossentropy"),
+        ("one-hot", x, np.eye(3, dtype=np.float32)[labels], {}, "categorical_crossentropy"),
+        ("weights", x, labels, {"sample_weight": sw}, "sparse_categorical_crossentropy"),
+        ("class weights", x, labels, {"class_weight": {0: 1.0, 1: 2.0, 2: 0.5}}, "sparse_categorical_crossentropy"),
+        ("weights+split", x, labels, {"sample_weight": sw, "validation_split": 0.2}, "sparse_categorical_crossentropy"),
+        ("no shuffle", x, labels, {"sample_weight": sw, "shuffle": False}, "sparse_categorical_crossentropy"),
+        ("strided", wide[:, ::2], labels, {}, "sparse_categorical_crossentropy"),
+        ("fortran", np.asfortranarray(x), labels, {}, "sparse_categorical_crossentropy"),
+        ("read-only", ro, labels, {}, "sparse_categorical_crossentropy"),
+        ("memmap", mm, labels, {}, "sparse_categorical_crossentropy"),
+        ("np.load mmap", np.load(path, mmap_mode="r"), labels, {}, "sparse_categorical_crossentropy"),
+        ("3-D", x.reshape(53, 2, 3), labels, {"flatten": True}, "sparse_categorical_crossentropy"),
+        ("3-D strided", strided_3d, labels, {"flatten": True}, "sparse_categorical_crossentropy"),
+    ]
+
+
+def test_fit_with_take_rows_trains_exactly_as_numpys_default_take(monkeypatch, tmp_path):
+    """take_rows' clip mode changes nothing a fit computes, for every kind of data a gather meets: the weights
+    after 2 shuffled epochs (a partial last batch each) are bit-identical to a fit gathering with np.take's
+    default mode, which raises on an out-of-range row where clip would repeat the last one."""
+    from nnxp import Flatten
+
+    for name, x, y, kw, loss in _fit_kinds(tmp_path):
+        kw = dict(kw)
+        flatten = kw.pop("flatten", False)
+        units = 1 if loss == "binary_crossentropy" else 3
+        act = "sigmoid" if units == 1 else "softmax"
+        got = []
+        for take in (training.take_rows, _default_take):
+            monkeypatch.setattr(training, "take_rows", take)
+            first = [Flatten(input_shape=x.shape[1:])] if flatten else []
+            model = Sequential([*first, Dense(5, activation="relu", input_dim=None if flatten else 6),
+                                Dense(units, activation=act)], seed=1)
+            model.compile("adam", loss)
+            model.fit(x, y, epochs=2, batch_size=16, verbose=0, **kw)
+            got.append(model.get_weights())
+        for a, b in zip(*got, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_, object])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "fortran", "read-only", "memmap"])
+def test_take_rows_matches_default_take_for_any_dtype_and_layout(dtype, layout, tmp_path):
+    """Batches' buffers (xp.empty of the source's shape and dtype) filled by take_rows hold what np.take's
+    default mode gives, whatever the source's dtype and memory layout, for a full and a partial batch."""
+    rng = np.random.default_rng(5)
+    base = (rng.standard_normal((29, 8)) * 3).astype(dtype)
+    if layout == "strided":
+        src = np.repeat(base, 2, axis=1)[:, ::2]
+    elif layout == "fortran":
+        src = np.asfortranarray(base)
+    elif layout == "read-only":
+        src = base.copy()
+        src.flags.writeable = False
+    elif layout == "memmap":
+        if dtype is object:
+            pytest.skip("object arrays cannot be memory-mapped")
+        src = np.memmap(tmp_path / "src.mm", dtype=base.dtype, mode="w+", shape=base.shape)
+        src[...] = base
+    else:
+        src = base
+    perm = rng.permutation(29)
+    for idx in (perm[:16], perm[16:]):  # the full batch, then the partial last one
+        out = np.empty((len(idx), 8), src.dtype)
+        assert training.take_rows(np, src, idx, out) is out
+        want = np.take(src, idx, axis=0)
+        assert out.dtype == want.dtype
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("data", ["replicated", "sharded"])
+def test_gather_under_data_parallelism_takes_each_ranks_rows_once(data):
+    """Each rank of a (simulated) 3-rank fit gathers, through take_rows, exactly its rows of the epoch: sharded
+    ranks of unequal size (one runs out of rows before the others and gets empty batches), replicated ranks
+    their share of each global batch; what they gather is what np.take's default mode gathers."""
+    from nnxp import distributed
+
+    rank_rows = [23, 9, 17]
+    everyone = {True: [], False: []}
+    for rank in range(3):
+        comm = distributed.Communicator()
+        comm.rank, comm.size, comm.data, comm.rank_rows = rank, 3, data, rank_rows
+        n = rank_rows[rank] if data == "sharded" else 31
+        x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+        y = np.arange(n) % 4
+        w = np.linspace(0.5, 1.5, n)
+        for fixed in (True, False):  # per-batch gathers of y and w, or once per epoch
+            batches = training.Batches((x, y, w), 8, CPU, seed=2, mode="gather", comm=comm, fixed=fixed)
+            order = batches.order(0)
+            seen = []
+            for (lo, hi, _, _), (xb, yb, wb, _) in zip(batches.plan, batches.epoch(0), strict=True):
+                idx = order[lo:hi]
+                np.testing.assert_array_equal(xb, np.take(x, idx, axis=0))
+                np.testing.assert_array_equal(yb, np.take(y, idx, axis=0))
+                np.testing.assert_array_equal(wb, np.take(w, idx, axis=0))
+                seen.extend((xb[:, 0] // 2).astype(int).tolist())
+            if data == "sharded":
+                assert sorted(seen) == list(range(n))  # all of this rank's rows, once
+            everyone[fixed] += seen
+    if data == "replicated":  # the ranks' shares together: every row once
+        assert sorted(everyone[True]) == sorted(everyone[False]) == list(range(31))

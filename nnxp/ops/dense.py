@@ -276,12 +276,17 @@ def _threaded(a: Any) -> bool:
 
 def _dense_backward_cpu(dy, x, w, y, z, activation, dw, db, dx_out=None, need_dx=True):
     """dense_backward_ref, with the activation gradient and the bias gradient as one compiled pass."""
+    # one column: NumPy's dz.sum(axis=0) runs along contiguous memory there and sums pairwise, not in row order,
+    # so the loop's sum goes to scratch and the bias gradient is the reference's sum (a pass over B numbers)
+    column = db is not None and dy.ndim == 2 and dy.shape[1] == 1
     if not (_cpu.numba_enabled() and type(dy) is np.ndarray and _fusable(activation, dy, x, w, y, z, dw, db)
             and _cpu.call("act_grad", _act_grad_loop, dy, y, dy if z is None else z,
-                          np.empty(dy.shape[1], dy.dtype) if db is None else db,
+                          np.empty(dy.shape[1], dy.dtype) if db is None or column else db,
                           db is not None, LOOP_ACT_CODES[activation], _constants(dy.dtype),
                           PARALLEL_CHUNK if _threaded(dy) else max(dy.shape[1], 1), parallel=_threaded(dy))):
         return dense_backward_ref(dy, x, w, y, z, activation, dw, db, dx_out, need_dx)
+    if column:
+        dy.sum(axis=0, out=db)
     np.matmul(x.T, dy, out=dw)  # (n_in, n_out)
     if not need_dx:
         return None
