@@ -2,7 +2,7 @@
 
 Times nnxp's compiled forward epilogue (bias + activation in place on a GEMM's output, ``bias_act``) and backward
 epilogue (activation gradient + bias gradient, ``act_grad``) on (B, 512) and (B, 256) float32 arrays, beside the
-NumPy references, as the median of many calls; and NumPy alone's own forward epilogue (``bias_act_numpy``: the
+NumPy references they are tested against (``bias_act_ref``, ``act_grad_ref``), as the median of many calls; and NumPy alone's own forward epilogue (``bias_act_numpy``: the
 reference's bias + ReLU with the ReLU against a zero row, nnxp.ops.dense.bias_relu_numpy) where the tree has
 it. The clock is the calling thread's CPU time (``time.thread_time``):
 the loops are serial, so on a shared machine a call that waits for a core is not charged the wait. With
