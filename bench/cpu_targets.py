@@ -334,10 +334,13 @@ def _batch_sizes(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=9, help="paired rounds (9 gives a 96%% interval for the median)")
+    ap.add_argument("--rounds", type=int, default=9,
+                    help="paired rounds (default 9: a 96%% interval for the median; under 5 rounds the interval is "
+                         "the whole range, with less coverage: 50%% at 2, so --quick --rounds 2 only shows it runs)")
     ap.add_argument("--batches", type=_batch_sizes, default=[128, 1024], help="comma-separated batch sizes")
     ap.add_argument("--max-foreign", type=float, default=0.5,
-                    help="retake a sample when other processes used more CPUs than this meanwhile")
+                    help="retake a sample when other processes used more than this many CPUs meanwhile (default "
+                         "%(default)s; --quick never retakes)")
     ap.add_argument("--quick", action="store_true", help="a 4,096-sample smoke run (judges nothing)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = ap.parse_args(argv)

@@ -2,12 +2,12 @@
 
 Times nnxp's compiled forward epilogue (bias + activation in place on a GEMM's output, ``bias_act``) and backward
 epilogue (activation gradient + bias gradient, ``act_grad``) on (B, 512) and (B, 256) float32 arrays, beside the
-NumPy references, as the median of many calls; and NumPy alone's own forward epilogue (``bias_act_numpy``: the
-reference's bias + ReLU with the ReLU against a zero row, nnxp.ops.dense.bias_relu_numpy) where the tree has
-it. The clock is the calling thread's CPU time (``time.thread_time``):
-the loops are serial, so on a shared machine a call that waits for a core is not charged the wait. With
-``--against TREE`` the same loops from another source tree (say, ``git archive`` of an earlier commit) are timed in
-the same process, call for call interleaved with this tree's.
+NumPy references they are tested against (``bias_act_ref``, ``act_grad_ref``), as the median of many calls; and
+NumPy alone's own forward epilogue (``bias_act_numpy``: the reference's bias + ReLU with the ReLU against a zero
+row, nnxp.ops.dense.bias_relu_numpy) where the tree has it. The clock is the calling thread's CPU time
+(``time.thread_time``): the loops are serial, so on a shared machine a call that waits for a core is not charged the
+wait. With ``--against TREE`` the same loops from another source tree (say, ``git archive`` of an earlier commit)
+are timed in the same process, call for call interleaved with this tree's.
 
     python bench/epilogues_cpu.py [--batches 128,1024] [--calls 300] [--against /tmp/nnxp-before] [--json OUT]
 """

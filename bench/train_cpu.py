@@ -1414,16 +1414,20 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a small slice (4,096 samples, one repeat) for smoke runs")
+    ap.add_argument("--quick", action="store_true",
+                    help="a small slice (4,096 samples, one repeat, no retakes, no compile-latency runs) for smoke "
+                         "runs: it shows the benchmark runs, its numbers judge nothing")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     ap.add_argument("--repeats", type=int, default=5, help="epochs timed per library and batch size (median)")
     ap.add_argument("--batches", type=str, default="32,128,1024,8192", help="comma-separated batch sizes")
     ap.add_argument("--max-foreign", type=float, default=0.2,
-                    help="retake a sample when other processes used more CPUs than this meanwhile")
+                    help="retake a sample when other processes used more than this many CPUs meanwhile (default "
+                         "%(default)s; --quick never retakes)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs (one process per library)")
     ap.add_argument("--no-jit", action="store_true", help="skip the compile-latency runs (three processes)")
     ap.add_argument("--numpy-only", action="store_true",
-                    help="only nnxp with NumPy alone against the careful NumPy MLP (epochs and step phases; quick)")
+                    help="only nnxp with NumPy alone against the careful NumPy MLP (epochs and step phases): no "
+                         "PyTorch, scikit-learn, fast extra, memory or compile runs, so much shorter")
     ap.add_argument("--samples", type=int, default=None, help="with --numpy-only: train on the first N samples")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--jit-child", help=argparse.SUPPRESS)
