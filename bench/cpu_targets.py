@@ -292,9 +292,13 @@ def markdown(result: dict) -> str:
     def fmt(s: dict) -> str:
         return f"{s['median']:.3f}x [{s['low']:.3f}, {s['high']:.3f}]"
 
+    first = next(iter(result["batches"].values()), {}).get("summaries", {})
+    coverage = next(iter(first.values()), {}).get("coverage", 0.0)  # every ratio has one sample per round
+    smoke = " A --quick smoke run: its numbers judge nothing." if result.get("quick") else ""
     lines = [f"Issue 15's targets from {result['rounds']} paired rounds ({result['data']['samples']:,} samples; "
-             f"median of the per-round ratios [a distribution-free interval for it]). Samples retaken for other "
-             f"processes' load: {result['samples_retaken']} (kept noisy: {result['samples_kept_noisy']}).", "",
+             f"median of the per-round ratios [a distribution-free {100 * coverage:.0f}% interval for it]). Samples "
+             f"retaken for other processes' load: {result['samples_retaken']} (kept noisy: "
+             f"{result['samples_kept_noisy']}).{smoke}", "",
              "| batch | NumPy alone / careful (speed) | fast / careful (speed) | fast step / GEMMs | floor step / "
              "GEMMs | fast step / floor step | GEMMs ms (median) |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["batches"].values():
@@ -319,25 +323,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _batch_sizes(text: str) -> list[int]:
-    """``--batches``: comma-separated positive integers."""
-    sizes = []
-    for part in (p.strip() for p in text.split(",")):
-        if part:
-            if not part.isdigit() or int(part) < 1:
-                raise argparse.ArgumentTypeError(f"{part!r} is not a positive integer")
-            sizes.append(int(part))
-    if not sizes:
-        raise argparse.ArgumentTypeError(f"no batch size given in {text!r}")
-    return sizes
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=9,
                     help="paired rounds (default 9: a 96%% interval for the median; under 5 rounds the interval is "
                          "the whole range, with less coverage: 50%% at 2, so --quick --rounds 2 only shows it runs)")
-    ap.add_argument("--batches", type=_batch_sizes, default=[128, 1024], help="comma-separated batch sizes")
+    ap.add_argument("--batches", type=T.batch_sizes, default=[128, 1024], help="comma-separated batch sizes")
     ap.add_argument("--max-foreign", type=float, default=0.5,
                     help="retake a sample when other processes used more than this many CPUs meanwhile (default "
                          "%(default)s; --quick never retakes)")

@@ -195,14 +195,15 @@ class Sampler:
     def sample(self, fn: Callable[[], Any]) -> tuple[float, float, Any]:
         """(seconds, foreign CPUs, fn's result) of one clean run of `fn`, or of the quietest of a few tries."""
         best = None
-        for _ in range(self.max_retakes + 1):
+        for attempt in range(self.max_retakes + 1):
             with Timer() as t:
                 value = fn()
             if best is None or t.foreign < best[1]:
                 best = (t.wall, t.foreign, value)
             if t.foreign <= self.max_foreign:
                 return best
-            self.retaken += 1
+            if attempt < self.max_retakes:  # another try follows: a retake (the last noisy one is only kept)
+                self.retaken += 1
         self.kept_dirty += 1
         return best
 
@@ -1225,7 +1226,8 @@ def numpy_only(quick: bool, repeats: int, batches: list[int], max_foreign: float
 def numpy_only_markdown(result: dict) -> str:
     lines = [f"nnxp with NumPy alone against the careful NumPy MLP: {result['data']['samples']:,} samples, median of "
              f"{result['repeats']} interleaved epochs; step phases median of interleaved rounds. Samples retaken "
-             f"for other processes' load: {result['samples_retaken']} (kept noisy: {result['samples_kept_noisy']}).",
+             f"for other processes' load: {result['samples_retaken']} (kept noisy: {result['samples_kept_noisy']})."
+             + (" A --quick smoke run: its numbers judge nothing." if result["quick"] else ""),
              "", "| batch | NumPy alone (samples/s) | careful (samples/s) | epoch ratio | step ms NumPy alone / "
              "careful | step ratio |", "|---:|---:|---:|---:|---:|---:|"]
     for row in result["batches"].values():
@@ -1294,7 +1296,8 @@ def targets(result: dict) -> dict:
 def markdown(result: dict) -> str:
     env = result["environment"]
     blas = env.get("numpy_blas") or {}
-    lines = [
+    lines = ["A --quick smoke run (4,096 samples, one sample each, no retakes): its numbers judge nothing."] * bool(
+        result["quick"]) + [
         f"CPU: {env['cpu']}, {env['logical_cpus']} logical CPUs. NumPy {env['numpy']} "
         f"({blas.get('internal_api', '?')} {blas.get('version', '')}, kernel {blas.get('architecture', '?')}, "
         f"{env.get('numpy_threads', '?')} threads); Numba {env.get('numba')} ({env.get('numba_threading')}); "
@@ -1412,6 +1415,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def batch_sizes(text: str) -> list[int]:
+    """``--batches``: comma-separated positive integers."""
+    sizes = []
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            if not part.isdigit() or int(part) < 1:
+                raise argparse.ArgumentTypeError(f"{part!r} is not a positive integer")
+            sizes.append(int(part))
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"no batch size given in {text!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -1419,7 +1435,8 @@ def main(argv: list[str] | None = None) -> int:
                          "runs: it shows the benchmark runs, its numbers judge nothing")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     ap.add_argument("--repeats", type=int, default=5, help="epochs timed per library and batch size (median)")
-    ap.add_argument("--batches", type=str, default="32,128,1024,8192", help="comma-separated batch sizes")
+    ap.add_argument("--batches", type=batch_sizes, default=None,
+                    help="comma-separated batch sizes (default 32,128,1024,8192; with --quick those up to 4,096)")
     ap.add_argument("--max-foreign", type=float, default=0.2,
                     help="retake a sample when other processes used more than this many CPUs meanwhile (default "
                          "%(default)s; --quick never retakes)")
@@ -1438,7 +1455,12 @@ def main(argv: list[str] | None = None) -> int:
         if child_args:
             print(json.dumps(fn(*json.loads(child_args))))
             return 0
-    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    samples = 4096 if args.quick else min(args.samples or 60000, 60000) if args.numpy_only else 60000
+    batches = args.batches or [b for b in (32, 128, 1024, 8192) if b <= samples]
+    for b in batches:  # refused before anything runs (a larger batch than the data once failed deep in a run)
+        if b > samples:
+            ap.error(f"--batches: {b} is larger than the {samples:,} samples this run trains on"
+                     + (" (--quick trains on 4,096)" if args.quick else ""))
     if args.numpy_only:
         result = numpy_only(args.quick, 1 if args.quick else max(1, args.repeats), batches, args.max_foreign,
                             args.samples)
