@@ -44,6 +44,7 @@ from .errors import (
 from .io import load_model
 from .layers import Dense, Dropout
 from .model import Sequential
+from .ops import _cpu
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "circles", "moons", "spirals", "sine")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -362,6 +363,7 @@ def info() -> dict[str, Any]:
                           for p in threadpool_info() if p.get("user_api") == "blas"]
     except ImportError:
         result["blas"] = "unknown (pip install threadpoolctl to see it)"
+    result["cpu_loops"] = _cpu.status()
     cp = cupy_module()
     result["cupy"] = getattr(cp, "__version__", None)
     gpus = []

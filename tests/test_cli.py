@@ -112,6 +112,7 @@ def test_info_json(capsys):
     data = json.loads(out)
     assert code == 0 and data["nnxp"] == nnxp.__version__ and data["numpy"] == np.__version__
     assert isinstance(data["gpus"], list)
+    assert data["cpu_loops"].startswith(("on: Numba", "off: "))  # whether the fast extra's loops run, and why not
 
 
 def test_module_entry_point_runs():

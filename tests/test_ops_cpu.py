@@ -139,3 +139,22 @@ def test_threaded_loops_run_on_the_workqueue_layer_and_one_at_a_time(monkeypatch
         O.sgd(p, g, None, np.empty(1000), 0.1, 0.0, False)
     assert ran == [True, False]
     np.testing.assert_array_equal(p, expected)
+
+
+def test_status_says_whether_the_loops_run_and_why_not(monkeypatch):
+    import importlib.metadata as md
+
+    pytest.importorskip("numba")
+    try:
+        _cpu.set_numba(True)
+        assert _cpu.status() == f"on: Numba {md.version('numba')} (NNXP_NUMBA=0 turns them off)"
+        _cpu.set_numba(False)
+        assert _cpu.status().startswith("off: switched off") and not _cpu.numba_enabled()
+
+        def missing(name):
+            raise md.PackageNotFoundError(name)
+
+        monkeypatch.setattr(md, "version", missing)
+        assert _cpu.status().startswith("off: Numba not installed (pip install 'nnxp[fast]')")
+    finally:
+        _cpu.set_numba(None)

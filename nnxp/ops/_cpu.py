@@ -45,6 +45,21 @@ def set_numba(enabled: bool | None) -> None:
     numba_enabled()  # resolve None now, so call() needs one identity test
 
 
+def status() -> str:
+    """One line for ``nnxp info``: whether the compiled CPU loops (the ``fast`` extra) run here, and why not."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("numba")
+    except PackageNotFoundError:
+        return "off: Numba not installed (pip install 'nnxp[fast]'); NumPy alone runs every op"
+    if numba_enabled():
+        return f"on: Numba {v} (NNXP_NUMBA=0 turns them off)"
+    if os.environ.get("NNXP_NUMBA", "1") == "0" or _enabled is False and _importable():
+        return f"off: switched off (NNXP_NUMBA=0 or set_numba(False)); Numba {v} installed"
+    return f"off: Numba {v} is installed but does not import here; NumPy alone runs every op"
+
+
 def _importable() -> bool:
     try:
         import numba  # noqa: F401
