@@ -212,11 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--modes must name numpy and/or fast. Received: {args.modes}")
     result = compare(args.this, args.against, [int(b) for b in args.batches.split(",") if b.strip()], modes,
                      max(1, args.repeats), args.samples, args.max_foreign, threads=args.threads)
-    print(markdown(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+    sys.path.insert(0, str(HERE))  # bench._env (this process imports no nnxp: its workers do, each its own tree)
+    from bench._env import emit
+
+    emit(result, markdown(result), args.json)
     return 0
 
 

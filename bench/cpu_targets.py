@@ -32,7 +32,6 @@ Targets (issue 15; batch 128 and 1024): NumPy alone >= 1.0x the careful NumPy ML
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -48,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from bench import train_cpu as T  # noqa: E402
+from bench._env import emit  # noqa: E402
 from nnxp.ops import optim as O  # noqa: E402
 
 STEP_TARGETS = {128: 1.15, 1024: 1.05}  # fast step / its GEMMs, at most
@@ -342,11 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if b > samples:  # (a step gathers one whole batch from the data)
             ap.error(f"--batches: {b} is larger than the {samples:,} samples of {run}")
     result = judge(args.rounds, args.batches, args.max_foreign, args.quick)
-    print(markdown(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+    emit(result, markdown(result), args.json)
     return 0
 
 

@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import nnxp  # noqa: E402
-from bench._env import cpu_model  # noqa: E402
+from bench._env import cpu_model, emit  # noqa: E402
 from nnxp._validation import check_finite  # noqa: E402
 from nnxp.ops import optim as O  # noqa: E402
 
@@ -1464,15 +1464,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.numpy_only:
         result = numpy_only(args.quick, 1 if args.quick else max(1, args.repeats), batches, args.max_foreign,
                             args.samples)
-        print(numpy_only_markdown(result))
+        text = numpy_only_markdown(result)
     else:
         result = run(args.quick, max(1, args.repeats), batches, args.max_foreign, memory=not args.no_memory,
                      jit=not (args.no_jit or args.quick))
-        print(markdown(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        text = markdown(result)
+    emit(result, text, args.json)
     return 0
 
 
