@@ -61,8 +61,8 @@ def _result(fast, floor, over_floor):
     def s(m, lo, hi):
         return {"median": m, "low": lo, "high": hi, "coverage": 0.96, "n": 9}
 
-    summaries = {"nnxp_numpy_over_careful_numpy": s(0.99, 0.97, 1.03),
-                 "nnxp_fast_over_careful_numpy": s(1.2, 1.16, 1.25),
+    summaries = {"nnxp_numpy_over_careful_numpy_in_a_longer_fit": s(0.99, 0.97, 1.03),
+                 "nnxp_fast_over_careful_numpy_in_a_longer_fit": s(1.2, 1.16, 1.25),
                  "fast_step_over_gemms": s(*fast), "floor_step_over_gemms": s(*floor),
                  "fast_step_over_floor_step": s(*over_floor)}
     return {"batches": {"1024": {"summaries": summaries}}}
@@ -129,6 +129,10 @@ def test_quick_run_writes_paired_ratios_and_their_summaries(tmp_path):
     assert all(len(v) == 2 for v in (*row["epoch_s"].values(), *row["block_ms"].values()))
     r, e, b = row["ratios"], row["epoch_s"], row["block_ms"]
     assert r["nnxp_numpy_over_careful_numpy"] == [c / a for a, c in zip(e["nnxp_numpy"], e["careful_numpy"])]
+    o = row["fit_calls_s"]  # what the epochs' fit calls paid once each, taken off for the judged ratio
+    assert all(0 < f < a for f, a in zip(o, e["nnxp_numpy"]))
+    assert r["nnxp_numpy_over_careful_numpy_in_a_longer_fit"] == pytest.approx(
+        [c / (a - f) for a, c, f in zip(e["nnxp_numpy"], e["careful_numpy"], o)])
     assert r["fast_step_over_gemms"] == pytest.approx([s / g for s, g in zip(b["fast_step"], b["gemms"])])
     assert r["careful_step_over_numpy_floor"] == pytest.approx(
         [c / f for c, f in zip(b["careful_step"], b["numpy_floor_step"])])
