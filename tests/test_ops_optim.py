@@ -446,6 +446,8 @@ CPU_CASES = {
     "adam": (O.adam, O.adam_ref, [0.0, 0.0], lambda t: (1e-2, 0.9, 0.999, 1e-7, t)),
     "adam_lr0": (O.adam, O.adam_ref, [0.0, 0.0], lambda t: (0.0, 0.9, 0.999, 1e-7, t)),
     "adamax": (O.adamax, O.adamax_ref, [0.0, 0.0], lambda t: (1e-2, 0.9, 0.999, 1e-7, t)),
+    "lion": (O.lion, O.lion_ref, [0.0], (1e-3, 0.9, 0.99)),
+    "lion_lr0": (O.lion, O.lion_ref, [0.0], (0.0, 0.9, 0.99)),
 }
 
 

@@ -324,6 +324,20 @@ def _adadelta_loop(p_, g_, acc_g_, acc_dx_, lr, rho, one_minus_rho, eps, chunk):
             p[i] -= t * lr  # tmp *= lr; p -= tmp
 
 
+def _lion_loop(p_, g_, m_, lr, c1, c2, one, zero, chunk):  # pragma: no cover - runs compiled by Numba
+    n = p_.shape[0]
+    for blk in prange((n + chunk - 1) // chunk):  # one block when serial
+        lo, hi = blk * chunk, min(n, (blk + 1) * chunk)
+        p, g, m = p_[lo:hi], g_[lo:hi], m_[lo:hi]
+        for i in range(hi - lo):
+            gi, mi = g[i], m[i]
+            c = (gi - mi) * c1 + mi  # lion_ref: tmp = g - m; tmp *= 1 - b1; tmp += m
+            # np.sign: 1, -1, 0 for either zero, NaN kept
+            s = one if c > zero else (-one if c < zero else (zero if c == zero else c))
+            p[i] -= s * lr  # tmp *= lr; p -= tmp
+            m[i] = mi + (gi - mi) * c2  # tmp = g - m; tmp *= 1 - b2; m += tmp
+
+
 def _fusable(*arrays: Any) -> bool:
     """Host float32/float64 1-D C-contiguous buffers of one size and dtype (None entries skipped), large enough
     to pay."""
@@ -387,6 +401,12 @@ def _adamax_cpu(p, g, m, u, tmp, lr, beta_1, beta_2, epsilon, step) -> None:
     alpha = lr / (1.0 - beta_1**step)  # exactly as adamax_ref
     _cpu_step("adamax", _adamax_loop, adamax_ref, (p, g, m, u, tmp), (lr, beta_1, beta_2, epsilon, step),
               lambda: (p, g, m, u, f(1.0 - beta_1), f(beta_2), f(inverse_step_size(alpha)), f(epsilon)))
+
+
+def _lion_cpu(p, g, m, tmp, lr, beta_1, beta_2) -> None:
+    f = p.dtype.type if hasattr(p, "dtype") else float
+    _cpu_step("lion", _lion_loop, lion_ref, (p, g, m, tmp), (lr, beta_1, beta_2),
+              lambda: (p, g, m, f(lr), f(1.0 - beta_1), f(1.0 - beta_2), f(1.0), f(0.0)))
 
 
 def _adam_cpu(p, g, m, v, tmp, lr, beta_1, beta_2, epsilon, step) -> None:
@@ -589,7 +609,7 @@ adam = Update(adam_ref, _adam_cpu, state=("m", "v"), scalars=("lr", "beta_1", "b
               kernel_scalars=adam_scalars)
 adamax = Update(adamax_ref, _adamax_cpu, state=("m", "u"), scalars=("lr", "beta_1", "beta_2", "epsilon", "step"),
                 kernel_scalars=adamax_scalars)
-lion = Update(lion_ref, state=("m",), scalars=("lr", "beta_1", "beta_2"),
+lion = Update(lion_ref, _lion_cpu, state=("m",), scalars=("lr", "beta_1", "beta_2"),
               kernel_scalars=lion_scalars)
 weight_decay = weight_decay_ref
 clip_by_value = clip_by_value_ref
