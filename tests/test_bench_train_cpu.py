@@ -14,11 +14,12 @@ sys.path.insert(0, str(ROOT))
 
 def test_quick_run_writes_positive_throughputs(tmp_path):
     out = tmp_path / "train_cpu.json"
-    proc = subprocess.run([sys.executable, "bench/train_cpu.py", "--quick", "--batches", "128,1024", "--json",
+    # one batch size: every part of the run once (a second size repeats the same code; CI's time)
+    proc = subprocess.run([sys.executable, "bench/train_cpu.py", "--quick", "--batches", "128", "--json",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data = json.loads(out.read_text())
-    assert data["quick"] is True and set(data["batches"]) == {"128", "1024"}
+    assert data["quick"] is True and set(data["batches"]) == {"128"}
     for batch in data["batches"].values():
         for impl in ("nnxp_numpy", "nnxp_fast", "careful_numpy"):
             assert batch["samples_per_s"][impl] > 100  # a real epoch ran, at a plausible rate
