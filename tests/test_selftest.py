@@ -84,20 +84,16 @@ def test_a_kernel_compile_failure_is_a_failed_line_with_the_nvrtc_log(gpu_box, m
     assert "PASS  model: 20-step CPU vs cuda:0 (float64)" in out  # the references still train correctly
 
 
-def test_a_missing_cublas_fails_its_line(gpu_box, monkeypatch):
+def test_a_missing_cublas_and_a_fused_op_with_wrong_numbers_fail_their_own_lines(gpu_box, monkeypatch):
+    """Two faults in one run (a run takes 20 s on the stand-in): each fails its own line, named, and nothing else.
+
+    The derived cases compare real outputs: a kernel off by a little in one state buffer is caught by name."""
+    from nnxp.ops import optim as O
+
     def missing(handle):
         raise ImportError('Failure finding "libcublasLt.so.13 or libcublasLt.so.12"')
 
     monkeypatch.setattr(gpu_box.cuda, "cublas", SimpleNamespace(getVersion=missing))
-    checks = {c.name: c for c in selftest.run("cuda") if c.section == "environment"}
-    assert checks["cuBLAS"].status == "FAIL" and "libcublasLt" in checks["cuBLAS"].detail
-    assert checks["NVRTC"].status == "PASS"
-
-
-def test_a_fused_op_with_wrong_numbers_fails_its_line(gpu_box, monkeypatch):
-    """The derived cases compare real outputs: a kernel off by a little in one state buffer is caught by name."""
-    from nnxp.ops import optim as O
-
     real = O.lion.fused
 
     def off(p, g, m, *rest, **kw):
@@ -106,6 +102,10 @@ def test_a_fused_op_with_wrong_numbers_fails_its_line(gpu_box, monkeypatch):
         return result
 
     monkeypatch.setattr(O.lion, "fused", off)
-    ops = {c.name: c for c in selftest.run("cuda") if c.section == "ops"}
+    checks = selftest.run("cuda")
+    env = {c.name: c for c in checks if c.section == "environment"}
+    assert env["cuBLAS"].status == "FAIL" and "libcublasLt" in env["cuBLAS"].detail
+    assert env["NVRTC"].status == "PASS"
+    ops = {c.name: c for c in checks if c.section == "ops"}
     assert ops["optim/lion"].status == "FAIL" and "relative error" in ops["optim/lion"].detail
     assert ops["optim/adam"].status == "PASS"
