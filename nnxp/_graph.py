@@ -185,12 +185,8 @@ class GraphedStep:
                  compute: Callable[[dict], tuple[Any, dict]], extra: Callable[[], list], optimizer: Any, params: Any,
                  grads: Any, scratch: Callable[[], list], rows: int = 0) -> None:
         cp = xp_of(params)
-        self.feed, self.names, self.rows = feed, list(names), rows
-        self.optimizer, self.params, self.grads = optimizer, params, grads
+        self._bind(feed, names, rows, optimizer, params, grads)
         self._pool = cp.cuda.MemoryPool()
-        self._buffers = tuple(optimizer.step_buffers())
-        self._constants = optimizer.graph_constants()
-        self._settings, self._key_seen = SETTINGS[0], optimizer.scalars_key()
         stream = cp.cuda.Stream(non_blocking=True)  # capture is refused on the legacy default stream
         with stream, cp.cuda.using_allocator(self._pool.malloc), _cublas.capturing():
             stream.begin_capture()
@@ -203,8 +199,20 @@ class GraphedStep:
                     pass
                 raise
             graph = stream.end_capture()
-        self.graph, self.loss, self.sums = graph, loss, sums
-        # the scratch buffers as captured (layers' and the output head's): kept alive even if one later swaps its own
+        self.graph = graph
+        self._keep(loss, sums, scratch)
+
+    def _bind(self, feed: StepFeed, names: list[str], rows: int, optimizer: Any, params: Any, grads: Any) -> None:
+        """What the kept step is bound to, and what :meth:`still_bound` compares against (both kinds)."""
+        self.feed, self.names, self.rows = feed, list(names), rows
+        self.optimizer, self.params, self.grads = optimizer, params, grads
+        self._buffers = tuple(optimizer.step_buffers())
+        self._constants = optimizer.graph_constants()
+        self._settings, self._key_seen = SETTINGS[0], optimizer.scalars_key()
+
+    def _keep(self, loss: Any, sums: dict, scratch: Callable[[], list]) -> None:
+        self.loss, self.sums = loss, sums
+        # the scratch buffers as made (layers' and the output head's): kept alive even if one later swaps its own
         self._kept = list(scratch())
         self.replays = 0
 
@@ -251,11 +259,7 @@ class LaunchedStep(GraphedStep):
     def __init__(self, feed: StepFeed, names: list[str], gather: Callable[[Any], None],
                  compute: Callable[[dict], tuple[Any, dict]], extra: Callable[[], list], optimizer: Any, params: Any,
                  grads: Any, scratch: Callable[[], list], rows: int = 0) -> None:
-        self.feed, self.names, self.rows = feed, list(names), rows
-        self.optimizer, self.params, self.grads = optimizer, params, grads
-        self._buffers = tuple(optimizer.step_buffers())
-        self._constants = optimizer.graph_constants()
-        self._settings, self._key_seen = SETTINGS[0], optimizer.scalars_key()
+        self._bind(feed, names, rows, optimizer, params, grads)
         cp = xp_of(params)
         self._get_device = cp.cuda.runtime.getDevice
         self.device = self._get_device()  # the kernels in the list are this device's
@@ -268,9 +272,7 @@ class LaunchedStep(GraphedStep):
             raise StepNotRecorded
         # each launch as one C-level callable (functools.partial): the loop below pays no argument unpacking
         self.calls = tuple(functools.partial(fn, *args, **kwargs) for fn, args, kwargs in calls)
-        self.loss, self.sums = loss, sums
-        self._kept = list(scratch())
-        self.replays = 0
+        self._keep(loss, sums, scratch)
 
     def still_bound(self, params: Any, grads: Any, optimizer: Any, key: tuple) -> bool:
         """As :meth:`GraphedStep.still_bound`, and on the stream and thread the step was recorded on (its
