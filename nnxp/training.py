@@ -192,8 +192,8 @@ class Batches:
 def take_rows(xp: Any, src: Any, idx: Any, out: Any) -> Any:
     """``xp.take(src, idx, axis=0, out=out)``: rows `idx` of `src` into `out`. On NumPy in ``mode="clip"``: the
     rows come from the fit's own permutation, always in range, and in its default mode NumPy gathers into a
-    temporary and then copies that into `out` (as its documentation says): 0.43 against 0.66 ms for a 1024-row
-    batch of Fashion-MNIST (bench/train_cpu.py's data, 2-core EPYC). CuPy's take has no mode and no such copy."""
+    temporary and then copies that into `out` (as its documentation says): 0.13 against 0.43 ms for a 1024-row
+    batch of Fashion-MNIST (README, Benchmarks: how measured). CuPy's take has no mode and no such copy."""
     if xp is np:
         return np.take(src, idx, axis=0, out=out, mode="clip")
     return xp.take(src, idx, axis=0, out=out)
